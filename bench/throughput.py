@@ -1,0 +1,732 @@
+"""Runs one smtp-source load against each target and measures end-to-end msg/s, CPU and peak RSS.
+
+Targets: direct (source → sink), forwarder (bench/forwarder.py), postfix (private instance),
+relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's smtp-sink.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from bench.postfix_relay import PostfixRelay
+from bench.relay_config import recipients, write_consent_csv, write_relay_config
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+MESSAGE = BENCH_DIR / "message.eml"
+OUT_DIR = BENCH_DIR / "out"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SENDER = "news@shop.example"
+RECIPIENT = "rcpt@example.net"
+ALL_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
+TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 30.0
+STALL_TIMEOUT = 30.0  # no new delivery at the sink for this long after the source finished
+POLL = 0.005
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_banner(port: int, timeout: float, alive: Any = None) -> None:
+    """Returns once a 220 greeting arrives on 127.0.0.1:port; raises after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError("process exited before it listened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.settimeout(2)
+                banner = s.recv(512)
+                s.sendall(b"QUIT\r\n")
+                if banner.startswith(b"220"):
+                    return
+                last = banner.decode("latin-1").strip()
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} gave no 220 within {timeout}s ({last})")
+
+
+# --- process accounting -------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, int]:
+    """pid → ppid for every process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        table[int(entry.name)] = int(fields[1])
+    return table
+
+
+def process_tree(roots: Sequence[int]) -> list[int]:
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [r for r in roots if r in table]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_ticks(pids: Sequence[int]) -> int:
+    """utime+stime+cutime+cstime summed: live processes plus every descendant they reaped."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15])
+    return total
+
+
+def hwm_kb(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def reset_hwm(pids: Sequence[int]) -> None:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
+        except OSError:
+            pass
+
+
+# --- the sink -----------------------------------------------------------------------------
+
+_COUNTER = re.compile(rb"mesg=(\d+)")
+
+
+class Sink:
+    """smtp-sink with `-c` (transactions completed) and `-D` (a dump to count recipients)."""
+
+    def __init__(self, workdir: Path, stack: ExitStack) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dump = self.dir / "dump"
+        self.counter = self.dir / "counter"
+        self.stderr = self.dir / "stderr"
+        user: list[str] = []
+        if os.geteuid() == 0:
+            # smtp-sink refuses to run as root; the dump directory must be writable by postfix.
+            import pwd
+
+            pw = pwd.getpwnam("postfix")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            user = ["-u", "postfix"]
+        self.proc = start_process(
+            [SMTP_SINK, *user, "-c", "-D", str(self.dump), f"127.0.0.1:{self.port}", "1024"],
+            stack,
+            stdout=self.counter,
+            stderr=self.stderr,
+        )
+        wait_banner(self.port, START_TIMEOUT, alive=lambda: self.proc.poll() is None)
+        self._offset = 0
+        self._tail = b""
+        self.transactions = 0
+        self.recipients = 0
+        self.reset()
+
+    def _mesg(self) -> int:
+        with open(self.counter, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256))
+            found = _COUNTER.findall(f.read())
+        return int(found[-1]) if found else 0
+
+    def reset(self) -> None:
+        """Start counting from zero; call only when no transaction is in flight."""
+        self.refresh()
+        if self.dump.exists():
+            # smtp-sink opens the dump per transaction in append mode: truncating is safe.
+            os.truncate(self.dump, 0)
+        self._offset, self._tail = 0, b""
+        self.transactions = self.recipients = 0
+        self._mesg_base = self._mesg()
+
+    def refresh(self) -> None:
+        """Reads what the sink appended to its dump since the last call."""
+        try:
+            f = open(self.dump, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            f.seek(self._offset)
+            while True:
+                chunk = f.read(16 << 20)
+                if not chunk:
+                    break
+                self._offset += len(chunk)
+                data = self._tail + chunk
+                # Count markers only once: a marker split across reads is completed by the next.
+                self.transactions += data.count(b"X-Client-Addr: ") - self._tail.count(b"X-Client-Addr: ")
+                self.recipients += data.count(b"X-Rcpt-Args: ") - self._tail.count(b"X-Rcpt-Args: ")
+                self._tail = data[-16:]
+
+    def completed(self) -> int:
+        """Transactions whose final '.' the sink has answered (the dump may run slightly ahead)."""
+        return self._mesg() - self._mesg_base
+
+
+# --- child processes ----------------------------------------------------------------------
+
+
+def start_process(
+    argv: Sequence[str], stack: ExitStack, *, stdout: Path | None = None, stderr: Path | None = None, **kw: Any
+) -> subprocess.Popen[bytes]:
+    """Starts a child in its own session and registers its cleanup (TERM, then KILL) on `stack`."""
+    out: IO[bytes] | int = open(stdout, "wb") if stdout else subprocess.DEVNULL
+    err: IO[bytes] | int = open(stderr, "wb") if stderr else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, **kw)
+    finally:
+        for f in (out, err):
+            if not isinstance(f, int):
+                f.close()
+    stack.callback(stop_process, proc)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """TERM the child's process group (its own session, so only what it started), then KILL."""
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- targets ------------------------------------------------------------------------------
+
+
+class Target(Protocol):
+    name: str
+    port: int
+
+    def roots(self) -> list[int]: ...
+
+
+@dataclass
+class Direct:
+    sink: Sink
+    name: str = "direct"
+
+    @property
+    def port(self) -> int:
+        return self.sink.port
+
+    def roots(self) -> list[int]:
+        return []
+
+
+@dataclass
+class Forwarder:
+    sink: Sink
+    stack: ExitStack
+    workdir: Path
+    name: str = "forwarder"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.port = free_port()
+        log = self.workdir / "forwarder.log"
+        self.proc = start_process(
+            [
+                sys.executable,
+                "-m",
+                "bench.forwarder",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--upstream",
+                f"127.0.0.1:{self.sink.port}",
+            ],
+            self.stack,
+            stdout=log,
+            stderr=log.with_suffix(".err"),
+            cwd=REPO,
+        )
+        proc = self.proc
+        wait_banner(self.port, START_TIMEOUT, alive=lambda: proc.poll() is None)
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+
+@dataclass
+class Postfix:
+    sink: Sink
+    stack: ExitStack
+    workdir: Path
+    name: str = "postfix"
+    port: int = 0
+    relay: PostfixRelay | None = None
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.relay = PostfixRelay(self.workdir / "postfix", self.port, self.sink.port)
+        self.stack.callback(self.relay.stop)
+        self.relay.start(timeout=START_TIMEOUT)
+        self.relay.wait_master(timeout=START_TIMEOUT)
+        wait_banner(self.port, START_TIMEOUT)
+
+    def roots(self) -> list[int]:
+        pid = self.relay.master_pid() if self.relay else None
+        return [pid] if pid else []
+
+
+@dataclass
+class Relay:
+    sink: Sink
+    stack: ExitStack
+    workdir: Path
+    workers: int
+    name: str
+    consent: bool = False
+    consent_csv: Path | None = None
+    max_rcpts: int = 10
+    stream_kind: str = "transactional"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    command: str = ""
+    load_before: str = ""
+
+    def start(self) -> None:
+        self.port = free_port()
+        home = self.workdir / self.name
+        home.mkdir(parents=True, exist_ok=True)
+        config = write_relay_config(
+            home / "relay.toml",
+            smtp_port=self.port,
+            upstream_port=self.sink.port,
+            admin_port=free_port(),
+            public_port=free_port(),
+            store_path=home / "relay.db",
+            workers=self.workers,
+            stream_kind="marketing" if self.consent else self.stream_kind,
+        )
+        consent_csv = self.consent_csv
+        if self.consent and consent_csv is None:
+            consent_csv = write_consent_csv(home / "consent.csv", recipients(RECIPIENT, self.max_rcpts))
+        exe = str(REPO / ".venv" / "bin" / "consent-relay")
+        self.command = f"{exe} -c {config} serve"
+        check = subprocess.run(
+            [exe, "-c", str(config), "check-config"], capture_output=True, text=True, timeout=START_TIMEOUT, cwd=home
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"check-config: {(check.stderr or check.stdout).strip()}")
+        if consent_csv is not None:
+            imported = subprocess.run(
+                [exe, "-c", str(config), "consent", "import", str(consent_csv), "--account", "shop"],
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT,
+                cwd=home,
+            )
+            if imported.returncode != 0:
+                raise RuntimeError(f"consent import: {(imported.stderr or imported.stdout).strip()}")
+        log = home / "relay.log"
+        self.proc = start_process(
+            [exe, "-c", str(config), "serve"], self.stack, stdout=log, stderr=home / "relay.err", cwd=home
+        )
+        proc = self.proc
+        try:
+            wait_banner(self.port, START_TIMEOUT, alive=lambda: proc.poll() is None)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; stderr: {tail(home / 'relay.err')}") from exc
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+
+# --- one measurement ----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    target: str
+    concurrency: int
+    rcpts: int
+    messages: int
+    seconds: float = 0.0
+    transactions: int = 0
+    recipients: int = 0
+    cpu_s: float | None = None
+    rss_mb: float | None = None
+    error: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return not self.error and self.recipients >= self.messages * self.rcpts
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.complete and self.seconds > 0 else 0.0
+
+
+@dataclass
+class Load:
+    messages: int
+    concurrency: int
+    rcpts: int
+    message: Path = MESSAGE
+
+    def argv(self, port: int) -> list[str]:
+        return [
+            SMTP_SOURCE,
+            "-s",
+            str(self.concurrency),
+            "-m",
+            str(self.messages),
+            "-r",
+            str(self.rcpts),
+            "-f",
+            SENDER,
+            "-t",
+            RECIPIENT,
+            "-F",
+            str(self.message),
+            f"127.0.0.1:{port}",
+        ]
+
+
+def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: Path) -> Result:
+    """Runs smtp-source once and waits until the sink holds every recipient of every message."""
+    result = Result(target.name, load.concurrency, load.rcpts, load.messages)
+    expected = load.messages * load.rcpts
+    sink.reset()
+    tree = process_tree(target.roots())
+    reset_hwm(tree)
+    cpu0 = cpu_ticks(tree)
+    peak_kb = hwm_kb(tree)
+    err_path = workdir / f"source-{target.name}-{load.concurrency}-{load.rcpts}.err"
+    deadline = time.monotonic() + max(120.0, expected * 0.02)
+    t0 = time.monotonic()
+    source = start_process(load.argv(target.port), stack, stderr=err_path)
+    last_progress, last_seen, next_sample = t0, -1, t0
+    source_rc: int | None = None
+    while True:
+        now = time.monotonic()
+        sink.refresh()
+        if sink.recipients >= expected and sink.completed() >= sink.transactions:
+            result.seconds = now - t0
+            break
+        if sink.recipients != last_seen:
+            last_seen, last_progress = sink.recipients, now
+        if source_rc is None:
+            source_rc = source.poll()
+            if source_rc not in (None, 0):
+                result.error = f"smtp-source exit {source_rc}: {tail(err_path, 2)}"
+        if now >= next_sample:
+            # Postfix forks and reaps workers as it goes: sample the live tree, keep the peak.
+            tree = process_tree(target.roots())
+            peak_kb = max(peak_kb, hwm_kb(tree))
+            next_sample = now + 0.25
+        if result.error and now - last_progress > 2:
+            break
+        if source_rc == 0 and now - last_progress > STALL_TIMEOUT:
+            result.error = f"stalled: sink has {sink.recipients}/{expected} recipients"
+            break
+        if now > deadline:
+            result.error = f"timeout: sink has {sink.recipients}/{expected} recipients"
+            break
+        time.sleep(POLL)
+    tree = process_tree(target.roots()) or tree
+    peak_kb = max(peak_kb, hwm_kb(tree))
+    if target.roots():
+        # Reaped children are in their parent's cutime/cstime; exited roots are gone (None).
+        result.cpu_s = (cpu_ticks(tree) - cpu0) / TICKS
+        result.rss_mb = peak_kb / 1024
+    try:
+        # The sink has everything; the source may still be saying QUIT.
+        source.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        stop_process(source, timeout=5)
+        result.error = result.error or "smtp-source did not exit"
+    result.transactions, result.recipients = sink.transactions, sink.recipients
+    if source.returncode not in (0, None) and not result.error:
+        result.error = f"smtp-source exit {source.returncode}: {tail(err_path, 2)}"
+    return result
+
+
+def wait_quiet(sink: Sink, seconds: float = 0.3, timeout: float = 30.0) -> None:
+    """Waits until the sink receives nothing for `seconds` (late copies of a failed run)."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        sink.refresh()
+        if sink.recipients != last:
+            last, since = sink.recipients, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return
+        time.sleep(0.02)
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    messages: int = 5000
+    concurrency: tuple[int, ...] = (1, 10, 50)
+    rcpts: tuple[int, ...] = (1, 10)
+    targets: tuple[str, ...] = ALL_TARGETS
+    warmup: int = 50
+    consent: bool = False  # marketing stream plus consent records (generated unless consent_csv)
+    consent_csv: Path | None = None
+    keep: bool = False
+    out: Path = OUT_DIR / "throughput.md"
+    command: str = ""
+    load_before: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def check_tools() -> None:
+    missing = [p for p in (SMTP_SOURCE, SMTP_SINK) if not os.access(p, os.X_OK)]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: apt-get install postfix")
+
+
+@contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every child is stopped by the ExitStack."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    # A shell's background job starts with SIGINT ignored; Ctrl-C must still clean up.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def run(options: Options) -> list[Result]:
+    check_tools()
+    results: list[Result] = []
+    with _terminate_on_signals(), ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="consent-relay-bench-"))
+        os.chmod(workdir, 0o755)  # Postfix daemons run as the postfix user and must reach their dirs
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+        sinkdir = Path(tempfile.mkdtemp(prefix="consent-relay-bench-sink-", dir=shm))
+        if options.keep:
+            print(f"# keeping {workdir} (configs, logs)", file=sys.stderr, flush=True)
+        else:
+            stack.callback(_rmtree, workdir)
+        stack.callback(_rmtree, sinkdir)
+        sink = Sink(sinkdir, stack)
+        targets: list[Target] = []
+        for name in options.targets:
+            try:
+                target = _make_target(name, sink, stack, workdir, options)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                print(f"# {name}: cannot start: {exc}", file=sys.stderr, flush=True)
+                options.notes.append(f"{name}: cannot start: {exc}")
+                for c in options.concurrency:
+                    for r in options.rcpts:
+                        results.append(Result(name, c, r, options.messages, error="not started"))
+                continue
+            if isinstance(target, Relay):
+                options.notes.append(f"{name}: `{target.command}` (work dir removed at exit unless --keep)")
+            if options.warmup:
+                warm = measure(target, sink, Load(options.warmup, 10, 1), stack, workdir)
+                wait_quiet(sink)
+                if warm.error:
+                    print(f"# {name}: warm-up failed: {warm.error}", file=sys.stderr, flush=True)
+            targets.append(target)
+        # Row by row, every target in turn: the ratios compare runs made close together in time,
+        # so a change in the machine's background load skews them less.
+        for c in options.concurrency:
+            for r in options.rcpts:
+                for target in targets:
+                    res = measure(target, sink, Load(options.messages, c, r), stack, workdir)
+                    results.append(res)
+                    print(_progress(res), file=sys.stderr, flush=True)
+                    if res.error:
+                        wait_quiet(sink, seconds=1.0)
+    order = {name: i for i, name in enumerate(options.targets)}
+    results.sort(key=lambda r: (order[r.target], options.concurrency.index(r.concurrency), options.rcpts.index(r.rcpts)))
+    return results
+
+
+def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options: Options) -> Target:
+    if name == "direct":
+        return Direct(sink)
+    if name == "forwarder":
+        fwd = Forwarder(sink, stack, workdir)
+        fwd.start()
+        return fwd
+    if name == "postfix":
+        pf = Postfix(sink, stack, workdir)
+        pf.start()
+        return pf
+    if name in ("relay", "relay2"):
+        relay = Relay(
+            sink,
+            stack,
+            workdir,
+            workers=2 if name == "relay2" else 1,
+            name=name,
+            consent=options.consent,
+            consent_csv=options.consent_csv,
+            max_rcpts=max(options.rcpts),
+        )
+        relay.start()
+        return relay
+    raise ValueError(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _progress(r: Result) -> str:
+    status = f"{r.rate:8.0f} msg/s" if r.complete else f"FAILED ({r.error})"
+    return f"# {r.target:9} c={r.concurrency:<3} r={r.rcpts:<3} {status}  txn={r.transactions} rcpt={r.recipients}"
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def table(results: Sequence[Result]) -> str:
+    by_key = {(r.target, r.concurrency, r.rcpts): r for r in results}
+
+    def ratio(r: Result, base: str) -> str:
+        b = by_key.get((base, r.concurrency, r.rcpts))
+        if b is None or not b.complete or not r.complete or b.target == r.target:
+            return "—"
+        return f"{r.rate / b.rate:.2f}×"
+
+    rows = [
+        "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | CPU s | peak RSS MB | sink txn / rcpts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rate = f"{r.rate:.0f}" if r.complete else f"failed: {r.error}".replace("|", "/")
+        cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else "—"
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
+        rows.append(
+            f"| {r.target} | {r.concurrency} | {r.rcpts} | {rate} | {ratio(r, 'forwarder')} | "
+            f"{ratio(r, 'postfix')} | {cpu} | {rss} | {r.transactions} / {r.recipients} |"
+        )
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def load_average() -> str:
+    """Other work on the machine skews every row: the report states how busy it was."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(results: Sequence[Result], options: Options) -> str:
+    size = len(MESSAGE.read_bytes().replace(b"\n", b"\r\n"))
+    lines = [
+        "# Throughput",
+        "",
+        f"Command: `{options.command}`",
+        "",
+        f"{options.messages} messages per row, {size} bytes each on the wire (bench/message.eml), "
+        "a new connection per message (smtp-source without -d), smtp-sink as the final sink. "
+        "msg/s = messages submitted / seconds from the start of smtp-source until the sink "
+        "holds every recipient of every message. CPU s = user+sys of the middle process tree "
+        "during the row; peak RSS = the largest sum of VmHWM over its live processes "
+        "(reset before each row; shared pages count again in every process, which inflates Postfix's many-process figure). "
+        "Rows run interleaved (each load against every target in turn), so ratios compare "
+        "runs made close together in time.",
+        f"Machine: {machine()}; source, middle process and sink share these CPUs. "
+        f"Load average (1/5/15 min) before: {options.load_before}, after: {load_average()}.",
+        "",
+        table(results),
+        "",
+    ]
+    lines += [f"- {n}" for n in options.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(options: Options) -> int:
+    options.load_before = load_average()
+    results = run(options)
+    text = report(results, options)
+    print(text)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text, encoding="utf-8")
+    return 0 if all(r.complete for r in results) else 1
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join([".venv/bin/python -m bench", *(shlex.quote(a) for a in argv)])

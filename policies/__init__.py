@@ -1,0 +1,1 @@
+"""The policy core: rules, findings, profiles and the engine. Pure: no I/O, no clock."""

@@ -1,0 +1,126 @@
+"""The one engine: run rules for a stage, map hits to actions through the profile, pick the outcome.
+
+Detection (rules) is separate from decision (profile). Every hit and every miss is
+returned so the shell can record the whole evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from policies.facts import MessageFacts, RecipientFacts
+from policies.findings import Action, Finding, Outcome, Stage, Verdict
+from policies.profiles import Profile
+from policies.rule import Rule
+
+_ACTIVE = (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL, Action.MONITOR)
+
+
+class Engine:
+    def __init__(self, rules: Sequence[Rule], profile: Profile) -> None:
+        self.profile = profile
+        self._by_stage: dict[Stage, tuple[Rule, ...]] = {
+            stage: tuple(r for r in rules if r.stage is stage and profile.action(r.id) is not Action.OFF)
+            for stage in Stage
+        }
+
+    def rules(self, stage: Stage) -> tuple[Rule, ...]:
+        return self._by_stage[stage]
+
+    def session(self, facts: MessageFacts) -> Verdict:
+        """MAIL FROM: relay permission, account state, envelope sender."""
+        findings, misses = self._run(self._by_stage[Stage.SESSION], facts)
+        return _decide(findings, misses, ())
+
+    def recipient(self, facts: MessageFacts, rcpt: RecipientFacts, *, before_data: bool) -> Verdict:
+        """RCPT TO: only the recipient rules that can be decided before DATA when before_data."""
+        rules = [r for r in self._by_stage[Stage.RECIPIENT] if r.before_data or not before_data]
+        findings, misses = self._run_recipient(rules, facts, rcpt)
+        return _decide(findings, misses, (rcpt.address,))
+
+    def message(
+        self,
+        facts: MessageFacts,
+        recipients: Sequence[RecipientFacts],
+        *,
+        skip: Iterable[str] = (),
+    ) -> Verdict:
+        """End of DATA: every rule, session ones again (state may have changed), then per recipient."""
+        skipped = frozenset(skip)
+        findings: list[Finding] = []
+        misses: list[str] = []
+        for stage in (Stage.SESSION, Stage.MESSAGE):
+            rules = [r for r in self._by_stage[stage] if r.id not in skipped]
+            hit, miss = self._run(rules, facts)
+            findings += hit
+            misses += miss
+        rcpt_rules = [r for r in self._by_stage[Stage.RECIPIENT] if r.id not in skipped]
+        for rcpt in recipients:
+            hit, miss = self._run_recipient(rcpt_rules, facts, rcpt)
+            findings += hit
+            misses += miss
+        return _decide(findings, misses, tuple(r.address for r in recipients))
+
+    def _applies(self, rule: Rule, facts: MessageFacts) -> bool:
+        if rule.marketing_only:
+            return facts.stream is not None and facts.stream.is_marketing
+        return True
+
+    def _run(self, rules: Iterable[Rule], facts: MessageFacts) -> tuple[list[Finding], list[str]]:
+        findings: list[Finding] = []
+        misses: list[str] = []
+        for r in rules:
+            if not self._applies(r, facts):
+                continue
+            hit = r.check(facts)
+            if hit is None:
+                misses.append(r.id)
+            else:
+                findings.append(Finding(r.id, self.profile.action(r.id), hit.detail, hit.evidence))
+        return findings, misses
+
+    def _run_recipient(
+        self, rules: Iterable[Rule], facts: MessageFacts, rcpt: RecipientFacts
+    ) -> tuple[list[Finding], list[str]]:
+        findings: list[Finding] = []
+        misses: list[str] = []
+        for r in rules:
+            if not self._applies(r, facts):
+                continue
+            hit = r.check(facts, rcpt)
+            if hit is None:
+                misses.append(r.id)
+            else:
+                action = self.profile.action(r.id)
+                findings.append(Finding(r.id, action, hit.detail, hit.evidence, rcpt.address))
+        return findings, misses
+
+
+def _decide(findings: list[Finding], misses: list[str], recipients: tuple[str, ...]) -> Verdict:
+    """tempfail > reject of the message > quarantine > deliver; per-recipient rejects refuse that recipient."""
+    message_level = [f for f in findings if f.recipient is None]
+    refused: dict[str, Finding] = {}
+    held: Finding | None = None
+    for f in findings:
+        if f.recipient is not None and f.action is Action.REJECT:
+            refused.setdefault(f.recipient, f)
+        if f.recipient is not None and f.action is Action.TEMPFAIL:
+            return Verdict(Outcome.TEMPFAIL, tuple(findings), tuple(misses), {}, f)
+    for action, outcome in ((Action.TEMPFAIL, Outcome.TEMPFAIL), (Action.REJECT, Outcome.REJECT)):
+        first = next((f for f in message_level if f.action is action), None)
+        if first is not None:
+            return Verdict(outcome, tuple(findings), tuple(misses), refused, first)
+    if recipients and all(r in refused for r in recipients):
+        return Verdict(Outcome.REJECT, tuple(findings), tuple(misses), refused, refused[recipients[0]])
+    permitted = [r for r in recipients if r not in refused]
+    held = next(
+        (
+            f
+            for f in findings
+            if f.action is Action.QUARANTINE and (f.recipient is None or f.recipient in permitted)
+        ),
+        None,
+    )
+    if held is not None:
+        return Verdict(Outcome.QUARANTINE, tuple(findings), tuple(misses), refused, held)
+    return Verdict(Outcome.DELIVER, tuple(findings), tuple(misses), refused, None)

@@ -1,0 +1,111 @@
+"""Immutable snapshots the shell hands to the rules: account, stream, envelope, message, consent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from policies.message import ParsedMessage
+
+MARKETING = "marketing"
+TRANSACTIONAL = "transactional"
+
+
+@dataclass(frozen=True)
+class StreamFacts:
+    id: str
+    kind: str  # marketing | transactional
+    topic: str
+
+    @property
+    def is_marketing(self) -> bool:
+        return self.kind == MARKETING
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    id: str
+    name: str = ""
+    domains: frozenset[str] = frozenset()
+    legal_name: str = ""
+    postal_address: str = ""
+    registration_number: str = ""
+    parent: str | None = None
+    allow_adult: bool = False
+    state: str = "active"  # active | paused | suspended
+    state_reason: str = ""
+    paused_streams: frozenset[str] = frozenset()
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """Consent scopes that cover this account: its own id, then its parent organisation."""
+        return (self.id, self.parent) if self.parent else (self.id,)
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """One consent, keyed by (scope, email, topic), with the provenance of SPEC §5."""
+
+    email: str
+    scope: str
+    topic: str = "*"
+    basis: str = "opt_in"
+    source: str = "signup_form"
+    collected_at: datetime | None = None
+    source_url: str = ""
+    source_ip: str = ""
+    confirmed_at: datetime | None = None
+    statement_text: str = ""
+    co_registration_partners: str = ""
+    prechecked: bool = False
+    frequency_disclosed: bool = False
+    customer_relationship: str = ""
+    last_purchase_at: datetime | None = None
+    informed_at_collection: bool = False
+    objection_offered: bool = False
+    email_contact_announced: bool = False
+    last_interaction_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_via: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.scope, self.email, self.topic)
+
+
+@dataclass(frozen=True)
+class Suppression:
+    email: str
+    scope: str
+    topic: str  # '*' = everything marketing from the scope
+    reason: str  # rule id: suppression.unsubscribed | suppression.complaint
+    via: str = ""  # one_click | page | mailto | admin | complaint
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecipientFacts:
+    """Everything known about one recipient: the consents and suppressions that could apply."""
+
+    address: str
+    consents: tuple[ConsentRecord, ...] = ()
+    suppressions: tuple[Suppression, ...] = ()
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """One transaction as far as it is known: before DATA `message` is None."""
+
+    account: AccountFacts
+    mail_from: str
+    now: datetime
+    params: Mapping[str, Any] = field(default_factory=dict)  # profile numbers and word lists
+    stream: StreamFacts | None = None
+    stream_requested: str | None = None  # the X-Relay-Stream value, if it named an unknown one
+    message: ParsedMessage | None = None
+    client_permitted: bool = True  # authenticated or inside trusted_networks

@@ -1,0 +1,293 @@
+"""Feedback reports in ARF (RFC 5965): a multipart/report with a message/feedback-report part and
+the original message or its headers. Pure parsing; anything else raises MalformedReport(reason)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import quopri
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from policies.addresses import InvalidAddress, normalize_address
+
+__all__ = ["FeedbackReport", "MalformedReport", "parse_feedback_report", "NON_COMPLAINT_TYPES", "MAX_REPORT_BYTES"]
+
+# Reports about mail the recipient wants (not-spam, RFC 6430) or about authentication (RFC 6591)
+# are recorded but are not a recipient's complaint: no suppression, no count towards the rate.
+NON_COMPLAINT_TYPES = frozenset({"not-spam", "auth-failure"})
+MAX_REPORT_BYTES = 25 * 1024 * 1024
+
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
+_MAX_DESCRIPTION = 2000
+
+
+class MalformedReport(ValueError):
+    """The bytes are not a usable feedback report; `reason` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FeedbackReport:
+    feedback_type: str  # lower-case: abuse, fraud, virus, other, not-spam, auth-failure, …
+    user_agent: str = ""
+    version: str = ""
+    original_mail_from: str = ""
+    original_rcpt_to: tuple[str, ...] = ()  # normalised addresses that parsed
+    arrival_date: datetime | None = None
+    reported_domains: tuple[str, ...] = ()
+    source_ip: str = ""
+    fields: tuple[tuple[str, str], ...] = ()  # every field of the machine-readable part, in order
+    original_headers: tuple[tuple[str, str], ...] = ()  # unfolded header fields of the original
+    full_message: bool = False  # message/rfc822 (True) or only text/rfc822-headers (False)
+    description: str = ""  # the human-readable first part, truncated
+
+    @property
+    def is_complaint(self) -> bool:
+        return self.feedback_type not in NON_COMPLAINT_TYPES
+
+    def field(self, name: str) -> str:
+        wanted = name.lower()
+        return next((v for k, v in self.fields if k.lower() == wanted), "")
+
+    def original_header(self, name: str) -> str:
+        wanted = name.lower()
+        return next((v for k, v in self.original_headers if k.lower() == wanted), "")
+
+    def original_header_all(self, name: str) -> tuple[str, ...]:
+        wanted = name.lower()
+        return tuple(v for k, v in self.original_headers if k.lower() == wanted)
+
+    @property
+    def original_message_id(self) -> str:
+        return self.original_header("Message-ID").strip()
+
+
+@dataclass(frozen=True)
+class _Part:
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k.lower() == wanted), "")
+
+    @property
+    def content_type(self) -> str:
+        return _media_type(self.header("Content-Type")) or "text/plain"
+
+
+def parse_feedback_report(raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> FeedbackReport:
+    """Parse one ARF report. Total: returns a FeedbackReport or raises MalformedReport."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise MalformedReport("a feedback report must be bytes")
+    if not raw.strip():
+        raise MalformedReport("empty report")
+    if len(raw) > max_bytes:
+        raise MalformedReport(f"report is {len(raw)} bytes, more than the limit of {max_bytes}")
+    try:
+        return _parse(bytes(raw))
+    except MalformedReport:
+        raise
+    except (ValueError, IndexError, TypeError, LookupError, binascii.Error) as exc:
+        # A parser corner we did not foresee is still a refused report, never a crash.
+        raise MalformedReport(f"unparseable report ({type(exc).__name__})") from exc
+
+
+def _parse(raw: bytes) -> FeedbackReport:
+    top = _split_entity(raw)
+    content_type = top.header("Content-Type")
+    media = _media_type(content_type)
+    if not media:
+        raise MalformedReport("no Content-Type header: not a MIME multipart/report")
+    if media != "multipart/report":
+        raise MalformedReport(f"Content-Type is {media}, expected multipart/report")
+    report_type = (_param(content_type, "report-type") or "").lower()
+    if report_type != "feedback-report":
+        raise MalformedReport(f"report-type is {report_type or 'missing'}, expected feedback-report")
+    boundary = _param(content_type, "boundary")
+    if not boundary:
+        raise MalformedReport("multipart/report without a boundary parameter")
+    parts = [_split_entity(chunk) for chunk in _split_multipart(top.body, boundary)]
+    feedback = [p for p in parts if p.content_type == "message/feedback-report"]
+    if not feedback:
+        raise MalformedReport("no message/feedback-report part")
+    if len(feedback) > 1:
+        raise MalformedReport("more than one message/feedback-report part")
+    fields = _parse_fields(_decoded(feedback[0]).decode("utf-8", "replace"))
+    original = next((p for p in parts if p.content_type in _ORIGINAL_TYPES), None)
+    if original is None:
+        raise MalformedReport("no original message (message/rfc822) or headers (text/rfc822-headers) part")
+    original_headers = _original_headers(_decoded(original))
+    if not original_headers:
+        raise MalformedReport("the original message part has no header fields")
+    first = parts[0] if parts and parts[0].content_type.startswith("text/plain") else None
+    description = _decoded(first).decode("utf-8", "replace").replace("\r\n", "\n").strip() if first else ""
+    return _report(fields, original_headers, original.content_type == "message/rfc822", description)
+
+
+def _report(
+    fields: list[tuple[str, str]], original: list[tuple[str, str]], full: bool, description: str
+) -> FeedbackReport:
+    def values(name: str) -> list[str]:
+        return [v for k, v in fields if k.lower() == name]
+
+    types = values("feedback-type")
+    if not types:
+        raise MalformedReport("the feedback report lacks the required Feedback-Type field")
+    if len(types) > 1:
+        raise MalformedReport("the feedback report has more than one Feedback-Type field")
+    feedback_type = types[0].strip().lower()
+    if not _TOKEN.fullmatch(feedback_type):
+        raise MalformedReport(f"Feedback-Type {types[0].strip()[:60]!r} is not a feedback type token")
+    versions = values("version")
+    if len(versions) > 1:
+        raise MalformedReport("the feedback report has more than one Version field")
+    arrival = next(iter(values("arrival-date") or values("received-date")), "")
+    return FeedbackReport(
+        feedback_type=feedback_type,
+        user_agent=next(iter(values("user-agent")), "").strip(),
+        version=versions[0].strip() if versions else "",
+        original_mail_from=_bare(next(iter(values("original-mail-from")), "")),
+        original_rcpt_to=tuple(a for a in (_address(v) for v in values("original-rcpt-to")) if a),
+        arrival_date=_date(arrival),
+        reported_domains=tuple(v.strip().lower() for v in values("reported-domain") if v.strip()),
+        source_ip=next(iter(values("source-ip")), "").strip(),
+        fields=tuple(fields),
+        original_headers=tuple(original),
+        full_message=full,
+        description=description[:_MAX_DESCRIPTION],
+    )
+
+
+# --- MIME, just as much as ARF needs -----------------------------------------------------------
+
+
+def _split_entity(data: bytes) -> _Part:
+    """Header block and body of one entity; no blank line means headers only."""
+    if data.startswith((b"\r\n", b"\n")):
+        # No header fields at all: the entity defaults to text/plain.
+        return _Part((), data[2:] if data.startswith(b"\r\n") else data[1:])
+    found = [(data.find(sep), sep) for sep in (b"\r\n\r\n", b"\n\n") if data.find(sep) >= 0]
+    if found:
+        at, sep = min(found)
+        head, body = data[:at], data[at + len(sep) :]
+    else:
+        head, body = data, b""
+    return _Part(tuple(_unfold(head.decode("utf-8", "replace"), strict=False)), body)
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    """The body parts between `--boundary` delimiter lines (RFC 2046 §5.1.1)."""
+    delimiter = b"--" + boundary.encode("utf-8", "replace")
+    lines = body.split(b"\n")
+    parts: list[bytes] = []
+    current: list[bytes] | None = None
+    closed = False
+    for line in lines:
+        bare = line.rstrip(b"\r").rstrip(b" \t")
+        if bare == delimiter or bare == delimiter + b"--":
+            if current is not None:
+                parts.append(b"\n".join(current).rstrip(b"\r"))
+            if bare != delimiter:
+                closed = True
+                break
+            current = []
+            continue
+        if current is not None:
+            current.append(line)
+    if current is not None and not closed:
+        parts.append(b"\n".join(current))  # an unterminated last part is still read
+    if not parts:
+        raise MalformedReport(f"no body part delimited by the boundary {boundary[:70]!r}")
+    return parts
+
+
+def _decoded(part: _Part) -> bytes:
+    encoding = part.header("Content-Transfer-Encoding").strip().lower()
+    if encoding == "base64":
+        try:
+            return base64.b64decode(re.sub(rb"\s+", b"", part.body), validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedReport(f"a {part.content_type} part has invalid base64") from None
+    if encoding == "quoted-printable":
+        return quopri.decodestring(part.body)
+    return part.body
+
+
+def _unfold(text: str, *, strict: bool) -> list[tuple[str, str]]:
+    """Header fields with continuation lines joined; strict refuses a line that is not a field."""
+    out: list[tuple[str, str]] = []
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if line[0] in " \t":
+            if out:
+                name, value = out[-1]
+                out[-1] = (name, f"{value} {line.strip()}".strip())
+            elif strict:
+                raise MalformedReport(f"line {number} of the feedback report continues no field")
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            if strict:
+                raise MalformedReport(f"line {number} of the feedback report is not a 'Name: value' field")
+            continue
+        out.append((name, value.strip()))
+    return out
+
+
+def _parse_fields(text: str) -> list[tuple[str, str]]:
+    # The fields end at the first blank line; anything after it is not part of the report.
+    block = re.split(r"\r?\n[ \t]*\r?\n", text.lstrip("\r\n"), maxsplit=1)[0]
+    return _unfold(block, strict=True)
+
+
+def _original_headers(data: bytes) -> list[tuple[str, str]]:
+    text = data.decode("utf-8", "replace").lstrip("\r\n")
+    block = re.split(r"\r?\n\r?\n", text, maxsplit=1)[0]
+    return _unfold(block, strict=False)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _param(content_type: str, name: str) -> str | None:
+    """One parameter of a Content-Type value (quoted or token), case-insensitive name."""
+    for match in re.finditer(r';\s*([A-Za-z0-9*._-]+)\s*=\s*("((?:[^"\\]|\\.)*)"|[^;\s]*)', content_type):
+        if match.group(1).lower() == name:
+            quoted = match.group(3)
+            return re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(2)
+    return None
+
+
+def _bare(value: str) -> str:
+    return value.strip().strip("<>").strip()
+
+
+def _address(value: str) -> str | None:
+    try:
+        return normalize_address(_bare(value))
+    except InvalidAddress:
+        return None
+
+
+def _date(value: str) -> datetime | None:
+    if not value.strip():
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)

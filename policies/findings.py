@@ -1,0 +1,82 @@
+"""What a rule reports (a Hit), what the engine records (a Finding) and what it decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Action(str, Enum):
+    """What happens when a rule hits; profiles map rule ids to these."""
+
+    REJECT = "reject"
+    QUARANTINE = "quarantine"
+    TEMPFAIL = "tempfail"
+    MONITOR = "monitor"
+    OFF = "off"
+    # Account rules change the account's state instead of deciding one message.
+    SUSPEND = "suspend"
+    PAUSE = "pause"
+
+
+class Stage(str, Enum):
+    """When a rule can be evaluated in an SMTP transaction."""
+
+    SESSION = "session"  # at MAIL FROM: account state
+    RECIPIENT = "recipient"  # per recipient: consent, suppression
+    MESSAGE = "message"  # at end of DATA: identity, content, opt-out
+    ACCOUNT = "account"  # outside a transaction: complaint enforcement
+
+
+class Outcome(str, Enum):
+    DELIVER = "deliver"
+    REJECT = "reject"
+    QUARANTINE = "quarantine"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A rule's report: why it matched and the evidence (already masked if sensitive)."""
+
+    detail: str
+    evidence: str = ""
+    # For recipient rules: the consent record the rule looked at, if any.
+    consent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A hit tied to its rule, the action the profile gave it, and the recipient if per-recipient."""
+
+    rule: str
+    action: Action
+    detail: str
+    evidence: str = ""
+    recipient: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "rule": self.rule,
+            "action": self.action.value,
+            "detail": self.detail,
+            "evidence": self.evidence,
+            "recipient": self.recipient,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The engine's decision for one stage, with every hit and every miss kept for the audit trail."""
+
+    outcome: Outcome
+    findings: tuple[Finding, ...] = ()
+    misses: tuple[str, ...] = ()
+    # recipient -> the finding that refused it (per-recipient rejects only)
+    refused: dict[str, Finding] = field(default_factory=dict)
+    # the finding that decided a message-level outcome (reject/quarantine/tempfail)
+    deciding: Finding | None = None
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f.rule for f in self.findings))

@@ -1,0 +1,39 @@
+"""A rule: a stable id, a one-line description, the clauses it enforces and a pure check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from policies.findings import Hit, Stage
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    description: str
+    clauses: tuple[str, ...]
+    stage: Stage
+    # SESSION/MESSAGE rules: check(MessageFacts); RECIPIENT rules: check(MessageFacts, RecipientFacts)
+    check: Callable[..., Hit | None]
+    # RECIPIENT rules that can already be decided at RCPT once the stream kind is known
+    before_data: bool = False
+    # applies to marketing streams only (consent, opt-out)
+    marketing_only: bool = False
+
+
+def rule(
+    rule_id: str,
+    description: str,
+    *,
+    clauses: tuple[str, ...],
+    stage: Stage,
+    before_data: bool = False,
+    marketing_only: bool = False,
+) -> Callable[[Callable[..., Hit | None]], Rule]:
+    """Decorator turning a check function into a Rule."""
+
+    def wrap(check: Callable[..., Hit | None]) -> Rule:
+        return Rule(rule_id, description, clauses, stage, check, before_data, marketing_only)
+
+    return wrap

@@ -1,0 +1,1 @@
+"""Rule modules, one per family of POLICY.md. Each exposes RULES."""

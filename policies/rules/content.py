@@ -1,0 +1,375 @@
+"""Content rules: offensive or misleading subjects, hateful and adult language, infringing links,
+third parties' personal data and malware (POLICY.md, content rules)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
+
+from policies.facts import MessageFacts
+from policies.findings import Hit, Stage
+from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage
+from policies.rule import rule
+from policies.wordlists import extra_terms, terms_for, wordlist
+
+# --- subjects ---------------------------------------------------------------------------------
+
+
+@rule(
+    "content.offensive_subject",
+    "Subject contains offensive terms (Dutch and English word lists).",
+    clauses=("E-aanstootgevende-onderwerpsregel",),
+    stage=Stage.MESSAGE,
+)
+def offensive_subject(facts: MessageFacts) -> Hit | None:
+    message = facts.message
+    if message is None:
+        return None
+    term = wordlist("offensive", facts.params).search(message.subject)
+    if term is None:
+        return None
+    return Hit("The subject contains an offensive term", evidence=term)
+
+
+# Reply and forward prefixes of common mail clients (English, Dutch, German): "Re:",
+# "RE[2]:", "Fwd:", "FW:", "Antw:", "Doorst:", "AW:", "WG:", optionally after a "[list]" tag.
+_FAKE_THREAD = re.compile(
+    r"^\s*(?:\[[^\]]{0,40}\]\s*)?((?:re|fwd?|antw|antwoord|doorst|aw|wg)\s*(?:\[\d+\]|\(\d+\))?\s*:)",
+    re.I,
+)
+_PUNCTUATION_RUN = re.compile(r"[!?]{3,}")
+SHOUTING_MIN_LETTERS = 12
+SHOUTING_UPPER_SHARE = 0.7
+
+
+def shouting(subject: str) -> bool:
+    """Mostly capitals over enough letters: acronyms in a normal subject are not shouting."""
+    letters = [c for c in subject if c.isalpha()]
+    if len(letters) < SHOUTING_MIN_LETTERS:
+        return False
+    upper = sum(1 for c in letters if c.isupper())
+    return upper / len(letters) >= SHOUTING_UPPER_SHARE
+
+
+@rule(
+    "content.misleading_subject",
+    "Subject fakes a conversation (Re:/Fwd: without In-Reply-To/References) or is deceptive.",
+    clauses=("E-misleiden",),
+    stage=Stage.MESSAGE,
+)
+def misleading_subject(facts: MessageFacts) -> Hit | None:
+    """Fake reply/forward prefixes, shouting (≥ 70% capitals over ≥ 12 letters, or a run of
+    three or more !/?) and fake-urgency phrases from the `urgency` word list."""
+    message = facts.message
+    if message is None:
+        return None
+    subject = message.subject
+    prefix = _FAKE_THREAD.match(subject)
+    if prefix is not None and not message.in_reply_to and not message.references:
+        return Hit(
+            "The subject pretends to be a reply or forward but the message has no In-Reply-To or References",
+            evidence=prefix.group(1),
+        )
+    if shouting(subject):
+        return Hit("The subject is shouting (mostly capitals)", evidence=subject[:80])
+    run = _PUNCTUATION_RUN.search(subject)
+    if run is not None:
+        return Hit("The subject shouts with a run of exclamation or question marks", evidence=run.group(0))
+    term = wordlist("urgency", facts.params).search(subject)
+    if term is not None:
+        return Hit("The subject uses a fake-urgency or deceptive phrase", evidence=term)
+    return None
+
+
+# --- body language --------------------------------------------------------------------------
+
+
+def _body_term(message: ParsedMessage, name: str, params: Mapping[str, Any]) -> str | None:
+    """Subject, visible and hidden text against word list `name`."""
+    return wordlist(name, params).search_folded(message.folded_text, message.words)
+
+
+@rule(
+    "content.hateful",
+    "Defamatory, insulting, racist, discriminatory or hateful language.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def hateful(facts: MessageFacts) -> Hit | None:
+    message = facts.message
+    if message is None:
+        return None
+    term = _body_term(message, "hateful", facts.params)
+    if term is None:
+        return None
+    return Hit("The message contains hateful or discriminatory language", evidence=term)
+
+
+@rule(
+    "content.adult",
+    "Erotic or pornographic content, unless the account is marked as allowed.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def adult(facts: MessageFacts) -> Hit | None:
+    """Never hits for an account with `allow_adult` ("tenzij specifiek overeengekomen")."""
+    message = facts.message
+    if message is None or facts.account.allow_adult:
+        return None
+    term = _body_term(message, "adult", facts.params)
+    if term is None:
+        return None
+    return Hit("The message contains erotic or pornographic content", evidence=term)
+
+
+# --- links ------------------------------------------------------------------------------------
+
+
+# The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any
+# user:password@, up to the port, path, query or fragment.
+_HOST = re.compile(r"^(?:[a-z][a-z0-9+.\-]*://(?:[^@/\n?#]*@)?|(?=www\.))([^/:?#\s\\]+)", re.M)
+_HOST_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _hosts(extra: tuple[str, ...]) -> frozenset[str]:
+    """The shipped infringing hosts plus the site's, keyed by the site's additions."""
+    hosts = _HOST_SETS.get(extra)
+    if hosts is None:
+        terms = terms_for("infringing_hosts", {"wordlists": {"infringing_hosts": list(extra)}})
+        hosts = _HOST_SETS[extra] = frozenset(t.lower().strip(".") for t in terms)
+    return hosts
+
+
+def _host_listed(host: str, hosts: frozenset[str]) -> str | None:
+    labels = host.split(".")
+    for i in range(len(labels) - 1):
+        candidate = ".".join(labels[i:])
+        if candidate in hosts:
+            return candidate
+    return None
+
+
+def _path_is_torrent(href: str) -> bool:
+    try:
+        path = urlsplit(href.strip()).path
+    except ValueError:
+        path = href
+    return path.lower().rstrip("/").endswith(".torrent")
+
+
+@rule(
+    "content.infringing_links",
+    "Links to torrents, magnet links or known infringing-material hosts.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def infringing_links(facts: MessageFacts) -> Hit | None:
+    """Any link (HTML anchor or URL written in text) that is a magnet: link, points at a
+    .torrent file or at a host of the `infringing_hosts` list (or a subdomain of one);
+    also a .torrent attachment."""
+    message = facts.message
+    if message is None:
+        return None
+    links = message.links
+    # One lower-cased string of every href: a newsletter has hundreds of links, and almost
+    # all of them go to the sender's own host.
+    joined = "\n".join(link.href.strip() for link in links).lower()
+    if "magnet:" in joined:
+        href = next(link.href.strip() for link in links if link.href.strip()[:7].lower() == "magnet:")
+        return Hit("The message links to a magnet (torrent) link", evidence=href[:80])
+    if ".torrent" in joined:
+        for link in links:
+            if _path_is_torrent(link.href):
+                return Hit("The message links to a .torrent file", evidence=link.href.strip()[:120])
+    hosts = _hosts(extra_terms("infringing_hosts", facts.params))
+    for host in dict.fromkeys(_HOST.findall(joined)):
+        listed = _host_listed(host.rstrip("."), hosts)
+        if listed is not None:
+            return Hit("The message links to a known infringing-material host", evidence=listed)
+    for attachment in message.attachments:
+        if attachment.kind == KIND_TORRENT:
+            return Hit("The message carries a .torrent file", evidence=attachment.filename or attachment.content_type)
+    return None
+
+
+# --- personal data ----------------------------------------------------------------------------
+
+# Each pattern starts with a character class and checks the boundary before it afterwards:
+# a leading lookbehind would stop the regex engine from skipping ahead quickly.
+_BSN = re.compile(r"(\d(?<![\w.,\-/]\d)(?:\d{8}|\d{3}\.\d{2}\.\d{3}|\d{2}[ .\-]\d{3}[ .\-]\d{3}))(?![\w/]|[.,\-]\d)")
+_IBAN = re.compile(r"([A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]){11,30})(?!\w)")
+_CARD = re.compile(r"(\d(?<![\w.,\-/]\d)(?:[ \-]?\d){12,18})(?![\w/]|[.,\-]\d)")
+# Every BSN, card number and IBAN has a run of at least eight digits, spaces, dots or dashes.
+_NUMBER_RUN = re.compile(r"\d[\d .\-]{7,}")
+# IBAN lengths of the SEPA countries a Dutch sender meets most; other countries: 15-34.
+_IBAN_LENGTH = {"NL": 18, "BE": 16, "DE": 22, "FR": 27, "GB": 22, "ES": 24, "IT": 27, "LU": 20, "AT": 20, "CH": 21}
+
+
+def bsn_valid(digits: str) -> bool:
+    """The Dutch 11-test (elfproef) for a citizen service number."""
+    if len(digits) != 9 or not digits.isdigit() or digits == "000000000":
+        return False
+    total = sum(int(d) * w for d, w in zip(digits, (9, 8, 7, 6, 5, 4, 3, 2, -1)))
+    return total % 11 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616 mod-97 check, with the country's length where known."""
+    iban = iban.replace(" ", "").upper()
+    if not (15 <= len(iban) <= 34) or not iban[:2].isalpha() or not iban[2:4].isdigit():
+        return False
+    if _IBAN_LENGTH.get(iban[:2], len(iban)) != len(iban):
+        return False
+    rearranged = iban[4:] + iban[:4]
+    try:
+        number = int("".join(str(int(c, 36)) for c in rearranged))
+    except ValueError:
+        return False
+    return number % 97 == 1
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d)
+        if i % 2 == 1:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def _card_issuer(digits: str) -> bool:
+    """Issuer prefixes and lengths of the card networks: random Luhn-valid numbers mostly fail this."""
+    n = len(digits)
+    two, four = int(digits[:2]), int(digits[:4])
+    if digits[0] == "4":
+        return n in (13, 16, 19)
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return n == 16
+    if two in (34, 37):
+        return n == 15
+    if digits.startswith("6011") or two == 65 or 644 <= int(digits[:3]) <= 649:
+        return 16 <= n <= 19
+    if 3528 <= four <= 3589:
+        return 16 <= n <= 19
+    if two in (36, 38) or 300 <= int(digits[:3]) <= 305:
+        return n == 14
+    return False
+
+
+def _grouped(masked: str) -> str:
+    return " ".join(masked[i : i + 4] for i in range(0, len(masked), 4))
+
+
+def mask_iban(iban: str) -> str:
+    """Country code and the last two characters: "NL** **** **** **** 00"."""
+    iban = iban.replace(" ", "").upper()
+    return _grouped(iban[:2] + "*" * (len(iban) - 4) + iban[-2:])
+
+
+def mask_card(digits: str) -> str:
+    """Only the last four digits: "**** **** **** 1111"."""
+    return _grouped("*" * (len(digits) - 4) + digits[-4:])
+
+
+def mask_bsn(digits: str) -> str:
+    return "*" * 7 + digits[-2:]
+
+
+def personal_numbers(text: str, allowed: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
+    """(kind, masked evidence) of each valid BSN, IBAN and payment card number in `text`."""
+    # Look only around runs of digits: the three patterns never run over the whole text.
+    windows: list[tuple[int, int]] = []
+    for run in _NUMBER_RUN.finditer(text):
+        start, end = max(0, run.start() - 12), run.end() + 4
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    for start, end in windows:
+        for match in _IBAN.finditer(text, start, end):
+            iban = match.group(1).replace(" ", "")
+            if iban_valid(iban) and iban not in allowed:
+                yield "IBAN", mask_iban(iban)
+        for match in _CARD.finditer(text, start, end):
+            digits = re.sub(r"\D", "", match.group(1))
+            if _card_issuer(digits) and luhn_valid(digits) and digits not in allowed:
+                yield "payment card number", mask_card(digits)
+        for match in _BSN.finditer(text, start, end):
+            digits = re.sub(r"\D", "", match.group(1))
+            if bsn_valid(digits) and digits not in allowed:
+                yield "BSN", mask_bsn(digits)
+
+
+def _allowed_numbers(params: Mapping[str, Any]) -> frozenset[str]:
+    values = params.get("personal_data_allow") or ()
+    if isinstance(values, str):
+        values = (values,)
+    return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in values)
+
+
+@rule(
+    "content.personal_data",
+    "A marketing message exposes third parties' personal data (BSN, IBAN, payment card number).",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+    marketing_only=True,
+)
+def personal_data(facts: MessageFacts) -> Hit | None:
+    """Valid Dutch BSNs (11-test), IBANs (mod-97) and card numbers (Luhn plus issuer prefix)
+    in the visible or hidden text of a marketing message. Evidence is masked. Numbers the
+    sender may publish (its own IBAN for donations) go in params["personal_data_allow"]."""
+    message = facts.message
+    if message is None:
+        return None
+    allowed = _allowed_numbers(facts.params)
+    for text in (message.text, message.hidden_text):
+        for kind, masked in personal_numbers(text, allowed):
+            return Hit(f"The message shows a third party's {kind}", evidence=masked)
+    return None
+
+
+# --- malware ----------------------------------------------------------------------------------
+
+
+@rule(
+    "content.malware",
+    "Virus or spyware: EICAR, executable or script attachments, macro Office files, archives hiding those.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def malware(facts: MessageFacts) -> Hit | None:
+    """Content checks done here, plus the relay's optional clamd scan.
+
+    The clamd scan is I/O, so the relay runs it and passes the result as
+    params["clamd_result"]: the signature name when clamd found something, "" when the
+    scan was clean, absent when no scan ran. A non-empty value hits.
+    """
+    message = facts.message
+    clamd = facts.params.get("clamd_result")
+    if isinstance(clamd, str) and clamd.strip():
+        return Hit("clamd found malware", evidence=clamd.strip())
+    if message is None:
+        return None
+    if message.has_eicar:
+        where = next((a.filename for a in message.attachments if a.kind == KIND_EICAR and a.filename), "")
+        evidence = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE" + (f" in {where}" if where else "")
+        return Hit("The message contains the EICAR test signature", evidence=evidence)
+    for attachment in message.attachments:
+        if attachment.dangerous:
+            name = attachment.filename or attachment.content_type
+            where = f"{name}/{attachment.found_in}" if attachment.found_in else name
+            return Hit(f"The message carries a dangerous attachment ({attachment.kind})", evidence=where)
+    return None
+
+
+RULES = (
+    offensive_subject,
+    misleading_subject,
+    hateful,
+    adult,
+    infringing_links,
+    personal_data,
+    malware,
+)

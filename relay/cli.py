@@ -1,0 +1,148 @@
+"""The one entry point, `consent-relay`: argument parsing and exit codes (0 ok, 1 finding, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from typing import Any, Awaitable, Callable, NoReturn, Sequence
+
+from relay.config import Config, config_path_from, load_config
+from relay.errors import ConfigError, NotFound, RelayError, StoreUnavailable, UsageError
+
+EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+PROG = "consent-relay"
+
+Handler = Callable[[Any, argparse.Namespace], Awaitable[int]]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(f"{PROG}: error: {message}" if not message.startswith(PROG) else f"{message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (default ./config.toml or $CONSENT_RELAY_CONFIG)")
+    return common
+
+
+def add_command(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    help_text: str,
+    *,
+    needs_store: bool = True,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    parser.set_defaults(handler=handler, needs_store=needs_store)
+    return parser
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def build_parser() -> Parser:
+    from relay import cli_account, cli_features
+
+    common = common_options()
+    parser = Parser(prog=PROG, parents=[common], description="SMTP relay proxy enforcing permission-based e-mail policy")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    serve = add_command(sub, common, "serve", _serve, "run the relay", needs_store=False)
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    add_command(sub, common, "check-config", _check_config, "validate the config file and exit", needs_store=False)
+    sub.add_parser("hash-password", help="read a secret on stdin and print its hash").set_defaults(
+        handler=_hash_password, needs_store=False, no_config=True
+    )
+    cli_account.register(sub, common)
+    cli_features.register(sub, common)
+    return parser
+
+
+async def _check_config(config: Config, args: argparse.Namespace) -> int:
+    from relay.dkim_keys import load_configured_keys
+
+    load_configured_keys(config)
+    print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
+    return EXIT_OK
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    from relay.app import serve
+
+    return await serve(config, worker_index=args.worker_index)
+
+
+async def _hash_password(_: Any, args: argparse.Namespace) -> int:
+    from relay.passwords import hash_password
+
+    if sys.stdin.isatty():
+        secret = getpass.getpass("Secret: ")
+        if getpass.getpass("Again: ") != secret:
+            fail("the two entries differ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        fail("empty secret")
+    print(hash_password(secret))
+    return EXIT_OK
+
+
+async def _run_with_store(handler: Handler, config: Config, args: argparse.Namespace) -> int:
+    from relay.log import configure_logging
+    from relay.services import Services
+
+    configure_logging("warning", config.logging.log_recipients)
+    services = Services.build(config)
+    await services.store.open()
+    try:
+        return await handler(services, args)
+    finally:
+        await services.store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "no_config", False):
+            return asyncio.run(args.handler(None, args))
+        config = load_config(config_path_from(getattr(args, "config", None)))
+        if args.needs_store:
+            return asyncio.run(_run_with_store(args.handler, config, args))
+        return asyncio.run(args.handler(config, args))
+    except ConfigError as exc:
+        fail(f"config: {exc}")
+    except UsageError as exc:
+        fail(str(exc))
+    except NotFound as exc:
+        fail(str(exc) or "not found")
+    except StoreUnavailable as exc:
+        fail(f"store unavailable: {exc}", 75)
+    except RelayError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

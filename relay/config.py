@@ -1,0 +1,699 @@
+"""Load and validate the one TOML config file (SPEC §12). Every error names its key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from policies.addresses import InvalidAddress, normalize_address
+from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
+from policies.findings import Action
+from policies.profiles import PROFILE_NAMES
+from relay.errors import ConfigError
+from relay.passwords import is_password_hash
+
+DEFAULT_CONFIG = "config.toml"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: Listen = Listen("127.0.0.1", 2525)
+    tls_listen: Listen | None = None
+    hostname: str = "localhost"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_require_tls: bool = True
+    max_message_size: int = 26214400
+    max_recipients: int = 1000
+    workers: int = 1
+    idle_timeout: float = 300
+    shutdown_grace: float = 30
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    auth_max_failures: int = 5
+    auth_lockout_seconds: float = 900
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: str = "opportunistic"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30
+    pool_size: int = 8
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str = "sqlite:///var/relay.db"
+    timeout: float = 5.0
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite://")
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    label: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    admin_listen: Listen | None = Listen("127.0.0.1", 8025)
+    public_listen: Listen | None = None
+    public_base_url: str = "http://127.0.0.1:8080"
+    admin_tokens: tuple[AdminToken, ...] = ()
+    metrics_require_token: bool = False
+
+
+@dataclass(frozen=True)
+class UnsubscribeConfig:
+    secrets: tuple[bytes, ...] = ()
+    mailto_domain: str = "localhost"
+    placeholder: str = "{{unsubscribe_url}}"
+    csa_complaints: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    profile: str = "strict"
+    mode: str = "enforce"
+    actions: Mapping[str, str] = field(default_factory=dict)
+    wordlists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    retention_days: float = 30
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    retry_initial_seconds: float = 60
+    retry_max_seconds: float = 3600
+    give_up_after_hours: float = 120
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class ComplaintsConfig:
+    ack_deadline_hours: float = 24
+    rate_threshold: float = 0.003
+    rate_min_complaints: int = 3
+    rate_window_hours: float = 24
+
+
+@dataclass(frozen=True)
+class MalwareConfig:
+    clamd: str | None = None
+    clamd_unavailable: str = "tempfail"
+    clamd_timeout: float = 30
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    domain: str
+    selector: str
+    private_key: Path
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    log_recipients: str = "hashed"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    id: str
+    kind: str
+    topic: str
+    envelope_from: tuple[str, ...] = ()
+
+    @property
+    def facts(self) -> StreamFacts:
+        return StreamFacts(self.id, self.kind, self.topic)
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    id: str
+    name: str = ""
+    password_hash: str | None = None
+    domains: tuple[str, ...] = ()
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    legal_name: str = ""
+    postal_address: str = ""
+    registration_number: str = ""
+    parent: str | None = None
+    abuse_contact: str | None = None
+    allow_adult: bool = False
+    default_stream: str | None = None
+    rate_limit_per_minute: int = 0
+    streams: tuple[StreamConfig, ...] = ()
+
+    def stream(self, stream_id: str) -> StreamConfig | None:
+        return next((s for s in self.streams if s.id == stream_id), None)
+
+    def stream_for_envelope(self, mail_from: str) -> StreamConfig | None:
+        sender = mail_from.lower()
+        return next((s for s in self.streams if sender in s.envelope_from), None)
+
+    @property
+    def all_marketing(self) -> bool:
+        return bool(self.streams) and all(s.kind == MARKETING for s in self.streams)
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_networks)
+
+    def facts(self, state: str = "active", reason: str = "", paused_streams: frozenset[str] = frozenset()) -> AccountFacts:
+        return AccountFacts(
+            id=self.id,
+            name=self.name,
+            domains=frozenset(self.domains),
+            legal_name=self.legal_name,
+            postal_address=self.postal_address,
+            registration_number=self.registration_number,
+            parent=self.parent,
+            allow_adult=self.allow_adult,
+            state=state,
+            state_reason=reason,
+            paused_streams=paused_streams,
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    smtp: SmtpConfig
+    upstream: UpstreamConfig
+    store: StoreConfig
+    http: HttpConfig
+    unsubscribe: UnsubscribeConfig
+    policy: PolicyConfig
+    quarantine: QuarantineConfig
+    outbox: OutboxConfig
+    complaints: ComplaintsConfig
+    malware: MalwareConfig
+    dkim_keys: tuple[DkimKeyConfig, ...]
+    logging: LoggingConfig
+    accounts: tuple[AccountConfig, ...]
+
+    def account(self, account_id: str) -> AccountConfig | None:
+        return next((a for a in self.accounts if a.id == account_id), None)
+
+    def account_trusting(self, ip: str) -> AccountConfig | None:
+        return next((a for a in self.accounts if a.trusts(ip)), None)
+
+    def accounts_under(self, scope: str) -> tuple[AccountConfig, ...]:
+        return tuple(a for a in self.accounts if a.id == scope or a.parent == scope)
+
+
+# --- value parsers: each takes (key, raw value) and raises ConfigError naming the key ---
+
+
+def _type_name(value: object) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {_type_name(value)}")
+    if value < 0:
+        raise ConfigError(key, "must not be negative")
+    return value
+
+
+def _num(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"expected a number, got {_type_name(value)}")
+    if value < 0:
+        raise ConfigError(key, "must not be negative")
+    return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        text = _str(key, value)
+        if text not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of strings, got {_type_name(value)}")
+    return tuple(_str(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _listen(key: str, value: Any) -> Listen:
+    text = _str(key, value)
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
+    return Listen(host, int(port))
+
+
+def resolve_secret(key: str, value: Any) -> str:
+    """`env:NAME` reads the environment; anything else is taken literally."""
+    text = _str(key, value)
+    if text.startswith("env:"):
+        name = text[4:]
+        if not name or name not in os.environ:
+            raise ConfigError(key, f"environment variable {name or '(empty)'} is not set")
+        return os.environ[name]
+    return text
+
+
+def _hash(key: str, value: Any) -> str:
+    text = resolve_secret(key, value)
+    if not is_password_hash(text):
+        raise ConfigError(key, "expected a hash from `consent-relay hash-password` (scrypt$…), not a plain secret")
+    return text
+
+
+def _readable(base: Path) -> Callable[[str, Any], Path]:
+    def parse(key: str, value: Any) -> Path:
+        path = Path(_str(key, value))
+        if not path.is_absolute():
+            path = base / path
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from exc
+        return path
+
+    return parse
+
+
+def _section(key: str, data: Any, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(key, f"expected a table, got {_type_name(data)}")
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        full = f"{key}.{name}" if key else name
+        if name not in fields:
+            raise ConfigError(full, f"unknown key (known: {', '.join(sorted(fields))})")
+        out[name] = fields[name](full, value)
+    return out
+
+
+def _store_url(base: Path) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        url = resolve_secret(key, value)  # a PostgreSQL URL may carry a password: env:NAME
+        if url.startswith("sqlite:////"):
+            return url
+        if url.startswith("sqlite:///"):
+            return "sqlite:///" + str((base / url[len("sqlite:///"):]).resolve())
+        if url.startswith(("postgresql://", "postgres://")):
+            return url
+        raise ConfigError(key, "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
+
+    return parse
+
+
+def sqlite_path(url: str) -> Path:
+    """sqlite:////abs/path -> /abs/path (relative URLs were made absolute at load)."""
+    return Path("/" + url[len("sqlite:///"):].lstrip("/"))
+
+
+def _admin_tokens(key: str, value: Any) -> tuple[AdminToken, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list, got {_type_name(value)}")
+    tokens = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):
+            tokens.append(AdminToken(label=f"token{i + 1}", hash=_hash(k, item)))
+        else:
+            parsed = _section(k, item, {"label": _str, "hash": _hash})
+            if "hash" not in parsed:
+                raise ConfigError(f"{k}.hash", "missing")
+            tokens.append(AdminToken(label=parsed.get("label", f"token{i + 1}"), hash=parsed["hash"]))
+    return tuple(tokens)
+
+
+def _secrets(key: str, value: Any) -> tuple[bytes, ...]:
+    items = _str_list(key, value)
+    out = []
+    for i, item in enumerate(items):
+        secret = resolve_secret(f"{key}[{i}]", item)
+        if len(secret) < 16:
+            raise ConfigError(f"{key}[{i}]", "an unsubscribe secret needs at least 16 characters")
+        out.append(secret.encode("utf-8"))
+    return tuple(out)
+
+
+def _actions(key: str, value: Any) -> dict[str, str]:
+    from policies.registry import RULES_BY_ID
+
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a table, got {_type_name(value)}")
+    out = {}
+    valid = [a.value for a in Action]
+    for rule_id, action in value.items():
+        k = f'{key}."{rule_id}"'
+        if rule_id not in RULES_BY_ID and not rule_id.startswith("account."):
+            raise ConfigError(k, "unknown rule id")
+        out[rule_id] = _choice(*valid)(k, action)
+    return out
+
+
+def _wordlists(key: str, value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a table of lists, got {_type_name(value)}")
+    return {name: _str_list(f"{key}.{name}", terms) for name, terms in value.items()}
+
+
+def _networks(key: str, value: Any) -> tuple[Any, ...]:
+    nets = []
+    for i, text in enumerate(_str_list(key, value)):
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{key}[{i}]", f"not a network: {text!r}") from exc
+    return tuple(nets)
+
+
+def _address(key: str, value: Any) -> str:
+    try:
+        return normalize_address(_str(key, value))
+    except InvalidAddress as exc:
+        raise ConfigError(key, str(exc)) from exc
+
+
+def _domains(key: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, d in enumerate(_str_list(key, value)):
+        try:
+            out.append(d.strip().rstrip(".").encode("idna").decode("ascii").lower())
+        except UnicodeError as exc:
+            raise ConfigError(f"{key}[{i}]", f"invalid domain {d!r}") from exc
+    return tuple(out)
+
+
+def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables ([[{key}]]), got {_type_name(value)}")
+    streams = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(
+            k,
+            item,
+            {
+                "id": _str,
+                "kind": _choice(MARKETING, TRANSACTIONAL),
+                "topic": _str,
+                "envelope_from": lambda kk, v: tuple(_address(f"{kk}[{j}]", x) for j, x in enumerate(_str_list(kk, v))),
+            },
+        )
+        for required in ("id", "kind"):
+            if required not in data:
+                raise ConfigError(f"{k}.{required}", "missing")
+        data.setdefault("topic", data["id"])
+        streams.append(StreamConfig(**data))
+    ids = [s.id for s in streams]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(key, "stream ids must be unique")
+    return tuple(streams)
+
+
+def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
+    accounts = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(
+            k,
+            item,
+            {
+                "id": _str,
+                "name": _str,
+                "password_hash": _hash,
+                "domains": _domains,
+                "trusted_networks": _networks,
+                "legal_name": _str,
+                "postal_address": _str,
+                "registration_number": _str,
+                "parent": _str,
+                "abuse_contact": _address,
+                "allow_adult": _bool,
+                "default_stream": _str,
+                "rate_limit_per_minute": _int,
+                "streams": _streams,
+            },
+        )
+        if "id" not in data:
+            raise ConfigError(f"{k}.id", "missing")
+        account = AccountConfig(**data)
+        if not account.domains:
+            raise ConfigError(f"{k}.domains", "an account needs at least one sender domain")
+        if account.default_stream is not None and account.stream(account.default_stream) is None:
+            raise ConfigError(f"{k}.default_stream", f"no stream {account.default_stream!r} in this account")
+        accounts.append(account)
+    ids = [a.id for a in accounts]
+    dupes = {x for x in ids if ids.count(x) > 1}
+    if dupes:
+        raise ConfigError(key, f"duplicate account id {sorted(dupes)[0]!r}")
+    parents = {a.parent for a in accounts if a.parent}
+    clash = parents & set(ids)
+    if clash:
+        raise ConfigError(key, f"{sorted(clash)[0]!r} is both an account id and a parent scope")
+    return tuple(accounts)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate; raises ConfigError naming the offending key."""
+    file = Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("", f"config file {file} not found") from exc
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"config file {file} is not UTF-8") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{file}: invalid TOML: {exc}") from exc
+    return build_config(data, file.resolve())
+
+
+def build_config(data: Mapping[str, Any], path: Path) -> Config:
+    base = path.parent
+    readable = _readable(base)
+    sections: dict[str, Callable[[str, Any], Any]] = {
+        "smtp": lambda k, v: SmtpConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "listen": _listen,
+                    "tls_listen": _listen,
+                    "hostname": _str,
+                    "tls_cert": readable,
+                    "tls_key": readable,
+                    "auth_require_tls": _bool,
+                    "max_message_size": _int,
+                    "max_recipients": _int,
+                    "workers": _int,
+                    "idle_timeout": _num,
+                    "shutdown_grace": _num,
+                    "max_connections": _int,
+                    "max_connections_per_ip": _int,
+                    "auth_max_failures": _int,
+                    "auth_lockout_seconds": _num,
+                },
+            )
+        ),
+        "upstream": lambda k, v: UpstreamConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "host": _str,
+                    "port": _int,
+                    "starttls": _choice("off", "opportunistic", "required"),
+                    "username": _str,
+                    "password": resolve_secret,
+                    "timeout": _num,
+                    "pool_size": _int,
+                    "tls_verify": _bool,
+                },
+            )
+        ),
+        "store": lambda k, v: StoreConfig(**_section(k, v, {"url": _store_url(base), "timeout": _num})),
+        "http": lambda k, v: HttpConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "admin_listen": _listen,
+                    "public_listen": _listen,
+                    "public_base_url": _str,
+                    "admin_tokens": _admin_tokens,
+                    "metrics_require_token": _bool,
+                },
+            )
+        ),
+        "unsubscribe": lambda k, v: UnsubscribeConfig(
+            **_section(
+                k,
+                v,
+                {"secrets": _secrets, "mailto_domain": _str, "placeholder": _str, "csa_complaints": _address},
+            )
+        ),
+        "policy": lambda k, v: PolicyConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "profile": _choice(*PROFILE_NAMES),
+                    "mode": _choice("enforce", "monitor"),
+                    "actions": _actions,
+                    "wordlists": _wordlists,
+                },
+            )
+        ),
+        "quarantine": lambda k, v: QuarantineConfig(**_section(k, v, {"retention_days": _num})),
+        "outbox": lambda k, v: OutboxConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "retry_initial_seconds": _num,
+                    "retry_max_seconds": _num,
+                    "give_up_after_hours": _num,
+                    "poll_seconds": _num,
+                },
+            )
+        ),
+        "complaints": lambda k, v: ComplaintsConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "ack_deadline_hours": _num,
+                    "rate_threshold": _num,
+                    "rate_min_complaints": _int,
+                    "rate_window_hours": _num,
+                },
+            )
+        ),
+        "malware": lambda k, v: MalwareConfig(
+            **_section(
+                k,
+                v,
+                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _num},
+            )
+        ),
+        "dkim": lambda k, v: _section(k, v, {"keys": _dkim_keys(readable)}).get("keys", ()),
+        "logging": lambda k, v: LoggingConfig(
+            **_section(
+                k,
+                v,
+                {"level": _choice("debug", "info", "warning", "error"), "log_recipients": _choice("hashed", "plain")},
+            )
+        ),
+        "accounts": _accounts,
+    }
+    parsed = _section("", dict(data), sections)
+    config = Config(
+        path=path,
+        smtp=parsed.get("smtp", SmtpConfig()),
+        upstream=parsed.get("upstream", UpstreamConfig()),
+        store=parsed.get("store", StoreConfig(url="sqlite:///" + str(base / "var" / "relay.db"))),
+        http=parsed.get("http", HttpConfig()),
+        unsubscribe=parsed.get("unsubscribe", UnsubscribeConfig()),
+        policy=parsed.get("policy", PolicyConfig()),
+        quarantine=parsed.get("quarantine", QuarantineConfig()),
+        outbox=parsed.get("outbox", OutboxConfig()),
+        complaints=parsed.get("complaints", ComplaintsConfig()),
+        malware=parsed.get("malware", MalwareConfig()),
+        dkim_keys=parsed.get("dkim", ()),
+        logging=parsed.get("logging", LoggingConfig()),
+        accounts=parsed.get("accounts", ()),
+    )
+    if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
+        raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
+    if config.smtp.tls_listen is not None and config.smtp.tls_cert is None:
+        raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
+    if config.smtp.workers < 1:
+        raise ConfigError("smtp.workers", "must be at least 1")
+    if config.http.public_listen is not None and not config.unsubscribe.secrets:
+        raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
+    return config
+
+
+def _clamd_address(key: str, value: Any) -> str:
+    text = _str(key, value)
+    kind, _, where = text.partition(":")
+    if kind == "unix" and where.startswith("/"):
+        return text
+    if kind == "tcp" and where.rpartition(":")[2].isdigit():
+        return text
+    raise ConfigError(key, f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
+
+
+def _dkim_keys(readable: Callable[[str, Any], Path]) -> Callable[[str, Any], tuple[DkimKeyConfig, ...]]:
+    def parse(key: str, value: Any) -> tuple[DkimKeyConfig, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list of tables ([[dkim.keys]]), got {_type_name(value)}")
+        keys = []
+        for i, item in enumerate(value):
+            k = f"{key}[{i}]"
+            data = _section(k, item, {"domain": _str, "selector": _str, "private_key": readable})
+            for required in ("domain", "selector", "private_key"):
+                if required not in data:
+                    raise ConfigError(f"{k}.{required}", "missing")
+            keys.append(DkimKeyConfig(data["domain"].lower(), data["selector"], data["private_key"]))
+        return tuple(keys)
+
+    return parse
+
+
+def config_path_from(argument: str | None) -> Path:
+    return Path(argument or os.environ.get("CONSENT_RELAY_CONFIG") or DEFAULT_CONFIG)

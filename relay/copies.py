@@ -1,0 +1,54 @@
+"""Build what goes upstream: per-recipient marketing copies (list headers, unsubscribe URL in the
+body), one copy for transactional mail; the stream header removed; every copy DKIM-signed last."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from policies.facts import MessageFacts, RecipientFacts
+from relay.config import Config
+from relay.delivery import Copy
+from relay.dkim import DkimSigner
+from relay.personalize import prepare, strip_header
+from relay.pipeline import STREAM_HEADER, IdAllocator, Transaction
+from relay.unsubscribe import list_headers, subscription_for
+from relay.unsubscribe_tokens import TokenCodec
+
+
+class CopyMaker:
+    def __init__(self, config: Config, codec: TokenCodec | None, signer: DkimSigner, ids: IdAllocator) -> None:
+        self.config = config
+        self.codec = codec
+        self.signer = signer
+        self.ids = ids
+        self.base_url = config.http.public_base_url.rstrip("/")
+
+    async def __call__(
+        self,
+        txn: Transaction,
+        facts: MessageFacts,
+        rfacts: Sequence[RecipientFacts],
+        raw: bytes,
+        recipients: Sequence[str],
+    ) -> list[Copy]:
+        raw = strip_header(raw, STREAM_HEADER)
+        stream = facts.stream
+        if stream is None or not stream.is_marketing or self.codec is None:
+            return [Copy(tuple(recipients), self.signer.sign(raw))]
+        by_address = {r.address: r for r in rfacts}
+        issued = int(facts.now.timestamp())
+        template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
+        copies = []
+        for rcpt in recipients:
+            sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
+            delivery_id = self.ids.next()
+            if delivery_id is None:
+                await self.ids.refill()
+                delivery_id = self.ids.next()
+            assert delivery_id is not None
+            txn.delivery_ids[rcpt] = delivery_id
+            url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
+            headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
+            content = template.render(headers=headers, url=url)
+            copies.append(Copy((rcpt,), self.signer.sign(content)))
+        return copies

@@ -1,0 +1,119 @@
+"""The admin HTTP listener: /metrics, /healthz, /readyz, and the bearer-protected /api/… of features."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from relay.errors import StoreUnavailable
+from relay.http_common import ADMIN, SERVICES, json_error, json_response
+from relay.passwords import verify_password
+from relay.services import Services
+
+# Feature modules exposing add_routes(app); missing ones are features not built yet.
+ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.web.ui")
+
+Readiness = Callable[[], Awaitable[dict[str, Any]]]
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness", object)  # type: ignore[arg-type]
+
+
+class TokenChecker:
+    """Admin tokens are stored as scrypt hashes; verified tokens are remembered for the process."""
+
+    def __init__(self, services: Services) -> None:
+        self.tokens = services.config.http.admin_tokens
+        self._known: dict[str, str] = {}
+
+    async def label_for(self, token: str) -> str | None:
+        if token in self._known:
+            return self._known[token]
+        import asyncio
+
+        for entry in self.tokens:
+            if await asyncio.to_thread(verify_password, token, entry.hash):
+                self._known[token] = entry.label
+                return entry.label
+        return None
+
+
+CHECKER: web.AppKey[TokenChecker] = web.AppKey("token_checker", TokenChecker)
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+@web.middleware
+async def api_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    path = request.path
+    needs_token = path.startswith("/api/") or (
+        path == "/metrics" and request.app[SERVICES].config.http.metrics_require_token
+    )
+    if needs_token:
+        token = bearer(request)
+        label = await request.app[CHECKER].label_for(token) if token else None
+        if label is None:
+            json_error(401, "unauthorized", "a valid admin bearer token is required")
+        request[ADMIN] = label
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        json_error(503, "store_unavailable", str(exc))
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or not request.path.startswith("/api/"):
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return json_response({"error": code, "detail": exc.text or exc.reason}, status=exc.status)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    registry = services.metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # [smtp] workers > 1: every worker writes its values to this directory; add them up here.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    body = generate_latest(registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    status = await request.app[READINESS]()
+    ready = all(part.get("ok") for part in status.values())
+    return json_response({"ready": ready, **status}, status=200 if ready else 503)
+
+
+def build_admin_app(services: Services, readiness: Readiness) -> web.Application:
+    app = web.Application(middlewares=[json_errors, api_auth], client_max_size=64 * 1024 * 1024)
+    app[SERVICES] = services
+    app[READINESS] = readiness
+    app[CHECKER] = TokenChecker(services)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    for name in ROUTE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue
+            raise
+        module.add_routes(app)
+    return app

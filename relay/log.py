@@ -1,0 +1,44 @@
+"""Structured JSON logs (one object a line). Recipient addresses are hashed unless configured plain."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any, Iterable
+
+import structlog
+
+_PLAIN = False
+
+
+def configure_logging(level: str = "info", log_recipients: str = "hashed", stream: Any = None) -> None:
+    global _PLAIN
+    _PLAIN = log_recipients == "plain"
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # aiosmtpd logs peers and commands at INFO; keep the library quiet and our lines JSON.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def recipient_label(address: str) -> str:
+    """What a log line may say about a recipient."""
+    if _PLAIN:
+        return address
+    return "sha256:" + hashlib.sha256(address.lower().encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def recipient_labels(addresses: Iterable[str]) -> list[str]:
+    return [recipient_label(a) for a in addresses]
+
+
+def get_logger(name: str = "consent_relay") -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,60 @@
+"""Prometheus metrics of SPEC §13 (prefix consent_relay_). Labels only from bounded sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "consent_relay_"
+
+
+class Metrics:
+    """One instance per process; tests create their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = PREFIX
+        self.messages = Counter(
+            p + "messages_total", "Messages by outcome", ["account", "stream", "outcome"], registry=r
+        )
+        self.recipients = Counter(
+            p + "recipients_total", "Recipients by outcome", ["account", "stream", "outcome"], registry=r
+        )
+        self.rule_hits = Counter(p + "rule_hits_total", "Rule hits by action", ["rule", "action"], registry=r)
+        self.upstream_seconds = Histogram(
+            p + "upstream_seconds",
+            "Time of one upstream transaction",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.policy_seconds = Histogram(
+            p + "policy_seconds",
+            "Time of one policy evaluation",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=r,
+        )
+        self.message_bytes = Histogram(
+            p + "message_bytes",
+            "Size of received messages",
+            buckets=(1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
+            registry=r,
+        )
+        self.smtp_connections = Gauge(p + "smtp_connections", "Open SMTP connections", registry=r, multiprocess_mode="livesum")
+        self.quarantine_messages = Gauge(p + "quarantine_messages", "Messages held in quarantine", registry=r, multiprocess_mode="max")
+        self.quarantine_releases = Counter(p + "quarantine_releases_total", "Quarantine releases", registry=r)
+        self.quarantine_deletes = Counter(
+            p + "quarantine_deletes_total", "Quarantine deletes and purges", ["reason"], registry=r
+        )
+        self.outbox_messages = Gauge(p + "outbox_messages", "Copies waiting in the outbox", registry=r, multiprocess_mode="max")
+        self.outbox_attempts = Counter(
+            p + "outbox_attempts_total", "Outbox delivery attempts", ["outcome"], registry=r
+        )
+        self.unsubscribes = Counter(p + "unsubscribes_total", "Unsubscribes by method", ["method"], registry=r)
+        self.complaints = Counter(p + "complaints_total", "Complaints received", ["account"], registry=r)
+        self.account_state = Gauge(
+            p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.consent_records = Gauge(p + "consent_records", "Consent records in the store", registry=r, multiprocess_mode="max")
+        self.upstream_up = Gauge(p + "upstream_up", "1 when the upstream MTA answered the last probe", registry=r, multiprocess_mode="max")
+        self.auth_failures = Counter(p + "auth_failures_total", "Failed SMTP AUTH attempts", registry=r)

@@ -1,0 +1,506 @@
+"""One transaction from MAIL FROM to the final reply: gather facts (with deadlines), ask the engine,
+carry out the decision (refuse, hold, deliver), record it."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+from policies.facts import MessageFacts, RecipientFacts, StreamFacts
+from policies.findings import Action, Finding, Outcome, Verdict
+from policies.message import ParsedMessage, parse_message
+from relay import replies
+from relay.config import AccountConfig, StreamConfig
+from relay.decisions import DecisionRecorder
+from relay.delivery import Copy, DeliveryReport, deliver
+from relay.errors import ScannerUnavailable, StoreUnavailable
+from relay.log import get_logger
+from relay.services import Services
+from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
+from relay.upstream import Upstream
+
+STREAM_HEADER = "X-Relay-Stream"
+_PARSE_IN_THREAD_BYTES = 1 << 20
+
+
+@dataclass
+class Transaction:
+    relay_id: str
+    client_ip: str
+    mail_from: str
+    account: AccountConfig | None = None
+    stream: StreamConfig | None = None  # known before DATA when envelope_from selects it
+    facts: MessageFacts | None = None
+    recipients: list[str] = field(default_factory=list)
+    own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, kind)
+    rcpt_refusals: list[Finding] = field(default_factory=list)
+    delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
+
+
+# Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
+CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], Awaitable[list[Copy]]]
+# Handles mail to one of the relay's own addresses (unsubscribe, feedback reports).
+OwnMailHandler = Callable[[Transaction, Sequence[str], bytes], Awaitable[str]]
+
+
+def strip_header(raw: bytes, name: str) -> bytes:
+    """Remove every occurrence of a header (with its continuation lines) from the header block."""
+    end = raw.find(b"\r\n\r\n")
+    sep = b"\r\n"
+    if end < 0:
+        end = raw.find(b"\n\n")
+        sep = b"\n"
+    if end < 0:
+        end = len(raw)
+    head, body = raw[:end], raw[end:]
+    target = name.lower().encode() + b":"
+    if target not in head.lower():
+        return raw
+    out: list[bytes] = []
+    skipping = False
+    for line in head.split(sep):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(line)
+            continue
+        skipping = line.lower().startswith(target)
+        if not skipping:
+            out.append(line)
+    return sep.join(out) + body
+
+
+class Pipeline:
+    def __init__(self, services: Services, upstream: Upstream, recorder: DecisionRecorder) -> None:
+        self.services = services
+        self.config = services.config
+        self.upstream = upstream
+        self.recorder = recorder
+        self.log = get_logger()
+        self.copy_builder: CopyBuilder = self._one_copy
+        self.own_mail: dict[str, OwnMailHandler] = {}
+        self.own_address_matchers: list[Callable[[str], str | None]] = []
+        self.on_outbox_enqueued: Callable[[], None] = lambda: None
+        self.extra_facts: list[Callable[[Transaction, ParsedMessage], Awaitable[dict[str, object]]]] = []
+        self.covering_consent: Callable[[MessageFacts, RecipientFacts], object] | None = None
+        self.delivery_ids = IdAllocator(services.store.decisions.reserve_ids, "deliveries")
+
+    def new_relay_id(self) -> str:
+        return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+
+    def own_address(self, address: str) -> str | None:
+        for match in self.own_address_matchers:
+            kind = match(address)
+            if kind is not None and kind in self.own_mail:
+                return kind
+        return None
+
+    # --- facts ----------------------------------------------------------------------------
+
+    async def account_facts(self, account: AccountConfig) -> MessageFacts:
+        state = await self.services.store.accounts.get(account.id)
+        return MessageFacts(
+            account=account.facts(state.state, state.reason, state.paused_streams),
+            mail_from="",
+            now=self.services.clock.now(),
+            params=self.services.engine.profile.params,
+        )
+
+    async def recipient_facts(self, account: AccountConfig, emails: Sequence[str]) -> list[RecipientFacts]:
+        scopes = (account.id, account.parent) if account.parent else (account.id,)
+        consent = self.services.store.consent
+        consents, suppressions = await asyncio.gather(
+            consent.find_consents(scopes, emails), consent.find_suppressions(scopes, emails)
+        )
+        return [
+            RecipientFacts(e, tuple(consents.get(e, ())), tuple(suppressions.get(e, ()))) for e in emails
+        ]
+
+    # --- stages ---------------------------------------------------------------------------
+
+    async def at_mail(self, txn: Transaction) -> Verdict:
+        assert txn.account is not None
+        base = await self.account_facts(txn.account)
+        txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
+        stream = txn.stream.facts if txn.stream else None
+        txn.facts = MessageFacts(
+            account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream
+        )
+        verdict = self.services.engine.session(txn.facts)
+        for finding in verdict.findings:
+            self.count_rule(finding)
+        return verdict
+
+    def _kind_known_before_data(self, txn: Transaction) -> StreamFacts | None:
+        assert txn.account is not None
+        if txn.stream is not None:
+            return txn.stream.facts
+        if txn.account.all_marketing:
+            # Every stream is marketing: consent rules apply whatever the header will say.
+            default = txn.account.stream(txn.account.default_stream or "") or txn.account.streams[0]
+            return StreamFacts(default.id, default.kind, "*" if len(txn.account.streams) > 1 else default.topic)
+        return None
+
+    async def at_rcpt(self, txn: Transaction, rcpt: str) -> Verdict | None:
+        assert txn.account is not None and txn.facts is not None
+        stream = self._kind_known_before_data(txn)
+        if stream is None or not stream.is_marketing:
+            return None
+        facts = MessageFacts(
+            account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream
+        )
+        (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
+        verdict = self.services.engine.recipient(facts, rfacts, before_data=True)
+        for finding in verdict.findings:
+            self.count_rule(finding)
+        return verdict
+
+    async def at_data(self, txn: Transaction, raw: bytes) -> str:
+        metrics = self.services.metrics
+        metrics.message_bytes.observe(len(raw))
+        if txn.own_recipients:
+            own_reply = await self._own_mail(txn, raw)
+            if not txn.recipients or txn.account is None:
+                return own_reply
+        assert txn.account is not None
+        account = txn.account
+        started = time.perf_counter()
+        if len(raw) > _PARSE_IN_THREAD_BYTES:
+            message = await asyncio.to_thread(parse_message, raw)
+        else:
+            message = parse_message(raw)
+        requested = message.header(STREAM_HEADER).strip() or None
+        if requested is not None:
+            stream_cfg = account.stream(requested)
+        else:
+            stream_cfg = txn.stream or account.stream(account.default_stream or "")
+        stream_name = stream_cfg.id if stream_cfg else (requested or "")
+        try:
+            base = await self.account_facts(account)
+            stream = stream_cfg.facts if stream_cfg else None
+            rfacts: list[RecipientFacts] = []
+            if stream is not None and stream.is_marketing:
+                rfacts = await self.recipient_facts(account, txn.recipients)
+            else:
+                rfacts = [RecipientFacts(r) for r in txn.recipients]
+            params = base.params
+            for gather in self.extra_facts:
+                extra = await gather(txn, message)
+                if extra:
+                    params = {**params, **extra}
+        except StoreUnavailable as exc:
+            self.log.error("store_unavailable", stage="data", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
+            metrics.messages.labels(account.id, stream_name, "tempfailed").inc()
+            return replies.STORE_UNAVAILABLE
+        except ScannerUnavailable as exc:
+            self.log.error("scanner_unavailable", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
+            metrics.messages.labels(account.id, stream_name, "tempfailed").inc()
+            return replies.SCANNER_UNAVAILABLE
+        facts = MessageFacts(
+            account=base.account,
+            mail_from=txn.mail_from,
+            now=base.now,
+            params=params,
+            stream=stream,
+            stream_requested=requested if stream_cfg is None else None,
+            message=message,
+        )
+        verdict = self.services.engine.message(facts, rfacts)
+        metrics.policy_seconds.observe(time.perf_counter() - started)
+        for finding in verdict.findings:
+            self.count_rule(finding)
+        findings = list(verdict.findings)  # RCPT-time refusals were recorded when they happened
+        return await self._carry_out(txn, message, raw, stream_cfg, stream_name, verdict, findings, rfacts, facts)
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    async def _carry_out(
+        self,
+        txn: Transaction,
+        message: ParsedMessage,
+        raw: bytes,
+        stream_cfg: StreamConfig | None,
+        stream_name: str,
+        verdict: Verdict,
+        findings: list[Finding],
+        rfacts: list[RecipientFacts],
+        facts: MessageFacts,
+    ) -> str:
+        assert txn.account is not None
+        account_id = txn.account.id
+        metrics = self.services.metrics
+        all_rcpts = txn.recipients
+        if verdict.outcome is Outcome.TEMPFAIL:
+            assert verdict.deciding is not None
+            self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts)
+            metrics.messages.labels(account_id, stream_name, "tempfailed").inc()
+            return replies.policy_reply(verdict.deciding)
+        if verdict.outcome is Outcome.REJECT:
+            assert verdict.deciding is not None
+            self.record(txn, message, stream_name, "rejected", findings, all_rcpts)
+            metrics.messages.labels(account_id, stream_name, "rejected").inc()
+            metrics.recipients.labels(account_id, stream_name, "rejected").inc(len(all_rcpts))
+            return replies.policy_reply(verdict.deciding)
+        permitted = [r for r in all_rcpts if r not in verdict.refused]
+        assert stream_cfg is not None  # stream.unknown would have rejected
+        if verdict.outcome is Outcome.QUARANTINE:
+            assert verdict.deciding is not None
+            return await self._hold(txn, message, raw, stream_cfg, verdict, findings, permitted)
+        copies = await self.copy_builder(txn, facts, rfacts, raw, permitted)
+        report = await deliver(
+            self.upstream,
+            self.services.store.outbox,
+            relay_id=txn.relay_id,
+            account=account_id,
+            stream=stream_cfg.id,
+            mail_from=txn.mail_from,
+            copies=copies,
+            now=self.services.clock.timestamp(),
+        )
+        return self._delivery_reply(txn, message, stream_cfg, verdict, findings, rfacts, facts, report)
+
+    def _delivery_reply(
+        self,
+        txn: Transaction,
+        message: ParsedMessage,
+        stream_cfg: StreamConfig,
+        verdict: Verdict,
+        findings: list[Finding],
+        rfacts: list[RecipientFacts],
+        facts: MessageFacts,
+        report: DeliveryReport,
+    ) -> str:
+        assert txn.account is not None
+        account_id, stream_id = txn.account.id, stream_cfg.id
+        metrics = self.services.metrics
+        if report.tempfailed:
+            self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
+            self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients)
+            metrics.messages.labels(account_id, stream_id, "tempfailed").inc()
+            return replies.UPSTREAM_UNAVAILABLE
+        if report.queued:
+            self.on_outbox_enqueued()
+        policy_refused = [(r, verdict.refused[r].rule) for r in txn.recipients if r in verdict.refused]
+        earlier = [(f.recipient or "", f.rule) for f in txn.rcpt_refusals]
+        upstream_refused = [(r, "upstream") for r in report.refused]
+        ok = report.delivered + report.queued
+        outcome = "delivered" if report.delivered and not report.queued else ("deferred" if report.queued else "rejected")
+        self.record(
+            txn, message, stream_id, outcome, findings, txn.recipients, delivered=ok, rfacts=rfacts, facts=facts,
+            queued=set(report.queued),
+        )
+        metrics.messages.labels(account_id, stream_id, outcome).inc()
+        if report.delivered:
+            metrics.recipients.labels(account_id, stream_id, "delivered").inc(len(report.delivered))
+        if report.queued:
+            metrics.recipients.labels(account_id, stream_id, "deferred").inc(len(report.queued))
+        refused_count = len(policy_refused) + len(upstream_refused)
+        if refused_count:
+            metrics.recipients.labels(account_id, stream_id, "rejected").inc(refused_count)
+        if not ok:
+            return replies.upstream_passthrough(report.rejected_code or 550, report.rejected_reply.partition(" ")[2] or "refused")
+        total = len(txn.recipients) + len(earlier)
+        if policy_refused or upstream_refused or earlier:
+            return replies.partially_delivered(txn.relay_id, len(ok), total, earlier + policy_refused + upstream_refused)
+        note = report.upstream_reply.partition(" ")[2] if report.upstream_reply else ""
+        if report.queued:
+            note = f"{len(report.queued)} of {len(ok)} queued for retry"
+        return replies.delivered(txn.relay_id, note)
+
+    async def _hold(
+        self,
+        txn: Transaction,
+        message: ParsedMessage,
+        raw: bytes,
+        stream_cfg: StreamConfig,
+        verdict: Verdict,
+        findings: list[Finding],
+        permitted: list[str],
+    ) -> str:
+        assert txn.account is not None and verdict.deciding is not None
+        quarantine_id = "Q" + txn.relay_id
+        held = [f for f in findings if f.action is Action.QUARANTINE]
+        item = QuarantineItem(
+            id=quarantine_id,
+            relay_id=txn.relay_id,
+            account=txn.account.id,
+            stream=stream_cfg.id,
+            mail_from=txn.mail_from,
+            rcpt_tos=tuple(permitted),
+            subject=message.subject[:500],
+            rules=tuple(dict.fromkeys(f.rule for f in held)),
+            findings=tuple(f.as_dict() for f in findings),
+            size=len(raw),
+            received_at=self.services.clock.now(),
+            content=raw,
+        )
+        try:
+            await self.services.store.quarantine.hold(item)
+        except StoreUnavailable as exc:
+            self.log.error("quarantine_store_failed", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_cfg.id, "tempfailed", findings, txn.recipients)
+            self.services.metrics.messages.labels(txn.account.id, stream_cfg.id, "tempfailed").inc()
+            return replies.STORE_UNAVAILABLE
+        self.services.metrics.quarantine_messages.inc()
+        self.record(txn, message, stream_cfg.id, "quarantined", findings, txn.recipients)
+        self.services.metrics.messages.labels(txn.account.id, stream_cfg.id, "quarantined").inc()
+        self.services.metrics.recipients.labels(txn.account.id, stream_cfg.id, "quarantined").inc(len(permitted))
+        return replies.quarantined(quarantine_id, verdict.deciding.rule)
+
+    async def _own_mail(self, txn: Transaction, raw: bytes) -> str:
+        by_kind: dict[str, list[str]] = {}
+        for address, kind in txn.own_recipients:
+            by_kind.setdefault(kind, []).append(address)
+        reply = "250 2.0.0 OK"
+        for kind, addresses in by_kind.items():
+            reply = await self.own_mail[kind](txn, addresses, raw)
+        return reply
+
+    async def _one_copy(
+        self, txn: Transaction, facts: MessageFacts, rfacts: Sequence[RecipientFacts], raw: bytes, recipients: Sequence[str]
+    ) -> list[Copy]:
+        return [Copy(tuple(recipients), strip_header(raw, STREAM_HEADER))]
+
+    # --- recording ------------------------------------------------------------------------
+
+    def count_rule(self, finding: Finding) -> None:
+        self.services.metrics.rule_hits.labels(finding.rule, finding.action.value).inc()
+        if finding.action is Action.MONITOR:
+            self.log.info("rule_monitored", rule=finding.rule, detail=finding.detail[:200])
+
+    def record_rcpt_refusal(self, txn: Transaction, finding: Finding) -> None:
+        """A recipient refused at RCPT is a decision of its own: the transaction may never reach DATA."""
+        self.recorder.record(
+            DecisionRecord(
+                relay_id=txn.relay_id,
+                outcome="tempfailed" if finding.action is Action.TEMPFAIL else "rejected",
+                created_at=self.services.clock.now(),
+                account=txn.account.id if txn.account else "",
+                stream=txn.stream.id if txn.stream else "",
+                mail_from=txn.mail_from,
+                recipients=(finding.recipient or "",),
+                rules=(finding.rule,),
+                findings=(finding.as_dict(),),
+            )
+        )
+        if txn.account is not None:
+            stream = txn.stream.id if txn.stream else ""
+            self.services.metrics.recipients.labels(txn.account.id, stream, "rejected").inc()
+
+    def record_refusal(self, txn: Transaction, verdict: Verdict, *, stage: str) -> None:
+        assert txn.account is not None
+        outcome = "tempfailed" if verdict.outcome is Outcome.TEMPFAIL else "rejected"
+        self.services.metrics.messages.labels(txn.account.id, "", outcome).inc()
+        self.recorder.record(
+            DecisionRecord(
+                relay_id=txn.relay_id,
+                outcome=outcome,
+                created_at=self.services.clock.now(),
+                account=txn.account.id,
+                mail_from=txn.mail_from,
+                rules=verdict.rule_ids,
+                findings=tuple(f.as_dict() for f in verdict.findings),
+            )
+        )
+
+    def record(
+        self,
+        txn: Transaction,
+        message: ParsedMessage,
+        stream: str,
+        outcome: str,
+        findings: list[Finding],
+        recipients: Sequence[str],
+        *,
+        delivered: Sequence[str] = (),
+        rfacts: Sequence[RecipientFacts] = (),
+        facts: MessageFacts | None = None,
+        queued: set[str] | None = None,
+    ) -> None:
+        assert txn.account is not None
+        now = self.services.clock.now()
+        message_id = message.header("Message-ID").strip()[:300]
+        deliveries = []
+        if delivered:
+            consent_ids = self._consent_ids(facts, rfacts) if facts is not None else {}
+            stream_facts = facts.stream if facts is not None else None
+            for rcpt in delivered:
+                scope, consent_id = consent_ids.get(rcpt, ("", None))
+                delivery_id = txn.delivery_ids.get(rcpt) or self.delivery_ids.next()
+                if delivery_id is None:
+                    self.log.warning("delivery_not_recorded", relay_id=txn.relay_id, reason="no delivery ids")
+                    continue
+                deliveries.append(
+                    DeliveryRecord(
+                        id=delivery_id,
+                        relay_id=txn.relay_id,
+                        account=txn.account.id,
+                        stream=stream,
+                        email=rcpt,
+                        status="queued" if queued and rcpt in queued else "delivered",
+                        delivered_at=now,
+                        message_id=message_id,
+                        scope=scope,
+                        topic=stream_facts.topic if stream_facts else "",
+                        consent_id=consent_id,
+                    )
+                )
+        all_findings = [f.as_dict() for f in findings]
+        self.recorder.record(
+            DecisionRecord(
+                relay_id=txn.relay_id,
+                outcome=outcome,
+                created_at=now,
+                message_id=message_id,
+                account=txn.account.id,
+                stream=stream,
+                mail_from=txn.mail_from,
+                recipients=tuple(recipients),
+                rules=tuple(dict.fromkeys(f.rule for f in findings)),
+                findings=tuple(all_findings),
+            ),
+            deliveries,
+        )
+
+    def _consent_ids(self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]) -> dict[str, tuple[str, int | None]]:
+        covering = self.covering_consent
+        if covering is None or facts.stream is None or not facts.stream.is_marketing:
+            return {}
+        out: dict[str, tuple[str, int | None]] = {}
+        for r in rfacts:
+            record = covering(facts, r)
+            if record is not None:
+                out[r.address] = (record.scope, int(record.id) if record.id else None)
+        return out
+
+
+class IdAllocator:
+    """Hands out ids from blocks reserved in the store, so ids are unique across processes."""
+
+    def __init__(self, reserve: Callable[[str, int], Awaitable[int]], name: str, block: int = 1000) -> None:
+        self._reserve = reserve
+        self._name = name
+        self._block = block
+        self._next = 0
+        self._end = 0
+        self._lock = asyncio.Lock()
+
+    async def refill(self) -> None:
+        async with self._lock:
+            if self._end - self._next < self._block // 4:
+                first = await self._reserve(self._name, self._block)
+                self._next, self._end = first, first + self._block
+
+    def next(self) -> int | None:
+        if self._next >= self._end:
+            return None
+        value = self._next
+        self._next += 1
+        if self._end - self._next < self._block // 4:
+            asyncio.get_running_loop().create_task(self.refill())
+        return value
+

@@ -1,0 +1,96 @@
+"""Every SMTP reply the relay sends, as named constants and one renderer (SPEC §4 reply table)."""
+
+from __future__ import annotations
+
+import re
+
+from policies.findings import Finding
+
+OK_RCPT = "250 2.1.5 Recipient ok"
+OK_MAIL = "250 2.1.0 Sender ok"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_LOCKED = "421 4.7.0 Too many authentication failures; try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
+TOO_BIG = "552 5.3.4 Message too big for system"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable; try again later"
+STORE_UNAVAILABLE = "451 4.3.0 Temporary local problem (store unavailable); try again later"
+SCANNER_UNAVAILABLE = "451 4.3.0 Temporary local problem (malware scanner unavailable); try again later"
+INTERNAL_ERROR = "451 4.3.0 Temporary local problem; try again later"
+IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
+
+_UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]")
+
+
+def clean(text: str, limit: int = 400) -> str:
+    """Text safe inside one reply line: no control characters, bounded length."""
+    return _UNSAFE.sub(" ", text)[:limit]
+
+
+def policy_reply(finding: Finding) -> str:
+    """The reply for a rule hit: 550 reject, 554 suspended, 451 tempfail (SPEC §4)."""
+    detail = clean(finding.detail)
+    if finding.rule == "account.suspended":
+        return f"554 5.7.1 [{finding.rule}] {detail}"
+    if finding.action.value == "tempfail":
+        return f"451 4.7.1 [{finding.rule}] {detail}"
+    return f"550 5.7.1 [{finding.rule}] {detail}"
+
+
+def quarantined(quarantine_id: str, rule: str) -> str:
+    return f"250 2.6.0 Held for review as {quarantine_id} [{rule}]"
+
+
+def delivered(relay_id: str, queue_note: str = "") -> str:
+    extra = f"; upstream: {clean(queue_note, 120)}" if queue_note else ""
+    return f"250 2.0.0 Delivered as {relay_id}{extra}"
+
+
+def partially_delivered(relay_id: str, delivered_count: int, total: int, refusals: list[tuple[str, str]]) -> str:
+    refused = ", ".join(f"{clean(address, 254)} [{rule}]" for address, rule in refusals)
+    return clean(f"250 2.0.0 Delivered to {delivered_count} of {total} recipients; refused: {refused} ({relay_id})", 900)
+
+
+def upstream_passthrough(code: int, message: str) -> str:
+    """An upstream's own reply, passed on (its enhanced code kept when it gave one)."""
+    text = clean(message)
+    if not re.match(r"^[245]\.\d{1,3}\.\d{1,3}\b", text):
+        text = f"{code // 100}.0.0 {text}"
+    return f"{code} {text}"
+
+
+# aiosmtpd's built-in replies carry no enhanced status code; translate them where they leave.
+_ENHANCED_DEFAULT = {
+    "421": "4.4.2",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "552": "5.3.4",
+    "554": "5.3.0",
+    "555": "5.5.4",
+}
+_SPECIFIC = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+}
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}")
+
+
+def with_enhanced_code(status: str) -> str:
+    if status in _SPECIFIC:
+        return _SPECIFIC[status]
+    if len(status) < 4 or status[3] != " " or _HAS_ENHANCED.match(status):
+        return status
+    code = status[:3]
+    enhanced = _ENHANCED_DEFAULT.get(code)
+    if enhanced is None:
+        return status
+    return f"{code} {enhanced} {status[4:].removeprefix('Error: ')}"

@@ -1,0 +1,198 @@
+"""The narrow async store interface. Callers see only these classes; backends implement them.
+
+Store
+├── accounts    AccountStateStore   pause / suspend / resume, read at every MAIL FROM
+├── consent     ConsentStore        consent records and suppressions
+├── decisions   DecisionStore       every decision, and per-recipient deliveries (the proof)
+├── outbox      OutboxStore         durable copies waiting for the upstream
+├── quarantine  QuarantineStore     held messages
+├── audit       AuditStore          who did what, when, why
+├── rates       RateStore           shared token buckets
+└── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from policies.facts import ConsentRecord, Suppression
+from relay.store.complaints_base import ComplaintStore
+from relay.store.records import (
+    AccountState,
+    AuditEntry,
+    DecisionRecord,
+    DeliveryRecord,
+    OutboxItem,
+    QuarantineItem,
+)
+
+
+class AccountStateStore(abc.ABC):
+    @abc.abstractmethod
+    async def get(self, account: str) -> AccountState: ...
+
+    @abc.abstractmethod
+    async def set(self, state: AccountState, *, actor: str, note: str) -> None:
+        """Write the state and its audit entry in one transaction."""
+
+    @abc.abstractmethod
+    async def all(self) -> list[AccountState]: ...
+
+
+class ConsentStore(abc.ABC):
+    @abc.abstractmethod
+    async def find_consents(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[ConsentRecord]]:
+        """Consent records (revoked ones included) of these addresses at these scopes, by address."""
+
+    @abc.abstractmethod
+    async def find_suppressions(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[Suppression]]: ...
+
+    @abc.abstractmethod
+    async def upsert_consents(self, records: Iterable[ConsentRecord], *, now: datetime) -> tuple[int, int]:
+        """Insert or update in one transaction; returns (written, unchanged)."""
+
+    @abc.abstractmethod
+    async def revoke(self, scope: str, email: str, topic: str | None, *, via: str, at: datetime) -> int: ...
+
+    @abc.abstractmethod
+    async def touch(self, scopes: Sequence[str], email: str, kind: str, at: datetime) -> int:
+        """An interaction (purchase, click, reply, confirmation) extends the consents' life."""
+
+    @abc.abstractmethod
+    async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_suppression(self, scope: str, email: str, reason: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def list_suppressions(self, scope: str | None = None, limit: int = 1000) -> list[Suppression]: ...
+
+    @abc.abstractmethod
+    async def count(self) -> int: ...
+
+
+class DecisionStore(abc.ABC):
+    @abc.abstractmethod
+    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None: ...
+
+    @abc.abstractmethod
+    async def reserve_ids(self, name: str, count: int) -> int:
+        """Reserve `count` consecutive ids under `name`; returns the first."""
+
+    @abc.abstractmethod
+    async def for_relay_id(self, relay_id: str) -> list[DecisionRecord]: ...
+
+    @abc.abstractmethod
+    async def deliveries_to(self, email: str, accounts: Sequence[str], limit: int = 1000) -> list[DeliveryRecord]: ...
+
+    @abc.abstractmethod
+    async def delivery(self, delivery_id: int) -> DeliveryRecord | None: ...
+
+    @abc.abstractmethod
+    async def deliveries_by_message_id(self, message_id: str) -> list[DeliveryRecord]: ...
+
+
+class OutboxStore(abc.ABC):
+    @abc.abstractmethod
+    async def enqueue(self, items: Sequence[OutboxItem], *, now: float) -> list[int]:
+        """Durably write the copies (committed before this returns)."""
+
+    @abc.abstractmethod
+    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
+        """Lease due copies to `owner`; a copy is leased to one owner at a time."""
+
+    @abc.abstractmethod
+    async def delivered(self, item_id: int, owner: str) -> None: ...
+
+    @abc.abstractmethod
+    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None: ...
+
+    @abc.abstractmethod
+    async def give_up(self, item_id: int, owner: str, *, error: str) -> None: ...
+
+    @abc.abstractmethod
+    async def depth(self) -> int: ...
+
+
+class QuarantineStore(abc.ABC):
+    @abc.abstractmethod
+    async def hold(self, item: QuarantineItem) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, item_id: str, *, with_content: bool = False) -> QuarantineItem | None: ...
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        *,
+        account: str | None = None,
+        rule: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[QuarantineItem], str | None]: ...
+
+    @abc.abstractmethod
+    async def set_status(self, item_id: str, status: str, audit: AuditEntry) -> bool:
+        """Move a held message to released/deleted with its audit entry; False if not held."""
+
+    @abc.abstractmethod
+    async def count(self) -> int: ...
+
+    @abc.abstractmethod
+    async def purge_older_than(self, when: datetime, audit_actor: str) -> int: ...
+
+    async def counts(
+        self, *, since: datetime | None = None, before: datetime | None = None
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Held messages by rule and by account. Backends override this with GROUP BY queries."""
+        by_rule: dict[str, int] = {}
+        by_account: dict[str, int] = {}
+        cursor: str | None = None
+        while True:
+            items, cursor = await self.list(since=since, before=before, cursor=cursor, limit=500)
+            for item in items:
+                by_account[item.account] = by_account.get(item.account, 0) + 1
+                for rule in item.rules:
+                    by_rule[rule] = by_rule.get(rule, 0) + 1
+            if cursor is None:
+                return by_rule, by_account
+
+
+class AuditStore(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list(self, *, limit: int = 100, target: str | None = None) -> list[AuditEntry]: ...
+
+
+class RateStore(abc.ABC):
+    @abc.abstractmethod
+    async def take(self, key: str, *, rate_per_minute: int, now: float) -> bool:
+        """Take one token from the shared bucket; False when empty."""
+
+
+class Store(abc.ABC):
+    accounts: AccountStateStore
+    consent: ConsentStore
+    decisions: DecisionStore
+    outbox: OutboxStore
+    quarantine: QuarantineStore
+    audit: AuditStore
+    rates: RateStore
+    complaints: ComplaintStore
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and run migrations (safe when several instances start at once)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot answer."""

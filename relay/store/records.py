@@ -1,0 +1,108 @@
+"""Rows the store reads and writes, as frozen dataclasses shared by every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    account: str
+    state: str = "active"  # active | paused | suspended
+    reason: str = ""
+    paused_streams: frozenset[str] = frozenset()
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    relay_id: str
+    outcome: str
+    created_at: datetime
+    message_id: str = ""
+    account: str = ""
+    stream: str = ""
+    mail_from: str = ""
+    recipients: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    findings: tuple[dict[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One recipient's copy, for the proof, complaint mapping and mailto unsubscribe tokens."""
+
+    id: int
+    relay_id: str
+    account: str
+    stream: str
+    email: str
+    status: str  # delivered | queued
+    delivered_at: datetime
+    message_id: str = ""
+    scope: str = ""
+    topic: str = ""
+    consent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    relay_id: str
+    account: str
+    stream: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    id: int = 0
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    created_at: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    action: str
+    target: str
+    note: str = ""
+    detail: dict[str, object] = field(default_factory=dict)
+    at: datetime | None = None
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class QuarantineItem:
+    id: str
+    relay_id: str
+    account: str
+    stream: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    subject: str
+    rules: tuple[str, ...]
+    findings: tuple[dict[str, object], ...]
+    size: int
+    received_at: datetime
+    status: str = "held"
+    content: bytes = b""

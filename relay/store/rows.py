@@ -1,0 +1,217 @@
+"""Row <-> record conversion shared by the SQL backends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from datetime import timezone
+from operator import attrgetter
+from typing import Any, Mapping
+
+from policies.facts import ConsentRecord, Suppression
+from relay.store.records import (
+    AuditEntry,
+    DecisionRecord,
+    DeliveryRecord,
+    OutboxItem,
+    QuarantineItem,
+    iso,
+    parse_iso,
+)
+
+CONSENT_TIME_FIELDS = (
+    "collected_at",
+    "confirmed_at",
+    "last_purchase_at",
+    "last_interaction_at",
+    "revoked_at",
+    "created_at",
+    "updated_at",
+)
+CONSENT_BOOL_FIELDS = (
+    "prechecked",
+    "frequency_disclosed",
+    "informed_at_collection",
+    "objection_offered",
+    "email_contact_announced",
+)
+# Columns written on upsert, in order (id is generated, created_at kept on update).
+CONSENT_COLUMNS = tuple(f.name for f in fields(ConsentRecord) if f.name != "id")
+# Provenance columns compared to decide whether a re-import changes anything.
+CONSENT_CONTENT_COLUMNS = tuple(c for c in CONSENT_COLUMNS if c not in ("created_at", "updated_at"))
+
+
+_GET_CONSENT_COLUMNS = attrgetter(*CONSENT_COLUMNS)
+_TIME_INDEXES = tuple(i for i, c in enumerate(CONSENT_COLUMNS) if c in CONSENT_TIME_FIELDS)
+_BOOL_INDEXES = tuple(i for i, c in enumerate(CONSENT_COLUMNS) if c in CONSENT_BOOL_FIELDS)
+_CREATED = CONSENT_COLUMNS.index("created_at")
+_UPDATED = CONSENT_COLUMNS.index("updated_at")
+
+
+def consent_to_row(record: ConsentRecord, stamp: str | None = None) -> list[Any]:
+    """Column values in CONSENT_COLUMNS order; `stamp` fills a missing created_at/updated_at.
+    On the import path for every row, so: one attrgetter, then only the columns needing conversion."""
+    row = list(_GET_CONSENT_COLUMNS(record))
+    for i in _TIME_INDEXES:
+        value = row[i]
+        if value is not None:
+            row[i] = value.isoformat(timespec="microseconds") if value.tzinfo is timezone.utc else iso(value)
+    for i in _BOOL_INDEXES:
+        row[i] = 1 if row[i] else 0
+    if stamp is not None:
+        if row[_CREATED] is None:
+            row[_CREATED] = stamp
+        if row[_UPDATED] is None:
+            row[_UPDATED] = stamp
+    return row
+
+
+# Re-importing a row must not undo what happened since: a revocation stays unless the row carries
+# consent given after it, and interaction dates only move forward.
+_KEEP_REVOCATION = (
+    "consents.revoked_at IS NOT NULL AND (excluded.collected_at IS NULL OR excluded.collected_at <= consents.revoked_at)"
+)
+_FORWARD_ONLY = ("confirmed_at", "last_purchase_at", "last_interaction_at")
+
+
+def consent_merge_expression(column: str) -> str:
+    """The value a consent column takes when an upsert meets an existing row (portable SQL)."""
+    if column in ("revoked_at", "revoked_via"):
+        return f"CASE WHEN {_KEEP_REVOCATION} THEN consents.{column} ELSE excluded.{column} END"
+    if column in _FORWARD_ONLY:
+        return (
+            f"CASE WHEN consents.{column} IS NULL OR excluded.{column} > consents.{column} "
+            f"THEN excluded.{column} ELSE consents.{column} END"
+        )
+    return f"excluded.{column}"
+
+
+def consent_from_row(row: Mapping[str, Any]) -> ConsentRecord:
+    values: dict[str, Any] = {}
+    for name in CONSENT_COLUMNS:
+        value = row[name]
+        if name in CONSENT_TIME_FIELDS:
+            value = parse_iso(value)
+        elif name in CONSENT_BOOL_FIELDS:
+            value = bool(value)
+        values[name] = value
+    return ConsentRecord(id=str(row["id"]), **values)
+
+
+def suppression_from_row(row: Mapping[str, Any]) -> Suppression:
+    return Suppression(
+        email=row["email"],
+        scope=row["scope"],
+        topic=row["topic"],
+        reason=row["reason"],
+        via=row["via"],
+        created_at=parse_iso(row["created_at"]),
+    )
+
+
+def decision_to_row(d: DecisionRecord) -> tuple[Any, ...]:
+    return (
+        d.relay_id,
+        d.message_id,
+        d.account,
+        d.stream,
+        d.mail_from,
+        json.dumps(list(d.recipients)),
+        d.outcome,
+        json.dumps(list(d.rules)),
+        json.dumps(list(d.findings)),
+        iso(d.created_at),
+    )
+
+
+def decision_from_row(row: Mapping[str, Any]) -> DecisionRecord:
+    return DecisionRecord(
+        relay_id=row["relay_id"],
+        outcome=row["outcome"],
+        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
+        message_id=row["message_id"],
+        account=row["account"],
+        stream=row["stream"],
+        mail_from=row["mail_from"],
+        recipients=tuple(json.loads(row["recipients"])),
+        rules=tuple(json.loads(row["rules"])),
+        findings=tuple(json.loads(row["findings"])),
+    )
+
+
+def delivery_to_row(d: DeliveryRecord) -> tuple[Any, ...]:
+    return (
+        d.id,
+        d.relay_id,
+        d.message_id,
+        d.account,
+        d.stream,
+        d.scope,
+        d.topic,
+        d.email,
+        d.consent_id,
+        d.status,
+        iso(d.delivered_at),
+    )
+
+
+def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        relay_id=row["relay_id"],
+        account=row["account"],
+        stream=row["stream"],
+        email=row["email"],
+        status=row["status"],
+        delivered_at=parse_iso(row["delivered_at"]),  # type: ignore[arg-type]
+        message_id=row["message_id"],
+        scope=row["scope"],
+        topic=row["topic"],
+        consent_id=row["consent_id"],
+    )
+
+
+def outbox_from_row(row: Mapping[str, Any]) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        relay_id=row["relay_id"],
+        account=row["account"],
+        stream=row["stream"],
+        mail_from=row["mail_from"],
+        rcpt_tos=tuple(json.loads(row["rcpt_tos"])),
+        content=bytes(row["content"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        last_error=row["last_error"],
+    )
+
+
+def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=parse_iso(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        note=row["note"],
+        detail=json.loads(row["detail"]),
+    )
+
+
+def quarantine_from_row(row: Mapping[str, Any], with_content: bool) -> QuarantineItem:
+    return QuarantineItem(
+        id=row["id"],
+        relay_id=row["relay_id"],
+        account=row["account"],
+        stream=row["stream"],
+        mail_from=row["mail_from"],
+        rcpt_tos=tuple(json.loads(row["rcpt_tos"])),
+        subject=row["subject"],
+        rules=tuple(json.loads(row["rules"])),
+        findings=tuple(json.loads(row["findings"])),
+        size=row["size"],
+        received_at=parse_iso(row["received_at"]),  # type: ignore[arg-type]
+        status=row["status"],
+        content=bytes(row["content"]) if with_content else b"",
+    )

@@ -1,0 +1,177 @@
+"""Versioned schema migrations. Portable SQL: the PostgreSQL store maps the few type names."""
+
+from __future__ import annotations
+
+# Each entry is one migration; never edit a released one, append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE account_state (
+            account TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            paused_streams TEXT NOT NULL DEFAULT '',
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE consents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,
+            email TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            basis TEXT NOT NULL,
+            source TEXT NOT NULL,
+            collected_at TEXT,
+            source_url TEXT NOT NULL DEFAULT '',
+            source_ip TEXT NOT NULL DEFAULT '',
+            confirmed_at TEXT,
+            statement_text TEXT NOT NULL DEFAULT '',
+            co_registration_partners TEXT NOT NULL DEFAULT '',
+            prechecked INTEGER NOT NULL DEFAULT 0,
+            frequency_disclosed INTEGER NOT NULL DEFAULT 0,
+            customer_relationship TEXT NOT NULL DEFAULT '',
+            last_purchase_at TEXT,
+            informed_at_collection INTEGER NOT NULL DEFAULT 0,
+            objection_offered INTEGER NOT NULL DEFAULT 0,
+            email_contact_announced INTEGER NOT NULL DEFAULT 0,
+            last_interaction_at TEXT,
+            revoked_at TEXT,
+            revoked_via TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (email, scope, topic)
+        )""",
+        """CREATE TABLE suppressions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            scope TEXT NOT NULL,
+            email TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            via TEXT NOT NULL DEFAULT '',
+            note TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            UNIQUE (email, scope, topic, reason)
+        )""",
+        """CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            relay_id TEXT NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            account TEXT NOT NULL DEFAULT '',
+            stream TEXT NOT NULL DEFAULT '',
+            mail_from TEXT NOT NULL DEFAULT '',
+            recipients TEXT NOT NULL DEFAULT '[]',
+            outcome TEXT NOT NULL,
+            rules TEXT NOT NULL DEFAULT '[]',
+            findings TEXT NOT NULL DEFAULT '[]',
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX decisions_relay_id ON decisions (relay_id)",
+        """CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            relay_id TEXT NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            account TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            scope TEXT NOT NULL DEFAULT '',
+            topic TEXT NOT NULL DEFAULT '',
+            email TEXT NOT NULL,
+            consent_id INTEGER,
+            status TEXT NOT NULL,
+            delivered_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX deliveries_email ON deliveries (email, account)",
+        "CREATE INDEX deliveries_message_id ON deliveries (message_id)",
+        """CREATE TABLE id_blocks (
+            name TEXT PRIMARY KEY,
+            next_id INTEGER NOT NULL
+        )""",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            relay_id TEXT NOT NULL,
+            account TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            mail_from TEXT NOT NULL,
+            rcpt_tos TEXT NOT NULL,
+            content BLOB NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'pending',
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX outbox_due ON outbox (status, next_attempt_at)",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX audit_at ON audit (at)",
+        """CREATE TABLE quarantine (
+            id TEXT PRIMARY KEY,
+            relay_id TEXT NOT NULL,
+            account TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            mail_from TEXT NOT NULL,
+            rcpt_tos TEXT NOT NULL,
+            subject TEXT NOT NULL DEFAULT '',
+            rules TEXT NOT NULL,
+            findings TEXT NOT NULL,
+            content BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            received_at TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'held'
+        )""",
+        "CREATE INDEX quarantine_list ON quarantine (status, received_at)",
+        """CREATE TABLE rate_buckets (
+            account TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
+    # 2: complaints (SPEC §9) and the feedback reports refused as malformed, kept for inspection.
+    (
+        """CREATE TABLE complaints (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            report_key TEXT NOT NULL UNIQUE,
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            feedback_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            arrived_at TEXT,
+            deadline TEXT,
+            message_id TEXT NOT NULL DEFAULT '',
+            relay_id TEXT NOT NULL DEFAULT '',
+            delivery_id INTEGER,
+            stream TEXT NOT NULL DEFAULT '',
+            mapped_by TEXT NOT NULL DEFAULT '',
+            reporter TEXT NOT NULL DEFAULT '',
+            forwarded_to TEXT NOT NULL DEFAULT '',
+            forwarded_at TEXT,
+            forward_error TEXT NOT NULL DEFAULT '',
+            acknowledged_at TEXT,
+            acknowledged_by TEXT NOT NULL DEFAULT '',
+            ack_note TEXT NOT NULL DEFAULT '',
+            escalated_at TEXT,
+            report BLOB NOT NULL
+        )""",
+        "CREATE INDEX complaints_open ON complaints (status, deadline)",
+        "CREATE INDEX complaints_account ON complaints (account, received_at)",
+        """CREATE TABLE feedback_rejects (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            source TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            report BLOB NOT NULL
+        )""",
+        "CREATE INDEX feedback_rejects_at ON feedback_rejects (received_at)",
+        # The complaint rate counts an account's delivered recipients in a time window.
+        "CREATE INDEX deliveries_account_time ON deliveries (account, delivered_at)",
+    ),
+)

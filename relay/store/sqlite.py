@@ -1,0 +1,615 @@
+"""The embedded store: one SQLite file in WAL mode via aiosqlite, migrated on open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from contextlib import asynccontextmanager
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import aiosqlite
+
+from policies.facts import ConsentRecord, Suppression
+from relay.errors import StoreUnavailable
+from relay.store import base
+from relay.store.records import (
+    AccountState,
+    AuditEntry,
+    DecisionRecord,
+    DeliveryRecord,
+    OutboxItem,
+    QuarantineItem,
+    iso,
+    parse_iso,
+    utcnow,
+)
+from relay.store.rows import (
+    CONSENT_COLUMNS,
+    CONSENT_CONTENT_COLUMNS,
+    audit_from_row,
+    consent_from_row,
+    consent_merge_expression,
+    consent_to_row,
+    decision_from_row,
+    decision_to_row,
+    delivery_from_row,
+    delivery_to_row,
+    outbox_from_row,
+    quarantine_from_row,
+    suppression_from_row,
+)
+from relay.store.schema import MIGRATIONS
+from relay.store.sqlite_complaints import SqliteComplaints
+
+_CHUNK = 500  # SQLite's host-parameter limit is 32766; keep IN lists modest
+
+
+class SqliteDatabase:
+    """A writer connection serialised by a lock, and a reader connection (WAL lets them overlap)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout)
+        conn.row_factory = sqlite3.Row
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            f"PRAGMA busy_timeout={int(self.timeout * 1000)}",
+            "PRAGMA foreign_keys=ON",
+        ):
+            await conn.execute(pragma)
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = await conn.execute_fetchall("SELECT version FROM schema_version")
+            version = rows[0][0] if rows else 0
+            if not rows:
+                await conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            for number, statements in enumerate(MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("UPDATE schema_version SET version = ?", (number,))
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    def _conn(self, writer: bool) -> aiosqlite.Connection:
+        conn = self._writer if writer else self._reader
+        if conn is None:
+            raise StoreUnavailable("store is not open")
+        return conn
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return list(await self._conn(False).execute_fetchall(sql, params))
+        except (sqlite3.Error, TimeoutError, ValueError) as exc:
+            raise StoreUnavailable(f"store read failed: {exc or type(exc).__name__}") from exc
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE … COMMIT on the writer; any failure rolls back and becomes StoreUnavailable."""
+        conn = self._conn(True)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._lock.acquire()
+        except TimeoutError as exc:
+            raise StoreUnavailable("store write lock timed out") from exc
+        try:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"store write failed: {exc}") from exc
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    await conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(f"store write failed: {exc}") from exc
+                raise
+        finally:
+            self._lock.release()
+
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self.transaction() as conn:
+            cursor = await conn.execute(sql, params)
+            return cursor.rowcount
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class SqliteAccountStates(base.AccountStateStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def get(self, account: str) -> AccountState:
+        row = await self.db.fetchone("SELECT * FROM account_state WHERE account = ?", (account,))
+        return _state_from_row(row) if row else AccountState(account)
+
+    async def all(self) -> list[AccountState]:
+        return [_state_from_row(r) for r in await self.db.fetchall("SELECT * FROM account_state ORDER BY account")]
+
+    async def set(self, state: AccountState, *, actor: str, note: str) -> None:
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO account_state (account, state, reason, paused_streams, updated_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (account) DO UPDATE SET state=excluded.state, reason=excluded.reason, "
+                "paused_streams=excluded.paused_streams, updated_at=excluded.updated_at",
+                (state.account, state.state, state.reason, ",".join(sorted(state.paused_streams)), iso(now)),
+            )
+            await _insert_audit(
+                conn,
+                AuditEntry(actor, f"account.{state.state}", state.account, note, {"state": state.state}, now),
+            )
+
+
+def _state_from_row(row: sqlite3.Row) -> AccountState:
+    streams = frozenset(s for s in row["paused_streams"].split(",") if s)
+    return AccountState(row["account"], row["state"], row["reason"], streams, parse_iso(row["updated_at"]))
+
+
+async def _insert_audit(conn: aiosqlite.Connection, entry: AuditEntry) -> None:
+    await conn.execute(
+        "INSERT INTO audit (at, actor, action, target, note, detail) VALUES (?,?,?,?,?,?)",
+        (iso(entry.at or utcnow()), entry.actor, entry.action, entry.target, entry.note, json.dumps(entry.detail)),
+    )
+
+
+class SqliteConsents(base.ConsentStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def find_consents(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[ConsentRecord]]:
+        found: dict[str, list[ConsentRecord]] = {}
+        unique = list(dict.fromkeys(emails))
+        for chunk in _chunks(unique):
+            rows = await self.db.fetchall(
+                f"SELECT * FROM consents WHERE email IN ({_marks(len(chunk))}) AND scope IN ({_marks(len(scopes))})",
+                (*chunk, *scopes),
+            )
+            for row in rows:
+                found.setdefault(row["email"], []).append(consent_from_row(row))
+        return found
+
+    async def find_suppressions(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[Suppression]]:
+        found: dict[str, list[Suppression]] = {}
+        unique = list(dict.fromkeys(emails))
+        for chunk in _chunks(unique):
+            rows = await self.db.fetchall(
+                f"SELECT * FROM suppressions WHERE email IN ({_marks(len(chunk))}) AND scope IN ({_marks(len(scopes))})",
+                (*chunk, *scopes),
+            )
+            for row in rows:
+                found.setdefault(row["email"], []).append(suppression_from_row(row))
+        return found
+
+    async def upsert_consents(self, records: Iterable[ConsentRecord], *, now: datetime) -> tuple[int, int]:
+        stamp = iso(now)
+        columns = ",".join(CONSENT_COLUMNS)
+        merged = {c: consent_merge_expression(c) for c in CONSENT_COLUMNS}
+        compare = " OR ".join(f"({merged[c]}) IS NOT consents.{c}" for c in CONSENT_CONTENT_COLUMNS)
+        updates = ",".join(f"{c}={merged[c]}" for c in CONSENT_COLUMNS if c != "created_at")
+        sql = (
+            f"INSERT INTO consents ({columns}) VALUES ({_marks(len(CONSENT_COLUMNS))}) "
+            f"ON CONFLICT (email, scope, topic) DO UPDATE SET {updates} WHERE {compare}"
+        )
+        written = total = 0
+        rows = iter(records)
+        async with self.db.transaction() as conn:
+            # The next batch is converted while the previous one runs in aiosqlite's thread.
+            pending: asyncio.Future[int] | None = None
+            try:
+                while True:
+                    batch = [consent_to_row(r, stamp) for r in islice(rows, 5000)]
+                    if pending is not None:
+                        written += await pending
+                        pending = None
+                    if not batch:
+                        break
+                    total += len(batch)
+                    pending = asyncio.ensure_future(_upsert_batch(conn, sql, batch))
+            finally:
+                if pending is not None:  # a bad record: let the running batch finish before the rollback
+                    await asyncio.gather(pending, return_exceptions=True)
+        return written, total - written
+
+    async def revoke(self, scope: str, email: str, topic: str | None, *, via: str, at: datetime) -> int:
+        sql = "UPDATE consents SET revoked_at=?, revoked_via=?, updated_at=? WHERE scope=? AND email=? AND revoked_at IS NULL"
+        params: list[Any] = [iso(at), via, iso(at), scope, email]
+        if topic is not None:
+            sql += " AND topic=?"
+            params.append(topic)
+        return await self.db.write(sql, params)
+
+    async def touch(self, scopes: Sequence[str], email: str, kind: str, at: datetime) -> int:
+        column = {
+            "purchase": "last_purchase_at",
+            "confirmation": "confirmed_at",
+        }.get(kind, "last_interaction_at")
+        stamp = iso(at)
+        sql = (
+            f"UPDATE consents SET {column}=?, last_interaction_at=CASE WHEN last_interaction_at IS NULL "
+            f"OR last_interaction_at < ? THEN ? ELSE last_interaction_at END, updated_at=? "
+            f"WHERE email=? AND scope IN ({_marks(len(scopes))}) AND revoked_at IS NULL"
+        )
+        return await self.db.write(sql, (stamp, stamp, stamp, stamp, email, *scopes))
+
+    async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool:
+        count = await self.db.write(
+            "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT (email, scope, topic, reason) DO NOTHING",
+            (
+                suppression.scope,
+                suppression.email,
+                suppression.topic,
+                suppression.reason,
+                suppression.via,
+                note,
+                iso(suppression.created_at or utcnow()),
+            ),
+        )
+        return count > 0
+
+    async def remove_suppression(self, scope: str, email: str, reason: str | None = None) -> int:
+        sql = "DELETE FROM suppressions WHERE scope=? AND email=?"
+        params: list[Any] = [scope, email]
+        if reason:
+            sql += " AND reason=?"
+            params.append(reason)
+        return await self.db.write(sql, params)
+
+    async def list_suppressions(self, scope: str | None = None, limit: int = 1000) -> list[Suppression]:
+        if scope is None:
+            rows = await self.db.fetchall("SELECT * FROM suppressions ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self.db.fetchall(
+                "SELECT * FROM suppressions WHERE scope=? ORDER BY id DESC LIMIT ?", (scope, limit)
+            )
+        return [suppression_from_row(r) for r in rows]
+
+    async def count(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM consents")
+        return int(row[0]) if row else 0
+
+
+async def _upsert_batch(conn: aiosqlite.Connection, sql: str, batch: list[list[Any]]) -> int:
+    before = conn.total_changes
+    await conn.executemany(sql, batch)
+    return conn.total_changes - before
+
+
+class SqliteDecisions(base.DecisionStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        async with self.db.transaction() as conn:
+            if decisions:
+                await conn.executemany(
+                    "INSERT INTO decisions (relay_id, message_id, account, stream, mail_from, recipients, outcome, "
+                    "rules, findings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [decision_to_row(d) for d in decisions],
+                )
+            if deliveries:
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO deliveries (id, relay_id, message_id, account, stream, scope, topic, email, "
+                    "consent_id, status, delivered_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [delivery_to_row(d) for d in deliveries],
+                )
+
+    async def reserve_ids(self, name: str, count: int) -> int:
+        async with self.db.transaction() as conn:
+            await conn.execute("INSERT OR IGNORE INTO id_blocks (name, next_id) VALUES (?, 1)", (name,))
+            rows = await conn.execute_fetchall("SELECT next_id FROM id_blocks WHERE name=?", (name,))
+            first = int(list(rows)[0][0])
+            await conn.execute("UPDATE id_blocks SET next_id=? WHERE name=?", (first + count, name))
+            return first
+
+    async def for_relay_id(self, relay_id: str) -> list[DecisionRecord]:
+        rows = await self.db.fetchall("SELECT * FROM decisions WHERE relay_id=? ORDER BY id", (relay_id,))
+        return [decision_from_row(r) for r in rows]
+
+    async def deliveries_to(self, email: str, accounts: Sequence[str], limit: int = 1000) -> list[DeliveryRecord]:
+        rows = await self.db.fetchall(
+            f"SELECT * FROM deliveries WHERE email=? AND account IN ({_marks(len(accounts))}) "
+            "ORDER BY delivered_at DESC LIMIT ?",
+            (email, *accounts, limit),
+        )
+        return [delivery_from_row(r) for r in rows]
+
+    async def delivery(self, delivery_id: int) -> DeliveryRecord | None:
+        row = await self.db.fetchone("SELECT * FROM deliveries WHERE id=?", (delivery_id,))
+        return delivery_from_row(row) if row else None
+
+    async def deliveries_by_message_id(self, message_id: str) -> list[DeliveryRecord]:
+        rows = await self.db.fetchall("SELECT * FROM deliveries WHERE message_id=?", (message_id,))
+        return [delivery_from_row(r) for r in rows]
+
+
+class SqliteOutbox(base.OutboxStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def enqueue(self, items: Sequence[OutboxItem], *, now: float) -> list[int]:
+        ids = []
+        async with self.db.transaction() as conn:
+            for item in items:
+                cursor = await conn.execute(
+                    "INSERT INTO outbox (relay_id, account, stream, mail_from, rcpt_tos, content, attempts, "
+                    "next_attempt_at, created_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        item.relay_id,
+                        item.account,
+                        item.stream,
+                        item.mail_from,
+                        json.dumps(list(item.rcpt_tos)),
+                        item.content,
+                        item.attempts,
+                        item.next_attempt_at or now,
+                        item.created_at or now,
+                        item.last_error,
+                    ),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+        return ids
+
+    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
+        async with self.db.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at <= ? AND lease_until <= ? "
+                    "ORDER BY next_attempt_at LIMIT ?",
+                    (now, now, limit),
+                )
+            )
+            if rows:
+                await conn.executemany(
+                    "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id=?",
+                    [(owner, now + lease_seconds, r["id"]) for r in rows],
+                )
+        return [outbox_from_row(r) for r in rows]
+
+    async def delivered(self, item_id: int, owner: str) -> None:
+        await self.db.write("DELETE FROM outbox WHERE id=? AND lease_owner=?", (item_id, owner))
+
+    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None:
+        await self.db.write(
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=?, lease_owner='', lease_until=0 "
+            "WHERE id=? AND lease_owner=?",
+            (next_attempt_at, error[:1000], item_id, owner),
+        )
+
+    async def give_up(self, item_id: int, owner: str, *, error: str) -> None:
+        await self.db.write(
+            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=?, lease_owner='', lease_until=0 "
+            "WHERE id=? AND lease_owner=?",
+            (error[:1000], item_id, owner),
+        )
+
+    async def depth(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM outbox WHERE status='pending'")
+        return int(row[0]) if row else 0
+
+
+class SqliteQuarantine(base.QuarantineStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def hold(self, item: QuarantineItem) -> None:
+        await self.db.write(
+            "INSERT INTO quarantine (id, relay_id, account, stream, mail_from, rcpt_tos, subject, rules, findings, "
+            "content, size, received_at, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                item.id,
+                item.relay_id,
+                item.account,
+                item.stream,
+                item.mail_from,
+                json.dumps(list(item.rcpt_tos)),
+                item.subject,
+                json.dumps(list(item.rules)),
+                json.dumps(list(item.findings)),
+                item.content,
+                item.size,
+                iso(item.received_at),
+                item.status,
+            ),
+        )
+
+    async def get(self, item_id: str, *, with_content: bool = False) -> QuarantineItem | None:
+        row = await self.db.fetchone("SELECT * FROM quarantine WHERE id=? AND status='held'", (item_id,))
+        return quarantine_from_row(row, with_content) if row else None
+
+    async def list(
+        self,
+        *,
+        account: str | None = None,
+        rule: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[QuarantineItem], str | None]:
+        where = ["status='held'"]
+        params: list[Any] = []
+        if account:
+            where.append("account=?")
+            params.append(account)
+        if rule:
+            where.append("EXISTS (SELECT 1 FROM json_each(quarantine.rules) WHERE value = ?)")
+            params.append(rule)
+        if since:
+            where.append("received_at >= ?")
+            params.append(iso(since))
+        if before:
+            where.append("received_at < ?")
+            params.append(iso(before))
+        if cursor:
+            at, _, last_id = cursor.partition("|")
+            where.append("(received_at < ? OR (received_at = ? AND id < ?))")
+            params += [at, at, last_id]
+        columns = "id, relay_id, account, stream, mail_from, rcpt_tos, subject, rules, findings, size, received_at, status, x'' AS content"
+        rows = await self.db.fetchall(
+            f"SELECT {columns} FROM quarantine WHERE {' AND '.join(where)} ORDER BY received_at DESC, id DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        items = [quarantine_from_row(r, False) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = f"{last['received_at']}|{last['id']}"
+        return items, next_cursor
+
+    async def set_status(self, item_id: str, status: str, audit: AuditEntry) -> bool:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE quarantine SET status=?, content=CASE WHEN ?='deleted' THEN x'' ELSE content END "
+                "WHERE id=? AND status='held'",
+                (status, status, item_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            await _insert_audit(conn, audit)
+        return True
+
+    async def count(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM quarantine WHERE status='held'")
+        return int(row[0]) if row else 0
+
+    async def counts(
+        self, *, since: datetime | None = None, before: datetime | None = None
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        where, params = "status='held'", []
+        if since:
+            where += " AND received_at >= ?"
+            params.append(iso(since))
+        if before:
+            where += " AND received_at < ?"
+            params.append(iso(before))
+        accounts = await self.db.fetchall(f"SELECT account, count(*) FROM quarantine WHERE {where} GROUP BY account", params)
+        rules = await self.db.fetchall(
+            f"SELECT j.value, count(*) FROM quarantine, json_each(quarantine.rules) j WHERE {where} GROUP BY j.value", params
+        )
+        return {r[0]: int(r[1]) for r in rules}, {r[0]: int(r[1]) for r in accounts}
+
+    async def purge_older_than(self, when: datetime, audit_actor: str) -> int:
+        async with self.db.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT id FROM quarantine WHERE status='held' AND received_at < ?", (iso(when),)
+                )
+            )
+            for row in rows:
+                await conn.execute("UPDATE quarantine SET status='purged', content=x'' WHERE id=?", (row["id"],))
+                await _insert_audit(
+                    conn, AuditEntry(audit_actor, "quarantine.purge", row["id"], "retention expired", {}, utcnow())
+                )
+        return len(rows)
+
+
+class SqliteAudit(base.AuditStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def add(self, entry: AuditEntry) -> None:
+        async with self.db.transaction() as conn:
+            await _insert_audit(conn, entry)
+
+    async def list(self, *, limit: int = 100, target: str | None = None) -> list[AuditEntry]:
+        if target:
+            rows = await self.db.fetchall("SELECT * FROM audit WHERE target=? ORDER BY id DESC LIMIT ?", (target, limit))
+        else:
+            rows = await self.db.fetchall("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [audit_from_row(r) for r in rows]
+
+
+class SqliteRates(base.RateStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def take(self, key: str, *, rate_per_minute: int, now: float) -> bool:
+        capacity = float(rate_per_minute)
+        async with self.db.transaction() as conn:
+            rows = list(await conn.execute_fetchall("SELECT tokens, updated_at FROM rate_buckets WHERE account=?", (key,)))
+            if rows:
+                tokens = min(capacity, rows[0]["tokens"] + (now - rows[0]["updated_at"]) * capacity / 60.0)
+            else:
+                tokens = capacity
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            await conn.execute(
+                "INSERT INTO rate_buckets (account, tokens, updated_at) VALUES (?,?,?) "
+                "ON CONFLICT (account) DO UPDATE SET tokens=excluded.tokens, updated_at=excluded.updated_at",
+                (key, tokens, now),
+            )
+        return allowed
+
+
+class SqliteStore(base.Store):
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.db = SqliteDatabase(path, timeout)
+        self.accounts = SqliteAccountStates(self.db)
+        self.consent = SqliteConsents(self.db)
+        self.decisions = SqliteDecisions(self.db)
+        self.outbox = SqliteOutbox(self.db)
+        self.quarantine = SqliteQuarantine(self.db)
+        self.audit = SqliteAudit(self.db)
+        self.rates = SqliteRates(self.db)
+        self.complaints = SqliteComplaints(self.db)
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> None:
+        await self.db.fetchone("SELECT 1")

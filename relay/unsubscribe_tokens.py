@@ -1,0 +1,168 @@
+"""Unsubscribe tokens (SPEC §6): HMAC-signed, URL-safe claims and short mailto ids.
+
+URL token: base64url (no padding) of version, issue time, scope, topic and recipient
+followed by a 128-bit truncated HMAC-SHA256. Mailto token: lower-case base32 of a
+stored delivery id plus a 128-bit truncated HMAC, so `unsubscribe+TOKEN` fits RFC
+5321's 64-character local part and survives case-folding MTAs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["MAILTO_PREFIX", "TokenClaims", "TokenCodec"]
+
+MAILTO_PREFIX = "unsubscribe+"
+
+_VERSION = 1
+_MAC_BYTES = 16
+_MIN_SECRET_BYTES = 16
+_MAX_FIELD_BYTES = 255  # scope and topic carry a one-byte length
+_MAX_RECIPIENT_BYTES = 512
+_MAX_TIME = 1 << 40  # five bytes; far beyond any real clock
+_MAX_DELIVERY_ID = (1 << 64) - 1
+_MAX_URL_TOKEN_CHARS = 4 * (1 + 5 + 2 + 2 * _MAX_FIELD_BYTES + _MAX_RECIPIENT_BYTES + _MAC_BYTES) // 3 + 4
+# Domain separation: a URL MAC can never be replayed as a mailto MAC or vice versa.
+_URL_CONTEXT = b"consent-relay unsubscribe url v1\x00"
+_MAILTO_CONTEXT = b"consent-relay unsubscribe mailto v1\x00"
+_URL_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
+_MAILTO_ALPHABET = re.compile(r"[A-Za-z2-7]+")
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    scope: str
+    topic: str
+    recipient: str
+    issued_at: int
+
+
+class TokenCodec:
+    """Issues with the first secret; verifies with any (secret rotation)."""
+
+    def __init__(self, secrets: Sequence[bytes]) -> None:
+        if not secrets:
+            raise ValueError("at least one unsubscribe secret is required")
+        for secret in secrets:
+            if not isinstance(secret, bytes) or len(secret) < _MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"unsubscribe secrets must be at least {_MIN_SECRET_BYTES} bytes"
+                )
+        self._secrets = tuple(secrets)
+
+    # -- URL tokens ---------------------------------------------------------------
+
+    def issue(self, scope: str, topic: str, recipient: str, issued_at: int) -> str:
+        scope_b, topic_b, rcpt_b = (s.encode("utf-8") for s in (scope, topic, recipient))
+        if len(scope_b) > _MAX_FIELD_BYTES or len(topic_b) > _MAX_FIELD_BYTES:
+            raise ValueError(f"scope and topic must be at most {_MAX_FIELD_BYTES} bytes")
+        if not rcpt_b or len(rcpt_b) > _MAX_RECIPIENT_BYTES:
+            raise ValueError(f"recipient must be 1 to {_MAX_RECIPIENT_BYTES} bytes")
+        if not 0 <= issued_at < _MAX_TIME:
+            raise ValueError("issued_at out of range")
+        payload = (
+            bytes((_VERSION,))
+            + issued_at.to_bytes(5, "big")
+            + bytes((len(scope_b),))
+            + scope_b
+            + bytes((len(topic_b),))
+            + topic_b
+            + rcpt_b
+        )
+        mac = _mac(self._secrets[0], _URL_CONTEXT, payload)
+        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+
+    def verify(self, token: str) -> TokenClaims | None:
+        raw = _decode_b64url(token)
+        if raw is None or len(raw) <= _MAC_BYTES:
+            return None
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not self._mac_matches(_URL_CONTEXT, payload, mac):
+            return None
+        return _parse_claims(payload)
+
+    # -- mailto tokens ------------------------------------------------------------
+
+    def issue_mailto(self, delivery_id: int) -> str:
+        if not 0 <= delivery_id <= _MAX_DELIVERY_ID:
+            raise ValueError("delivery id out of range")
+        id_bytes = delivery_id.to_bytes(max(1, (delivery_id.bit_length() + 7) // 8), "big")
+        mac = _mac(self._secrets[0], _MAILTO_CONTEXT, id_bytes)
+        return base64.b32encode(id_bytes + mac).rstrip(b"=").decode("ascii").lower()
+
+    def verify_mailto(self, token: str) -> int | None:
+        if not isinstance(token, str) or not 27 <= len(token) <= 40:
+            return None
+        if not _MAILTO_ALPHABET.fullmatch(token):
+            return None
+        upper = token.upper()
+        try:
+            raw = base64.b32decode(upper + "=" * (-len(upper) % 8))
+        except (binascii.Error, ValueError):
+            return None
+        # Several strings decode to the same bytes (unused low bits); accept only ours.
+        if base64.b32encode(raw).rstrip(b"=").decode("ascii") != upper:
+            return None
+        id_bytes, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not 1 <= len(id_bytes) <= 8 or (len(id_bytes) > 1 and id_bytes[0] == 0):
+            return None
+        if not self._mac_matches(_MAILTO_CONTEXT, id_bytes, mac):
+            return None
+        return int.from_bytes(id_bytes, "big")
+
+    def _mac_matches(self, context: bytes, payload: bytes, mac: bytes) -> bool:
+        ok = False
+        for secret in self._secrets:
+            # Check every secret so timing does not depend on which one matched.
+            ok |= hmac.compare_digest(_mac(secret, context, payload), mac)
+        return ok
+
+
+def _mac(secret: bytes, context: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, context + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _decode_b64url(token: object) -> bytes | None:
+    if not isinstance(token, str) or not 0 < len(token) <= _MAX_URL_TOKEN_CHARS:
+        return None
+    if len(token) % 4 == 1 or not _URL_ALPHABET.fullmatch(token):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Reject non-canonical spellings so that changing any character changes the bytes.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        return None
+    return raw
+
+
+def _parse_claims(payload: bytes) -> TokenClaims | None:
+    # Only reached for payloads we signed, but stay total: never raise.
+    try:
+        if payload[0] != _VERSION:
+            return None
+        (issued_hi, issued_lo) = struct.unpack(">BI", payload[1:6])
+        issued_at = (issued_hi << 32) | issued_lo
+        pos = 6
+        scope_len = payload[pos]
+        scope = payload[pos + 1 : pos + 1 + scope_len]
+        pos += 1 + scope_len
+        topic_len = payload[pos]
+        topic = payload[pos + 1 : pos + 1 + topic_len]
+        pos += 1 + topic_len
+        recipient = payload[pos:]
+        if len(scope) != scope_len or len(topic) != topic_len or not recipient:
+            return None
+        return TokenClaims(
+            scope.decode("utf-8"), topic.decode("utf-8"), recipient.decode("utf-8"), issued_at
+        )
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None

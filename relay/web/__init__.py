@@ -1,0 +1,1 @@
+"""The admin web UI at /ui/: server-rendered pages for quarantine review, audit, accounts and consent."""

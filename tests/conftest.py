@@ -1,0 +1,497 @@
+"""Shared fixtures: a recording aiosmtpd upstream, configs written as real TOML files, a started
+relay on ephemeral ports, a self-signed certificate, and a small smtplib client."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import ipaddress
+import json
+import smtplib
+import socket
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from relay.config import Config, load_config
+from relay.metrics import Metrics
+from relay.passwords import hash_password
+
+# Test modules import these helpers as `conftest` or as `tests.conftest`: make both names one module.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+sys.modules.setdefault("conftest", sys.modules[__name__])
+
+PASSWORD = "correct horse battery"
+PASSWORD_HASH = hash_password(PASSWORD)
+SENDER = "orders@shop.example"
+BODY_FOOTER = "Shop B.V., Keizersgracht 1, 1015 AA Amsterdam, KvK 12345678"
+
+
+# --- polling instead of sleeping ---------------------------------------------------------------
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `condition` (sync or async) until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def until_sync(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """In-process CLI runs reconfigure structlog (level, stream); give every test the defaults back."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+
+
+# --- the upstream: a real aiosmtpd server that records what it accepted -------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    tls: bool = False
+    login: str | None = None
+
+
+@dataclass
+class RecordingHandler:
+    messages: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # lower-cased address -> reply
+    data_reply: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        reply = self.rcpt_replies.get(address.lower())
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if self.data_reply is not None:
+            return self.data_reply
+        with self.lock:
+            login = session.auth_data if isinstance(session.auth_data, str) else None
+            self.messages.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.ssl is not None, login)
+            )
+            n = len(self.messages)
+        return f"250 2.0.0 Ok: queued as UP{n:05d}"
+
+
+class _TrackingController(Controller):
+    """A Controller that hangs up on its clients when stopped, as a real MTA going down does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: list[SMTP] = []
+
+    def factory(self) -> SMTP:
+        smtp = SMTP(self.handler, **self.SMTP_kwargs)
+        self.sessions.append(smtp)
+        return smtp
+
+    def stop(self, no_assert: bool = False) -> None:
+        def hang_up() -> None:
+            assert self.server is not None
+            self.server.close()
+            for smtp in self.sessions:
+                if smtp.transport is not None:
+                    smtp.transport.abort()
+
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (hang_up(), done.set()))
+        done.wait(5)
+        super().stop(no_assert)
+
+
+class RecordingUpstream:
+    """Start/stop/restart on one fixed port; tell it to answer 4xx/5xx per recipient or at DATA."""
+
+    def __init__(self, port: int | None = None, **smtp_kwargs: Any) -> None:
+        self.port = port or free_port()
+        self.handler = RecordingHandler()
+        self.smtp_kwargs = smtp_kwargs  # e.g. tls_context, require_starttls, authenticator
+        self._controller: _TrackingController | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None
+
+    def start(self) -> RecordingUpstream:
+        assert self._controller is None
+        controller = _TrackingController(
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, **self.smtp_kwargs
+        )
+        controller.start()
+        self._controller = controller
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def messages(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def recipients(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+    def answer_rcpt(self, address: str, reply: str | None) -> None:
+        if reply is None:
+            self.handler.rcpt_replies.pop(address.lower(), None)
+        else:
+            self.handler.rcpt_replies[address.lower()] = reply
+
+    def answer_data(self, reply: str | None) -> None:
+        self.handler.data_reply = reply
+
+
+@pytest.fixture
+def upstream() -> Iterator[RecordingUpstream]:
+    up = RecordingUpstream().start()
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+# --- configs: written as TOML, loaded by the real loader ---------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Top-level tables as [sections], everything deeper as inline tables/arrays (enough for configs)."""
+    lines: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"[{key}]")
+            lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()]
+        else:
+            lines.insert(0, f"{json.dumps(key)} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def base_account() -> dict[str, Any]:
+    return {
+        "id": "shop",
+        "name": "Shop",
+        "password_hash": PASSWORD_HASH,
+        "domains": ["shop.example"],
+        "trusted_networks": ["127.0.0.1/32"],
+        "legal_name": "Shop B.V.",
+        "postal_address": "Keizersgracht 1, 1015 AA Amsterdam",
+        "registration_number": "12345678",
+        "abuse_contact": "abuse@shop.example",
+        "default_stream": "orders",
+        "streams": [
+            {"id": "orders", "kind": "transactional"},
+            {"id": "newsletter", "kind": "marketing", "topic": "newsletter"},
+        ],
+    }
+
+
+def config_dict(tmp_path: Path, upstream_port: int, **overrides: Any) -> dict[str, Any]:
+    """The test config as a dict. `account={...}` merges into the first account."""
+    account_overrides = overrides.pop("account", {})
+    data: dict[str, Any] = {
+        "smtp": {
+            "listen": "127.0.0.1:0",
+            "hostname": "relay.test",
+            "idle_timeout": 30,
+            "shutdown_grace": 5,
+        },
+        "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 5, "pool_size": 4},
+        "store": {"url": "sqlite:///var/relay.db"},
+        "http": {"admin_listen": "127.0.0.1:0"},
+        "outbox": {"retry_initial_seconds": 1, "retry_max_seconds": 4, "poll_seconds": 0.1},
+        "logging": {"log_recipients": "plain"},
+        "accounts": [deep_merge(base_account(), account_overrides)],
+    }
+    return deep_merge(data, overrides)
+
+
+def write_config(tmp_path: Path, data: dict[str, Any], name: str = "relay.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(to_toml(data), encoding="utf-8")
+    return path
+
+
+def make_config(tmp_path: Path, upstream_port: int | None = None, **overrides: Any) -> Config:
+    """Write a config (every key overridable, nested tables merged) and load it with the real loader."""
+    port = upstream_port if upstream_port is not None else free_port()
+    return load_config(write_config(tmp_path, config_dict(tmp_path, port, **overrides)))
+
+
+# --- messages and an smtplib client --------------------------------------------------------------
+
+
+def message(
+    *,
+    sender: str = SENDER,
+    display: str = "Shop",
+    to: str = "anna@example.nl",
+    subject: str = "Your order 1234",
+    stream: str | None = None,
+    headers: tuple[str, ...] = (),
+    body: str = "Thank you for your order 1234. It ships tomorrow.",
+) -> bytes:
+    """A transactional message that passes the identity rules for account `shop`."""
+    lines = [
+        f"From: {display} <{sender}>",
+        f"To: <{to}>",
+        f"Subject: {subject}",
+        "Date: Sun, 15 Mar 2026 12:00:00 +0000",
+        f"Message-ID: <{time.monotonic_ns()}@shop.example>",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "Content-Transfer-Encoding: 8bit",
+    ]
+    if stream is not None:
+        lines.append(f"X-Relay-Stream: {stream}")
+    lines += list(headers)
+    text = "\r\n".join(lines) + "\r\n\r\n" + body + "\r\n\r\n" + BODY_FOOTER + "\r\n"
+    return text.encode("utf-8")
+
+
+def insecure_client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass
+class Outcome:
+    """Every reply of one transaction; `final` is the one that decided it."""
+
+    mail: tuple[int, str] = (0, "")
+    rcpts: list[tuple[int, str]] = field(default_factory=list)
+    data: tuple[int, str] | None = None
+
+    @property
+    def final(self) -> tuple[int, str]:
+        if self.data is not None:
+            return self.data
+        if self.mail[0] != 250:
+            return self.mail
+        return self.rcpts[-1] if self.rcpts else self.mail
+
+    @property
+    def code(self) -> int:
+        return self.final[0]
+
+    @property
+    def text(self) -> str:
+        return self.final[1]
+
+
+def _decode(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def transaction(
+    client: smtplib.SMTP, mail_from: str, rcpts: list[str] | str, content: bytes, mail_options: list[str] | None = None
+) -> Outcome:
+    """MAIL, RCPT…, DATA on an open client, recording each reply."""
+    if isinstance(rcpts, str):
+        rcpts = [rcpts]
+    out = Outcome()
+    code, msg = client.mail(mail_from, mail_options or [])
+    out.mail = (code, _decode(msg))
+    if code != 250:
+        client.rset()
+        return out
+    for rcpt in rcpts:
+        code, msg = client.rcpt(rcpt)
+        out.rcpts.append((code, _decode(msg)))
+    if not any(c == 250 for c, _ in out.rcpts):
+        client.rset()
+        return out
+    code, msg = client.data(content)
+    out.data = (code, _decode(msg))
+    return out
+
+
+def send(
+    port: int,
+    content: bytes | None = None,
+    *,
+    mail_from: str = SENDER,
+    rcpts: list[str] | str = "anna@example.nl",
+    login: tuple[str, str] | None = None,
+    starttls: bool = False,
+    implicit_tls: bool = False,
+    mail_options: list[str] | None = None,
+) -> Outcome:
+    """One connection, one transaction (synchronous: call it through asyncio.to_thread)."""
+    content = message() if content is None else content
+    client: smtplib.SMTP
+    if implicit_tls:
+        client = smtplib.SMTP_SSL("127.0.0.1", port, timeout=15, context=insecure_client_context())
+    else:
+        client = smtplib.SMTP("127.0.0.1", port, timeout=15)
+    try:
+        client.ehlo("client.test")
+        if starttls:
+            client.starttls(context=insecure_client_context())
+            client.ehlo("client.test")
+        if login is not None:
+            client.login(*login)
+        return transaction(client, mail_from, rcpts, content, mail_options)
+    finally:
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+
+async def asend(port: int, content: bytes | None = None, **kwargs: Any) -> Outcome:
+    return await asyncio.to_thread(send, port, content, **kwargs)
+
+
+# --- a started relay --------------------------------------------------------------------------
+
+
+RelayFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def start_relay() -> AsyncIterator[RelayFactory]:
+    """`await start_relay(config, background=False)` → a started relay.app.Relay, stopped at the end."""
+    from relay.app import Relay
+
+    started: list[Relay] = []
+
+    async def start(config: Config, **kwargs: Any) -> Relay:
+        kwargs.setdefault("metrics", Metrics())
+        kwargs.setdefault("background", False)
+        relay = Relay(config, **kwargs)
+        await relay.start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in reversed(started):
+        if relay._servers:
+            await relay.stop(grace=1)
+
+
+@pytest.fixture
+def config(tmp_path: Path, upstream: RecordingUpstream) -> Config:
+    return make_config(tmp_path, upstream.port)
+
+
+@pytest.fixture
+async def relay(start_relay: RelayFactory, config: Config) -> Any:
+    return await start_relay(config)
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
+    """A self-signed certificate for localhost / 127.0.0.1, made with `cryptography`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return CertFiles(cert_path, key_path)

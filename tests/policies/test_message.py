@@ -1,0 +1,277 @@
+"""MIME parsing: headers, every text part decoded, HTML to visible text and links, attachments by content."""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+
+import pytest
+
+from policies.message import (
+    KIND_ARCHIVE,
+    KIND_EICAR,
+    KIND_EXECUTABLE,
+    KIND_MACRO_OFFICE,
+    KIND_OTHER,
+    KIND_SCRIPT,
+    KIND_TORRENT,
+    MAX_ARCHIVE_DEPTH,
+    ParsedMessage,
+    fold,
+    parse_message,
+)
+
+from factories import mail
+
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def single(content_type: str, body: bytes, *, encoding: str = "", extra: str = "") -> bytes:
+    cte = f"Content-Transfer-Encoding: {encoding}\r\n" if encoding else ""
+    return (
+        f"From: Shop <news@shop.example>\r\nSubject: t\r\nMIME-Version: 1.0\r\n{extra}"
+        f"Content-Type: {content_type}\r\n{cte}\r\n"
+    ).encode() + body
+
+
+def with_attachment(filename: str, data: bytes, ctype: str = "application/octet-stream") -> ParsedMessage:
+    return parse_message(mail(attachments=((filename, ctype, data),)))
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_headers_reply_to_threading_and_encoded_subject() -> None:
+    raw = mail(
+        subject="Café ☕ deals",
+        headers={
+            "Reply-To": "Klantenservice <service@shop.example>",
+            "In-Reply-To": "<q1@example.nl>",
+            "References": "<q0@example.nl> <q1@example.nl>",
+        },
+    )
+    message = parse_message(raw)
+    assert message.from_addresses == ("news@shop.example",)
+    assert message.from_name == "Shop"
+    assert message.subject == "Café ☕ deals"
+    assert message.reply_to == ("service@shop.example",)
+    assert message.in_reply_to == "<q1@example.nl>"
+    assert message.references == ("<q0@example.nl>", "<q1@example.nl>")
+    assert message.header("Message-ID") == "<1@shop.example>"
+    assert message.header("X-Missing") == ""
+
+
+def test_is_immutable_from_outside() -> None:
+    message = parse_message(mail())
+    with pytest.raises(AttributeError):
+        message.subject = "changed"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del message.raw
+    assert not hasattr(message, "__dict__")
+    assert message.text == parse_message(mail()).text  # the lazy body is the same every time
+
+
+def test_quoted_printable_latin1_and_base64_utf8_parts_decode() -> None:
+    qp = single("text/plain; charset=iso-8859-1", b"Cr=E8me br=FBl=E9e voor =80 5", encoding="quoted-printable")
+    assert "Crème brûlée" in parse_message(qp).text
+    b64 = single("text/plain; charset=utf-8", base64.b64encode("Ünïcødé tekst".encode()), encoding="base64")
+    assert parse_message(b64).text == "Ünïcødé tekst"
+
+
+@pytest.mark.parametrize("charset", ["x-no-such-charset", "base64", "zlib", '"utf-8"', "", "us-ascii"])
+def test_unknown_broken_or_mislabelled_charsets_survive(charset: str) -> None:
+    raw = single(f"text/plain; charset={charset}", "Brûlée".encode("utf-8"), encoding="8bit")
+    assert parse_message(raw).text == "Brûlée"
+
+
+def test_undeclared_8bit_that_is_not_utf8_falls_back_to_windows_1252() -> None:
+    raw = single("text/plain", "Crème “quoted”".encode("cp1252"), encoding="8bit")
+    assert parse_message(raw).text == "Crème “quoted”"
+
+
+def test_broken_base64_still_yields_text() -> None:
+    raw = single("text/plain; charset=utf-8", b"SGFsbG8gd2VyZWxk!!\r\n=", encoding="base64")
+    assert "Hallo wereld" in parse_message(raw).text
+
+
+def test_html_reduced_to_visible_text_with_alt_texts_and_links() -> None:
+    html = (
+        "<html><head><title>Titel</title><style>p{color:red}</style></head><body>"
+        "<script>var secret = 'script text';</script><!-- a comment -->"
+        '<div style="display: none">Preheader tekst</div>'
+        '<p>Hallo&nbsp;&amp; welkom</p><img src="x.png" alt="Logo van Shop">'
+        '<p><a href="https://shop.example/zomer?a=1&amp;b=2"><img src="b.png" alt="Bekijk"> de zomer</a></p>'
+        "<table><tr><td>Kolom 1</td><td>Kolom 2</td></tr></table>"
+        "</body></html>"
+    )
+    message = parse_message(mail(text=None, html=html))
+    text = message.text
+    for gone in ("Titel", "color:red", "script text", "a comment", "Preheader"):
+        assert gone not in text
+    assert "Hallo & welkom" in text
+    assert "Logo van Shop" in text
+    assert "Kolom 1\nKolom 2" in text  # cells become lines: tables lay out blocks
+    assert message.hidden_text == "Preheader tekst"
+    (link,) = message.links
+    assert link.href == "https://shop.example/zomer?a=1&b=2"
+    assert link.text == "Bekijk de zomer"
+    assert text[link.start : link.end].strip() == "Bekijk de zomer"
+    assert message.html_parts[0] == html + "\n"
+
+
+def test_nested_hidden_elements_are_cut_up_to_their_own_close_tag() -> None:
+    html = '<div style="visibility:hidden"><div>a</div><div>b</div></div><div>zichtbaar</div>'
+    message = parse_message(mail(text=None, html=html))
+    assert message.text == "zichtbaar"
+    assert "a" in message.hidden_text and "b" in message.hidden_text
+
+
+def test_plain_text_urls_are_links_with_positions() -> None:
+    message = parse_message(mail(text="Bekijk https://shop.example/a, of mail naar mailto:info@shop.example.\n"))
+    hrefs = [link.href for link in message.links]
+    assert hrefs == ["https://shop.example/a", "mailto:info@shop.example"]
+    first = message.links[0]
+    assert message.text[first.start : first.end].startswith("https://shop.example/a")
+
+
+def test_every_text_part_of_nested_multiparts_is_read_and_attachments_are_not_text() -> None:
+    raw = mail(
+        text="platte tekst",
+        html="<p>html tekst</p>",
+        attachments=(("notes.txt", "text/plain", b"bijlage tekst"),),
+    )
+    message = parse_message(raw)
+    assert message.text_parts[0].strip() == "platte tekst"
+    assert "html tekst" in message.text
+    assert "bijlage tekst" not in message.text
+    (attachment,) = message.attachments
+    assert (attachment.filename, attachment.content_type, attachment.size) == ("notes.txt", "text/plain", 13)
+
+
+def test_forwarded_message_rfc822_is_walked() -> None:
+    inner = b"From: a@b.example\r\nSubject: inner\r\nContent-Type: text/plain\r\n\r\ninnerlijke tekst\r\n"
+    raw = (
+        b"From: Shop <news@shop.example>\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nzie bijlage\r\n'
+        b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n"
+    )
+    assert "innerlijke tekst" in parse_message(raw).text
+
+
+def test_rfc2231_filename() -> None:
+    raw = (
+        b"From: Shop <news@shop.example>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''fact%C3%BAur.pdf.exe\r\n\r\nxx\r\n--b--\r\n"
+    )
+    (attachment,) = parse_message(raw).attachments
+    assert attachment.filename == "factúur.pdf.exe"
+    assert attachment.kind == KIND_EXECUTABLE
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "kind"),
+    [
+        ("invoice.pdf", b"MZ\x90\x00" + b"\x00" * 64, KIND_EXECUTABLE),  # by content, innocent name
+        ("photo.jpg", b"\x7fELF\x02\x01\x01" + b"\x00" * 64, KIND_EXECUTABLE),
+        ("setup.exe", b"not really", KIND_EXECUTABLE),
+        ("readme.txt", b"#!/bin/sh\nrm -rf ~\n", KIND_SCRIPT),  # shebang
+        ("factuur.js", b"var x = 1;", KIND_SCRIPT),
+        ("Factuur.PDF.VBS", b"x", KIND_SCRIPT),
+        ("report.docm", b"PK\x03\x04 anything", KIND_MACRO_OFFICE),
+        ("sheet.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 32 + "_VBA_PROJECT".encode("utf-16-le"), KIND_MACRO_OFFICE),
+        ("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64, KIND_OTHER),
+        ("film.torrent", b"d8:announce35:udp://tracker", KIND_TORRENT),
+        ("brochure.pdf", b"%PDF-1.4\n%%EOF", KIND_OTHER),
+        ("eicar.com.txt", EICAR, KIND_EICAR),
+    ],
+)
+def test_attachment_kind_by_content_and_name(filename: str, data: bytes, kind: str) -> None:
+    (attachment,) = with_attachment(filename, data).attachments
+    assert attachment.kind == kind
+    assert attachment.size == len(data)
+
+
+def test_office_zip_with_vba_project_is_macro_office_whatever_its_name() -> None:
+    docx = zipped({"[Content_Types].xml": b"<Types/>", "word/vbaProject.bin": b"\xd0\xcf\x11\xe0"})
+    (attachment,) = with_attachment("brief.docx", docx).attachments
+    assert (attachment.kind, attachment.found_in) == (KIND_MACRO_OFFICE, "word/vbaProject.bin")
+
+
+def test_zip_inside_zip_hiding_an_executable_by_content() -> None:
+    inner = zipped({"foto.jpg": b"MZ" + b"\x00" * 100})
+    outer = zipped({"lees mij.txt": b"hallo", "fotos.zip": inner})
+    (attachment,) = with_attachment("fotos.zip", outer, "application/zip").attachments
+    assert attachment.kind == KIND_EXECUTABLE
+    assert attachment.found_in == "fotos.zip/foto.jpg"
+
+
+def test_archive_nesting_is_bounded() -> None:
+    data = b"MZ" + b"\x00" * 10
+    for level in range(MAX_ARCHIVE_DEPTH + 2):
+        data = zipped({f"level{level}.bin": data})
+    (attachment,) = with_attachment("deep.zip", data, "application/zip").attachments
+    assert attachment.kind == KIND_ARCHIVE  # too deep to look into: only an archive
+
+
+def test_archive_read_is_bounded_by_total_size() -> None:
+    # a small zip that inflates to 80 MB of zeros: we stop reading at the budget
+    bomb = zipped({"zeros.bin": b"\x00" * (80 * 1024 * 1024), "z.exe.txt": b"x"})
+    (attachment,) = with_attachment("bomb.zip", bomb, "application/zip").attachments
+    assert attachment.kind == KIND_ARCHIVE
+
+
+def test_eicar_anywhere_plain_body_base64_attachment_or_zip() -> None:
+    assert parse_message(mail(text="hallo " + EICAR.decode())).has_eicar
+    assert with_attachment("a.bin", base64.b64encode(EICAR)).has_eicar is False  # base64 of it is harmless text
+    assert with_attachment("a.bin", EICAR).has_eicar
+    in_zip = with_attachment("a.zip", zipped({"dir/eicar.txt": EICAR}), "application/zip")
+    assert in_zip.has_eicar
+    assert in_zip.attachments[0].found_in == "dir/eicar.txt"
+    assert not parse_message(mail()).has_eicar
+
+
+def test_encrypted_zip_members_count_by_name() -> None:
+    data = bytearray(zipped({"run.exe": b"whatever"}))
+    # set the "encrypted" flag bit in the local and central headers
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        data[at + offset] |= 1
+    (attachment,) = with_attachment("secret.zip", bytes(data), "application/zip").attachments
+    assert attachment.kind == KIND_EXECUTABLE
+
+
+def test_fold_is_case_and_accent_insensitive() -> None:
+    assert fold("CRÈME Brûlée ﬁne") == "creme brulee fine"
+    assert fold("ASCII Only") == "ascii only"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\xff\xfe",
+        b"Subject: only headers",
+        b"\r\n\r\nbody without headers",
+        b'Content-Type: multipart/mixed; boundary="never"\r\n\r\n--never\r\nContent-Type: text/plain\r\n\r\nunclosed',
+        b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter",
+        b'Content-Type: multipart/mixed; boundary="(["\r\n\r\n--([\r\n\r\nx\r\n--([--',
+        b"Content-Type: text/html\r\n\r\n<a href='x'><a href=\"y\">two</a><script>never closed",
+        b"From: =?utf-8?q?broken\r\nSubject: =?x-unknown?b?!!!?=\r\n\r\nx",
+        b"Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n\r\n////",
+    ],
+)
+def test_garbage_never_raises(raw: bytes) -> None:
+    message = parse_message(raw)
+    assert isinstance(message.text, str)
+    assert isinstance(message.links, tuple)
+    assert isinstance(message.attachments, tuple)
+    assert isinstance(message.folded_text, str)
+    assert isinstance(message.words, frozenset)

@@ -1,0 +1,124 @@
+"""Config loading (SPEC §12): every error names its key; env: secrets; hashes only; the example loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CertFiles, config_dict, make_config, write_config
+
+from relay.config import build_config, load_config, sqlite_path
+from relay.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def error_for(tmp_path: Path, **overrides: Any) -> ConfigError:
+    data = config_dict(tmp_path, 2525, **overrides)
+    with pytest.raises(ConfigError) as caught:
+        build_config(data, tmp_path / "relay.toml")
+    return caught.value
+
+
+def test_example_config_loads_and_trusts_localhost() -> None:
+    config = load_config(REPO / "config.example.toml")
+    (shop,) = config.accounts
+    assert shop.trusts("127.0.0.1") and shop.default_stream is not None
+    assert config.smtp.listen.port == 2525 and config.http.admin_listen is not None
+    assert sqlite_path(config.store.url) == REPO / "var" / "relay.db"  # relative to the file
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"smtpp": {}}, "smtpp"),
+        ({"smtp": {"listne": "127.0.0.1:25"}}, "smtp.listne"),
+        ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients"),
+        ({"smtp": {"auth_require_tls": "yes"}}, "smtp.auth_require_tls"),
+        ({"smtp": {"idle_timeout": -1}}, "smtp.idle_timeout"),
+        ({"smtp": {"listen": "localhost"}}, "smtp.listen"),
+        ({"upstream": {"starttls": "sometimes"}}, "upstream.starttls"),
+        ({"upstream": {"port": 25.5}}, "upstream.port"),
+        ({"store": {"url": "mysql://x"}}, "store.url"),
+        ({"policy": {"profile": "lenient"}}, "policy.profile"),
+        ({"policy": {"actions": {"no.such.rule": "off"}}}, '"no.such.rule"'),
+        ({"policy": {"actions": {"identity.no_reply": "ignore"}}}, '"identity.no_reply"'),
+        ({"account": {"domains": "shop.example"}}, "accounts[0].domains"),
+        ({"account": {"trusted_networks": ["not-a-net"]}}, "accounts[0].trusted_networks[0]"),
+        ({"account": {"password_hash": "plain-text-password"}}, "accounts[0].password_hash"),
+        ({"account": {"default_stream": "nope"}}, "accounts[0].default_stream"),
+        ({"account": {"streams": [{"id": "x", "kind": "promo"}]}}, "accounts[0].streams[0].kind"),
+        ({"account": {"colour": "blue"}}, "accounts[0].colour"),
+    ],
+)
+def test_bad_value_names_its_key(tmp_path: Path, overrides: dict[str, Any], key: str) -> None:
+    error = error_for(tmp_path, **overrides)
+    assert key in str(error), str(error)
+    assert "\n" not in str(error)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[smtp\nlisten = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_unreadable_key_file_names_the_key(tmp_path: Path, tls_cert: CertFiles, kind: str) -> None:
+    bad = tmp_path / "missing.pem"
+    if kind == "directory":
+        bad.mkdir()
+    error = error_for(tmp_path, smtp={"tls_cert": str(tls_cert.cert), "tls_key": str(bad)})
+    assert error.key == "smtp.tls_key" and str(bad) in str(error)
+    error = error_for(tmp_path, dkim={"keys": [{"domain": "shop.example", "selector": "s1", "private_key": str(bad)}]})
+    assert error.key == "dkim.keys[0].private_key"
+
+
+def test_tls_cert_and_key_go_together(tmp_path: Path, tls_cert: CertFiles) -> None:
+    assert error_for(tmp_path, smtp={"tls_cert": str(tls_cert.cert)}).key == "smtp.tls_key"
+    assert error_for(tmp_path, smtp={"tls_listen": "127.0.0.1:0"}).key == "smtp.tls_listen"
+
+
+def test_env_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_TEST_UPSTREAM_PW", "s3cret-from-env")
+    monkeypatch.setenv("RELAY_TEST_UNSUB", "an-unsubscribe-secret-of-length")
+    config = make_config(
+        tmp_path, 2525,
+        upstream={"username": "relay", "password": "env:RELAY_TEST_UPSTREAM_PW"},
+        unsubscribe={"secrets": ["env:RELAY_TEST_UNSUB"]},
+    )
+    assert config.upstream.password == "s3cret-from-env"
+    assert config.unsubscribe.secrets == (b"an-unsubscribe-secret-of-length",)
+    monkeypatch.delenv("RELAY_TEST_UPSTREAM_PW")
+    error = error_for(tmp_path, upstream={"password": "env:RELAY_TEST_UPSTREAM_PW"})
+    assert error.key == "upstream.password" and "RELAY_TEST_UPSTREAM_PW" in str(error)
+
+
+def test_relative_sqlite_url_is_relative_to_the_file(tmp_path: Path) -> None:
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    path = write_config(sub, config_dict(sub, 2525, store={"url": "sqlite:///data/r.db"}))
+    assert sqlite_path(load_config(path).store.url) == sub / "data" / "r.db"
+    path = write_config(sub, config_dict(sub, 2525, store={"url": f"sqlite:///{tmp_path}/abs.db"}))
+    assert sqlite_path(load_config(path).store.url) == tmp_path / "abs.db"
+
+
+def test_duplicate_accounts_and_streams(tmp_path: Path) -> None:
+    data = config_dict(tmp_path, 2525)
+    data["accounts"].append(dict(data["accounts"][0]))
+    with pytest.raises(ConfigError, match="duplicate account id"):
+        build_config(data, tmp_path / "relay.toml")
+    streams = [{"id": "a", "kind": "marketing"}, {"id": "a", "kind": "transactional"}]
+    assert "unique" in str(error_for(tmp_path, account={"streams": streams, "default_stream": "a"}))
+
+
+def test_policy_overrides_and_monitor_mode(tmp_path: Path) -> None:
+    config = make_config(tmp_path, 2525, policy={"mode": "monitor", "actions": {"identity.no_reply": "off"}})
+    assert config.policy.mode == "monitor" and config.policy.actions == {"identity.no_reply": "off"}

@@ -1,0 +1,86 @@
+"""Reply texts (SPEC §4 table): policy replies, enhanced codes on aiosmtpd's built-in replies, no
+control characters or unbounded text in a reply line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from policies.findings import Action, Finding
+from relay import replies
+
+ENHANCED = re.compile(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} ")
+
+
+def test_every_constant_has_an_enhanced_code() -> None:
+    constants = [v for k, v in vars(replies).items() if k.isupper() and isinstance(v, str) and v[:3].isdigit()]
+    assert len(constants) > 10
+    for text in constants:
+        assert ENHANCED.match(text), text
+
+
+@pytest.mark.parametrize(
+    ("finding", "expected"),
+    [
+        (Finding("consent.missing", Action.REJECT, "No consent"), "550 5.7.1 [consent.missing] No consent"),
+        (Finding("account.suspended", Action.REJECT, "Suspended"), "554 5.7.1 [account.suspended] Suspended"),
+        (Finding("account.paused", Action.TEMPFAIL, "Paused"), "451 4.7.1 [account.paused] Paused"),
+        (Finding("relay.denied", Action.REJECT, "Relaying denied"), "550 5.7.1 [relay.denied] Relaying denied"),
+    ],
+)
+def test_policy_reply(finding: Finding, expected: str) -> None:
+    assert replies.policy_reply(finding) == expected
+
+
+def test_spec_table_codes() -> None:
+    assert replies.AUTH_REQUIRED.startswith("530 5.7.0")
+    assert replies.AUTH_FAILED.startswith("535 5.7.8")
+    assert replies.AUTH_LOCKED.startswith("421 4.7.0")
+    assert replies.TOO_BIG.startswith("552 5.3.4")
+    assert replies.TOO_MANY_RECIPIENTS.startswith("452 4.5.3")
+    assert replies.UPSTREAM_UNAVAILABLE.startswith("451 4.4.1")
+    assert replies.INTERNAL_ERROR.startswith("451 4.3.0") and "Error" not in replies.INTERNAL_ERROR
+    assert replies.quarantined("Q1", "content.adult") == "250 2.6.0 Held for review as Q1 [content.adult]"
+    assert replies.delivered("abc", "2.0.0 Ok: queued as X1").startswith("250 2.0.0 Delivered as abc")
+    assert "queued as X1" in replies.delivered("abc", "2.0.0 Ok: queued as X1")
+
+
+def test_reply_text_is_one_clean_bounded_line() -> None:
+    nasty = Finding("content.adult", Action.REJECT, "evil\r\n250 OK\x00" + "x" * 5000)
+    text = replies.policy_reply(nasty)
+    assert "\r" not in text and "\n" not in text and "\x00" not in text and len(text) < 500
+
+
+def test_partially_delivered() -> None:
+    text = replies.partially_delivered("rid", 1, 3, [("b@x.nl", "consent.missing"), ("c@x.nl", "upstream")])
+    assert text == "250 2.0.0 Delivered to 1 of 3 recipients; refused: b@x.nl [consent.missing], c@x.nl [upstream] (rid)"
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (554, "5.7.9 Refused by policy", "554 5.7.9 Refused by policy"),
+        (550, "No such user", "550 5.0.0 No such user"),
+        (552, "bad\r\nline", "552 5.0.0 bad  line"),
+    ],
+)
+def test_upstream_passthrough(code: int, message: str, expected: str) -> None:
+    assert replies.upstream_passthrough(code, message) == expected
+
+
+@pytest.mark.parametrize(
+    ("builtin", "expected"),
+    [
+        ("500 Error: command \"FOO\" not recognized", '500 5.5.2 command "FOO" not recognized'),
+        ("503 Error: need MAIL command", "503 5.5.1 need MAIL command"),
+        ("501 Syntax: MAIL FROM: <address>", "501 5.5.4 Syntax: MAIL FROM: <address>"),
+        ("552 Error: Too much mail data", replies.TOO_BIG),
+        ("552 Error: message size exceeds fixed maximum message size", replies.TOO_BIG),
+        ("250 OK", "250 OK"),
+        ("250-relay.test", "250-relay.test"),
+        ("550 5.7.1 [relay.denied] x", "550 5.7.1 [relay.denied] x"),
+    ],
+)
+def test_enhanced_codes_on_builtin_replies(builtin: str, expected: str) -> None:
+    assert replies.with_enhanced_code(builtin) == expected

@@ -1,0 +1,630 @@
+"""The store contract, run against both backends: SQLite (a temp file) and PostgreSQL (a fresh schema per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import sqlite3
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import asyncpg
+import pytest
+
+from policies.facts import ConsentRecord, Suppression
+from relay.errors import StoreUnavailable
+from relay.store import postgres_schema, schema
+from relay.store.base import Store
+from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, RejectedReport
+from relay.store.postgres import PostgresStore
+from relay.store.records import (
+    AccountState,
+    AuditEntry,
+    DecisionRecord,
+    DeliveryRecord,
+    OutboxItem,
+    QuarantineItem,
+)
+from relay.store.sqlite import SqliteStore
+
+# CI and this machine run PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test`.
+PG_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Makes unopened stores that all share one database: separate instances act as separate hosts."""
+
+    kind: str
+    make: Callable[[], Store]
+    version: Callable[[], Awaitable[int]]  # schema_version as the database has it
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "relay.db"
+
+        async def sqlite_version() -> int:
+            with sqlite3.connect(path) as conn:
+                return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+        yield Backend("sqlite", lambda: SqliteStore(path, 5.0), sqlite_version)
+        return
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+        url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}"
+
+        async def pg_version() -> int:
+            return int(await admin.fetchval(f'SELECT version FROM "{name}".schema_version'))
+
+        yield Backend("postgresql", lambda: PostgresStore(url, 5.0), pg_version)
+    finally:
+        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    s = backend.make()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def second(backend: Backend, store: Store) -> AsyncIterator[Store]:
+    """Another instance on the same database (another host, for PostgreSQL)."""
+    s = backend.make()
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def consent(email: str, scope: str = "shop", topic: str = "*", **kw: object) -> ConsentRecord:
+    return ConsentRecord(email=email, scope=scope, topic=topic, collected_at=T0, source_url="https://shop/x", **kw)  # type: ignore[arg-type]
+
+
+def content_of(record: ConsentRecord) -> ConsentRecord:
+    return replace(record, id="", created_at=None, updated_at=None)
+
+
+# --- accounts --------------------------------------------------------------------------------
+
+
+async def test_account_state_defaults_sets_and_audits(store: Store) -> None:
+    assert await store.accounts.get("acme") == AccountState("acme")
+    await store.accounts.set(
+        AccountState("acme", "paused", "complaints", frozenset({"news", "promo"})), actor="ops", note="too many"
+    )
+    await store.accounts.set(AccountState("beta", "suspended", "spam trap"), actor="ops", note="")
+    got = await store.accounts.get("acme")
+    assert (got.state, got.reason, got.paused_streams) == ("paused", "complaints", frozenset({"news", "promo"}))
+    assert got.updated_at is not None and got.updated_at.tzinfo is not None
+    await store.accounts.set(AccountState("acme", "active"), actor="ops", note="resolved")
+    assert [(a.account, a.state, a.paused_streams) for a in await store.accounts.all()] == [
+        ("acme", "active", frozenset()),
+        ("beta", "suspended", frozenset()),
+    ]
+    audit = await store.audit.list(target="acme")
+    assert [(e.actor, e.action, e.note, e.detail) for e in audit] == [
+        ("ops", "account.active", "resolved", {"state": "active"}),
+        ("ops", "account.paused", "too many", {"state": "paused"}),
+    ]
+
+
+# --- consent ---------------------------------------------------------------------------------
+
+
+async def test_find_consents_by_scopes_and_many_emails(store: Store) -> None:
+    records = [
+        consent("a@x.nl", "shop"),
+        consent("a@x.nl", "group", "news"),
+        consent("a@x.nl", "other"),
+        consent("b@x.nl", "shop", revoked_at=T0, revoked_via="page"),
+        consent("c@x.nl", "shop"),
+    ] + [consent(f"bulk{i}@x.nl") for i in range(1200)]
+    assert await store.consent.upsert_consents(records, now=T0) == (len(records), 0)
+    emails = ["a@x.nl", "b@x.nl", "a@x.nl", "nobody@x.nl"] + [f"bulk{i}@x.nl" for i in range(1200)]
+    found = await store.consent.find_consents(["shop", "group"], emails)
+    assert set(found) == {"a@x.nl", "b@x.nl"} | {f"bulk{i}@x.nl" for i in range(1200)}
+    assert sorted((r.scope, r.topic) for r in found["a@x.nl"]) == [("group", "news"), ("shop", "*")]
+    assert found["b@x.nl"][0].revoked_at == T0 and found["b@x.nl"][0].revoked_via == "page"
+    record = found["bulk7@x.nl"][0]
+    assert content_of(record) == content_of(consent("bulk7@x.nl"))
+    assert record.id and record.created_at == T0 and record.updated_at == T0
+    assert await store.consent.find_consents(["shop"], []) == {}
+    assert await store.consent.count() == len(records)
+
+
+async def test_upsert_counts_written_and_unchanged_and_keeps_created_at(store: Store) -> None:
+    first = [consent("a@x.nl"), consent("b@x.nl", prechecked=True), consent("c@x.nl", "shop", "news")]
+    assert await store.consent.upsert_consents(first, now=T0) == (3, 0)
+    later = T0 + timedelta(days=1)
+    assert await store.consent.upsert_consents(first, now=later) == (0, 3)
+    changed = [first[0], replace(first[1], prechecked=False, source_ip="192.0.2.1"), first[2]]
+    assert await store.consent.upsert_consents(iter(changed), now=later) == (1, 2)
+    got = (await store.consent.find_consents(["shop"], ["b@x.nl"]))["b@x.nl"][0]
+    assert (got.prechecked, got.source_ip, got.created_at, got.updated_at) == (False, "192.0.2.1", T0, later)
+    unchanged = (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"][0]
+    assert unchanged.updated_at == T0  # an identical re-import leaves the row alone
+    assert await store.consent.count() == 3
+
+
+async def test_upsert_repeated_key_in_one_call_applies_in_order(store: Store) -> None:
+    a = consent("a@x.nl")
+    assert await store.consent.upsert_consents([a, a], now=T0) == (1, 1)
+    b = replace(a, source_ip="192.0.2.9")
+    assert await store.consent.upsert_consents([b, a, b], now=T0) == (3, 0)
+    got = (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"]
+    assert [r.source_ip for r in got] == ["192.0.2.9"]
+
+
+async def test_upsert_streams_a_large_iterable_in_one_transaction(store: Store) -> None:
+    def many() -> Iterator[ConsentRecord]:
+        for i in range(12_000):
+            yield consent(f"u{i}@x.nl")
+
+    assert await store.consent.upsert_consents(many(), now=T0) == (12_000, 0)
+    assert await store.consent.count() == 12_000
+
+    def failing() -> Iterator[ConsentRecord]:
+        for i in range(12_000):
+            yield consent(f"new{i}@x.nl")
+        raise ValueError("bad row 12001")
+
+    with pytest.raises(ValueError):
+        await store.consent.upsert_consents(failing(), now=T0)
+    assert await store.consent.count() == 12_000  # nothing of the failed import stayed
+
+
+async def test_revoke_by_topic_and_all(store: Store) -> None:
+    await store.consent.upsert_consents(
+        [consent("a@x.nl", topic="news"), consent("a@x.nl", topic="promo"), consent("a@x.nl", "other")], now=T0
+    )
+    at = T0 + timedelta(hours=1)
+    assert await store.consent.revoke("shop", "a@x.nl", "news", via="one_click", at=at) == 1
+    assert await store.consent.revoke("shop", "a@x.nl", "news", via="one_click", at=at) == 0
+    assert await store.consent.revoke("shop", "a@x.nl", None, via="page", at=at + timedelta(1)) == 1
+    found = {r.topic: r for r in (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"]}
+    assert (found["news"].revoked_at, found["news"].revoked_via) == (at, "one_click")
+    assert (found["promo"].revoked_at, found["promo"].revoked_via) == (at + timedelta(1), "page")
+    assert found["promo"].updated_at == at + timedelta(1)
+    other = (await store.consent.find_consents(["other"], ["a@x.nl"]))["a@x.nl"][0]
+    assert other.revoked_at is None
+
+
+async def test_touch_extends_live_consents_only(store: Store) -> None:
+    await store.consent.upsert_consents(
+        [consent("a@x.nl"), consent("a@x.nl", "group"), consent("a@x.nl", "gone", revoked_at=T0)], now=T0
+    )
+    bought = T0 + timedelta(days=10)
+    assert await store.consent.touch(["shop", "group", "gone"], "a@x.nl", "purchase", bought) == 2
+    # An older click must not move last_interaction_at backwards.
+    assert await store.consent.touch(["shop"], "a@x.nl", "click", T0 + timedelta(days=5)) == 1
+    assert await store.consent.touch(["shop"], "a@x.nl", "confirmation", T0 + timedelta(days=3)) == 1
+    got = {r.scope: r for r in (await store.consent.find_consents(["shop", "group", "gone"], ["a@x.nl"]))["a@x.nl"]}
+    assert got["shop"].last_purchase_at == bought
+    assert got["shop"].last_interaction_at == bought
+    assert got["shop"].confirmed_at == T0 + timedelta(days=3)
+    assert got["group"].last_purchase_at == bought
+    assert got["gone"].last_purchase_at is None
+    assert await store.consent.touch(["shop"], "nobody@x.nl", "click", bought) == 0
+
+
+async def test_suppressions_add_idempotent_find_list_remove(store: Store) -> None:
+    s1 = Suppression("a@x.nl", "shop", "*", "suppression.unsubscribed", "one_click", T0)
+    s2 = Suppression("a@x.nl", "shop", "*", "suppression.complaint", "complaint", T0 + timedelta(1))
+    s3 = Suppression("b@x.nl", "group", "news", "suppression.unsubscribed", "page", T0 + timedelta(2))
+    assert await store.consent.add_suppression(s1, note="link")
+    assert not await store.consent.add_suppression(replace(s1, via="page"))
+    assert await store.consent.add_suppression(s2)
+    assert await store.consent.add_suppression(s3)
+    found = await store.consent.find_suppressions(["shop", "group"], ["a@x.nl", "b@x.nl", "c@x.nl"])
+    assert sorted(found["a@x.nl"], key=lambda s: s.reason) == [s2, s1]
+    assert found["b@x.nl"] == [s3]
+    assert await store.consent.find_suppressions(["other"], ["a@x.nl"]) == {}
+    assert await store.consent.list_suppressions() == [s3, s2, s1]
+    assert await store.consent.list_suppressions("shop", limit=1) == [s2]
+    assert await store.consent.remove_suppression("shop", "a@x.nl", "suppression.complaint") == 1
+    assert await store.consent.remove_suppression("shop", "a@x.nl", "suppression.complaint") == 0
+    assert await store.consent.remove_suppression("group", "b@x.nl") == 1
+    assert await store.consent.list_suppressions() == [s1]
+    now_ish = await store.consent.add_suppression(Suppression("d@x.nl", "shop", "*", "suppression.unsubscribed"))
+    assert now_ish and (await store.consent.list_suppressions(limit=1))[0].created_at is not None
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+def delivery(i: int, email: str, account: str = "acme", at: datetime = T0, **kw: object) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=i, relay_id=f"r{i}", account=account, stream="news", email=email, status="delivered",
+        delivered_at=at, message_id=f"<m{i}@x>", scope=account, topic="*", **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_decisions_and_deliveries_round_trip(store: Store) -> None:
+    d1 = DecisionRecord(
+        "r1", "accept", T0, "<m1@x>", "acme", "news", "o@shop", ("a@x.nl", "b@x.nl"), ("content.x",),
+        ({"rule": "content.x", "action": "warn", "detail": {"n": 1}},),
+    )
+    d2 = replace(d1, outcome="reject", rules=(), findings=())
+    await store.decisions.record([d1, d2], [delivery(1, "a@x.nl", consent_id=42), delivery(2, "b@x.nl")])
+    await store.decisions.record([], [delivery(3, "a@x.nl", "beta", T0 + timedelta(1))])
+    await store.decisions.record([replace(d1, relay_id="r9")], [])
+    assert await store.decisions.for_relay_id("r1") == [d1, d2]
+    assert await store.decisions.for_relay_id("nope") == []
+    assert await store.decisions.delivery(1) == delivery(1, "a@x.nl", consent_id=42)
+    assert await store.decisions.delivery(99) is None
+    assert [d.id for d in await store.decisions.deliveries_to("a@x.nl", ["acme", "beta"])] == [3, 1]
+    assert [d.id for d in await store.decisions.deliveries_to("a@x.nl", ["acme", "beta"], limit=1)] == [3]
+    assert [d.id for d in await store.decisions.deliveries_to("a@x.nl", ["acme"])] == [1]
+    assert await store.decisions.deliveries_by_message_id("<m2@x>") == [delivery(2, "b@x.nl")]
+    # A queued copy later delivered is written again under the same id: it replaces the row.
+    await store.decisions.record([], [replace(delivery(2, "b@x.nl"), status="queued")])
+    assert (await store.decisions.delivery(2)).status == "queued"  # type: ignore[union-attr]
+
+
+async def test_reserve_ids_consecutive_and_disjoint_under_concurrency(store: Store, second: Store) -> None:
+    assert await store.decisions.reserve_ids("deliveries", 10) == 1
+    assert await second.decisions.reserve_ids("deliveries", 5) == 11
+    assert await store.decisions.reserve_ids("other", 3) == 1
+    firsts = await asyncio.gather(
+        *(s.decisions.reserve_ids("deliveries", 7) for _ in range(20) for s in (store, second))
+    )
+    ids = [i for first in sorted(firsts) for i in range(first, first + 7)]
+    assert ids == list(range(16, 16 + 40 * 7))  # no overlap, no gap
+    assert await store.decisions.reserve_ids("deliveries", 1) == 16 + 40 * 7
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+def copy(i: int, **kw: object) -> OutboxItem:
+    return OutboxItem(f"r{i}", "acme", "news", "o@shop", (f"u{i}@x.nl", "v@x.nl"), b"Subject: %d\r\n\r\nhi\xff" % i, **kw)  # type: ignore[arg-type]
+
+
+async def test_outbox_lease_retry_give_up_delivered(store: Store, second: Store) -> None:
+    ids = await store.outbox.enqueue([copy(1), copy(2), copy(3, next_attempt_at=500.0)], now=100.0)
+    assert len(ids) == 3 and ids == sorted(ids) and len(set(ids)) == 3
+    assert await store.outbox.depth() == 3
+    claimed = await store.outbox.claim_due(now=200.0, owner="h1", lease_seconds=60, limit=10)
+    assert [c.id for c in claimed] == ids[:2]
+    assert claimed[0] == replace(copy(1), id=ids[0], next_attempt_at=100.0, created_at=100.0)
+    # Leased copies are not handed to another owner until the lease runs out.
+    assert await second.outbox.claim_due(now=250.0, owner="h2", lease_seconds=60, limit=10) == []
+    # Only the lease owner may settle a copy.
+    await second.outbox.delivered(ids[0], "h2")
+    await store.outbox.delivered(ids[0], "h1")
+    await store.outbox.retry_later(ids[1], "h2", next_attempt_at=300.0, error="nope")
+    assert await store.outbox.depth() == 2
+    await store.outbox.retry_later(ids[1], "h1", next_attempt_at=300.0, error="451 try later" * 200)
+    assert await store.outbox.claim_due(now=299.0, owner="h2", lease_seconds=60, limit=10) == []
+    again = await second.outbox.claim_due(now=300.0, owner="h2", lease_seconds=60, limit=10)
+    assert [(c.id, c.attempts, c.next_attempt_at) for c in again] == [(ids[1], 1, 300.0)]
+    assert len(again[0].last_error) == 1000 and again[0].last_error.startswith("451 try later")
+    # The lease expired without settling: another owner takes it over.
+    taken = await store.outbox.claim_due(now=361.0, owner="h1", lease_seconds=60, limit=10)
+    assert [c.id for c in taken] == [ids[1]]
+    await second.outbox.give_up(ids[1], "h2", error="stale owner")  # no longer its lease
+    assert await store.outbox.depth() == 2
+    await store.outbox.give_up(ids[1], "h1", error="550 no such user")
+    assert await store.outbox.depth() == 1
+    late = await store.outbox.claim_due(now=1000.0, owner="h1", lease_seconds=60, limit=10)
+    assert [c.id for c in late] == [ids[2]]  # the failed copy is never claimed again
+    assert await store.outbox.enqueue([], now=1.0) == []
+
+
+async def test_outbox_racing_owners_get_disjoint_copies(store: Store, second: Store) -> None:
+    ids = await store.outbox.enqueue([copy(i) for i in range(150)], now=10.0)
+    claims = await asyncio.gather(
+        *(
+            s.outbox.claim_due(now=20.0, owner=owner, lease_seconds=60, limit=4)
+            for _ in range(15)
+            for s, owner in ((store, "h1"), (second, "h2"))
+        )
+    )
+    by_owner: dict[str, list[int]] = {"h1": [], "h2": []}
+    for n, batch in enumerate(claims):
+        by_owner["h1" if n % 2 == 0 else "h2"].extend(c.id for c in batch)
+    every = by_owner["h1"] + by_owner["h2"]
+    assert len(every) == len(set(every)) == 120  # 30 claims of 4, each copy to exactly one owner
+    assert set(every) <= set(ids)
+    # Only the owner of each lease can deliver it: the other owner's attempts change nothing.
+    for item_id in by_owner["h1"]:
+        await second.outbox.delivered(item_id, "h2")
+    assert await store.outbox.depth() == 150
+    for owner, s in (("h1", store), ("h2", second)):
+        for item_id in by_owner[owner]:
+            await s.outbox.delivered(item_id, owner)
+    assert await store.outbox.depth() == 30
+
+
+# --- quarantine ------------------------------------------------------------------------------
+
+
+def held(i: int, account: str = "acme", rules: tuple[str, ...] = ("content.x",), minutes: int = 0) -> QuarantineItem:
+    return QuarantineItem(
+        id=f"q{i:03d}", relay_id=f"r{i}", account=account, stream="news", mail_from="o@shop",
+        rcpt_tos=("a@x.nl",), subject=f"subject {i}", rules=rules,
+        findings=({"rule": rules[0] if rules else "", "detail": "x"},), size=100 + i,
+        received_at=T0 + timedelta(minutes=minutes), content=b"raw %d" % i,
+    )
+
+
+async def test_quarantine_hold_get_list_and_page(store: Store) -> None:
+    items = [
+        held(1, minutes=0),
+        held(2, "beta", ("identity.spf", "content.x"), minutes=1),
+        held(3, rules=("content.xy",), minutes=2),
+        held(4, minutes=2),  # same time as q003: the id breaks the tie
+        held(5, "beta", ("identity.spf",), minutes=3),
+    ]
+    for item in items:
+        await store.quarantine.hold(item)
+    assert await store.quarantine.get("q002", with_content=True) == items[1]
+    assert await store.quarantine.get("q002") == replace(items[1], content=b"")
+    assert await store.quarantine.get("missing") is None
+    assert await store.quarantine.count() == 5
+
+    async def ids(**kw: object) -> list[str]:
+        page, _ = await store.quarantine.list(**kw)  # type: ignore[arg-type]
+        return [q.id for q in page]
+
+    assert await ids() == ["q005", "q004", "q003", "q002", "q001"]
+    assert await ids(account="beta") == ["q005", "q002"]
+    assert await ids(rule="content.x") == ["q004", "q002", "q001"]  # exact rule id, not a prefix
+    assert await ids(rule="identity.spf", account="acme") == []
+    assert await ids(since=T0 + timedelta(minutes=1), before=T0 + timedelta(minutes=3)) == ["q004", "q003", "q002"]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.quarantine.list(limit=2, cursor=cursor)
+        seen += [q.id for q in page]
+        assert all(q.content == b"" for q in page)
+        if cursor is None:
+            break
+    assert seen == ["q005", "q004", "q003", "q002", "q001"]
+    page, cursor = await store.quarantine.list(rule="content.x", limit=2)
+    assert [q.id for q in page] == ["q004", "q002"] and cursor is not None
+    page, cursor = await store.quarantine.list(rule="content.x", limit=2, cursor=cursor)
+    assert ([q.id for q in page], cursor) == (["q001"], None)
+
+
+async def test_quarantine_status_changes_audit_and_purge(store: Store, second: Store) -> None:
+    for i in range(1, 5):
+        await store.quarantine.hold(held(i, minutes=i * 60))
+    released = AuditEntry("admin", "quarantine.release", "q001", "false positive", {"to": "upstream"}, T0)
+    # Two admins on two instances release the same message: exactly one wins.
+    results = await asyncio.gather(
+        store.quarantine.set_status("q001", "released", released),
+        second.quarantine.set_status("q001", "released", released),
+    )
+    assert sorted(results) == [False, True]
+    assert await store.quarantine.get("q001") is None
+    assert await store.quarantine.set_status("q002", "deleted", replace(released, target="q002"))
+    assert not await store.quarantine.set_status("q002", "released", replace(released, target="q002"))
+    assert await store.quarantine.count() == 2
+    audit = await store.audit.list(target="q001")
+    assert [(e.actor, e.action, e.note, e.detail, e.at) for e in audit] == [
+        ("admin", "quarantine.release", "false positive", {"to": "upstream"}, T0)
+    ]
+    assert await store.quarantine.purge_older_than(T0 + timedelta(hours=3, minutes=30), "retention") == 1
+    assert [q.id for q in (await store.quarantine.list())[0]] == ["q004"]
+    purged = await store.audit.list(target="q003")
+    assert [(e.actor, e.action) for e in purged] == [("retention", "quarantine.purge")]
+    assert await store.quarantine.purge_older_than(T0 + timedelta(hours=3, minutes=30), "retention") == 0
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+async def test_audit_add_and_list(store: Store) -> None:
+    for i in range(5):
+        await store.audit.add(AuditEntry("ops", "thing.done", f"t{i % 2}", f"n{i}", {"i": i}, T0 + timedelta(i)))
+    await store.audit.add(AuditEntry("cli", "no.time", "t9"))
+    latest = await store.audit.list(limit=3)
+    assert [e.note for e in latest] == ["", "n4", "n3"]
+    assert latest[0].at is not None and latest[0].id > latest[1].id > latest[2].id
+    assert [(e.note, e.detail, e.at) for e in await store.audit.list(target="t1")] == [
+        ("n3", {"i": 3}, T0 + timedelta(3)),
+        ("n1", {"i": 1}, T0 + timedelta(1)),
+    ]
+
+
+# --- rates -----------------------------------------------------------------------------------
+
+
+async def test_rate_bucket_takes_and_refills(store: Store) -> None:
+    assert [await store.rates.take("acme", rate_per_minute=2, now=1000.0) for _ in range(3)] == [True, True, False]
+    assert await store.rates.take("beta", rate_per_minute=2, now=1000.0)
+    assert not await store.rates.take("acme", rate_per_minute=2, now=1029.0)  # 0.97 tokens back
+    assert await store.rates.take("acme", rate_per_minute=2, now=1031.0)  # past 1 token
+    assert not await store.rates.take("acme", rate_per_minute=2, now=1031.0)
+    # A long pause refills only to capacity.
+    assert [await store.rates.take("acme", rate_per_minute=2, now=5000.0) for _ in range(3)] == [True, True, False]
+
+
+async def test_rate_bucket_is_shared_and_atomic(store: Store, second: Store) -> None:
+    results = await asyncio.gather(
+        *(s.rates.take("acme", rate_per_minute=5, now=50.0) for _ in range(10) for s in (store, second))
+    )
+    assert sum(results) == 5
+
+
+# --- complaints ------------------------------------------------------------------------------
+
+
+def complaint(key: str, email: str = "a@x.nl", account: str = "acme", hours: int = 0, **kw: object) -> Complaint:
+    return Complaint(
+        account=account, email=email, feedback_type="abuse", status=kw.pop("status", OPEN), source="mail",  # type: ignore[arg-type]
+        received_at=T0 + timedelta(hours=hours), report_key=key, deadline=T0 + timedelta(hours=hours + 72),
+        relay_id="r1", mapped_by="relay_id", reporter="FBL/1.0", **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_complaints_add_once_list_acknowledge(store: Store, second: Store) -> None:
+    complaints = store.complaints  # type: ignore[attr-defined]
+    first, created = await complaints.add(complaint("k1"), b"ARF report 1")
+    assert created and first.id > 0 and replace(first, id=0) == complaint("k1")
+    # The same report ingested twice (here on two instances at once) is one complaint.
+    results = await asyncio.gather(
+        complaints.add(complaint("k2", hours=1), b"r2"),
+        second.complaints.add(complaint("k2", hours=1), b"r2"),  # type: ignore[attr-defined]
+    )
+    assert sorted(created for _, created in results) == [False, True]
+    assert results[0][0] == results[1][0]
+    again, created = await complaints.add(complaint("k1", hours=5), b"other bytes")
+    assert (again, created) == (first, False)
+    await complaints.add(complaint("k3", "b@x.nl", "beta", 2, status=INFORMATIONAL), b"not spam")
+    assert await complaints.get(first.id) == first
+    assert await complaints.get(999) is None
+    assert await complaints.report(first.id) == b"ARF report 1"
+    assert await complaints.report(999) is None
+    assert [c.report_key for c in await complaints.list()] == ["k3", "k2", "k1"]
+    assert [c.report_key for c in await complaints.list(account="acme", limit=1)] == ["k2"]
+    assert await complaints.acknowledge(first.id, actor="ops", note="handled", at=T0 + timedelta(hours=3))
+    assert not await complaints.acknowledge(first.id, actor="ops", note="again", at=T0 + timedelta(hours=4))
+    acked = await complaints.get(first.id)
+    assert (acked.status, acked.acknowledged_by, acked.ack_note) == (ACKNOWLEDGED, "ops", "handled")
+    assert acked.acknowledged_at == T0 + timedelta(hours=3)
+    assert [c.report_key for c in await complaints.list(open_only=True)] == ["k2"]
+    audit = await store.audit.list(target=f"complaint:{first.id}")
+    assert [(e.actor, e.action) for e in audit] == [("ops", "complaint.acknowledged"), ("FBL/1.0", "complaint.received")]
+    assert audit[1].detail == {"account": "acme", "status": OPEN, "mapped_by": "relay_id"}
+
+
+async def test_complaints_deadlines_forwarding_and_counts(store: Store) -> None:
+    complaints = store.complaints  # type: ignore[attr-defined]
+    a, _ = await complaints.add(complaint("k1", hours=0), b"1")
+    b, _ = await complaints.add(complaint("k2", hours=10), b"2")
+    await complaints.add(complaint("k3", hours=20, status=INFORMATIONAL), b"3")
+    assert await complaints.overdue(T0 + timedelta(hours=71)) == []
+    assert [c.id for c in await complaints.overdue(T0 + timedelta(hours=90))] == [a.id, b.id]
+    assert await complaints.mark_escalated([a.id], at=T0 + timedelta(hours=90)) == 1
+    assert await complaints.mark_escalated([a.id, b.id], at=T0 + timedelta(hours=91)) == 1
+    assert await complaints.mark_escalated([], at=T0) == 0
+    assert await complaints.overdue(T0 + timedelta(hours=200)) == []
+    assert (await complaints.get(a.id)).escalated_at == T0 + timedelta(hours=90)
+    await complaints.set_forwarded(a.id, to="abuse@shop", at=T0, error="")
+    await complaints.set_forwarded(b.id, to="", at=None, error="x" * 2000)
+    got_a, got_b = await complaints.get(a.id), await complaints.get(b.id)
+    assert (got_a.forwarded_to, got_a.forwarded_at, got_a.forward_error) == ("abuse@shop", T0, "")
+    assert (got_b.forwarded_at, len(got_b.forward_error)) == (None, 1000)
+    assert await complaints.count_since("acme", T0) == 2  # the informational one does not count
+    assert await complaints.count_since("acme", T0 + timedelta(hours=1)) == 1
+    assert await complaints.count_since("beta", T0) == 0
+    await store.decisions.record(
+        [], [delivery(1, "a@x.nl", at=T0), delivery(2, "b@x.nl", at=T0 + timedelta(hours=2)), delivery(3, "c@x.nl", "beta")]
+    )
+    await store.decisions.record([], [replace(delivery(4, "d@x.nl"), relay_id="r1")])
+    assert await complaints.delivered_since("acme", T0) == 3
+    assert await complaints.delivered_since("acme", T0 + timedelta(hours=1)) == 1
+    assert [d.id for d in await complaints.deliveries_for_relay_id("r1")] == [1, 4]
+
+
+async def test_rejected_feedback_reports_are_kept(store: Store) -> None:
+    complaints = store.complaints  # type: ignore[attr-defined]
+    one = await complaints.keep_rejected(source="mail", reason="not an ARF report", report=b"junk", at=T0)
+    two = await complaints.keep_rejected(source="api", reason="r" * 2000, report=b"\x00\xff", at=T0 + timedelta(1))
+    assert two > one > 0
+    listed = await complaints.list_rejected()
+    assert [(r.id, r.source, r.size, r.report) for r in listed] == [(two, "api", 2, b""), (one, "mail", 4, b"")]
+    assert len(listed[0].reason) == 1000
+    assert await complaints.list_rejected(limit=1, with_report=True) == [
+        RejectedReport(two, "api", "r" * 1000, T0 + timedelta(1), 2, b"\x00\xff")
+    ]
+
+
+# --- opening and migrations ------------------------------------------------------------------
+
+
+async def test_reopening_migrates_nothing_and_keeps_data(backend: Backend) -> None:
+    first = backend.make()
+    await first.open()
+    await first.audit.add(AuditEntry("ops", "x", "kept"))
+    await first.close()
+    again = backend.make()
+    await again.open()  # the migrations already ran: a no-op
+    try:
+        assert [e.target for e in await again.audit.list()] == ["kept"]
+        assert await backend.version() == len(schema.MIGRATIONS)
+        await again.ping()
+    finally:
+        await again.close()
+
+
+async def test_instances_starting_at_once_all_migrate_safely(backend: Backend) -> None:
+    stores = [backend.make() for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        assert await backend.version() == len(schema.MIGRATIONS)
+        await stores[0].audit.add(AuditEntry("ops", "x", "t"))
+        assert [e.target for e in await stores[3].audit.list()] == ["t"]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_closed_or_unreachable_store_is_unavailable(backend: Backend, store: Store) -> None:
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.accounts.get("acme")
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_unreachable_postgres_is_unavailable() -> None:
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        unreachable = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/test", 2.0)
+        with pytest.raises(StoreUnavailable):
+            await unreachable.open()
+
+
+async def test_postgres_schema_mirrors_sqlite_schema(tmp_path: Path) -> None:
+    """Every table and column of schema.py exists in postgres_schema.py, migration by migration."""
+    assert len(postgres_schema.MIGRATIONS) == len(schema.MIGRATIONS)
+    sqlite_store = SqliteStore(tmp_path / "s.db", 5.0)
+    await sqlite_store.open()
+    await sqlite_store.close()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        sqlite_columns = {t: [r[1] for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+        sqlite_indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+        pg = PostgresStore(f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}", 5.0)
+        await pg.open()
+        await pg.close()
+        rows = await admin.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema=$1 "
+            "ORDER BY table_name, ordinal_position",
+            name,
+        )
+        pg_columns: dict[str, list[str]] = {}
+        for row in rows:
+            pg_columns.setdefault(row["table_name"], []).append(row["column_name"])
+        pg_indexes = {
+            r["indexname"]
+            for r in await admin.fetch("SELECT indexname FROM pg_indexes WHERE schemaname=$1", name)
+        }
+    finally:
+        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+        await admin.close()
+    assert pg_columns == sqlite_columns
+    assert sqlite_indexes <= pg_indexes

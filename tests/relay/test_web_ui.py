@@ -1,0 +1,220 @@
+"""The web UI at the HTTP level: sessions, cookie flags, CSRF on every form, redirects that stay on /ui,
+security headers, escaping, and the inert HTML of quarantined messages."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.config import build_config
+from relay.http_admin import build_admin_app
+from relay.passwords import hash_password
+from relay.services import Clock, Services
+from relay.store.records import QuarantineItem
+from relay.web.safe_html import make_inert
+from relay.web.ui import MESSAGE_CSP, Sessions
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
+TOKEN = "ui-token-0123456789abcdef"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def hostile_item() -> QuarantineItem:
+    raw = (
+        'From: "<script>alert(1)</script>" <news@shop.example>\r\nSubject: <img src=x onerror=alert(1)>\r\n'
+        'Content-Type: text/html; charset=utf-8\r\n\r\n<p onclick="x()">Hi <img src="https://evil.test/p.gif"></p><script>alert(2)</script>\r\n'
+    ).encode()
+    return QuarantineItem(
+        id="Q1", relay_id="1", account="shop", stream="news", mail_from="news@shop.example", rcpt_tos=("anna@example.nl",),
+        subject="<img src=x onerror=alert(1)>", rules=("content.adult",),
+        findings=({"rule": "content.adult", "action": "quarantine", "detail": "<b>bold</b>", "evidence": "<script>e</script>", "recipient": None},),
+        size=len(raw), received_at=NOW, content=raw,
+    )
+
+
+class Browserless:
+    """A cookie-keeping HTTP client: what a browser does with forms, without the browser."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, services: Services) -> None:
+        self.session, self.base, self.services = session, base, services
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        async with self.session.get(self.base + path, allow_redirects=False, **kwargs) as r:
+            await r.read()
+            return r
+
+    async def post(self, path: str, data: dict[str, Any], **kwargs: Any) -> aiohttp.ClientResponse:
+        async with self.session.post(self.base + path, data=data, allow_redirects=False, **kwargs) as r:
+            await r.read()
+            return r
+
+    async def text(self, path: str) -> str:
+        async with self.session.get(self.base + path) as r:
+            return await r.text()
+
+    async def sign_in(self) -> str:
+        page = await self.text("/ui/login")
+        csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+        r = await self.post("/ui/login", {"csrf": csrf, "token": TOKEN, "next": "/ui/audit"})
+        assert r.status == 303 and r.headers["Location"] == "/ui/audit"
+        return CSRF.search(await self.text("/ui/quarantine")).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def ui(tmp_path: Path) -> AsyncIterator[Browserless]:
+    data = {
+        "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
+        "http": {"admin_tokens": [{"label": "dana", "hash": hash_password(TOKEN)}]},
+        "accounts": [{"id": "shop", "domains": ["shop.example"], "default_stream": "news", "streams": [{"id": "news", "kind": "marketing"}]}],
+    }
+    services = Services.build(build_config(data, tmp_path / "config.toml"), clock=Clock(now=lambda: NOW))
+    await services.store.open()
+    await services.store.quarantine.hold(hostile_item())
+
+    async def ready() -> dict[str, Any]:
+        return {}
+
+    runner = web.AppRunner(build_admin_app(services, ready))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        yield Browserless(session, f"http://127.0.0.1:{port}", services)
+    await runner.cleanup()
+    await services.store.close()
+
+
+async def test_pages_need_a_session(ui: Browserless) -> None:
+    for path in ("/ui/quarantine", "/ui/quarantine/Q1", "/ui/quarantine/Q1/html", "/ui/quarantine/Q1/raw", "/ui/audit", "/ui/accounts", "/ui/consent"):
+        r = await ui.get(path)
+        assert r.status == 303 and r.headers["Location"].startswith("/ui/login?next="), path
+    r = await ui.post("/ui/quarantine/Q1/act", {"action": "delete"})
+    assert r.status == 403
+    # A bearer token is for /api, not a way into the UI.
+    r = await ui.get("/ui/quarantine", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status == 303
+    assert await ui.services.store.quarantine.get("Q1") is not None
+
+
+async def test_login_sets_a_strict_httponly_cookie_and_needs_the_form_token(ui: Browserless) -> None:
+    r = await ui.post("/ui/login", {"token": TOKEN})  # no login CSRF token / cookie
+    assert r.status == 403 and "relay_session" not in r.cookies
+    page = await ui.text("/ui/login")
+    csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+    r = await ui.post("/ui/login", {"csrf": csrf, "token": "wrong"})
+    assert r.status == 401
+    page = await ui.text("/ui/login")
+    csrf = CSRF.search(page).group(1)  # type: ignore[union-attr]
+    r = await ui.post("/ui/login", {"csrf": csrf, "token": TOKEN, "next": "//evil.test/x"})
+    assert r.status == 303 and r.headers["Location"] == "/ui/quarantine"  # never off-site
+    cookie = r.cookies["relay_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/ui" and not cookie["secure"]
+    assert len(cookie.value) >= 40
+
+
+async def test_every_post_needs_the_session_csrf_token(ui: Browserless) -> None:
+    csrf = await ui.sign_in()
+    for path, form in (
+        ("/ui/quarantine/Q1/act", {"action": "delete", "note": "x"}),
+        ("/ui/quarantine/bulk", {"action": "delete", "ids": "Q1"}),
+        ("/ui/accounts/shop", {"action": "suspend", "reason": "x"}),
+        ("/ui/logout", {}),
+    ):
+        r = await ui.post(path, {**form, "csrf": "forged"})
+        assert r.status == 403, path
+        r = await ui.post(path, form)
+        assert r.status == 403, path
+    assert await ui.services.store.quarantine.get("Q1") is not None
+    assert (await ui.services.store.accounts.get("shop")).state == "active"
+    r = await ui.post("/ui/quarantine/Q1/act", {"action": "delete", "note": "spam", "csrf": csrf})
+    assert r.status == 303
+    assert await ui.services.store.quarantine.get("Q1") is None
+    (entry,) = await ui.services.store.audit.list(target="Q1")
+    assert (entry.actor, entry.action, entry.note) == ("dana", "quarantine.delete", "spam")
+
+
+async def test_pages_escape_message_data_and_send_security_headers(ui: Browserless) -> None:
+    await ui.sign_in()
+    for path in ("/ui/quarantine", "/ui/quarantine/Q1"):
+        async with ui.session.get(ui.base + path) as r:
+            page = await r.text()
+            assert "default-src 'none'" in r.headers["Content-Security-Policy"] and "script-src" not in r.headers["Content-Security-Policy"]
+            assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+        assert "<img src=x" not in page and "<script>" not in page, path
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    page = await ui.text("/ui/quarantine/Q1")
+    assert "&lt;script&gt;e&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert '<iframe class="html" sandbox=""' in page
+    async with ui.session.get(ui.base + "/ui/quarantine/Q1/html") as r:
+        body = await r.text()
+        assert r.headers["Content-Security-Policy"] == MESSAGE_CSP
+    assert "evil.test" not in body and "<script" not in body and "onclick" not in body and "Hi" in body
+
+
+async def test_account_state_change_from_the_ui_is_audited(ui: Browserless) -> None:
+    csrf = await ui.sign_in()
+    r = await ui.post("/ui/accounts/shop", {"action": "suspend", "reason": "", "csrf": csrf})
+    assert r.status == 303 and (await ui.services.store.accounts.get("shop")).state == "active"  # a reason is needed
+    r = await ui.post("/ui/accounts/shop", {"action": "suspend", "reason": "complaints", "csrf": csrf})
+    assert r.status == 303 and (await ui.services.store.accounts.get("shop")).state == "suspended"
+    assert "is now suspended" in await ui.text("/ui/accounts")
+    entries = await ui.services.store.audit.list()
+    assert any(e.actor == "dana" and e.target == "shop" and e.note == "complaints" for e in entries)
+
+
+def test_sessions_expire_when_idle_and_ids_are_random() -> None:
+    now = [0.0]
+    sessions = Sessions(clock=lambda: now[0])
+    a, b = sessions.create("alice"), sessions.create("alice")
+    assert a.id != b.id and a.csrf != b.csrf
+    now[0] = 3600
+    assert sessions.get(a.id) is a
+    now[0] = 3600 * 4
+    assert sessions.get(a.id) is None and sessions.get("guess") is None
+
+
+def test_inert_html_removes_scripts_handlers_and_remote_references() -> None:
+    inert = make_inert(
+        '<html><head><base href="https://evil.test/"><link rel=stylesheet href="https://evil.test/s.css">'
+        '<meta http-equiv="refresh" content="0;url=https://evil.test/"><style>@import "https://evil.test/i.css";'
+        "p{background:url('https://evil.test/b.png')} h1{background:url(data:image/png;base64,AAAA)}</style></head>"
+        '<body onload="x()" background="https://evil.test/bg.png"><script>alert(1)</script>'
+        '<p style="background-image:url(https://evil.test/c.png);color:red">Hi <a href="https://shop.example/sale">sale</a></p>'
+        '<img src="https://evil.test/p.gif"><img src="data:image/png;base64,AAAA"><img srcset="https://evil.test/x 2x">'
+        '<iframe src="https://evil.test/f"></iframe><object data="https://evil.test/o"></object>'
+        '<svg><image href="https://evil.test/s.png"/></svg><video poster="https://evil.test/v.png"></video></body></html>'
+    )
+    assert "evil.test" not in inert.html
+    assert "<script" not in inert.html and "onload" not in inert.html and "alert" not in inert.html
+    assert 'title="https://shop.example/sale"' in inert.html and "href" not in inert.html
+    assert "data:image/png;base64,AAAA" in inert.html and "color:red" in inert.html
+    assert inert.scripts == 2 and inert.blocked >= 10
+
+
+async def test_consent_lookup_shows_the_proof(ui: Browserless) -> None:
+    from policies.facts import ConsentRecord
+
+    await ui.services.store.consent.upsert_consents(
+        [ConsentRecord(
+            email="anna@example.nl", scope="shop", basis="double_opt_in", source="signup_form",
+            collected_at=datetime(2026, 1, 10, 9, tzinfo=timezone.utc), confirmed_at=datetime(2026, 1, 10, 9, 3, tzinfo=timezone.utc),
+            source_url="https://shop.example/signup", source_ip="198.51.100.4", statement_text="Yes, <send> me the newsletter",
+            frequency_disclosed=True,
+        )],
+        now=NOW,
+    )
+    await ui.sign_in()
+    page = await ui.text("/ui/consent?email=Anna%40Example.nl&account=shop")
+    assert "Consents of anna@example.nl at shop" in page
+    assert "https://shop.example/signup" in page and "198.51.100.4" in page
+    assert "Yes, &lt;send&gt; me the newsletter" in page and "double_opt_in" in page
+    assert "When was the address collected?" in page  # the plain-language proof for a complaints desk
+    page = await ui.text("/ui/consent?email=not-an-address&account=shop")
+    assert 'class="flash error"' in page

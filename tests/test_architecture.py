@@ -1,0 +1,60 @@
+"""The dependency direction (STYLE.md): policies/ is a pure core that imports nothing from relay/,
+does no I/O and reads no clock."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY_FILES = sorted((REPO / "policies").rglob("*.py"))
+# Modules that mean I/O, concurrency or a shell dependency: none belong in the pure core.
+FORBIDDEN = {
+    "relay", "socket", "ssl", "asyncio", "sqlite3", "aiosqlite", "asyncpg", "aiohttp", "aiosmtpd", "aiosmtplib",
+    "smtplib", "subprocess", "threading", "multiprocessing", "requests", "urllib.request", "http", "dns",
+    "structlog", "logging", "prometheus_client", "time", "random", "secrets", "os",
+}
+CLOCK_READS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_there_are_policy_modules() -> None:
+    assert len(POLICY_FILES) > 5
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_policies_import_nothing_from_the_shell(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = [
+        f"{path.name}:{line} imports {module}"
+        for line, module in imported_modules(tree)
+        if module.split(".")[0] in FORBIDDEN or module in FORBIDDEN
+    ]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_policies_read_no_clock(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = [
+        f"{path.name}:{node.lineno} calls .{node.func.attr}()"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CLOCK_READS
+    ]
+    assert not calls, calls
+
+
+def test_the_check_catches_a_relay_import() -> None:
+    tree = ast.parse("from relay.store import base\nimport relay.config as c\n")
+    assert [m for _, m in imported_modules(tree)] == ["relay.store", "relay.config"]

@@ -15,7 +15,8 @@ from policies.registry import ALL_RULES, RULES_BY_ID
 from policies.rule import Rule
 
 REPO = Path(__file__).resolve().parents[2]
-POLICY_MD = REPO / ".." / "shared" / "POLICY.md"
+# The project keeps its own copy of the catalogue (../shared/POLICY.md), so a clone alone can run this.
+POLICY_MD = REPO / "docs" / "POLICY.md"
 TESTS = REPO / "tests"
 
 

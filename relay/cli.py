@@ -116,6 +116,12 @@ async def _run_with_store(handler: Handler, config: Config, args: argparse.Names
         await services.store.close()
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -125,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(config_path_from(getattr(args, "config", None)))
         if args.needs_store:
             return asyncio.run(_run_with_store(args.handler, config, args))
+        if args.handler is _serve:
+            # The relay spends much of its time in the event loop's socket handling; uvloop does that in C.
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(args.handler(config, args))
         return asyncio.run(args.handler(config, args))
     except ConfigError as exc:
         fail(f"config: {exc}")

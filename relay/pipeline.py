@@ -176,9 +176,12 @@ class Pipeline:
             stream_cfg = account.stream(requested)
         else:
             stream_cfg = txn.stream or account.stream(account.default_stream or "")
-        stream_name = stream_cfg.id if stream_cfg else (requested or "")
+        stream_name = stream_cfg.id if stream_cfg else (requested or "")  # what the decisions table keeps
+        label = metric_stream(stream_cfg)
         try:
-            base = await self.account_facts(account)
+            # The account state read at MAIL FROM holds for the whole transaction (as a policy daemon
+            # answers per transaction); a change takes effect on the next MAIL FROM.
+            base = txn.facts if txn.facts is not None else await self.account_facts(account)
             stream = stream_cfg.facts if stream_cfg else None
             rfacts: list[RecipientFacts] = []
             if stream is not None and stream.is_marketing:
@@ -193,12 +196,12 @@ class Pipeline:
         except StoreUnavailable as exc:
             self.log.error("store_unavailable", stage="data", relay_id=txn.relay_id, error=str(exc))
             self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
-            metrics.messages.labels(account.id, stream_name, "tempfailed").inc()
+            metrics.messages.labels(account.id, label, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
         except ScannerUnavailable as exc:
             self.log.error("scanner_unavailable", relay_id=txn.relay_id, error=str(exc))
             self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
-            metrics.messages.labels(account.id, stream_name, "tempfailed").inc()
+            metrics.messages.labels(account.id, label, "tempfailed").inc()
             return replies.SCANNER_UNAVAILABLE
         facts = MessageFacts(
             account=base.account,
@@ -234,16 +237,17 @@ class Pipeline:
         account_id = txn.account.id
         metrics = self.services.metrics
         all_rcpts = txn.recipients
+        label = metric_stream(stream_cfg)
         if verdict.outcome is Outcome.TEMPFAIL:
             assert verdict.deciding is not None
             self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts)
-            metrics.messages.labels(account_id, stream_name, "tempfailed").inc()
+            metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.policy_reply(verdict.deciding)
         if verdict.outcome is Outcome.REJECT:
             assert verdict.deciding is not None
             self.record(txn, message, stream_name, "rejected", findings, all_rcpts)
-            metrics.messages.labels(account_id, stream_name, "rejected").inc()
-            metrics.recipients.labels(account_id, stream_name, "rejected").inc(len(all_rcpts))
+            metrics.messages.labels(account_id, label, "rejected").inc()
+            metrics.recipients.labels(account_id, label, "rejected").inc(len(all_rcpts))
             return replies.policy_reply(verdict.deciding)
         permitted = [r for r in all_rcpts if r not in verdict.refused]
         assert stream_cfg is not None  # stream.unknown would have rejected
@@ -476,6 +480,14 @@ class Pipeline:
             if record is not None:
                 out[r.address] = (record.scope, int(record.id) if record.id else None)
         return out
+
+
+UNKNOWN_STREAM = "unknown"
+
+
+def metric_stream(stream_cfg: StreamConfig | None) -> str:
+    """The stream label of a metric: a configured stream id, never what a client wrote in a header."""
+    return stream_cfg.id if stream_cfg is not None else UNKNOWN_STREAM
 
 
 class IdAllocator:

@@ -120,6 +120,9 @@ async def test_metrics_have_spec_names_and_bounded_labels(relay: Any, upstream: 
     assert "consent_relay_upstream_seconds_count 1.0" in text
     labels = re.findall(r'="([^"]*)"', text)
     assert labels and not any("@" in value for value in labels)  # never an address in a label
+    # A stream name a client wrote in X-Relay-Stream is not a label value: only configured ids are.
+    assert 'stream="nope"' not in text
+    assert 'consent_relay_messages_total{account="shop",outcome="rejected",stream="unknown"} 1.0' in text
 
 
 async def test_healthz_and_readyz(relay: Any, upstream: RecordingUpstream) -> None:

@@ -87,7 +87,7 @@ async def test_odd_messages_get_clean_replies(relay: Any, upstream: RecordingUps
 
 
 async def test_handler_exception_becomes_451_not_500(relay: Any, upstream: RecordingUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(account: str) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("secret internal detail")
 
     def run() -> tuple[Any, Any]:
@@ -95,7 +95,7 @@ async def test_handler_exception_becomes_451_not_500(relay: Any, upstream: Recor
             client.ehlo("client.test")
             client.mail("orders@shop.example")
             client.rcpt("anna@example.nl")
-            monkeypatch.setattr(relay.services.store.accounts, "get", broken)
+            monkeypatch.setattr(relay.services.engine, "message", broken)
             failed = client.data(message())
             monkeypatch.undo()
             client.rset()

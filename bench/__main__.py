@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.throughput import ALL_TARGETS, OUT_DIR, Options, command_line, main
+from bench.throughput import ALL_TARGETS, DEFAULT_TARGETS, OUT_DIR, Options, command_line, main
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -33,7 +33,10 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--quick", action="store_true", help="500 messages per row")
     parser.add_argument("--concurrency", type=_ints, default=(1, 10, 50), help="smtp-source sessions, e.g. 1,10,50")
     parser.add_argument("--recipients", type=_ints, default=(1, 10), help="recipients per message, e.g. 1,10")
-    parser.add_argument("--targets", type=_targets, default=ALL_TARGETS, help=",".join(ALL_TARGETS))
+    parser.add_argument(
+        "--targets", type=_targets, default=DEFAULT_TARGETS,
+        help=f"default {','.join(DEFAULT_TARGETS)}; all: {','.join(ALL_TARGETS)}",
+    )
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured messages per target first (0: none)")
     parser.add_argument(
         "--consent",

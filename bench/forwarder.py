@@ -69,8 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.forwarder")
     parser.add_argument("--listen", required=True, help="HOST:PORT to accept on")
     parser.add_argument("--upstream", required=True, help="HOST:PORT to forward to")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of the stdlib event loop")
     args = parser.parse_args(argv)
-    asyncio.run(serve(_hostport(args.listen), _hostport(args.upstream)))
+    coroutine = serve(_hostport(args.listen), _hostport(args.upstream))
+    if args.uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coroutine)
+    else:
+        asyncio.run(coroutine)
     return 0
 
 

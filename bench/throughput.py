@@ -2,6 +2,11 @@
 
 Targets: direct (source → sink), forwarder (bench/forwarder.py), postfix (private instance),
 relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's smtp-sink.
+
+Variants of `relay`, each compared with `relay` in the same run (column "vs relay"):
+relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
+relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent), and
+forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +39,14 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
-ALL_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
+DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
+VARIANTS = ("relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop")
+ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
+CONTENT_RULES = (
+    "content.offensive_subject", "content.misleading_subject", "content.hateful", "content.adult",
+    "content.infringing_links", "content.personal_data", "content.malware",
+)
+MILLION = 1_000_000
 TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 STALL_TIMEOUT = 30.0  # no new delivery at the sink for this long after the source finished
@@ -284,12 +297,13 @@ class Forwarder:
     stack: ExitStack
     workdir: Path
     name: str = "forwarder"
+    uvloop: bool = False
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.port = free_port()
-        log = self.workdir / "forwarder.log"
+        log = self.workdir / f"{self.name}.log"
         self.proc = start_process(
             [
                 sys.executable,
@@ -299,6 +313,7 @@ class Forwarder:
                 f"127.0.0.1:{self.port}",
                 "--upstream",
                 f"127.0.0.1:{self.sink.port}",
+                *(["--uvloop"] if self.uvloop else []),
             ],
             self.stack,
             stdout=log,
@@ -345,6 +360,8 @@ class Relay:
     consent_csv: Path | None = None
     max_rcpts: int = 10
     stream_kind: str = "transactional"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    filler_consents: int = 0  # extra consent records for other addresses (relay-1m)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     command: str = ""
@@ -363,10 +380,15 @@ class Relay:
             store_path=home / "relay.db",
             workers=self.workers,
             stream_kind="marketing" if self.consent else self.stream_kind,
+            overrides=self.overrides,
         )
         consent_csv = self.consent_csv
         if self.consent and consent_csv is None:
-            consent_csv = write_consent_csv(home / "consent.csv", recipients(RECIPIENT, self.max_rcpts))
+            addresses: Iterable[str] = recipients(RECIPIENT, self.max_rcpts)
+            if self.filler_consents:
+                filler = (f"reader{i}@example.org" for i in range(self.filler_consents))
+                addresses = itertools.chain(addresses, filler)
+            consent_csv = write_consent_csv(home / "consent.csv", addresses)
         exe = str(REPO / ".venv" / "bin" / "consent-relay")
         self.command = f"{exe} -c {config} serve"
         check = subprocess.run(
@@ -529,7 +551,7 @@ class Options:
     messages: int = 5000
     concurrency: tuple[int, ...] = (1, 10, 50)
     rcpts: tuple[int, ...] = (1, 10)
-    targets: tuple[str, ...] = ALL_TARGETS
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     warmup: int = 50
     consent: bool = False  # marketing stream plus consent records (generated unless consent_csv)
     consent_csv: Path | None = None
@@ -622,20 +644,45 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
         pf = Postfix(sink, stack, workdir)
         pf.start()
         return pf
-    if name in ("relay", "relay2"):
+    if name == "forwarder-uvloop":
+        fwd = Forwarder(sink, stack, workdir, name=name, uvloop=True)
+        fwd.start()
+        return fwd
+    if name in ("relay", "relay2") or name.startswith("relay-"):
+        overrides: dict[str, Any] = {}
+        if name == "relay-nocontent":
+            overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
+        if name == "relay-dkim":
+            overrides = {"dkim": {"keys": [dkim_key(workdir)]}}
         relay = Relay(
             sink,
             stack,
             workdir,
             workers=2 if name == "relay2" else 1,
             name=name,
-            consent=options.consent,
+            consent=options.consent or name == "relay-1m",
             consent_csv=options.consent_csv,
             max_rcpts=max(options.rcpts),
+            overrides=overrides,
+            filler_consents=MILLION if name == "relay-1m" else 0,
         )
         relay.start()
         return relay
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
+
+
+def dkim_key(workdir: Path) -> dict[str, str]:
+    """An RSA-2048 key for the From domain of bench/message.eml, as a [[dkim.keys]] entry."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = workdir / "dkim-shop.example.pem"
+    if not path.exists():
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    return {"domain": "shop.example", "selector": "bench", "private_key": str(path)}
 
 
 def _rmtree(path: Path) -> None:
@@ -662,8 +709,8 @@ def table(results: Sequence[Result]) -> str:
         return f"{r.rate / b.rate:.2f}×"
 
     rows = [
-        "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | CPU s | peak RSS MB | sink txn / rcpts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | vs relay | CPU s | peak RSS MB | sink txn / rcpts |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rate = f"{r.rate:.0f}" if r.complete else f"failed: {r.error}".replace("|", "/")
@@ -671,7 +718,8 @@ def table(results: Sequence[Result]) -> str:
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
         rows.append(
             f"| {r.target} | {r.concurrency} | {r.rcpts} | {rate} | {ratio(r, 'forwarder')} | "
-            f"{ratio(r, 'postfix')} | {cpu} | {rss} | {r.transactions} / {r.recipients} |"
+            f"{ratio(r, 'postfix')} | {ratio(r, 'relay') if r.target.startswith('relay') else '—'} | "
+            f"{cpu} | {rss} | {r.transactions} / {r.recipients} |"
         )
     return "\n".join(rows)
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from relay.config import Config, Listen
 from relay.decisions import DecisionRecorder
-from relay.errors import StoreUnavailable, UpstreamUnavailable
+from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
 from relay.log import configure_logging, get_logger
 from relay.metrics import Metrics
@@ -32,10 +32,21 @@ _GAUGE_SECONDS = 30.0
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
+    """The listeners' TLS context; a certificate or key OpenSSL cannot load is a ConfigError naming it."""
     if config.smtp.tls_cert is None or config.smtp.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(config.smtp.tls_cert), str(config.smtp.tls_key))
+    try:
+        context.load_cert_chain(str(config.smtp.tls_cert), str(config.smtp.tls_key))
+    except ssl.SSLError as exc:
+        # OpenSSL says "PEM lib" for either file: tell which one is wrong when we can.
+        try:
+            ssl.create_default_context().load_verify_locations(str(config.smtp.tls_cert))
+        except ssl.SSLError:
+            raise ConfigError("smtp.tls_cert", f"{config.smtp.tls_cert}: not a PEM certificate ({exc.reason or exc})") from exc
+        raise ConfigError(
+            "smtp.tls_key", f"{config.smtp.tls_key}: not a private key matching smtp.tls_cert ({exc.reason or exc})"
+        ) from exc
     return context
 
 

@@ -3,6 +3,8 @@ body), one copy for transactional mail; the stream header removed; every copy DK
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from policies.facts import MessageFacts, RecipientFacts
@@ -22,6 +24,15 @@ class CopyMaker:
         self.signer = signer
         self.ids = ids
         self.base_url = config.http.public_base_url.rstrip("/")
+        # OpenSSL's RSA operation runs without the GIL: signed on its own thread, a copy's signature
+        # costs the event loop (which also reads, checks and forwards every message) almost nothing.
+        self._signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dkim") if signer.active else None
+
+    async def _signed(self, contents: list[bytes]) -> list[bytes]:
+        if self._signing is None:
+            return contents
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._signing, lambda: [self.signer.sign(c) for c in contents])
 
     async def __call__(
         self,
@@ -34,11 +45,12 @@ class CopyMaker:
         raw = strip_header(raw, STREAM_HEADER)
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.codec is None:
-            return [Copy(tuple(recipients), self.signer.sign(raw))]
+            (signed,) = await self._signed([raw])
+            return [Copy(tuple(recipients), signed)]
         by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
-        copies = []
+        contents: list[bytes] = []
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
             delivery_id = self.ids.next()
@@ -49,6 +61,6 @@ class CopyMaker:
             txn.delivery_ids[rcpt] = delivery_id
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
-            content = template.render(headers=headers, url=url)
-            copies.append(Copy((rcpt,), self.signer.sign(content)))
-        return copies
+            contents.append(template.render(headers=headers, url=url))
+        signed = await self._signed(contents)
+        return [Copy((rcpt,), content) for rcpt, content in zip(recipients, signed)]

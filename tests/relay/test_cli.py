@@ -142,3 +142,27 @@ def test_hash_password_on_a_terminal_does_not_echo() -> None:
     assert prompts == 2 and "terminal secret" not in text, text
     line = next(part for part in text.split() if part.startswith("scrypt$"))
     assert verify_password("terminal secret", line)
+
+
+@pytest.mark.parametrize("broken", ["cert", "key"])
+def test_check_config_loads_the_tls_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tls_cert: object, broken: str
+) -> None:
+    """A file that exists but is not a certificate or a matching key is found by check-config,
+    not by the first STARTTLS of a client (or a `serve` that dies with OpenSSL's "PEM lib")."""
+    cert, key = tls_cert.cert, tls_cert.key  # type: ignore[attr-defined]
+    junk = tmp_path / f"junk-{broken}.pem"
+    junk.write_text("-----BEGIN NONSENSE-----\nbm90IGEgY2VydA==\n-----END NONSENSE-----\n")
+    text = (REPO / "config.example.toml").read_text()
+    original = '# tls_cert = "/etc/consent-relay/cert.pem"\n# tls_key  = "/etc/consent-relay/key.pem"'
+    assert original in text
+    pair = (junk, key) if broken == "cert" else (cert, junk)
+    path = tmp_path / "config.toml"
+    path.write_text(text.replace(original, f'tls_cert = "{pair[0]}"\ntls_key = "{pair[1]}"'))
+    code, out, err = run(["check-config", "-c", str(path)], capsys)
+    assert code == 2 and out == "", (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"smtp.tls_{broken}" in lines[0] and "Traceback" not in err, err
+    good = tmp_path / "good.toml"
+    good.write_text(text.replace(original, f'tls_cert = "{cert}"\ntls_key = "{key}"'))
+    assert run(["check-config", "-c", str(good)], capsys)[0] == 0

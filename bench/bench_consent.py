@@ -88,6 +88,7 @@ async def open_services(db: Path) -> Services:
     config = build_config(
         {
             "store": {"url": f"sqlite:///{db}", "timeout": 600},
+            "unsubscribe": {"secrets": ["bench-unsubscribe-secret-0123456789"]},
             "accounts": [
                 {
                     "id": "shop",

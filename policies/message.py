@@ -30,6 +30,10 @@ MAX_PARTS = 1000
 MAX_ARCHIVE_DEPTH = 3
 MAX_ARCHIVE_MEMBERS = 2000
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
+# What archives may inflate to is also bounded by the message's own size (see archive_budget): a
+# zip bomb costs memory and time in proportion to what was sent, whatever its compression ratio.
+ARCHIVE_EXPANSION = 2
+ARCHIVE_MIN_BYTES = 1024 * 1024
 
 # Attachment kinds, from harmless to worst; an archive takes the worst kind found inside it.
 KIND_OTHER = "other"
@@ -491,7 +495,8 @@ def _split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> list[
 
 
 class _Collector:
-    def __init__(self) -> None:
+    def __init__(self, archive_bytes: int = MAX_ARCHIVE_BYTES) -> None:
+        self.archive_budget = [archive_bytes]  # shared by every attachment of the message
         self.plain: list[str] = []
         self.html: list[str] = []
         self.attachments: list[Attachment] = []
@@ -500,7 +505,7 @@ class _Collector:
 
 
 def _walk_body(headers: Message, raw: bytes, offset: int) -> _Body:
-    out = _Collector()
+    out = _Collector(archive_budget(len(raw)))
     try:
         _walk(_head_from_message(headers), raw, offset, len(raw), 0, out)
     except Exception:  # a bug or a pathological input must not stop delivery decisions
@@ -573,7 +578,7 @@ def _walk(head: _PartHead, buf: bytes, start: int, end: int, depth: int, out: _C
             out.eicar = True
         return
     data = _transfer_decode(body, head.encoding)
-    kind, found_in = _inspect(data, filename, 0, [MAX_ARCHIVE_BYTES])
+    kind, found_in = _inspect(data, filename, 0, out.archive_budget)
     out.attachments.append(Attachment(filename, ctype, len(data), kind, found_in))
 
 
@@ -589,7 +594,7 @@ def _worse(a: tuple[str, str], b: tuple[str, str]) -> tuple[str, str]:
     return b if _SEVERITY[b[0]] > _SEVERITY[a[0]] else a
 
 
-def _inspect(data: bytes, name: str, depth: int, budget: list[int]) -> tuple[str, str]:
+def _inspect(data: bytes | bytearray, name: str, depth: int, budget: list[int]) -> tuple[str, str]:
     """The worst kind in `data` and, inside archives, where it was found. Never raises."""
     if EICAR_MARK in data:
         return KIND_EICAR, ""
@@ -610,7 +615,33 @@ def _inspect(data: bytes, name: str, depth: int, budget: list[int]) -> tuple[str
     return KIND_OTHER, ""
 
 
-def _inspect_zip(data: bytes, depth: int, budget: list[int]) -> tuple[str, str]:
+def archive_budget(message_size: int) -> int:
+    """Bytes all archives of one message may inflate to: ARCHIVE_EXPANSION times the message, capped
+    at MAX_ARCHIVE_BYTES; a small message still gets ARCHIVE_MIN_BYTES (too little to matter), so a
+    zipped Office file in a short mail is read whole."""
+    return min(MAX_ARCHIVE_BYTES, max(ARCHIVE_MIN_BYTES, ARCHIVE_EXPANSION * message_size))
+
+
+_MEMBER_CHUNK = 1 << 16
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, allowance: int) -> bytearray:
+    """Up to `allowance` bytes of a member, inflated chunk by chunk into one buffer: ZipExtFile.read(n)
+    grows its result by concatenation, which briefly holds twice what it returns."""
+    buffer = bytearray(allowance)
+    filled = 0
+    with archive.open(info) as handle, memoryview(buffer) as view:
+        while filled < allowance:
+            piece = handle.read(min(_MEMBER_CHUNK, allowance - filled))
+            if not piece:
+                break
+            view[filled : filled + len(piece)] = piece
+            filled += len(piece)
+    del buffer[filled:]
+    return buffer
+
+
+def _inspect_zip(data: bytes | bytearray, depth: int, budget: list[int]) -> tuple[str, str]:
     worst = (KIND_ARCHIVE, "")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -630,8 +661,7 @@ def _inspect_zip(data: bytes, depth: int, budget: list[int]) -> tuple[str, str]:
         if allowance <= 0:
             continue
         try:
-            with archive.open(info) as handle:
-                content = handle.read(allowance)
+            content = _read_member(archive, info, allowance)
         except Exception:  # bad CRC, unsupported compression, truncated: skip the member
             continue
         budget[0] -= len(content)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import sys
+import tempfile
 from typing import Any
 
 from policies.consent_rows import CONSENT_FIELDS, InvalidRow, parse_time
 from policies.facts import Suppression
 from policies.rules.consent import BASES, COMPLAINT, INTERACTION_KINDS, SOURCES, UNSUBSCRIBED
 from relay.cli import EXIT_FINDING, EXIT_OK, add_command, print_json
-from relay.consent_import import ConsentRefused, account_scopes, add_consent, import_consents
+from relay.consent_import import ConsentRefused, account_scopes, add_consent, import_consents, write_report_json
 from relay.errors import NotFound, UsageError
 from relay.proof import address_argument, build_proof, consent_as_dict, render_proof_text, suppression_as_dict
 from relay.services import Services
@@ -106,18 +108,22 @@ def _scope(services: Services, account_id: str, scope: str | None) -> str:
 
 
 async def _import(services: Services, args: argparse.Namespace) -> int:
-    report = await import_consents(
-        services,
-        args.file,
-        args.account,
-        dry_run=args.dry_run,
-        strict=args.strict,
-        report_path=args.report,
-        keep_errors=None if args.json else SHOWN_REFUSALS,
-    )
-    if args.json:
-        print(json.dumps(report.as_json(), ensure_ascii=False))
-    else:
+    # --json lists every refusal: they wait in a temporary file, not in memory (a file may hold millions).
+    with tempfile.TemporaryFile("w+", encoding="utf-8") if args.json else contextlib.nullcontext() as spool:
+        report = await import_consents(
+            services,
+            args.file,
+            args.account,
+            dry_run=args.dry_run,
+            strict=args.strict,
+            report_path=args.report,
+            keep_errors=0 if args.json else SHOWN_REFUSALS,
+            refusals_to=spool,
+        )
+        if spool is not None:
+            spool.seek(0)
+            write_report_json(report, spool, sys.stdout)
+    if not args.json:
         verb = "would import" if args.dry_run else "imported"
         print(f"{args.file}: {verb} {report.accepted}, unchanged {report.unchanged}, refused {report.refused}")
         for e in report.errors:

@@ -1,4 +1,5 @@
-"""`consent-relay explain MESSAGE.eml --account ID …`: the whole policy offline, every rule's verdict."""
+"""`consent-relay explain MESSAGE.eml --account ID …`: the whole policy offline, every rule's verdict, and the
+clamd scan when `[malware] clamd` is configured (or a clear line that it could not run)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from policies.findings import Action, Stage
 from policies.message import parse_message
 from policies.registry import ALL_RULES
 from relay.cli import EXIT_FINDING, EXIT_OK, add_command, print_json
-from relay.errors import UsageError
+from relay.errors import ScannerUnavailable, UsageError
 from relay.pipeline import STREAM_HEADER
 from relay.services import Services
 
@@ -60,11 +61,15 @@ async def _explain(services: Services, args: argparse.Namespace) -> int:
     except InvalidAddress as exc:
         raise UsageError(str(exc)) from exc
     state = await services.store.accounts.get(account.id)
+    scan = await _clamd_scan(services, raw)
+    params = services.engine.profile.params
+    if scan is not None and scan["scanned"]:
+        params = {**params, "clamd_result": scan["found"]}  # what relay.features.MalwareScan hands the rule
     facts = MessageFacts(
         account=account.facts(state.state, state.reason, state.paused_streams),
         mail_from=mail_from,
         now=services.clock.now(),
-        params=services.engine.profile.params,
+        params=params,
         stream=stream_cfg.facts if stream_cfg else None,
         stream_requested=requested if stream_cfg is None else None,
         message=message,
@@ -80,6 +85,8 @@ async def _explain(services: Services, args: argparse.Namespace) -> int:
         rfacts = [RecipientFacts(r) for r in recipients]
     rows = _verdicts(services, facts, rfacts)
     blocking = any(row["verdict"] == "hit" and row["action"] in [a.value for a in _BLOCKING] for row in rows)
+    if scan is not None and scan["would_tempfail"]:
+        blocking = True  # the relay would answer 451 and keep nothing: a template cannot be called clean
     if args.json:
         print_json(
             {
@@ -88,6 +95,7 @@ async def _explain(services: Services, args: argparse.Namespace) -> int:
                 "profile": services.engine.profile.name,
                 "recipients": recipients,
                 "would_block": blocking,
+                "clamd": scan,
                 "rules": rows,
             }
         )
@@ -101,8 +109,42 @@ async def _explain(services: Services, args: argparse.Namespace) -> int:
                 if row["evidence"]:
                     line += f" (evidence: {row['evidence']})"
             print(line)
+        if scan is not None:
+            print(_clamd_line(scan))
         print("=> would " + ("be refused or held" if blocking else "pass"))
     return EXIT_FINDING if blocking else EXIT_OK
+
+
+async def _clamd_scan(services: Services, raw: bytes) -> dict[str, Any] | None:
+    """The relay's `[malware] clamd` scan of the whole message, or None when none is configured."""
+    malware = services.config.malware
+    if not malware.clamd:
+        return None
+    from relay.clamd import Clamd
+
+    scan: dict[str, Any] = {
+        "address": malware.clamd, "scanned": False, "found": "", "error": "",
+        "on_unavailable": malware.clamd_unavailable, "would_tempfail": False,
+    }
+    try:
+        scan["found"] = await Clamd(malware.clamd, malware.clamd_timeout).scan(raw)
+        scan["scanned"] = True
+    except ScannerUnavailable as exc:
+        scan["error"] = str(exc)
+        scan["would_tempfail"] = malware.clamd_unavailable == "tempfail"
+    return scan
+
+
+def _clamd_line(scan: dict[str, Any]) -> str:
+    where = f"clamd at {scan['address']}"
+    if scan["scanned"]:
+        return f"{where}: " + (f"FOUND {scan['found']} (content.malware)" if scan["found"] else "scanned, clean")
+    consequence = (
+        "the relay would answer 451 (clamd_unavailable = tempfail)"
+        if scan["would_tempfail"]
+        else "the relay would deliver unscanned (clamd_unavailable = pass)"
+    )
+    return f"{where}: NOT scanned ({scan['error']}); {consequence}"
 
 
 def _recipients(given: list[str] | None, message: Any) -> list[str]:

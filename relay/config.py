@@ -399,10 +399,39 @@ def _actions(key: str, value: Any) -> dict[str, str]:
     return out
 
 
-def _wordlists(key: str, value: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a table of lists, got {_type_name(value)}")
-    return {name: _str_list(f"{key}.{name}", terms) for name, terms in value.items()}
+def _wordlists(base: Path) -> Callable[[str, Any], dict[str, tuple[str, ...]]]:
+    """`name = ["term", …]`, or `name = { file = "extra.txt", terms = [...] }` with one term a line
+    (`#` comments) in a file relative to the config; only the shipped list names are accepted."""
+
+    def parse(key: str, value: Any) -> dict[str, tuple[str, ...]]:
+        from policies.wordlists import parse_terms, shipped_names
+
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table of lists, got {_type_name(value)}")
+        known = shipped_names()
+        lists: dict[str, tuple[str, ...]] = {}
+        for name, spec in value.items():
+            k = f"{key}.{name}"
+            if name not in known:
+                raise ConfigError(k, f"unknown word list (known: {', '.join(sorted(known))})")
+            if not isinstance(spec, dict):
+                lists[name] = _str_list(k, spec)
+                continue
+            parsed = _section(k, spec, {"terms": _str_list, "file": _str})
+            terms = list(parsed.get("terms", ()))
+            if "file" in parsed:
+                path = Path(parsed["file"])
+                path = path if path.is_absolute() else base / path
+                try:
+                    terms += parse_terms(path.read_bytes().decode("utf-8"))
+                except OSError as exc:
+                    raise ConfigError(f"{k}.file", f"cannot read {path}: {exc.strerror or exc}") from exc
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(f"{k}.file", f"{path} is not UTF-8") from exc
+            lists[name] = tuple(dict.fromkeys(terms))
+        return lists
+
+    return parse
 
 
 def _networks(key: str, value: Any) -> tuple[Any, ...]:
@@ -594,7 +623,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "profile": _choice(*PROFILE_NAMES),
                     "mode": _choice("enforce", "monitor"),
                     "actions": _actions,
-                    "wordlists": _wordlists,
+                    "wordlists": _wordlists(base),
                 },
             )
         ),
@@ -665,6 +694,15 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("smtp.workers", "must be at least 1")
     if config.http.public_listen is not None and not config.unsubscribe.secrets:
         raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
+    if not config.unsubscribe.secrets:
+        # Without a secret no copy can carry List-Unsubscribe: marketing would leave without one.
+        marketing = next(((a.id, s.id) for a in config.accounts for s in a.streams if s.kind == MARKETING), None)
+        if marketing is not None:
+            raise ConfigError(
+                "unsubscribe.secrets",
+                f"needed for marketing streams (account {marketing[0]!r} stream {marketing[1]!r}): "
+                "every marketing copy carries a signed List-Unsubscribe",
+            )
     return config
 
 

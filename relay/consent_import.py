@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from policies.consent_rows import InvalidHeader, InvalidRow, RowParser, check_header, parse_consent_row
 from policies.facts import ConsentRecord
@@ -21,10 +22,16 @@ from policies.rules.consent import RECORD_RULE_IDS, record_findings, record_find
 from relay.errors import NotFound, UsageError
 from relay.log import get_logger
 from relay.services import Services
-from relay.store.records import AuditEntry
+from relay.store.records import AuditEntry, iso
+from relay.store.rows import consent_row_unchanged, consent_to_row, merged_consent_row
 
 ROW_INVALID = "row.invalid"
 REPORT_HEADER = ("row", "rule", "detail")
+# Refusals an ImportReport keeps in memory by default; a file may have millions (--report and
+# `refusals_to` get every one).
+KEPT_REFUSALS = 1000
+# A dry run compares this many rows at a time with the store.
+_DRY_RUN_BATCH = 2000
 
 
 class ImportFileError(UsageError):
@@ -46,16 +53,33 @@ class ImportReport:
     accepted: int = 0  # rows written (new or changed); in a dry run, rows that would be
     refused: int = 0
     unchanged: int = 0  # valid rows equal to what the store already holds
-    errors: list[RowRefusal] = field(default_factory=list)
+    errors: list[RowRefusal] = field(default_factory=list)  # the first ones only: see keep_errors
     dry_run: bool = False
 
+    @property
+    def errors_omitted(self) -> int:
+        return self.refused - len(self.errors)
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "accepted": self.accepted,
             "refused": self.refused,
             "unchanged": self.unchanged,
             "errors": [e.as_dict() for e in self.errors],
         }
+        if self.errors_omitted:
+            data["errors_omitted"] = self.errors_omitted
+        return data
+
+
+def write_report_json(report: ImportReport, refusals: Iterable[str], out: TextIO) -> None:
+    """`report.as_json()` as one line, its errors taken from `refusals` (one JSON object a line, as
+    `import_consents(refusals_to=…)` writes them) so that none has to be in memory."""
+    head = json.dumps({"accepted": report.accepted, "refused": report.refused, "unchanged": report.unchanged})
+    out.write(head[:-1] + ', "errors": [')
+    for i, line in enumerate(refusals):
+        out.write(", " + line.rstrip("\n") if i else line.rstrip("\n"))
+    out.write("]}\n")
 
 
 def active_record_rules(profile: Profile) -> tuple[str, ...]:
@@ -87,6 +111,7 @@ class _Rows:
         report: ImportReport,
         report_writer: Any,
         keep_errors: int | None,
+        refusals_to: TextIO | None = None,
     ) -> None:
         self.scopes = tuple(scopes)
         self.params = profile.params
@@ -95,6 +120,7 @@ class _Rows:
         self.report = report
         self.report_writer = report_writer
         self.keep_errors = keep_errors
+        self.refusals_to = refusals_to
         first = stream.readline()
         # Dutch spreadsheets export with ';': take whichever separator the header uses.
         delimiter = ";" if first.count(";") > first.count(",") else ","
@@ -112,6 +138,8 @@ class _Rows:
             self.report.errors.append(refusal)
         if self.report_writer is not None:
             self.report_writer.writerow((line, rule_id, detail))
+        if self.refusals_to is not None:
+            self.refusals_to.write(json.dumps(refusal.as_dict(), ensure_ascii=False) + "\n")
 
     def __iter__(self) -> Iterator[ConsentRecord]:
         reader, width = self.reader, len(self.columns)
@@ -153,13 +181,15 @@ async def import_consents(
     dry_run: bool = False,
     strict: bool = False,
     report_path: str | os.PathLike[str] | None = None,
-    keep_errors: int | None = None,
+    keep_errors: int | None = KEPT_REFUSALS,
+    refusals_to: TextIO | None = None,
     actor: str = "cli",
 ) -> ImportReport:
     """Import one CSV for one account. Raises ImportFileError (nothing imported) on a file-level error.
 
     `strict` changes nothing here (the CLI turns refusals into exit 1); `keep_errors` bounds the
-    refusals kept in memory (None keeps all, for --json), the --report file always gets every one.
+    refusals kept in memory (None keeps all: small files only). Every refusal still reaches the
+    --report file and `refusals_to` (one JSON object a line), which stream.
     """
     account = services.config.account(account_id)
     if account is None:
@@ -190,9 +220,10 @@ async def import_consents(
                 report=report,
                 report_writer=writer,
                 keep_errors=keep_errors,
+                refusals_to=refusals_to,
             )
             if dry_run:
-                report.accepted = sum(1 for _ in rows)
+                report.accepted, report.unchanged = await _count_changes(services, scopes, rows, now)
             else:
                 # The generator is consumed inside the store's one transaction: an error
                 # raised while reading rolls every accepted row back.
@@ -239,6 +270,34 @@ async def import_consents(
         unchanged=report.unchanged,
     )
     return report
+
+
+async def _count_changes(
+    services: Services, scopes: Sequence[str], rows: Iterable[ConsentRecord], now: datetime
+) -> tuple[int, int]:
+    """(would be written, unchanged) for a dry run: each batch compared with the store, nothing written."""
+    changed = unchanged = 0
+    stamp = iso(now)
+    for batch in _batches(rows, _DRY_RUN_BATCH):
+        found = await services.store.consent.find_consents(scopes, list({r.email for r in batch}))
+        stored = {(c.email, c.scope, c.topic): consent_to_row(c) for records in found.values() for c in records}
+        for record in batch:
+            key = (record.email, record.scope, record.topic)
+            incoming = consent_to_row(record, stamp)
+            before = stored.get(key)
+            after = incoming if before is None else merged_consent_row(before, incoming)
+            if before is not None and consent_row_unchanged(before, after):
+                unchanged += 1
+            else:
+                changed += 1
+            stored[key] = after  # a repeated key in the batch meets the earlier row, as the upsert does
+    return changed, unchanged
+
+
+def _batches(rows: Iterable[ConsentRecord], size: int) -> Iterator[list[ConsentRecord]]:
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ class DecisionRecorder:
         self._deliveries: list[DeliveryRecord] = []
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.log = get_logger()
 
     def record(self, decision: DecisionRecord, deliveries: list[DeliveryRecord] | None = None) -> None:
@@ -44,7 +45,7 @@ class DecisionRecorder:
         self._task = asyncio.create_task(self._run(), name="decision-recorder")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._event.wait(), _FLUSH_SECONDS)
             except TimeoutError:
@@ -67,9 +68,9 @@ class DecisionRecorder:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Not cancelled: a cancel landing inside a flush would roll its batch back and lose it.
+            self._closing = True
+            self._event.set()
+            await self._task
+            self._task = None
         await self.flush()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Sequence
 
 from policies.facts import MessageFacts, RecipientFacts, StreamFacts
@@ -128,10 +128,23 @@ class Pipeline:
         txn.facts = MessageFacts(
             account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream
         )
-        verdict = self.services.engine.session(txn.facts)
+        session = txn.facts
+        if txn.account.rate_limit_per_minute > 0:
+            # One token per transaction, taken here only: the facts kept for RCPT and DATA go without it.
+            session = replace(session, params={**base.params, **await self._rate_facts(txn.account)})
+        verdict = self.services.engine.session(session)
         for finding in verdict.findings:
             self.count_rule(finding)
         return verdict
+
+    async def _rate_facts(self, account: AccountConfig) -> dict[str, object]:
+        """Take a token from the account's bucket in the store, shared by every worker and instance.
+        A store failure raises StoreUnavailable: the caller tempfails, it never passes."""
+        per_minute = account.rate_limit_per_minute
+        allowed = await self.services.store.rates.take(
+            account.id, rate_per_minute=per_minute, now=self.services.clock.timestamp()
+        )
+        return {"rate_limited": not allowed, "rate_limit_per_minute": per_minute}
 
     def _kind_known_before_data(self, txn: Transaction) -> StreamFacts | None:
         assert txn.account is not None

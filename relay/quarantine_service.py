@@ -190,28 +190,20 @@ class Outcome:
         return out
 
 
-# Ids being released by this process: a second click must not deliver the message twice.
-_RELEASING: set[str] = set()
-
-
 async def release_one(services: Services, item_id: str, *, actor: str, note: str) -> Outcome:
+    # A second click, a second admin or a second process: release_message claims the item in the
+    # store first (held → releasing), so only one of them delivers; the others get a conflict.
     from relay.release import release_message
 
-    if item_id in _RELEASING:
-        return Outcome(item_id, "error", error="conflict", detail=f"{item_id} is being released already")
-    _RELEASING.add(item_id)
+    item = await services.store.quarantine.get(item_id)
+    if item is None:
+        return Outcome(item_id, "error", error="not_found", detail=f"no held quarantine item {item_id!r}")
     try:
-        item = await services.store.quarantine.get(item_id, with_content=True)
-        if item is None:
-            return Outcome(item_id, "error", error="not_found", detail=f"no held quarantine item {item_id!r}")
-        try:
-            result = await release_message(services, item, actor=actor, note=note)
-        except UpstreamUnavailable as exc:
-            return Outcome(item_id, "error", error="upstream_unavailable", detail=f"still held: {exc}")
-        except UsageError as exc:
-            return Outcome(item_id, "error", error="conflict", detail=str(exc))
-    finally:
-        _RELEASING.discard(item_id)
+        result = await release_message(services, item, actor=actor, note=note)
+    except UpstreamUnavailable as exc:
+        return Outcome(item_id, "error", error="upstream_unavailable", detail=f"still held: {exc}")
+    except UsageError as exc:
+        return Outcome(item_id, "error", error="conflict", detail=str(exc))
     get_logger().info(
         "quarantine_released", id=item_id, actor=actor, delivered=len(result.delivered),
         queued=len(getattr(result, "queued", [])), refused=[why for _, why in result.refused],
@@ -224,7 +216,7 @@ async def release_one(services: Services, item_id: str, *, actor: str, note: str
 
 async def delete_one(services: Services, item_id: str, *, actor: str, note: str) -> Outcome:
     audit = AuditEntry(actor=actor, action="quarantine.delete", target=item_id, note=note, at=services.clock.now())
-    if item_id in _RELEASING or not await services.store.quarantine.set_status(item_id, "deleted", audit):
+    if not await services.store.quarantine.set_status(item_id, "deleted", audit):  # held only, not releasing
         return Outcome(item_id, "error", error="not_found", detail=f"no held quarantine item {item_id!r}")
     services.metrics.quarantine_deletes.labels("admin").inc()
     services.metrics.quarantine_messages.dec()

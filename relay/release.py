@@ -10,6 +10,7 @@ from typing import AsyncIterator
 from policies.facts import MessageFacts, RecipientFacts
 from policies.findings import Outcome
 from policies.message import parse_message
+from relay.config import AccountConfig, StreamConfig
 from relay.decisions import DecisionRecorder
 from relay.delivery import deliver
 from relay.errors import UpstreamUnavailable, UsageError
@@ -57,17 +58,40 @@ async def _pipeline(services: Services) -> AsyncIterator[Pipeline]:
 
 
 async def release_message(services: Services, item: QuarantineItem, *, actor: str, note: str) -> ReleaseResult:
-    if not item.content:
-        loaded = await services.store.quarantine.get(item.id, with_content=True)
-        if loaded is None:
-            raise UsageError(f"quarantine item {item.id} is not held")
-        item = loaded
+    """Claim the item in the store (held → releasing, so one release wins across processes), deliver,
+    then mark it released with its audit entry; if delivery fails it goes back to held."""
     account = services.config.account(item.account)
     if account is None:
         raise UsageError(f"account {item.account!r} of {item.id} is no longer configured")
     stream_cfg = account.stream(item.stream)
     if stream_cfg is None:
         raise UsageError(f"stream {item.stream!r} of {item.id} is no longer configured")
+    store = services.store.quarantine
+    claimed = await store.claim_release(item.id)
+    if claimed is None:
+        raise UsageError(f"quarantine item {item.id} is not held any more (released, deleted, or being released)")
+    try:
+        result = await _deliver(services, claimed, account, stream_cfg)
+    except BaseException:
+        # deliver() tempfails when the upstream accepted nothing (or, as it tells an SMTP client,
+        # when the rest could not be queued): held again, for a later release to retry.
+        await store.unclaim_release(item.id)
+        raise
+    audit = AuditEntry(
+        actor=actor, action="quarantine.release", target=item.id, note=note,
+        detail={"delivered": result.delivered + result.queued, "refused": [list(x) for x in result.refused]},
+        at=services.clock.now(),
+    )
+    if not await store.finish_release(item.id, audit):
+        raise UsageError(f"quarantine item {item.id} is not being released any more")
+    services.metrics.quarantine_releases.inc()
+    services.metrics.quarantine_messages.dec()
+    return result
+
+
+async def _deliver(
+    services: Services, item: QuarantineItem, account: AccountConfig, stream_cfg: StreamConfig
+) -> ReleaseResult:
     async with _pipeline(services) as pipeline:
         message = parse_message(item.content)
         base = await pipeline.account_facts(account)
@@ -82,7 +106,10 @@ async def release_message(services: Services, item: QuarantineItem, *, actor: st
             rfacts = [RecipientFacts(r) for r in recipients]
         verdict = services.engine.message(facts, rfacts, skip=item.rules)
         result = ReleaseResult()
-        if verdict.outcome in (Outcome.REJECT, Outcome.TEMPFAIL) and verdict.deciding is not None and not verdict.refused:
+        if verdict.outcome is Outcome.TEMPFAIL and verdict.deciding is not None:
+            # e.g. the account is paused now: not refused for good, so the message stays held.
+            raise UsageError(f"{item.id} still held: [{verdict.deciding.rule}] {verdict.deciding.detail}")
+        if verdict.outcome is Outcome.REJECT and verdict.deciding is not None and not verdict.refused:
             result.refused = [(r, verdict.deciding.rule) for r in recipients]
             permitted: list[str] = []
         else:
@@ -107,13 +134,4 @@ async def release_message(services: Services, item: QuarantineItem, *, actor: st
                 txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
                 delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
             )
-        audit = AuditEntry(
-            actor=actor, action="quarantine.release", target=item.id, note=note,
-            detail={"delivered": result.delivered + result.queued, "refused": [list(x) for x in result.refused]},
-            at=services.clock.now(),
-        )
-        if not await services.store.quarantine.set_status(item.id, "released", audit):
-            raise UsageError(f"quarantine item {item.id} is not held any more")
-        services.metrics.quarantine_releases.inc()
-        services.metrics.quarantine_messages.dec()
     return result

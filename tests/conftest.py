@@ -37,6 +37,18 @@ PASSWORD = "correct horse battery"
 PASSWORD_HASH = hash_password(PASSWORD)
 SENDER = "orders@shop.example"
 BODY_FOOTER = "Shop B.V., Keizersgracht 1, 1015 AA Amsterdam, KvK 12345678"
+# The base account has a marketing stream, and the loader refuses marketing without a secret.
+UNSUBSCRIBE_SECRET = "unsubscribe-secret-for-tests-0123456789"
+
+
+# --- the event loop ----------------------------------------------------------------------------
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on uvloop, the loop `consent-relay serve` runs on (relay/cli.py)."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 # --- polling instead of sleeping ---------------------------------------------------------------
@@ -271,6 +283,7 @@ def config_dict(tmp_path: Path, upstream_port: int, **overrides: Any) -> dict[st
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 5, "pool_size": 4},
         "store": {"url": "sqlite:///var/relay.db"},
         "http": {"admin_listen": "127.0.0.1:0"},
+        "unsubscribe": {"secrets": [UNSUBSCRIBE_SECRET]},
         "outbox": {"retry_initial_seconds": 1, "retry_max_seconds": 4, "poll_seconds": 0.1},
         "logging": {"log_recipients": "plain"},
         "accounts": [deep_merge(base_account(), account_overrides)],

@@ -104,11 +104,8 @@ def record_findings(
         )
     if source == "harvested":
         found.append(("consent.harvested", "the address was harvested from a public place"))
-    if record.prechecked and basis != "existing_customer":
-        allowed = tuple(params.get("prechecked_allowed_sources", ()) or ())
-        if source not in allowed:
-            where = f" (allowed only when the source is {', '.join(allowed)})" if allowed else ""
-            found.append(("consent.prechecked", f"consent came from a pre-ticked box{where}"))
+    if record.prechecked and not _prechecked_allowed(record, params):
+        found.append(("consent.prechecked", "consent came from a pre-ticked box" + _prechecked_where(params)))
     if source == "terms_and_conditions":
         found.append(
             ("consent.hidden_in_terms", "consent was taken from general terms and conditions or a privacy statement")
@@ -137,6 +134,38 @@ def record_findings(
             )
         )
     return found
+
+
+_ANY = "*"
+
+
+def _allowed_values(params: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = params.get(name, ())
+    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()
+
+
+def _prechecked_allowed(record: ConsentRecord, params: Mapping[str, Any]) -> bool:
+    """A pre-ticked box counts only where the profile allows both its basis and its source.
+
+    mailpro allows it for the existing-customer soft opt-in only (bases), clang in order processes
+    only (sources), strict where both do; '*' allows any value, an empty or missing list none.
+    """
+    bases = _allowed_values(params, "prechecked_allowed_bases")
+    sources = _allowed_values(params, "prechecked_allowed_sources")
+    return (_ANY in bases or record.basis in bases) and (_ANY in sources or record.source in sources)
+
+
+def _prechecked_where(params: Mapping[str, Any]) -> str:
+    bases = _allowed_values(params, "prechecked_allowed_bases")
+    sources = _allowed_values(params, "prechecked_allowed_sources")
+    if not bases or not sources:
+        return " (never allowed under this profile)"
+    conditions = [
+        f"the {what} is {' or '.join(values)}"
+        for what, values in (("basis", bases), ("source", sources))
+        if _ANY not in values
+    ]
+    return f" (allowed only when {' and '.join(conditions)})" if conditions else ""
 
 
 def record_findings_key(record: ConsentRecord) -> tuple[object, ...]:

@@ -75,6 +75,12 @@ def shipped_terms(name: str) -> tuple[str, ...]:
     return terms
 
 
+def shipped_names() -> frozenset[str]:
+    """The names of the shipped lists (adult, hateful, …): <name>.txt and <name>.<lang>.txt."""
+    folder = resources.files(__package__)
+    return frozenset(entry.name.partition(".")[0] for entry in folder.iterdir() if entry.name.endswith(".txt"))
+
+
 def parse_terms(text: str) -> list[str]:
     """One term per line; `#` starts a comment; blank lines ignored."""
     terms = []

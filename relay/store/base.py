@@ -140,6 +140,19 @@ class QuarantineStore(abc.ABC):
         """Move a held message to released/deleted with its audit entry; False if not held."""
 
     @abc.abstractmethod
+    async def claim_release(self, item_id: str) -> QuarantineItem | None:
+        """Move a held message to `releasing` in one conditional UPDATE and return it with its content;
+        None when it is not held: released, deleted, purged, or being released by another process."""
+
+    @abc.abstractmethod
+    async def unclaim_release(self, item_id: str) -> None:
+        """Its delivery failed: put a `releasing` message back to held."""
+
+    @abc.abstractmethod
+    async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
+        """Move a `releasing` message to released with its audit entry; False if it is not releasing."""
+
+    @abc.abstractmethod
     async def count(self) -> int: ...
 
     @abc.abstractmethod

@@ -45,6 +45,7 @@ from relay.store.rows import (
     delivery_to_row,
     outbox_from_row,
     quarantine_from_row,
+    split_quarantine_counts,
     suppression_from_row,
 )
 
@@ -356,12 +357,15 @@ class PostgresConsents(base.ConsentStore):
             "purchase": "last_purchase_at",
             "confirmation": "confirmed_at",
         }.get(kind, "last_interaction_at")
-        # last_interaction_at only moves forward; SQLite lets the later of two assignments to it win,
-        # PostgreSQL refuses two, so a plain interaction sets only the forward-moving one.
-        stamped = "" if column == "last_interaction_at" else f"{column}=$1, "
+        # Every stamp only moves forward: a late-reported older interaction must not shorten a
+        # consent's life. PostgreSQL refuses two assignments to one column, so a plain interaction
+        # sets only last_interaction_at.
+        forward = "{0}=CASE WHEN {0} IS NULL OR {0} < $1 THEN $1 ELSE {0} END"
+        sets = [forward.format("last_interaction_at")]
+        if column != "last_interaction_at":
+            sets.insert(0, forward.format(column))
         sql = (
-            f"UPDATE consents SET {stamped}last_interaction_at=CASE WHEN last_interaction_at IS NULL "
-            f"OR last_interaction_at < $1 THEN $1 ELSE last_interaction_at END, updated_at=$1 "
+            f"UPDATE consents SET {', '.join(sets)}, updated_at=$1 "
             f"WHERE email=$2 AND scope = ANY($3::text[]) AND revoked_at IS NULL"
         )
         return await self.db.write(sql, iso(at), email, list(scopes))
@@ -626,6 +630,27 @@ class PostgresQuarantine(base.QuarantineStore):
             await _insert_audit(tx, audit)
         return True
 
+    async def claim_release(self, item_id: str) -> QuarantineItem | None:
+        # The row lock makes a concurrent claim wait, then re-check status='held' and find nothing.
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(
+                "UPDATE quarantine SET status='releasing' WHERE id=$1 AND status='held' RETURNING *", item_id
+            )
+        return quarantine_from_row(row, True) if row else None
+
+    async def unclaim_release(self, item_id: str) -> None:
+        await self.db.write("UPDATE quarantine SET status='held' WHERE id=$1 AND status='releasing'", item_id)
+
+    async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
+        async with self.db.transaction() as tx:
+            changed = _count(
+                await tx.execute("UPDATE quarantine SET status='released' WHERE id=$1 AND status='releasing'", item_id)
+            )
+            if changed == 0:
+                return False
+            await _insert_audit(tx, audit)
+        return True
+
     async def count(self) -> int:
         return int(await self.db.fetchval("SELECT count(*) FROM quarantine WHERE status='held'") or 0)
 
@@ -640,13 +665,11 @@ class PostgresQuarantine(base.QuarantineStore):
             params.append(iso(before))
             where.append(f"received_at < ${len(params)}")
         clause = " AND ".join(where)
-        accounts = await self.db.fetch(f"SELECT account, count(*) FROM quarantine WHERE {clause} GROUP BY account", *params)
-        rules = await self.db.fetch(
-            f"SELECT r.value, count(*) FROM quarantine, jsonb_array_elements_text(quarantine.rules::jsonb) AS r(value) "
-            f"WHERE {clause} GROUP BY r.value",
-            *params,
+        # One pass over the quarantine_counts index; the few (account, rules) groups are split here.
+        groups = await self.db.fetch(
+            f"SELECT account, rules, count(*) FROM quarantine WHERE {clause} GROUP BY account, rules", *params
         )
-        return {r[0]: int(r[1]) for r in rules}, {r[0]: int(r[1]) for r in accounts}
+        return split_quarantine_counts((r[0], r[1], int(r[2])) for r in groups)
 
     async def purge_older_than(self, when: datetime, audit_actor: str) -> int:
         async with self.db.transaction() as tx:

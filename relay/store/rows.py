@@ -6,7 +6,7 @@ import json
 from dataclasses import fields
 from datetime import timezone
 from operator import attrgetter
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from policies.facts import ConsentRecord, Suppression
 from relay.store.records import (
@@ -84,6 +84,32 @@ def consent_merge_expression(column: str) -> str:
             f"THEN excluded.{column} ELSE consents.{column} END"
         )
     return f"excluded.{column}"
+
+
+_REVOCATION_INDEXES = tuple(CONSENT_COLUMNS.index(c) for c in ("revoked_at", "revoked_via"))
+_FORWARD_INDEXES = tuple(CONSENT_COLUMNS.index(c) for c in _FORWARD_ONLY)
+_CONTENT_INDEXES = tuple(CONSENT_COLUMNS.index(c) for c in CONSENT_CONTENT_COLUMNS)
+_COLLECTED = CONSENT_COLUMNS.index("collected_at")
+_REVOKED = CONSENT_COLUMNS.index("revoked_at")
+
+
+def merged_consent_row(stored: list[Any], incoming: list[Any]) -> list[Any]:
+    """What `consent_merge_expression` makes of a stored row meeting an incoming one, in Python:
+    a dry run answers "unchanged" without writing. Both rows as `consent_to_row` gives them."""
+    merged = list(incoming)
+    revoked = stored[_REVOKED]
+    if revoked is not None and (incoming[_COLLECTED] is None or incoming[_COLLECTED] <= revoked):
+        for i in _REVOCATION_INDEXES:
+            merged[i] = stored[i]
+    for i in _FORWARD_INDEXES:
+        if not (stored[i] is None or (incoming[i] is not None and incoming[i] > stored[i])):
+            merged[i] = stored[i]
+    return merged
+
+
+def consent_row_unchanged(stored: list[Any], merged: list[Any]) -> bool:
+    """The upsert's WHERE clause, negated: no provenance column would change."""
+    return all(stored[i] == merged[i] for i in _CONTENT_INDEXES)
 
 
 def consent_from_row(row: Mapping[str, Any]) -> ConsentRecord:
@@ -215,3 +241,14 @@ def quarantine_from_row(row: Mapping[str, Any], with_content: bool) -> Quarantin
         status=row["status"],
         content=bytes(row["content"]) if with_content else b"",
     )
+
+
+def split_quarantine_counts(groups: Iterable[tuple[str, str, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(account, rules as JSON, held) groups -> (held per rule, held per account)."""
+    by_rule: dict[str, int] = {}
+    by_account: dict[str, int] = {}
+    for account, rules, n in groups:
+        by_account[account] = by_account.get(account, 0) + n
+        for rule in dict.fromkeys(json.loads(rules)):
+            by_rule[rule] = by_rule.get(rule, 0) + n
+    return by_rule, by_account

@@ -174,4 +174,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The complaint rate counts an account's delivered recipients in a time window.
         "CREATE INDEX deliveries_account_time ON deliveries (account, delivered_at)",
     ),
+    # 3: the quarantine counts of the admin UI (held per account and rule, in an age window) read
+    # this index alone: at 100,000 held messages a scan of the table took over 100 ms.
+    ("CREATE INDEX quarantine_counts ON quarantine (status, account, rules, received_at)",),
 )

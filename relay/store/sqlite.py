@@ -40,6 +40,7 @@ from relay.store.rows import (
     delivery_to_row,
     outbox_from_row,
     quarantine_from_row,
+    split_quarantine_counts,
     suppression_from_row,
 )
 from relay.store.schema import MIGRATIONS
@@ -274,12 +275,17 @@ class SqliteConsents(base.ConsentStore):
             "confirmation": "confirmed_at",
         }.get(kind, "last_interaction_at")
         stamp = iso(at)
+        # Every stamp only moves forward: a late-reported older interaction must not shorten a
+        # consent's life. ISO times in UTC with fixed precision compare correctly as text.
+        forward = "{0}=CASE WHEN {0} IS NULL OR {0} < ?1 THEN ?1 ELSE {0} END"
+        sets = [forward.format("last_interaction_at")]
+        if column != "last_interaction_at":
+            sets.insert(0, forward.format(column))
         sql = (
-            f"UPDATE consents SET {column}=?, last_interaction_at=CASE WHEN last_interaction_at IS NULL "
-            f"OR last_interaction_at < ? THEN ? ELSE last_interaction_at END, updated_at=? "
-            f"WHERE email=? AND scope IN ({_marks(len(scopes))}) AND revoked_at IS NULL"
+            f"UPDATE consents SET {', '.join(sets)}, updated_at=?1 "
+            f"WHERE email=?2 AND scope IN ({', '.join(f'?{i + 3}' for i in range(len(scopes)))}) AND revoked_at IS NULL"
         )
-        return await self.db.write(sql, (stamp, stamp, stamp, stamp, email, *scopes))
+        return await self.db.write(sql, (stamp, email, *scopes))
 
     async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool:
         count = await self.db.write(
@@ -519,6 +525,29 @@ class SqliteQuarantine(base.QuarantineStore):
             await _insert_audit(conn, audit)
         return True
 
+    async def claim_release(self, item_id: str) -> QuarantineItem | None:
+        # BEGIN IMMEDIATE serialises writers across processes: of two claims, one sees 'held'.
+        async with self.db.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "UPDATE quarantine SET status='releasing' WHERE id=? AND status='held' RETURNING *", (item_id,)
+                )
+            )
+        return quarantine_from_row(rows[0], True) if rows else None
+
+    async def unclaim_release(self, item_id: str) -> None:
+        await self.db.write("UPDATE quarantine SET status='held' WHERE id=? AND status='releasing'", (item_id,))
+
+    async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE quarantine SET status='released' WHERE id=? AND status='releasing'", (item_id,)
+            )
+            if cursor.rowcount == 0:
+                return False
+            await _insert_audit(conn, audit)
+        return True
+
     async def count(self) -> int:
         row = await self.db.fetchone("SELECT count(*) FROM quarantine WHERE status='held'")
         return int(row[0]) if row else 0
@@ -533,11 +562,11 @@ class SqliteQuarantine(base.QuarantineStore):
         if before:
             where += " AND received_at < ?"
             params.append(iso(before))
-        accounts = await self.db.fetchall(f"SELECT account, count(*) FROM quarantine WHERE {where} GROUP BY account", params)
-        rules = await self.db.fetchall(
-            f"SELECT j.value, count(*) FROM quarantine, json_each(quarantine.rules) j WHERE {where} GROUP BY j.value", params
+        # One pass over the quarantine_counts index; the few (account, rules) groups are split here.
+        groups = await self.db.fetchall(
+            f"SELECT account, rules, count(*) FROM quarantine WHERE {where} GROUP BY account, rules", params
         )
-        return {r[0]: int(r[1]) for r in rules}, {r[0]: int(r[1]) for r in accounts}
+        return split_quarantine_counts((r[0], r[1], int(r[2])) for r in groups)
 
     async def purge_older_than(self, when: datetime, audit_actor: str) -> int:
         async with self.db.transaction() as conn:

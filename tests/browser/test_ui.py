@@ -115,6 +115,8 @@ async def relay(tmp_path: Path, upstream: RecordingUpstream, start_relay: Any) -
         tmp_path, upstream.port,
         smtp={"auth_require_tls": False},
         http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "alice", "hash": hash_password(TOKEN)}]},
+        # Hold dangerous attachments instead of refusing them, so the UI can show what was found.
+        policy={"actions": {"content.malware": "quarantine"}},
     )
     data["accounts"].append(
         deep_merge(base_account(), {
@@ -304,4 +306,114 @@ async def test_signed_out_pages_redirect_and_sign_out_ends_the_session(relay: An
     await expect(page).to_have_url(re.compile(r"/ui/login"))
     await page.goto(base + "/ui/quarantine")
     await expect(page).to_have_url(re.compile(r"/ui/login"))
+    await context.close()
+
+
+def with_attachments(subject: str, attachments: list[tuple[str, str, bytes]]) -> bytes:
+    """A plain order mail from Shop with base64 attachments (name, content type, bytes)."""
+    import base64
+
+    parts = "".join(
+        f"--mix\r\nContent-Type: {ctype}; name=\"{name}\"\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{base64.encodebytes(data).decode().replace(chr(10), chr(13) + chr(10))}"
+        for name, ctype, data in attachments
+    )
+    return (
+        f"From: Shop <orders@shop.example>\r\nTo: <anna@example.nl>\r\nSubject: {subject}\r\n"
+        "Date: Tue, 10 Mar 2026 09:30:00 +0100\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="mix"\r\n\r\n'
+        "--mix\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe catalogue is attached.\r\n\r\n"
+        f"{FOOTER}\r\n{parts}--mix--\r\n"
+    ).encode("utf-8")
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+async def test_rule_filter_bulk_release_and_the_attachments_table(
+    relay: Any, upstream: RecordingUpstream, browser: Browser
+) -> None:
+    offensive = [
+        await hold(relay, plain("orders@shop.example", "Shop", f"Wat een klote weer! Deal {n}", FOOTER, "Twintig procent korting."))
+        for n in range(2)
+    ]
+    # policy: clang E-misleiden — a fake reply held by content.misleading_subject
+    misleading = await hold(relay, plain("orders@shop.example", "Shop", "Re: your order 1234", FOOTER, "It ships tomorrow."))
+    # policy: mailpro M-code-of-conduct — an executable in a zip, held (by this config) by content.malware
+    pdf = b"%PDF-1.7\n" + b"catalogue " * 300
+    malware = await hold(
+        relay,
+        with_attachments("Your catalogue", [
+            ("catalogus.pdf", "application/pdf", pdf),
+            ("tools.zip", "application/zip", zip_of({"readme.txt": b"hi", "bin/setup.exe": b"MZ" + b"\0" * 200})),
+        ]),
+    )
+    context = await browser.new_context(viewport={"width": 1280, "height": 860})
+    page = await context.new_page()
+    base = f"http://127.0.0.1:{relay.admin_port}"
+    await sign_in(page, base)
+    rows = page.locator("table.list tbody tr[data-id]")
+    await expect(rows).to_have_count(4)
+
+    async def shown() -> list[str]:
+        return sorted(await rows.evaluate_all("rs => rs.map(r => r.dataset.id)"))
+
+    # The rule filter: each rule shows only what it held, and the select keeps the choice.
+    for rule, expected in (
+        ("content.misleading_subject", [misleading]),
+        ("content.malware", [malware]),
+        ("content.offensive_subject", offensive),
+    ):
+        await page.select_option("select[name=rule]", rule)
+        await page.click("form.filters button[type=submit]")
+        await expect(page).to_have_url(re.compile(r"rule=" + re.escape(rule)))
+        await expect(rows).to_have_count(len(expected))
+        assert await shown() == sorted(expected), rule
+        await expect(page.locator("select[name=rule]")).to_have_value(rule)
+        await expect(page.locator("td .badge", has_text=rule).first).to_be_visible()
+    # A rule chip filters the same way.
+    await page.click("text=Reset")
+    await page.locator(".chips a", has_text="content.malware").click()
+    await expect(rows).to_have_count(1)
+    assert await shown() == [malware]
+
+    # The attachments table of the held message: name, type, size and what was found inside.
+    await page.click(f"tr[data-id='{malware}'] td.subject a")
+    table = page.locator("section.card", has=page.locator("h2", has_text="Attachments")).locator("table")
+    lines = table.locator("tbody tr")
+    await expect(lines).to_have_count(2)
+    await expect(lines.nth(0)).to_contain_text("catalogus.pdf")
+    await expect(lines.nth(0)).to_contain_text("application/pdf")
+    await expect(lines.nth(0).locator("td.num")).to_have_text(f"{len(pdf) / 1024:.1f} KB")
+    await expect(lines.nth(1)).to_contain_text("tools.zip")
+    await expect(lines.nth(1)).to_contain_text("⚠ executable in bin/setup.exe")
+    await expect(page.locator(".findings .evidence")).to_contain_text("tools.zip/bin/setup.exe")
+
+    # Bulk release from the list: the two offensive ones, with a note; the others stay held.
+    await page.goto(base + "/ui/quarantine?rule=content.offensive_subject")
+    for qid in offensive:
+        await page.check(f"input[name=ids][value='{qid}']")
+    await page.fill(".bulkbar input[name=note]", "jokes, fine")
+    await page.click("button[value=release]")
+    await expect(page.locator(".flash")).to_contain_text("Released 2 messages: delivered to 2 recipients")
+    await expect(page).to_have_url(re.compile(r"rule=content.offensive_subject"))  # back to the filtered list
+    await expect(rows).to_have_count(0)
+    assert sorted(m.content.split(b"Subject: ")[1].split(b"\r\n")[0] for m in upstream.messages) == [
+        b"Wat een klote weer! Deal 0", b"Wat een klote weer! Deal 1"
+    ]
+    await page.goto(base + "/ui/quarantine")
+    await expect(rows).to_have_count(2)
+    assert await shown() == sorted([misleading, malware])
+    entries = await relay.services.store.audit.list(limit=10)
+    assert sorted((e.target, e.action, e.actor, e.note) for e in entries) == sorted(
+        (qid, "quarantine.release", "alice", "jokes, fine") for qid in offensive
+    )
     await context.close()

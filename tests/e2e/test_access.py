@@ -262,7 +262,9 @@ async def test_total_connection_limit(tmp_path: Path, upstream: RecordingUpstrea
     finally:
         for sock, _ in socks:
             sock.close()
-    out = await asend(port)  # slots come back once clients leave
+    # Slots come back once the server has seen the clients leave.
+    await until(lambda: relay.services.metrics.smtp_connections._value.get() == 0, what="connections released")
+    out = await asend(port)
     assert out.code == 250
 
 

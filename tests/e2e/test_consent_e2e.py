@@ -7,8 +7,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from policies.facts import ConsentRecord, Suppression
-from tests.conftest import asend, make_config, message
+from relay.passwords import hash_password
+from tests.conftest import RecordingUpstream, asend, make_config, message
 
 SECRET = "unsubscribe-secret-for-tests-0123456789"
 
@@ -22,15 +25,17 @@ def consent(email: str, *, scope: str = "shop", topic: str = "*", days_ago: int 
     )
 
 
+STREAMS = [
+    {"id": "orders", "kind": "transactional"},
+    {"id": "newsletter", "kind": "marketing", "topic": "newsletter", "envelope_from": ["news@shop.example"]},
+]
+
+
 def config(tmp_path: Path, port: int, **account: Any) -> Any:
-    streams = [
-        {"id": "orders", "kind": "transactional"},
-        {"id": "newsletter", "kind": "marketing", "topic": "newsletter", "envelope_from": ["news@shop.example"]},
-    ]
     return make_config(
         tmp_path, port,
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
-        account={"streams": streams, **account},
+        account={"streams": STREAMS, **account},
     )
 
 
@@ -116,6 +121,91 @@ async def test_addresses_compare_case_insensitively_with_idna_and_tags_distinct(
         rcpts=["Anna@EXAMPLE.nl", "anna+promo@example.nl", "jan@xn--bcher-kva.example"],
     )
     assert [c for c, _ in out.rcpts] == [250, 550, 250]
+
+
+async def test_rcpt_time_refusals_for_an_all_marketing_account_without_envelope_from(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    # policy: mailpro M-prior-consent ; policy: clang E-direct-en-permanent
+    # SPEC §4: no envelope_from, but every stream is marketing: suppression and "no consent at all
+    # for this scope" are final at RCPT; the topic is only known from the header at DATA.
+    streams = [
+        {"id": "newsletter", "kind": "marketing", "topic": "newsletter"},
+        {"id": "offers", "kind": "marketing", "topic": "offers"},
+    ]
+    relay = await start_relay(
+        make_config(
+            tmp_path, upstream.port,
+            unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
+            account={"streams": streams, "default_stream": "newsletter"},
+        )
+    )
+    await seed(relay, consent("anna@example.nl"), consent("carol@example.nl", topic="offers"), consent("dirk@example.nl"))
+    await relay.services.store.consent.add_suppression(
+        Suppression("dirk@example.nl", "shop", "*", "suppression.unsubscribed", "admin", datetime.now(timezone.utc))
+    )
+    out = await asend(
+        relay.smtp_port, newsletter(sender="orders@shop.example"), mail_from="orders@shop.example",
+        rcpts=["anna@example.nl", "bob@example.nl", "carol@example.nl", "dirk@example.nl"],
+    )
+    assert out.rcpts[0][0] == 250
+    assert out.rcpts[1][0] == 550 and "[consent.missing]" in out.rcpts[1][1], out.rcpts
+    assert out.rcpts[2][0] == 250  # a consent of this scope, for another topic: decided at DATA
+    assert out.rcpts[3][0] == 550 and "[suppression.unsubscribed]" in out.rcpts[3][1], out.rcpts
+    assert out.data is not None and out.code == 250
+    assert out.text.startswith("2.0.0 Delivered to 1 of") and "carol@example.nl [consent.missing]" in out.text
+    assert upstream.recipients() == ["anna@example.nl"]
+
+
+ADMIN_TOKEN = "consent-admin-token-0123456789"
+
+
+async def test_consent_for_a_unicode_domain_covers_mail_to_its_ascii_form(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    # policy: mailpro M-prior-consent (the same mailbox, however its domain is spelled)
+    relay = await start_relay(
+        make_config(
+            tmp_path, upstream.port,
+            unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
+            http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "ops", "hash": hash_password(ADMIN_TOKEN)}]},
+            account={"streams": STREAMS},
+        )
+    )
+    at = (datetime.now(timezone.utc) - timedelta(days=30)).isoformat()
+    record = {
+        "account": "shop", "email": "Jan@Bücher.Example", "basis": "double_opt_in", "source": "signup_form",
+        "collected_at": at, "confirmed_at": at, "source_url": "https://shop.example/signup", "source_ip": "192.0.2.10",
+        "statement_text": "Ja, stuur mij de wekelijkse nieuwsbrief van Shop", "frequency_disclosed": True,
+    }
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        async with http.post(f"http://127.0.0.1:{relay.admin_port}/api/consent", json=record) as response:
+            assert response.status == 201, await response.text()
+    out = await asend(
+        relay.smtp_port, newsletter(to="jan@xn--bcher-kva.example"), mail_from="news@shop.example",
+        rcpts=["JAN@xn--bcher-kva.example", "piet@xn--bcher-kva.example"],
+    )
+    assert out.rcpts[0][0] == 250, out.rcpts
+    assert out.rcpts[1][0] == 550 and "[consent.missing]" in out.rcpts[1][1]
+    assert out.code == 250, out.text
+    assert [r.lower() for r in upstream.recipients()] == ["jan@xn--bcher-kva.example"]
+
+
+async def test_consent_for_an_ascii_domain_covers_a_unicode_recipient_over_smtputf8(tmp_path: Path, start_relay: Any) -> None:
+    # policy: mailpro M-prior-consent (the same mailbox, however its domain is spelled)
+    upstream = RecordingUpstream(enable_SMTPUTF8=True).start()
+    try:
+        relay = await start_relay(config(tmp_path, upstream.port))
+        await seed(relay, consent("jan@xn--bcher-kva.example"))
+        out = await asend(
+            relay.smtp_port, newsletter(to="jan@bücher.example"), mail_from="news@shop.example",
+            rcpts=["jan@bücher.example", "piet@bücher.example"], mail_options=["SMTPUTF8"],
+        )
+        assert out.rcpts[0][0] == 250, out.rcpts
+        assert out.rcpts[1][0] == 550 and "[consent.missing]" in out.rcpts[1][1]
+        assert out.code == 250, out.text
+        assert len(upstream.recipients()) == 1 and upstream.recipients()[0].startswith("jan@")
+        await relay.recorder.flush()
+        (delivery,) = await relay.services.store.decisions.deliveries_to("jan@xn--bcher-kva.example", ["shop"])
+        assert delivery.consent_id is not None
+    finally:
+        upstream.stop()
 
 
 async def test_transactional_mail_needs_no_consent(tmp_path: Path, upstream: Any, start_relay: Any) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -81,6 +83,11 @@ def config_path(tmp_path: Path, upstream: RecordingUpstream) -> Path:
 
 @pytest.fixture
 async def relay(start_relay: Any, config_path: Path) -> Any:
+    return await started_with_consent(start_relay, config_path)
+
+
+async def started_with_consent(start_relay: Any, config_path: Path) -> Any:
+    """A started relay on this config, every one of RCPTS with a fresh double opt-in at shop."""
     relay = await start_relay(load_config(config_path))
     now = datetime.now(timezone.utc)
     await relay.services.store.consent.upsert_consents(
@@ -301,3 +308,175 @@ async def test_cli_list_show_release_delete(relay: Any, config_path: Path, upstr
     assert {(e.target, e.action, e.actor, e.note) for e in entries} >= {
         (a, "quarantine.release", "cli", "fine"), (b, "quarantine.delete", "cli", "junk")
     }
+
+
+# --- release delivers as normal delivery would ---------------------------------------------------
+
+VERIFIER = Path(__file__).parents[1] / "relay" / "dkim_verify.pl"
+
+
+def perl_verify(raw: bytes, records: str, tmp_path: Path) -> str:
+    keys = tmp_path / "dkim-keys.txt"
+    keys.write_text(records)
+    done = subprocess.run(["perl", str(VERIFIER), str(keys)], input=raw, capture_output=True, timeout=60, check=True)
+    return done.stdout.decode().splitlines()[-1].split()[1]
+
+
+async def test_release_signs_every_copy_with_dkim(tmp_path: Path, upstream: RecordingUpstream, start_relay: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from relay.dkim import dkim_dns_record, load_dkim_key
+
+    key_path = tmp_path / "dkim.pem"
+    key_path.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    data = config_dict(
+        tmp_path, upstream.port,
+        http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "alice", "hash": TOKEN_HASH}]},
+        unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
+        dkim={"keys": [{"domain": "shop.example", "selector": "q2026", "private_key": str(key_path)}]},
+    )
+    relay = await started_with_consent(start_relay, write_config(tmp_path, data))
+    qid = await hold(relay, rcpts=RCPTS[:2])
+    async with aiohttp.ClientSession() as session:
+        status, body = await Admin(session, f"http://127.0.0.1:{relay.admin_port}").call("POST", f"/api/quarantine/{qid}/release")
+    assert status == 200 and sorted(body["delivered"]) == RCPTS[:2], body
+    records = f"q2026._domainkey.shop.example {dkim_dns_record(load_dkim_key('shop.example', 'q2026', key_path))}\n"
+    assert len(upstream.messages) == 2  # one signed copy per recipient, each with its own List-Unsubscribe
+    for copy in upstream.messages:
+        assert copy.content.count(b"DKIM-Signature:") == 1 and b"List-Unsubscribe:" in copy.content
+        assert perl_verify(copy.content, records, tmp_path) == "pass"
+    tampered = upstream.messages[0].content.replace(b"Regen? Dan maar", b"Zon? Dan maar")
+    assert perl_verify(tampered, records, tmp_path) == "fail"
+
+
+async def test_release_failing_part_way_queues_the_rest(relay: Any, admin: Admin, upstream: RecordingUpstream) -> None:
+    qid = await hold(relay)
+    send_once = relay.pipeline.upstream.send
+
+    async def send_then_upstream_dies(*args: Any, **kwargs: Any) -> Any:
+        result = await send_once(*args, **kwargs)
+        if upstream.running:
+            await asyncio.to_thread(upstream.stop)
+        return result
+
+    relay.pipeline.upstream.send = send_then_upstream_dies
+    status, body = await admin.call("POST", f"/api/quarantine/{qid}/release", json={"note": "fine"})
+    assert status == 200 and body["status"] == "released", body
+    assert len(body["delivered"]) == 1 and len(body["queued"]) == 2
+    assert sorted(body["delivered"] + body["queued"]) == sorted(RCPTS) and body["refused"] == []
+    assert upstream.recipients() == body["delivered"]
+    assert await relay.services.store.outbox.depth() == 2  # durably kept, not lost and not held again
+    assert await relay.services.store.quarantine.get(qid) is None
+    (entry,) = await relay.services.store.audit.list(target=qid)
+    assert sorted(entry.detail["delivered"]) == sorted(RCPTS)  # type: ignore[arg-type]
+    relay.pipeline.upstream.send = send_once
+    upstream.start()
+    assert await relay.outbox.run_once() == 2
+    assert sorted(upstream.recipients()) == sorted(RCPTS)
+    assert await relay.services.store.outbox.depth() == 0
+    # The queued copies are the same per-recipient copies: their own unsubscribe header each.
+    assert len({m.content.split(b"List-Unsubscribe:")[1][:80] for m in upstream.messages}) == 3
+
+
+async def test_release_skips_only_the_rules_that_held_it(relay: Any, admin: Admin, upstream: RecordingUpstream) -> None:
+    from relay.accounts import change_account_state
+
+    # policy: mailpro M-prior-consent — consent revoked since the hold: that recipient is refused
+    qid = await hold(relay)
+    assert await relay.services.store.consent.revoke("shop", "bob@example.nl", None, via="admin", at=datetime.now(timezone.utc))
+    status, body = await admin.call("POST", f"/api/quarantine/{qid}/release")
+    assert status == 200, body
+    assert sorted(body["delivered"]) == ["anna@example.nl", "carl@example.nl"]
+    assert body["refused"] == [{"recipient": "bob@example.nl", "reason": "consent.missing"}]
+    assert sorted(upstream.recipients()) == ["anna@example.nl", "carl@example.nl"]
+
+    # policy: mailpro M-violation — the account suspended since: the message rule refuses every copy
+    second = await hold(relay, "Wat een klote weer! Nog een keer")
+    await change_account_state(relay.services, "shop", "suspend", reason="complaints", actor="test")
+    status, body = await admin.call("POST", f"/api/quarantine/{second}/release")
+    assert status == 200 and body["delivered"] == [], body
+    # (bob, without consent now, was refused at the hold already and is not among its recipients)
+    assert body["refused"] == [{"recipient": r, "reason": "account.suspended"} for r in ("anna@example.nl", "carl@example.nl")]
+    assert len(upstream.messages) == 2  # nothing more went out
+
+    # policy: mailpro M-violation — paused is temporary: the message stays held, to be released later
+    await change_account_state(relay.services, "shop", "resume", reason="", actor="test")
+    third = await hold(relay, "Wat een klote weer! Derde")
+    await change_account_state(relay.services, "shop", "pause", reason="investigating", actor="test")
+    status, body = await admin.call("POST", f"/api/quarantine/{third}/release")
+    assert status == 409 and "account.paused" in body["detail"], body
+    assert await relay.services.store.quarantine.get(third) is not None
+    await change_account_state(relay.services, "shop", "resume", reason="", actor="test")
+    status, body = await admin.call("POST", f"/api/quarantine/{third}/release")
+    assert status == 200 and sorted(body["delivered"]) == ["anna@example.nl", "carl@example.nl"], body
+
+
+async def test_two_releases_at_once_deliver_once(relay: Any, admin: Admin, upstream: RecordingUpstream) -> None:
+    qid = await hold(relay, rcpts=["anna@example.nl"])
+    (first, body1), (second, body2) = await asyncio.gather(
+        admin.call("POST", f"/api/quarantine/{qid}/release"), admin.call("POST", f"/api/quarantine/{qid}/release")
+    )
+    assert sorted([first, second]) == [200, 404] or sorted([first, second]) == [200, 409], (body1, body2)
+    assert upstream.recipients() == ["anna@example.nl"]
+    assert [e.action for e in await relay.services.store.audit.list(target=qid)] == ["quarantine.release"]
+
+
+class GatedData:
+    """The upstream's first DATA waits until the test opens the gate; later ones pass straight through."""
+
+    def __init__(self, upstream: RecordingUpstream) -> None:
+        self.inner = upstream.handler.handle_DATA
+        self.arrived = threading.Event()
+        self.gate = threading.Event()
+        self._first = True
+
+    async def __call__(self, server: Any, session: Any, envelope: Any) -> str:
+        if self._first:
+            self._first = False
+            self.arrived.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, 120)
+        return await self.inner(server, session, envelope)
+
+
+async def test_releases_from_two_processes_deliver_once(
+    relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    qid = await hold(relay, rcpts=["anna@example.nl"])
+    # Two admins' shells, one config (the relay's store); a patient upstream timeout for the gate.
+    data = config_dict(
+        tmp_path, upstream.port, upstream={"host": "127.0.0.1", "port": upstream.port, "starttls": "off", "timeout": 120},
+        unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
+    )
+    shell_config = write_config(tmp_path, data, name="shell.toml")
+    gated = GatedData(upstream)
+    upstream.handler.handle_DATA = gated  # type: ignore[method-assign]
+    first = asyncio.create_task(cli(shell_config, "quarantine", "release", qid, "--note", "first"))
+    try:
+        await until(gated.arrived.is_set, timeout=60, what="the first release to reach DATA")
+        # While the first process is mid-delivery, a second one tries the same id.
+        second = await cli(shell_config, "quarantine", "release", qid, "--note", "second")
+    finally:
+        gated.gate.set()
+        code, out, err = await first
+    assert second[0] != 0 and qid in second[2] and "released" not in second[1], second
+    assert code == 0 and f"{qid}: released; delivered to 1" in out, (out, err)
+    assert upstream.recipients() == ["anna@example.nl"]
+    entries = await relay.services.store.audit.list(target=qid)
+    assert [(e.action, e.note) for e in entries] == [("quarantine.release", "first")]
+
+
+async def test_a_failed_release_is_held_again_and_can_be_retried(relay: Any, admin: Admin, upstream: RecordingUpstream) -> None:
+    qid = await hold(relay, rcpts=["anna@example.nl"])
+    upstream.answer_rcpt("anna@example.nl", "451 4.3.0 try later")
+    status, body = await admin.call("POST", f"/api/quarantine/{qid}/release")
+    assert status == 503 and body["error"] == "upstream_unavailable", body
+    item = await relay.services.store.quarantine.get(qid)
+    assert item is not None and item.status == "held"  # not stuck in "releasing"
+    upstream.answer_rcpt("anna@example.nl", None)
+    status, body = await admin.call("POST", f"/api/quarantine/{qid}/release")
+    assert status == 200 and body["delivered"] == ["anna@example.nl"], body

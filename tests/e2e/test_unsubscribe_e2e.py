@@ -134,6 +134,106 @@ async def test_get_does_not_unsubscribe_post_does(tmp_path: Path, upstream: Any,
     assert metrics == 1.0
 
 
+def _form_fields(page: str) -> dict[str, str]:
+    """The hidden fields the page's one button posts, as a browser would send them."""
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page))
+
+
+@pytest.mark.parametrize(
+    ("accept_language", "lang", "ask", "button", "done"),
+    [
+        ("en-GB,en;q=0.9", "en", "Do you want to stop receiving these e-mails", ">Unsubscribe</button>", "You are unsubscribed"),
+        ("nl-NL,nl;q=0.9,en;q=0.5", "nl", "Wilt u deze e-mails niet meer ontvangen", ">Afmelden</button>", "U bent afgemeld"),
+        ("de-DE,fr;q=0.8,nl;q=0.3,en;q=0.2", "nl", "Wilt u deze e-mails niet meer ontvangen", ">Afmelden</button>", "U bent afgemeld"),
+    ],
+)
+async def test_page_in_the_visitors_language_then_its_button_unsubscribes(
+    tmp_path: Path, upstream: Any, start_relay: Any, accept_language: str, lang: str, ask: str, button: str, done: str
+) -> None:
+    relay = await start_relay(relay_config(tmp_path, upstream.port))
+    await relay.services.store.consent.upsert_consents([consent("anna@example.nl")], now=datetime.now(timezone.utc))
+    assert (await asend(relay.smtp_port, newsletter(), mail_from="news@shop.example")).code == 250
+    url, _ = list_unsubscribe(upstream.messages[-1].content)
+    headers = {"Accept-Language": accept_language}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(public_url(relay, url), headers=headers) as r:
+            page = await r.text()
+            assert r.status == 200 and f'<html lang="{lang}">' in page
+            assert ask in page and "anna@example.nl" in page and button in page and 'method="post"' in page
+        assert await relay.services.store.consent.list_suppressions() == []  # the GET alone changed nothing
+        async with http.post(public_url(relay, url), data=_form_fields(page), headers=headers, allow_redirects=False) as r:
+            confirmation = await r.text()
+            assert r.status == 200 and f'<html lang="{lang}">' in confirmation and done in confirmation
+            assert "Location" not in r.headers
+    assert [s.via for s in await relay.services.store.consent.list_suppressions()] == ["page"]
+
+
+def _scraped(metrics: str, method: str) -> float:
+    found = re.search(rf'^consent_relay_unsubscribes_total{{method="{method}"}} (\S+)$', metrics, re.MULTILINE)
+    return float(found[1]) if found else 0.0
+
+
+async def test_unsubscribes_total_counts_each_method_on_the_metrics_endpoint(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    config = relay_config(tmp_path, upstream.port, account={"trusted_networks": []}, smtp={"auth_require_tls": False})
+    relay = await start_relay(config)
+    people = ["anna@example.nl", "bob@example.nl", "carol@example.nl"]
+    await relay.services.store.consent.upsert_consents([consent(p) for p in people], now=datetime.now(timezone.utc))
+    sent = await asend(relay.smtp_port, newsletter(), mail_from="news@shop.example", rcpts=people, login=("shop", PASSWORD))
+    assert sent.code == 250, sent.text
+    links = {m.rcpt_tos[0]: list_unsubscribe(m.content) for m in upstream.messages}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(public_url(relay, links["anna@example.nl"][0])) as r:
+            page = await r.text()
+        async with http.post(public_url(relay, links["anna@example.nl"][0]), data=_form_fields(page)) as r:
+            assert r.status == 200
+        async with http.post(public_url(relay, links["bob@example.nl"][0]), data={"List-Unsubscribe": "One-Click"}) as r:
+            assert r.status == 200
+    mailto = links["carol@example.nl"][1].removeprefix("mailto:")
+    reply = await asend(relay.smtp_port, b"Subject: unsubscribe\r\n\r\nunsubscribe\r\n", mail_from="carol@example.nl", rcpts=mailto)
+    assert reply.code == 250, reply.text
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{relay.admin_port}/metrics") as r:
+            assert r.status == 200
+            metrics = await r.text()
+    assert {m: _scraped(metrics, m) for m in ("one_click", "page", "mailto")} == {"one_click": 1.0, "page": 1.0, "mailto": 1.0}
+
+
+async def test_links_signed_with_a_rotated_out_secret_still_unsubscribe(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    # SPEC §6: several secrets, the first signs and all verify; a valid token never expires.
+    old, new = "the-old-unsubscribe-secret-0123456789", "the-new-unsubscribe-secret-9876543210"
+    overrides: dict[str, Any] = {"account": {"trusted_networks": []}, "smtp": {"auth_require_tls": False}}
+    before = await start_relay(relay_config(tmp_path, upstream.port, unsubscribe={"secrets": [old], "mailto_domain": "relay.test"}, **overrides))
+    await before.services.store.consent.upsert_consents(
+        [consent("anna@example.nl"), consent("bob@example.nl")], now=datetime.now(timezone.utc)
+    )
+    sent = await asend(before.smtp_port, newsletter(), mail_from="news@shop.example", rcpts=["anna@example.nl", "bob@example.nl"], login=("shop", PASSWORD))
+    assert sent.code == 250, sent.text
+    links = {m.rcpt_tos[0]: list_unsubscribe(m.content) for m in upstream.messages}
+    await before.stop(grace=1)
+
+    # The operator rotates: a new first secret signs, the old one is kept to verify.
+    after = await start_relay(relay_config(tmp_path, upstream.port, unsubscribe={"secrets": [new, old], "mailto_domain": "relay.test"}, **overrides))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(public_url(after, links["anna@example.nl"][0]), data={"List-Unsubscribe": "One-Click"}) as r:
+            assert r.status == 200
+    mailto = links["bob@example.nl"][1].removeprefix("mailto:")
+    reply = await asend(after.smtp_port, b"Subject: unsubscribe\r\n\r\nunsubscribe\r\n", mail_from="bob@example.nl", rcpts=mailto)
+    assert reply.code == 250, reply.text
+    suppressions = await after.services.store.consent.list_suppressions()
+    assert sorted((s.email, s.via) for s in suppressions) == [("anna@example.nl", "one_click"), ("bob@example.nl", "mailto")]
+    for rcpt in ("anna@example.nl", "bob@example.nl"):
+        out = await asend(after.smtp_port, newsletter(to=rcpt), mail_from="news@shop.example", rcpts=rcpt, login=("shop", PASSWORD))
+        assert out.code == 550 and "[suppression.unsubscribed]" in out.text, out.text
+
+    # A secret that was dropped verifies nothing any more.
+    dropped = await start_relay(
+        relay_config(tmp_path, upstream.port, unsubscribe={"secrets": [new], "mailto_domain": "relay.test"}, **overrides)
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(public_url(dropped, links["anna@example.nl"][0])) as r:
+            assert r.status == 404
+
+
 async def test_multipart_one_click_and_page_button(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
     relay = await start_relay(relay_config(tmp_path, upstream.port))
     store = relay.services.store.consent
@@ -188,6 +288,36 @@ async def test_mail_to_the_unsubscribe_address_needs_no_auth(tmp_path: Path, ups
     suppressions = await relay.services.store.consent.list_suppressions()
     assert [(s.email, s.via, s.reason) for s in suppressions] == [("anna@example.nl", "mailto", "suppression.unsubscribed")]
     assert len(upstream.messages) == 1  # the unsubscribe mail itself is not relayed
+
+
+async def test_mailto_withdraws_an_every_topic_consent_for_every_marketing_stream(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    # policy: clang E-subscription-level: withdrawn at the level it was given; a '*' consent covers
+    # every marketing stream, so its withdrawal stops them all (SPEC §6, as the one-click URL does)
+    streams = [
+        {"id": "orders", "kind": "transactional"},
+        {"id": "newsletter", "kind": "marketing", "topic": "newsletter"},
+        {"id": "offers", "kind": "marketing", "topic": "offers"},
+    ]
+    config = relay_config(tmp_path, upstream.port, account={"trusted_networks": [], "streams": streams}, smtp={"auth_require_tls": False})
+    relay = await start_relay(config)
+    await relay.services.store.consent.upsert_consents([consent("anna@example.nl", topic="*")], now=datetime.now(timezone.utc))
+    login = ("shop", PASSWORD)
+    offers = message(sender="news@shop.example", to="anna@example.nl", subject="Aanbieding", stream="offers", body="Korting! {{unsubscribe_url}}")
+    assert (await asend(relay.smtp_port, offers, mail_from="news@shop.example", login=login)).code == 250
+    sent = await asend(relay.smtp_port, newsletter(), mail_from="news@shop.example", login=login)
+    assert sent.code == 250, sent.text
+    _, mailto = list_unsubscribe(upstream.messages[-1].content)
+    reply = await asend(relay.smtp_port, b"Subject: unsubscribe\r\n\r\nunsubscribe\r\n", mail_from="anna@example.nl", rcpts=mailto.removeprefix("mailto:"))
+    assert reply.code == 250, reply.text
+    suppressions = await relay.services.store.consent.list_suppressions()
+    assert [(s.scope, s.topic, s.via) for s in suppressions] == [("shop", "*", "mailto")]
+    (record,) = (await relay.services.store.consent.find_consents(["shop"], ["anna@example.nl"]))["anna@example.nl"]
+    assert record.revoked_via == "mailto"
+    # The newsletter's mailto withdrew the '*' consent: the other marketing stream stops too.
+    for content in (offers, newsletter()):
+        out = await asend(relay.smtp_port, content, mail_from="news@shop.example", login=login)
+        assert out.code == 550 and "[suppression.unsubscribed]" in out.text, out.text
+    assert len(upstream.messages) == 2
 
 
 async def test_parent_scope_unsubscribe_covers_every_account(tmp_path: Path, upstream: Any, start_relay: Any) -> None:

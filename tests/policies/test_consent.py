@@ -210,6 +210,61 @@ def test_prechecked_mailpro_soft_optin_exception() -> None:
     assert run("mailpro", customer(prechecked=True)) == []
 
 
+def _ordered(**changes: object) -> ConsentRecord:
+    """An existing customer whose pre-ticked box sat in the shop's order process (online: URL and IP)."""
+    return customer(source="order_process", source_url="https://shop.example/checkout", source_ip="192.0.2.8", **changes)
+
+
+def test_prechecked_clang_existing_customer_outside_order_process() -> None:
+    # policy: clang E-bestelprocessen ("Dit hokje mag uitsluitend in bestelprocessen van tevoren zijn
+    # aangevinkt"): clang knows no existing-customer exception for pre-ticked boxes
+    assert run("clang", customer(prechecked=True)) == ["consent.prechecked"]
+    assert run("clang", _ordered(prechecked=True)) == []
+
+
+def test_prechecked_strict_needs_both_exceptions() -> None:
+    # policy: mailpro M-vooraf-aangevinkt + M-bestaande-klanten, clang E-bestelprocessen: strict takes
+    # the stricter of both, so a pre-ticked box counts only for an existing customer in an order process
+    assert run("strict", customer(prechecked=True)) == ["consent.prechecked"]
+    assert run("strict", good(prechecked=True, source="order_process")) == ["consent.prechecked"]
+    assert run("strict", _ordered(prechecked=True)) == []
+
+
+@pytest.mark.parametrize(
+    ("profile", "shop_customer", "ordered_customer", "ordered_opt_in"),
+    [
+        # policy: mailpro M-vooraf-aangevinkt (only the existing-customer soft opt-in is exempt)
+        ("mailpro", True, True, False),
+        # policy: clang E-bestelprocessen (only an order process is exempt)
+        ("clang", False, True, True),
+        # policy: strict = mailpro M-vooraf-aangevinkt and clang E-bestelprocessen together
+        ("strict", False, True, False),
+    ],
+)
+def test_prechecked_record_findings_per_profile(profile: str, shop_customer: bool, ordered_customer: bool, ordered_opt_in: bool) -> None:
+    params = load_profile(profile).params
+    ordered_opt_in_record = good(prechecked=True, source="order_process")
+    for record, allowed in (
+        (customer(prechecked=True), shop_customer),
+        (_ordered(prechecked=True), ordered_customer),
+        (ordered_opt_in_record, ordered_opt_in),
+    ):
+        found = [rule_id for rule_id, _ in record_findings(record, params)]
+        assert ("consent.prechecked" not in found) is allowed, (profile, record.basis, record.source)
+
+
+def test_prechecked_detail_names_what_the_profile_allows() -> None:
+    # policy: clang E-bestelprocessen, mailpro M-bestaande-klanten
+    details = {
+        name: dict(record_findings(good(prechecked=True), load_profile(name).params))["consent.prechecked"]
+        for name in PROFILES
+    }
+    assert "order_process" in details["clang"] and "existing_customer" not in details["clang"]
+    assert "existing_customer" in details["mailpro"] and "order_process" not in details["mailpro"]
+    assert "existing_customer" in details["strict"] and "order_process" in details["strict"]
+    assert "never" in dict(record_findings(good(prechecked=True), {}))["consent.prechecked"]
+
+
 # --- consent.hidden_in_terms ---
 
 

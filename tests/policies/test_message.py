@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
+import tracemalloc
 import zipfile
 
 import pytest
@@ -16,8 +18,11 @@ from policies.message import (
     KIND_OTHER,
     KIND_SCRIPT,
     KIND_TORRENT,
+    ARCHIVE_MIN_BYTES,
+    MAX_ARCHIVE_BYTES,
     MAX_ARCHIVE_DEPTH,
     ParsedMessage,
+    archive_budget,
     fold,
     parse_message,
 )
@@ -221,11 +226,58 @@ def test_archive_nesting_is_bounded() -> None:
     assert attachment.kind == KIND_ARCHIVE  # too deep to look into: only an archive
 
 
+# An executable known by its content only (a harmless name), so only reading the member finds it.
+HIDDEN_EXE = b"MZ\x90\x00" + b"\x00" * 60
+
+
 def test_archive_read_is_bounded_by_total_size() -> None:
-    # a small zip that inflates to 80 MB of zeros: we stop reading at the budget
-    bomb = zipped({"zeros.bin": b"\x00" * (80 * 1024 * 1024), "z.exe.txt": b"x"})
+    # policy: mailpro M-code-of-conduct — malware checks, but a zip bomb must not cost unbounded memory
+    # A small zip inflating to 80 MB of zeros, and after it an executable: reading stops at the budget,
+    # so the executable behind the bomb is never read (only its harmless name is seen).
+    bomb = zipped({"zeros.bin": b"\x00" * (80 * 1024 * 1024), "data.bin": HIDDEN_EXE})
+    assert len(bomb) < MAX_ARCHIVE_BYTES // 100
     (attachment,) = with_attachment("bomb.zip", bomb, "application/zip").attachments
-    assert attachment.kind == KIND_ARCHIVE
+    assert attachment.kind == KIND_ARCHIVE and attachment.found_in == ""
+    # The control: the same executable behind a few zeros is found, so the miss above is the bound.
+    (found,) = with_attachment("small.zip", zipped({"zeros.bin": b"\x00" * 1000, "data.bin": HIDDEN_EXE}), "application/zip").attachments
+    assert found.kind == KIND_EXECUTABLE and found.found_in == "data.bin"
+
+
+def test_archive_budget_is_relative_to_the_message_size() -> None:
+    # 8 MB of zeros is far below the 64 MB cap but far beyond ARCHIVE_EXPANSION times this ~20 KB mail.
+    zeros = 8 * 1024 * 1024
+    raw = mail(attachments=(("bomb.zip", "application/zip", zipped({"zeros.bin": b"\x00" * zeros, "data.bin": HIDDEN_EXE})),))
+    assert archive_budget(len(raw)) < zeros < MAX_ARCHIVE_BYTES
+    (attachment,) = parse_message(raw).attachments
+    assert attachment.kind == KIND_ARCHIVE  # a fixed 64 MB budget would have read on and found data.bin
+    # A message as big as what its archive inflates to may read it whole.
+    assert archive_budget(zeros) > zeros + len(HIDDEN_EXE)
+    assert archive_budget(10) == ARCHIVE_MIN_BYTES and archive_budget(10**9) == MAX_ARCHIVE_BYTES
+
+
+def test_archive_budget_is_shared_by_every_attachment() -> None:
+    # Twenty copies of one small bomb: each alone fits ARCHIVE_EXPANSION x the message, together they
+    # do not, so the total inflated stays bounded and the last bombs are not opened at all.
+    bomb = zipped({"zeros.bin": b"\x00" * (512 * 1024), "data.bin": HIDDEN_EXE})
+    raw = mail(attachments=tuple((f"bomb{n}.zip", "application/zip", bomb) for n in range(20)))
+    assert 20 * 512 * 1024 > archive_budget(len(raw))
+    kinds = [a.kind for a in parse_message(raw).attachments]
+    assert kinds[0] == KIND_EXECUTABLE and kinds[-1] == KIND_ARCHIVE
+
+
+def test_zip_bomb_peak_memory_stays_near_the_message_size() -> None:
+    # Ten attachments each inflating to 80 MB: a per-attachment 64 MB allowance peaked at 64 MB or more.
+    bomb = zipped({"zeros.bin": b"\x00" * (80 * 1024 * 1024)})
+    raw = mail(attachments=tuple((f"bomb{n}.zip", "application/zip", bomb) for n in range(10)))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        parse_message(raw).attachments
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(raw) > ARCHIVE_MIN_BYTES // 2
+    assert peak <= 3 * len(raw), (peak, len(raw))
 
 
 def test_eicar_anywhere_plain_body_base64_attachment_or_zip() -> None:

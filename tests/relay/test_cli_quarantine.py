@@ -24,6 +24,8 @@ CONFIG = """
 url = "sqlite:///relay.db"
 [http]
 admin_listen = "127.0.0.1:0"
+[unsubscribe]
+secrets = ["unsubscribe-secret-for-tests-0123456789"]
 [[accounts]]
 id = "shop"
 domains = ["shop.example"]

@@ -101,6 +101,42 @@ def test_env_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert error.key == "upstream.password" and "RELAY_TEST_UPSTREAM_PW" in str(error)
 
 
+def _without_unsubscribe_secrets(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    data = config_dict(tmp_path, 2525, **overrides)
+    del data["unsubscribe"]
+    return data
+
+
+def test_marketing_stream_without_unsubscribe_secrets_is_refused(tmp_path: Path) -> None:
+    # SPEC §6: every marketing copy carries List-Unsubscribe; without a secret none could be signed.
+    with pytest.raises(ConfigError) as caught:
+        build_config(_without_unsubscribe_secrets(tmp_path), tmp_path / "relay.toml")
+    assert caught.value.key == "unsubscribe.secrets"
+    assert "newsletter" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        build_config(config_dict(tmp_path, 2525, unsubscribe={"secrets": []}), tmp_path / "relay.toml")
+    assert caught.value.key == "unsubscribe.secrets"
+
+
+def test_transactional_only_config_needs_no_unsubscribe_secret(tmp_path: Path) -> None:
+    data = _without_unsubscribe_secrets(tmp_path, account={"streams": [{"id": "orders", "kind": "transactional"}]})
+    assert build_config(data, tmp_path / "relay.toml").unsubscribe.secrets == ()
+
+
+def test_check_config_refuses_marketing_without_secrets_in_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay import cli
+
+    path = write_config(tmp_path, _without_unsubscribe_secrets(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-config", "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "unsubscribe.secrets" in lines[0] and "Traceback" not in err, err
+
+
 def test_relative_sqlite_url_is_relative_to_the_file(tmp_path: Path) -> None:
     sub = tmp_path / "etc"
     sub.mkdir()

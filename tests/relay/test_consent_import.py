@@ -33,6 +33,7 @@ HEADER = [
 def config_data(db: Path, profile: str = "strict") -> dict[str, Any]:
     return {
         "store": {"url": f"sqlite:///{db}"},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "policy": {"profile": profile},
         "accounts": [
             {
@@ -173,6 +174,42 @@ async def test_dry_run_writes_nothing(services: Services, tmp_path: Path) -> Non
     assert await services.store.consent.count() == 0
 
 
+async def test_dry_run_counts_unchanged_rows_as_the_import_then_does(services: Services, tmp_path: Path) -> None:
+    first = [row("a@example.nl"), row("b@example.nl"), row("c@example.nl"), row("d@example.nl")]
+    await import_consents(services, write_csv(tmp_path / "first.csv", first), "shop", dry_run=False, strict=False)
+    # Since then: c unsubscribed, b clicked. Re-importing their old rows changes neither.
+    await services.store.consent.revoke("shop", "c@example.nl", None, via="one_click", at=NOW)
+    await services.store.consent.touch(["shop"], "b@example.nl", "click", NOW)
+    second = write_csv(
+        tmp_path / "second.csv",
+        [
+            row("a@example.nl"),
+            row("a@example.nl"),  # the same row twice
+            row("b@example.nl"),
+            row("c@example.nl"),
+            row("d@example.nl", statement_text="Weekly Shop deals, yes please"),  # changed
+            row("e@example.nl"),  # new
+            row("e@example.nl"),  # new, then the same again
+            row("f@example.nl", source="rented"),  # refused
+        ],
+    )
+    before = stored(tmp_path / "relay.db")
+    dry = await import_consents(services, second, "shop", dry_run=True, strict=False)
+    assert stored(tmp_path / "relay.db") == before  # a dry run writes nothing
+    assert (dry.accepted, dry.unchanged, dry.refused) == (2, 5, 1)
+    real = await import_consents(services, second, "shop", dry_run=False, strict=False)
+    assert (real.accepted, real.unchanged, real.refused) == (dry.accepted, dry.unchanged, dry.refused)
+
+
+async def test_kept_refusals_are_bounded_and_the_rest_counted(services: Services, tmp_path: Path) -> None:
+    from relay.consent_import import KEPT_REFUSALS
+
+    rows = [row(f"u{i}@example.nl", source="traded") for i in range(KEPT_REFUSALS + 7)]
+    report = await import_consents(services, write_csv(tmp_path / "in.csv", rows), "shop", dry_run=False, strict=False)
+    assert report.refused == KEPT_REFUSALS + 7 and len(report.errors) == KEPT_REFUSALS
+    assert report.as_json()["errors_omitted"] == 7
+
+
 async def test_bom_semicolons_and_short_rows(services: Services, tmp_path: Path) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=";")
@@ -224,6 +261,7 @@ def write_config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/relay.db"\n'
+        '[unsubscribe]\nsecrets = ["unsubscribe-secret-for-tests-0123456789"]\n'
         '[[accounts]]\nid = "shop"\ndomains = ["shop.example"]\ndefault_stream = "newsletter"\n'
         '[[accounts.streams]]\nid = "newsletter"\nkind = "marketing"\n'
     )
@@ -262,6 +300,88 @@ def test_cli_file_level_error_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_cli_json_lists_every_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path)
+    rows = [row(f"u{i}@example.nl", source="purchased" if i % 2 else "signup_form") for i in range(120)]
+    path = write_csv(tmp_path / "in.csv", rows)
+    argv = ["consent", "import", str(path), "--account", "shop", "-c", str(cfg), "--json"]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert (dry["accepted"], dry["refused"], dry["unchanged"]) == (60, 60, 0)
+    assert [e["row"] for e in dry["errors"]] == [i + 2 for i in range(120) if i % 2]
+    assert {e["rule"] for e in dry["errors"]} == {"consent.third_party"}
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == dry["errors"]
+    assert cli.main([*argv, "--dry-run"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["accepted"], again["refused"], again["unchanged"]) == (0, 60, 60)
+
+
+# Runs one CLI import in a fresh interpreter; prints how far the import raised the process's peak
+# RSS (KiB) above what start-up had already reached. VmHWM, not getrusage's ru_maxrss: Linux carries
+# the forking parent's peak into a child's ru_maxrss across exec.
+_MEASURE = """
+import sys
+from relay import cli
+
+def peak_kib():
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+csv_path, config_path, out_path, *extra = sys.argv[1:]
+before = peak_kib()
+with open(out_path, "w", encoding="utf-8") as out:
+    sys.stdout = out
+    code = cli.main(["consent", "import", csv_path, "--account", "shop", "-c", config_path, "--json", *extra])
+    sys.stdout = sys.__stdout__
+print(code, peak_kib() - before)
+"""
+
+
+def _write_big_csv(path: Path, rows: int) -> Path:
+    """Every other row refused (a third-party source): the refusals are what used to pile up."""
+    good = list(row("x@example.nl").values())
+    bad = list(row("x@example.nl", source="purchased").values())
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        for i in range(rows):
+            values = bad if i % 2 else good
+            values[0] = f"user{i}@example.nl"
+            writer.writerow(values)
+    return path
+
+
+def _import_growth_kib(tmp_path: Path, rows: int, *extra: str) -> tuple[int, dict[str, Any]]:
+    import subprocess
+    import sys
+
+    where = tmp_path / f"n{rows}"
+    where.mkdir()
+    big = _write_big_csv(where / "big.csv", rows)
+    out = where / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(big), str(write_config(where)), str(out), *extra],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    code, growth = done.stdout.split()
+    assert code == "0"
+    return int(growth), json.loads(out.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("extra", [(), ("--dry-run",)])
+def test_large_import_with_json_runs_in_bounded_memory(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    small_growth, small = _import_growth_kib(tmp_path, 20_000, *extra)
+    large_growth, large = _import_growth_kib(tmp_path, 200_000, *extra)
+    assert (small["accepted"], small["refused"]) == (10_000, 10_000)
+    assert (large["accepted"], large["refused"], len(large["errors"])) == (100_000, 100_000, 100_000)
+    assert large["errors"][-1]["row"] == 200_001
+    # Ten times the rows, not ten times the memory. Held in memory, the 100,000 refusals alone
+    # raise the peak by some 50 MiB; streamed, the large file costs at most a few MiB more.
+    assert large_growth < small_growth + 16 * 1024, (small_growth, large_growth)
+
+
 def test_cli_add_show_touch_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path)
     base = ["-c", str(cfg), "--account", "shop"]
@@ -291,6 +411,25 @@ def test_cli_add_show_touch_revoke(tmp_path: Path, capsys: pytest.CaptureFixture
     listed = json.loads(capsys.readouterr().out)
     assert [(s["email"], s["reason"]) for s in listed] == [("anna@example.nl", "suppression.complaint")]
     assert cli.main(["suppression", "remove", "anna@example.nl", *base]) == 0
+
+
+@pytest.mark.parametrize(("kind", "field"), [("purchase", "last_purchase_at"), ("confirmation", "confirmed_at")])
+def test_cli_touch_with_an_earlier_at_keeps_the_later_stamp(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, field: str) -> None:
+    cfg = write_config(tmp_path)
+    base = ["-c", str(cfg), "--account", "shop"]
+    add = [
+        "consent", "add", "anna@example.nl", *base, "--basis", "double_opt_in", "--collected-at", "2026-01-01",
+        "--confirmed-at", "2026-01-01T00:10:00", "--source-url", "https://shop.example/s", "--source-ip", "192.0.2.9",
+        "--statement-text", "Yes, weekly news", "--frequency-disclosed",
+    ]
+    assert cli.main(add) == 0
+    assert cli.main(["consent", "touch", "anna@example.nl", *base, "--kind", kind, "--at", "2026-02-10T12:00:00Z"]) == 0
+    assert cli.main(["consent", "touch", "anna@example.nl", *base, "--kind", kind, "--at", "2026-01-15T12:00:00Z"]) == 0
+    capsys.readouterr()
+    assert cli.main(["consent", "show", "anna@example.nl", *base, "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)["consents"]
+    assert shown[field].startswith("2026-02-10T12:00:00")
+    assert shown["last_interaction_at"].startswith("2026-02-10T12:00:00")
 
 
 # --- hypothesis: random rows never crash and never import what the rules refuse ---

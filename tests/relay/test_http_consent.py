@@ -46,6 +46,7 @@ class Api:
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "accounts": [
             {
                 "id": "shop",

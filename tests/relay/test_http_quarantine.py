@@ -49,6 +49,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
         "http": {"admin_tokens": [{"label": "bob", "hash": hash_password(TOKEN)}]},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "accounts": [
             {"id": "shop", "domains": ["shop.example"], "default_stream": "newsletter", "streams": [{"id": "newsletter", "kind": "marketing"}]},
             {"id": "bakkerij", "domains": ["bakkerij.example"], "default_stream": "news", "streams": [{"id": "news", "kind": "marketing"}]},

@@ -49,6 +49,7 @@ CUSTOMER = ConsentRecord(
 def _config(tmp_path: Path) -> dict[str, object]:
     return {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "accounts": [
             {
                 "id": "shop",
@@ -141,6 +142,7 @@ def test_proof_cli_formats(tmp_path: Path, services: Services, capsys: pytest.Ca
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/relay.db"\n'
+        '[unsubscribe]\nsecrets = ["unsubscribe-secret-for-tests-0123456789"]\n'
         '[[accounts]]\nid = "shop"\nparent = "holding"\ndomains = ["shop.example"]\ndefault_stream = "newsletter"\n'
         '[[accounts.streams]]\nid = "newsletter"\nkind = "marketing"\n'
     )

@@ -114,3 +114,9 @@ def _outcome(parse: Any, arg: str) -> Any:
         return parse(arg)
     except Exception as exc:  # aiosmtpd's parser trips on some garbage ("0@"): the same either way
         return type(exc)
+
+
+async def test_tests_run_on_the_loop_the_relay_serves_on() -> None:
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

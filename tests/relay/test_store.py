@@ -223,6 +223,47 @@ async def test_touch_extends_live_consents_only(store: Store) -> None:
     assert await store.consent.touch(["shop"], "nobody@x.nl", "click", bought) == 0
 
 
+@pytest.mark.parametrize(("kind", "field"), [("purchase", "last_purchase_at"), ("confirmation", "confirmed_at")])
+async def test_touch_with_an_earlier_time_never_moves_a_stamp_backwards(store: Store, kind: str, field: str) -> None:
+    await store.consent.upsert_consents([consent("a@x.nl")], now=T0)
+    later, earlier = T0 + timedelta(days=20), T0 + timedelta(days=2)
+    assert await store.consent.touch(["shop"], "a@x.nl", kind, later) == 1
+    assert await store.consent.touch(["shop"], "a@x.nl", kind, earlier) == 1  # reported late: still counted
+    (got,) = (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"]
+    assert (getattr(got, field), got.last_interaction_at) == (later, later)
+    # A later one still moves it on.
+    assert await store.consent.touch(["shop"], "a@x.nl", kind, later + timedelta(days=1)) == 1
+    (got,) = (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"]
+    assert getattr(got, field) == later + timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "revoked", "written"),
+    [
+        ({}, False, False),
+        ({"confirmed_at": T0 - timedelta(days=1)}, False, False),  # dates only move forward
+        ({"confirmed_at": T0 + timedelta(days=1)}, False, True),
+        ({"source_ip": "192.0.2.9"}, False, True),
+        ({}, True, False),  # the revocation stands against the old row
+        ({"collected_at": T0 + timedelta(days=9)}, True, True),  # consent given again after it
+    ],
+)
+async def test_dry_run_merge_predicts_what_the_upsert_writes(
+    store: Store, changes: dict[str, object], revoked: bool, written: bool
+) -> None:
+    from relay.store.rows import consent_row_unchanged, consent_to_row, merged_consent_row
+
+    await store.consent.upsert_consents([consent("a@x.nl", confirmed_at=T0)], now=T0)
+    if revoked:
+        await store.consent.revoke("shop", "a@x.nl", None, via="one_click", at=T0 + timedelta(days=2))
+    (before,) = (await store.consent.find_consents(["shop"], ["a@x.nl"]))["a@x.nl"]
+    incoming = replace(consent("a@x.nl", confirmed_at=T0), **changes)  # type: ignore[arg-type]
+    stored_row = consent_to_row(before)
+    predicted = not consent_row_unchanged(stored_row, merged_consent_row(stored_row, consent_to_row(incoming, "x")))
+    assert predicted is written
+    assert await store.consent.upsert_consents([incoming], now=T0 + timedelta(days=10)) == ((1, 0) if written else (0, 1))
+
+
 async def test_suppressions_add_idempotent_find_list_remove(store: Store) -> None:
     s1 = Suppression("a@x.nl", "shop", "*", "suppression.unsubscribed", "one_click", T0)
     s2 = Suppression("a@x.nl", "shop", "*", "suppression.complaint", "complaint", T0 + timedelta(1))
@@ -362,6 +403,55 @@ def held(i: int, account: str = "acme", rules: tuple[str, ...] = ("content.x",),
         findings=({"rule": rules[0] if rules else "", "detail": "x"},), size=100 + i,
         received_at=T0 + timedelta(minutes=minutes), content=b"raw %d" % i,
     )
+
+
+async def test_quarantine_counts_per_rule_and_account_in_a_window(store: Store, backend: Backend) -> None:
+    await store.quarantine.hold(held(1, "acme", ("content.x",), minutes=10))
+    await store.quarantine.hold(held(2, "beta", ("content.x", "identity.spf"), minutes=20))
+    await store.quarantine.hold(held(3, "acme", ("content.x", "identity.spf"), minutes=30))
+    await store.quarantine.hold(held(4, "acme", ("content.y",), minutes=40))
+    await store.quarantine.hold(held(5, "beta", ("content.x",), minutes=50))
+    assert await store.quarantine.set_status("q005", "deleted", AuditEntry("admin", "quarantine.delete", "q005", at=T0))
+    assert await store.quarantine.counts() == (
+        {"content.x": 3, "identity.spf": 2, "content.y": 1}, {"acme": 3, "beta": 1}
+    )
+    window = await store.quarantine.counts(since=T0 + timedelta(minutes=20), before=T0 + timedelta(minutes=40))
+    assert window == ({"content.x": 2, "identity.spf": 2}, {"acme": 1, "beta": 1})
+    if backend.kind == "sqlite":
+        # The admin UI asks on every list page: the answer must come from the index, not the table.
+        db = store.quarantine.db  # type: ignore[attr-defined]
+        plan = await db.fetchall(
+            "EXPLAIN QUERY PLAN SELECT account, rules, count(*) FROM quarantine WHERE status='held' "
+            "AND received_at >= ? GROUP BY account, rules", ("x",)
+        )
+        assert any("COVERING INDEX quarantine_counts" in str(tuple(r)) for r in plan), [tuple(r) for r in plan]
+
+
+async def test_quarantine_release_claim_is_won_once_across_instances(store: Store, second: Store) -> None:
+    await store.quarantine.hold(held(1))
+    await store.quarantine.hold(held(2))
+    # Two instances claim the same message at once: one gets it (with its content), the other nothing.
+    claims = await asyncio.gather(store.quarantine.claim_release("q001"), second.quarantine.claim_release("q001"))
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1 and won[0].id == "q001" and won[0].content == b"raw 1" and won[0].status == "releasing"
+    # Being released: not listed, not shown, not deletable, not claimable again.
+    assert await store.quarantine.get("q001") is None and await store.quarantine.count() == 1
+    assert [q.id for q in (await store.quarantine.list())[0]] == ["q002"]
+    assert not await store.quarantine.set_status("q001", "deleted", AuditEntry("admin", "quarantine.delete", "q001", at=T0))
+    assert await second.quarantine.claim_release("q001") is None
+    # Delivery failed: back to held, and claimable again.
+    await second.quarantine.unclaim_release("q001")
+    assert (await store.quarantine.get("q001")) is not None
+    assert await second.quarantine.claim_release("q001") is not None
+    released = AuditEntry("admin", "quarantine.release", "q001", "ok", {"delivered": ["a@x.nl"]}, T0)
+    assert await second.quarantine.finish_release("q001", released)
+    assert not await store.quarantine.finish_release("q001", released)  # once only
+    await store.quarantine.unclaim_release("q001")  # a late revert does not resurrect it
+    assert await store.quarantine.get("q001") is None
+    assert [(e.action, e.note) for e in await store.audit.list(target="q001")] == [("quarantine.release", "ok")]
+    # Only a claimed message can be finished; a held one is not released behind the claim's back.
+    assert not await store.quarantine.finish_release("q002", replace(released, target="q002"))
+    assert await store.quarantine.get("q002") is not None
 
 
 async def test_quarantine_hold_get_list_and_page(store: Store) -> None:

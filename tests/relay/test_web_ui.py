@@ -71,6 +71,7 @@ async def ui(tmp_path: Path) -> AsyncIterator[Browserless]:
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
         "http": {"admin_tokens": [{"label": "dana", "hash": hash_password(TOKEN)}]},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "accounts": [{"id": "shop", "domains": ["shop.example"], "default_stream": "news", "streams": [{"id": "news", "kind": "marketing"}]}],
     }
     services = Services.build(build_config(data, tmp_path / "config.toml"), clock=Clock(now=lambda: NOW))
@@ -218,3 +219,43 @@ async def test_consent_lookup_shows_the_proof(ui: Browserless) -> None:
     assert "When was the address collected?" in page  # the plain-language proof for a complaints desk
     page = await ui.text("/ui/consent?email=not-an-address&account=shop")
     assert 'class="flash error"' in page
+
+
+def attachment_item() -> QuarantineItem:
+    import base64
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("bin/setup.exe", b"MZ" + b"\0" * 100)
+    zipped = base64.b64encode(archive.getvalue()).decode()
+    raw = (
+        "From: Shop <news@shop.example>\r\nSubject: Catalogue\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n'
+        '--b\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename="<b>tools</b>.zip"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\n{zipped}\r\n--b--\r\n"
+    ).encode()
+    return QuarantineItem(
+        id="Q2", relay_id="2", account="shop", stream="news", mail_from="news@shop.example", rcpt_tos=("anna@example.nl",),
+        subject="Catalogue", rules=("content.malware",),
+        findings=({"rule": "content.malware", "action": "quarantine", "detail": "dangerous", "evidence": "tools.zip/bin/setup.exe", "recipient": None},),
+        size=len(raw), received_at=NOW, content=raw,
+    )
+
+
+async def test_rule_filter_and_the_attachments_table(ui: Browserless) -> None:
+    await ui.services.store.quarantine.hold(attachment_item())
+    await ui.sign_in()
+    rows = re.compile(r'<tr data-id="([^"]+)"')
+    assert sorted(rows.findall(await ui.text("/ui/quarantine"))) == ["Q1", "Q2"]
+    page = await ui.text("/ui/quarantine?rule=content.malware")
+    assert rows.findall(page) == ["Q2"]
+    assert '<option value="content.malware" selected>' in page  # the filter shows what it filters on
+    assert rows.findall(await ui.text("/ui/quarantine?rule=content.adult")) == ["Q1"]
+    assert rows.findall(await ui.text("/ui/quarantine?rule=content.hateful")) == []
+    page = await ui.text("/ui/quarantine/Q2")
+    attachments = page.split("<h2>Attachments</h2>", 1)[1].split("</section>", 1)[0]
+    assert "&lt;b&gt;tools&lt;/b&gt;.zip" in attachments and "<b>tools" not in attachments
+    assert "<code>application/zip</code>" in attachments and "⚠ executable in bin/setup.exe" in attachments
+    assert "No attachments." in (await ui.text("/ui/quarantine/Q1")).split("<h2>Attachments</h2>", 1)[1]

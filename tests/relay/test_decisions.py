@@ -1,0 +1,43 @@
+"""The decision recorder: batched writes, and nothing lost when the relay shuts down mid-flush."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Sequence
+
+from relay.decisions import DecisionRecorder
+from relay.store.records import DecisionRecord, DeliveryRecord
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
+
+
+class SlowDecisions:
+    """A decision store whose first write waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.writing = asyncio.Event()
+        self.release = asyncio.Event()
+        self.written: list[DecisionRecord] = []
+        self.deliveries: list[DeliveryRecord] = []
+
+    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+        self.writing.set()
+        await self.release.wait()
+        self.written += decisions
+        self.deliveries += deliveries
+
+
+async def test_close_during_a_flush_loses_nothing() -> None:
+    store = SlowDecisions()
+    recorder = DecisionRecorder(store)  # type: ignore[arg-type]
+    recorder.start()
+    delivery = DeliveryRecord(7, "r1", "shop", "newsletter", "anna@example.nl", "delivered", NOW)
+    recorder.record(DecisionRecord("r1", "delivered", NOW), [delivery])
+    await store.writing.wait()  # the background flush has the batch and is writing it
+    closing = asyncio.create_task(recorder.close())
+    recorder.record(DecisionRecord("r2", "rejected", NOW))  # arrives while shutting down
+    store.release.set()
+    await closing
+    assert [d.relay_id for d in store.written] == ["r1", "r2"]
+    assert store.deliveries == [delivery]

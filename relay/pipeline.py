@@ -38,6 +38,7 @@ class Transaction:
     own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, kind)
     rcpt_refusals: list[Finding] = field(default_factory=list)
     delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
+    misses: tuple[str, ...] = ()  # rules the end-of-DATA evaluation ran without a finding
 
 
 # Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
@@ -226,6 +227,7 @@ class Pipeline:
             message=message,
         )
         verdict = self.services.engine.message(facts, rfacts)
+        txn.misses = verdict.misses
         metrics.policy_seconds.observe(time.perf_counter() - started)
         for finding in verdict.findings:
             self.count_rule(finding)
@@ -421,6 +423,7 @@ class Pipeline:
                 mail_from=txn.mail_from,
                 rules=verdict.rule_ids,
                 findings=tuple(f.as_dict() for f in verdict.findings),
+                misses=tuple(dict.fromkeys(verdict.misses)),
             )
         )
 
@@ -479,6 +482,7 @@ class Pipeline:
                 recipients=tuple(recipients),
                 rules=tuple(dict.fromkeys(f.rule for f in findings)),
                 findings=tuple(all_findings),
+                misses=tuple(dict.fromkeys(txn.misses)),
             ),
             deliveries,
         )

@@ -116,6 +116,7 @@ async def _deliver(
             result.refused = [(r, verdict.refused[r].rule) for r in recipients if r in verdict.refused]
             permitted = [r for r in recipients if r not in verdict.refused]
         txn = Transaction(relay_id=item.relay_id, client_ip="", mail_from=item.mail_from, account=account)
+        txn.misses = verdict.misses
         txn.recipients = recipients
         if permitted:
             copies = await pipeline.copy_builder(txn, facts, rfacts, item.content, permitted)

@@ -46,6 +46,7 @@ class DecisionRecord:
     recipients: tuple[str, ...] = ()
     rules: tuple[str, ...] = ()
     findings: tuple[dict[str, object], ...] = ()
+    misses: tuple[str, ...] = ()  # the rules that ran and found nothing: the whole evaluation is kept
 
 
 @dataclass(frozen=True)

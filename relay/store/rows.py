@@ -147,6 +147,7 @@ def decision_to_row(d: DecisionRecord) -> tuple[Any, ...]:
         json.dumps(list(d.rules)),
         json.dumps(list(d.findings)),
         iso(d.created_at),
+        json.dumps(list(d.misses)),
     )
 
 
@@ -162,6 +163,7 @@ def decision_from_row(row: Mapping[str, Any]) -> DecisionRecord:
         recipients=tuple(json.loads(row["recipients"])),
         rules=tuple(json.loads(row["rules"])),
         findings=tuple(json.loads(row["findings"])),
+        misses=tuple(json.loads(row["misses"])),
     )
 
 

@@ -177,4 +177,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: the quarantine counts of the admin UI (held per account and rule, in an age window) read
     # this index alone: at 100,000 held messages a scan of the table took over 100 ms.
     ("CREATE INDEX quarantine_counts ON quarantine (status, account, rules, received_at)",),
+    # 4: every decision keeps the rules that ran without a finding too (the audit trail of misses).
+    ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
 )

@@ -81,6 +81,8 @@ async def test_every_decision_is_a_row_and_a_log_line(relay: Any, upstream: Reco
     assert row.outcome == "delivered" and row.account == "shop" and row.stream == "orders"
     assert sorted(row.recipients) == ["anna@example.nl", "bob@example.nl"]
     assert row.message_id.endswith("@shop.example>") and row.rules == () and row.created_at is not None
+    # The misses are kept too: every rule that ran and found nothing (STYLE: "every hit and miss").
+    assert {"identity.sender_not_authorized", "stream.unknown", "account.suspended", "content.malware"} <= set(row.misses)
 
     lines = [e for e in logs if e["event"] == "decision"]
     assert [e["outcome"] for e in lines] == ["delivered", "rejected", "rejected"]
@@ -92,6 +94,9 @@ async def test_every_decision_is_a_row_and_a_log_line(relay: Any, upstream: Reco
     (bad,) = await relay.services.store.decisions.for_relay_id(lines[1]["relay_id"])
     assert bad.outcome == "rejected" and bad.rules == ("stream.unknown",)
     assert bad.findings and bad.findings[0]["rule"] == "stream.unknown"
+    assert "stream.unknown" not in bad.misses and "identity.sender_not_authorized" in bad.misses
+    (at_mail,) = await relay.services.store.decisions.for_relay_id(lines[2]["relay_id"])
+    assert "identity.sender_not_authorized" in at_mail.rules and "account.suspended" in at_mail.misses
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

@@ -407,11 +407,11 @@ class PostgresConsents(base.ConsentStore):
 
 _RECORD = (
     "WITH new_decisions AS (INSERT INTO decisions (relay_id, message_id, account, stream, mail_from, recipients, "
-    "outcome, rules, findings, created_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-    "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])) "
+    "outcome, rules, findings, created_at, misses) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+    "$4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])) "
     "INSERT INTO deliveries (id, relay_id, message_id, account, stream, scope, topic, email, consent_id, status, "
-    "delivered_at) SELECT * FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], "
-    "$16::text[], $17::text[], $18::text[], $19::bigint[], $20::text[], $21::text[]) "
+    "delivered_at) SELECT * FROM unnest($12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], "
+    "$17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[]) "
     "ON CONFLICT (id) DO UPDATE SET relay_id=EXCLUDED.relay_id, message_id=EXCLUDED.message_id, "
     "account=EXCLUDED.account, stream=EXCLUDED.stream, scope=EXCLUDED.scope, topic=EXCLUDED.topic, "
     "email=EXCLUDED.email, consent_id=EXCLUDED.consent_id, status=EXCLUDED.status, delivered_at=EXCLUDED.delivered_at"
@@ -427,7 +427,7 @@ class PostgresDecisions(base.DecisionStore):
             return
         # SQLite's INSERT OR REPLACE: a delivery id written again replaces the row (the last one wins).
         latest = {d.id: d for d in deliveries}
-        decision_columns = [list(c) for c in zip(*map(decision_to_row, decisions))] or [[] for _ in range(10)]
+        decision_columns = [list(c) for c in zip(*map(decision_to_row, decisions))] or [[] for _ in range(11)]
         delivery_columns = [list(c) for c in zip(*map(delivery_to_row, latest.values()))] or [[] for _ in range(11)]
         # One statement is one transaction and one round trip, on the path of every message.
         await self.db.write(_RECORD, *decision_columns, *delivery_columns)

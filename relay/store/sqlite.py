@@ -340,7 +340,7 @@ class SqliteDecisions(base.DecisionStore):
             if decisions:
                 await conn.executemany(
                     "INSERT INTO decisions (relay_id, message_id, account, stream, mail_from, recipients, outcome, "
-                    "rules, findings, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "rules, findings, created_at, misses) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [decision_to_row(d) for d in decisions],
                 )
             if deliveries:

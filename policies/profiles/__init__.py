@@ -10,6 +10,9 @@ from typing import Any, Mapping
 from policies.findings import Action
 
 PROFILE_NAMES = ("strict", "mailpro", "clang")
+# `mode = "monitor"` rolls out the policy safely; it does not undo an admin's suspension, and a
+# message naming a stream the account does not have cannot be delivered on any stream.
+ENFORCED_IN_MONITOR_MODE = frozenset({"account.suspended", "stream.unknown"})
 
 
 class UnknownProfile(ValueError):
@@ -25,7 +28,7 @@ class Profile:
 
     def action(self, rule_id: str) -> Action:
         action = self.actions.get(rule_id, Action.OFF)
-        if self.monitor and action in (Action.REJECT, Action.QUARANTINE):
+        if self.monitor and action in (Action.REJECT, Action.QUARANTINE) and rule_id not in ENFORCED_IN_MONITOR_MODE:
             return Action.MONITOR
         return action
 

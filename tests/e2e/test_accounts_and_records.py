@@ -169,3 +169,25 @@ async def test_refusals_at_rcpt_are_recorded_without_data(tmp_path: Path, upstre
     (row,) = await until(recorded, timeout=3, what="a decision row for the RCPT refusal")
     assert row["outcome"] == "rejected" and row["account"] == "shop" and row["stream"] == "news"
     assert "anna@example.nl" in row["recipients"]
+
+
+async def test_monitor_mode_delivers_and_counts_what_it_would_refuse(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any
+) -> None:
+    """`mode = "monitor"`: a message the policy would hold is delivered, its hit logged and counted
+    with action monitor; an admin's suspension still holds (monitor is a roll-out switch)."""
+    relay = await start_relay(make_config(tmp_path, upstream.port, policy={"mode": "monitor"}))
+    with structlog.testing.capture_logs() as logs:
+        out = await asend(relay.smtp_port, message(subject="Wat een klote weer"))
+    assert out.code == 250 and out.text.startswith("2.0.0 Delivered"), out
+    assert len(upstream.messages) == 1
+    (line,) = [e for e in logs if e["event"] == "decision"]
+    assert line["outcome"] == "delivered" and line["rules"] == ["content.offensive_subject"]
+    _, text = await http_get(relay.admin_port, "/metrics")
+    assert 'consent_relay_rule_hits_total{action="monitor",rule="content.offensive_subject"} 1.0' in text
+
+    path = str(relay.config.path)
+    assert await run_cli("account", "suspend", "shop", "--reason", "spam run", "-c", path) == 0
+    refused = await asend(relay.smtp_port)
+    assert refused.mail[0] == 554 and "[account.suspended]" in refused.mail[1], refused
+    assert len(upstream.messages) == 1

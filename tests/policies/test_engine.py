@@ -47,6 +47,7 @@ PROFILE = Profile(
     {
         "t.reject": Action.REJECT, "t.quarantine": Action.QUARANTINE, "t.tempfail": Action.TEMPFAIL,
         "t.rcpt": Action.REJECT, "t.marketing": Action.REJECT,
+        "account.suspended": Action.REJECT, "stream.unknown": Action.REJECT,
     },
 )
 ENGINE = Engine([A, B, C, R, M], PROFILE)  # type: ignore[list-item]
@@ -91,6 +92,14 @@ def test_monitor_mode_logs_instead_of_rejecting() -> None:
     assert verdict.outcome is Outcome.DELIVER
     assert [f.action for f in verdict.findings] == [Action.MONITOR, Action.MONITOR]
     assert decide("t.tempfail", profile=profile).outcome is Outcome.TEMPFAIL  # monitor never drops a tempfail
+
+
+def test_monitor_mode_keeps_a_suspension_and_an_unknown_stream() -> None:
+    # policy: mailpro M-violation ("account … opschorten"): an admin's suspension is not a roll-out switch
+    profile = PROFILE.with_site_config({}, mode="monitor")
+    assert profile.action("account.suspended") is Action.REJECT
+    assert profile.action("stream.unknown") is Action.REJECT
+    assert profile.action("t.reject") is Action.MONITOR
 
 
 def test_per_rule_monitor_override() -> None:

@@ -120,3 +120,34 @@ async def test_tests_run_on_the_loop_the_relay_serves_on() -> None:
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_every_handler_hook_is_one_aiosmtpd_calls() -> None:
+    """aiosmtpd looks hooks up by name and silently ignores a misspelled one (STYLE.md)."""
+    import re as _re
+    from pathlib import Path
+
+    import aiosmtpd.smtp as aiosmtpd_smtp
+
+    from relay.smtp_handler import RelayHandler
+
+    source = Path(aiosmtpd_smtp.__file__).read_text()
+    called = set(_re.findall(r"_call_handler_hook\(\s*['\"](\w+)['\"]", source)) | {"exception"}
+    ours = {name[len("handle_") :] for name in vars(RelayHandler) if name.startswith("handle_")}
+    assert ours and ours <= called, ours - called
+    assert {"MAIL", "RCPT", "DATA", "exception"} <= ours
+
+
+async def test_a_permitted_recipient_reaches_the_envelope(relay: Any, upstream: RecordingUpstream) -> None:
+    """aiosmtpd drops a recipient that a RCPT hook forgets to append: every accepted one must arrive."""
+    rcpts = ["anna@example.nl", "bob@example.nl", "carl@example.nl"]
+    writes = [
+        b"EHLO client.test\r\nMAIL FROM:<%s>\r\n" % SENDER.encode()
+        + b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts)
+        + b"DATA\r\n",
+        message() + b".\r\nQUIT\r\n",
+    ]
+    replies = await asyncio.to_thread(_session, relay.smtp_port, writes, 8)
+    assert [r[:3] for r in replies] == [b"250"] * 5 + [b"354", b"250", b"221"], replies
+    await until(lambda: len(upstream.messages) == 1, what="message upstream")
+    assert sorted(upstream.messages[0].rcpt_tos) == rcpts

@@ -25,8 +25,22 @@ def configure_logging(level: str = "info", log_recipients: str = "hashed", strea
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # aiosmtpd logs peers and commands at INFO; keep the library quiet and our lines JSON.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs peers and commands at INFO; keep the library quiet and its warnings JSON too.
+    library = logging.getLogger("mail.log")
+    library.setLevel(logging.WARNING)
+    library.handlers[:] = [_LibraryToJson()]
+    library.propagate = False
+
+
+class _LibraryToJson(logging.Handler):
+    """A library's own log record as one of our JSON lines (bounded: it may quote client input)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's bad format string must not break logging
+            text = str(record.msg)
+        get_logger().log(record.levelno, "library_log", logger=record.name, message=text[:300])
 
 
 def recipient_label(address: str) -> str:

@@ -15,7 +15,7 @@ from conftest import SENDER, RecordingUpstream, make_config, message, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.smtp_server import ConnectionLimits, RelaySMTP
+from relay.smtp_server import AuthLockout, ConnectionLimits, RelaySMTP
 
 _LOOP = asyncio.new_event_loop()  # the protocol object only needs one to exist; nothing runs on it
 
@@ -151,3 +151,12 @@ async def test_a_permitted_recipient_reaches_the_envelope(relay: Any, upstream: 
     assert [r[:3] for r in replies] == [b"250"] * 5 + [b"354", b"250", b"221"], replies
     await until(lambda: len(upstream.messages) == 1, what="message upstream")
     assert sorted(upstream.messages[0].rcpt_tos) == rcpts
+
+
+def test_lockout_lasts_its_window_and_then_ends() -> None:
+    lockout = AuthLockout(max_failures=3, lockout_seconds=900)
+    assert not lockout.failed("192.0.2.7", now=0) and not lockout.failed("192.0.2.7", now=1)
+    assert lockout.failed("192.0.2.7", now=2)  # the third failure locks the address out
+    assert lockout.locked("192.0.2.7", now=901) and not lockout.locked("192.0.2.8", now=901)
+    assert not lockout.locked("192.0.2.7", now=902)  # 900 s after the lock-out
+    assert not lockout.failed("192.0.2.7", now=903)  # counting starts again

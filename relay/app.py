@@ -50,6 +50,9 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+_READINESS_PROBE_SECONDS = 3.0
+
+
 class Relay:
     """One relay process. Tests start it in-process on ephemeral ports (port 0)."""
 
@@ -223,7 +226,12 @@ class Relay:
         except StoreUnavailable as exc:
             store = {"ok": False, "detail": str(exc)}
         if self.upstream_ok is not True:
-            await self._check_upstream()
+            # Re-probed on request, but a silent upstream host must not make /readyz itself hang.
+            try:
+                await asyncio.wait_for(self._check_upstream(), _READINESS_PROBE_SECONDS)
+            except TimeoutError:
+                self.upstream_ok = False
+                self.upstream_problem = f"no answer from the upstream within {_READINESS_PROBE_SECONDS:g} s"
         upstream: dict[str, Any] = {"ok": bool(self.upstream_ok)}
         if not self.upstream_ok:
             upstream["detail"] = self.upstream_problem

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import itertools
 import json
-import os
 import random
 import shutil
 import statistics
@@ -22,14 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from operator import attrgetter
-
-from policies.facts import ConsentRecord
 from relay.config import build_config
 from relay.consent_import import import_consents
 from relay.services import Clock, Services
-from relay.store.records import iso
-from relay.store.rows import CONSENT_BOOL_FIELDS, CONSENT_COLUMNS, CONSENT_CONTENT_COLUMNS, CONSENT_TIME_FIELDS
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 HEADER = (
@@ -128,82 +121,6 @@ async def timed_import(services: Services, path: Path) -> dict[str, Any]:
     }
 
 
-# --- prototype of a faster SqliteConsents.upsert_consents (relay/store/sqlite.py is not this file's) ---
-
-_GET_ALL = attrgetter(*CONSENT_COLUMNS)
-_TIME_IDX = tuple(i for i, c in enumerate(CONSENT_COLUMNS) if c in CONSENT_TIME_FIELDS)
-_BOOL_IDX = tuple(i for i, c in enumerate(CONSENT_COLUMNS) if c in CONSENT_BOOL_FIELDS)
-_CREATED = CONSENT_COLUMNS.index("created_at")
-_UPDATED = CONSENT_COLUMNS.index("updated_at")
-
-
-def fast_row(record: ConsentRecord, stamp: str) -> list[Any]:
-    """consent_to_row plus the created/updated stamps in one pass: one C attrgetter, then only
-    the 7 time and 5 bool columns converted; UTC datetimes skip astimezone."""
-    row = list(_GET_ALL(record))
-    for i in _TIME_IDX:
-        value = row[i]
-        if value is not None:
-            row[i] = value.isoformat(timespec="microseconds") if value.tzinfo is timezone.utc else iso(value)
-    for i in _BOOL_IDX:
-        row[i] = 1 if row[i] else 0
-    if row[_CREATED] is None:
-        row[_CREATED] = stamp
-    if row[_UPDATED] is None:
-        row[_UPDATED] = stamp
-    return row
-
-
-async def prototype_upsert(services: Services, records: Any, now: datetime, batch_size: int = 5000) -> tuple[int, int]:
-    """Same SQL and one transaction as SqliteConsents.upsert_consents, but fast_row and the next
-    batch built while the previous executemany runs in aiosqlite's thread (sqlite3 releases the GIL)."""
-    db = services.store.consent.db  # type: ignore[attr-defined]
-    stamp = iso(now)
-    columns = ",".join(CONSENT_COLUMNS)
-    compare = " OR ".join(f"consents.{c} IS NOT excluded.{c}" for c in CONSENT_CONTENT_COLUMNS)
-    updates = ",".join(f"{c}=excluded.{c}" for c in CONSENT_COLUMNS if c != "created_at")
-    sql = (
-        f"INSERT INTO consents ({columns}) VALUES ({','.join('?' * len(CONSENT_COLUMNS))}) "
-        f"ON CONFLICT (email, scope, topic) DO UPDATE SET {updates} WHERE {compare}"
-    )
-    written = total = 0
-    async with db.transaction() as conn:
-        pending: asyncio.Future[Any] | None = None
-        iterator = iter(records)
-        while True:
-            batch = [fast_row(r, stamp) for r in itertools.islice(iterator, batch_size)]
-            if pending is not None:
-                written += await pending
-            if not batch:
-                break
-            total += len(batch)
-            pending = asyncio.ensure_future(_exec(conn, sql, batch))
-    return written, total - written
-
-
-async def _exec(conn: Any, sql: str, batch: list[Any]) -> int:
-    before = conn.total_changes
-    await conn.executemany(sql, batch)
-    return conn.total_changes - before
-
-
-async def timed_prototype(services: Services, path: Path) -> dict[str, Any]:
-    """The real importer's row generator feeding prototype_upsert instead of the store's upsert."""
-    from relay import consent_import
-
-    original = services.store.consent.upsert_consents
-
-    async def patched(records: Any, *, now: datetime) -> tuple[int, int]:
-        return await prototype_upsert(services, records, now)
-
-    services.store.consent.upsert_consents = patched  # type: ignore[method-assign]
-    try:
-        return await timed_import(services, path)
-    finally:
-        services.store.consent.upsert_consents = original  # type: ignore[method-assign]
-        del consent_import
-
-
 async def lookups(services: Services, total_rows: int, count: int) -> dict[str, Any]:
     rng = random.Random(7)
     scopes = ("shop", "holding")
@@ -256,36 +173,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["consent_records"] = await services.store.consent.count()
     finally:
         await services.store.close()
-    if args.prototype:
-        services = await open_services(root / "proto.db")
-        try:
-            results["import_prototype_store"] = await timed_prototype(services, big)
-            results["prototype_records"] = await services.store.consent.count()
-        finally:
-            await services.store.close()
-        results["dry_run_parse_only"] = await timed_dry_run(root, big)
     results["db_bytes"] = (root / "relay.db").stat().st_size
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return results
-
-
-async def timed_dry_run(root: Path, path: Path) -> dict[str, Any]:
-    """Parsing and rule checks alone (no store writes): the importer's own cost."""
-    services = await open_services(root / "dry.db")
-    try:
-        start, cpu = time.perf_counter(), time.process_time()
-        report = await import_consents(services, path, "shop", dry_run=True, keep_errors=0)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        rows = report.accepted + report.refused
-        return {
-            "rows": rows,
-            "seconds": round(elapsed, 2),
-            "rows_per_s": round(rows / elapsed),
-            "rows_per_cpu_s": round(rows / cpu),
-        }
-    finally:
-        await services.store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookups", type=int, default=20_000)
     parser.add_argument("--dir", default="/tmp/bench-consent")
     parser.add_argument("--keep", action="store_true", help="keep the generated files and database")
-    parser.add_argument("--prototype", action="store_true", help="also time a faster store upsert and a dry run")
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
     print(json.dumps(results, indent=2))

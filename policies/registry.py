@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from policies.rule import Rule
-from policies.rules import account, consent, content, identity, optout, platform
+from policies.rules import account, complaints, consent, content, identity, optout, platform
 
 ALL_RULES: tuple[Rule, ...] = (
     *platform.RULES,
     *account.RULES,
+    *complaints.RULES,  # the engine runs rate_limited at MAIL FROM; the others are the complaint service's
     *identity.RULES,
     *consent.RULES,
     *optout.RULES,

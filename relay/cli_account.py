@@ -21,7 +21,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     for action in ("pause", "suspend", "resume"):
         p = add_command(asub, common, action, _change, f"{action} an account (effective on its next MAIL FROM)")
         p.add_argument("account")
-        p.add_argument("--reason", required=(action != "resume"), default="")
+        # Every change is audited with its reason, resume too (POLICY.md: resume lifts a state "with a reason").
+        p.add_argument("--reason", required=True, help="why: kept in the audit log")
         p.add_argument("--stream", help="pause only this stream" if action == "pause" else argparse.SUPPRESS)
         p.add_argument("--actor", default="cli")
         p.set_defaults(action=action)
@@ -53,8 +54,11 @@ async def _status(services: Services, args: argparse.Namespace) -> int:
 
 
 async def _change(services: Services, args: argparse.Namespace) -> int:
+    reason = args.reason.strip()
+    if not reason:
+        raise UsageError(f"--reason: say why the account is to {args.action}")
     state = await change_account_state(
-        services, args.account, args.action, reason=args.reason, actor=args.actor, stream=getattr(args, "stream", None)
+        services, args.account, args.action, reason=reason, actor=args.actor, stream=getattr(args, "stream", None)
     )
     print(f"{args.account}: {state.state}" + (f" ({state.reason})" if state.reason else ""))
     return EXIT_OK

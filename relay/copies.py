@@ -1,5 +1,6 @@
 """Build what goes upstream: per-recipient marketing copies (list headers, unsubscribe URL in the
-body), one copy for transactional mail; the stream header removed; every copy DKIM-signed last."""
+body), one copy for transactional mail; the stream header removed, the relay id added; every copy
+DKIM-signed last."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ from relay.personalize import prepare, strip_header
 from relay.pipeline import STREAM_HEADER, IdAllocator, Transaction
 from relay.unsubscribe import list_headers, subscription_for
 from relay.unsubscribe_tokens import TokenCodec
+
+# Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
+RELAY_ID_HEADER = "X-Relay-Id"
+
+
+def with_relay_id(raw: bytes, relay_id: str) -> bytes:
+    """`raw` with one X-Relay-Id field first (an application's own is dropped: only ours maps)."""
+    raw = strip_header(raw, RELAY_ID_HEADER)
+    lf = raw.find(b"\n")
+    eol = b"\n" if lf == 0 or (lf > 0 and raw[lf - 1] != 0x0D) else b"\r\n"
+    return f"{RELAY_ID_HEADER}: {relay_id}".encode("ascii") + eol + raw
 
 
 class CopyMaker:
@@ -42,7 +54,7 @@ class CopyMaker:
         raw: bytes,
         recipients: Sequence[str],
     ) -> list[Copy]:
-        raw = strip_header(raw, STREAM_HEADER)
+        raw = with_relay_id(strip_header(raw, STREAM_HEADER), txn.relay_id)
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.codec is None:
             (signed,) = await self._signed([raw])

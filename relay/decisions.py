@@ -22,6 +22,7 @@ class DecisionRecorder:
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = asyncio.Lock()
         self.log = get_logger()
 
     def record(self, decision: DecisionRecord, deliveries: list[DeliveryRecord] | None = None) -> None:
@@ -54,17 +55,20 @@ class DecisionRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self._decisions and not self._deliveries:
-            return
-        decisions, self._decisions = self._decisions, []
-        deliveries, self._deliveries = self._deliveries, []
-        try:
-            await self.store.record(decisions, deliveries)
-        except StoreUnavailable as exc:
-            # Keep them for the next flush rather than drop the audit trail.
-            self._decisions[:0] = decisions
-            self._deliveries[:0] = deliveries
-            self.log.warning("decisions_not_written", pending=len(self._decisions), error=str(exc))
+        """Everything recorded before the call is in the store when it returns (or kept on failure):
+        a flush waits for one in flight, whose batch it cannot see, to commit first."""
+        async with self._writing:
+            if not self._decisions and not self._deliveries:
+                return
+            decisions, self._decisions = self._decisions, []
+            deliveries, self._deliveries = self._deliveries, []
+            try:
+                await self.store.record(decisions, deliveries)
+            except StoreUnavailable as exc:
+                # Keep them for the next flush rather than drop the audit trail.
+                self._decisions[:0] = decisions
+                self._deliveries[:0] = deliveries
+                self.log.warning("decisions_not_written", pending=len(self._decisions), error=str(exc))
 
     async def close(self) -> None:
         if self._task is not None:

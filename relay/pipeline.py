@@ -129,11 +129,12 @@ class Pipeline:
         txn.facts = MessageFacts(
             account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream
         )
-        session = txn.facts
-        if txn.account.rate_limit_per_minute > 0:
-            # One token per transaction, taken here only: the facts kept for RCPT and DATA go without it.
-            session = replace(session, params={**base.params, **await self._rate_facts(txn.account)})
-        verdict = self.services.engine.session(session)
+        verdict = self.services.engine.session(txn.facts)
+        if verdict.outcome is Outcome.DELIVER and txn.account.rate_limit_per_minute > 0:
+            # Only a transaction MAIL FROM accepts spends a token (a refusal keeps its own 554 or 550),
+            # and only here: the facts kept for RCPT and DATA go without it.
+            limited = replace(txn.facts, params={**base.params, **await self._rate_facts(txn.account)})
+            verdict = self.services.engine.session(limited)
         for finding in verdict.findings:
             self.count_rule(finding)
         return verdict

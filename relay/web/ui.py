@@ -157,7 +157,7 @@ def signed_in(handler: Callable[[web.Request, Session], Awaitable[web.StreamResp
 
 def _page(request: web.Request, session: Session | None, title: str, body: Safe, *, status: int = 200) -> web.Response:
     path = request.path
-    links = [("/ui/quarantine", "Quarantine"), ("/ui/audit", "Audit log"), ("/ui/accounts", "Accounts"), ("/ui/consent", "Consent lookup")]
+    links = [("/ui/quarantine", "Quarantine"), ("/ui/complaints", "Complaints"), ("/ui/audit", "Audit log"), ("/ui/accounts", "Accounts"), ("/ui/consent", "Consent lookup")]
     nav = join(
         tag("a", label, href=href, class_="active" if path.startswith(href) else None) for href, label in links
     ) if session else Safe("")
@@ -721,4 +721,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/accounts", accounts_page)
     app.router.add_post("/ui/accounts/{id}", account_change)
     app.router.add_get("/ui/consent", consent_page)
+    from relay.web import ui_complaints  # its own module; it imports this one's helpers
+
+    ui_complaints.add_routes(app)
     app.router.add_static("/ui/static", str(static), append_version=False)

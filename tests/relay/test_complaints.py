@@ -10,12 +10,13 @@ import email
 import email.policy
 import json
 import os
+import re
 import secrets
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import aiohttp
 import asyncpg
@@ -26,6 +27,7 @@ from conftest import (
     PASSWORD,
     RecordingUpstream,
     asend,
+    base_account,
     config_dict,
     message,
     until,
@@ -87,7 +89,9 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         await admin.close()
 
 
-def relay_config(tmp_path: Path, upstream: RecordingUpstream, store_url: str, **complaints: Any) -> Path:
+def relay_config(
+    tmp_path: Path, upstream: RecordingUpstream, store_url: str, *, accounts: Sequence[dict[str, Any]] = (), **complaints: Any
+) -> Path:
     data = config_dict(
         tmp_path,
         upstream.port,
@@ -99,11 +103,13 @@ def relay_config(tmp_path: Path, upstream: RecordingUpstream, store_url: str, **
         account={"trusted_networks": []},
         complaints={"ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3, **complaints},
     )
+    data["accounts"] += [dict(a) for a in accounts]
     return write_config(tmp_path, data)
 
 
 @pytest.fixture
-async def relay(start_relay: Any, tmp_path: Path, upstream: RecordingUpstream, clocked: Clocked, store_url: str) -> Any:
+async def relay(store_url: str, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream, clocked: Clocked) -> Any:
+    # store_url first: its schema is dropped only after the relay stopped and flushed its decisions
     relay = await start_relay(load_config(relay_config(tmp_path, upstream, store_url)), clock=clocked.clock())
     await give_consent(relay, ANNA, BOB, "carl@example.nl", "dora@example.nl")
     return relay
@@ -277,7 +283,7 @@ async def test_headers_only_report_maps_by_message_id_with_redacted_recipient(re
     await send_newsletter(relay, BOB)
     headers = b"\r\n".join(
         line for line in copy_to(upstream, BOB).split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-        if not line.lower().startswith((b"list-unsubscribe", b" "))
+        if not line.lower().startswith((b"list-unsubscribe", b"x-relay-id", b" "))
     )
     reply = await report_by_mail(relay, arf(headers + b"\r\n\r\n", rcpt_to="redacted@example.nl", headers_only=True))
     assert reply.code == 250, reply
@@ -321,6 +327,136 @@ async def test_only_the_fbl_address_is_open_to_anyone(relay: Any, upstream: Reco
         reply = await report_by_mail(relay, raw, to=address)
         assert reply.code == 550 and "[relay.denied]" in reply.text, (address, reply)
     assert await relay.services.store.complaints.list() == []
+
+
+# --- mapping a report to the copy it quotes ---------------------------------------------------
+
+
+def quoted(copy: bytes, *, drop: Sequence[str] = (), add: Sequence[tuple[str, str]] = ()) -> bytes:
+    """A copy's header block as a feedback loop quotes it: some fields left out, some rewritten."""
+    head = copy.split(b"\r\n\r\n", 1)[0].decode("utf-8")
+    fields = re.split(r"\r\n(?![ \t])", head)
+    kept = [f for f in fields if f.split(":", 1)[0].strip().lower() not in drop]
+    kept += [f"{name}: {value}" for name, value in add]
+    return "\r\n".join(kept).encode("utf-8") + b"\r\n\r\n"
+
+
+async def test_report_maps_by_the_relay_id_of_the_copy(relay: Any, upstream: RecordingUpstream) -> None:
+    # One transactional copy for two recipients; the application's own X-Relay-Id does not survive.
+    out = await asend(relay.smtp_port, message(headers=("X-Relay-Id: forged-by-the-app",)), rcpts=[ANNA, BOB], login=APP)
+    assert out.code == 250, out
+    relay_id = re.search(r"Delivered as (\w+)", out.text).group(1)  # type: ignore[union-attr]
+    (copy,) = [m.content for m in upstream.messages]
+    assert email.message_from_bytes(copy, policy=email.policy.default).get_all("X-Relay-Id") == [relay_id]
+
+    # Nothing else in the quoted headers maps: no Message-ID, no list headers (transactional).
+    reply = await report_by_mail(relay, arf(quoted(copy, drop=("message-id",)), rcpt_to=BOB, headers_only=True))
+    assert reply.code == 250, reply
+    (stored,) = await relay.services.store.complaints.list()
+    assert (stored.account, stored.email, stored.mapped_by, stored.relay_id) == ("shop", BOB, "relay_id", relay_id)
+    deliveries = await relay.services.store.complaints.deliveries_for_relay_id(relay_id)
+    assert stored.delivery_id == next(d.id for d in deliveries if d.email == BOB)
+    assert stored.stream == "orders"
+    found = await relay.services.store.consent.find_suppressions(["shop"], [ANNA, BOB])
+    assert list(found) == [BOB]  # the complainer only, not everyone the copy went to
+
+
+async def test_report_maps_by_the_unsubscribe_url_token(relay: Any, upstream: RecordingUpstream) -> None:
+    await send_newsletter(relay, ANNA, BOB)
+    bob_copy = copy_to(upstream, BOB)
+    assert len(re.findall(rb"(?m)^X-Relay-Id: \w+\r$", bob_copy)) == 1  # marketing copies name their transaction too
+    url = re.search(rb"<(https?://[^>\s]+/u/[^>\s]+)>", bob_copy).group(1).decode()  # type: ignore[union-attr]
+    # The feedback loop kept only the HTTPS link of List-Unsubscribe: no mailto token, relay id or Message-ID.
+    original = quoted(
+        bob_copy,
+        drop=("list-unsubscribe", "list-unsubscribe-post", "x-relay-id", "message-id"),
+        add=[("List-Unsubscribe", f"<{url}>")],
+    )
+    assert b"unsubscribe+" not in original and b"X-Relay-Id" not in original
+    reply = await report_by_mail(relay, arf(original, headers_only=True))
+    assert reply.code == 250, reply
+    (stored,) = await relay.services.store.complaints.list()
+    assert (stored.account, stored.email, stored.mapped_by) == ("shop", BOB, "unsubscribe_token")
+    (delivered,) = await relay.services.store.decisions.deliveries_to(BOB, ["shop"])
+    assert stored.delivery_id == delivered.id and stored.stream == "newsletter"
+    assert list(await relay.services.store.consent.find_suppressions(["shop"], [ANNA, BOB])) == [BOB]
+
+
+async def test_report_maps_by_original_rcpt_to_and_the_sender_domain(relay: Any, upstream: RecordingUpstream) -> None:
+    await send_newsletter(relay, ANNA)
+    # A message the relay cannot find (another Message-ID, no relay id, no tokens), from shop's domain.
+    original = message(sender="news@shop.example", to=ANNA, subject="An older campaign")
+    reply = await report_by_mail(relay, arf(original, rcpt_to=ANNA))
+    assert reply.code == 250, reply
+    assert reply.text == "2.0.0 Complaint 1 recorded for account shop, recipient a***@example.nl (open)"
+    (stored,) = await relay.services.store.complaints.list()
+    assert (stored.account, stored.email, stored.mapped_by) == ("shop", ANNA, "original_rcpt_to")
+    (latest,) = await relay.services.store.decisions.deliveries_to(ANNA, ["shop"])
+    assert stored.delivery_id == latest.id  # linked to the last copy Anna got from this account
+    found = await relay.services.store.consent.find_suppressions(["shop"], [ANNA])
+    assert [(s.reason, s.scope) for s in found[ANNA]] == [("suppression.complaint", "shop")]
+    assert len(forwards(upstream)) == 1
+
+
+# --- the examples of RFC 5965, end to end ------------------------------------------------------
+
+ARF_CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "arf"
+RFC_SENDER = "somespammer@example.net"
+RFC_RECIPIENT = "user@example.com"
+RFC_MESSAGE_ID = "<8787KJKJ3K4J3K4J3K4J3.mail@example.net>"  # the RFC quotes it without angle brackets
+
+
+@pytest.fixture
+async def rfc_relay(store_url: str, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream, clocked: Clocked) -> Any:
+    """An account sending as example.net (the RFC's sender) that delivered the message the examples report."""
+    example = {
+        **base_account(), "id": "example", "domains": ["example.net"], "trusted_networks": [],
+        "abuse_contact": "abuse-desk@example.net",
+    }
+    config = load_config(relay_config(tmp_path, upstream, store_url, accounts=[example]))
+    relay = await start_relay(config, clock=clocked.clock())
+    raw = re.sub(rb"Message-ID: <[^>]+>", b"Message-ID: " + RFC_MESSAGE_ID.encode(), message(sender=RFC_SENDER, to=RFC_RECIPIENT))
+    out = await asend(relay.smtp_port, raw, mail_from=RFC_SENDER, rcpts=[RFC_RECIPIENT], login=("example", PASSWORD))
+    assert out.code == 250, out
+    await relay.recorder.flush()  # the delivery row is in the store before `complaint import` looks
+    return relay
+
+
+@pytest.mark.parametrize("channel", ["mail", "api", "cli"])
+@pytest.mark.parametrize("example", ["rfc5965-b1-simple.eml", "rfc5965-b2-complete.eml"])
+async def test_rfc5965_examples_end_to_end(
+    rfc_relay: Any, upstream: RecordingUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str], example: str, channel: str
+) -> None:
+    raw = (ARF_CORPUS / example).read_bytes()  # as the RFC prints it: LF line ends, folded fields
+    if channel == "mail":
+        reply = await report_by_mail(rfc_relay, raw)
+        assert reply.code == 250, reply
+        assert reply.text == "2.0.0 Complaint 1 recorded for account example, recipient u***@example.com (open)"
+    elif channel == "api":
+        async with aiohttp.ClientSession() as session:
+            api = Admin(session, f"http://127.0.0.1:{rfc_relay.admin_port}")
+            status, body = await api.call("POST", "/api/complaints", data=raw, headers={"Content-Type": "message/rfc822"})
+        assert (status, body) == (201, {"id": 1, "account": "example", "email": RFC_RECIPIENT, "status": "open"})
+    else:
+        report = tmp_path / example
+        report.write_bytes(raw)
+        cfg = str(rfc_relay.config.path)
+        assert await asyncio.to_thread(cli.main, ["complaint", "import", str(report), "-c", cfg]) == 0
+        assert "complaint 1 recorded: account example, recipient u***@example.com, open" in capsys.readouterr().out
+
+    (stored,) = await rfc_relay.services.store.complaints.list()
+    assert (stored.account, stored.email, stored.feedback_type, stored.status) == ("example", RFC_RECIPIENT, "abuse", "open")
+    assert stored.source == channel and stored.reporter == "SomeGenerator/1.0"
+    # B.1 names no recipient: its Message-ID finds the copy; B.2 also gives Original-Rcpt-To.
+    assert stored.mapped_by == "message_id" and stored.message_id == RFC_MESSAGE_ID and stored.delivery_id is not None
+    b2 = "b2" in example
+    assert stored.arrived_at == (datetime(2005, 3, 8, 18, 0, tzinfo=timezone.utc) if b2 else None)  # 14:00 EDT
+    found = await rfc_relay.services.store.consent.find_suppressions(["example"], [RFC_RECIPIENT])
+    assert [(s.reason, s.scope, s.via) for s in found[RFC_RECIPIENT]] == [("suppression.complaint", "example", "complaint")]
+    (forward,) = [m for m in upstream.messages if m.rcpt_tos == ["abuse-desk@example.net"]]
+    assert forward.mail_from == "<>" and b"Subject: Earn money" in forward.content
+    assert RFC_RECIPIENT not in forward.content.decode()  # masked in the forward
+    assert await rfc_relay.services.store.complaints.list_rejected() == []
 
 
 # --- by the API -------------------------------------------------------------------------------

@@ -41,3 +41,23 @@ async def test_close_during_a_flush_loses_nothing() -> None:
     await closing
     assert [d.relay_id for d in store.written] == ["r1", "r2"]
     assert store.deliveries == [delivery]
+
+
+async def test_flush_returns_only_after_the_batch_in_flight_is_written() -> None:
+    # A complaint maps to a delivery row moments after the copy left: flush() must not return while the
+    # background flush still holds that row, unseen by the caller, uncommitted.
+    store = SlowDecisions()
+    recorder = DecisionRecorder(store)  # type: ignore[arg-type]
+    recorder.start()
+    delivery = DeliveryRecord(7, "r1", "shop", "newsletter", "anna@example.nl", "delivered", NOW)
+    recorder.record(DecisionRecord("r1", "delivered", NOW), [delivery])
+    await store.writing.wait()  # the background flush took the batch and is writing it
+
+    async def flush_then_look() -> list[DeliveryRecord]:
+        await recorder.flush()
+        return list(store.deliveries)  # what a caller finds in the store the moment flush() returns
+
+    looking = asyncio.create_task(flush_then_look())
+    store.release.set()
+    assert await looking == [delivery]
+    await recorder.close()

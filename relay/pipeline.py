@@ -39,6 +39,8 @@ class Transaction:
     rcpt_refusals: list[Finding] = field(default_factory=list)
     delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
     misses: tuple[str, ...] = ()  # rules the end-of-DATA evaluation ran without a finding
+    # Consent and suppressions read at RCPT (marketing known before DATA), reused at end of DATA.
+    rcpt_facts: dict[str, RecipientFacts] = field(default_factory=dict)
 
 
 # Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
@@ -119,6 +121,15 @@ class Pipeline:
             RecipientFacts(e, tuple(consents.get(e, ())), tuple(suppressions.get(e, ()))) for e in emails
         ]
 
+    async def _recipient_facts_at_data(self, txn: Transaction, account: AccountConfig) -> list[RecipientFacts]:
+        """The facts read at RCPT for this transaction, and a store read only for the rest: one
+        lookup per recipient and transaction (the scopes depend on the account, not the stream)."""
+        missing = [r for r in txn.recipients if r not in txn.rcpt_facts]
+        if missing:
+            for rfacts in await self.recipient_facts(account, missing):
+                txn.rcpt_facts[rfacts.address] = rfacts
+        return [txn.rcpt_facts[r] for r in txn.recipients]
+
     # --- stages ---------------------------------------------------------------------------
 
     async def at_mail(self, txn: Transaction) -> Verdict:
@@ -167,6 +178,7 @@ class Pipeline:
             account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream
         )
         (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
+        txn.rcpt_facts[rcpt] = rfacts
         verdict = self.services.engine.recipient(facts, rfacts, before_data=True)
         for finding in verdict.findings:
             self.count_rule(finding)
@@ -200,7 +212,7 @@ class Pipeline:
             stream = stream_cfg.facts if stream_cfg else None
             rfacts: list[RecipientFacts] = []
             if stream is not None and stream.is_marketing:
-                rfacts = await self.recipient_facts(account, txn.recipients)
+                rfacts = await self._recipient_facts_at_data(txn, account)
             else:
                 rfacts = [RecipientFacts(r) for r in txn.recipients]
             params = base.params

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.throughput import ALL_TARGETS, DEFAULT_TARGETS, OUT_DIR, Options, command_line, main
+from bench.throughput import ALL_TARGETS, DEFAULT_TARGETS, OUT_DIR, POSTGRES_URL, Options, command_line, main
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -46,6 +46,10 @@ def parse(argv: list[str]) -> Options:
         help="relay targets: make the stream marketing and import consent for account shop first "
         "(generated double opt-in records for the smtp-source recipients, or this CSV)",
     )
+    parser.add_argument(
+        "--postgres", metavar="URL", default=POSTGRES_URL,
+        help=f"relay-pg, relay-pg2: the PostgreSQL database for their fresh schemas (default {POSTGRES_URL})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, stores)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "throughput.md", help="where the table is written")
     args = parser.parse_args(argv)
@@ -60,6 +64,7 @@ def parse(argv: list[str]) -> Options:
         warmup=max(0, args.warmup),
         consent=args.consent is not None,
         consent_csv=Path(args.consent).resolve() if args.consent not in (None, "generate") else None,
+        postgres_url=args.postgres,
         keep=args.keep,
         out=args.out,
         command=command_line(argv),

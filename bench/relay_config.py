@@ -21,7 +21,8 @@ def relay_config(
     upstream_port: int,
     admin_port: int,
     public_port: int,
-    store_path: Path,
+    store_path: Path | None = None,
+    store_url: str | None = None,
     workers: int = 1,
     stream_kind: str = "transactional",
     profile: str = "strict",
@@ -29,7 +30,13 @@ def relay_config(
     log_level: str = "info",
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The config as a dict (SPEC §12 shape); `overrides` is deep-merged over it last."""
+    """The config as a dict (SPEC §12 shape); `overrides` is deep-merged over it last.
+
+    The store is the SQLite file `store_path`, or `store_url` (a postgresql:// URL) when given."""
+    if store_url is None:
+        if store_path is None:
+            raise ValueError("relay_config needs store_path or store_url")
+        store_url = "sqlite:///" + str(store_path.resolve())
     config: dict[str, Any] = {
         "smtp": {
             "listen": f"127.0.0.1:{smtp_port}",
@@ -43,7 +50,7 @@ def relay_config(
             "shutdown_grace": 5,
         },
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 30},
-        "store": {"url": "sqlite:///" + str(store_path.resolve())},
+        "store": {"url": store_url},
         "http": {
             "admin_listen": f"127.0.0.1:{admin_port}",
             "public_listen": f"127.0.0.1:{public_port}",

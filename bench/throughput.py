@@ -5,8 +5,13 @@ relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's s
 
 Variants of `relay`, each compared with `relay` in the same run (column "vs relay"):
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
-relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent), and
-forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on).
+relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
+forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
+scale-out pair (SPEC §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
+relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
+a load balancer would; the load is split over two smtp-source processes, one per instance), compared
+with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,
+dropped when the run ends.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
-VARIANTS = ("relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop")
+VARIANTS = ("relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
 CONTENT_RULES = (
     "content.offensive_subject", "content.misleading_subject", "content.hateful", "content.adult",
     "content.infringing_links", "content.personal_data", "content.malware",
 )
 MILLION = 1_000_000
+# relay-pg / relay-pg2: the server to make their schemas in (trust auth on this project's machines).
+POSTGRES_URL = os.environ.get("RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 STALL_TIMEOUT = 30.0  # no new delivery at the sink for this long after the source finished
@@ -362,26 +369,43 @@ class Relay:
     stream_kind: str = "transactional"
     overrides: dict[str, Any] = field(default_factory=dict)
     filler_consents: int = 0  # extra consent records for other addresses (relay-1m)
+    store_url: str | None = None  # PostgreSQL; the SQLite file in the work dir otherwise
+    instances: int = 1  # separate `serve` processes on their own ports, sharing the store
     port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    ports: list[int] = field(default_factory=list)  # one per instance; the load is split over them
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     command: str = ""
     load_before: str = ""
 
     def start(self) -> None:
-        self.port = free_port()
         home = self.workdir / self.name
         home.mkdir(parents=True, exist_ok=True)
-        config = write_relay_config(
-            home / "relay.toml",
-            smtp_port=self.port,
-            upstream_port=self.sink.port,
-            admin_port=free_port(),
-            public_port=free_port(),
-            store_path=home / "relay.db",
-            workers=self.workers,
-            stream_kind="marketing" if self.consent else self.stream_kind,
-            overrides=self.overrides,
-        )
+        exe = str(REPO / ".venv" / "bin" / "consent-relay")
+        configs: list[tuple[Path, Path]] = []
+        for i in range(self.instances):
+            where = home if self.instances == 1 else home / f"instance{i + 1}"
+            where.mkdir(parents=True, exist_ok=True)
+            self.ports.append(free_port())
+            config = write_relay_config(
+                where / "relay.toml",
+                smtp_port=self.ports[-1],
+                upstream_port=self.sink.port,
+                admin_port=free_port(),
+                public_port=free_port(),
+                store_path=home / "relay.db",
+                store_url=self.store_url,
+                workers=self.workers,
+                stream_kind="marketing" if self.consent else self.stream_kind,
+                overrides=self.overrides,
+            )
+            check = subprocess.run(
+                [exe, "-c", str(config), "check-config"], capture_output=True, text=True, timeout=START_TIMEOUT, cwd=where
+            )
+            if check.returncode != 0:
+                raise RuntimeError(f"check-config: {(check.stderr or check.stdout).strip()}")
+            configs.append((where, config))
+        self.port = self.ports[0]
+        where, config = configs[0]
         consent_csv = self.consent_csv
         if self.consent and consent_csv is None:
             addresses: Iterable[str] = recipients(RECIPIENT, self.max_rcpts)
@@ -389,35 +413,63 @@ class Relay:
                 filler = (f"reader{i}@example.org" for i in range(self.filler_consents))
                 addresses = itertools.chain(addresses, filler)
             consent_csv = write_consent_csv(home / "consent.csv", addresses)
-        exe = str(REPO / ".venv" / "bin" / "consent-relay")
-        self.command = f"{exe} -c {config} serve"
-        check = subprocess.run(
-            [exe, "-c", str(config), "check-config"], capture_output=True, text=True, timeout=START_TIMEOUT, cwd=home
-        )
-        if check.returncode != 0:
-            raise RuntimeError(f"check-config: {(check.stderr or check.stdout).strip()}")
-        if consent_csv is not None:
+        if consent_csv is not None:  # once: the instances share the store
             imported = subprocess.run(
                 [exe, "-c", str(config), "consent", "import", str(consent_csv), "--account", "shop"],
                 capture_output=True,
                 text=True,
                 timeout=START_TIMEOUT,
-                cwd=home,
+                cwd=where,
             )
             if imported.returncode != 0:
                 raise RuntimeError(f"consent import: {(imported.stderr or imported.stdout).strip()}")
-        log = home / "relay.log"
-        self.proc = start_process(
-            [exe, "-c", str(config), "serve"], self.stack, stdout=log, stderr=home / "relay.err", cwd=home
-        )
-        proc = self.proc
-        try:
-            wait_banner(self.port, START_TIMEOUT, alive=lambda: proc.poll() is None)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; stderr: {tail(home / 'relay.err')}") from exc
+        self.command = "` and `".join(f"{exe} -c {config} serve" for _, config in configs)
+        # All instances start at once, as a deployment's would (their migrations race on the store).
+        for where, config in configs:
+            self.procs.append(
+                start_process(
+                    [exe, "-c", str(config), "serve"], self.stack,
+                    stdout=where / "relay.log", stderr=where / "relay.err", cwd=where,
+                )
+            )
+        for (where, _), port, proc in zip(configs, self.ports, self.procs):
+            try:
+                wait_banner(port, START_TIMEOUT, alive=lambda proc=proc: proc.poll() is None)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}; stderr: {tail(where / 'relay.err')}") from exc
 
     def roots(self) -> list[int]:
-        return [self.proc.pid] if self.proc else []
+        return [proc.pid for proc in self.procs]
+
+
+def target_ports(target: Target) -> list[int]:
+    """Where the load goes: every instance of a multi-instance target, else its one port."""
+    return list(getattr(target, "ports", None) or [target.port])
+
+
+def postgres_schema(url: str, stack: ExitStack) -> str:
+    """A fresh schema on `url` for one target, dropped when the run ends; the URL that selects it."""
+    import asyncio
+    import secrets
+
+    import asyncpg
+
+    name = f"bench_{secrets.token_hex(6)}"
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(execute(f'CREATE SCHEMA "{name}"'))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise RuntimeError(f"PostgreSQL at {url}: {exc}") from exc
+    # Registered before the relays start, so it runs after they have been stopped (LIFO).
+    stack.callback(lambda: asyncio.run(execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')))
+    return f"{url}{'&' if '?' in url else '?'}search_path={name}"
 
 
 # --- one measurement ----------------------------------------------------------------------
@@ -452,6 +504,19 @@ class Load:
     rcpts: int
     message: Path = MESSAGE
 
+    def split(self, parts: int) -> list[Load]:
+        """This load shared over `parts` smtp-source processes: the messages and the sessions
+        (at least one session each, so concurrency 1 over two parts runs two sessions)."""
+        if parts <= 1:
+            return [self]
+        out = []
+        for i in range(parts):
+            messages = self.messages // parts + (i < self.messages % parts)
+            sessions = max(1, self.concurrency // parts + (i < self.concurrency % parts))
+            if messages:
+                out.append(Load(messages, sessions, self.rcpts, self.message))
+        return out
+
     def argv(self, port: int) -> list[str]:
         return [
             SMTP_SOURCE,
@@ -480,12 +545,15 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
     reset_hwm(tree)
     cpu0 = cpu_ticks(tree)
     peak_kb = hwm_kb(tree)
-    err_path = workdir / f"source-{target.name}-{load.concurrency}-{load.rcpts}.err"
+    ports = target_ports(target)
+    parts = list(zip(load.split(len(ports)), ports))
+    stem = f"source-{target.name}-{load.concurrency}-{load.rcpts}"
+    err_paths = [workdir / (f"{stem}.err" if len(parts) == 1 else f"{stem}-{i + 1}.err") for i in range(len(parts))]
     deadline = time.monotonic() + max(120.0, expected * 0.02)
     t0 = time.monotonic()
-    source = start_process(load.argv(target.port), stack, stderr=err_path)
+    sources = [start_process(part.argv(port), stack, stderr=err) for (part, port), err in zip(parts, err_paths)]
     last_progress, last_seen, next_sample = t0, -1, t0
-    source_rc: int | None = None
+    source_rcs: list[int | None] = [None] * len(sources)
     while True:
         now = time.monotonic()
         sink.refresh()
@@ -494,10 +562,11 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
             break
         if sink.recipients != last_seen:
             last_seen, last_progress = sink.recipients, now
-        if source_rc is None:
-            source_rc = source.poll()
-            if source_rc not in (None, 0):
-                result.error = f"smtp-source exit {source_rc}: {tail(err_path, 2)}"
+        for i, source in enumerate(sources):
+            if source_rcs[i] is None:
+                source_rcs[i] = source.poll()
+                if source_rcs[i] not in (None, 0) and not result.error:
+                    result.error = f"smtp-source exit {source_rcs[i]}: {tail(err_paths[i], 2)}"
         if now >= next_sample:
             # Postfix forks and reaps workers as it goes: sample the live tree, keep the peak.
             tree = process_tree(target.roots())
@@ -505,7 +574,7 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
             next_sample = now + 0.25
         if result.error and now - last_progress > 2:
             break
-        if source_rc == 0 and now - last_progress > STALL_TIMEOUT:
+        if all(rc == 0 for rc in source_rcs) and now - last_progress > STALL_TIMEOUT:
             result.error = f"stalled: sink has {sink.recipients}/{expected} recipients"
             break
         if now > deadline:
@@ -518,15 +587,16 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
         # Reaped children are in their parent's cutime/cstime; exited roots are gone (None).
         result.cpu_s = (cpu_ticks(tree) - cpu0) / TICKS
         result.rss_mb = peak_kb / 1024
-    try:
-        # The sink has everything; the source may still be saying QUIT.
-        source.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        stop_process(source, timeout=5)
-        result.error = result.error or "smtp-source did not exit"
+    for source, err_path in zip(sources, err_paths):
+        try:
+            # The sink has everything; the source may still be saying QUIT.
+            source.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop_process(source, timeout=5)
+            result.error = result.error or "smtp-source did not exit"
+        if source.returncode not in (0, None) and not result.error:
+            result.error = f"smtp-source exit {source.returncode}: {tail(err_path, 2)}"
     result.transactions, result.recipients = sink.transactions, sink.recipients
-    if source.returncode not in (0, None) and not result.error:
-        result.error = f"smtp-source exit {source.returncode}: {tail(err_path, 2)}"
     return result
 
 
@@ -555,6 +625,7 @@ class Options:
     warmup: int = 50
     consent: bool = False  # marketing stream plus consent records (generated unless consent_csv)
     consent_csv: Path | None = None
+    postgres_url: str = POSTGRES_URL  # relay-pg, relay-pg2: a fresh schema each in this database
     keep: bool = False
     out: Path = OUT_DIR / "throughput.md"
     command: str = ""
@@ -654,6 +725,17 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
         if name == "relay-dkim":
             overrides = {"dkim": {"keys": [dkim_key(workdir)]}}
+        store_url = postgres_schema(options.postgres_url, stack) if name in ("relay-pg", "relay-pg2") else None
+        if store_url is not None:
+            options.notes.append(
+                f"{name}: store {store_url} (the schema is dropped at exit); CPU s and RSS count the relay "
+                "processes only, not the PostgreSQL server's"
+            )
+        if name == "relay-pg2":
+            options.notes.append(
+                f"{name}: two relay processes on one schema; each row's messages and sessions are split over two "
+                "smtp-source processes, one per instance (concurrency 1 runs one session on each)"
+            )
         relay = Relay(
             sink,
             stack,
@@ -665,6 +747,8 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             max_rcpts=max(options.rcpts),
             overrides=overrides,
             filler_consents=MILLION if name == "relay-1m" else 0,
+            store_url=store_url,
+            instances=2 if name == "relay-pg2" else 1,
         )
         relay.start()
         return relay
@@ -708,17 +792,22 @@ def table(results: Sequence[Result]) -> str:
             return "—"
         return f"{r.rate / b.rate:.2f}×"
 
+    # One instance vs two on PostgreSQL: a column of its own when relay-pg ran.
+    pg = any(r.target == "relay-pg" for r in results)
     rows = [
-        "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | vs relay | CPU s | peak RSS MB | sink txn / rcpts |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | vs relay |"
+        + (" vs relay-pg |" if pg else "")
+        + " CPU s | peak RSS MB | sink txn / rcpts |",
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if pg else "") + "---:|---:|---:|",
     ]
     for r in results:
         rate = f"{r.rate:.0f}" if r.complete else f"failed: {r.error}".replace("|", "/")
         cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else "—"
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
+        vs_pg = (f" {ratio(r, 'relay-pg') if r.target.startswith('relay') else '—'} |") if pg else ""
         rows.append(
             f"| {r.target} | {r.concurrency} | {r.rcpts} | {rate} | {ratio(r, 'forwarder')} | "
-            f"{ratio(r, 'postfix')} | {ratio(r, 'relay') if r.target.startswith('relay') else '—'} | "
+            f"{ratio(r, 'postfix')} | {ratio(r, 'relay') if r.target.startswith('relay') else '—'} |{vs_pg} "
             f"{cpu} | {rss} | {r.transactions} / {r.recipients} |"
         )
     return "\n".join(rows)

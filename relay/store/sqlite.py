@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import aiosqlite
 
@@ -63,25 +65,58 @@ class SqliteDatabase:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = await self._connect()
-            await self._migrate(self._writer)
+            await self._while_busy(lambda: self._migrate(self._conn(True)))
             self._reader = await self._connect()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+        except BaseException as exc:
+            await self.close()  # a half-open store would keep its connection threads (and the process) alive
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout)
-        conn.row_factory = sqlite3.Row
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
-            f"PRAGMA busy_timeout={int(self.timeout * 1000)}",
-            "PRAGMA foreign_keys=ON",
-        ):
-            await conn.execute(pragma)
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            await self._while_busy(lambda: self._enter_wal(conn))
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
+    @staticmethod
+    async def _enter_wal(conn: aiosqlite.Connection) -> None:
+        rows = list(await conn.execute_fetchall("PRAGMA journal_mode=WAL"))
+        mode = str(rows[0][0]).lower() if rows else ""
+        if mode != "wal":  # SQLite keeps the old mode, without an error, when it cannot switch
+            raise sqlite3.OperationalError(f"cannot switch {conn} to WAL (journal_mode is {mode!r})")
+
+    async def _while_busy(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Retry `attempt` while another connection holds the file, within the store's timeout.
+
+        Fresh files are contended when several processes start at once (`[smtp] workers = N`), and
+        SQLite answers some of that contention with an immediate SQLITE_BUSY that bypasses
+        busy_timeout (switching to WAL needs an exclusive lock while another connection reads the
+        header or runs WAL recovery), so the back-off is ours.
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                await attempt()
+                return
+            except sqlite3.OperationalError as exc:
+                busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                left = deadline - time.monotonic()
+                if not busy or left <= 0:
+                    raise
+                await asyncio.sleep(min(delay * (1 + random.random()), left))
+                delay = min(delay * 2, 0.2)
+
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
+        await conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for another instance's migration
         try:
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             rows = await conn.execute_fetchall("SELECT version FROM schema_version")
@@ -96,7 +131,8 @@ class SqliteDatabase:
                 await conn.execute("UPDATE schema_version SET version = ?", (number,))
             await conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:

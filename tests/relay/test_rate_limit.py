@@ -4,76 +4,16 @@ driven over SMTP, give exactly `rate_limit_per_minute` messages a minute between
 
 from __future__ import annotations
 
-import asyncio
-import json
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Outcome, RecordingUpstream, asend, config_dict, free_port, until, write_config
+from conftest import Outcome, RecordingUpstream, ServeProcess, asend, config_dict, free_port, write_config
 
 from relay.store.sqlite import SqliteStore
 
 LIMIT = 3  # one token back every 20 s of wall time: far longer than the sends below take
 NOW = 1_773_576_000.0
-
-
-class ServeProcess:
-    """`consent-relay serve -c FILE` in a subprocess, with its JSON log lines read from stderr."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[bytes] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self, *, started: int = 1) -> list[dict[str, Any]]:
-        """Start it; return the `relay_started` lines once `started` processes (workers) logged one."""
-        script = Path(sys.executable).parent / "consent-relay"
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli"]
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, "serve", "-c", str(self.config),
-            cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-        def ready() -> list[dict[str, Any]] | None:
-            assert self.proc is not None
-            if self.proc.returncode is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {b''.join(self.raw).decode(errors='replace')}")
-            found = self.events("relay_started")
-            return found if len(found) >= started else None
-
-        return await until(ready, timeout=30, what=f"{started} relay_started line(s)")
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.raw.append(line)
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                pass
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines if e.get("event") == name]
-
-    async def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), 30)
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        return code
 
 
 def limited_config(tmp_path: Path, upstream: RecordingUpstream, name: str, **smtp: Any) -> Path:

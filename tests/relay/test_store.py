@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -656,15 +657,105 @@ async def test_reopening_migrates_nothing_and_keeps_data(backend: Backend) -> No
         await again.close()
 
 
-async def test_instances_starting_at_once_all_migrate_safely(backend: Backend) -> None:
-    stores = [backend.make() for _ in range(4)]
-    await asyncio.gather(*(s.open() for s in stores))
+# One relay process's store start-up, as `[smtp] workers = N` runs it: a line on stdin names a fresh
+# store to open (every process gets the same line at once), one line on stdout answers how it went.
+_OPENER = """
+import asyncio, sys, threading
+from relay.config import StoreConfig
+from relay.errors import StoreUnavailable
+from relay.store import open_store_for
+from relay.store.records import AuditEntry
+
+async def main():
+    for line in sys.stdin:
+        store = open_store_for(StoreConfig(url=line.strip(), timeout=5.0))
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            print("failed:", exc, flush=True)
+            continue
+        await store.audit.add(AuditEntry("ops", "x", "t"))
+        await store.close()
+        print("ok", flush=True)
+
+asyncio.run(main())
+print("threads left:", threading.active_count() - 1, flush=True)
+"""
+_PROCESSES, _ROUNDS = 4, {"sqlite": 200, "postgresql": 10}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_instances_starting_at_once_all_migrate_safely(kind: str, tmp_path: Path) -> None:
+    """Separate processes open one fresh store at the same moment, round after round: every one opens
+    (SQLite's switch to WAL and the migrations race on a new file), writes, and leaves no thread behind."""
+    admin = await asyncpg.connect(PG_URL) if kind == "postgresql" else None
+    schemas: list[str] = []
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _OPENER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(_PROCESSES)
+    ]
     try:
-        assert await backend.version() == len(schema.MIGRATIONS)
-        await stores[0].audit.add(AuditEntry("ops", "x", "t"))
-        assert [e.target for e in await stores[3].audit.list()] == ["t"]
+        for round_ in range(_ROUNDS[kind]):
+            if admin is None:
+                url, path = f"sqlite:///{tmp_path}/round{round_}.db", tmp_path / f"round{round_}.db"
+            else:
+                schemas.append(f"t_{secrets.token_hex(6)}")
+                await admin.execute(f'CREATE SCHEMA "{schemas[-1]}"')
+                url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={schemas[-1]}"
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(url.encode() + b"\n")
+            await asyncio.gather(*(proc.stdin.drain() for proc in procs if proc.stdin is not None))
+            answers = [
+                (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+                for proc in procs
+                if proc.stdout is not None
+            ]
+            assert answers == ["ok"] * _PROCESSES, f"round {round_}: {answers}"
+            if admin is None:
+                with sqlite3.connect(path) as conn:
+                    version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
+                    audited = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+            else:
+                version = await admin.fetchval(f'SELECT version FROM "{schemas[-1]}".schema_version')
+                audited = await admin.fetchval(f'SELECT count(*) FROM "{schemas[-1]}".audit')
+            assert (version, audited) == (len(schema.MIGRATIONS), _PROCESSES)
+        for proc in procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+            assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"threads left: 0"
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        await asyncio.gather(*(s.close() for s in stores))
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if admin is not None:
+            for name in schemas:
+                await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+            await admin.close()
+
+
+async def test_failed_open_closes_its_connections(tmp_path: Path) -> None:
+    """A store that cannot open leaves no aiosqlite thread behind: a live one keeps the process from exiting."""
+    garbage = tmp_path / "relay.db"
+    garbage.write_bytes(b"this is not an SQLite database, not even its header" * 100)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OPENER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"sqlite:///{garbage}\n".encode())
+        proc.stdin.close()
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip() for _ in range(2)]
+        assert lines == [f"failed: cannot open SQLite store {garbage}: file is not a database", "threads left: 0"]
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_closed_or_unreachable_store_is_unavailable(backend: Backend, store: Store) -> None:

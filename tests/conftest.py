@@ -4,11 +4,14 @@ relay on ephemeral ports, a self-signed certificate, and a small smtplib client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime as dt
 import ipaddress
 import json
+import os
 import signal
+import secrets
 import smtplib
 import socket
 import ssl
@@ -429,6 +432,36 @@ def send(
 
 async def asend(port: int, content: bytes | None = None, **kwargs: Any) -> Outcome:
     return await asyncio.to_thread(send, port, content, **kwargs)
+
+
+# --- PostgreSQL: a fresh schema per test, and the stores a test runs on ---------------------------
+
+PG_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.asynccontextmanager
+async def pg_schema() -> AsyncIterator[str]:
+    """The URL of a fresh schema in the test database (search_path), dropped afterwards."""
+    import asyncpg
+
+    name = f"t_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}"
+    finally:
+        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A test taking `store_url` runs on both stores: the behaviour is the same on each."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/relay.db"
+        return
+    async with pg_schema() as url:
+        yield url
 
 
 # --- a started relay --------------------------------------------------------------------------

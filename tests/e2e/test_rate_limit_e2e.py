@@ -3,14 +3,11 @@ in the store, taken at MAIL FROM; the clock is injected, so the minute passes wi
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import asyncpg
 import pytest
 import structlog
 from conftest import PASSWORD, RecordingUpstream, asend, base_account, config_dict, message, write_config
@@ -22,7 +19,6 @@ from relay.services import Clock
 
 T0 = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 LIMIT = 3
-PG_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LIMITED = f"[account.rate_limited] Account shop is over its rate of {LIMIT} messages per minute; try again later"
 
 
@@ -37,22 +33,6 @@ class Clocked:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """The bucket is the store's: the same limit on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/relay.db"
-        return
-    name = f"t_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(PG_URL)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}"
-    finally:
-        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-        await admin.close()
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ import asyncio
 import email
 import email.policy
 import json
-import os
 import re
-import secrets
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 import aiohttp
-import asyncpg
 import pytest
 import structlog
 from conftest import (
@@ -52,7 +49,6 @@ TOKEN_HASH = hash_password(TOKEN)
 APP = ("shop", PASSWORD)
 ANNA, BOB = "anna@example.nl", "bob@example.nl"
 BOUNDARY = "fbl-boundary-7"
-PG_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass
@@ -71,22 +67,6 @@ class Clocked:
 @pytest.fixture
 def clocked() -> Clocked:
     return Clocked()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Every test runs on both stores: complaints behave the same on SQLite and PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/relay.db"
-        return
-    name = f"t_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(PG_URL)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}"
-    finally:
-        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-        await admin.close()
 
 
 def relay_config(

@@ -6,9 +6,7 @@ The shared rate limit runs two in-process instances on one frozen clock."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import secrets
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,11 +32,11 @@ from tests.conftest import (
     free_port,
     make_config,
     message,
+    pg_schema,
     until,
     write_config,
 )
 
-PG_URL = os.environ.get("RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ADMIN_TOKEN = "ops-admin-token-0123456789abcdef"
 ADMIN_HASH = hash_password(ADMIN_TOKEN)
 RCPTS = ["anna@example.nl", "bob@example.nl", "carl@example.nl"]
@@ -47,15 +44,8 @@ RCPTS = ["anna@example.nl", "bob@example.nl", "carl@example.nl"]
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    """A fresh schema in the shared database, dropped afterwards."""
-    name = f"t_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(PG_URL)
-    try:
-        await admin.execute(f'CREATE SCHEMA "{name}"')
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={name}"
-    finally:
-        await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-        await admin.close()
+    async with pg_schema() as url:
+        yield url
 
 
 # --- real processes ------------------------------------------------------------------------------

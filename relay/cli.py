@@ -66,9 +66,10 @@ def build_parser() -> Parser:
     serve = add_command(sub, common, "serve", _serve, "run the relay", needs_store=False)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     add_command(sub, common, "check-config", _check_config, "validate the config file and exit", needs_store=False)
-    sub.add_parser("hash-password", help="read a secret on stdin and print its hash").set_defaults(
-        handler=_hash_password, needs_store=False, no_config=True
-    )
+    # Needs no config file; -c is accepted (and ignored) like on every other command (SPEC §11).
+    sub.add_parser(
+        "hash-password", parents=[common], help="read a secret on stdin and print its hash"
+    ).set_defaults(handler=_hash_password, needs_store=False, no_config=True)
     cli_account.register(sub, common)
     cli_features.register(sub, common)
     return parser

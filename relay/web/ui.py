@@ -603,7 +603,7 @@ async def account_change(request: web.Request, session: Session) -> web.StreamRe
     reason = str(form.get("reason", "")).strip()[:500]
     if action not in ("pause", "suspend", "resume"):
         raise web.HTTPBadRequest(text="unknown action")
-    if action != "resume" and not reason:
+    if not reason:  # every state change is audited with its why, as on the CLI
         session.flash.append(("error", f"Give a reason to {action} {account_id}."))
         raise _redirect("/ui/accounts")
     try:

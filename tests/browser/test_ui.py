@@ -241,6 +241,10 @@ async def test_review_release_bulk_delete_and_audit(
     await expect(page.locator(".flash")).to_contain_text("bakkerij is now paused")
     await expect(row.locator(".state")).to_have_text("paused")
     assert (await relay.services.store.accounts.get("bakkerij")).state == "paused"
+    await row.locator("button[value=resume]").click()  # no reason given: refused, still paused
+    await expect(page.locator(".flash")).to_contain_text("Give a reason to resume bakkerij")
+    await expect(row.locator(".state")).to_have_text("paused")
+    await row.locator("input[name=reason]").fill("spike explained: a re-sent campaign")
     await row.locator("button[value=resume]").click()
     await expect(row.locator(".state")).to_have_text("active")
 

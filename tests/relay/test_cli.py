@@ -83,6 +83,17 @@ def test_hash_password_reads_stdin_and_needs_no_config(
     assert verify_password("my secret", line) and not verify_password("other", line)
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_hash_password_takes_c_like_every_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("my secret\n"))
+    option = ["-c", str(tmp_path / "absent.toml")]  # not read: hashing needs no config
+    argv = [*option, "hash-password"] if where == "before" else ["hash-password", *option]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and err == "" and verify_password("my secret", out.strip())
+
+
 def test_hash_password_refuses_empty(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
     code, out, err = run(["hash-password"], capsys)

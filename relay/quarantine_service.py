@@ -240,9 +240,19 @@ def _unique(ids: Iterable[str]) -> list[str]:
 # --- retention ----------------------------------------------------------------------------------
 
 
+# A release delivers within minutes (every upstream wait has its timeout); a claim this old belongs
+# to a process that stopped mid-release, and the message goes back to held rather than vanish.
+ABANDONED_CLAIM = timedelta(hours=1)
+
+
 async def purge_expired(services: Services) -> int:
-    """Purge held items older than retention_days (each purge audited by the store), refresh the gauge."""
-    cutoff = services.clock.now() - timedelta(days=services.config.quarantine.retention_days)
+    """Give abandoned release claims back, purge held items older than retention_days (each step
+    audited by the store), refresh the gauge."""
+    now = services.clock.now()
+    returned = await services.store.quarantine.reclaim_abandoned(now - ABANDONED_CLAIM, RETENTION_ACTOR, now)
+    if returned:
+        get_logger().warning("quarantine_release_abandoned", ids=returned, hint="held again; release them anew")
+    cutoff = now - timedelta(days=services.config.quarantine.retention_days)
     purged = await services.store.quarantine.purge_older_than(cutoff, RETENTION_ACTOR)
     if purged:
         services.metrics.quarantine_deletes.labels("retention").inc(purged)

@@ -67,7 +67,7 @@ async def release_message(services: Services, item: QuarantineItem, *, actor: st
     if stream_cfg is None:
         raise UsageError(f"stream {item.stream!r} of {item.id} is no longer configured")
     store = services.store.quarantine
-    claimed = await store.claim_release(item.id)
+    claimed = await store.claim_release(item.id, services.clock.now())
     if claimed is None:
         raise UsageError(f"quarantine item {item.id} is not held any more (released, deleted, or being released)")
     try:

@@ -140,9 +140,9 @@ class QuarantineStore(abc.ABC):
         """Move a held message to released/deleted with its audit entry; False if not held."""
 
     @abc.abstractmethod
-    async def claim_release(self, item_id: str) -> QuarantineItem | None:
-        """Move a held message to `releasing` in one conditional UPDATE and return it with its content;
-        None when it is not held: released, deleted, purged, or being released by another process."""
+    async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
+        """Move a held message to `releasing` (claimed `at`) in one conditional UPDATE and return it with
+        its content; None when it is not held: released, deleted, purged, or being released elsewhere."""
 
     @abc.abstractmethod
     async def unclaim_release(self, item_id: str) -> None:
@@ -157,6 +157,11 @@ class QuarantineStore(abc.ABC):
 
     @abc.abstractmethod
     async def purge_older_than(self, when: datetime, audit_actor: str) -> int: ...
+
+    @abc.abstractmethod
+    async def reclaim_abandoned(self, claimed_before: datetime, audit_actor: str, at: datetime) -> list[str]:
+        """Give back to held, audited, the messages a release claimed before `claimed_before` and never
+        finished (its process was killed): held mail is never stuck out of sight."""
 
     async def counts(
         self, *, since: datetime | None = None, before: datetime | None = None

@@ -32,6 +32,7 @@ from relay.store.records import (
     utcnow,
 )
 from relay.store.rows import (
+    abandoned_release_audit,
     CONSENT_BOOL_FIELDS,
     CONSENT_COLUMNS,
     CONSENT_CONTENT_COLUMNS,
@@ -630,11 +631,13 @@ class PostgresQuarantine(base.QuarantineStore):
             await _insert_audit(tx, audit)
         return True
 
-    async def claim_release(self, item_id: str) -> QuarantineItem | None:
+    async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
         # The row lock makes a concurrent claim wait, then re-check status='held' and find nothing.
         async with self.db.transaction() as tx:
             row = await tx.fetchrow(
-                "UPDATE quarantine SET status='releasing' WHERE id=$1 AND status='held' RETURNING *", item_id
+                "UPDATE quarantine SET status='releasing', claimed_at=$2 WHERE id=$1 AND status='held' RETURNING *",
+                item_id,
+                iso(at or utcnow()),
             )
         return quarantine_from_row(row, True) if row else None
 
@@ -670,6 +673,17 @@ class PostgresQuarantine(base.QuarantineStore):
             f"SELECT account, rules, count(*) FROM quarantine WHERE {clause} GROUP BY account, rules", *params
         )
         return split_quarantine_counts((r[0], r[1], int(r[2])) for r in groups)
+
+    async def reclaim_abandoned(self, claimed_before: datetime, audit_actor: str, at: datetime) -> list[str]:
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE quarantine SET status='held', claimed_at=NULL "
+                "WHERE status='releasing' AND claimed_at < $1 RETURNING id",
+                iso(claimed_before),
+            )
+            for row in rows:
+                await _insert_audit(tx, abandoned_release_audit(audit_actor, row["id"], at))
+        return sorted(row["id"] for row in rows)
 
     async def purge_older_than(self, when: datetime, audit_actor: str) -> int:
         async with self.db.transaction() as tx:

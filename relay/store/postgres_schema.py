@@ -187,4 +187,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("CREATE INDEX quarantine_counts ON quarantine (status, account, rules, received_at)",),
     # 4: every decision keeps the rules that ran without a finding too (the audit trail of misses).
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
+    # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
+    (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
 )

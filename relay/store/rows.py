@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
-from datetime import timezone
+from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Any, Iterable, Mapping
 
@@ -254,3 +254,9 @@ def split_quarantine_counts(groups: Iterable[tuple[str, str, int]]) -> tuple[dic
         for rule in dict.fromkeys(json.loads(rules)):
             by_rule[rule] = by_rule.get(rule, 0) + n
     return by_rule, by_account
+
+
+def abandoned_release_audit(actor: str, item_id: str, at: datetime) -> AuditEntry:
+    """The audit entry of a release claim given back because its process never finished it."""
+    note = "a release never finished (its process stopped); held again"
+    return AuditEntry(actor, "quarantine.release_abandoned", item_id, note, {}, at)

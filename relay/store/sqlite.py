@@ -30,6 +30,7 @@ from relay.store.records import (
     utcnow,
 )
 from relay.store.rows import (
+    abandoned_release_audit,
     CONSENT_COLUMNS,
     CONSENT_CONTENT_COLUMNS,
     audit_from_row,
@@ -561,12 +562,13 @@ class SqliteQuarantine(base.QuarantineStore):
             await _insert_audit(conn, audit)
         return True
 
-    async def claim_release(self, item_id: str) -> QuarantineItem | None:
+    async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
         # BEGIN IMMEDIATE serialises writers across processes: of two claims, one sees 'held'.
         async with self.db.transaction() as conn:
             rows = list(
                 await conn.execute_fetchall(
-                    "UPDATE quarantine SET status='releasing' WHERE id=? AND status='held' RETURNING *", (item_id,)
+                    "UPDATE quarantine SET status='releasing', claimed_at=? WHERE id=? AND status='held' RETURNING *",
+                    (iso(at or utcnow()), item_id),
                 )
             )
         return quarantine_from_row(rows[0], True) if rows else None
@@ -603,6 +605,19 @@ class SqliteQuarantine(base.QuarantineStore):
             f"SELECT account, rules, count(*) FROM quarantine WHERE {where} GROUP BY account, rules", params
         )
         return split_quarantine_counts((r[0], r[1], int(r[2])) for r in groups)
+
+    async def reclaim_abandoned(self, claimed_before: datetime, audit_actor: str, at: datetime) -> list[str]:
+        async with self.db.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "UPDATE quarantine SET status='held', claimed_at=NULL "
+                    "WHERE status='releasing' AND claimed_at < ? RETURNING id",
+                    (iso(claimed_before),),
+                )
+            )
+            for row in rows:
+                await _insert_audit(conn, abandoned_release_audit(audit_actor, row["id"], at))
+        return sorted(row["id"] for row in rows)
 
     async def purge_older_than(self, when: datetime, audit_actor: str) -> int:
         async with self.db.transaction() as conn:

@@ -252,6 +252,20 @@ async def test_purge_after_retention_is_audited(relay: Any) -> None:
     assert relay.services.metrics.quarantine_messages._value.get() == 0
 
 
+async def test_a_release_killed_midway_is_held_again_by_the_background_task(relay: Any) -> None:
+    """The claim of a release whose process died is given back (audited) an hour later, and the
+    message can be released again: held mail never stays out of sight."""
+    qid = await hold(relay)
+    now = datetime.now(timezone.utc)
+    assert await relay.services.store.quarantine.claim_release(qid, now) is not None  # then "kill -9"
+    assert await relay.services.store.quarantine.get(qid) is None
+    assert await qs.purge_expired(relay.services) == 0 and await relay.services.store.quarantine.get(qid) is None
+    relay.services.clock.now = lambda: now + timedelta(hours=2)
+    await qs.purge_expired(relay.services)
+    assert await relay.services.store.quarantine.get(qid) is not None
+    assert [e.action for e in await relay.services.store.audit.list(target=qid)] == ["quarantine.release_abandoned"]
+
+
 async def test_purge_loop_runs_in_the_background(relay: Any) -> None:
     await hold(relay)
     later = datetime.now(timezone.utc) + timedelta(days=31)

@@ -428,6 +428,24 @@ async def test_quarantine_counts_per_rule_and_account_in_a_window(store: Store, 
         assert any("COVERING INDEX quarantine_counts" in str(tuple(r)) for r in plan), [tuple(r) for r in plan]
 
 
+async def test_an_abandoned_release_claim_goes_back_to_held(store: Store, second: Store) -> None:
+    """A process killed between claim and finish must not leave the message out of sight forever."""
+    await store.quarantine.hold(held(1))
+    await store.quarantine.hold(held(2))
+    assert await store.quarantine.claim_release("q001", T0) is not None
+    assert await store.quarantine.claim_release("q002", T0 + timedelta(minutes=50)) is not None
+    # Claims younger than the cut-off are left alone: their release may still be running.
+    assert await second.quarantine.reclaim_abandoned(T0, "retention", T0) == []
+    assert await second.quarantine.reclaim_abandoned(T0 + timedelta(minutes=1), "retention", T0 + timedelta(hours=1)) == ["q001"]
+    assert (await store.quarantine.get("q001")) is not None and await store.quarantine.get("q002") is None
+    entries = await store.audit.list(target="q001")
+    assert [(e.actor, e.action) for e in entries] == [("retention", "quarantine.release_abandoned")]
+    # Held again, so a new release can claim it; a late finish of the old claim changes nothing.
+    late = AuditEntry("admin", "quarantine.release", "q001", "late", {}, T0)
+    assert not await store.quarantine.finish_release("q001", late)
+    assert await second.quarantine.claim_release("q001", T0 + timedelta(hours=2)) is not None
+
+
 async def test_quarantine_release_claim_is_won_once_across_instances(store: Store, second: Store) -> None:
     await store.quarantine.hold(held(1))
     await store.quarantine.hold(held(2))

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingUpstream, asend, make_config, message, transaction
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from conftest import RecordingUpstream, asend, make_config, message, send, transaction
 
 from relay.errors import StoreUnavailable
 
@@ -148,3 +150,37 @@ async def test_consent_lookup_failure_is_tempfail_not_pass(
     out = await asend(relay.smtp_port, message(stream="newsletter"))
     assert out.code == 451 and out.text.startswith("4.3.0"), out
     assert upstream.messages == []
+
+
+_HEADER_LINES = st.sampled_from(
+    [
+        b"From: Shop <orders@shop.example>", b"From: =?utf-8?q?=FF=FE?= <orders@shop.example>", b"Subject: RE: hi",
+        b"Subject: =?bogus?b?!!!?=", b"Content-Type: multipart/mixed; boundary=x", b"Content-Type: text/html; charset=nope",
+        b"Content-Transfer-Encoding: base64", b"Content-Transfer-Encoding: quoted-printable", b"MIME-Version: 1.0",
+        b"X-Relay-Stream: orders", b"X-Relay-Stream: \xff\xfe", b"Reply-To: <<>>", b"To: ,,,", b"\tfolded", b": no name",
+    ]
+)
+
+
+@st.composite
+def _garbage_messages(draw: st.DrawFn) -> bytes:
+    head = draw(st.lists(_HEADER_LINES | st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")), max_size=8))
+    body = draw(st.binary(max_size=2000) | st.sampled_from([b"--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n--x--", b"PGh0bWw+", b"=E2=82=AC=\r\n"]))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body + b"\r\n"
+
+
+async def test_fuzzed_messages_get_a_verdict_or_a_clean_reply(relay: Any, upstream: RecordingUpstream) -> None:
+    """Hypothesis over the real SMTP listener: whatever the bytes, the relay answers each message
+    with a well-formed reply (delivered, held, refused by a rule, or a tempfail), never aiosmtpd's
+    "500 Error" and never a dropped connection, and it keeps serving."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(raw=_garbage_messages())
+    def check(raw: bytes) -> None:
+        out = send(relay.smtp_port, raw)
+        code, text = out.data if out.data else out.mail
+        assert_clean(code, text)
+        assert code in (250, 451, 550, 552, 554) or (code == 500 and "5.5." in text), (code, text)
+
+    await asyncio.to_thread(check)
+    assert (await asend(relay.smtp_port)).code == 250  # still serving

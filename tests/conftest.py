@@ -55,6 +55,24 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[
     return {"uvloop": uvloop.new_event_loop}
 
 
+# --- a clock the test moves ---------------------------------------------------------------------
+
+
+@dataclass
+class Clocked:
+    """A clock the test moves forward: deadlines pass and buckets refill without sleeping."""
+
+    now: dt.datetime
+
+    def clock(self) -> Any:
+        from relay.services import Clock
+
+        return Clock(now=lambda: self.now)
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
 # --- polling instead of sleeping ---------------------------------------------------------------
 
 

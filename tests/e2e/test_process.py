@@ -16,47 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import RecordingUpstream, asend, config_dict, free_port, message, until, write_config
+from conftest import RecordingUpstream, ServeProcess, asend, config_dict, free_port, message, until, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class RelayProcess:
-    """`consent-relay serve -c FILE` in a subprocess; its JSON log lines parsed from stderr."""
+class RelayProcess(ServeProcess):
+    """conftest's ServeProcess, with the calls these tests make: the first line of an event, the
+    exit code without sending anything, a signal of the test's choosing."""
 
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[bytes] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> dict[str, Any]:
-        script = Path(sys.executable).parent / "consent-relay"
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli"]
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, "serve", "-c", str(self.config),
-            cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return await until(lambda: self.event("relay_started") or self._died(), timeout=30, what="relay_started")
-
-    def _died(self) -> None:
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            raise AssertionError(f"relay exited {self.proc.returncode}: {b''.join(self.raw).decode(errors='replace')}")
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self.raw.append(line)
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                pass
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines if e.get("event") == name]
+    async def start(self, *, started: int = 1) -> dict[str, Any]:  # type: ignore[override]
+        return (await super().start(started=started))[0]
 
     def event(self, name: str) -> dict[str, Any] | None:
         found = self.events(name)
@@ -72,11 +42,6 @@ class RelayProcess:
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
-
-    async def ensure_stopped(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.wait()
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

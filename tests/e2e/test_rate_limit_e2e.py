@@ -3,41 +3,26 @@ in the store, taken at MAIL FROM; the clock is injected, so the minute passes wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from conftest import PASSWORD, RecordingUpstream, asend, base_account, config_dict, message, write_config
+from conftest import PASSWORD, Clocked, RecordingUpstream, asend, base_account, config_dict, message, write_config
 
 from relay.accounts import change_account_state
 from relay.config import load_config
 from relay.errors import StoreUnavailable
-from relay.services import Clock
 
 T0 = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 LIMIT = 3
 LIMITED = f"[account.rate_limited] Account shop is over its rate of {LIMIT} messages per minute; try again later"
 
 
-@dataclass
-class Clocked:
-    """A clock the test moves forward: the bucket refills without sleeping."""
-
-    now: datetime = T0
-
-    def clock(self) -> Clock:
-        return Clock(now=lambda: self.now)
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 @pytest.fixture
 def clocked() -> Clocked:
-    return Clocked()
+    return Clocked(T0)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import email.policy
 import json
 import re
 import smtplib
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
@@ -21,6 +20,7 @@ import pytest
 import structlog
 from conftest import (
     BODY_FOOTER,
+    Clocked,
     PASSWORD,
     RecordingUpstream,
     asend,
@@ -36,7 +36,6 @@ from relay import cli
 from relay.accounts import change_account_state
 from relay.config import load_config
 from relay.passwords import hash_password
-from relay.services import Clock
 from relay.store.records import DecisionRecord, DeliveryRecord
 
 # relay/http_admin.py stores the admin label under a str request key; aiohttp warns once per process.
@@ -51,22 +50,9 @@ ANNA, BOB = "anna@example.nl", "bob@example.nl"
 BOUNDARY = "fbl-boundary-7"
 
 
-@dataclass
-class Clocked:
-    """A clock the test moves forward: the deadline passes without sleeping."""
-
-    now: datetime = T0
-
-    def clock(self) -> Clock:
-        return Clock(now=lambda: self.now)
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 @pytest.fixture
 def clocked() -> Clocked:
-    return Clocked()
+    return Clocked(T0)
 
 
 def relay_config(

@@ -31,7 +31,7 @@ _UPSTREAM_PROBE_SECONDS = 10.0
 _GAUGE_SECONDS = 30.0
 
 
-def _tls_context(config: Config) -> ssl.SSLContext | None:
+def listener_tls_context(config: Config) -> ssl.SSLContext | None:
     """The listeners' TLS context; a certificate or key OpenSSL cannot load is a ConfigError naming it."""
     if config.smtp.tls_cert is None or config.smtp.tls_key is None:
         return None
@@ -102,7 +102,7 @@ class Relay:
         await self._load_features()
         self.recorder.start()
         await self._check_upstream()
-        tls = _tls_context(self.config)
+        tls = listener_tls_context(self.config)
         smtp = self.config.smtp
         self._servers.append(await self._listen(smtp.listen, tls_context=tls, implicit=False))
         self.smtp_port = self._servers[-1].sockets[0].getsockname()[1]

@@ -76,11 +76,11 @@ def build_parser() -> Parser:
 
 
 async def _check_config(config: Config, args: argparse.Namespace) -> int:
-    from relay.app import _tls_context
+    from relay.app import listener_tls_context
     from relay.dkim_keys import load_configured_keys
 
     load_configured_keys(config)
-    _tls_context(config)
+    listener_tls_context(config)
     print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
     return EXIT_OK
 

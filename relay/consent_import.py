@@ -75,7 +75,8 @@ class ImportReport:
 def write_report_json(report: ImportReport, refusals: Iterable[str], out: TextIO) -> None:
     """`report.as_json()` as one line, its errors taken from `refusals` (one JSON object a line, as
     `import_consents(refusals_to=…)` writes them) so that none has to be in memory."""
-    head = json.dumps({"accepted": report.accepted, "refused": report.refused, "unchanged": report.unchanged})
+    counts = {k: v for k, v in report.as_json().items() if k not in ("errors", "errors_omitted")}
+    head = json.dumps(counts)
     out.write(head[:-1] + ', "errors": [')
     for i, line in enumerate(refusals):
         out.write(", " + line.rstrip("\n") if i else line.rstrip("\n"))

@@ -148,11 +148,6 @@ class DkimSigner:
             by_domain.setdefault(_domain_key(key.domain), []).append(key)
         self._by_domain = {d: tuple(ks) for d, ks in by_domain.items()}
 
-    @property
-    def active(self) -> bool:
-        """Any key configured at all (else sign() returns every message as it is)."""
-        return bool(self._by_domain)
-
     def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
         return self._by_domain.get(_domain_key(domain), ())
 

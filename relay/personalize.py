@@ -134,14 +134,19 @@ def prepare(raw: bytes, *, placeholder: str) -> CopyTemplate:
     )
 
 
-def strip_header(raw: bytes, name: str) -> bytes:
-    """`raw` without any top-level header field called `name` (case-insensitive)."""
-    wanted = name.lower()
+def strip_header(raw: bytes, name: str, *more: str) -> bytes:
+    """`raw` without any top-level header field called `name` (or one of `more`), case-insensitively."""
+    wanted = {n.lower() for n in (name, *more)}
     top = _parse_headers(raw, 0, len(raw))
-    if not any(f.name == wanted for f in top.fields):
+    if not any(f.name in wanted for f in top.fields):
         return raw
-    kept = [raw[f.start : f.end] for f in top.fields if f.name != wanted]
+    kept = [raw[f.start : f.end] for f in top.fields if f.name not in wanted]
     return b"".join(kept) + raw[top.end :]
+
+
+def prepend_header(raw: bytes, name: str, value: str) -> bytes:
+    """`raw` with the field `name: value` first, in the message's own line ending."""
+    return f"{name}: {value}".encode("ascii") + _eol_of(raw) + raw
 
 
 def _eol_of(raw: bytes) -> bytes:

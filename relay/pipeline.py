@@ -18,6 +18,7 @@ from relay.decisions import DecisionRecorder
 from relay.delivery import Copy, DeliveryReport, deliver
 from relay.errors import ScannerUnavailable, StoreUnavailable
 from relay.log import get_logger
+from relay.personalize import strip_header
 from relay.services import Services
 from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
 from relay.upstream import Upstream
@@ -38,7 +39,6 @@ class Transaction:
     own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, kind)
     rcpt_refusals: list[Finding] = field(default_factory=list)
     delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
-    misses: tuple[str, ...] = ()  # rules the end-of-DATA evaluation ran without a finding
     # Consent and suppressions read at RCPT (marketing known before DATA), reused at end of DATA.
     rcpt_facts: dict[str, RecipientFacts] = field(default_factory=dict)
 
@@ -47,32 +47,6 @@ class Transaction:
 CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], Awaitable[list[Copy]]]
 # Handles mail to one of the relay's own addresses (unsubscribe, feedback reports).
 OwnMailHandler = Callable[[Transaction, Sequence[str], bytes], Awaitable[str]]
-
-
-def strip_header(raw: bytes, name: str) -> bytes:
-    """Remove every occurrence of a header (with its continuation lines) from the header block."""
-    end = raw.find(b"\r\n\r\n")
-    sep = b"\r\n"
-    if end < 0:
-        end = raw.find(b"\n\n")
-        sep = b"\n"
-    if end < 0:
-        end = len(raw)
-    head, body = raw[:end], raw[end:]
-    target = name.lower().encode() + b":"
-    if target not in head.lower():
-        return raw
-    out: list[bytes] = []
-    skipping = False
-    for line in head.split(sep):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                out.append(line)
-            continue
-        skipping = line.lower().startswith(target)
-        if not skipping:
-            out.append(line)
-    return sep.join(out) + body
 
 
 class Pipeline:
@@ -240,7 +214,6 @@ class Pipeline:
             message=message,
         )
         verdict = self.services.engine.message(facts, rfacts)
-        txn.misses = verdict.misses
         metrics.policy_seconds.observe(time.perf_counter() - started)
         for finding in verdict.findings:
             self.count_rule(finding)
@@ -268,12 +241,12 @@ class Pipeline:
         label = metric_stream(stream_cfg)
         if verdict.outcome is Outcome.TEMPFAIL:
             assert verdict.deciding is not None
-            self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts)
+            self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.policy_reply(verdict.deciding)
         if verdict.outcome is Outcome.REJECT:
             assert verdict.deciding is not None
-            self.record(txn, message, stream_name, "rejected", findings, all_rcpts)
+            self.record(txn, message, stream_name, "rejected", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "rejected").inc()
             metrics.recipients.labels(account_id, label, "rejected").inc(len(all_rcpts))
             return replies.policy_reply(verdict.deciding)
@@ -311,7 +284,7 @@ class Pipeline:
         metrics = self.services.metrics
         if report.tempfailed:
             self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
-            self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients)
+            self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
             metrics.messages.labels(account_id, stream_id, "tempfailed").inc()
             return replies.UPSTREAM_UNAVAILABLE
         if report.queued:
@@ -323,7 +296,7 @@ class Pipeline:
         outcome = "delivered" if report.delivered and not report.queued else ("deferred" if report.queued else "rejected")
         self.record(
             txn, message, stream_id, outcome, findings, txn.recipients, delivered=ok, rfacts=rfacts, facts=facts,
-            queued=set(report.queued),
+            queued=set(report.queued), misses=verdict.misses,
         )
         metrics.messages.labels(account_id, stream_id, outcome).inc()
         if report.delivered:
@@ -374,11 +347,11 @@ class Pipeline:
             await self.services.store.quarantine.hold(item)
         except StoreUnavailable as exc:
             self.log.error("quarantine_store_failed", relay_id=txn.relay_id, error=str(exc))
-            self.record(txn, message, stream_cfg.id, "tempfailed", findings, txn.recipients)
+            self.record(txn, message, stream_cfg.id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
             self.services.metrics.messages.labels(txn.account.id, stream_cfg.id, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
         self.services.metrics.quarantine_messages.inc()
-        self.record(txn, message, stream_cfg.id, "quarantined", findings, txn.recipients)
+        self.record(txn, message, stream_cfg.id, "quarantined", findings, txn.recipients, misses=verdict.misses)
         self.services.metrics.messages.labels(txn.account.id, stream_cfg.id, "quarantined").inc()
         self.services.metrics.recipients.labels(txn.account.id, stream_cfg.id, "quarantined").inc(len(permitted))
         return replies.quarantined(quarantine_id, verdict.deciding.rule)
@@ -453,16 +426,18 @@ class Pipeline:
         rfacts: Sequence[RecipientFacts] = (),
         facts: MessageFacts | None = None,
         queued: set[str] | None = None,
+        misses: Sequence[str] = (),
     ) -> None:
         assert txn.account is not None
         now = self.services.clock.now()
         message_id = message.header("Message-ID").strip()[:300]
         deliveries = []
         if delivered:
-            consent_ids = self._consent_ids(facts, rfacts) if facts is not None else {}
-            stream_facts = facts.stream if facts is not None else None
+            consents = self._consents_relied_on(facts, rfacts) if facts is not None else {}
+            stream_topic = facts.stream.topic if facts is not None and facts.stream is not None else ""
             for rcpt in delivered:
-                scope, consent_id = consent_ids.get(rcpt, ("", None))
+                # The subscription this copy's unsubscribe withdraws: its consent's scope and topic.
+                scope, topic, consent_id = consents.get(rcpt, ("", stream_topic, None))
                 delivery_id = txn.delivery_ids.get(rcpt) or self.delivery_ids.next()
                 if delivery_id is None:
                     self.log.warning("delivery_not_recorded", relay_id=txn.relay_id, reason="no delivery ids")
@@ -478,7 +453,7 @@ class Pipeline:
                         delivered_at=now,
                         message_id=message_id,
                         scope=scope,
-                        topic=stream_facts.topic if stream_facts else "",
+                        topic=topic,
                         consent_id=consent_id,
                     )
                 )
@@ -495,20 +470,23 @@ class Pipeline:
                 recipients=tuple(recipients),
                 rules=tuple(dict.fromkeys(f.rule for f in findings)),
                 findings=tuple(all_findings),
-                misses=tuple(dict.fromkeys(txn.misses)),
+                misses=tuple(dict.fromkeys(misses)),
             ),
             deliveries,
         )
 
-    def _consent_ids(self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]) -> dict[str, tuple[str, int | None]]:
+    def _consents_relied_on(
+        self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]
+    ) -> dict[str, tuple[str, str, int | None]]:
+        """Recipient -> (scope, topic, id) of the consent that permitted the copy."""
         covering = self.covering_consent
         if covering is None or facts.stream is None or not facts.stream.is_marketing:
             return {}
-        out: dict[str, tuple[str, int | None]] = {}
+        out: dict[str, tuple[str, str, int | None]] = {}
         for r in rfacts:
             record = covering(facts, r)
             if record is not None:
-                out[r.address] = (record.scope, int(record.id) if record.id else None)
+                out[r.address] = (record.scope, record.topic, int(record.id) if record.id else None)
         return out
 
 

@@ -116,7 +116,6 @@ async def _deliver(
             result.refused = [(r, verdict.refused[r].rule) for r in recipients if r in verdict.refused]
             permitted = [r for r in recipients if r not in verdict.refused]
         txn = Transaction(relay_id=item.relay_id, client_ip="", mail_from=item.mail_from, account=account)
-        txn.misses = verdict.misses
         txn.recipients = recipients
         if permitted:
             copies = await pipeline.copy_builder(txn, facts, rfacts, item.content, permitted)
@@ -134,5 +133,6 @@ async def _deliver(
             pipeline.record(
                 txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
                 delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
+                misses=verdict.misses,
             )
     return result

@@ -14,7 +14,6 @@ from policies.rules.consent import covering_consent
 from relay.config import Config
 from relay.log import get_logger, recipient_label
 from relay.services import Services
-from relay.store.records import DeliveryRecord
 from relay.unsubscribe_tokens import MAILTO_PREFIX, TokenClaims, TokenCodec
 
 UNSUBSCRIBED = "suppression.unsubscribed"
@@ -196,23 +195,11 @@ class UnsubscribeFeature:
                 delivery = await self.services.store.decisions.delivery(delivery_id)
             if delivery is None:
                 continue
-            await unsubscribe(self.services, await self._claims(delivery), method="mailto")
+            # The delivery row keeps the scope and topic of the consent the copy relied on: a '*'
+            # consent is withdrawn as '*', as the copy's one-click URL does.
+            claims = TokenClaims(delivery.scope or delivery.account, delivery.topic or "*", delivery.email, 0)
+            await unsubscribe(self.services, claims, method="mailto")
             done += 1
         if not done:
             return "550 5.1.1 Unknown unsubscribe address"
         return "250 2.0.0 Unsubscribed"
-
-    async def _claims(self, delivery: DeliveryRecord) -> TokenClaims:
-        """What this copy's one-click URL withdraws: the scope and topic of the consent it relied on.
-
-        The delivery row keeps the stream's topic; a '*' consent must be withdrawn as '*', so the
-        topic comes from the consent record itself (revoked ones included: a second unsubscribe).
-        """
-        scope = delivery.scope or delivery.account
-        if delivery.consent_id is not None:
-            found = await self.services.store.consent.find_consents([scope], [delivery.email])
-            for record in found.get(delivery.email, []):
-                if record.id == str(delivery.consent_id):
-                    return TokenClaims(record.scope, record.topic, delivery.email, 0)
-        # No consent behind the copy (monitor mode, a deleted record): the stream's own subscription.
-        return TokenClaims(scope, delivery.topic or "*", delivery.email, 0)

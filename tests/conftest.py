@@ -482,6 +482,45 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield url
 
 
+# --- the CLI in-process ----------------------------------------------------------------------------
+
+
+def cli_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`consent-relay ARGV` in this process: (exit code, stdout, stderr)."""
+    from relay import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- an aiohttp app on an ephemeral port -------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` (an aiohttp Application) served on 127.0.0.1 on a free port: yields its base URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def no_readiness() -> dict[str, Any]:
+    """The admin app's readiness callback for tests that do not look at /readyz."""
+    return {}
+
+
 # --- a started relay --------------------------------------------------------------------------
 
 

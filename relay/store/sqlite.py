@@ -30,9 +30,9 @@ from relay.store.records import (
     utcnow,
 )
 from relay.store.rows import (
-    abandoned_release_audit,
     CONSENT_COLUMNS,
     CONSENT_CONTENT_COLUMNS,
+    abandoned_release_audit,
     audit_from_row,
     consent_from_row,
     consent_merge_expression,

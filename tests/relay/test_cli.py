@@ -9,30 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from conftest import cli_run, make_config
 
-from relay import cli
 from relay.passwords import verify_password
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_check_config_ok(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["check-config", "-c", str(REPO / "config.example.toml")], capsys)
+    code, out, err = cli_run(["check-config", "-c", str(REPO / "config.example.toml")], capsys)
     assert code == 0 and "OK" in out and err == ""
 
 
 def test_config_option_before_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["-c", str(REPO / "config.example.toml"), "check-config"], capsys)
+    code, out, _ = cli_run(["-c", str(REPO / "config.example.toml"), "check-config"], capsys)
     assert code == 0 and "OK" in out
 
 
@@ -53,21 +43,21 @@ def test_check_config_errors_are_one_line_exit_2(
     assert replace[0] in text
     path = tmp_path / "config.toml"
     path.write_text(text.replace(*replace))
-    code, out, err = run(["check-config", "-c", str(path)], capsys)
+    code, out, err = cli_run(["check-config", "-c", str(path)], capsys)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in err, err
 
 
 def test_missing_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["check-config", "-c", str(tmp_path / "absent.toml")], capsys)
+    code, _, err = cli_run(["check-config", "-c", str(tmp_path / "absent.toml")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "absent.toml" in err
 
 
 def test_config_from_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(tmp_path, 2525)
     monkeypatch.setenv("CONSENT_RELAY_CONFIG", str(config.path))
-    code, out, _ = run(["check-config"], capsys)
+    code, out, _ = cli_run(["check-config"], capsys)
     assert code == 0 and str(config.path) in out
 
 
@@ -76,7 +66,7 @@ def test_hash_password_reads_stdin_and_needs_no_config(
 ) -> None:
     monkeypatch.setenv("CONSENT_RELAY_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setattr(sys, "stdin", io.StringIO("my secret\n"))
-    code, out, err = run(["hash-password"], capsys)
+    code, out, err = cli_run(["hash-password"], capsys)
     assert code == 0 and err == ""
     (line,) = out.strip().splitlines()
     assert line.startswith("scrypt$") and "my secret" not in out
@@ -90,13 +80,13 @@ def test_hash_password_takes_c_like_every_command(
     monkeypatch.setattr(sys, "stdin", io.StringIO("my secret\n"))
     option = ["-c", str(tmp_path / "absent.toml")]  # not read: hashing needs no config
     argv = [*option, "hash-password"] if where == "before" else ["hash-password", *option]
-    code, out, err = run(argv, capsys)
+    code, out, err = cli_run(argv, capsys)
     assert code == 0 and err == "" and verify_password("my secret", out.strip())
 
 
 def test_hash_password_refuses_empty(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
-    code, out, err = run(["hash-password"], capsys)
+    code, out, err = cli_run(["hash-password"], capsys)
     assert code == 2 and out == "" and "empty" in err
 
 
@@ -110,7 +100,7 @@ def test_hash_password_as_a_process() -> None:
 
 
 def test_unknown_command_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["frobnicate"], capsys)
+    code, _, err = cli_run(["frobnicate"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
@@ -170,10 +160,10 @@ def test_check_config_loads_the_tls_pair(
     pair = (junk, key) if broken == "cert" else (cert, junk)
     path = tmp_path / "config.toml"
     path.write_text(text.replace(original, f'tls_cert = "{pair[0]}"\ntls_key = "{pair[1]}"'))
-    code, out, err = run(["check-config", "-c", str(path)], capsys)
+    code, out, err = cli_run(["check-config", "-c", str(path)], capsys)
     assert code == 2 and out == "", (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"smtp.tls_{broken}" in lines[0] and "Traceback" not in err, err
     good = tmp_path / "good.toml"
     good.write_text(text.replace(original, f'tls_cert = "{cert}"\ntls_key = "{key}"'))
-    assert run(["check-config", "-c", str(good)], capsys)[0] == 0
+    assert cli_run(["check-config", "-c", str(good)], capsys)[0] == 0

@@ -7,19 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from conftest import cli_run, make_config
 
-from relay import cli
 from relay.services import Services
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def state_and_audit(config_path: Path) -> tuple[str, list[tuple[str, str]]]:
@@ -41,11 +31,11 @@ def state_and_audit(config_path: Path) -> tuple[str, list[tuple[str, str]]]:
 @pytest.mark.parametrize("action", ["pause", "suspend", "resume"])
 def test_a_state_change_without_a_reason_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str) -> None:
     cfg = str(make_config(tmp_path).path)
-    assert run(["account", "suspend", "shop", "--reason", "spam run", "-c", cfg], capsys)[0] == 0
-    code, out, err = run(["account", action, "shop", "-c", cfg], capsys)
+    assert cli_run(["account", "suspend", "shop", "--reason", "spam run", "-c", cfg], capsys)[0] == 0
+    code, out, err = cli_run(["account", action, "shop", "-c", cfg], capsys)
     assert code == 2 and out == "", (out, err)
     assert "--reason" in err and "Traceback" not in err
-    code, out, err = run(["account", action, "shop", "--reason", "  ", "-c", cfg], capsys)
+    code, out, err = cli_run(["account", action, "shop", "--reason", "  ", "-c", cfg], capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--reason" in err, (out, err)
     # Still suspended, and only the one change with its reason in the audit log.
     assert state_and_audit(Path(cfg)) == ("suspended", [("account.suspended", "spam run")])
@@ -53,7 +43,7 @@ def test_a_state_change_without_a_reason_is_exit_2(tmp_path: Path, capsys: pytes
 
 def test_resume_with_a_reason_is_audited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(make_config(tmp_path).path)
-    assert run(["account", "pause", "shop", "--reason", "complaint review", "-c", cfg], capsys)[0] == 0
-    code, out, _ = run(["account", "resume", "shop", "--reason", "list cleaned", "-c", cfg], capsys)
+    assert cli_run(["account", "pause", "shop", "--reason", "complaint review", "-c", cfg], capsys)[0] == 0
+    code, out, _ = cli_run(["account", "resume", "shop", "--reason", "list cleaned", "-c", cfg], capsys)
     assert code == 0 and out == "shop: active (list cleaned)\n"
     assert state_and_audit(Path(cfg)) == ("active", [("account.paused", "complaint review"), ("account.active", "list cleaned")])

@@ -382,15 +382,19 @@ def test_large_import_with_json_runs_in_bounded_memory(tmp_path: Path, extra: tu
     assert large_growth < small_growth + 16 * 1024, (small_growth, large_growth)
 
 
-def test_cli_add_show_touch_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = write_config(tmp_path)
-    base = ["-c", str(cfg), "--account", "shop"]
-    add = [
-        "consent", "add", "Anna@Example.nl", *base, "--basis", "double_opt_in", "--collected-at", "2026-01-01",
+def documented_add(email: str, base: list[str]) -> list[str]:
+    """`consent add` of a double opt-in with every provenance field the complaint procedure asks for."""
+    return [
+        "consent", "add", email, *base, "--basis", "double_opt_in", "--collected-at", "2026-01-01",
         "--confirmed-at", "2026-01-01T00:10:00", "--source-url", "https://shop.example/s", "--source-ip", "192.0.2.9",
         "--statement-text", "Yes, weekly news", "--frequency-disclosed",
     ]
-    assert cli.main(add) == 0
+
+
+def test_cli_add_show_touch_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path)
+    base = ["-c", str(cfg), "--account", "shop"]
+    assert cli.main(documented_add("Anna@Example.nl", base)) == 0
     assert cli.main(["consent", "add", "b@example.nl", *base, "--source", "purchased", "--collected-at", "2026-01-01"]) == 1
     assert "[consent.third_party]" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
@@ -417,12 +421,7 @@ def test_cli_add_show_touch_revoke(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_cli_touch_with_an_earlier_at_keeps_the_later_stamp(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, field: str) -> None:
     cfg = write_config(tmp_path)
     base = ["-c", str(cfg), "--account", "shop"]
-    add = [
-        "consent", "add", "anna@example.nl", *base, "--basis", "double_opt_in", "--collected-at", "2026-01-01",
-        "--confirmed-at", "2026-01-01T00:10:00", "--source-url", "https://shop.example/s", "--source-ip", "192.0.2.9",
-        "--statement-text", "Yes, weekly news", "--frequency-disclosed",
-    ]
-    assert cli.main(add) == 0
+    assert cli.main(documented_add("anna@example.nl", base)) == 0
     assert cli.main(["consent", "touch", "anna@example.nl", *base, "--kind", kind, "--at", "2026-02-10T12:00:00Z"]) == 0
     assert cli.main(["consent", "touch", "anna@example.nl", *base, "--kind", kind, "--at", "2026-01-15T12:00:00Z"]) == 0
     capsys.readouterr()

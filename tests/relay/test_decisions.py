@@ -28,13 +28,20 @@ class SlowDecisions:
         self.deliveries += deliveries
 
 
-async def test_close_during_a_flush_loses_nothing() -> None:
+async def writing_in_the_background() -> tuple[SlowDecisions, DecisionRecorder, DeliveryRecord]:
+    """A started recorder whose background flush has taken decision r1 (with its delivery) and is
+    still writing it."""
     store = SlowDecisions()
     recorder = DecisionRecorder(store)  # type: ignore[arg-type]
     recorder.start()
     delivery = DeliveryRecord(7, "r1", "shop", "newsletter", "anna@example.nl", "delivered", NOW)
     recorder.record(DecisionRecord("r1", "delivered", NOW), [delivery])
-    await store.writing.wait()  # the background flush has the batch and is writing it
+    await store.writing.wait()
+    return store, recorder, delivery
+
+
+async def test_close_during_a_flush_loses_nothing() -> None:
+    store, recorder, delivery = await writing_in_the_background()
     closing = asyncio.create_task(recorder.close())
     recorder.record(DecisionRecord("r2", "rejected", NOW))  # arrives while shutting down
     store.release.set()
@@ -46,12 +53,7 @@ async def test_close_during_a_flush_loses_nothing() -> None:
 async def test_flush_returns_only_after_the_batch_in_flight_is_written() -> None:
     # A complaint maps to a delivery row moments after the copy left: flush() must not return while the
     # background flush still holds that row, unseen by the caller, uncommitted.
-    store = SlowDecisions()
-    recorder = DecisionRecorder(store)  # type: ignore[arg-type]
-    recorder.start()
-    delivery = DeliveryRecord(7, "r1", "shop", "newsletter", "anna@example.nl", "delivered", NOW)
-    recorder.record(DecisionRecord("r1", "delivered", NOW), [delivery])
-    await store.writing.wait()  # the background flush took the batch and is writing it
+    store, recorder, delivery = await writing_in_the_background()
 
     async def flush_then_look() -> list[DeliveryRecord]:
         await recorder.flush()

@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import serving
 
 from relay.config import build_config
 from relay.http_common import SERVICES
@@ -62,14 +63,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     app = web.Application()
     app[SERVICES] = services
     add_routes(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield Api(session, f"http://127.0.0.1:{port}", services)
-    await runner.cleanup()
+    async with serving(app) as base, aiohttp.ClientSession() as session:
+        yield Api(session, base, services)
     await services.store.close()
 
 

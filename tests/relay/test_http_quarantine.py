@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
+from conftest import no_readiness, serving
 
 from relay.config import build_config
 from relay.http_admin import build_admin_app
@@ -58,17 +58,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     services = Services.build(build_config(data, tmp_path / "config.toml"), clock=Clock(now=lambda: NOW))
     await services.store.open()
 
-    async def ready() -> dict[str, Any]:
-        return {}
-
-    runner = web.AppRunner(build_admin_app(services, ready))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield Api(session, f"http://127.0.0.1:{port}", services)
-    await runner.cleanup()
+    async with serving(build_admin_app(services, no_readiness)) as base, aiohttp.ClientSession() as session:
+        yield Api(session, base, services)
     await services.store.close()
 
 

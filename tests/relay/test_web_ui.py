@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
+from conftest import no_readiness, serving
 
 from relay.config import build_config
 from relay.http_admin import build_admin_app
@@ -78,17 +78,10 @@ async def ui(tmp_path: Path) -> AsyncIterator[Browserless]:
     await services.store.open()
     await services.store.quarantine.hold(hostile_item())
 
-    async def ready() -> dict[str, Any]:
-        return {}
-
-    runner = web.AppRunner(build_admin_app(services, ready))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        yield Browserless(session, f"http://127.0.0.1:{port}", services)
-    await runner.cleanup()
+    app = build_admin_app(services, no_readiness)
+    cookies = aiohttp.CookieJar(unsafe=True)
+    async with serving(app) as base, aiohttp.ClientSession(cookie_jar=cookies) as session:
+        yield Browserless(session, base, services)
     await services.store.close()
 
 

@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
-from typing import Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
@@ -167,6 +167,11 @@ class ParsedMessage:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"ParsedMessage is immutable (tried to delete {name})")
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # Pickled as its bytes (parsing is cheap; the body walk happens where it is used): the
+        # relay hands messages to its helper process this way.
+        return parse_message, (self.raw,)
 
     def __repr__(self) -> str:
         return f"ParsedMessage(from={self.from_addresses!r}, subject={self.subject!r}, size={len(self.raw)})"

@@ -14,15 +14,18 @@ from typing import Any
 
 from aiohttp import web
 
+from policies.findings import Stage
 from relay.config import Config, Listen
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
+from relay.helper import Helper
 from relay.log import configure_logging, get_logger
 from relay.metrics import Metrics
 from relay.outbox import OutboxWorker
 from relay.pipeline import Pipeline
 from relay.services import Clock, Services
+from relay.signing import CopySigner
 from relay.smtp_handler import RelayHandler
 from relay.smtp_server import AuthLockout, ConnectionLimits, RelaySMTP
 from relay.upstream import Upstream
@@ -93,6 +96,8 @@ class Relay:
         self.admin_port = 0
         self.public_port = 0
         self.features: list[Any] = []
+        self.helper: Helper | None = None
+        self.copy_signer: CopySigner | None = None  # set by relay.features
 
     # --- start ----------------------------------------------------------------------------
 
@@ -100,6 +105,8 @@ class Relay:
         await self.services.store.open()
         await self.pipeline.delivery_ids.refill()
         await self._load_features()
+        if self.config.smtp.helper_process:
+            await self._start_helper()
         self.recorder.start()
         await self._check_upstream()
         tls = listener_tls_context(self.config)
@@ -131,6 +138,20 @@ class Relay:
             "relay_started", smtp=self.smtp_port, tls=self.tls_port, admin=self.admin_port, public=self.public_port,
             profile=self.config.policy.profile, mode=self.config.policy.mode, pid=os.getpid(),
         )
+
+    async def _start_helper(self) -> None:
+        signer = self.copy_signer
+        keys = signer.keys if signer is not None else ()
+        engine = self.services.engine
+        self.helper = Helper({
+            "profile": engine.profile,
+            "rules": [r.id for stage in Stage for r in engine.rules(stage)],
+            "dkim_keys": [k.pem() for k in keys],
+        })
+        await self.helper.start()
+        self.pipeline.helper = self.helper
+        if signer is not None:
+            signer.helper = self.helper
 
     async def _load_features(self) -> None:
         """Optional features (unsubscribe, complaints, malware scan…) hook into the pipeline."""
@@ -266,6 +287,8 @@ class Relay:
                 pass
         for runner in self._runners:
             await runner.cleanup()
+        if self.helper is not None:
+            await self.helper.close()
         await self.recorder.close()
         await self.upstream.close()
         await self.services.store.close()

@@ -39,6 +39,9 @@ class SmtpConfig:
     max_message_size: int = 26214400
     max_recipients: int = 1000
     workers: int = 1
+    # Policy evaluation and DKIM's private-key step in a helper process per worker: a second core
+    # for the CPU-bound part, the event loop kept for sessions.
+    helper_process: bool = True
     idle_timeout: float = 300
     shutdown_grace: float = 30
     max_connections: int = 1000
@@ -569,6 +572,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "max_message_size": _int,
                     "max_recipients": _int,
                     "workers": _int,
+                    "helper_process": _bool,
                     "idle_timeout": _num,
                     "shutdown_grace": _num,
                     "max_connections": _int,

@@ -9,9 +9,9 @@ from typing import Sequence
 from policies.facts import MessageFacts, RecipientFacts
 from relay.config import Config
 from relay.delivery import Copy
-from relay.dkim import DkimSigner
 from relay.personalize import prepend_header, prepare, strip_header
 from relay.pipeline import STREAM_HEADER, IdAllocator, Transaction
+from relay.signing import CopySigner
 from relay.unsubscribe import list_headers, subscription_for
 from relay.unsubscribe_tokens import TokenCodec
 
@@ -26,7 +26,7 @@ def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
 
 
 class CopyMaker:
-    def __init__(self, config: Config, codec: TokenCodec | None, signer: DkimSigner, ids: IdAllocator) -> None:
+    def __init__(self, config: Config, codec: TokenCodec | None, signer: CopySigner, ids: IdAllocator) -> None:
         self.config = config
         self.codec = codec
         self.signer = signer
@@ -44,11 +44,12 @@ class CopyMaker:
         raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.codec is None:
-            return [Copy(tuple(recipients), self.signer.sign(raw))]
+            (signed,) = await self.signer.sign([raw])
+            return [Copy(tuple(recipients), signed)]
         by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
-        copies = []
+        rendered = []
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
             delivery_id = self.ids.next()
@@ -59,7 +60,6 @@ class CopyMaker:
             txn.delivery_ids[rcpt] = delivery_id
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
-            # Signed on the event loop: a signing thread was measured slower (GIL hand-offs with the
-            # loop cost more than OpenSSL's GIL-free RSA step saved).
-            copies.append(Copy((rcpt,), self.signer.sign(template.render(headers=headers, url=url))))
-        return copies
+            rendered.append(template.render(headers=headers, url=url))
+        signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
+        return [Copy((rcpt,), copy) for rcpt, copy in zip(recipients, signed)]

@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
 __all__ = [
     "DkimKey",
@@ -90,6 +90,18 @@ class DkimKey:
         if self.algorithm != expected:
             raise DkimKeyError(f"algorithm {self.algorithm!r} does not match the key type")
 
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The b= value for header data whose SHA-256 is `digest`."""
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            return self.private_key.sign(digest)  # RFC 8463 §3: PureEdDSA over the SHA-256 hash
+        return self.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+
+    def pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8, for the helper process's pipe only."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
 
 def load_dkim_key(domain: str, selector: str, path: str | Path) -> DkimKey:
     """Read a PEM or DER private key (PKCS#1/PKCS#8 RSA, or PKCS#8 Ed25519)."""
@@ -153,24 +165,55 @@ class DkimSigner:
 
     def sign(self, message: bytes, *, now: int | None = None) -> bytes:
         """Return `message` with one DKIM-Signature prepended per matching key."""
-        if not self._by_domain:
+        job = self.prepare(message, now=now)
+        if job is None:
             return message
+        return job.finish([key.sign_digest(digest) for key, digest in zip(job.keys, job.digests)])
+
+    def prepare(self, message: bytes, *, now: int | None = None) -> SigningJob | None:
+        """Everything but the private-key step, which needs only each field's digest (and may run
+        in another process); None when no key covers the From domain."""
+        if not self._by_domain:
+            return None
         fields, body_start, eol = _split(message)
         domain = _from_domain(fields)
         keys = self.keys_for(domain) if domain else ()
         if not keys:
-            return message
+            return None
         timestamp = int(time.time()) if now is None else int(now)
         body_hash = base64.b64encode(
             hashlib.sha256(_relaxed_body(message[body_start:])).digest()
         ).decode()
         names = _header_names(fields)
         signed = _signed_header_data(fields, names)
-        headers = [
-            _signature_field(key, names, signed, body_hash, timestamp, eol) for key in keys
-        ]
-        # The first configured key ends up on top; order does not matter to verifiers.
-        return b"".join(headers) + message
+        unsigned = [_fold(_tags(key, timestamp), names, body_hash, eol) for key in keys]
+        digests = [hashlib.sha256(signed + _relaxed_header(field)).digest() for field in unsigned]
+        return SigningJob(message, keys, unsigned, digests, eol)
+
+    @property
+    def keys(self) -> tuple[DkimKey, ...]:
+        return tuple(k for ks in self._by_domain.values() for k in ks)
+
+
+class SigningJob:
+    """One message's DKIM-Signature fields, short of their b= values."""
+
+    __slots__ = ("message", "keys", "unsigned", "digests", "eol")
+
+    def __init__(self, message: bytes, keys: tuple[DkimKey, ...], unsigned: list[bytes], digests: list[bytes], eol: bytes) -> None:
+        self.message = message
+        self.keys = keys
+        self.unsigned = unsigned
+        self.digests = digests
+        self.eol = eol
+
+    def finish(self, signatures: Sequence[bytes]) -> bytes:
+        """The message with its signature fields on top, the first configured key first."""
+        headers = []
+        for unsigned, signature in zip(self.unsigned, signatures, strict=True):
+            last_line = len(unsigned) - unsigned.rfind(b"\n") - 1
+            headers.append(unsigned + _fold_base64(base64.b64encode(signature), _LINE_WIDTH - last_line, self.eol))
+        return b"".join(headers) + self.message
 
 
 def _domain_key(domain: str) -> str:
@@ -280,15 +323,8 @@ def _relaxed_body(body: bytes) -> bytes:
     return body[:end] + b"\r\n" if end else b""
 
 
-def _signature_field(
-    key: DkimKey,
-    names: list[str],
-    signed: bytes,
-    body_hash: str,
-    timestamp: int,
-    eol: bytes,
-) -> bytes:
-    tags = [
+def _tags(key: DkimKey, timestamp: int) -> list[str]:
+    return [
         "v=1;",
         f"a={key.algorithm};",
         "c=relaxed/relaxed;",
@@ -296,15 +332,6 @@ def _signature_field(
         f"s={key.selector};",
         f"t={timestamp};",
     ]
-    unsigned = _fold(tags, names, body_hash, eol)
-    data = signed + _relaxed_header(unsigned)
-    if isinstance(key.private_key, ed25519.Ed25519PrivateKey):
-        # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the header data (PureEdDSA).
-        signature = key.private_key.sign(hashlib.sha256(data).digest())
-    else:
-        signature = key.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    last_line = len(unsigned) - unsigned.rfind(b"\n") - 1
-    return unsigned + _fold_base64(base64.b64encode(signature), _LINE_WIDTH - last_line, eol)
 
 
 def _fold(tags: list[str], names: list[str], body_hash: str, eol: bytes) -> bytes:

@@ -11,6 +11,7 @@ from relay.copies import CopyMaker
 from relay.dkim import DkimSigner
 from relay.dkim_keys import load_configured_keys
 from relay.quarantine_service import QuarantineFeature
+from relay.signing import CopySigner
 from relay.unsubscribe import UnsubscribeFeature
 from relay.unsubscribe_tokens import TokenCodec
 
@@ -20,8 +21,8 @@ async def install(relay: Any) -> list[Any]:
     features: list[Any] = []
     relay.pipeline.covering_consent = covering_consent
     codec = TokenCodec(config.unsubscribe.secrets) if config.unsubscribe.secrets else None
-    signer = DkimSigner(load_configured_keys(config))
-    relay.pipeline.copy_builder = CopyMaker(config, codec, signer, relay.pipeline.delivery_ids)
+    relay.copy_signer = CopySigner(DkimSigner(load_configured_keys(config)))
+    relay.pipeline.copy_builder = CopyMaker(config, codec, relay.copy_signer, relay.pipeline.delivery_ids)
     if codec is not None:
         features.append(UnsubscribeFeature(relay, codec))
     features.append(ComplaintsFeature(relay))

@@ -17,6 +17,7 @@ from relay.config import AccountConfig, StreamConfig
 from relay.decisions import DecisionRecorder
 from relay.delivery import Copy, DeliveryReport, deliver
 from relay.errors import ScannerUnavailable, StoreUnavailable
+from relay.helper import Helper, HelperUnavailable
 from relay.log import get_logger
 from relay.personalize import strip_header
 from relay.services import Services
@@ -63,6 +64,7 @@ class Pipeline:
         self.extra_facts: list[Callable[[Transaction, ParsedMessage], Awaitable[dict[str, object]]]] = []
         self.covering_consent: Callable[[MessageFacts, RecipientFacts], object] | None = None
         self.delivery_ids = IdAllocator(services.store.decisions.reserve_ids, "deliveries")
+        self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
 
     def new_relay_id(self) -> str:
         return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
@@ -213,12 +215,23 @@ class Pipeline:
             stream_requested=requested if stream_cfg is None else None,
             message=message,
         )
-        verdict = self.services.engine.message(facts, rfacts)
+        verdict = await self.evaluate(facts, rfacts)
         metrics.policy_seconds.observe(time.perf_counter() - started)
         for finding in verdict.findings:
             self.count_rule(finding)
         findings = list(verdict.findings)  # RCPT-time refusals were recorded when they happened
         return await self._carry_out(txn, message, raw, stream_cfg, stream_name, verdict, findings, rfacts, facts)
+
+    async def evaluate(self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]) -> Verdict:
+        """The end-of-DATA verdict: in the helper process when there is one, else on the loop
+        (a helper that is down costs speed, never mail)."""
+        if self.helper is not None:
+            try:
+                verdict: Verdict = await self.helper.call("message", facts, rfacts)
+                return verdict
+            except HelperUnavailable:
+                pass  # the helper logged why
+        return self.services.engine.message(facts, rfacts)
 
     # --- outcomes -------------------------------------------------------------------------
 

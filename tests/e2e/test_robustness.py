@@ -97,7 +97,7 @@ async def test_handler_exception_becomes_451_not_500(relay: Any, upstream: Recor
             client.ehlo("client.test")
             client.mail("orders@shop.example")
             client.rcpt("anna@example.nl")
-            monkeypatch.setattr(relay.services.engine, "message", broken)
+            monkeypatch.setattr(relay.pipeline, "evaluate", broken)  # in the helper or inline
             failed = client.data(message())
             monkeypatch.undo()
             client.rset()

@@ -1,0 +1,78 @@
+"""The helper process's own end (`python -m relay.helper_child`, started by relay.helper).
+
+Reads a setup frame, then jobs, from stdin; answers each on stdout, in order. Exits at EOF: the
+relay closed the pipe or is gone. Only pure work runs here: no store, no network, no logging of
+message content.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import sys
+from typing import Any, BinaryIO, Callable
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+
+from relay.helper import FRAME
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def sign_digests(keys: list[Any], jobs: list[tuple[int, bytes]]) -> list[bytes]:
+    """One signature per (key index, SHA-256 digest of the DKIM header data)."""
+    out = []
+    for index, digest in jobs:
+        key = keys[index]
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            out.append(key.sign(digest))  # RFC 8463: Ed25519 signs the SHA-256 of the data
+        else:
+            assert isinstance(key, rsa.RSAPrivateKey)
+            out.append(key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())))
+    return out
+
+
+def handlers(setup: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    from policies.engine import Engine
+    from policies.registry import ALL_RULES
+
+    wanted = set(setup.get("rules", ()))
+    engine = Engine([r for r in ALL_RULES if r.id in wanted], setup["profile"]) if "profile" in setup else None
+    keys = [serialization.load_pem_private_key(pem, password=None) for pem in setup.get("dkim_keys", ())]
+
+    def message(facts: Any, recipients: Any, skip: Any = ()) -> Any:
+        assert engine is not None, "no engine in the helper's setup"
+        return engine.message(facts, recipients, skip=skip)
+
+    return {"message": message, "sign": lambda jobs: sign_digests(keys, jobs)}
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the relay, which closes our pipe
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the frames
+    setup = _read_frame(stdin)
+    if setup is None:
+        return 0
+    table = handlers(pickle.loads(setup))
+    while (frame := _read_frame(stdin)) is not None:
+        job_id, kind, args = pickle.loads(frame)
+        try:
+            body = pickle.dumps((job_id, True, table[kind](*args)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # the parent raises HelperJobFailed with this text
+            body = pickle.dumps((job_id, False, f"{type(exc).__name__}: {exc}"))
+        stdout.write(FRAME.pack(len(body)) + body)
+        stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The helper process (`[smtp] helper_process`): policy verdicts and DKIM's private-key step off the
+event loop, with the same results as inline, and no mail lost or held when the helper dies or hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from conftest import RecordingUpstream, asend, make_config, message, until
+from policies.message import parse_message
+from relay import helper as helper_module
+from relay.dkim import DkimKey, DkimSigner, dkim_dns_record, load_dkim_key
+from relay.helper import Helper, HelperJobFailed, HelperUnavailable
+from tests.e2e.test_unsubscribe_e2e import perl_verify
+
+ADULT = "Hot XXX porn, adult sex videos for you. Naked."
+
+
+def held(outcome: Any) -> bool:
+    """Quarantined by content.adult (strict profile): the engine ran, wherever it ran."""
+    return outcome.code == 250 and "Held for review" in outcome.text and "content.adult" in outcome.text
+
+
+def _pem(key: Any) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@pytest.fixture
+def key_paths(tmp_path: Path) -> dict[str, Path]:
+    paths = {"rsa": tmp_path / "rsa.pem", "ed": tmp_path / "ed.pem"}
+    paths["rsa"].write_bytes(_pem(rsa.generate_private_key(65537, 2048)))
+    paths["ed"].write_bytes(_pem(ed25519.Ed25519PrivateKey.generate()))
+    return paths
+
+
+def keys_of(paths: dict[str, Path]) -> list[DkimKey]:
+    return [load_dkim_key("shop.example", name, path) for name, path in paths.items()]
+
+
+def dkim_config(tmp_path: Path, port: int, paths: dict[str, Path], **overrides: Any) -> Any:
+    keys = [{"domain": "shop.example", "selector": n, "private_key": str(p)} for n, p in paths.items()]
+    return make_config(tmp_path, port, dkim={"keys": keys}, **overrides)
+
+
+def records(paths: dict[str, Path]) -> list[str]:
+    return [f"{k.selector}._domainkey.{k.domain} {dkim_dns_record(k)}\n" for k in keys_of(paths)]
+
+
+def test_a_parsed_message_pickles_as_its_bytes() -> None:
+    parsed = parse_message(message(subject="Hallo"))
+    again = pickle.loads(pickle.dumps(parsed))
+    assert again.raw == parsed.raw and again.subject == "Hallo" and again.text == parsed.text
+
+
+async def test_helper_signs_exactly_as_inline(key_paths: dict[str, Path]) -> None:
+    keys = keys_of(key_paths)
+    helper = Helper({"dkim_keys": [k.pem() for k in keys]})
+    await helper.start()
+    try:
+        job = DkimSigner(keys).prepare(message(), now=1_700_000_000)
+        assert job is not None
+        remote = await helper.call("sign", [(i, d) for i, d in enumerate(job.digests)])
+        # PKCS#1 v1.5 is deterministic, so the RSA b= must match byte for byte; Ed25519 too (RFC 8032).
+        assert remote == [k.sign_digest(d) for k, d in zip(keys, job.digests)]
+    finally:
+        await helper.close()
+    assert not helper.alive
+
+
+async def test_a_job_that_raises_in_the_helper_raises_here_and_the_helper_lives_on() -> None:
+    helper = Helper({"dkim_keys": []})
+    await helper.start()
+    try:
+        with pytest.raises(HelperJobFailed, match="IndexError"):
+            await helper.call("sign", [(0, b"\0" * 32)])
+        with pytest.raises(HelperJobFailed, match="no engine"):
+            await helper.call("message", None, ())
+        assert helper.alive
+    finally:
+        await helper.close()
+
+
+async def test_verdicts_come_from_the_helper(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port))
+    assert relay.helper is not None and relay.helper.alive
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("evaluated on the event loop")
+
+    monkeypatch.setattr(relay.services.engine, "message", broken)
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert held(await asend(relay.smtp_port, message(body=ADULT)))
+    assert len(upstream.messages) == 1
+
+
+async def test_without_the_helper_the_loop_evaluates(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"helper_process": False}))
+    assert relay.helper is None
+    assert (await asend(relay.smtp_port, message())).code == 250
+    monkeypatch.setattr(relay.services.engine, "message", lambda *a, **k: 1 / 0)
+    assert (await asend(relay.smtp_port, message())).code == 451
+
+
+async def test_copies_are_signed_in_the_helper_and_verify(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, key_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = await start_relay(dkim_config(tmp_path, upstream.port, key_paths))
+    monkeypatch.setattr(DkimKey, "sign_digest", lambda self, digest: b"inline")
+    assert (await asend(relay.smtp_port, message())).code == 250
+    (copy,) = upstream.messages
+    assert copy.content.count(b"DKIM-Signature:") == 2
+    assert perl_verify(copy.content, records(key_paths), tmp_path) == "pass"
+
+
+async def test_a_killed_helper_costs_no_mail_and_comes_back(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, key_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helper_module, "RESTART_SECONDS", 0.5)
+    relay = await start_relay(dkim_config(tmp_path, upstream.port, key_paths))
+    first = relay.helper.pid
+    os.kill(first, signal.SIGKILL)
+    await until(lambda: not relay.helper.alive, what="helper seen dead")
+    # Down: the loop does the work, with the same verdicts and valid signatures.
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert held(await asend(relay.smtp_port, message(body=ADULT)))
+    assert perl_verify(upstream.messages[-1].content, records(key_paths), tmp_path) == "pass"
+    # Restarted on a later message once the pause is over.
+    await asyncio.sleep(0.6)
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert relay.helper.alive and relay.helper.pid != first and relay.helper.restarts == 1
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert len(upstream.messages) == 3  # the held one is not among them
+    assert all(perl_verify(m.content, records(key_paths), tmp_path) == "pass" for m in upstream.messages)
+
+
+async def test_a_hung_helper_is_killed_and_the_message_still_gets_its_verdict(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port))
+    relay.helper.timeout = 0.5
+    assert (await asend(relay.smtp_port, message())).code == 250  # warm: the child has imported
+    os.kill(relay.helper.pid, signal.SIGSTOP)
+    try:
+        assert held(await asend(relay.smtp_port, message(body=ADULT)))
+    finally:
+        if relay.helper.pid is not None:
+            try:
+                os.kill(relay.helper.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    await until(lambda: not relay.helper.alive, what="hung helper killed")
+
+
+async def test_a_closed_helper_refuses_jobs() -> None:
+    helper = Helper({})
+    await helper.start()
+    await helper.close()
+    with pytest.raises(HelperUnavailable):
+        await helper.call("sign", [])

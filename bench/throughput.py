@@ -4,6 +4,7 @@ Targets: direct (source → sink), forwarder (bench/forwarder.py), postfix (priv
 relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's smtp-sink.
 
 Variants of `relay`, each compared with `relay` in the same run (column "vs relay"):
+relay-inline (`[smtp] helper_process = false`: policy and signing on the event loop),
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
@@ -46,7 +47,7 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
-VARIANTS = ("relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
+VARIANTS = ("relay-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
 # relay-nocontent turns off every content rule the registry has.
 CONTENT_RULES = tuple(rule.id for rule in ALL_RULES if rule.id.startswith("content."))
@@ -720,6 +721,8 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
         return fwd
     if name in ("relay", "relay2") or name.startswith("relay-"):
         overrides: dict[str, Any] = {}
+        if name == "relay-inline":
+            overrides = {"smtp": {"helper_process": False}}
         if name == "relay-nocontent":
             overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
         if name == "relay-dkim":

@@ -46,7 +46,12 @@ class WordList:
                 # deterministic evidence: the term listed first
                 return min((self.single[w] for w in found), key=self.terms.index)
         for first, term, pattern in self.multi_patterns:
-            if first not in folded:  # substring test in C: most terms are ruled out here
+            # Most terms are ruled out here: a whole first word must be among the words (a set
+            # lookup), anything else must at least stand in the text (a substring test in C).
+            if words is not None and first.isalnum():
+                if first not in words:
+                    continue
+            elif first not in folded:
                 continue
             for match in pattern.finditer(folded):
                 start = match.start()

@@ -732,17 +732,46 @@ _OPEN_MARK = "\ue000"
 _CLOSE_MARK = "\ue001"
 _URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+""")
 _URL_ANY_CASE = re.compile(_URL.pattern, re.I)
+_URL_SCHEMES = tuple(
+    (word, re.compile(re.escape(word) + rest))
+    for word, rest in (
+        ("http", r"""s?://[^\s<>"'()\[\]]+"""),
+        ("www.", r"""[^\s<>"'()\[\]]+"""),
+        ("mailto:", r"""[^\s<>"']+"""),
+        ("magnet:?", r"""[^\s<>"']+"""),
+    )
+)
 
 
-def _urls(text: str) -> Iterator[re.Match[str]]:
-    """URL matches, case-insensitively. Searched in a lower-cased copy, where the pattern
-    starts with plain letters and the regex engine skips ahead fast; spans are the same."""
+def _urls(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each URL, case-insensitively, as _URL_ANY_CASE.finditer would find them.
+
+    One pattern per scheme, searched in a lower-cased copy: each starts with plain letters, which
+    the regex engine skips to fast, and a scheme absent from the text costs one substring test.
+    The matches are merged as the alternation would take them: earliest first, none inside one
+    already taken (a scheme whose match was overtaken searches again after it)."""
     lowered = text.lower()
     if len(lowered) != len(text):  # a few characters lower-case to two; rare, so be slow
-        yield from _URL_ANY_CASE.finditer(text)
-        return
-    for match in _URL.finditer(lowered):
-        yield _URL_ANY_CASE.match(text, match.start(), match.end())  # type: ignore[misc]
+        return [m.span() for m in _URL_ANY_CASE.finditer(text)]
+    ahead = {}
+    for word, pattern in _URL_SCHEMES:
+        if word in lowered:
+            match = pattern.search(lowered)
+            if match is not None:
+                ahead[pattern] = match
+    spans: list[tuple[int, int]] = []
+    while ahead:
+        first = min(ahead.values(), key=lambda m: m.start())
+        spans.append(first.span())
+        pos = first.end()
+        for pattern, match in list(ahead.items()):
+            if match.start() < pos:
+                again = pattern.search(lowered, pos)
+                if again is None:
+                    del ahead[pattern]
+                else:
+                    ahead[pattern] = again
+    return spans
 
 
 def _strip_hidden(markup: str, hidden: list[str]) -> str:
@@ -782,13 +811,32 @@ def _strip_hidden(markup: str, hidden: list[str]) -> str:
     return "\n".join(pieces)
 
 
-def _alt_text(match: re.Match[str]) -> str:
-    return f"\n{match.group(1) or match.group(2) or ''} "
+def _interleave(pieces: list[str], between: list[str]) -> str:
+    """pieces[0] + between[0] + pieces[1] + …: len(pieces) == len(between) + 1."""
+    out = pieces + between
+    out[0::2] = pieces
+    out[1::2] = between
+    return "".join(out)
+
+
+# re.split returns a match's groups between the pieces of text, so slicing gives every group at
+# once: no Python callback per match (a newsletter has hundreds of anchors and images).
+def _images_to_alt(markup: str) -> str:
+    parts = _IMG_ALT.split(markup)
+    if len(parts) == 1:
+        return markup
+    alts = [f"\n{double or single or ''} " for double, single in zip(parts[1::3], parts[2::3])]
+    return _interleave(parts[0::3], alts)
+
+
+def _unescape_href(href: str) -> str:
+    # nearly always just &amp; between query parameters
+    return html.unescape(href) if "&" in href.replace("&amp;", "") else href.replace("&amp;", "&")
 
 
 def _markup_to_text(markup: str) -> str:
     if "alt" in markup:
-        markup = _IMG_ALT.sub(_alt_text, markup)
+        markup = _images_to_alt(markup)
     markup = _BLOCK.sub("\n", markup)
     markup = _TAG.sub("", markup)
     if "&" in markup:
@@ -812,18 +860,15 @@ def _html_to_text(markup: str) -> tuple[str, str, list[tuple[str, int, int]]]:
     markup = _DROP.sub(" ", markup)
     hidden: list[str] = []
     markup = _strip_hidden(markup, hidden)
-    hrefs: list[str] = []
-
-    def open_anchor(match: re.Match[str]) -> str:
-        href = match.group(1) or match.group(2) or match.group(3) or ""
-        if "&" in href:  # nearly always just &amp; between query parameters
-            href = html.unescape(href) if "&" in href.replace("&amp;", "") else href.replace("&amp;", "&")
-        hrefs.append(href.strip())
-        return _OPEN_MARK
-
     # Anchors become private-use marks that survive tag stripping, so link positions in the
     # final text come out of one pass instead of converting every fragment separately.
-    markup = _ANCHOR_OPEN.sub(open_anchor, markup)
+    parts = _ANCHOR_OPEN.split(markup)
+    hrefs = [
+        (_unescape_href(href) if "&" in href else href).strip()
+        for href in (a or b or c or "" for a, b, c in zip(parts[1::4], parts[2::4], parts[3::4]))
+    ]
+    if hrefs:
+        markup = _OPEN_MARK.join(parts[0::4])
     markup = _ANCHOR_CLOSE.sub(_CLOSE_MARK, markup)
     text = _markup_to_text(markup)
     hidden_text = "\n".join(_markup_to_text(h) for h in hidden)
@@ -859,8 +904,8 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
     offset = 0
     for text in plain:
         text = text.replace("\r\n", "\n")
-        for match in _urls(text):
-            links.append(Link(match.group(0).rstrip(".,;:!?"), "", offset + match.start(), offset + match.end()))
+        for start, end in _urls(text):
+            links.append(Link(text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end))
         chunks.append(text)
         offset += len(text) + 2
     for page in markup:
@@ -868,9 +913,9 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
         for href, start, end in spans:
             links.append(Link(href, text[start:end].strip(), offset + start, offset + end))
         # Bare URLs written as text in HTML (not inside an anchor) are links to the reader too.
-        for match in _urls(text):
-            if not any(s <= match.start() < e for _, s, e in spans):
-                links.append(Link(match.group(0).rstrip(".,;:!?"), "", offset + match.start(), offset + match.end()))
+        for start, end in _urls(text):
+            if not any(s <= start < e for _, s, e in spans):
+                links.append(Link(text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end))
         chunks.append(text)
         if hidden_text:
             hidden.append(hidden_text)
@@ -880,8 +925,8 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
 
 def iter_urls(text: str) -> Iterator[str]:
     """URLs written out in plain text (http, www., mailto:, magnet:)."""
-    for match in _urls(text):
-        yield match.group(0).rstrip(".,;:!?")
+    for start, end in _urls(text):
+        yield text[start:end].rstrip(".,;:!?")
 
 
 __all__ = [

@@ -152,6 +152,7 @@ class Relay:
         self.pipeline.helper = self.helper
         if signer is not None:
             signer.helper = self.helper
+            signer.offload = self.pipeline.offload
 
     async def _load_features(self) -> None:
         """Optional features (unsubscribe, complaints, malware scan…) hook into the pipeline."""

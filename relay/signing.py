@@ -3,7 +3,7 @@ in one round trip to the helper process (inline when there is none or it is down
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from relay.dkim import DkimKey, DkimSigner, SigningJob
 from relay.helper import Helper, HelperJobFailed, HelperUnavailable
@@ -13,6 +13,7 @@ class CopySigner:
     def __init__(self, signer: DkimSigner) -> None:
         self.signer = signer
         self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
+        self.offload: Callable[[], bool] = lambda: self.helper is not None
         self._index = {id(key): i for i, key in enumerate(signer.keys)}
 
     @property
@@ -37,7 +38,7 @@ class CopySigner:
         return out
 
     async def _signatures(self, work: list[SigningJob]) -> list[bytes]:
-        if self.helper is not None:
+        if self.helper is not None and self.offload():
             requests = [(self._index[id(k)], d) for job in work for k, d in zip(job.keys, job.digests)]
             try:
                 signatures: list[bytes] = await self.helper.call("sign", requests)

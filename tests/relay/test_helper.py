@@ -93,6 +93,7 @@ async def test_verdicts_come_from_the_helper(
 ) -> None:
     relay = await start_relay(make_config(tmp_path, upstream.port))
     assert relay.helper is not None and relay.helper.alive
+    relay.pipeline.offload_from = 1  # even a lone transaction
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("evaluated on the event loop")
@@ -101,6 +102,28 @@ async def test_verdicts_come_from_the_helper(
     assert (await asend(relay.smtp_port, message())).code == 250
     assert held(await asend(relay.smtp_port, message(body=ADULT)))
     assert len(upstream.messages) == 1
+
+
+async def test_a_lone_transaction_is_evaluated_and_signed_on_the_loop(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, key_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop has nothing else to do meanwhile: a round trip to the helper would only add latency.
+    relay = await start_relay(dkim_config(tmp_path, upstream.port, key_paths))
+    calls: list[str] = []
+
+    async def call(kind: str, *args: Any) -> Any:
+        calls.append(kind)
+        raise HelperUnavailable("not expected")
+
+    monkeypatch.setattr(relay.helper, "call", call)
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert held(await asend(relay.smtp_port, message(body=ADULT)))
+    assert calls == []
+    assert perl_verify(upstream.messages[0].content, records(key_paths), tmp_path) == "pass"
+    # Under concurrency the helper is used.
+    relay.pipeline.offload_from = 1
+    assert (await asend(relay.smtp_port, message())).code == 250
+    assert calls == ["message", "sign"]
 
 
 async def test_without_the_helper_the_loop_evaluates(
@@ -117,6 +140,7 @@ async def test_copies_are_signed_in_the_helper_and_verify(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, key_paths: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     relay = await start_relay(dkim_config(tmp_path, upstream.port, key_paths))
+    relay.pipeline.offload_from = 1
     monkeypatch.setattr(DkimKey, "sign_digest", lambda self, digest: b"inline")
     assert (await asend(relay.smtp_port, message())).code == 250
     (copy,) = upstream.messages
@@ -129,6 +153,7 @@ async def test_a_killed_helper_costs_no_mail_and_comes_back(
 ) -> None:
     monkeypatch.setattr(helper_module, "RESTART_SECONDS", 0.5)
     relay = await start_relay(dkim_config(tmp_path, upstream.port, key_paths))
+    relay.pipeline.offload_from = 1
     first = relay.helper.pid
     os.kill(first, signal.SIGKILL)
     await until(lambda: not relay.helper.alive, what="helper seen dead")
@@ -150,6 +175,7 @@ async def test_a_hung_helper_is_killed_and_the_message_still_gets_its_verdict(
 ) -> None:
     relay = await start_relay(make_config(tmp_path, upstream.port))
     relay.helper.timeout = 0.5
+    relay.pipeline.offload_from = 1
     assert (await asend(relay.smtp_port, message())).code == 250  # warm: the child has imported
     os.kill(relay.helper.pid, signal.SIGSTOP)
     try:

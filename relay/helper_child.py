@@ -56,7 +56,10 @@ def handlers(setup: dict[str, Any]) -> dict[str, Callable[..., Any]]:
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the relay, which closes our pipe
+    # Ctrl-C and a SIGTERM to the process group reach the relay too, which drains its sessions
+    # (using us meanwhile) and then closes our stdin; EOF also ends us if the relay is killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the frames
     setup = _read_frame(stdin)

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import RecordingUpstream, asend, make_config, message, until
+from conftest import RecordingUpstream, ServeProcess, asend, config_dict, make_config, message, until, write_config
 from policies.message import parse_message
 from relay import helper as helper_module
 from relay.dkim import DkimKey, DkimSigner, dkim_dns_record, load_dkim_key
@@ -195,3 +195,30 @@ async def test_a_closed_helper_refuses_jobs() -> None:
     await helper.close()
     with pytest.raises(HelperUnavailable):
         await helper.call("sign", [])
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+async def test_the_helper_ends_with_its_relay(tmp_path: Path, upstream: RecordingUpstream, how: str) -> None:
+    serve = ServeProcess(write_config(tmp_path, config_dict(tmp_path, upstream.port)))
+    try:
+        await serve.start()
+        (started,) = serve.events("helper_started")
+        pid = started["pid"]
+        assert _running(pid)
+        assert serve.proc is not None
+        serve.proc.send_signal(getattr(signal, how))
+        code = await serve.proc.wait()
+        assert code == (0 if how == "SIGTERM" else -signal.SIGKILL)
+        await until(lambda: not _running(pid), what="helper gone")  # EOF on its stdin ends it
+    finally:
+        await serve.ensure_stopped()
+    if how == "SIGTERM":
+        assert serve.events("helper_exited") == []  # a clean stop is not an error

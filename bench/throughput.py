@@ -4,7 +4,8 @@ Targets: direct (source → sink), forwarder (bench/forwarder.py), postfix (priv
 relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's smtp-sink.
 
 Variants of `relay`, each compared with `relay` in the same run (column "vs relay"):
-relay-inline (`[smtp] helper_process = false`: policy and signing on the event loop),
+relay-inline and relay2-inline (`[smtp] helper_process = false`: policy and signing on the event
+loop of each worker),
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
@@ -47,7 +48,7 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
-VARIANTS = ("relay-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
+VARIANTS = ("relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
 # relay-nocontent turns off every content rule the registry has.
 CONTENT_RULES = tuple(rule.id for rule in ALL_RULES if rule.id.startswith("content."))
@@ -719,9 +720,9 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
         fwd = Forwarder(sink, stack, workdir, name=name, uvloop=True)
         fwd.start()
         return fwd
-    if name in ("relay", "relay2") or name.startswith("relay-"):
+    if name in ("relay", "relay2") or name.startswith(("relay-", "relay2-")):
         overrides: dict[str, Any] = {}
-        if name == "relay-inline":
+        if name in ("relay-inline", "relay2-inline"):
             overrides = {"smtp": {"helper_process": False}}
         if name == "relay-nocontent":
             overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
@@ -742,7 +743,7 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             sink,
             stack,
             workdir,
-            workers=2 if name == "relay2" else 1,
+            workers=2 if name in ("relay2", "relay2-inline") else 1,
             name=name,
             consent=options.consent or name == "relay-1m",
             consent_csv=options.consent_csv,

@@ -698,17 +698,27 @@ _DROP = re.compile(
     r"<!--.*?(?:-->|\Z)|<(script|style|head|title|noscript|template|object|iframe)\b[^>]*>.*?(?:</\1\s*>|\Z)",
     re.I | re.S,
 )
-_HIDDEN_STYLES = (
-    re.compile(r"display\s*:\s*none"),
-    re.compile(r"visibility\s*:\s*hidden"),
-    re.compile(r"mso-hide\s*:\s*all"),
+_DROP_LOWER = re.compile(_DROP.pattern, re.S)
+_HIDDEN_STYLES = (  # each with its first word: absent from the page, its regex never runs
+    (re.compile(r"display\s*:\s*none"), "display"),
+    (re.compile(r"visibility\s*:\s*hidden"), "visibility"),
+    (re.compile(r"mso-hide\s*:\s*all"), "mso-hide"),
 )
 
 
-def _next_hidden_style(lowered: str, pos: int) -> re.Match[str] | None:
-    """The earliest hiding declaration from pos; each regex starts with a literal word."""
-    found = [m for m in (p.search(lowered, pos) for p in _HIDDEN_STYLES) if m is not None]
-    return min(found, key=lambda m: m.start()) if found else None
+def _next_hidden_style(lowered: str, pos: int, ahead: dict[re.Pattern[str], re.Match[str]]) -> re.Match[str] | None:
+    """The earliest hiding declaration from pos. `ahead` keeps each declaration's next match, so
+    a declaration is searched for again only once pos has passed it (absent ones never)."""
+    for pattern, match in list(ahead.items()):
+        if match.start() < pos:
+            again = pattern.search(lowered, pos)
+            if again is None:
+                del ahead[pattern]
+            else:
+                ahead[pattern] = again
+    return min(ahead.values(), key=lambda m: m.start()) if ahead else None
+
+
 _TAG_NAME = re.compile(r"<([a-zA-Z][a-zA-Z0-9]*)")
 _VOID = frozenset({"br", "img", "hr", "input", "meta", "link", "wbr", "area", "col", "source"})
 _ANCHOR_OPEN = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]*))[^>]*>|<a\b[^>]*>""", re.I)
@@ -774,16 +784,35 @@ def _urls(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _strip_hidden(markup: str, hidden: list[str]) -> str:
-    """Cut elements styled invisible, up to their matching close tag (nesting counted)."""
+def _drop_invisible_elements(markup: str) -> tuple[str, str]:
+    """Comments, scripts, styles, head… replaced by a space; and the result lower-cased.
+
+    Found in a lower-cased copy without re.I (case-insensitive matching costs sre at every "<"),
+    then cut from both: lower() keeps every position unless a character lower-cases to two."""
     lowered = markup.lower()
+    if len(lowered) != len(markup):
+        markup = _DROP.sub(" ", markup)
+        return markup, markup.lower()
+    spans = [m.span() for m in _DROP_LOWER.finditer(lowered)]
+    if not spans:
+        return markup, lowered
+    kept = [0, *itertools.chain.from_iterable(spans), len(markup)]
+    bounds = list(zip(kept[0::2], kept[1::2]))
+    return " ".join(markup[a:b] for a, b in bounds), " ".join(lowered[a:b] for a, b in bounds)
+
+
+def _strip_hidden(markup: str, hidden: list[str], lowered: str | None = None) -> str:
+    """Cut elements styled invisible, up to their matching close tag (nesting counted)."""
+    if lowered is None:
+        lowered = markup.lower()
     if "none" not in lowered and "hidden" not in lowered and "mso-hide" not in lowered:
         return markup
     pieces: list[str] = []
     kept_from = 0
     pos = 0
+    ahead = {p: m for p, word in _HIDDEN_STYLES if word in lowered and (m := p.search(lowered)) is not None}
     for _ in range(500):  # bounded: a newsletter has a handful of hidden preheaders
-        style = _next_hidden_style(lowered, pos)
+        style = _next_hidden_style(lowered, pos, ahead)
         if style is None:
             break
         pos = style.end()
@@ -857,9 +886,9 @@ def _markup_to_text(markup: str) -> str:
 
 def _html_to_text(markup: str) -> tuple[str, str, list[tuple[str, int, int]]]:
     """Visible text, hidden text, and (href, start, end) of each anchor's text in the visible text."""
-    markup = _DROP.sub(" ", markup)
+    markup, lowered = _drop_invisible_elements(markup)
     hidden: list[str] = []
-    markup = _strip_hidden(markup, hidden)
+    markup = _strip_hidden(markup, hidden, lowered)
     # Anchors become private-use marks that survive tag stripping, so link positions in the
     # final text come out of one pass instead of converting every fragment separately.
     parts = _ANCHOR_OPEN.split(markup)

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from policies.findings import Stage
-from relay.config import Config, Listen
+from relay.config import Config, Listen, helper_enabled
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
@@ -105,7 +105,7 @@ class Relay:
         await self.services.store.open()
         await self.pipeline.delivery_ids.refill()
         await self._load_features()
-        if self.config.smtp.helper_process:
+        if helper_enabled(self.config.smtp):
             await self._start_helper()
         self.recorder.start()
         await self._check_upstream()

@@ -17,10 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from conftest import RecordingUpstream, ServeProcess, asend, config_dict, make_config, message, until, write_config
 from policies.message import parse_message
 from relay import helper as helper_module
+from relay.config import helper_enabled
 from relay.dkim import DkimKey, DkimSigner, dkim_dns_record, load_dkim_key
+from relay.errors import ConfigError
 from relay.helper import Helper, HelperJobFailed, HelperUnavailable
 from tests.e2e.test_unsubscribe_e2e import perl_verify
 
+ON = {"helper_process": True}  # not left to "auto": these tests need the helper on any machine
 ADULT = "Hot XXX porn, adult sex videos for you. Naked."
 
 
@@ -47,7 +50,7 @@ def keys_of(paths: dict[str, Path]) -> list[DkimKey]:
 
 def dkim_config(tmp_path: Path, port: int, paths: dict[str, Path], **overrides: Any) -> Any:
     keys = [{"domain": "shop.example", "selector": n, "private_key": str(p)} for n, p in paths.items()]
-    return make_config(tmp_path, port, dkim={"keys": keys}, **overrides)
+    return make_config(tmp_path, port, dkim={"keys": keys}, smtp=ON, **overrides)
 
 
 def records(paths: dict[str, Path]) -> list[str]:
@@ -91,7 +94,7 @@ async def test_a_job_that_raises_in_the_helper_raises_here_and_the_helper_lives_
 async def test_verdicts_come_from_the_helper(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    relay = await start_relay(make_config(tmp_path, upstream.port))
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp=ON))
     assert relay.helper is not None and relay.helper.alive
     relay.pipeline.offload_from = 1  # even a lone transaction
 
@@ -129,7 +132,7 @@ async def test_a_lone_transaction_is_evaluated_and_signed_on_the_loop(
 async def test_without_the_helper_the_loop_evaluates(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"helper_process": False}))
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"helper_process": False}))  # off whatever the cores
     assert relay.helper is None
     assert (await asend(relay.smtp_port, message())).code == 250
     monkeypatch.setattr(relay.services.engine, "message", lambda *a, **k: 1 / 0)
@@ -173,7 +176,7 @@ async def test_a_killed_helper_costs_no_mail_and_comes_back(
 async def test_a_hung_helper_is_killed_and_the_message_still_gets_its_verdict(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: Any
 ) -> None:
-    relay = await start_relay(make_config(tmp_path, upstream.port))
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp=ON))
     relay.helper.timeout = 0.5
     relay.pipeline.offload_from = 1
     assert (await asend(relay.smtp_port, message())).code == 250  # warm: the child has imported
@@ -207,7 +210,7 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 async def test_the_helper_ends_with_its_relay(tmp_path: Path, upstream: RecordingUpstream, how: str) -> None:
-    serve = ServeProcess(write_config(tmp_path, config_dict(tmp_path, upstream.port)))
+    serve = ServeProcess(write_config(tmp_path, config_dict(tmp_path, upstream.port, smtp=ON)))
     try:
         await serve.start()
         (started,) = serve.events("helper_started")
@@ -222,3 +225,21 @@ async def test_the_helper_ends_with_its_relay(tmp_path: Path, upstream: Recordin
         await serve.ensure_stopped()
     if how == "SIGTERM":
         assert serve.events("helper_exited") == []  # a clean stop is not an error
+
+
+@pytest.mark.parametrize(
+    ("value", "workers", "cpus", "enabled"),
+    [(True, 2, 2, True), (False, 1, 8, False), ("auto", 1, 2, True), ("auto", 2, 2, False), ("auto", 1, 1, False)],
+)
+def test_helper_process_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: Any, workers: int, cpus: int, enabled: bool
+) -> None:
+    config = make_config(tmp_path, smtp={"helper_process": value, "workers": workers})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert helper_enabled(config.smtp) is enabled
+
+
+def test_helper_process_setting_rejects_other_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="smtp.helper_process") as caught:
+        make_config(tmp_path, smtp={"helper_process": "yes"})
+    assert 'true, false or "auto"' in str(caught.value)

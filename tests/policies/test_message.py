@@ -130,6 +130,34 @@ def test_html_reduced_to_visible_text_with_alt_texts_and_links() -> None:
     assert message.html_parts[0] == html + "\n"
 
 
+def test_control_and_private_use_characters_in_the_page_do_not_shift_links() -> None:
+    # Anchors are tracked with marker characters through the text passes; the page's own copies
+    # of them (invisible anyway) must not be taken for anchors.
+    html = '<p>\x01a\x02 \ue000b\ue001</p><a href="https://shop.example/x">Bekijk\x02</a> en <a href="https://shop.example/y">meer</a>'
+    message = parse_message(mail(text=None, html=html))
+    assert [(link.href, link.text) for link in message.links] == [
+        ("https://shop.example/x", "Bekijk"),
+        ("https://shop.example/y", "meer"),
+    ]
+    for link in message.links:
+        assert message.text[link.start : link.end].strip() == link.text
+    assert "\x01" not in message.text and "\x02" not in message.text
+
+
+def test_bare_urls_of_every_scheme_are_found_in_order_without_overlap() -> None:
+    # One search per scheme, merged: a mailto: inside an http URL belongs to it, and one right
+    # after it is found again (the alternation regex would do the same).
+    text = "zie http://a.example/mailto:b(mailto:c@d) en WWW.Shop.Example/x, magnet:?xt=1 www.e.nl"
+    message = parse_message(mail(text=text + "\n"))
+    assert [link.href for link in message.links] == [
+        "http://a.example/mailto:b",
+        "mailto:c@d)",
+        "WWW.Shop.Example/x",
+        "magnet:?xt=1",
+        "www.e.nl",
+    ]
+
+
 def test_nested_hidden_elements_are_cut_up_to_their_own_close_tag() -> None:
     html = '<div style="visibility:hidden"><div>a</div><div>b</div></div><div>zichtbaar</div>'
     message = parse_message(mail(text=None, html=html))

@@ -147,7 +147,7 @@ class Relay:
             "profile": engine.profile,
             "rules": [r.id for stage in Stage for r in engine.rules(stage)],
             "dkim_keys": [k.pem() for k in keys],
-        })
+        }, on_restart=self.services.metrics.helper_restarts.inc)
         await self.helper.start()
         self.pipeline.helper = self.helper
         if signer is not None:

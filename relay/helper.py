@@ -19,7 +19,7 @@ import pickle
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from relay.log import get_logger
 
@@ -38,7 +38,7 @@ class HelperJobFailed(RuntimeError):
 class Helper:
     """The parent's end: start the child, send jobs, match answers to waiting callers."""
 
-    def __init__(self, setup: dict[str, Any], *, timeout: float = 30.0) -> None:
+    def __init__(self, setup: dict[str, Any], *, timeout: float = 30.0, on_restart: Callable[[], None] = lambda: None) -> None:
         self._setup = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
         self.timeout = timeout
         self._ids = itertools.count(1)
@@ -48,6 +48,7 @@ class Helper:
         self._started_at = -RESTART_SECONDS
         self._closed = False
         self.restarts = 0
+        self.on_restart = on_restart
         self.log = get_logger()
 
     @property
@@ -103,6 +104,7 @@ class Helper:
         if time.monotonic() - self._started_at < RESTART_SECONDS:
             raise HelperUnavailable("helper down; restart not due yet")
         self.restarts += 1
+        self.on_restart()
         try:
             await self.start()
         except OSError as exc:

@@ -58,3 +58,10 @@ class Metrics:
         self.consent_records = Gauge(p + "consent_records", "Consent records in the store", registry=r, multiprocess_mode="max")
         self.upstream_up = Gauge(p + "upstream_up", "1 when the upstream MTA answered the last probe", registry=r, multiprocess_mode="max")
         self.auth_failures = Counter(p + "auth_failures_total", "Failed SMTP AUTH attempts", registry=r)
+        self.helper_jobs = Counter(
+            p + "helper_jobs_total",
+            "End-of-DATA verdicts and DKIM signing batches by where they ran: helper, loop (no helper, or "
+            "a lone transaction), fallback (the helper was down or hung)",
+            ["work", "ran"], registry=r,
+        )
+        self.helper_restarts = Counter(p + "helper_restarts_total", "Helper processes started again after one died", registry=r)

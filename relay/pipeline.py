@@ -239,12 +239,15 @@ class Pipeline:
     async def evaluate(self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]) -> Verdict:
         """The end-of-DATA verdict: in the helper process when there is one, else on the loop
         (a helper that is down costs speed, never mail)."""
+        ran = "loop"
         if self.helper is not None and self.offload():
             try:
                 verdict: Verdict = await self.helper.call("message", facts, rfacts)
+                self.services.metrics.helper_jobs.labels("verdict", "helper").inc()
                 return verdict
             except HelperUnavailable:
-                pass  # the helper logged why
+                ran = "fallback"  # the helper logged why
+        self.services.metrics.helper_jobs.labels("verdict", ran).inc()
         return self.services.engine.message(facts, rfacts)
 
     # --- outcomes -------------------------------------------------------------------------

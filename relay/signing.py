@@ -7,11 +7,13 @@ from typing import Callable, Sequence
 
 from relay.dkim import DkimKey, DkimSigner, SigningJob
 from relay.helper import Helper, HelperJobFailed, HelperUnavailable
+from relay.metrics import Metrics
 
 
 class CopySigner:
-    def __init__(self, signer: DkimSigner) -> None:
+    def __init__(self, signer: DkimSigner, metrics: Metrics | None = None) -> None:
         self.signer = signer
+        self.metrics = metrics
         self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
         self.offload: Callable[[], bool] = lambda: self.helper is not None
         self._index = {id(key): i for i, key in enumerate(signer.keys)}
@@ -38,11 +40,18 @@ class CopySigner:
         return out
 
     async def _signatures(self, work: list[SigningJob]) -> list[bytes]:
+        ran = "loop"
         if self.helper is not None and self.offload():
             requests = [(self._index[id(k)], d) for job in work for k, d in zip(job.keys, job.digests)]
             try:
                 signatures: list[bytes] = await self.helper.call("sign", requests)
+                self._count("helper")
                 return signatures
             except (HelperUnavailable, HelperJobFailed):
-                pass  # the helper logged why; sign here
+                ran = "fallback"  # the helper logged why; sign here
+        self._count(ran)
         return [k.sign_digest(d) for job in work for k, d in zip(job.keys, job.digests)]
+
+    def _count(self, ran: str) -> None:
+        if self.metrics is not None:
+            self.metrics.helper_jobs.labels("sign", ran).inc()

@@ -27,6 +27,10 @@ ON = {"helper_process": True}  # not left to "auto": these tests need the helper
 ADULT = "Hot XXX porn, adult sex videos for you. Naked."
 
 
+def jobs(relay: Any, job: str, ran: str) -> float | None:
+    return relay.services.metrics.registry.get_sample_value("consent_relay_helper_jobs_total", {"work": job, "ran": ran})
+
+
 def held(outcome: Any) -> bool:
     """Quarantined by content.adult (strict profile): the engine ran, wherever it ran."""
     return outcome.code == 250 and "Held for review" in outcome.text and "content.adult" in outcome.text
@@ -122,6 +126,7 @@ async def test_a_lone_transaction_is_evaluated_and_signed_on_the_loop(
     assert (await asend(relay.smtp_port, message())).code == 250
     assert held(await asend(relay.smtp_port, message(body=ADULT)))
     assert calls == []
+    assert jobs(relay, "verdict", "loop") == 2 and jobs(relay, "sign", "loop") == 1
     assert perl_verify(upstream.messages[0].content, records(key_paths), tmp_path) == "pass"
     # Under concurrency the helper is used.
     relay.pipeline.offload_from = 1
@@ -170,6 +175,9 @@ async def test_a_killed_helper_costs_no_mail_and_comes_back(
     assert relay.helper.alive and relay.helper.pid != first and relay.helper.restarts == 1
     assert (await asend(relay.smtp_port, message())).code == 250
     assert len(upstream.messages) == 3  # the held one is not among them
+    assert jobs(relay, "verdict", "fallback") == 2 and jobs(relay, "sign", "fallback") == 1
+    assert jobs(relay, "verdict", "helper") == 2 and jobs(relay, "sign", "helper") == 2
+    assert relay.services.metrics.registry.get_sample_value("consent_relay_helper_restarts_total") == 1
     assert all(perl_verify(m.content, records(key_paths), tmp_path) == "pass" for m in upstream.messages)
 
 

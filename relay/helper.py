@@ -6,8 +6,9 @@ for signing). A child process has its own interpreter: the loop sends it a job a
 pipe and goes on serving other sessions until the answer frame comes back. Frames are a 4-byte
 length and a pickle; only this process's own child reads them.
 
-Nothing here may lose or hold up mail. A dead or wedged helper fails its jobs with
-HelperUnavailable and the caller does the work inline; the helper is started again on a later
+Nothing here may lose or hold up mail. A dead helper fails its jobs with HelperUnavailable and
+the caller does the work inline; a wedged one is killed and its jobs fail with HelperTimeout
+(verdicts then get a 451, signatures are made inline). The helper is started again on a later
 call, at most once per RESTART_SECONDS.
 """
 
@@ -29,6 +30,11 @@ RESTART_SECONDS = 5.0
 
 class HelperUnavailable(RuntimeError):
     """The helper process is not running, died, or did not answer in time: do the work inline."""
+
+
+class HelperTimeout(HelperUnavailable):
+    """No answer in time. The helper is killed (a wedged helper holds up every job behind it); a
+    job that may be what wedged it is better refused for now than redone on the event loop."""
 
 
 class HelperJobFailed(RuntimeError):
@@ -94,7 +100,7 @@ class Helper:
         except TimeoutError:
             self.log.error("helper_timeout", job=kind, seconds=self.timeout, pid=proc.pid)
             self._kill()  # wedged: every job behind this one would wait as long
-            raise HelperUnavailable(f"helper gave no answer within {self.timeout:g} s") from None
+            raise HelperTimeout(f"helper gave no answer within {self.timeout:g} s") from None
         finally:
             self._pending.pop(job_id, None)
 

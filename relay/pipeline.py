@@ -17,7 +17,7 @@ from relay.config import AccountConfig, StreamConfig
 from relay.decisions import DecisionRecorder
 from relay.delivery import Copy, DeliveryReport, deliver
 from relay.errors import ScannerUnavailable, StoreUnavailable
-from relay.helper import Helper, HelperUnavailable
+from relay.helper import Helper, HelperTimeout, HelperUnavailable
 from relay.log import get_logger
 from relay.personalize import strip_header
 from relay.services import Services
@@ -229,7 +229,15 @@ class Pipeline:
             stream_requested=requested if stream_cfg is None else None,
             message=message,
         )
-        verdict = await self.evaluate(facts, rfacts)
+        try:
+            verdict = await self.evaluate(facts, rfacts)
+        except HelperTimeout as exc:
+            # Maybe this very message wedged the helper: not redone on the loop, where it could
+            # stall every session. The client retries; by then the helper is a new one.
+            self.log.error("policy_timeout", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
+            metrics.messages.labels(account.id, label, "tempfailed").inc()
+            return replies.POLICY_TIMEOUT
         metrics.policy_seconds.observe(time.perf_counter() - started)
         for finding in verdict.findings:
             self.count_rule(finding)
@@ -245,6 +253,8 @@ class Pipeline:
                 verdict: Verdict = await self.helper.call("message", facts, rfacts)
                 self.services.metrics.helper_jobs.labels("verdict", "helper").inc()
                 return verdict
+            except HelperTimeout:
+                raise
             except HelperUnavailable:
                 ran = "fallback"  # the helper logged why
         self.services.metrics.helper_jobs.labels("verdict", ran).inc()

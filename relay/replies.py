@@ -21,6 +21,7 @@ UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream mail server unavailable; try again la
 STORE_UNAVAILABLE = "451 4.3.0 Temporary local problem (store unavailable); try again later"
 SCANNER_UNAVAILABLE = "451 4.3.0 Temporary local problem (malware scanner unavailable); try again later"
 INTERNAL_ERROR = "451 4.3.0 Temporary local problem; try again later"
+POLICY_TIMEOUT = "451 4.3.0 Temporary local problem (policy check timed out); try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 

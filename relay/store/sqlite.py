@@ -7,6 +7,7 @@ import json
 import random
 import sqlite3
 import time
+import urllib.parse
 from contextlib import asynccontextmanager
 from datetime import datetime
 from itertools import islice
@@ -60,6 +61,7 @@ class SqliteDatabase:
         self.timeout = timeout
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._point: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -68,6 +70,7 @@ class SqliteDatabase:
             self._writer = await self._connect()
             await self._while_busy(lambda: self._migrate(self._conn(True)))
             self._reader = await self._connect()
+            self._point = self._connect_point_reader()
         except BaseException as exc:
             await self.close()  # a half-open store would keep its connection threads (and the process) alive
             if isinstance(exc, (sqlite3.Error, OSError)):
@@ -136,7 +139,23 @@ class SqliteDatabase:
                 await conn.execute("ROLLBACK")
             raise
 
+    def _connect_point_reader(self) -> sqlite3.Connection:
+        """A read-only connection used on the event loop itself, for reads by primary key.
+
+        aiosqlite hands every query to its thread and back: for a one-row lookup on every MAIL
+        FROM the hand-offs cost far more than the lookup. WAL readers never wait for writers, and
+        with busy_timeout 0 anything unusual fails at once and goes the threaded way instead."""
+        conn = sqlite3.connect(
+            f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=0")
+        return conn
+
     async def close(self) -> None:
+        if self._point is not None:
+            self._point.close()
+            self._point = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -158,6 +177,18 @@ class SqliteDatabase:
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """fetchone for a lookup by primary key: on the loop, no thread hand-off (see
+        _connect_point_reader); the threaded reader when that fails."""
+        conn = self._point
+        if conn is not None:
+            try:
+                row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+                return row
+            except sqlite3.Error:
+                pass
+        return await self.fetchone(sql, params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -207,7 +238,7 @@ class SqliteAccountStates(base.AccountStateStore):
         self.db = db
 
     async def get(self, account: str) -> AccountState:
-        row = await self.db.fetchone("SELECT * FROM account_state WHERE account = ?", (account,))
+        row = await self.db.fetch_point("SELECT * FROM account_state WHERE account = ?", (account,))
         return _state_from_row(row) if row else AccountState(account)
 
     async def all(self) -> list[AccountState]:

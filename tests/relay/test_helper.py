@@ -181,23 +181,34 @@ async def test_a_killed_helper_costs_no_mail_and_comes_back(
     assert all(perl_verify(m.content, records(key_paths), tmp_path) == "pass" for m in upstream.messages)
 
 
-async def test_a_hung_helper_is_killed_and_the_message_still_gets_its_verdict(
-    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any
+async def test_a_hung_helper_is_killed_and_its_message_tempfailed_not_redone_on_the_loop(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(helper_module, "RESTART_SECONDS", 0.5)
     relay = await start_relay(make_config(tmp_path, upstream.port, smtp=ON))
     relay.helper.timeout = 0.5
     relay.pipeline.offload_from = 1
     assert (await asend(relay.smtp_port, message())).code == 250  # warm: the child has imported
-    os.kill(relay.helper.pid, signal.SIGSTOP)
+    hung = relay.helper.pid
+    os.kill(hung, signal.SIGSTOP)
     try:
-        assert held(await asend(relay.smtp_port, message(body=ADULT)))
+        out = await asend(relay.smtp_port, message(body=ADULT))
     finally:
-        if relay.helper.pid is not None:
-            try:
-                os.kill(relay.helper.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(hung, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    # The message that may have wedged it is refused for now, and its client will retry.
+    assert out.code == 451 and "policy check timed out" in out.text, out
     await until(lambda: not relay.helper.alive, what="hung helper killed")
+    await relay.recorder.flush()
+    assert relay.services.metrics.registry.get_sample_value(
+        "consent_relay_messages_total", {"account": "shop", "stream": "orders", "outcome": "tempfailed"}
+    ) == 1
+    await asyncio.sleep(0.6)
+    assert held(await asend(relay.smtp_port, message(body=ADULT)))  # the retry, in a new helper
+    assert relay.helper.pid != hung and relay.helper.restarts == 1
+    assert len(upstream.messages) == 1
 
 
 async def test_a_closed_helper_refuses_jobs() -> None:

@@ -88,6 +88,25 @@ async def test_unopened_or_closed_store_is_unavailable(store: Store) -> None:
     await store.ping()
 
 
+async def test_account_state_read_on_the_loop_sees_every_commit_at_once(tmp_path: Path) -> None:
+    # The MAIL FROM lookup skips aiosqlite's thread; it must still see another process's change
+    # (a CLI pause, a second worker) on the very next read, and fall back when it cannot read.
+    url = f"sqlite:///{tmp_path}/relay.db"
+    relay_side, other_process = open_store_for(StoreConfig(url=url)), open_store_for(StoreConfig(url=url))
+    await relay_side.open()
+    await other_process.open()
+    try:
+        assert (await relay_side.accounts.get("shop")).state == "active"
+        await other_process.accounts.set(AccountState("shop", "paused", "complaint rate"), actor="cli", note="")
+        assert (await relay_side.accounts.get("shop")).state == "paused"
+        db = relay_side.db  # type: ignore[attr-defined]
+        db._point.close()  # a broken point reader: the threaded reader answers instead
+        assert (await relay_side.accounts.get("shop")).reason == "complaint rate"
+    finally:
+        await relay_side.close()
+        await other_process.close()
+
+
 async def test_unwritable_location_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

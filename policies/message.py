@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
@@ -714,9 +714,14 @@ _HIDDEN_STYLES = (  # each with its first word: absent from the page, its regex 
 )
 
 
-def _next_hidden_style(lowered: str, pos: int, ahead: dict[re.Pattern[str], re.Match[str]]) -> re.Match[str] | None:
-    """The earliest hiding declaration from pos. `ahead` keeps each declaration's next match, so
-    a declaration is searched for again only once pos has passed it (absent ones never)."""
+def _first_matches(lowered: str, patterns: Iterable[tuple[re.Pattern[str], str]]) -> dict[re.Pattern[str], re.Match[str]]:
+    """Each pattern's first match; a pattern whose leading word is absent is not even run."""
+    return {p: m for p, word in patterns if word in lowered and (m := p.search(lowered)) is not None}
+
+
+def _earliest_match(lowered: str, pos: int, ahead: dict[re.Pattern[str], re.Match[str]]) -> re.Match[str] | None:
+    """The earliest match at or after pos of any pattern in `ahead`, which keeps each pattern's
+    next match: a pattern is searched again only once pos has passed its match."""
     for pattern, match in list(ahead.items()):
         if match.start() < pos:
             again = pattern.search(lowered, pos)
@@ -753,7 +758,7 @@ _CLOSE_MARK = "\x02"
 _URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+""")
 _URL_ANY_CASE = re.compile(_URL.pattern, re.I)
 _URL_SCHEMES = tuple(
-    (word, re.compile(re.escape(word) + rest))
+    (re.compile(re.escape(word) + rest), word)
     for word, rest in (
         ("http", r"""s?://[^\s<>"'()\[\]]+"""),
         ("www.", r"""[^\s<>"'()\[\]]+"""),
@@ -773,24 +778,10 @@ def _urls(text: str) -> list[tuple[int, int]]:
     lowered = text.lower()
     if len(lowered) != len(text):  # a few characters lower-case to two; rare, so be slow
         return [m.span() for m in _URL_ANY_CASE.finditer(text)]
-    ahead = {}
-    for word, pattern in _URL_SCHEMES:
-        if word in lowered:
-            match = pattern.search(lowered)
-            if match is not None:
-                ahead[pattern] = match
+    ahead = _first_matches(lowered, _URL_SCHEMES)
     spans: list[tuple[int, int]] = []
-    while ahead:
-        first = min(ahead.values(), key=lambda m: m.start())
+    while (first := _earliest_match(lowered, spans[-1][1] if spans else 0, ahead)) is not None:
         spans.append(first.span())
-        pos = first.end()
-        for pattern, match in list(ahead.items()):
-            if match.start() < pos:
-                again = pattern.search(lowered, pos)
-                if again is None:
-                    del ahead[pattern]
-                else:
-                    ahead[pattern] = again
     return spans
 
 
@@ -820,9 +811,9 @@ def _strip_hidden(markup: str, hidden: list[str], lowered: str | None = None) ->
     pieces: list[str] = []
     kept_from = 0
     pos = 0
-    ahead = {p: m for p, word in _HIDDEN_STYLES if word in lowered and (m := p.search(lowered)) is not None}
+    ahead = _first_matches(lowered, _HIDDEN_STYLES)
     for _ in range(500):  # bounded: a newsletter has a handful of hidden preheaders
-        style = _next_hidden_style(lowered, pos, ahead)
+        style = _earliest_match(lowered, pos, ahead)
         if style is None:
             break
         pos = style.end()

@@ -75,7 +75,8 @@ class Helper:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(FRAME.pack(len(self._setup)) + self._setup)
         self._proc = proc
-        self._reader = asyncio.create_task(self._read(proc), name="helper-reader")
+        self._pending = {}  # this child's jobs: a late exit of the one before must not fail them
+        self._reader = asyncio.create_task(self._read(proc, self._pending), name="helper-reader")
         self.log.info("helper_started", pid=proc.pid)
 
     async def call(self, kind: str, *args: Any) -> Any:
@@ -87,12 +88,13 @@ class Helper:
         job_id = next(self._ids)
         body = pickle.dumps((job_id, kind, args), protocol=pickle.HIGHEST_PROTOCOL)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[job_id] = future
+        pending = self._pending
+        pending[job_id] = future
         try:
             proc.stdin.write(FRAME.pack(len(body)) + body)
             await proc.stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
-            self._pending.pop(job_id, None)
+            pending.pop(job_id, None)
             raise HelperUnavailable(f"helper pipe closed: {exc}") from exc
         try:
             async with asyncio.timeout(self.timeout):
@@ -102,7 +104,7 @@ class Helper:
             self._kill()  # wedged: every job behind this one would wait as long
             raise HelperTimeout(f"helper gave no answer within {self.timeout:g} s") from None
         finally:
-            self._pending.pop(job_id, None)
+            pending.pop(job_id, None)
 
     async def _restart(self) -> None:
         if self._closed:
@@ -116,14 +118,14 @@ class Helper:
         except OSError as exc:
             raise HelperUnavailable(f"helper could not start: {exc}") from exc
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, proc: asyncio.subprocess.Process, pending: dict[int, asyncio.Future[Any]]) -> None:
         stdout = proc.stdout
         assert stdout is not None
         try:
             while True:
                 (size,) = FRAME.unpack(await stdout.readexactly(FRAME.size))
                 job_id, ok, result = pickle.loads(await stdout.readexactly(size))
-                future = self._pending.get(job_id)
+                future = pending.get(job_id)
                 if future is None or future.done():
                     continue  # its caller timed out
                 if ok:
@@ -137,8 +139,8 @@ class Helper:
                 self._reader = None
             code = await proc.wait()
             if not self._closed:
-                self.log.error("helper_exited", pid=proc.pid, returncode=code, pending=len(self._pending))
-            for future in list(self._pending.values()):
+                self.log.error("helper_exited", pid=proc.pid, returncode=code, pending=len(pending))
+            for future in list(pending.values()):
                 if not future.done():
                     future.set_exception(HelperUnavailable(f"helper exited with {code}"))
 

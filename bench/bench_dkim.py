@@ -70,7 +70,7 @@ async def helper_batches(signer: DkimSigner, key: DkimKey, copy: bytes, batches:
     helper = Helper({"dkim_keys": [key.pem()]})
     await helper.start()
     copy_signer = CopySigner(signer)
-    copy_signer.helper = helper
+    copy_signer.helper_now = lambda: helper  # always, as under concurrency
     copies = [copy] * 10
     try:
         for _ in range(20):

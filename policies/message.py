@@ -805,16 +805,15 @@ def _drop_invisible_elements(markup: str) -> tuple[str, str]:
     return " ".join(markup[a:b] for a, b in bounds), " ".join(lowered[a:b] for a, b in bounds)
 
 
-def _strip_hidden(markup: str, hidden: list[str], lowered: str | None = None) -> str:
-    """Cut elements styled invisible, up to their matching close tag (nesting counted)."""
-    if lowered is None:
-        lowered = markup.lower()
-    if "none" not in lowered and "hidden" not in lowered and "mso-hide" not in lowered:
+def _strip_hidden(markup: str, hidden: list[str], lowered: str) -> str:
+    """Cut elements styled invisible, up to their matching close tag (nesting counted); `lowered`
+    is markup.lower()."""
+    ahead = _first_matches(lowered, _HIDDEN_STYLES)
+    if not ahead:
         return markup
     pieces: list[str] = []
     kept_from = 0
     pos = 0
-    ahead = _first_matches(lowered, _HIDDEN_STYLES)
     for _ in range(500):  # bounded: a newsletter has a handful of hidden preheaders
         style = _earliest_match(lowered, pos, ahead)
         if style is None:

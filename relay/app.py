@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from policies.findings import Stage
 from relay.config import Config, Listen, helper_enabled
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
@@ -142,17 +141,14 @@ class Relay:
     async def _start_helper(self) -> None:
         signer = self.copy_signer
         keys = signer.keys if signer is not None else ()
-        engine = self.services.engine
-        self.helper = Helper({
-            "profile": engine.profile,
-            "rules": [r.id for stage in Stage for r in engine.rules(stage)],
-            "dkim_keys": [k.pem() for k in keys],
-        }, on_restart=self.services.metrics.helper_restarts.inc)
+        self.helper = Helper(
+            {"profile": self.services.engine.profile, "dkim_keys": [k.pem() for k in keys]},
+            on_restart=self.services.metrics.helper_restarts.inc,
+        )
         await self.helper.start()
         self.pipeline.helper = self.helper
         if signer is not None:
-            signer.helper = self.helper
-            signer.offload = self.pipeline.offload
+            signer.helper_now = self.pipeline.helper_now
 
     async def _load_features(self) -> None:
         """Optional features (unsubscribe, complaints, malware scan…) hook into the pipeline."""

@@ -92,15 +92,21 @@ class DkimKey:
 
     def sign_digest(self, digest: bytes) -> bytes:
         """The b= value for header data whose SHA-256 is `digest`."""
-        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
-            return self.private_key.sign(digest)  # RFC 8463 §3: PureEdDSA over the SHA-256 hash
-        return self.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        return sign_digest(self.private_key, digest)
 
     def pem(self) -> bytes:
         """The private key as unencrypted PKCS#8, for the helper process's pipe only."""
         return self.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+
+def sign_digest(private_key: PrivateKey, digest: bytes) -> bytes:
+    """A DKIM b= value from the SHA-256 of the header data: RSA PKCS#1 v1.5 over the prehashed
+    digest, or Ed25519 over the digest itself (RFC 8463 §3: PureEdDSA over the SHA-256 hash)."""
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        return private_key.sign(digest)
+    return private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
 
 
 def load_dkim_key(domain: str, selector: str, path: str | Path) -> DkimKey:

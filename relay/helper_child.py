@@ -12,9 +12,9 @@ import signal
 import sys
 from typing import Any, BinaryIO, Callable
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives import serialization
 
+from relay.dkim import sign_digest
 from relay.helper import FRAME
 
 
@@ -27,32 +27,23 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
     return body if len(body) == size else None
 
 
-def sign_digests(keys: list[Any], jobs: list[tuple[int, bytes]]) -> list[bytes]:
-    """One signature per (key index, SHA-256 digest of the DKIM header data)."""
-    out = []
-    for index, digest in jobs:
-        key = keys[index]
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            out.append(key.sign(digest))  # RFC 8463: Ed25519 signs the SHA-256 of the data
-        else:
-            assert isinstance(key, rsa.RSAPrivateKey)
-            out.append(key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())))
-    return out
-
-
 def handlers(setup: dict[str, Any]) -> dict[str, Callable[..., Any]]:
     from policies.engine import Engine
     from policies.registry import ALL_RULES
 
-    wanted = set(setup.get("rules", ()))
-    engine = Engine([r for r in ALL_RULES if r.id in wanted], setup["profile"]) if "profile" in setup else None
+    # The relay's engine is Engine(ALL_RULES, profile) too (relay.services): the same rules run here.
+    engine = Engine(ALL_RULES, setup["profile"]) if "profile" in setup else None
     keys = [serialization.load_pem_private_key(pem, password=None) for pem in setup.get("dkim_keys", ())]
 
     def message(facts: Any, recipients: Any, skip: Any = ()) -> Any:
         assert engine is not None, "no engine in the helper's setup"
         return engine.message(facts, recipients, skip=skip)
 
-    return {"message": message, "sign": lambda jobs: sign_digests(keys, jobs)}
+    def sign(jobs: list[tuple[int, bytes]]) -> list[bytes]:
+        """One b= value per (key index, SHA-256 digest of the DKIM header data)."""
+        return [sign_digest(keys[index], digest) for index, digest in jobs]  # type: ignore[arg-type]
+
+    return {"message": message, "sign": sign}
 
 
 def main() -> int:

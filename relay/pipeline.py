@@ -169,10 +169,10 @@ class Pipeline:
         finally:
             self.in_data -= 1
 
-    def offload(self) -> bool:
-        """Whether CPU work goes to the helper now: only while other transactions are in DATA. A
-        lone transaction would wait idle for the round trip, so it is done on the loop."""
-        return self.helper is not None and self.in_data >= self.offload_from
+    def helper_now(self) -> Helper | None:
+        """The helper, if CPU work should go to it now: only while other transactions are in DATA.
+        A lone transaction would wait idle for the round trip, so it is done on the loop."""
+        return self.helper if self.in_data >= self.offload_from else None
 
     async def _at_data(self, txn: Transaction, raw: bytes) -> str:
         metrics = self.services.metrics
@@ -248,9 +248,10 @@ class Pipeline:
         """The end-of-DATA verdict: in the helper process when there is one, else on the loop
         (a helper that is down costs speed, never mail)."""
         ran = "loop"
-        if self.helper is not None and self.offload():
+        helper = self.helper_now()
+        if helper is not None:
             try:
-                verdict: Verdict = await self.helper.call("message", facts, rfacts)
+                verdict: Verdict = await helper.call("message", facts, rfacts)
                 self.services.metrics.helper_jobs.labels("verdict", "helper").inc()
                 return verdict
             except HelperTimeout:

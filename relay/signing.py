@@ -14,8 +14,9 @@ class CopySigner:
     def __init__(self, signer: DkimSigner, metrics: Metrics | None = None) -> None:
         self.signer = signer
         self.metrics = metrics
-        self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
-        self.offload: Callable[[], bool] = lambda: self.helper is not None
+        # The helper to use now, if any: the Relay sets the pipeline's, which answers None for a
+        # lone transaction and when [smtp] helper_process is off.
+        self.helper_now: Callable[[], Helper | None] = lambda: None
         self._index = {id(key): i for i, key in enumerate(signer.keys)}
 
     @property
@@ -41,10 +42,11 @@ class CopySigner:
 
     async def _signatures(self, work: list[SigningJob]) -> list[bytes]:
         ran = "loop"
-        if self.helper is not None and self.offload():
+        helper = self.helper_now()
+        if helper is not None:
             requests = [(self._index[id(k)], d) for job in work for k, d in zip(job.keys, job.digests)]
             try:
-                signatures: list[bytes] = await self.helper.call("sign", requests)
+                signatures: list[bytes] = await helper.call("sign", requests)
                 self._count("helper")
                 return signatures
             except (HelperUnavailable, HelperJobFailed):

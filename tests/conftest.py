@@ -328,6 +328,18 @@ def make_config(tmp_path: Path, upstream_port: int | None = None, **overrides: A
 # --- messages and an smtplib client --------------------------------------------------------------
 
 
+def zipped(members: dict[str, bytes]) -> bytes:
+    """A deflated zip archive of `members` (name -> bytes), for attachment tests."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def message(
     *,
     sender: str = SENDER,

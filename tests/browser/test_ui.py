@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp import web
-from conftest import RecordingUpstream, asend, base_account, config_dict, deep_merge, write_config
+from conftest import RecordingUpstream, asend, base_account, config_dict, deep_merge, write_config, zipped
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from relay.config import load_config
@@ -331,17 +331,6 @@ def with_attachments(subject: str, attachments: list[tuple[str, str, bytes]]) ->
     ).encode("utf-8")
 
 
-def zip_of(members: dict[str, bytes]) -> bytes:
-    import io
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 async def test_rule_filter_bulk_release_and_the_attachments_table(
     relay: Any, upstream: RecordingUpstream, browser: Browser
 ) -> None:
@@ -357,7 +346,7 @@ async def test_rule_filter_bulk_release_and_the_attachments_table(
         relay,
         with_attachments("Your catalogue", [
             ("catalogus.pdf", "application/pdf", pdf),
-            ("tools.zip", "application/zip", zip_of({"readme.txt": b"hi", "bin/setup.exe": b"MZ" + b"\0" * 200})),
+            ("tools.zip", "application/zip", zipped({"readme.txt": b"hi", "bin/setup.exe": b"MZ" + b"\0" * 200})),
         ]),
     )
     context = await browser.new_context(viewport={"width": 1280, "height": 860})

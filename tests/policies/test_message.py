@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import gc
-import io
 import tracemalloc
-import zipfile
 
 import pytest
 
@@ -27,6 +25,7 @@ from policies.message import (
     parse_message,
 )
 
+from conftest import zipped
 from factories import mail
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -42,14 +41,6 @@ def single(content_type: str, body: bytes, *, encoding: str = "", extra: str = "
 
 def with_attachment(filename: str, data: bytes, ctype: str = "application/octet-stream") -> ParsedMessage:
     return parse_message(mail(attachments=((filename, ctype, data),)))
-
-
-def zipped(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def test_headers_reply_to_threading_and_encoded_subject() -> None:

@@ -688,9 +688,25 @@ static void strip_ends(const Buf *b, Py_ssize_t *start, Py_ssize_t *end) {
 
 /* --- html_to_text -------------------------------------------------------------------------- */
 
-static PyObject *html_to_text(PyObject *module, PyObject *arg) {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "html_to_text() takes a str");
+/* One anchor's entry: (href, start, end), or with an offset (href, anchor text stripped,
+ * offset + start, offset + end), the fields of policies.message.Link. */
+static PyObject *anchor_entry(PyObject *href, const Buf *text, Py_ssize_t start, Py_ssize_t end, Py_ssize_t offset) {
+    if (offset < 0) return Py_BuildValue("(Onn)", href, start, end);
+    Py_ssize_t a = start, z = end;
+    while (a < z && is_space(text->p[a])) a++;
+    while (z > a && is_space(text->p[z - 1])) z--;
+    PyObject *label = to_str(text->p + a, z - a);
+    if (label == NULL) return NULL;
+    PyObject *entry = Py_BuildValue("(ONnn)", href, label, offset + start, offset + end);
+    return entry;
+}
+
+static PyObject *html_to_text(PyObject *module, PyObject *args) {
+    PyObject *arg;
+    Py_ssize_t offset = -1;
+    if (!PyArg_ParseTuple(args, "U|n:html_to_text", &arg, &offset)) return NULL;
+    if (offset < -1) {
+        PyErr_SetString(PyExc_ValueError, "html_to_text(): offset must not be negative");
         return NULL;
     }
     PyObject *result = NULL, *hrefs = NULL, *text = NULL, *hidden_text = NULL, *spans = NULL;
@@ -754,7 +770,7 @@ static PyObject *html_to_text(PyObject *module, PyObject *arg) {
         if (!count) continue;
         Py_ssize_t at = work->n;
         if (open_at >= 0) {
-            PyObject *span = Py_BuildValue("(Onn)", PyList_GET_ITEM(hrefs, index), open_at, at);
+            PyObject *span = anchor_entry(PyList_GET_ITEM(hrefs, index), work, open_at, at, offset);
             if (span == NULL || PyList_Append(spans, span) < 0) { Py_XDECREF(span); goto done; }
             Py_DECREF(span);
             open_at = -1;
@@ -765,7 +781,7 @@ static PyObject *html_to_text(PyObject *module, PyObject *arg) {
         }
     }
     if (open_at >= 0) {
-        PyObject *span = Py_BuildValue("(Onn)", PyList_GET_ITEM(hrefs, index), open_at, work->n);
+        PyObject *span = anchor_entry(PyList_GET_ITEM(hrefs, index), work, open_at, work->n, offset);
         if (span == NULL || PyList_Append(spans, span) < 0) { Py_XDECREF(span); goto done; }
         Py_DECREF(span);
     }
@@ -784,36 +800,197 @@ done:
 
 /* --- words --------------------------------------------------------------------------------- */
 
-/* The distinct \w+ runs of a str, as a frozenset. */
+/* The distinct \w+ runs of a str, as a frozenset. A page repeats its words: they are told apart
+ * in a table of (start, length) first, and a str is made only for each distinct one. */
+typedef struct {
+    Py_ssize_t start, len;
+    Py_uhash_t hash;
+} WordSlot;
+
 static PyObject *words(PyObject *module, PyObject *arg) {
     if (!PyUnicode_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "words() takes a str");
         return NULL;
     }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    int kind = PyUnicode_KIND(arg);
+    const char *data = PyUnicode_DATA(arg);
+    size_t cap = 256, used = 0;
+    WordSlot *table = PyMem_Calloc(cap, sizeof(WordSlot));
     PyObject *found = PySet_New(NULL);
+    if (table == NULL || found == NULL) goto fail;
+    Py_ssize_t start = -1;
+    Py_uhash_t hash = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        Py_UCS4 c = i < n ? PyUnicode_READ(kind, data, i) : 0;
+        int w = i < n && (c < 128 ? ((c | 0x20) - 'a' < 26 || c - '0' < 10 || c == '_') : is_word(c));
+        if (w) {
+            if (start < 0) { start = i; hash = 14695981039346656037ULL; }
+            hash = (hash ^ c) * 1099511628211ULL;
+            continue;
+        }
+        if (start < 0) continue;
+        Py_ssize_t len = i - start;
+        size_t slot = (size_t)hash & (cap - 1);
+        for (;;) {
+            WordSlot *e = &table[slot];
+            if (e->len == 0) {
+                e->start = start;
+                e->len = len;
+                e->hash = hash;
+                used++;
+                PyObject *word = PyUnicode_Substring(arg, start, i);
+                if (word == NULL || PySet_Add(found, word) < 0) { Py_XDECREF(word); goto fail; }
+                Py_DECREF(word);
+                break;
+            }
+            if (e->hash == hash && e->len == len &&
+                memcmp(data + (size_t)e->start * kind, data + (size_t)start * kind, (size_t)len * kind) == 0)
+                break;
+            slot = (slot + 1) & (cap - 1);
+        }
+        start = -1;
+        if (used * 2 > cap) { /* grow: rehash every slot into a table twice the size */
+            size_t bigger = cap * 2;
+            WordSlot *grown = PyMem_Calloc(bigger, sizeof(WordSlot));
+            if (grown == NULL) { PyErr_NoMemory(); goto fail; }
+            for (size_t k = 0; k < cap; k++) {
+                if (table[k].len == 0) continue;
+                size_t to = (size_t)table[k].hash & (bigger - 1);
+                while (grown[to].len) to = (to + 1) & (bigger - 1);
+                grown[to] = table[k];
+            }
+            PyMem_Free(table);
+            table = grown;
+            cap = bigger;
+        }
+    }
+    PyMem_Free(table);
+    PyObject *frozen = PyFrozenSet_New(found);
+    Py_DECREF(found);
+    return frozen;
+fail:
+    if (table == NULL && !PyErr_Occurred()) PyErr_NoMemory();
+    PyMem_Free(table);
+    Py_XDECREF(found);
+    return NULL;
+}
+
+/* --- URLs written as text ------------------------------------------------------------------ */
+
+/* [^\s<>"'()\[\]] after http(s):// and www., [^\s<>"'] after mailto: and magnet:? */
+static inline int url_char(Py_UCS4 c, int strict) {
+    if (is_space(c) || c == '<' || c == '>' || c == '"' || c == '\'') return 0;
+    return !strict || !(c == '(' || c == ')' || c == '[' || c == ']');
+}
+
+/* (start, end) of each match of (?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+
+ * with re.IGNORECASE, as finditer gives them. */
+static PyObject *urls(PyObject *module, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "urls() takes a str");
+        return NULL;
+    }
+    PyObject *found = PyList_New(0);
     if (found == NULL) return NULL;
     Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
     int kind = PyUnicode_KIND(arg);
     const void *data = PyUnicode_DATA(arg);
-    Py_ssize_t start = -1;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        int w = i < n && is_word(PyUnicode_READ(kind, data, i));
-        if (w && start < 0) {
-            start = i;
-        } else if (!w && start >= 0) {
-            PyObject *word = PyUnicode_Substring(arg, start, i);
-            if (word == NULL || PySet_Add(found, word) < 0) {
-                Py_XDECREF(word);
-                Py_DECREF(found);
-                return NULL;
+#define AT(k) ((k) < n ? PyUnicode_READ(kind, data, (k)) : 0)
+#define CI_AT(k, x) ((k) < n && ci(PyUnicode_READ(kind, data, (k)), (x)))
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        Py_ssize_t body = -1;
+        int strict = 1;
+        if ((c | 0x20) == 'h' && c < 128) {
+            if (CI_AT(i + 1, 't') && CI_AT(i + 2, 't') && CI_AT(i + 3, 'p')) {
+                Py_ssize_t k = i + 4;
+                if (CI_AT(k, 's') && AT(k + 1) == ':' && AT(k + 2) == '/' && AT(k + 3) == '/') body = k + 4;
+                else if (AT(k) == ':' && AT(k + 1) == '/' && AT(k + 2) == '/') body = k + 3;
             }
-            Py_DECREF(word);
-            start = -1;
+        } else if ((c | 0x20) == 'w' && c < 128) {
+            if (CI_AT(i + 1, 'w') && CI_AT(i + 2, 'w') && AT(i + 3) == '.') body = i + 4;
+        } else if ((c | 0x20) == 'm' && c < 128) {
+            if (CI_AT(i + 1, 'a') && CI_AT(i + 2, 'i') && CI_AT(i + 3, 'l') && CI_AT(i + 4, 't') && CI_AT(i + 5, 'o') &&
+                AT(i + 6) == ':') {
+                body = i + 7;
+                strict = 0;
+            } else if (CI_AT(i + 1, 'a') && CI_AT(i + 2, 'g') && CI_AT(i + 3, 'n') && CI_AT(i + 4, 'e') &&
+                       CI_AT(i + 5, 't') && AT(i + 6) == ':' && AT(i + 7) == '?') {
+                body = i + 8;
+                strict = 0;
+            }
         }
+        if (body < 0 || body >= n || !url_char(PyUnicode_READ(kind, data, body), strict)) continue;
+        Py_ssize_t end = body + 1;
+        while (end < n && url_char(PyUnicode_READ(kind, data, end), strict)) end++;
+        PyObject *span = Py_BuildValue("(nn)", i, end);
+        if (span == NULL || PyList_Append(found, span) < 0) {
+            Py_XDECREF(span);
+            Py_DECREF(found);
+            return NULL;
+        }
+        Py_DECREF(span);
+        i = end - 1;
     }
-    PyObject *frozen = PyFrozenSet_New(found);
-    Py_DECREF(found);
-    return frozen;
+#undef AT
+#undef CI_AT
+    return found;
+}
+
+/* --- folding -------------------------------------------------------------------------------- */
+
+/* fold(text, fold_run): ASCII letters lower-cased here, and each run of non-ASCII characters
+ * replaced by fold_run(run), one call per distinct run. Exact for a fold made of NFKD, per-character
+ * removals and casefold: ASCII characters are starters, so no decomposition reorders across them. */
+static PyObject *fold(PyObject *module, PyObject *args) {
+    PyObject *text, *fold_run;
+    if (!PyArg_ParseTuple(args, "UO:fold", &text, &fold_run)) return NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Buf out;
+    if (buf_init(&out, n + 16) < 0) return NULL;
+    PyObject *done = PyDict_New();
+    if (done == NULL) { buf_free(&out); return NULL; }
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 128) {
+            if (buf_put(&out, alo(c)) < 0) goto fail;
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + 1;
+        while (j < n && PyUnicode_READ(kind, data, j) >= 128) j++;
+        PyObject *run = PyUnicode_Substring(text, i, j);
+        if (run == NULL) goto fail;
+        PyObject *folded = PyDict_GetItemWithError(done, run);
+        if (folded != NULL) {
+            Py_INCREF(folded);
+        } else if (!PyErr_Occurred()) {
+            folded = PyObject_CallOneArg(fold_run, run);
+            if (folded != NULL && (!PyUnicode_Check(folded) || PyDict_SetItem(done, run, folded) < 0)) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "fold_run must return a str");
+                Py_CLEAR(folded);
+            }
+        }
+        Py_DECREF(run);
+        if (folded == NULL) goto fail;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(folded);
+        int fkind = PyUnicode_KIND(folded);
+        const void *fdata = PyUnicode_DATA(folded);
+        int failed = buf_reserve(&out, len);
+        for (Py_ssize_t k = 0; !failed && k < len; k++) out.p[out.n++] = PyUnicode_READ(fkind, fdata, k);
+        Py_DECREF(folded);
+        if (failed) goto fail;
+        i = j;
+    }
+    result = to_str(out.p, out.n);
+fail:
+    Py_DECREF(done);
+    buf_free(&out);
+    return result;
 }
 
 /* --- digit runs ---------------------------------------------------------------------------- */
@@ -867,9 +1044,13 @@ static PyObject *number_windows(PyObject *module, PyObject *args) {
 /* --- module -------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
-    {"html_to_text", html_to_text, METH_O,
-     "html_to_text(markup) -> (text, hidden_text, [(href, start, end), ...]): the visible text of an HTML "
-     "page, the text of elements styled invisible, and each anchor's href and place in the text."},
+    {"html_to_text", html_to_text, METH_VARARGS,
+     "html_to_text(markup[, offset]) -> (text, hidden_text, anchors): the visible text of an HTML page, the "
+     "text of elements styled invisible, and each anchor as (href, start, end) in the text; with an offset, "
+     "as (href, anchor text stripped, offset + start, offset + end)."},
+    {"urls", urls, METH_O, "urls(text) -> [(start, end), ...] of the http(s)://, www., mailto: and magnet:? URLs."},
+    {"fold", fold, METH_VARARGS,
+     "fold(text, fold_run) -> text with ASCII lower-cased and each run of non-ASCII characters folded by fold_run."},
     {"words", words, METH_O, "words(text) -> frozenset of the distinct \\w+ runs of text."},
     {"number_windows", number_windows, METH_VARARGS,
      "number_windows(text, before, after) -> [(start, end), ...]: around each run of \\d[\\d .\\-]{7,}, "

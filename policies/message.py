@@ -10,6 +10,7 @@ import codecs
 import email.header
 import email.parser
 import email.policy
+import functools
 import io
 import re
 import unicodedata
@@ -263,6 +264,15 @@ def fold(text: str) -> str:
     """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded."""
     if text.isascii():
         return text.lower()
+    # A page of text is mostly ASCII between a few accented letters, signs and dashes: the C pass
+    # lower-cases the ASCII and folds each distinct non-ASCII run once, here (the same result:
+    # ASCII characters are starters, which no decomposition reorders across).
+    if len(text) > 64:
+        return _speedups.fold(text, _fold_run)
+    return _fold_run(text)
+
+
+def _fold_run(text: str) -> str:
     if not unicodedata.is_normalized("NFKD", text):  # the check is cheaper than normalizing
         text = unicodedata.normalize("NFKD", text)
     # sre scans a wide string at ~8 ns a character even when nothing matches; the UTF-8 lead
@@ -698,53 +708,15 @@ def _by_name(name: str) -> str | None:
 # policies/_speedups.c: each regex pass of tests/policies/speedups_reference.py as one C loop (a 100 KB
 # newsletter has thousands of tags, and the relay parses every message).
 
-def _first_matches(lowered: str, patterns: Iterable[tuple[re.Pattern[str], str]]) -> dict[re.Pattern[str], re.Match[str]]:
-    """Each pattern's first match; a pattern whose leading word is absent is not even run."""
-    return {p: m for p, word in patterns if word in lowered and (m := p.search(lowered)) is not None}
-
-
-def _earliest_match(lowered: str, pos: int, ahead: dict[re.Pattern[str], re.Match[str]]) -> re.Match[str] | None:
-    """The earliest match at or after pos of any pattern in `ahead`, which keeps each pattern's
-    next match: a pattern is searched again only once pos has passed its match."""
-    for pattern, match in list(ahead.items()):
-        if match.start() < pos:
-            again = pattern.search(lowered, pos)
-            if again is None:
-                del ahead[pattern]
-            else:
-                ahead[pattern] = again
-    return min(ahead.values(), key=lambda m: m.start()) if ahead else None
-
-
-_URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+""")
-_URL_ANY_CASE = re.compile(_URL.pattern, re.I)
-_URL_SCHEMES = tuple(
-    (re.compile(re.escape(word) + rest), word)
-    for word, rest in (
-        ("http", r"""s?://[^\s<>"'()\[\]]+"""),
-        ("www.", r"""[^\s<>"'()\[\]]+"""),
-        ("mailto:", r"""[^\s<>"']+"""),
-        ("magnet:?", r"""[^\s<>"']+"""),
-    )
-)
+_URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+""", re.I)
 
 
 def _urls(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each URL, case-insensitively, as _URL_ANY_CASE.finditer would find them.
+    """(start, end) of each URL, case-insensitively: _URL.finditer's spans, found in one C pass."""
+    return _speedups.urls(text)
 
-    One pattern per scheme, searched in a lower-cased copy: each starts with plain letters, which
-    the regex engine skips to fast, and a scheme absent from the text costs one substring test.
-    The matches are merged as the alternation would take them: earliest first, none inside one
-    already taken (a scheme whose match was overtaken searches again after it)."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a few characters lower-case to two; rare, so be slow
-        return [m.span() for m in _URL_ANY_CASE.finditer(text)]
-    ahead = _first_matches(lowered, _URL_SCHEMES)
-    spans: list[tuple[int, int]] = []
-    while (first := _earliest_match(lowered, spans[-1][1] if spans else 0, ahead)) is not None:
-        spans.append(first.span())
-    return spans
 
+_new_link = functools.partial(tuple.__new__, Link)
 
 
 def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, ...]]:
@@ -759,12 +731,12 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
         chunks.append(text)
         offset += len(text) + 2
     for page in markup:
-        text, hidden_text, spans = _speedups.html_to_text(page)
-        for href, start, end in spans:
-            links.append(Link(href, text[start:end].strip(), offset + start, offset + end))
+        # (href, anchor text, start, end) of each anchor, already offset: Link's fields
+        text, hidden_text, anchors = _speedups.html_to_text(page, offset)
+        links.extend(map(_new_link, anchors))
         # Bare URLs written as text in HTML (not inside an anchor) are links to the reader too.
         for start, end in _urls(text):
-            if not any(s <= start < e for _, s, e in spans):
+            if not any(s <= offset + start < e for _, _, s, e in anchors):
                 links.append(Link(text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end))
         chunks.append(text)
         if hidden_text:

@@ -11,9 +11,57 @@ import html
 import itertools
 import re
 
-from policies.message import _earliest_match, _first_matches
+from typing import Iterable
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+def _first_matches(lowered: str, patterns: Iterable[tuple[re.Pattern[str], str]]) -> dict[re.Pattern[str], re.Match[str]]:
+    """Each pattern's first match; a pattern whose leading word is absent is not even run."""
+    return {p: m for p, word in patterns if word in lowered and (m := p.search(lowered)) is not None}
+
+
+def _earliest_match(lowered: str, pos: int, ahead: dict[re.Pattern[str], re.Match[str]]) -> re.Match[str] | None:
+    """The earliest match at or after pos of any pattern in `ahead`, which keeps each pattern's
+    next match: a pattern is searched again only once pos has passed its match."""
+    for pattern, match in list(ahead.items()):
+        if match.start() < pos:
+            again = pattern.search(lowered, pos)
+            if again is None:
+                del ahead[pattern]
+            else:
+                ahead[pattern] = again
+    return min(ahead.values(), key=lambda m: m.start()) if ahead else None
+
+
+_URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]]+|mailto:[^\s<>"']+|magnet:\?[^\s<>"']+""")
+_URL_ANY_CASE = re.compile(_URL.pattern, re.I)
+_URL_SCHEMES = tuple(
+    (re.compile(re.escape(word) + rest), word)
+    for word, rest in (
+        ("http", r"""s?://[^\s<>"'()\[\]]+"""),
+        ("www.", r"""[^\s<>"'()\[\]]+"""),
+        ("mailto:", r"""[^\s<>"']+"""),
+        ("magnet:?", r"""[^\s<>"']+"""),
+    )
+)
+
+
+def _urls(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each URL, case-insensitively, as _URL_ANY_CASE.finditer would find them.
+
+    One pattern per scheme, searched in a lower-cased copy: each starts with plain letters, which
+    the regex engine skips to fast, and a scheme absent from the text costs one substring test.
+    The matches are merged as the alternation would take them: earliest first, none inside one
+    already taken (a scheme whose match was overtaken searches again after it)."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few characters lower-case to two; rare, so be slow
+        return [m.span() for m in _URL_ANY_CASE.finditer(text)]
+    ahead = _first_matches(lowered, _URL_SCHEMES)
+    spans: list[tuple[int, int]] = []
+    while (first := _earliest_match(lowered, spans[-1][1] if spans else 0, ahead)) is not None:
+        spans.append(first.span())
+    return spans
+
 
 _DROP = re.compile(
     r"<!--.*?(?:-->|\Z)|<(script|style|head|title|noscript|template|object|iframe)\b[^>]*>.*?(?:</\1\s*>|\Z)",
@@ -217,3 +265,19 @@ def number_windows(text: str, before: int, after: int) -> list[tuple[int, int]]:
         else:
             windows.append((start, end))
     return windows
+
+
+_FOLD_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
+def fold(text: str) -> str:
+    """NFKD, combining marks dropped, casefolded: policies.message.fold by its definition."""
+    import unicodedata
+
+    return _FOLD_COMBINING.sub("", unicodedata.normalize("NFKD", text)).casefold()
+
+
+def anchors_with_offset(markup: str, offset: int) -> tuple[str, str, list[tuple[str, str, int, int]]]:
+    """_html_to_text with each anchor as Link's fields: href, anchor text stripped, offset positions."""
+    text, hidden, spans = _html_to_text(markup)
+    return text, hidden, [(href, text[s:e].strip(), offset + s, offset + e) for href, s, e in spans]

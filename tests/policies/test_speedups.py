@@ -197,3 +197,52 @@ def test_number_windows_are_the_regex_runs_widened_and_merged(text: str, before:
     assert _speedups.number_windows(text, before, after) == [
         tuple(w) for w in speedups_reference.number_windows(text, before, after)
     ]
+
+
+@pytest.mark.parametrize("markup", [*EDGE_CASES[:20], newsletter(5)])
+def test_with_an_offset_anchors_come_as_link_fields(markup: str) -> None:
+    assert _speedups.html_to_text(markup, 17) == speedups_reference.anchors_with_offset(markup, 17)
+    with pytest.raises(ValueError):
+        _speedups.html_to_text(markup, -5)
+
+
+URL_PIECES = st.sampled_from(
+    ["http", "HTTP", "https", "httpS", "http\u017f", "://", ":/", "www.", "WWW.", "ww.", "mailto:", "MA\u0130LTO:",
+     "ma\u0131lto:", "magnet:?", "magnet:", "x", "a.b/c?d=e", " ", "\n", "(", ")", "[", "]", "<", ">", '"', "'",
+     "\u00e9", ".", ",", "!", "\U0001f600"]
+)
+
+
+@MANY
+@given(st.one_of(st.lists(URL_PIECES, max_size=30).map("".join), st.text(max_size=60)))
+def test_urls_are_what_the_case_insensitive_regex_finds(text: str) -> None:
+    import re
+
+    from policies.message import _URL
+
+    assert _URL.flags & re.IGNORECASE
+    assert _speedups.urls(text) == [m.span() for m in _URL.finditer(text)]
+
+
+FOLD_PIECES = st.sampled_from(
+    ["Cr\u00e8me", "BR\u00dbL\u00c9E", "\ufb01ne", "e\u0301", "\u0301", "\u05b0\u05b8", "\uac00", "\u1100\u1161",
+     "\u00df", "\u0130", "\u03a3\u03c2", "\u212a", "\u2460", "\u00bd", "\u2019", "\u20ac", " ", "A", "z", "\n",
+     "\u0345\u0314", "\U0001d400", "\u1e9e"]
+)
+
+
+@MANY
+@given(st.one_of(st.lists(FOLD_PIECES, max_size=60).map("".join), st.text(max_size=120)))
+def test_fold_by_ascii_and_runs_is_the_whole_fold(text: str) -> None:
+    from policies.message import _fold_run, fold
+
+    assert _speedups.fold(text, _fold_run) == speedups_reference.fold(text)
+    assert fold(text) == speedups_reference.fold(text)
+    assert fold(text * 5) == speedups_reference.fold(text * 5)  # long enough for the C pass
+
+
+def test_fold_run_errors_reach_the_caller() -> None:
+    with pytest.raises(TypeError):
+        _speedups.fold("caf\u00e9 " * 20, lambda run: 42)
+    with pytest.raises(ZeroDivisionError):
+        _speedups.fold("caf\u00e9 " * 20, lambda run: 1 / 0)

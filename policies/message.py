@@ -72,7 +72,8 @@ _MACHO_MAGICS = (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe", 
 
 
 class Link(NamedTuple):
-    """A link as the reader sees it: target, anchor text, and its place in ParsedMessage.text."""
+    """A link as the reader sees it: target (stripped of surrounding whitespace), anchor text,
+    and its place in ParsedMessage.text."""
 
     href: str
     text: str
@@ -450,7 +451,7 @@ def _transfer_decode(data: memoryview | bytes, encoding: str) -> bytes:
                 cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", bytes(data))
                 return binascii.a2b_base64(cleaned[: len(cleaned) - len(cleaned) % 4])
         if encoding == "quoted-printable":
-            return binascii.a2b_qp(bytes(data))
+            return _speedups.qp_decode(data)  # binascii.a2b_qp's bytes
     except (binascii.Error, ValueError):
         return bytes(data)
     return bytes(data)

@@ -3,6 +3,7 @@ third parties' personal data and malware (POLICY.md, content rules)."""
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
@@ -133,6 +134,7 @@ def adult(facts: MessageFacts) -> Hit | None:
 # which it tests at every character.
 _HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*://(?:[^@/\n?#]*@)?|(?=www\.))([^/:?#\s\\]+)")
 _HOST_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_href = operator.attrgetter("href")
 
 
 def _hosts(extra: tuple[str, ...]) -> frozenset[str]:
@@ -177,7 +179,7 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
     links = message.links
     # One lower-cased string of every href: a newsletter has hundreds of links, and almost
     # all of them go to the sender's own host.
-    joined = "".join(["\n" + link.href.strip() for link in links]).lower()
+    joined = ("\n" + "\n".join(map(_href, links))).lower()  # hrefs come stripped
     if "magnet:" in joined:
         href = next(link.href.strip() for link in links if link.href.strip()[:7].lower() == "magnet:")
         return Hit("The message links to a magnet (torrent) link", evidence=href[:80])

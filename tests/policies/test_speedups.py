@@ -246,3 +246,19 @@ def test_fold_run_errors_reach_the_caller() -> None:
         _speedups.fold("caf\u00e9 " * 20, lambda run: 42)
     with pytest.raises(ZeroDivisionError):
         _speedups.fold("caf\u00e9 " * 20, lambda run: 1 / 0)
+
+
+QP_PIECES = st.sampled_from(
+    [b"=", b"==", b"=3D", b"=3d", b"=C3=A9", b"=\r\n", b"=\n", b"=\r", b"=\rx\n", b"=G1", b"=A", b"a", b" ", b"\r\n",
+     b"\n", b"_", b"\xff", b"=20", b"=0"]
+)
+
+
+@MANY
+@given(st.one_of(st.lists(QP_PIECES, max_size=40).map(b"".join), st.binary(max_size=80)))
+def test_qp_decode_is_binascii_a2b_qp(data: bytes) -> None:
+    import binascii
+
+    assert _speedups.qp_decode(data) == binascii.a2b_qp(data)
+    assert _speedups.qp_decode(memoryview(data)) == binascii.a2b_qp(data)
+    assert _speedups.qp_decode(bytearray(data)) == binascii.a2b_qp(data)

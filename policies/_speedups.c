@@ -294,7 +294,14 @@ static inline __attribute__((always_inline)) int emit_plain(void *ctx, Py_UCS4 c
  * <!--.*?(?:-->|\Z)|<(script|style|head|title|noscript|template|object|iframe)\b[^>]*>.*?(?:</\1\s*>|\Z)
  * in the ASCII-lower-cased page (re.S), each match replaced by one space. */
 
-static const char *const DROPPED[] = {"script", "style", "head", "title", "noscript", "template", "object", "iframe", NULL};
+typedef struct {
+    const char *name;
+    Py_ssize_t len;
+} Name;
+#define NAME(literal) {literal, (Py_ssize_t)sizeof(literal) - 1}
+
+static const Name DROPPED[] = {NAME("script"), NAME("style"), NAME("head"), NAME("title"), NAME("noscript"),
+                               NAME("template"), NAME("object"), NAME("iframe"), {NULL, 0}};
 
 static Py_ssize_t drop_match(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
     if (starts_al(s, n, i + 1, "!--")) {
@@ -302,13 +309,14 @@ static Py_ssize_t drop_match(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
             if (s[j] == '-' && s[j + 1] == '-' && s[j + 2] == '>') return j + 3;
         return n;
     }
-    for (const char *const *name = DROPPED; *name; name++) {
-        Py_ssize_t len = (Py_ssize_t)strlen(*name);
-        if (!starts_al(s, n, i + 1, *name) || !word_ends(s, n, i + 1 + len)) continue;
+    for (const Name *drop = DROPPED; drop->name; drop++) {
+        const char *name = drop->name;
+        Py_ssize_t len = drop->len;
+        if (!starts_al(s, n, i + 1, name) || !word_ends(s, n, i + 1 + len)) continue;
         Py_ssize_t gt = find_char(s, n, i + 1 + len, '>');
         if (gt < 0) return -1;
         for (Py_ssize_t j = next_lt(s, n, gt + 1); j >= 0; j = next_lt(s, n, j + 1)) {
-            if (j + 1 >= n || s[j + 1] != '/' || !starts_al(s, n, j + 2, *name)) continue;
+            if (j + 1 >= n || s[j + 1] != '/' || !starts_al(s, n, j + 2, name)) continue;
             Py_ssize_t k = skip_spaces(s, n, j + 2 + len);
             if (k < n && s[k] == '>') return k + 1;
         }
@@ -494,6 +502,11 @@ static Py_ssize_t anchor_close(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
 }
 
 static PyObject *href_value(const Py_UCS4 *s, Py_ssize_t start, Py_ssize_t end) {
+    if (find_char(s, end, start, '&') < 0) { /* nothing to decode: the stripped slice */
+        while (start < end && is_space(s[start])) start++;
+        while (end > start && is_space(s[end - 1])) end--;
+        return to_str(s + start, end - start);
+    }
     Buf b;
     if (buf_init(&b, end - start) < 0) return NULL;
     if (unescape(s + start, end - start, emit_plain, &b) < 0) { buf_free(&b); return NULL; }
@@ -571,9 +584,10 @@ static int images_to_alt(const Py_UCS4 *s, Py_ssize_t n, Buf *out) {
     return buf_write(out, s + last, n - last);
 }
 
-static const char *const BLOCK_TAGS[] = {"p",     "div",   "tr",         "td",     "th",      "li",      "table",
-                                         "tbody", "thead", "ul",         "ol",     "blockquote", "center", "section",
-                                         "article", NULL};
+static const Name BLOCK_TAGS[] = {NAME("p"),     NAME("div"),   NAME("tr"), NAME("td"), NAME("th"),
+                                  NAME("li"),    NAME("table"), NAME("tbody"), NAME("thead"), NAME("ul"),
+                                  NAME("ol"),    NAME("blockquote"), NAME("center"), NAME("section"),
+                                  NAME("article"), {NULL, 0}};
 
 /* <(?:br|hr|/?(?:p|div|tr|td|th|li|h[1-6]|table|tbody|thead|ul|ol|blockquote|center|section|article))\b[^>]*>
  * re.IGNORECASE. Every name is word characters followed by \b, so the name is the whole word. */
@@ -586,10 +600,8 @@ static Py_ssize_t block_tag(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
         if (at + 1 < n && ci(s[at], 'h') && s[at + 1] >= '1' && s[at + 1] <= '6' && word_ends(s, n, at + 2)) {
             len = 2;
         } else {
-            for (const char *const *name = BLOCK_TAGS; *name; name++) {
-                Py_ssize_t l = (Py_ssize_t)strlen(*name);
-                if (starts_ci(s, n, at, *name) && word_ends(s, n, at + l)) { len = l; break; }
-            }
+            for (const Name *tag = BLOCK_TAGS; tag->name; tag++)
+                if (starts_ci(s, n, at, tag->name) && word_ends(s, n, at + tag->len)) { len = tag->len; break; }
         }
     }
     if (len < 0) return -1;
@@ -963,15 +975,27 @@ static PyObject *urls(PyObject *module, PyObject *arg) {
 static inline __attribute__((always_inline)) PyObject *fold_of(PyObject *text, PyObject *fold_run, int kind) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
     const void *data = PyUnicode_DATA(text);
-    Buf out;
-    if (buf_init(&out, n + 16) < 0) return NULL;
+    /* a kept buffer, unless a fold_run that folds again is using it */
+    static Buf kept;
+    static int kept_busy;
+    Buf fresh = {0}, *out = &fresh;
+    if (!kept_busy) {
+        out = &kept;
+        kept_busy = 1;
+        if (kept.p == NULL ? buf_init(&kept, n + 16) < 0 : (kept.n = 0, buf_reserve(&kept, n + 16) < 0)) {
+            kept_busy = 0;
+            return NULL;
+        }
+    } else if (buf_init(&fresh, n + 16) < 0) {
+        return NULL;
+    }
     PyObject *done = PyDict_New();
-    if (done == NULL) { buf_free(&out); return NULL; }
     PyObject *result = NULL;
+    if (done == NULL) goto fail;
     for (Py_ssize_t i = 0; i < n;) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         if (c < 128) {
-            if (buf_put(&out, alo(c)) < 0) goto fail;
+            if (buf_put(out, alo(c)) < 0) goto fail;
             i++;
             continue;
         }
@@ -994,16 +1018,21 @@ static inline __attribute__((always_inline)) PyObject *fold_of(PyObject *text, P
         Py_ssize_t len = PyUnicode_GET_LENGTH(folded);
         int fkind = PyUnicode_KIND(folded);
         const void *fdata = PyUnicode_DATA(folded);
-        int failed = buf_reserve(&out, len);
-        for (Py_ssize_t k = 0; !failed && k < len; k++) out.p[out.n++] = PyUnicode_READ(fkind, fdata, k);
+        int failed = buf_reserve(out, len);
+        for (Py_ssize_t k = 0; !failed && k < len; k++) out->p[out->n++] = PyUnicode_READ(fkind, fdata, k);
         Py_DECREF(folded);
         if (failed) goto fail;
         i = j;
     }
-    result = to_str(out.p, out.n);
+    result = to_str(out->p, out->n);
 fail:
-    Py_DECREF(done);
-    buf_free(&out);
+    Py_XDECREF(done);
+    if (out == &kept) {
+        kept_busy = 0;
+        if (kept.cap > SCRATCH_KEEP) buf_free(&kept);
+    } else {
+        buf_free(&fresh);
+    }
     return result;
 }
 

@@ -262,3 +262,16 @@ def test_qp_decode_is_binascii_a2b_qp(data: bytes) -> None:
     assert _speedups.qp_decode(data) == binascii.a2b_qp(data)
     assert _speedups.qp_decode(memoryview(data)) == binascii.a2b_qp(data)
     assert _speedups.qp_decode(bytearray(data)) == binascii.a2b_qp(data)
+
+
+def test_fold_runs_that_fold_again_and_long_texts_keep_their_results() -> None:
+    from policies.message import _fold_run
+
+    def nested(run: str) -> str:  # folds inside a fold: the kept buffer is busy, a fresh one is used
+        return _speedups.fold("\u00c9 " * 40, _fold_run)[:0] + _fold_run(run)
+
+    text = "Cr\u00e8me BR\u00dbL\u00c9E \ufb01ne " * 10
+    assert _speedups.fold(text, nested) == speedups_reference.fold(text)
+    long_text = "\u00c9t\u00e9 " * 300_000  # more than the buffer kept between calls
+    assert _speedups.fold(long_text, _fold_run) == speedups_reference.fold(long_text)
+    assert _speedups.fold(text, _fold_run) == speedups_reference.fold(text)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
+import contextlib
 import gc
 import io
 import os
@@ -20,14 +22,18 @@ import sys
 import time
 import tomllib
 import tracemalloc
+import types
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is on sys.path, the repository is not
     sys.path.insert(0, str(ROOT))
 
+import policies.message  # noqa: E402
+import policies.rules.content  # noqa: E402
 from policies.engine import Engine  # noqa: E402
 from policies.facts import AccountFacts, MessageFacts, StreamFacts  # noqa: E402
 from policies.message import parse_message  # noqa: E402
@@ -192,6 +198,56 @@ def peak_memory(engine: Engine, raw: bytes, params: dict[str, object], *, clean:
     return peak
 
 
+@contextlib.contextmanager
+def python_passes() -> Iterator[None]:
+    """policies' C passes (policies/_speedups.c) swapped for the pure-Python passes they replaced,
+    kept as the tests' reference in tests/policies/speedups_reference.py: the same-run baseline."""
+    sys.path.insert(0, str(ROOT / "tests" / "policies"))
+    try:
+        import speedups_reference as ref
+    finally:
+        sys.path.pop(0)
+    shim = types.SimpleNamespace(
+        html_to_text=lambda page, offset=None: (
+            ref._html_to_text(page) if offset is None else ref.anchors_with_offset(page, offset)
+        ),
+        words=ref.split_words,
+        urls=ref._urls,
+        fold=lambda text, fold_run: fold_run(text),
+        qp_decode=lambda data: binascii.a2b_qp(bytes(data)),
+        number_windows=ref.number_windows,
+    )
+    users = (policies.message, policies.rules.content)
+    kept = [module._speedups for module in users]
+    for module in users:
+        module._speedups = shim  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for module, original in zip(users, kept):
+            module._speedups = original
+
+
+def interleaved(
+    engine: Engine, account: AccountFacts, raw: bytes, params: dict[str, object], rounds: int
+) -> tuple[list[float], list[float]]:
+    """CPU milliseconds per evaluation with the C passes and with the Python ones, alternating
+    round by round, so that the machine's changes of speed fall on both alike."""
+    with python_passes():
+        evaluate(engine, account, raw, params)
+    evaluate(engine, account, raw, params)
+    fast, slow = [], []
+    for _ in range(rounds):
+        start = time.thread_time_ns()
+        evaluate(engine, account, raw, params)
+        fast.append((time.thread_time_ns() - start) / 1e6)
+        with python_passes():
+            start = time.thread_time_ns()
+            evaluate(engine, account, raw, params)
+            slow.append((time.thread_time_ns() - start) / 1e6)
+    return fast, slow
+
+
 def p99(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -232,6 +288,20 @@ def main() -> int:
             f"{name:<36} {size or '':>8} {statistics.median(wall):>10.3f} {p99(wall):>8.3f} "
             f"{statistics.median(cpu):>11.3f} {p99(cpu):>8.3f}"
         )
+
+    print("\nC passes vs the pure-Python passes they replaced, same run, rounds alternating (CPU ms):")
+    print(f"{'message':<36} {'C median':>10} {'Python median':>14} {'C / Python':>11}")
+    both = [("clean corpus (all)", raw, account_for(raw, known)) for raw in (p.read_bytes() for p in sorted(CORPUS.glob("clean-*.eml")))]
+    fast_all: list[float] = []
+    slow_all: list[float] = []
+    for _, raw, account in both:
+        fast, slow = interleaved(engine, account, raw, params, max(20, args.rounds // 3))
+        fast_all += fast
+        slow_all += slow
+    fast_letter, slow_letter = interleaved(engine, SHOP, letter, params, args.rounds)
+    for name, fast, slow in (("clean corpus (all)", fast_all, slow_all), ("generated HTML newsletter", fast_letter, slow_letter)):
+        c, py = statistics.median(fast), statistics.median(slow)
+        print(f"{name:<36} {c:>10.3f} {py:>14.3f} {c / py:>10.2f}x")
 
     big = big_message(args.big_mb)
     start = time.perf_counter()

@@ -399,6 +399,8 @@ static int strip_hidden(const Buf *in, Buf *out, Spans *hidden) {
         for (Py_ssize_t colon = find_char(s, n, pos, ':'); colon >= 0; colon = find_char(s, n, colon + 1, ':')) {
             Py_ssize_t w = colon;
             while (w > pos && is_space(s[w - 1])) w--;
+            Py_UCS4 last = w > pos ? alo(s[w - 1]) : 0;
+            if (last != 'y' && last != 'e') continue; /* displaY, visibilitY, mso-hidE */
             Py_ssize_t end = -1;
             if (w - 7 >= pos && (end = style_at(s, n, w - 7)) >= 0) { style_start = w - 7; }
             else if (w - 10 >= pos && (end = style_at(s, n, w - 10)) >= 0) { style_start = w - 10; }

@@ -886,17 +886,22 @@ fail:
 }
 
 /* Each scanner is inlined once per string kind, so that PyUnicode_READ has no kind to test. */
+#define PER_KIND(kind, CALL)                                \
+    switch (kind) {                                         \
+    case PyUnicode_1BYTE_KIND: return CALL(PyUnicode_1BYTE_KIND); \
+    case PyUnicode_2BYTE_KIND: return CALL(PyUnicode_2BYTE_KIND); \
+    default: return CALL(PyUnicode_4BYTE_KIND);             \
+    }
+
 static PyObject *words(PyObject *module, PyObject *arg) {
     if (!PyUnicode_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "words() takes a str");
         return NULL;
     }
     int kind = PyUnicode_KIND(arg);
-    switch (kind) {
-    case PyUnicode_1BYTE_KIND: return words_of(arg, PyUnicode_1BYTE_KIND);
-    case PyUnicode_2BYTE_KIND: return words_of(arg, PyUnicode_2BYTE_KIND);
-    default: return words_of(arg, PyUnicode_4BYTE_KIND);
-    }
+#define CALL(kind) words_of(arg, kind)
+    PER_KIND(kind, CALL)
+#undef CALL
 }
 
 /* --- URLs written as text ------------------------------------------------------------------ */
@@ -962,11 +967,9 @@ static PyObject *urls(PyObject *module, PyObject *arg) {
         return NULL;
     }
     int kind = PyUnicode_KIND(arg);
-    switch (kind) {
-    case PyUnicode_1BYTE_KIND: return urls_of(arg, PyUnicode_1BYTE_KIND);
-    case PyUnicode_2BYTE_KIND: return urls_of(arg, PyUnicode_2BYTE_KIND);
-    default: return urls_of(arg, PyUnicode_4BYTE_KIND);
-    }
+#define CALL(kind) urls_of(arg, kind)
+    PER_KIND(kind, CALL)
+#undef CALL
 }
 
 /* --- folding -------------------------------------------------------------------------------- */
@@ -1042,11 +1045,9 @@ static PyObject *fold(PyObject *module, PyObject *args) {
     PyObject *text, *fold_run;
     if (!PyArg_ParseTuple(args, "UO:fold", &text, &fold_run)) return NULL;
     int kind = PyUnicode_KIND(text);
-    switch (kind) {
-    case PyUnicode_1BYTE_KIND: return fold_of(text, fold_run, PyUnicode_1BYTE_KIND);
-    case PyUnicode_2BYTE_KIND: return fold_of(text, fold_run, PyUnicode_2BYTE_KIND);
-    default: return fold_of(text, fold_run, PyUnicode_4BYTE_KIND);
-    }
+#define CALL(kind) fold_of(text, fold_run, kind)
+    PER_KIND(kind, CALL)
+#undef CALL
 }
 
 /* --- digit runs ---------------------------------------------------------------------------- */
@@ -1098,11 +1099,9 @@ static PyObject *number_windows(PyObject *module, PyObject *args) {
     Py_ssize_t before, after;
     if (!PyArg_ParseTuple(args, "Unn:number_windows", &text, &before, &after)) return NULL;
     int kind = PyUnicode_KIND(text);
-    switch (kind) {
-    case PyUnicode_1BYTE_KIND: return number_windows_of(text, before, after, PyUnicode_1BYTE_KIND);
-    case PyUnicode_2BYTE_KIND: return number_windows_of(text, before, after, PyUnicode_2BYTE_KIND);
-    default: return number_windows_of(text, before, after, PyUnicode_4BYTE_KIND);
-    }
+#define CALL(kind) number_windows_of(text, before, after, kind)
+    PER_KIND(kind, CALL)
+#undef CALL
 }
 
 /* --- quoted-printable ---------------------------------------------------------------------- */

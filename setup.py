@@ -11,6 +11,7 @@ setup(
         Extension(
             "policies._speedups",
             sources=["policies/_speedups.c"],
+            depends=["policies/_speedups_html.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

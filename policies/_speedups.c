@@ -73,7 +73,8 @@ static PyObject *to_str(const Py_UCS4 *s, Py_ssize_t n) {
  * page faults than the passes themselves. Not reentrant, and need not be: the GIL is held and no
  * Python code runs inside html_to_text. Buffers grown past SCRATCH_KEEP are freed after a call. */
 #define SCRATCH_KEEP ((Py_ssize_t)1 << 20)
-enum { SCRATCH_PAGE, SCRATCH_WORK, SCRATCH_OUT, SCRATCH_PIECE, SCRATCH_TEXT_A, SCRATCH_TEXT_B, SCRATCH_COUNT };
+enum { SCRATCH_PIECE, SCRATCH_FINAL, SCRATCH_COUNT };   /* code points */
+enum { PASS_WORK, PASS_CUT, PASS_OUT, PASS_TEXT_A, PASS_TEXT_B, PASS_COUNT }; /* per kind */
 static Buf scratch[SCRATCH_COUNT];
 
 static Buf *scratch_take(int which, Py_ssize_t cap) {
@@ -107,48 +108,6 @@ static inline int ci(Py_UCS4 c, char x) {
 
 /* ASCII-only lower-casing: what the reference matches tag names and styles in. */
 static inline Py_UCS4 alo(Py_UCS4 c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
-
-static int starts_ci(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i, const char *lit) {
-    for (; *lit; lit++, i++)
-        if (i >= n || !ci(s[i], *lit)) return 0;
-    return 1;
-}
-
-static int starts_al(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i, const char *lit) {
-    for (; *lit; lit++, i++)
-        if (i >= n || alo(s[i]) != (Py_UCS4)(unsigned char)*lit) return 0;
-    return 1;
-}
-
-static int starts_al_u(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i, const Py_UCS4 *lit, Py_ssize_t len) {
-    if (i + len > n) return 0;
-    for (Py_ssize_t k = 0; k < len; k++)
-        if (alo(s[i + k]) != lit[k]) return 0;
-    return 1;
-}
-
-/* \b right after a word character at i-1: true when i is the end or s[i] is not a word char */
-static inline int word_ends(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) { return i >= n || !is_word(s[i]); }
-
-static Py_ssize_t find_char(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t from, Py_UCS4 c) {
-    if (from >= n) return -1;
-#ifdef HAVE_WIDE_SEARCH
-    const wchar_t *hit = wmemchr((const wchar_t *)s + from, (wchar_t)c, (size_t)(n - from));
-    return hit ? (Py_ssize_t)(hit - (const wchar_t *)s) : -1;
-#else
-    for (Py_ssize_t i = from; i < n; i++)
-        if (s[i] == c) return i;
-    return -1;
-#endif
-}
-
-/* for (i = next_lt(s, n, from); i >= 0; i = next_lt(s, n, i + 1)): each '<' in turn */
-static inline Py_ssize_t next_lt(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t from) { return find_char(s, n, from, '<'); }
-
-static Py_ssize_t skip_spaces(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
-    while (i < n && is_space(s[i])) i++;
-    return i;
-}
 
 #define OPEN_MARK 0x01
 #define CLOSE_MARK 0x02
@@ -189,15 +148,6 @@ static int emit_numeric(emit_fn emit, void *ctx, Py_UCS4 num) {
     return invalid ? 0 : emit(ctx, num);
 }
 
-static int in_html5(const Py_UCS4 *s, Py_ssize_t len, PyObject **value) {
-    PyObject *name = to_str(s, len);
-    if (name == NULL) return -1;
-    *value = PyDict_GetItemWithError(html5, name);
-    Py_DECREF(name);
-    if (*value == NULL) return PyErr_Occurred() ? -1 : 0;
-    return 1;
-}
-
 static inline int name_char(Py_UCS4 c) {
     return !(c == '\t' || c == '\n' || c == '\f' || c == ' ' || c == '<' || c == '&' || c == '#' || c == ';');
 }
@@ -209,90 +159,9 @@ static inline int hex_value(Py_UCS4 c) {
     return -1;
 }
 
-/* html.unescape over s[0:n], every resulting character passed to emit. Its regex is
- * &(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?) and its replacement _replace_charref. */
-/* Inlined at each call with its emit known, so the per-character call goes away. */
-static inline __attribute__((always_inline)) int unescape(const Py_UCS4 *s, Py_ssize_t n, emit_fn emit, void *ctx) {
-    Py_ssize_t i = 0;
-    while (i < n) {
-        Py_UCS4 c = s[i];
-        if (c != '&') {
-            if (emit(ctx, c) < 0) return -1;
-            i++;
-            continue;
-        }
-        Py_ssize_t j = i + 1;
-        if (j < n && s[j] == '#') {
-            Py_ssize_t k;
-            Py_UCS4 num = 0;
-            if (j + 1 < n && s[j + 1] >= '0' && s[j + 1] <= '9') {
-                for (k = j + 1; k < n && s[k] >= '0' && s[k] <= '9'; k++)
-                    num = num > 0x10FFFF ? 0x110000 : num * 10 + (s[k] - '0');
-            } else if (j + 2 < n && (s[j + 1] == 'x' || s[j + 1] == 'X') && hex_value(s[j + 2]) >= 0) {
-                for (k = j + 2; k < n && hex_value(s[k]) >= 0; k++)
-                    num = num > 0x10FFFF ? 0x110000 : num * 16 + (Py_UCS4)hex_value(s[k]);
-            } else {
-                if (emit(ctx, '&') < 0) return -1;
-                i++;
-                continue;
-            }
-            if (num > 0x10FFFF) num = 0x110000;
-            if (k < n && s[k] == ';') k++;
-            if (emit_numeric(emit, ctx, num) < 0) return -1;
-            i = k;
-            continue;
-        }
-        Py_ssize_t k = j;
-        while (k < n && k - j < 32 && name_char(s[k])) k++;
-        if (k == j) {
-            if (emit(ctx, '&') < 0) return -1;
-            i++;
-            continue;
-        }
-        if (k < n && s[k] == ';') k++;
-        const Py_UCS4 *name = s + j;
-        Py_ssize_t len = k - j;
-        i = k;
-        /* the entities of nearly every page, as html5 has them */
-        if (len == 4 && name[0] == 'a' && name[1] == 'm' && name[2] == 'p' && name[3] == ';') {
-            if (emit(ctx, '&') < 0) return -1;
-            continue;
-        }
-        if (len == 5 && name[0] == 'n' && name[1] == 'b' && name[2] == 's' && name[3] == 'p' && name[4] == ';') {
-            if (emit(ctx, 0xa0) < 0) return -1;
-            continue;
-        }
-        PyObject *value;
-        int found = in_html5(name, len, &value);
-        if (found < 0) return -1;
-        if (found) {
-            if (emit_str(emit, ctx, value) < 0) return -1;
-            continue;
-        }
-        Py_ssize_t x;
-        for (x = len - 1; x > 1; x--) {
-            found = in_html5(name, x, &value);
-            if (found < 0) return -1;
-            if (found) break;
-        }
-        if (x > 1) {
-            if (emit_str(emit, ctx, value) < 0) return -1;
-            for (Py_ssize_t r = x; r < len; r++)
-                if (emit(ctx, name[r]) < 0) return -1;
-        } else {
-            if (emit(ctx, '&') < 0) return -1;
-            for (Py_ssize_t r = 0; r < len; r++)
-                if (emit(ctx, name[r]) < 0) return -1;
-        }
-    }
-    return 0;
-}
-
 static inline __attribute__((always_inline)) int emit_plain(void *ctx, Py_UCS4 c) { return buf_put((Buf *)ctx, c); }
 
-/* --- pass: drop invisible elements -------------------------------------------------------
- * <!--.*?(?:-->|\Z)|<(script|style|head|title|noscript|template|object|iframe)\b[^>]*>.*?(?:</\1\s*>|\Z)
- * in the ASCII-lower-cased page (re.S), each match replaced by one space. */
+/* --- tables of the HTML passes (_speedups_html.h) ------------------------------------------ */
 
 typedef struct {
     const char *name;
@@ -302,59 +171,6 @@ typedef struct {
 
 static const Name DROPPED[] = {NAME("script"), NAME("style"), NAME("head"), NAME("title"), NAME("noscript"),
                                NAME("template"), NAME("object"), NAME("iframe"), {NULL, 0}};
-
-static Py_ssize_t drop_match(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
-    if (starts_al(s, n, i + 1, "!--")) {
-        for (Py_ssize_t j = i + 4; j + 2 < n; j++)
-            if (s[j] == '-' && s[j + 1] == '-' && s[j + 2] == '>') return j + 3;
-        return n;
-    }
-    for (const Name *drop = DROPPED; drop->name; drop++) {
-        const char *name = drop->name;
-        Py_ssize_t len = drop->len;
-        if (!starts_al(s, n, i + 1, name) || !word_ends(s, n, i + 1 + len)) continue;
-        Py_ssize_t gt = find_char(s, n, i + 1 + len, '>');
-        if (gt < 0) return -1;
-        for (Py_ssize_t j = next_lt(s, n, gt + 1); j >= 0; j = next_lt(s, n, j + 1)) {
-            if (j + 1 >= n || s[j + 1] != '/' || !starts_al(s, n, j + 2, name)) continue;
-            Py_ssize_t k = skip_spaces(s, n, j + 2 + len);
-            if (k < n && s[k] == '>') return k + 1;
-        }
-        return n;
-    }
-    return -1;
-}
-
-static int drop_invisible(const Buf *in, Buf *out) {
-    const Py_UCS4 *s = in->p;
-    Py_ssize_t n = in->n, last = 0;
-    for (Py_ssize_t i = next_lt(s, n, 0); i >= 0; i = next_lt(s, n, i + 1)) {
-        Py_ssize_t end = drop_match(s, n, i);
-        if (end < 0) continue;
-        if (buf_write(out, s + last, i - last) < 0 || buf_put(out, ' ') < 0) return -1;
-        last = end;
-        i = end - 1;
-    }
-    return buf_write(out, s + last, n - last);
-}
-
-/* --- pass: cut elements styled invisible -------------------------------------------------
- * The earliest of display\s*:\s*none, visibility\s*:\s*hidden, mso-hide\s*:\s*all (ASCII
- * case-insensitive) inside an opening tag cuts that element, up to its matching close tag. */
-
-static Py_ssize_t style_at(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
-    static const char *const words[][2] = {{"display", "none"}, {"visibility", "hidden"}, {"mso-hide", "all"}};
-    for (int w = 0; w < 3; w++) {
-        const char *word = words[w][0];
-        if (alo(s[i]) != (Py_UCS4)word[0] || !starts_al(s, n, i, word)) continue;
-        Py_ssize_t k = skip_spaces(s, n, i + (Py_ssize_t)strlen(word));
-        if (k >= n || s[k] != ':') return -1;
-        k = skip_spaces(s, n, k + 1);
-        if (!starts_al(s, n, k, words[w][1])) return -1;
-        return k + (Py_ssize_t)strlen(words[w][1]);
-    }
-    return -1;
-}
 
 static const char *const VOID_TAGS[] = {"br", "img", "hr", "input", "meta", "link", "wbr", "area", "col", "source", NULL};
 
@@ -381,260 +197,10 @@ static int spans_add(Spans *v, Py_ssize_t start, Py_ssize_t end) {
     return 0;
 }
 
-static Py_ssize_t rfind_char(const Py_UCS4 *s, Py_ssize_t from, Py_ssize_t to, Py_UCS4 c) {
-    for (Py_ssize_t i = to - 1; i >= from; i--)
-        if (s[i] == c) return i;
-    return -1;
-}
-
-/* Cuts into out (joined with "\n" as the reference joins its pieces); the cut elements' inner
- * markup goes to hidden as spans of in. Returns 1 when something was cut, 0 when not. */
-static int strip_hidden(const Buf *in, Buf *out, Spans *hidden) {
-    const Py_UCS4 *s = in->p;
-    Py_ssize_t n = in->n, kept_from = 0, pos = 0, cuts = 0;
-    for (int round = 0; round < 500; round++) {
-        Py_ssize_t style_start = -1, style_end = -1;
-        /* every style has a colon, and matches come in the order of their colons (the word and
-         * spaces before a colon cannot hold another one): look back from each colon */
-        for (Py_ssize_t colon = find_char(s, n, pos, ':'); colon >= 0; colon = find_char(s, n, colon + 1, ':')) {
-            Py_ssize_t w = colon;
-            while (w > pos && is_space(s[w - 1])) w--;
-            Py_UCS4 last = w > pos ? alo(s[w - 1]) : 0;
-            if (last != 'y' && last != 'e') continue; /* displaY, visibilitY, mso-hidE */
-            Py_ssize_t end = -1;
-            if (w - 7 >= pos && (end = style_at(s, n, w - 7)) >= 0) { style_start = w - 7; }
-            else if (w - 10 >= pos && (end = style_at(s, n, w - 10)) >= 0) { style_start = w - 10; }
-            else if (w - 8 >= pos && (end = style_at(s, n, w - 8)) >= 0) { style_start = w - 8; }
-            if (style_start >= 0) { style_end = end; break; }
-        }
-        if (style_start < 0) break;
-        pos = style_end;
-        Py_ssize_t lt = rfind_char(s, kept_from, style_start, '<');
-        Py_ssize_t gt = find_char(s, n, style_end, '>');
-        if (lt < 0 || gt < 0) continue;
-        if (rfind_char(s, lt, style_start, '>') >= 0) continue;
-        Py_UCS4 tag[64];
-        Py_ssize_t len = 0;
-        Py_ssize_t t = lt + 1;
-        if (t >= n || !((s[t] >= 'a' && s[t] <= 'z') || (s[t] >= 'A' && s[t] <= 'Z'))) continue;
-        Py_ssize_t name_end = t;
-        while (name_end < n && ((s[name_end] >= 'a' && s[name_end] <= 'z') || (s[name_end] >= 'A' && s[name_end] <= 'Z') ||
-                                (s[name_end] >= '0' && s[name_end] <= '9')))
-            name_end++;
-        len = name_end - t;
-        int is_void = 0;
-        if (len <= 6) {
-            for (const char *const *v = VOID_TAGS; *v; v++)
-                if ((Py_ssize_t)strlen(*v) == len && starts_al(s, n, t, *v)) { is_void = 1; break; }
-        }
-        if (is_void) continue;
-        Py_UCS4 *name = tag;
-        Py_UCS4 *long_name = NULL;
-        if (len > 64) {
-            long_name = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)len);
-            if (long_name == NULL) { PyErr_NoMemory(); return -1; }
-            name = long_name;
-        }
-        for (Py_ssize_t k = 0; k < len; k++) name[k] = alo(s[t + k]);
-        /* <(/?)tag\b[^>]*> from gt + 1, nesting counted */
-        Py_ssize_t level = 1, close_start = n, close_end = n;
-        for (Py_ssize_t j = next_lt(s, n, gt + 1); j >= 0; j = next_lt(s, n, j + 1)) {
-            int closing = j + 1 < n && s[j + 1] == '/';
-            Py_ssize_t at = j + 1 + closing;
-            if (!starts_al_u(s, n, at, name, len) || !word_ends(s, n, at + len)) continue;
-            Py_ssize_t end = find_char(s, n, at + len, '>');
-            if (end < 0) break;
-            level += closing ? -1 : 1;
-            if (level == 0) { close_start = j; close_end = end + 1; break; }
-            j = end;
-        }
-        PyMem_Free(long_name);
-        if (cuts && buf_put(out, '\n') < 0) return -1;
-        if (buf_write(out, s + kept_from, lt - kept_from) < 0) return -1;
-        if (spans_add(hidden, gt + 1, close_start) < 0) return -1;
-        kept_from = pos = close_end;
-        cuts++;
-    }
-    if (!cuts) return 0;
-    if (buf_put(out, '\n') < 0 || buf_write(out, s + kept_from, n - kept_from) < 0) return -1;
-    return 1;
-}
-
-/* --- pass: anchors to marks ---------------------------------------------------------------
- * <a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]*))[^>]*>|<a\b[^>]*>  becomes OPEN_MARK
- * (its href kept), and </a\s*> becomes CLOSE_MARK, re.IGNORECASE. */
-
-static Py_ssize_t anchor_open(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *href_start, Py_ssize_t *href_end) {
-    if (i + 1 >= n || !ci(s[i + 1], 'a') || !word_ends(s, n, i + 2)) return -1;
-    Py_ssize_t first_gt = find_char(s, n, i + 2, '>');
-    if (first_gt < 0) return -1;
-    for (Py_ssize_t k = i + 2; k < first_gt; k++) {
-        if (!ci(s[k], 'h') || is_word(s[k - 1]) || !starts_ci(s, n, k, "href")) continue;
-        Py_ssize_t m = skip_spaces(s, n, k + 4);
-        if (m >= n || s[m] != '=') continue;
-        Py_ssize_t v = skip_spaces(s, n, m + 1);
-        if (v < n && (s[v] == '"' || s[v] == '\'')) {
-            Py_ssize_t q = find_char(s, n, v + 1, s[v]);
-            if (q >= 0) {
-                Py_ssize_t gt = find_char(s, n, q + 1, '>');
-                if (gt >= 0) {
-                    *href_start = v + 1;
-                    *href_end = q;
-                    return gt + 1;
-                }
-            }
-        }
-        Py_ssize_t e = v;
-        while (e < n && s[e] != '>' && !is_space(s[e])) e++;
-        Py_ssize_t gt = find_char(s, n, e, '>');
-        if (gt >= 0) {
-            *href_start = v;
-            *href_end = e;
-            return gt + 1;
-        }
-    }
-    *href_start = *href_end = -1;
-    return first_gt + 1;
-}
-
-static Py_ssize_t anchor_close(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
-    if (i + 2 >= n || s[i + 1] != '/' || !ci(s[i + 2], 'a')) return -1;
-    Py_ssize_t k = skip_spaces(s, n, i + 3);
-    return (k < n && s[k] == '>') ? k + 1 : -1;
-}
-
-static PyObject *href_value(const Py_UCS4 *s, Py_ssize_t start, Py_ssize_t end) {
-    if (find_char(s, end, start, '&') < 0) { /* nothing to decode: the stripped slice */
-        while (start < end && is_space(s[start])) start++;
-        while (end > start && is_space(s[end - 1])) end--;
-        return to_str(s + start, end - start);
-    }
-    Buf b;
-    if (buf_init(&b, end - start) < 0) return NULL;
-    if (unescape(s + start, end - start, emit_plain, &b) < 0) { buf_free(&b); return NULL; }
-    Py_ssize_t a = 0, z = b.n;
-    while (a < z && is_space(b.p[a])) a++;
-    while (z > a && is_space(b.p[z - 1])) z--;
-    PyObject *str = to_str(b.p + a, z - a);
-    buf_free(&b);
-    return str;
-}
-
-/* Anchors replaced by marks; each opening anchor's href appended to hrefs. The two regexes ran
- * one after the other; one scan gives the same, as neither can match inside the other's match. */
-static int mark_anchors(const Buf *in, Buf *out, PyObject *hrefs) {
-    const Py_UCS4 *s = in->p;
-    Py_ssize_t n = in->n, last = 0;
-    for (Py_ssize_t i = next_lt(s, n, 0); i >= 0; i = next_lt(s, n, i + 1)) {
-        Py_ssize_t hs, he, end = anchor_open(s, n, i, &hs, &he);
-        Py_UCS4 mark = OPEN_MARK;
-        if (end >= 0) {
-            PyObject *href = hs >= 0 ? href_value(s, hs, he) : PyUnicode_New(0, 0);
-            if (href == NULL) return -1;
-            int failed = PyList_Append(hrefs, href);
-            Py_DECREF(href);
-            if (failed < 0) return -1;
-        } else {
-            end = anchor_close(s, n, i);
-            if (end < 0) continue;
-            mark = CLOSE_MARK;
-        }
-        if (buf_write(out, s + last, i - last) < 0 || buf_put(out, mark) < 0) return -1;
-        last = end;
-        i = end - 1;
-    }
-    return buf_write(out, s + last, n - last);
-}
-
-/* --- markup to text -----------------------------------------------------------------------
- * Images to their alt text, block tags to newlines, other tags removed, entities decoded,
- * invisible characters dropped, whitespace normalised: one pass each, in the reference's order. */
-
-/* <img\b[^>]*?\balt\s*=\s*(?:"([^"]*)"|'([^']*)')[^>]*>, re.IGNORECASE */
-static Py_ssize_t image_alt(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *alt_start, Py_ssize_t *alt_end) {
-    if (!starts_ci(s, n, i + 1, "img") || !word_ends(s, n, i + 4)) return -1;
-    Py_ssize_t first_gt = find_char(s, n, i + 4, '>');
-    if (first_gt < 0) return -1;
-    for (Py_ssize_t k = i + 4; k < first_gt; k++) {
-        if (!ci(s[k], 'a') || is_word(s[k - 1]) || !starts_ci(s, n, k, "alt")) continue;
-        Py_ssize_t m = skip_spaces(s, n, k + 3);
-        if (m >= n || s[m] != '=') continue;
-        Py_ssize_t v = skip_spaces(s, n, m + 1);
-        if (v >= n || (s[v] != '"' && s[v] != '\'')) continue;
-        Py_ssize_t q = find_char(s, n, v + 1, s[v]);
-        if (q < 0) continue;
-        Py_ssize_t gt = find_char(s, n, q + 1, '>');
-        if (gt < 0) continue;
-        *alt_start = v + 1;
-        *alt_end = q;
-        return gt + 1;
-    }
-    return -1;
-}
-
-static int images_to_alt(const Py_UCS4 *s, Py_ssize_t n, Buf *out) {
-    Py_ssize_t last = 0;
-    for (Py_ssize_t i = next_lt(s, n, 0); i >= 0; i = next_lt(s, n, i + 1)) {
-        Py_ssize_t as, ae, end = image_alt(s, n, i, &as, &ae);
-        if (end < 0) continue;
-        if (buf_write(out, s + last, i - last) < 0 || buf_put(out, '\n') < 0 || buf_write(out, s + as, ae - as) < 0 ||
-            buf_put(out, ' ') < 0)
-            return -1;
-        last = end;
-        i = end - 1;
-    }
-    return buf_write(out, s + last, n - last);
-}
-
 static const Name BLOCK_TAGS[] = {NAME("p"),     NAME("div"),   NAME("tr"), NAME("td"), NAME("th"),
                                   NAME("li"),    NAME("table"), NAME("tbody"), NAME("thead"), NAME("ul"),
                                   NAME("ol"),    NAME("blockquote"), NAME("center"), NAME("section"),
                                   NAME("article"), {NULL, 0}};
-
-/* <(?:br|hr|/?(?:p|div|tr|td|th|li|h[1-6]|table|tbody|thead|ul|ol|blockquote|center|section|article))\b[^>]*>
- * re.IGNORECASE. Every name is word characters followed by \b, so the name is the whole word. */
-static Py_ssize_t block_tag(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i) {
-    Py_ssize_t at = i + 1, len = -1;
-    if ((starts_ci(s, n, at, "br") || starts_ci(s, n, at, "hr")) && word_ends(s, n, at + 2)) {
-        len = 2;
-    } else {
-        if (at < n && s[at] == '/') at++;
-        if (at + 1 < n && ci(s[at], 'h') && s[at + 1] >= '1' && s[at + 1] <= '6' && word_ends(s, n, at + 2)) {
-            len = 2;
-        } else {
-            for (const Name *tag = BLOCK_TAGS; tag->name; tag++)
-                if (starts_ci(s, n, at, tag->name) && word_ends(s, n, at + tag->len)) { len = tag->len; break; }
-        }
-    }
-    if (len < 0) return -1;
-    Py_ssize_t gt = find_char(s, n, at + len, '>');
-    return gt < 0 ? -1 : gt + 1;
-}
-
-static int blocks_to_newlines(const Py_UCS4 *s, Py_ssize_t n, Buf *out) {
-    Py_ssize_t last = 0;
-    for (Py_ssize_t i = next_lt(s, n, 0); i >= 0; i = next_lt(s, n, i + 1)) {
-        Py_ssize_t end = block_tag(s, n, i);
-        if (end < 0) continue;
-        if (buf_write(out, s + last, i - last) < 0 || buf_put(out, '\n') < 0) return -1;
-        last = end;
-        i = end - 1;
-    }
-    return buf_write(out, s + last, n - last);
-}
-
-/* <[^>]*> removed */
-static int strip_tags(const Py_UCS4 *s, Py_ssize_t n, Buf *out) {
-    Py_ssize_t last = 0;
-    for (Py_ssize_t i = next_lt(s, n, 0); i >= 0; i = next_lt(s, n, i + 1)) {
-        Py_ssize_t gt = find_char(s, n, i + 1, '>');
-        if (gt < 0) break;
-        if (buf_write(out, s + last, i - last) < 0) return -1;
-        last = gt + 1;
-        i = gt;
-    }
-    return buf_write(out, s + last, n - last);
-}
 
 /* Invisible characters dropped, other spaces made ' ', runs of spaces collapsed, spaces next
  * to a newline dropped, runs of newlines collapsed: what the reference's replaces and
@@ -669,29 +235,6 @@ static inline __attribute__((always_inline)) int normalise_space(void *ctx, Py_U
     return buf_put(b, c);
 }
 
-/* The reference's _markup_to_text; the result is stripped of whitespace at both ends. */
-static int markup_to_text(const Py_UCS4 *s, Py_ssize_t n, Buf *text) {
-    Buf *a = scratch_take(SCRATCH_TEXT_A, n + 16), *b = a ? scratch_take(SCRATCH_TEXT_B, n + 16) : NULL;
-    if (b == NULL) return -1;
-    /* the reference converts images only when "alt" is in the markup (case-sensitive) */
-    int has_alt = 0;
-    for (Py_ssize_t i = find_char(s, n, 0, 'a'); i >= 0 && i + 2 < n; i = find_char(s, n, i + 1, 'a'))
-        if (s[i + 1] == 'l' && s[i + 2] == 't') { has_alt = 1; break; }
-    Buf *cur = a;
-    if (has_alt) {
-        if (images_to_alt(s, n, b) < 0) return -1;
-        if (blocks_to_newlines(b->p, b->n, a) < 0) return -1;
-    } else if (blocks_to_newlines(s, n, a) < 0) {
-        return -1;
-    }
-    b->n = 0;
-    if (strip_tags(a->p, a->n, b) < 0) return -1;
-    cur = b;
-    text->n = 0;
-    if (buf_reserve(text, cur->n) < 0) return -1;
-    return unescape(cur->p, cur->n, normalise_space, text);
-}
-
 static void strip_ends(const Buf *b, Py_ssize_t *start, Py_ssize_t *end) {
     Py_ssize_t a = 0, z = b->n;
     while (a < z && is_space(b->p[a])) a++;
@@ -715,6 +258,35 @@ static PyObject *anchor_entry(PyObject *href, const Buf *text, Py_ssize_t start,
     return entry;
 }
 
+/* the passes, once per kind of str */
+#define CH Py_UCS1
+#define CH_SIZE 1
+#define CH_KIND PyUnicode_1BYTE_KIND
+#define P(name) name##_ucs1
+#include "_speedups_html.h"
+#undef CH
+#undef CH_SIZE
+#undef CH_KIND
+#undef P
+#define CH Py_UCS2
+#define CH_SIZE 2
+#define CH_KIND PyUnicode_2BYTE_KIND
+#define P(name) name##_ucs2
+#include "_speedups_html.h"
+#undef CH
+#undef CH_SIZE
+#undef CH_KIND
+#undef P
+#define CH Py_UCS4
+#define CH_SIZE 4
+#define CH_KIND PyUnicode_4BYTE_KIND
+#define P(name) name##_ucs4
+#include "_speedups_html.h"
+#undef CH
+#undef CH_SIZE
+#undef CH_KIND
+#undef P
+
 static PyObject *html_to_text(PyObject *module, PyObject *args) {
     PyObject *arg;
     Py_ssize_t offset = -1;
@@ -723,93 +295,11 @@ static PyObject *html_to_text(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "html_to_text(): offset must not be negative");
         return NULL;
     }
-    PyObject *result = NULL, *hrefs = NULL, *text = NULL, *hidden_text = NULL, *spans = NULL;
-    Buf *page = NULL, *work = NULL, *out = NULL, *piece = NULL;
-    Spans hidden = {0};
-    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
-    if ((page = scratch_take(SCRATCH_PAGE, n + 16)) == NULL || (work = scratch_take(SCRATCH_WORK, n + 16)) == NULL ||
-        (out = scratch_take(SCRATCH_OUT, n + 16)) == NULL || (piece = scratch_take(SCRATCH_PIECE, 64)) == NULL)
-        goto done;
-    if (PyUnicode_AsUCS4(arg, page->p, page->cap, 0) == NULL) goto done;
-    page->n = n;
-    /* the page's own marks go first: ours must be the only ones */
-    if (PyUnicode_FindChar(arg, OPEN_MARK, 0, n, 1) != -1 || PyUnicode_FindChar(arg, CLOSE_MARK, 0, n, 1) != -1) {
-        Py_ssize_t kept = 0;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (page->p[i] != OPEN_MARK && page->p[i] != CLOSE_MARK) page->p[kept++] = page->p[i];
-        page->n = kept;
+    switch (PyUnicode_KIND(arg)) {
+    case PyUnicode_1BYTE_KIND: return html_to_text_ucs1(arg, offset);
+    case PyUnicode_2BYTE_KIND: return html_to_text_ucs2(arg, offset);
+    default: return html_to_text_ucs4(arg, offset);
     }
-    if (drop_invisible(page, work) < 0) goto done;
-    page->n = 0;
-    int cut = strip_hidden(work, page, &hidden);
-    if (cut < 0) goto done;
-    Buf *markup = cut ? page : work; /* work keeps the hidden spans' source either way */
-    hrefs = PyList_New(0);
-    if (hrefs == NULL) goto done;
-    out->n = 0;
-    if (mark_anchors(markup, out, hrefs) < 0) goto done;
-    /* hidden text: each cut element's markup to text, joined by newlines */
-    Buf joined;
-    if (buf_init(&joined, 64) < 0) goto done;
-    for (Py_ssize_t h = 0; h < hidden.n; h++) {
-        if (markup_to_text(work->p + hidden.p[h].start, hidden.p[h].end - hidden.p[h].start, piece) < 0) {
-            buf_free(&joined);
-            goto done;
-        }
-        Py_ssize_t a, z;
-        strip_ends(piece, &a, &z);
-        if ((h && buf_put(&joined, '\n') < 0) || buf_write(&joined, piece->p + a, z - a) < 0) {
-            buf_free(&joined);
-            goto done;
-        }
-    }
-    hidden_text = to_str(joined.p, joined.n);
-    buf_free(&joined);
-    if (hidden_text == NULL) goto done;
-    if (markup_to_text(out->p, out->n, piece) < 0) goto done;
-    Py_ssize_t a, z;
-    strip_ends(piece, &a, &z);
-    /* marks out; each anchor's span in the text without marks */
-    spans = PyList_New(0);
-    if (spans == NULL) goto done;
-    Py_ssize_t count = PyList_GET_SIZE(hrefs);
-    Py_ssize_t index = -1, open_at = -1;
-    work->n = 0;
-    for (Py_ssize_t i = a; i < z; i++) {
-        Py_UCS4 c = piece->p[i];
-        if (c != OPEN_MARK && c != CLOSE_MARK) {
-            if (buf_put(work, c) < 0) goto done;
-            continue;
-        }
-        if (!count) continue;
-        Py_ssize_t at = work->n;
-        if (open_at >= 0) {
-            PyObject *span = anchor_entry(PyList_GET_ITEM(hrefs, index), work, open_at, at, offset);
-            if (span == NULL || PyList_Append(spans, span) < 0) { Py_XDECREF(span); goto done; }
-            Py_DECREF(span);
-            open_at = -1;
-        }
-        if (c == OPEN_MARK) {
-            index++;
-            open_at = index < count ? at : -1;
-        }
-    }
-    if (open_at >= 0) {
-        PyObject *span = anchor_entry(PyList_GET_ITEM(hrefs, index), work, open_at, work->n, offset);
-        if (span == NULL || PyList_Append(spans, span) < 0) { Py_XDECREF(span); goto done; }
-        Py_DECREF(span);
-    }
-    text = to_str(work->p, work->n);
-    if (text == NULL) goto done;
-    result = PyTuple_Pack(3, text, hidden_text, spans);
-done:
-    Py_XDECREF(hrefs);
-    Py_XDECREF(text);
-    Py_XDECREF(hidden_text);
-    Py_XDECREF(spans);
-    scratch_trim();
-    PyMem_Free(hidden.p);
-    return result;
 }
 
 /* --- words --------------------------------------------------------------------------------- */

@@ -275,3 +275,10 @@ def test_fold_runs_that_fold_again_and_long_texts_keep_their_results() -> None:
     long_text = "\u00c9t\u00e9 " * 300_000  # more than the buffer kept between calls
     assert _speedups.fold(long_text, _fold_run) == speedups_reference.fold(long_text)
     assert _speedups.fold(text, _fold_run) == speedups_reference.fold(text)
+
+
+@pytest.mark.parametrize("extra", ["", "\u2019", "\U0001f600"], ids=["1-byte", "2-byte", "4-byte"])
+def test_every_kind_of_str_runs_the_same_passes(extra: str) -> None:
+    page = newsletter(40).replace("Bekijk", f"Bekijk{extra}") + f"<p>&euro; {extra}</p>"
+    same(page)
+    same(page.replace("Preheader", "a\x01b\x02c"))  # the page's own marks are dropped first

@@ -131,8 +131,9 @@ def adult(facts: MessageFacts) -> Hit | None:
 # The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any
 # user:password@, up to the port, path, query or fragment.
 # Each line is found by its leading "\n" (a literal the regex engine skips to), not by ^ and re.M,
-# which it tests at every character.
-_HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*://(?:[^@/\n?#]*@)?|(?=www\.))([^/:?#\s\\]+)")
+# which it tests at every character; the runs are possessive (*+), as no backtracking into a run
+# that excludes the next literal can find it.
+_HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*+://(?:[^@/\n?#]*+@)?|(?=www\.))([^/:?#\s\\]+)")
 _HOST_SETS: dict[tuple[str, ...], frozenset[str]] = {}
 _href = operator.attrgetter("href")
 

@@ -304,6 +304,17 @@ static PyObject *html_to_text(PyObject *module, PyObject *args) {
 
 /* --- words --------------------------------------------------------------------------------- */
 
+/* \w among ASCII characters: letters, digits, underscore */
+static const unsigned char ASCII_WORD[128] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1,
+    ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1,
+    ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['_'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1,
+    ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1,
+    ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
 /* The distinct \w+ runs of a str, as a frozenset. A page repeats its words: they are told apart
  * in a table of (start, length) first, and a str is made only for each distinct one. */
 typedef struct {
@@ -318,17 +329,21 @@ static inline __attribute__((always_inline)) PyObject *words_of(PyObject *arg, i
     WordSlot *table = PyMem_Calloc(cap, sizeof(WordSlot));
     PyObject *found = PySet_New(NULL);
     if (table == NULL || found == NULL) goto fail;
-    Py_ssize_t start = -1;
-    Py_uhash_t hash = 0;
-    for (Py_ssize_t i = 0; i <= n; i++) {
-        Py_UCS4 c = i < n ? PyUnicode_READ(kind, data, i) : 0;
-        int w = i < n && (c < 128 ? ((c | 0x20) - 'a' < 26 || c - '0' < 10 || c == '_') : is_word(c));
-        if (w) {
-            if (start < 0) { start = i; hash = 14695981039346656037ULL; }
-            hash = (hash ^ c) * 1099511628211ULL;
+#define WORD_CHAR(c) ((c) < 128 ? ASCII_WORD[(c)] : is_word(c))
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (!WORD_CHAR(c)) {
+            i++;
             continue;
         }
-        if (start < 0) continue;
+        Py_ssize_t start = i;
+        Py_uhash_t hash = 14695981039346656037ULL; /* FNV-1a over the word's code points */
+        do {
+            hash = (hash ^ c) * 1099511628211ULL;
+            if (++i >= n) break;
+            c = PyUnicode_READ(kind, data, i);
+        } while (WORD_CHAR(c));
+#undef WORD_CHAR
         Py_ssize_t len = i - start;
         size_t slot = (size_t)hash & (cap - 1);
         for (;;) {
@@ -348,7 +363,6 @@ static inline __attribute__((always_inline)) PyObject *words_of(PyObject *arg, i
                 break;
             slot = (slot + 1) & (cap - 1);
         }
-        start = -1;
         if (used * 2 > cap) { /* grow: rehash every slot into a table twice the size */
             size_t bigger = cap * 2;
             WordSlot *grown = PyMem_Calloc(bigger, sizeof(WordSlot));
@@ -489,9 +503,15 @@ static inline __attribute__((always_inline)) PyObject *fold_of(PyObject *text, P
     if (done == NULL) goto fail;
     for (Py_ssize_t i = 0; i < n;) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c < 128) {
-            if (buf_put(out, alo(c)) < 0) goto fail;
-            i++;
+        if (c < 128) { /* an ASCII stretch: room for the rest of the text, then no more checks */
+            if (buf_reserve(out, n - i) < 0) goto fail;
+            Py_UCS4 *to = out->p + out->n;
+            do {
+                *to++ = alo(c);
+                if (++i >= n) break;
+                c = PyUnicode_READ(kind, data, i);
+            } while (c < 128);
+            out->n = to - out->p;
             continue;
         }
         Py_ssize_t j = i + 1;

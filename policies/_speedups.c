@@ -397,16 +397,18 @@ fail:
     default: return CALL(PyUnicode_4BYTE_KIND);             \
     }
 
-static PyObject *words(PyObject *module, PyObject *arg) {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "words() takes a str");
-        return NULL;
+/* NAME(str), a METH_O function, calling NAME_of(arg, kind) inlined for each kind */
+#define STR_FUNCTION(NAME)                                                          \
+    static PyObject *NAME(PyObject *module, PyObject *arg) {                        \
+        if (!PyUnicode_Check(arg)) {                                                \
+            PyErr_SetString(PyExc_TypeError, #NAME "() takes a str");               \
+            return NULL;                                                            \
+        }                                                                           \
+        int kind = PyUnicode_KIND(arg);                                             \
+        PER_KIND(kind, NAME##_of_arg)                                               \
     }
-    int kind = PyUnicode_KIND(arg);
-#define CALL(kind) words_of(arg, kind)
-    PER_KIND(kind, CALL)
-#undef CALL
-}
+#define words_of_arg(kind) words_of(arg, kind)
+STR_FUNCTION(words)
 
 /* --- URLs written as text ------------------------------------------------------------------ */
 
@@ -465,16 +467,8 @@ static inline __attribute__((always_inline)) PyObject *urls_of(PyObject *arg, in
     return found;
 }
 
-static PyObject *urls(PyObject *module, PyObject *arg) {
-    if (!PyUnicode_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "urls() takes a str");
-        return NULL;
-    }
-    int kind = PyUnicode_KIND(arg);
-#define CALL(kind) urls_of(arg, kind)
-    PER_KIND(kind, CALL)
-#undef CALL
-}
+#define urls_of_arg(kind) urls_of(arg, kind)
+STR_FUNCTION(urls)
 
 /* --- folding -------------------------------------------------------------------------------- */
 

@@ -216,18 +216,22 @@ static Py_ssize_t P(drop_match)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
     return -1;
 }
 
-static int P(drop_invisible)(const P(Buf) *in, P(Buf) *out) {
-    const CH *s = in->p;
-    Py_ssize_t n = in->n, last = 0;
+/* Each match of `match` at a '<' replaced by the one character `with`; inlined with its match. */
+static inline __attribute__((always_inline)) int P(replace_at_tags)(const CH *s, Py_ssize_t n, P(Buf) *out,
+                                                                     Py_ssize_t (*match)(const CH *, Py_ssize_t, Py_ssize_t),
+                                                                     Py_UCS4 with) {
+    Py_ssize_t last = 0;
     for (Py_ssize_t i = P(next_lt)(s, n, 0); i >= 0; i = P(next_lt)(s, n, i + 1)) {
-        Py_ssize_t end = P(drop_match)(s, n, i);
+        Py_ssize_t end = match(s, n, i);
         if (end < 0) continue;
-        if (P(buf_write)(out, s + last, i - last) < 0 || P(buf_put)(out, ' ') < 0) return -1;
+        if (P(buf_write)(out, s + last, i - last) < 0 || P(buf_put)(out, with) < 0) return -1;
         last = end;
         i = end - 1;
     }
     return P(buf_write)(out, s + last, n - last);
 }
+
+static int P(drop_invisible)(const P(Buf) *in, P(Buf) *out) { return P(replace_at_tags)(in->p, in->n, out, P(drop_match), ' '); }
 
 /* --- pass: cut elements styled invisible -------------------------------------------------
  * The earliest of display\s*:\s*none, visibility\s*:\s*hidden, mso-hide\s*:\s*all (ASCII
@@ -330,15 +334,21 @@ static int P(strip_hidden)(const P(Buf) *in, P(Buf) *out, Spans *hidden) {
  * <a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]*))[^>]*>|<a\b[^>]*>  becomes OPEN_MARK
  * (its href kept), and </a\s*> becomes CLOSE_MARK, re.IGNORECASE. */
 
+/* \bNAME\s*=\s* at k, inside a tag after its name (so k > 0): where the value starts, or -1 */
+static inline Py_ssize_t P(attribute_at)(const CH *s, Py_ssize_t n, Py_ssize_t k, const char *name, Py_ssize_t len) {
+    if (!ci(s[k], name[0]) || is_word(s[k - 1]) || !P(starts_ci)(s, n, k, name)) return -1;
+    Py_ssize_t m = P(skip_spaces)(s, n, k + len);
+    if (m >= n || s[m] != '=') return -1;
+    return P(skip_spaces)(s, n, m + 1);
+}
+
 static Py_ssize_t P(anchor_open)(const CH *s, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *href_start, Py_ssize_t *href_end) {
     if (i + 1 >= n || !ci(s[i + 1], 'a') || !P(word_ends)(s, n, i + 2)) return -1;
     Py_ssize_t first_gt = P(find_char)(s, n, i + 2, '>');
     if (first_gt < 0) return -1;
     for (Py_ssize_t k = i + 2; k < first_gt; k++) {
-        if (!ci(s[k], 'h') || is_word(s[k - 1]) || !P(starts_ci)(s, n, k, "href")) continue;
-        Py_ssize_t m = P(skip_spaces)(s, n, k + 4);
-        if (m >= n || s[m] != '=') continue;
-        Py_ssize_t v = P(skip_spaces)(s, n, m + 1);
+        Py_ssize_t v = P(attribute_at)(s, n, k, "href", 4);
+        if (v < 0) continue;
         if (v < n && (s[v] == '"' || s[v] == '\'')) {
             Py_ssize_t q = P(find_char)(s, n, v + 1, s[v]);
             if (q >= 0) {
@@ -422,11 +432,8 @@ static Py_ssize_t P(image_alt)(const CH *s, Py_ssize_t n, Py_ssize_t i, Py_ssize
     Py_ssize_t first_gt = P(find_char)(s, n, i + 4, '>');
     if (first_gt < 0) return -1;
     for (Py_ssize_t k = i + 4; k < first_gt; k++) {
-        if (!ci(s[k], 'a') || is_word(s[k - 1]) || !P(starts_ci)(s, n, k, "alt")) continue;
-        Py_ssize_t m = P(skip_spaces)(s, n, k + 3);
-        if (m >= n || s[m] != '=') continue;
-        Py_ssize_t v = P(skip_spaces)(s, n, m + 1);
-        if (v >= n || (s[v] != '"' && s[v] != '\'')) continue;
+        Py_ssize_t v = P(attribute_at)(s, n, k, "alt", 3);
+        if (v < 0 || v >= n || (s[v] != '"' && s[v] != '\'')) continue;
         Py_ssize_t q = P(find_char)(s, n, v + 1, s[v]);
         if (q < 0) continue;
         Py_ssize_t gt = P(find_char)(s, n, q + 1, '>');
@@ -473,15 +480,7 @@ static Py_ssize_t P(block_tag)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
 }
 
 static int P(blocks_to_newlines)(const CH *s, Py_ssize_t n, P(Buf) *out) {
-    Py_ssize_t last = 0;
-    for (Py_ssize_t i = P(next_lt)(s, n, 0); i >= 0; i = P(next_lt)(s, n, i + 1)) {
-        Py_ssize_t end = P(block_tag)(s, n, i);
-        if (end < 0) continue;
-        if (P(buf_write)(out, s + last, i - last) < 0 || P(buf_put)(out, '\n') < 0) return -1;
-        last = end;
-        i = end - 1;
-    }
-    return P(buf_write)(out, s + last, n - last);
+    return P(replace_at_tags)(s, n, out, P(block_tag), '\n');
 }
 
 /* <[^>]*> removed */

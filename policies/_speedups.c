@@ -72,7 +72,7 @@ static PyObject *to_str(const Py_UCS4 *s, Py_ssize_t n) {
 /* Scratch buffers kept from call to call: fresh page-sized buffers for every pass cost more in
  * page faults than the passes themselves. Not reentrant, and need not be: the GIL is held and no
  * Python code runs inside html_to_text. Buffers grown past SCRATCH_KEEP are freed after a call. */
-#define SCRATCH_KEEP ((Py_ssize_t)1 << 20)
+#define SCRATCH_KEEP ((Py_ssize_t)1 << 18) /* units: a 256 K-character page */
 enum { SCRATCH_PIECE, SCRATCH_FINAL, SCRATCH_COUNT };   /* code points */
 enum { PASS_WORK, PASS_CUT, PASS_OUT, PASS_TEXT_A, PASS_TEXT_B, PASS_COUNT }; /* per kind */
 static Buf scratch[SCRATCH_COUNT];

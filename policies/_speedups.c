@@ -51,7 +51,7 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
     return 0;
 }
 
-static inline int buf_put(Buf *b, Py_UCS4 c) {
+static inline __attribute__((always_inline)) int buf_put(Buf *b, Py_UCS4 c) {
     if (b->n == b->cap && buf_reserve(b, 1) < 0) return -1;
     b->p[b->n++] = c;
     return 0;

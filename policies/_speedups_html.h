@@ -23,7 +23,7 @@ static int P(buf_reserve)(P(Buf) *b, Py_ssize_t extra) {
     return 0;
 }
 
-static inline int P(buf_put)(P(Buf) *b, Py_UCS4 c) {
+static inline __attribute__((always_inline)) int P(buf_put)(P(Buf) *b, Py_UCS4 c) {
     if (b->n == b->cap && P(buf_reserve)(b, 1) < 0) return -1;
     b->p[b->n++] = (CH)c;
     return 0;
@@ -194,7 +194,7 @@ static inline __attribute__((always_inline)) int P(unescape)(const CH *s, Py_ssi
  * <!--.*?(?:-->|\Z)|<(script|style|head|title|noscript|template|object|iframe)\b[^>]*>.*?(?:</\1\s*>|\Z)
  * in the ASCII-lower-cased page (re.S), each match replaced by one space. */
 
-static Py_ssize_t P(drop_match)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
+static inline __attribute__((always_inline)) Py_ssize_t P(drop_match)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
     if (P(starts_al)(s, n, i + 1, "!--")) {
         for (Py_ssize_t j = i + 4; j + 2 < n; j++)
             if (s[j] == '-' && s[j + 1] == '-' && s[j + 2] == '>') return j + 3;
@@ -335,7 +335,7 @@ static int P(strip_hidden)(const P(Buf) *in, P(Buf) *out, Spans *hidden) {
  * (its href kept), and </a\s*> becomes CLOSE_MARK, re.IGNORECASE. */
 
 /* \bNAME\s*=\s* at k, inside a tag after its name (so k > 0): where the value starts, or -1 */
-static inline Py_ssize_t P(attribute_at)(const CH *s, Py_ssize_t n, Py_ssize_t k, const char *name, Py_ssize_t len) {
+static inline __attribute__((always_inline)) Py_ssize_t P(attribute_at)(const CH *s, Py_ssize_t n, Py_ssize_t k, const char *name, Py_ssize_t len) {
     if (!ci(s[k], name[0]) || is_word(s[k - 1]) || !P(starts_ci)(s, n, k, name)) return -1;
     Py_ssize_t m = P(skip_spaces)(s, n, k + len);
     if (m >= n || s[m] != '=') return -1;
@@ -461,7 +461,7 @@ static int P(images_to_alt)(const CH *s, Py_ssize_t n, P(Buf) *out) {
 
 /* <(?:br|hr|/?(?:p|div|tr|td|th|li|h[1-6]|table|tbody|thead|ul|ol|blockquote|center|section|article))\b[^>]*>
  * re.IGNORECASE. Every name is word characters followed by \b, so the name is the whole word. */
-static Py_ssize_t P(block_tag)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
+static inline __attribute__((always_inline)) Py_ssize_t P(block_tag)(const CH *s, Py_ssize_t n, Py_ssize_t i) {
     Py_ssize_t at = i + 1, len = -1;
     if ((P(starts_ci)(s, n, at, "br") || P(starts_ci)(s, n, at, "hr")) && P(word_ends)(s, n, at + 2)) {
         len = 2;

@@ -404,6 +404,7 @@ fail:
             PyErr_SetString(PyExc_TypeError, #NAME "() takes a str");               \
             return NULL;                                                            \
         }                                                                           \
+        if (PyUnicode_READY(arg) < 0) return NULL;                                  \
         int kind = PyUnicode_KIND(arg);                                             \
         PER_KIND(kind, NAME##_of_arg)                                               \
     }

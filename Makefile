@@ -7,7 +7,7 @@ CONFIG ?= config.example.toml
 
 .PHONY: run test bench check-config clean
 
-$(STAMP): pyproject.toml setup.py policies/_speedups.c policies/_speedups_html.h
+$(STAMP): pyproject.toml setup.py policies/_speedups.c policies/_speedups_buf.h policies/_speedups_html.h policies/_speedups_kinds.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -11,7 +11,7 @@ setup(
         Extension(
             "policies._speedups",
             sources=["policies/_speedups.c"],
-            depends=["policies/_speedups_html.h"],
+            depends=["policies/_speedups_buf.h", "policies/_speedups_html.h", "policies/_speedups_kinds.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

@@ -17,81 +17,28 @@
 #define HAVE_WIDE_SEARCH 1
 #endif
 
-/* --- buffers of code points ------------------------------------------------------------ */
-
-typedef struct {
-    Py_UCS4 *p;
-    Py_ssize_t n;
-    Py_ssize_t cap;
-} Buf;
-
-static int buf_init(Buf *b, Py_ssize_t cap) {
-    if (cap < 16) cap = 16;
-    b->p = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)cap);
-    b->n = 0;
-    b->cap = cap;
-    if (b->p == NULL) { PyErr_NoMemory(); return -1; }
-    return 0;
-}
-
-static void buf_free(Buf *b) {
-    PyMem_Free(b->p);
-    b->p = NULL;
-    b->n = b->cap = 0;
-}
-
-static int buf_reserve(Buf *b, Py_ssize_t extra) {
-    if (b->n + extra <= b->cap) return 0;
-    Py_ssize_t cap = b->cap * 2;
-    if (cap < b->n + extra) cap = b->n + extra;
-    Py_UCS4 *p = PyMem_Realloc(b->p, sizeof(Py_UCS4) * (size_t)cap);
-    if (p == NULL) { PyErr_NoMemory(); return -1; }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline __attribute__((always_inline)) int buf_put(Buf *b, Py_UCS4 c) {
-    if (b->n == b->cap && buf_reserve(b, 1) < 0) return -1;
-    b->p[b->n++] = c;
-    return 0;
-}
-
-static int buf_write(Buf *b, const Py_UCS4 *s, Py_ssize_t n) {
-    if (n <= 0) return 0;
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->p + b->n, s, sizeof(Py_UCS4) * (size_t)n);
-    b->n += n;
-    return 0;
-}
-
-static PyObject *to_str(const Py_UCS4 *s, Py_ssize_t n) {
-    return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, s, n);
-}
+/* --- buffers ------------------------------------------------------------------------------ */
 
 /* Scratch buffers kept from call to call: fresh page-sized buffers for every pass cost more in
  * page faults than the passes themselves. Not reentrant, and need not be: the GIL is held and no
- * Python code runs inside html_to_text. Buffers grown past SCRATCH_KEEP are freed after a call. */
+ * Python code runs inside html_to_text. Buffers grown past SCRATCH_KEEP are freed after a call.
+ * The passes use the page's kind; PIECE and FINAL hold code points (the decoded text). */
 #define SCRATCH_KEEP ((Py_ssize_t)1 << 18) /* units: a 256 K-character page */
-enum { SCRATCH_PIECE, SCRATCH_FINAL, SCRATCH_COUNT };   /* code points */
-enum { PASS_WORK, PASS_CUT, PASS_OUT, PASS_TEXT_A, PASS_TEXT_B, PASS_COUNT }; /* per kind */
-static Buf scratch[SCRATCH_COUNT];
+enum { PASS_WORK, PASS_CUT, PASS_OUT, PASS_TEXT_A, PASS_TEXT_B, SCRATCH_PIECE, SCRATCH_FINAL, SCRATCH_COUNT };
 
-static Buf *scratch_take(int which, Py_ssize_t cap) {
-    Buf *b = &scratch[which];
-    if (b->p == NULL) {
-        if (buf_init(b, cap) < 0) return NULL;
-    } else {
-        b->n = 0;
-        if (buf_reserve(b, cap) < 0) return NULL;
-    }
-    return b;
-}
+#define KIND_FILE "_speedups_buf.h"
+#include "_speedups_kinds.h"
 
-static void scratch_trim(void) {
-    for (int i = 0; i < SCRATCH_COUNT; i++)
-        if (scratch[i].cap > SCRATCH_KEEP) buf_free(&scratch[i]);
-}
+/* code points: entities can decode to any character */
+#define Buf Buf_ucs4
+#define buf_init buf_init_ucs4
+#define buf_free buf_free_ucs4
+#define buf_reserve buf_reserve_ucs4
+#define buf_put buf_put_ucs4
+#define buf_write buf_write_ucs4
+#define to_str to_str_ucs4
+#define scratch_take scratch_take_ucs4
+#define scratch_trim scratch_trim_ucs4
 
 /* --- character classes, as sre has them for str patterns -------------------------------- */
 
@@ -259,33 +206,8 @@ static PyObject *anchor_entry(PyObject *href, const Buf *text, Py_ssize_t start,
 }
 
 /* the passes, once per kind of str */
-#define CH Py_UCS1
-#define CH_SIZE 1
-#define CH_KIND PyUnicode_1BYTE_KIND
-#define P(name) name##_ucs1
-#include "_speedups_html.h"
-#undef CH
-#undef CH_SIZE
-#undef CH_KIND
-#undef P
-#define CH Py_UCS2
-#define CH_SIZE 2
-#define CH_KIND PyUnicode_2BYTE_KIND
-#define P(name) name##_ucs2
-#include "_speedups_html.h"
-#undef CH
-#undef CH_SIZE
-#undef CH_KIND
-#undef P
-#define CH Py_UCS4
-#define CH_SIZE 4
-#define CH_KIND PyUnicode_4BYTE_KIND
-#define P(name) name##_ucs4
-#include "_speedups_html.h"
-#undef CH
-#undef CH_SIZE
-#undef CH_KIND
-#undef P
+#define KIND_FILE "_speedups_html.h"
+#include "_speedups_kinds.h"
 
 static PyObject *html_to_text(PyObject *module, PyObject *args) {
     PyObject *arg;
@@ -611,10 +533,6 @@ static PyObject *number_windows(PyObject *module, PyObject *args) {
 
 /* --- quoted-printable ---------------------------------------------------------------------- */
 
-static inline int hex_digit(unsigned char c) {
-    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
-}
-
 /* binascii.a2b_qp(data) byte for byte (soft breaks, "==", a lone "=" kept, "=" at the end
  * dropped, "=\r" skipping to the next newline), copying the runs between '=' whole. */
 static PyObject *qp_decode(PyObject *module, PyObject *arg) {
@@ -644,7 +562,7 @@ static PyObject *qp_decode(PyObject *module, PyObject *arg) {
         } else if (c == '=') {
             out[o++] = '=';
             i++;
-        } else if (i + 1 < n && hex_digit(c) && hex_digit(s[i + 1])) {
+        } else if (i + 1 < n && hex_value(c) >= 0 && hex_value(s[i + 1]) >= 0) {
             out[o++] = (unsigned char)((hex_value(c) << 4) | hex_value(s[i + 1]));
             i += 2;
         } else {

@@ -3,59 +3,8 @@
  *   CH_KIND  its PyUnicode kind,
  *   P(name)  the name with the kind's suffix.
  * A pass reads and writes code units of the page's own kind: it only ever adds ASCII (marks,
- * newlines, spaces) or characters of the page. Decoding entities writes code points (Buf). */
-
-typedef struct {
-    CH *p;
-    Py_ssize_t n;
-    Py_ssize_t cap;
-} P(Buf);
-
-static int P(buf_reserve)(P(Buf) *b, Py_ssize_t extra) {
-    if (b->n + extra <= b->cap) return 0;
-    Py_ssize_t cap = b->cap * 2;
-    if (cap < b->n + extra) cap = b->n + extra;
-    if (cap < 16) cap = 16;
-    CH *p = PyMem_Realloc(b->p, sizeof(CH) * (size_t)cap);
-    if (p == NULL) { PyErr_NoMemory(); return -1; }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline __attribute__((always_inline)) int P(buf_put)(P(Buf) *b, Py_UCS4 c) {
-    if (b->n == b->cap && P(buf_reserve)(b, 1) < 0) return -1;
-    b->p[b->n++] = (CH)c;
-    return 0;
-}
-
-static int P(buf_write)(P(Buf) *b, const CH *s, Py_ssize_t n) {
-    if (n <= 0) return 0;
-    if (P(buf_reserve)(b, n) < 0) return -1;
-    memcpy(b->p + b->n, s, sizeof(CH) * (size_t)n);
-    b->n += n;
-    return 0;
-}
-
-static PyObject *P(to_str)(const CH *s, Py_ssize_t n) { return PyUnicode_FromKindAndData(CH_KIND, s, n); }
-
-/* scratch buffers of this kind, kept between calls like those of code points */
-static P(Buf) P(scratch)[PASS_COUNT];
-
-static P(Buf) *P(scratch_take)(int which, Py_ssize_t cap) {
-    P(Buf) *b = &P(scratch)[which];
-    b->n = 0;
-    return P(buf_reserve)(b, cap) < 0 ? NULL : b;
-}
-
-static void P(scratch_trim)(void) {
-    for (int i = 0; i < PASS_COUNT; i++)
-        if (P(scratch)[i].cap > SCRATCH_KEEP) {
-            PyMem_Free(P(scratch)[i].p);
-            P(scratch)[i].p = NULL;
-            P(scratch)[i].n = P(scratch)[i].cap = 0;
-        }
-}
+ * newlines, spaces) or characters of the page. Decoding entities writes code points (Buf).
+ * The buffers of each kind come from _speedups_buf.h. */
 
 static int P(starts_ci)(const CH *s, Py_ssize_t n, Py_ssize_t i, const char *lit) {
     for (; *lit; lit++, i++)

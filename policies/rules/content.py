@@ -158,7 +158,7 @@ def _host_listed(host: str, hosts: frozenset[str]) -> str | None:
 
 def _path_is_torrent(href: str) -> bool:
     try:
-        path = urlsplit(href.strip()).path
+        path = urlsplit(href).path
     except ValueError:
         path = href
     return path.lower().rstrip("/").endswith(".torrent")
@@ -182,12 +182,12 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
     # all of them go to the sender's own host.
     joined = ("\n" + "\n".join(map(_href, links))).lower()  # hrefs come stripped
     if "magnet:" in joined:
-        href = next(link.href.strip() for link in links if link.href.strip()[:7].lower() == "magnet:")
+        href = next(link.href for link in links if link.href[:7].lower() == "magnet:")
         return Hit("The message links to a magnet (torrent) link", evidence=href[:80])
     if ".torrent" in joined:
         for link in links:
             if _path_is_torrent(link.href):
-                return Hit("The message links to a .torrent file", evidence=link.href.strip()[:120])
+                return Hit("The message links to a .torrent file", evidence=link.href[:120])
     hosts = _hosts(extra_terms("infringing_hosts", facts.params))
     for host in dict.fromkeys(_HOST.findall(joined)):
         listed = _host_listed(host.rstrip("."), hosts)

@@ -12,6 +12,7 @@ from aiohttp import web
 from policies.facts import MessageFacts, RecipientFacts, Suppression
 from policies.rules.consent import covering_consent
 from relay.config import Config
+from relay.http_common import form_body
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.unsubscribe_tokens import MAILTO_PREFIX, TokenClaims, TokenCodec
@@ -151,7 +152,7 @@ class PublicUnsubscribe:
         claims = self.codec.verify(request.match_info["token"])
         if claims is None:
             return web.Response(status=404, text="unknown unsubscribe token\n")
-        form = await request.post()
+        form = await form_body(request)
         if form.get("List-Unsubscribe") != "One-Click":
             return web.Response(status=400, text="expected List-Unsubscribe=One-Click\n")
         method = "page" if form.get("via") == "page" else "one_click"

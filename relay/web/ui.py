@@ -25,7 +25,7 @@ from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
 from relay.http_admin import CHECKER
-from relay.http_common import services_of
+from relay.http_common import form_body, services_of
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web.render import Safe, escape, join, render, tag
@@ -139,7 +139,7 @@ def signed_in(handler: Callable[[web.Request, Session], Awaitable[web.StreamResp
             query = urlencode({"next": request.path_qs})
             raise web.HTTPSeeOther(f"/ui/login?{query}")
         if request.method == "POST":
-            form = await request.post()
+            form = await form_body(request)
             sent = str(form.get("csrf", ""))
             if not sent or not hmac.compare_digest(sent, session.csrf):
                 raise web.HTTPForbidden(text="The form's security token is missing or stale; reload the page and try again.")
@@ -245,7 +245,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     sent, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not cookie or not hmac.compare_digest(sent, cookie):
         return await login_form(request, error="The sign-in form expired; please try again.", status=403)
@@ -353,7 +353,7 @@ def _list_row(item: QuarantineItem, now: datetime) -> Safe:
 
 @signed_in
 async def quarantine_bulk(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     ids = [str(v) for v in form.getall("ids", [])]
     action = str(form.get("action", ""))
     note = str(form.get("note", ""))[:MAX_NOTE]
@@ -505,7 +505,7 @@ async def quarantine_raw(request: web.Request, session: Session) -> web.StreamRe
 
 @signed_in
 async def quarantine_act(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     item_id = request.match_info["id"]
     action = str(form.get("action", ""))
     note = str(form.get("note", ""))[:MAX_NOTE]
@@ -597,7 +597,7 @@ async def accounts_page(request: web.Request, session: Session) -> web.Response:
 
 @signed_in
 async def account_change(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     account_id = request.match_info["id"]
     action = str(form.get("action", ""))
     reason = str(form.get("reason", "")).strip()[:500]

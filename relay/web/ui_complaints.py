@@ -9,7 +9,7 @@ from aiohttp import web
 
 from relay.complaints import ComplaintNotOpen, ComplaintService
 from relay.errors import NotFound, UsageError
-from relay.http_common import services_of
+from relay.http_common import form_body, services_of
 from relay.store.complaints_base import ACKNOWLEDGED, OPEN, Complaint
 from relay.web.render import Safe, escape, join, render, tag
 from relay.web.ui import MAX_NOTE, Session, _options, _page, _query, _redirect, _same_ui_path, _when, signed_in
@@ -84,7 +84,7 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
 
 @signed_in
 async def complaint_ack(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
     text = request.match_info["id"]
     note = str(form.get("note", "")).strip()[:MAX_NOTE]

@@ -30,7 +30,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def json_error(status: int, code: str, detail: str) -> NoReturn:
+def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
     """Abort the request with {"error": code, "detail": detail}."""
     cls = web.HTTPException
     for candidate in (
@@ -43,6 +43,7 @@ def json_error(status: int, code: str, detail: str) -> NoReturn:
         web.HTTPRequestEntityTooLarge,
         web.HTTPUnsupportedMediaType,
         web.HTTPUnprocessableEntity,
+        web.HTTPTooManyRequests,
         web.HTTPServiceUnavailable,
     ):
         if candidate.status_code == status:
@@ -50,8 +51,8 @@ def json_error(status: int, code: str, detail: str) -> NoReturn:
             break
     body = json.dumps({"error": code, "detail": detail})
     if cls is web.HTTPException:
-        raise web.HTTPInternalServerError(text=body, content_type="application/json")
-    raise cls(text=body, content_type="application/json")
+        raise web.HTTPInternalServerError(text=body, content_type="application/json", headers=headers)
+    raise cls(text=body, content_type="application/json", headers=headers)
 
 
 async def form_body(request: web.Request) -> MultiDictProxy[Any]:

@@ -58,6 +58,15 @@ class Metrics:
         self.consent_records = Gauge(p + "consent_records", "Consent records in the store", registry=r, multiprocess_mode="max")
         self.upstream_up = Gauge(p + "upstream_up", "1 when the upstream MTA answered the last probe", registry=r, multiprocess_mode="max")
         self.auth_failures = Counter(p + "auth_failures_total", "Failed SMTP AUTH attempts", registry=r)
+        self.http_auth_failures = Counter(
+            p + "http_auth_failures_total", "Wrong admin credentials on the admin listener by kind: bearer, login",
+            ["kind"], registry=r,
+        )
+        self.http_auth_lockouts = Counter(
+            p + "http_auth_lockouts_total",
+            "Client addresses locked out (429) after too many wrong admin credentials, by the kind that locked them",
+            ["kind"], registry=r,
+        )
         self.helper_jobs = Counter(
             p + "helper_jobs_total",
             "End-of-DATA verdicts and DKIM signing batches by where they ran: helper, loop (no helper, or "

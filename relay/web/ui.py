@@ -24,7 +24,7 @@ from policies.message import parse_message
 from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
-from relay.http_admin import CHECKER
+from relay.http_admin import CHECKER, GUARD
 from relay.http_common import form_body, services_of
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
@@ -244,7 +244,22 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return await login_form(request)
 
 
+async def _locked_out(request: web.Request) -> web.Response | None:
+    wait = request.app[GUARD].retry_after(request)
+    if wait is None:
+        return None
+    minutes = max(1, -(-wait // 60))
+    response = await login_form(
+        request, error=f"Too many failed sign-ins from your address. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+        status=429,
+    )
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
 async def login_submit(request: web.Request) -> web.StreamResponse:
+    if (locked := await _locked_out(request)) is not None:
+        return locked
     form = await form_body(request)
     sent, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not cookie or not hmac.compare_digest(sent, cookie):
@@ -252,6 +267,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     token = str(form.get("token", "")).strip()
     label = await request.app[CHECKER].label_for(token) if token else None
     if label is None:
+        await request.app[GUARD].failed(request, "login")
+        if (locked := await _locked_out(request)) is not None:
+            return locked
         return await login_form(request, error="That token is not a valid admin token.", status=401)
     old = request.cookies.get(SESSION_COOKIE)
     if old:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Config, Listen, helper_enabled
+from relay.config import Config, Listen, config_warnings, helper_enabled
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
@@ -295,6 +295,9 @@ class Relay:
 async def serve(config: Config, worker_index: int | None = None) -> int:
     configure_logging(config.logging.level, config.logging.log_recipients)
     log = get_logger()
+    if worker_index is None:  # the process started by hand, not each of its workers
+        for key, problem in config_warnings(config):
+            log.warning("config_warning", key=key, detail=problem)
     if config.smtp.workers > 1 and worker_index is None:
         return await _supervise(config)
     relay = Relay(

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Awaitable, Callable, NoReturn, Sequence
 
-from relay.config import Config, config_path_from, load_config
+from relay.config import Config, config_path_from, config_warnings, load_config
 from relay.errors import ConfigError, NotFound, RelayError, StoreUnavailable, UsageError
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
@@ -81,6 +81,8 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
 
     load_configured_keys(config)
     listener_tls_context(config)
+    for key, problem in config_warnings(config):
+        print(f"{PROG}: warning: {key}: {problem}", file=sys.stderr)
     print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
     return EXIT_OK
 

@@ -257,6 +257,14 @@ def _int(key: str, value: Any) -> int:
     return value
 
 
+def _positive_int(key: str, value: Any) -> int:
+    """A limit where 0 is not "unlimited" but "nothing passes": refused (SPEC §12)."""
+    number = _int(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be at least 1 (0 would refuse every transaction)")
+    return number
+
+
 def _num(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, f"expected a number, got {_type_name(value)}")
@@ -453,13 +461,45 @@ def _wordlists(base: Path) -> Callable[[str, Any], dict[str, tuple[str, ...]]]:
     return parse
 
 
+# The broadest trusted network accepted (SPEC §12): a trusted client sends without AUTH, so a
+# network covering a large part of the internet makes the relay an open relay for that account.
+# IPv4: /8 (10.0.0.0/8 is the broadest private range). IPv6: /32 (one provider's allocation),
+# except inside the private fc00::/7. IPv4 embedded in IPv6 (::ffff:0:0/96, 64:ff9b::/96) is
+# held to the IPv4 bound, since a dual-stack listener sees IPv4 clients that way.
+MIN_TRUSTED_PREFIX_V4 = 8
+MIN_TRUSTED_PREFIX_V6 = 32
+_EMBEDDED_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")
+
+
+def _too_broad(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    if isinstance(net, ipaddress.IPv4Network):
+        if net.prefixlen < MIN_TRUSTED_PREFIX_V4:
+            return f"/{MIN_TRUSTED_PREFIX_V4}"
+        return None
+    for embedded in _EMBEDDED_V4:
+        if net.subnet_of(embedded) and net.prefixlen - 96 < MIN_TRUSTED_PREFIX_V4:
+            return f"/{96 + MIN_TRUSTED_PREFIX_V4} (IPv4 /{MIN_TRUSTED_PREFIX_V4} inside {embedded})"
+    if net.prefixlen < MIN_TRUSTED_PREFIX_V6 and not net.subnet_of(_PRIVATE_V6):
+        return f"/{MIN_TRUSTED_PREFIX_V6}"
+    return None
+
+
 def _networks(key: str, value: Any) -> tuple[Any, ...]:
     nets = []
     for i, text in enumerate(_str_list(key, value)):
         try:
-            nets.append(ipaddress.ip_network(text, strict=False))
+            net = ipaddress.ip_network(text, strict=False)
         except ValueError as exc:
             raise ConfigError(f"{key}[{i}]", f"not a network: {text!r}") from exc
+        bound = _too_broad(net)
+        if bound is not None:
+            raise ConfigError(
+                f"{key}[{i}]",
+                f"{text!r} is too broad: trusted clients send without AUTH, so this would make an open relay "
+                f"(the broadest accepted is {bound}; list the application servers' networks)",
+            )
+        nets.append(net)
     return tuple(nets)
 
 
@@ -585,14 +625,14 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "tls_cert": readable,
                     "tls_key": readable,
                     "auth_require_tls": _bool,
-                    "max_message_size": _int,
-                    "max_recipients": _int,
+                    "max_message_size": _positive_int,
+                    "max_recipients": _positive_int,
                     "workers": _int,
                     "helper_process": _on_off_auto,
                     "idle_timeout": _num,
                     "shutdown_grace": _num,
-                    "max_connections": _int,
-                    "max_connections_per_ip": _int,
+                    "max_connections": _positive_int,
+                    "max_connections_per_ip": _positive_int,
                     "auth_max_failures": _int,
                     "auth_lockout_seconds": _num,
                 },
@@ -724,6 +764,22 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 "every marketing copy carries a signed List-Unsubscribe",
             )
     return config
+
+
+def config_warnings(config: Config) -> list[tuple[str, str]]:
+    """(key, problem) for values the relay accepts but an operator should change: `check-config`
+    prints them and `serve` logs them at start."""
+    warnings = []
+    marketing = next(((a.id, s.id) for a in config.accounts for s in a.streams if s.kind == MARKETING), None)
+    scheme = config.http.public_base_url.partition(":")[0].lower()
+    if marketing is not None and scheme != "https":
+        warnings.append((
+            "http.public_base_url",
+            f"{config.http.public_base_url!r} is not https: marketing copies (account {marketing[0]!r} stream "
+            f"{marketing[1]!r}) carry no HTTPS List-Unsubscribe URI, so mailbox providers will not offer "
+            "RFC 8058 one-click unsubscribe",
+        ))
+    return warnings
 
 
 def _clamd_address(key: str, value: Any) -> str:

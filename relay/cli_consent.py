@@ -125,7 +125,10 @@ async def _import(services: Services, args: argparse.Namespace) -> int:
             write_report_json(report, spool, sys.stdout)
     if not args.json:
         verb = "would import" if args.dry_run else "imported"
-        print(f"{args.file}: {verb} {report.accepted}, unchanged {report.unchanged}, refused {report.refused}")
+        if report.rolled_back:
+            print(f"{args.file}: {verb} nothing: --strict and {report.refused} refused row(s)")
+        else:
+            print(f"{args.file}: {verb} {report.accepted}, unchanged {report.unchanged}, refused {report.refused}")
         for e in report.errors:
             print(f"  line {e.row}: [{e.rule}] {e.detail}")
         if report.refused > len(report.errors):

@@ -80,3 +80,22 @@ def test_request_bodies_are_parsed_in_one_place() -> None:
             ):
                 calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls request.{node.func.attr}()")
     assert not calls, calls
+
+
+def test_csv_files_are_written_only_through_the_escaping_writer() -> None:
+    """Every CSV the relay writes for people (reports, exports) goes through relay.spreadsheet,
+    which escapes cells a spreadsheet would run as formulas."""
+    calls = []
+    for path in sorted((REPO / "relay").rglob("*.py")):
+        if path.name == "spreadsheet.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("writer", "DictWriter")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "csv"
+            ):
+                calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls csv.{node.func.attr}()")
+    assert not calls, calls

@@ -220,3 +220,32 @@ async def test_malformed_bodies_found_by_the_review_get_a_400_json_error(site: S
     # The recipient is still subscribed: a body we could not read unsubscribes nobody.
     metrics = await asyncio.to_thread(request, site.admin_port, "GET", "/metrics", b"", {})
     assert b"consent_relay_unsubscribes_total{" not in metrics[2]
+
+
+async def test_a_request_aiohttp_cannot_parse_is_one_log_line_without_a_traceback(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    """Bad HTTP framing (a control character in a header) is answered 400 by aiohttp's parser
+    before any route; the process logs it as one JSON line, not a stack trace."""
+    import socket
+
+    from conftest import ServeProcess, config_dict, free_port, write_config
+
+    port = free_port()
+    data = config_dict(tmp_path, upstream.port, http={"public_listen": f"127.0.0.1:{port}", "public_base_url": "https://u.test"})
+    relay = ServeProcess(write_config(tmp_path, data))
+    try:
+        await relay.start()
+
+        def bad_request() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"POST /u/x HTTP/1.1\r\nHost: x\r\nContent-Type: \x1f\r\nContent-Length: 0\r\n\r\n")
+                return sock.recv(1024)
+
+        answer = await asyncio.to_thread(bad_request)
+        assert answer.split(b" ", 2)[1] == b"400", answer
+        from conftest import until
+
+        await until(lambda: relay.events("http_bad_request"), what="the http_bad_request line")
+        assert await relay.stop() == 0
+    finally:
+        await relay.ensure_stopped()
+    assert b"Traceback" not in b"".join(relay.raw)

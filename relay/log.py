@@ -8,6 +8,7 @@ import sys
 from typing import Any, Iterable
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _PLAIN = False
 
@@ -53,8 +54,6 @@ class _HttpServerToJson(logging.Handler):
     without a traceback; anything else (a bug of ours) keeps its traceback inside the JSON line."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from aiohttp.http_exceptions import HttpProcessingError
-
         exc = record.exc_info[1] if record.exc_info else None
         try:
             text = record.getMessage()

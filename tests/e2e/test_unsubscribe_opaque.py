@@ -8,16 +8,47 @@ import base64
 import hashlib
 import hmac
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import asend
-from tests.e2e.test_unsubscribe_e2e import SECRET, consent, list_unsubscribe, newsletter, relay_config, token_of
+from policies.facts import ConsentRecord
+from tests.conftest import UNSUBSCRIBE_SECRET as SECRET, asend, make_config, message
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+def relay_config(tmp_path: Path, upstream_port: int) -> Any:
+    return make_config(
+        tmp_path, upstream_port,
+        http={"admin_listen": "127.0.0.1:0", "public_listen": "127.0.0.1:0", "public_base_url": "https://unsub.test"},
+        unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
+    )
+
+
+def consent(email: str) -> ConsentRecord:
+    then = datetime.now(timezone.utc) - timedelta(days=30)
+    return ConsentRecord(
+        email=email, scope="shop", topic="*", basis="double_opt_in", source="signup_form",
+        collected_at=then, confirmed_at=then, source_url="https://shop.example/signup", source_ip="192.0.2.10",
+        statement_text="Ja, stuur mij de wekelijkse nieuwsbrief van Shop", frequency_disclosed=True,
+    )
+
+
+def newsletter(to: str) -> bytes:
+    return message(sender="news@shop.example", to=to, subject="Nieuwe collectie", stream="newsletter", body="Nieuw. Afmelden: {{unsubscribe_url}}")
+
+
+def one_click_url(raw: bytes) -> str:
+    value = re.sub(r"\s+", " ", str(message_from_bytes(raw)["List-Unsubscribe"]))
+    return re.findall(r"<([^>]+)>", value)[0]
+
+
+def token_of(url: str) -> str:
+    return url.rsplit("/u/", 1)[1]
 
 
 def legacy_token(secret: bytes, scope: str, topic: str, recipient: str, issued_at: int) -> str:
@@ -46,7 +77,7 @@ async def _mailed_url(tmp_path: Path, upstream: Any, start_relay: Any) -> tuple[
     await relay.services.store.consent.upsert_consents([consent("anna.de.vries@example.nl")], now=datetime.now(timezone.utc))
     out = await asend(relay.smtp_port, newsletter(to="anna.de.vries@example.nl"), mail_from="news@shop.example", rcpts=["anna.de.vries@example.nl"])
     assert out.code == 250, out.text
-    url, _ = list_unsubscribe(upstream.messages[0].content)
+    url = one_click_url(upstream.messages[0].content)
     return relay, url
 
 

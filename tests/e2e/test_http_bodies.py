@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,7 @@ async def test_every_route_answers_below_500_for_any_body(site: Site) -> None:
     session_id, csrf = site.session()
     seen: set[int] = set()
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=int(os.environ.get("BODY_EXAMPLES", "400")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(
         target=st.sampled_from(site.targets),
         method=st.none() | st.sampled_from(["POST", "PUT", "DELETE", "PATCH"]),

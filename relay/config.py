@@ -265,6 +265,14 @@ def _positive_int(key: str, value: Any) -> int:
     return number
 
 
+def _positive_num(key: str, value: Any) -> float:
+    """A timeout: 0 would give up on every client, upstream or store call at once."""
+    number = _num(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be more than 0 (0 would time out every call at once)")
+    return number
+
+
 def _num(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, f"expected a number, got {_type_name(value)}")
@@ -629,7 +637,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "max_recipients": _positive_int,
                     "workers": _int,
                     "helper_process": _on_off_auto,
-                    "idle_timeout": _num,
+                    "idle_timeout": _positive_num,
                     "shutdown_grace": _num,
                     "max_connections": _positive_int,
                     "max_connections_per_ip": _positive_int,
@@ -648,13 +656,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "starttls": _choice("off", "opportunistic", "required"),
                     "username": _str,
                     "password": resolve_secret,
-                    "timeout": _num,
+                    "timeout": _positive_num,
                     "pool_size": _int,
                     "tls_verify": _bool,
                 },
             )
         ),
-        "store": lambda k, v: StoreConfig(**_section(k, v, {"url": _store_url(base), "timeout": _num})),
+        "store": lambda k, v: StoreConfig(**_section(k, v, {"url": _store_url(base), "timeout": _positive_num})),
         "http": lambda k, v: HttpConfig(
             **_section(
                 k,
@@ -716,7 +724,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             **_section(
                 k,
                 v,
-                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _num},
+                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _positive_num},
             )
         ),
         "dkim": lambda k, v: _section(k, v, {"keys": _dkim_keys(readable)}).get("keys", ()),

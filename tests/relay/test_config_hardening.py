@@ -44,6 +44,17 @@ def test_check_config_refuses_a_zero_limit(tmp_path: Path, capsys: pytest.Captur
     assert len(lines) == 1 and f"smtp.{key}" in lines[0] and "at least 1" in lines[0], err
 
 
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("smtp", "idle_timeout"), ("upstream", "timeout"), ("store", "timeout"), ("malware", "clamd_timeout")],
+)
+def test_check_config_refuses_a_zero_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, key: str) -> None:
+    code, out, err = _check(tmp_path, capsys, **{section: {key: 0}})
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"{section}.{key}" in lines[0] and "more than 0" in lines[0], err
+
+
 def test_check_config_warns_when_marketing_has_no_https_unsubscribe_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _check(tmp_path, capsys, http={"public_base_url": "http://unsubscribe.shop.example"})
     assert code == 0 and "OK" in out

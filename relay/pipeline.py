@@ -296,6 +296,14 @@ class Pipeline:
         if verdict.outcome is Outcome.QUARANTINE:
             assert verdict.deciding is not None
             return await self._hold(txn, message, raw, stream_cfg, verdict, findings, permitted)
+        try:
+            await self.reserve_delivery_ids(txn, permitted)
+        except StoreUnavailable as exc:
+            # Nothing has gone upstream yet: the client keeps the message and retries.
+            self.log.error("store_unavailable", stage="delivery_ids", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
+            metrics.messages.labels(account_id, label, "tempfailed").inc()
+            return replies.STORE_UNAVAILABLE
         copies = await self.copy_builder(txn, facts, rfacts, raw, permitted)
         report = await deliver(
             self.upstream,
@@ -406,6 +414,14 @@ class Pipeline:
             reply = await self.own_mail[kind](txn, addresses, raw)
         return reply
 
+    async def reserve_delivery_ids(self, txn: Transaction, recipients: Sequence[str]) -> None:
+        """An id for each recipient's delivery record, taken before anything goes upstream: a copy
+        that leaves always has its record (the proof of consent), and a store that cannot give ids
+        makes the transaction tempfail while nothing was sent."""
+        for rcpt in recipients:
+            if rcpt not in txn.delivery_ids:
+                txn.delivery_ids[rcpt] = await self.delivery_ids.take()
+
     async def _one_copy(
         self, txn: Transaction, facts: MessageFacts, rfacts: Sequence[RecipientFacts], raw: bytes, recipients: Sequence[str]
     ) -> list[Copy]:
@@ -479,10 +495,7 @@ class Pipeline:
             for rcpt in delivered:
                 # The subscription this copy's unsubscribe withdraws: its consent's scope and topic.
                 scope, topic, consent_id = consents.get(rcpt, ("", stream_topic, None))
-                delivery_id = txn.delivery_ids.get(rcpt) or self.delivery_ids.next()
-                if delivery_id is None:
-                    self.log.warning("delivery_not_recorded", relay_id=txn.relay_id, reason="no delivery ids")
-                    continue
+                delivery_id = txn.delivery_ids[rcpt]  # reserved before the copy left (reserve_delivery_ids)
                 deliveries.append(
                     DeliveryRecord(
                         id=delivery_id,
@@ -549,6 +562,7 @@ class IdAllocator:
         self._next = 0
         self._end = 0
         self._lock = asyncio.Lock()
+        self._refilling: asyncio.Task[None] | None = None
 
     async def refill(self) -> None:
         async with self._lock:
@@ -556,12 +570,22 @@ class IdAllocator:
                 first = await self._reserve(self._name, self._block)
                 self._next, self._end = first, first + self._block
 
-    def next(self) -> int | None:
-        if self._next >= self._end:
-            return None
+    async def take(self) -> int:
+        """The next id. A dry allocator waits for its block (a refill in flight, or one of its own)
+        rather than hand out nothing: every delivery gets its record. StoreUnavailable when the store
+        cannot reserve one."""
+        while self._next >= self._end:
+            await self.refill()
         value = self._next
         self._next += 1
-        if self._end - self._next < self._block // 4:
-            asyncio.get_running_loop().create_task(self.refill())
+        if self._end - self._next < self._block // 4 and (self._refilling is None or self._refilling.done()):
+            # Ahead of need, so the common case never waits; a failure here is retried by the next take.
+            self._refilling = asyncio.get_running_loop().create_task(self._refill_quietly())
         return value
+
+    async def _refill_quietly(self) -> None:
+        try:
+            await self.refill()
+        except StoreUnavailable:
+            pass
 

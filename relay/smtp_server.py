@@ -48,10 +48,16 @@ class ConnectionLimits:
 
 @dataclass
 class AuthLockout:
-    """Failures per client address; at `max_failures` the address is locked out for a while."""
+    """Failures per client address; at `max_failures` the address is locked out for a while.
+
+    Both maps hold at most `max_tracked` addresses: a client cycling through source addresses (an
+    IPv6 /64 holds 2**64) would otherwise grow them for ever. When one is full, entries whose window
+    has passed go first, then the oldest; an evicted address starts counting again, which costs an
+    attacker who already controls that many addresses nothing it did not have."""
 
     max_failures: int
     lockout_seconds: float
+    max_tracked: int = 100_000
     failures: dict[str, tuple[int, float]] = field(default_factory=dict)
     locked_until: dict[str, float] = field(default_factory=dict)
 
@@ -68,19 +74,32 @@ class AuthLockout:
     def failed(self, ip: str, now: float | None = None) -> bool:
         """Count a failure; True when this one locks the address out."""
         now = time.monotonic() if now is None else now
-        count, first = self.failures.get(ip, (0, now))
+        count, first = self.failures.pop(ip, (0, now))  # re-inserted last: the map stays oldest-first
         if now - first > self.lockout_seconds:
             count, first = 0, now
         count += 1
         if count >= self.max_failures:
-            self.failures.pop(ip, None)
+            self.locked_until.pop(ip, None)
             self.locked_until[ip] = now + self.lockout_seconds
+            self._bound(self.locked_until, lambda until: until <= now)
             return True
         self.failures[ip] = (count, first)
+        self._bound(self.failures, lambda entry: now - entry[1] > self.lockout_seconds)
         return False
 
     def succeeded(self, ip: str) -> None:
         self.failures.pop(ip, None)
+
+    def _bound(self, entries: dict[str, Any], expired: Any) -> None:
+        if len(entries) <= self.max_tracked:
+            return
+        for key in [k for k, v in entries.items() if expired(v)]:
+            del entries[key]
+        # Down to nine tenths (the oldest live entries go), so this linear sweep stays rare.
+        excess = len(entries) - (self.max_tracked - self.max_tracked // 10)
+        if excess > 0:
+            for key in list(entries)[:excess]:
+                del entries[key]
 
 
 def peer_ip(peer: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import smtplib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,38 @@ async def test_no_delivery_id_means_a_tempfail_before_anything_leaves(
     await relay.recorder.flush()
     deliveries = await relay.services.store.decisions.deliveries_to("anna@example.nl", ["shop"])
     assert [d.relay_id for d in deliveries] == [relay_id_of(retry.text)]
+
+
+# --- item 11: the per-address auth-failure map stays bounded ----------------------------------
+
+
+def _fail_auth_from(port: int, source: str) -> int:
+    """One AUTH PLAIN with a wrong password from `source`: the reply code (421 when locked out)."""
+    client = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        client.ehlo("client.test")
+        code, _ = client.docmd("AUTH", "PLAIN AG5vYm9keQB3cm9uZw==")  # \0nobody\0wrong
+        return code
+    except smtplib.SMTPServerDisconnected:
+        return 421
+    finally:
+        client.close()
+
+
+async def test_auth_failures_from_many_addresses_stay_bounded(
+    start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"auth_require_tls": False, "auth_max_failures": 2}))
+    lockout = relay.lockout
+    lockout.max_tracked = 40  # the default is 100,000; the same code path with fewer addresses
+    for n in range(200):
+        source = f"127.0.{n // 250}.{n % 250 + 2}"
+        assert await asyncio.to_thread(_fail_auth_from, relay.smtp_port, source) == 535
+        if n % 2:  # every other address fails twice and is locked out
+            assert await asyncio.to_thread(_fail_auth_from, relay.smtp_port, source) == 421
+        assert len(lockout.failures) <= 40 and len(lockout.locked_until) <= 40
+    assert len(lockout.failures) >= 30 and len(lockout.locked_until) >= 30  # bounded, not emptied
+    # The newest lock-out still holds, and a fresh address is still locked out at its second failure.
+    assert await asyncio.to_thread(_fail_auth_from, relay.smtp_port, "127.0.0.201") == 421
+    codes = [await asyncio.to_thread(_fail_auth_from, relay.smtp_port, "127.0.9.9") for _ in range(3)]
+    assert codes == [535, 421, 421]

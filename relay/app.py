@@ -177,6 +177,7 @@ class Relay:
                 ident="consent-relay",
                 tls_context=None if implicit else tls_context,
                 timeout=smtp.idle_timeout,
+                data_timeout=smtp.data_timeout,
                 # On the implicit-TLS listener the connection is already encrypted.
                 auth_require_tls=False if implicit else smtp.auth_require_tls,
                 loop=loop,

@@ -23,6 +23,7 @@ SCANNER_UNAVAILABLE = "451 4.3.0 Temporary local problem (malware scanner unavai
 INTERNAL_ERROR = "451 4.3.0 Temporary local problem; try again later"
 POLICY_TIMEOUT = "451 4.3.0 Temporary local problem (policy check timed out); try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
+DATA_TIMEOUT = "421 4.4.2 Message transfer took too long; closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 
 _UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]")

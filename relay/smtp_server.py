@@ -157,9 +157,10 @@ _PLAIN_ADDRESS = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self._data_timeout = data_timeout
         self._admitted_ip: str | None = None
         self.busy = False  # inside a transaction's DATA processing
 
@@ -221,7 +222,14 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content, problem = await self._read_body()
+        try:
+            # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and this bounds
+            # the whole upload, so a client that never stops trickling cannot hold a session for ever.
+            async with asyncio.timeout(self._data_timeout):
+                content, problem = await self._read_body()
+        except TimeoutError:
+            self.close_with(replies.DATA_TIMEOUT)
+            return
         if content is None:
             return  # the connection went away mid-message
         if problem is not None:
@@ -230,9 +238,20 @@ class RelaySMTP(SMTP):
             return
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        # The client waits on us now (its own DATA-termination timeout, RFC 5321 4.5.3.2.6), and
+        # every step of the pipeline has its own deadline: the idle timer must not cut our reply off.
+        self._stop_idle_timer()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.transport is not None:  # gone: connection_lost already cancelled the timer
+                self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _stop_idle_timer(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
 
     async def _read_body(self) -> tuple[bytes | None, str | None]:
         """The de-dotted body up to the lone dot, and the reply for an oversize body or line.
@@ -248,6 +267,7 @@ class RelaySMTP(SMTP):
             chunk = await reader.read(READ_CHUNK)
             if not chunk:
                 return None, None
+            self._reset_timeout()  # data is flowing: the client is not idle
             buf += chunk
             end = buf.find(END_OF_DATA, scanned)
             if end >= 0:

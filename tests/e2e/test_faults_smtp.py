@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
+import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
-from conftest import RecordingUpstream, asend, make_config
+from conftest import SENDER, RecordingUpstream, asend, make_config, message, until
 
 RELAY_ID = re.compile(r"Delivered as (\w+)")
 
@@ -20,6 +22,69 @@ def relay_id_of(text: str) -> str:
     found = RELAY_ID.search(text)
     assert found is not None, text
     return found.group(1)
+
+
+# --- item 2: slow uploads ---------------------------------------------------------------------
+
+
+def _reply(reader: Any) -> bytes:
+    line = reader.readline()
+    while line[3:4] == b"-":
+        line = reader.readline()
+    return line.rstrip(b"\r\n")
+
+
+def _trickle(port: int, data: bytes, *, chunk: int, pause: float, give_up: float) -> tuple[bytes, int]:
+    """A slow client: one transaction whose DATA goes `chunk` bytes every `pause` seconds. Returns the
+    reply after the data (or the one the relay sent before hanging up) and how many bytes were sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up) as sock:
+        reader = sock.makefile("rb")
+        assert _reply(reader).startswith(b"220 ")
+        for command in (b"EHLO client.test", f"MAIL FROM:<{SENDER}>".encode(), b"RCPT TO:<anna@example.nl>", b"DATA"):
+            sock.sendall(command + b"\r\n")
+            assert _reply(reader)[:1] in (b"2", b"3"), command
+        sent = 0
+        deadline = time.monotonic() + give_up
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sock.sendall(data[sent : sent + chunk])
+            except OSError:
+                break  # the relay hung up: its reply is in the socket
+            sent += chunk
+            time.sleep(pause)  # the client's pace, not a synchronisation
+        return _reply(reader), min(sent, len(data))
+
+
+def slow_message() -> bytes:
+    body = "\r\n".join(f"Line {n} of your order confirmation, sent slowly." for n in range(16))
+    return message(body=body)
+
+
+async def test_a_slow_upload_that_keeps_flowing_is_not_cut_off(
+    start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    # 100 bytes every 0.3 s: a pause well inside idle_timeout each time, the whole upload far beyond it.
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"idle_timeout": 1}))
+    content = slow_message()
+    assert len(content) > 1000  # more than three seconds at this pace
+    reply, sent = await asyncio.to_thread(
+        _trickle, relay.smtp_port, content + b".\r\n", chunk=100, pause=0.3, give_up=30
+    )
+    assert reply.startswith(b"250 2.0.0"), reply
+    assert len(upstream.messages) == 1
+    assert b"Line 15 of your order" in upstream.messages[0].content
+
+
+async def test_the_whole_data_limit_ends_a_never_ending_upload(
+    start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"idle_timeout": 1, "data_timeout": 2}))
+    endless = b"X-Filler: never ends\r\n" * 10_000  # no end of data, ever (the test gives up after 20 s)
+    reply, sent = await asyncio.to_thread(_trickle, relay.smtp_port, endless, chunk=100, pause=0.3, give_up=20)
+    assert reply.startswith(b"421 4.4.2") and b"too long" in reply, reply
+    assert sent < len(endless)
+    assert upstream.messages == []
+    await until(lambda: not relay.limits.sessions, what="the session to end")
 
 
 # --- item 12: the delivery-id allocator running dry -------------------------------------------

@@ -241,6 +241,7 @@ class Relay:
     async def readiness(self) -> dict[str, Any]:
         try:
             await self.services.store.ping()
+            await self.services.store.check_writable()
             store: dict[str, Any] = {"ok": True}
         except StoreUnavailable as exc:
             store = {"ok": False, "detail": str(exc)}

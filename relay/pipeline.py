@@ -20,6 +20,7 @@ from relay.errors import ScannerUnavailable, StoreUnavailable
 from relay.helper import Helper, HelperTimeout, HelperUnavailable
 from relay.log import get_logger
 from relay.personalize import strip_header
+from relay.retry_memory import RetryMemory
 from relay.services import Services
 from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
 from relay.upstream import Upstream
@@ -64,6 +65,7 @@ class Pipeline:
         self.extra_facts: list[Callable[[Transaction, ParsedMessage], Awaitable[dict[str, object]]]] = []
         self.covering_consent: Callable[[MessageFacts, RecipientFacts], object] | None = None
         self.delivery_ids = IdAllocator(services.store.decisions.reserve_ids, "deliveries")
+        self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
         self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
         self.in_data = 0  # transactions between end of DATA and their reply
         self.offload_from = 2  # in_data at which the helper takes the work (tests set 1)
@@ -296,6 +298,21 @@ class Pipeline:
         if verdict.outcome is Outcome.QUARANTINE:
             assert verdict.deciding is not None
             return await self._hold(txn, message, raw, stream_cfg, verdict, findings, permitted)
+        retry_key = RetryMemory.key(account_id, txn.mail_from, raw)
+        earlier = self.retries.delivered(retry_key)
+        if earlier:
+            # The client retries a message an earlier attempt delivered in part: those recipients
+            # have their copy (and its record) already.
+            skipped = [r for r in permitted if r in earlier]
+            permitted = [r for r in permitted if r not in earlier]
+            self.log.info("retry_skips_delivered", relay_id=txn.relay_id, skipped=len(skipped))
+        else:
+            skipped = []
+        if skipped and not permitted:
+            self.retries.forget(retry_key)
+            self.record(txn, message, stream_name, "delivered", findings, all_rcpts, misses=verdict.misses)
+            metrics.messages.labels(account_id, label, "delivered").inc()
+            return replies.delivered(txn.relay_id, f"{len(skipped)} of {len(skipped)} delivered by an earlier attempt")
         try:
             await self.reserve_delivery_ids(txn, permitted)
         except StoreUnavailable as exc:
@@ -315,9 +332,10 @@ class Pipeline:
             copies=copies,
             now=self.services.clock.timestamp(),
         )
-        return self._delivery_reply(txn, message, stream_cfg, verdict, findings, rfacts, facts, report)
+        report.earlier = skipped
+        return await self._delivery_reply(txn, message, stream_cfg, verdict, findings, rfacts, facts, report, retry_key)
 
-    def _delivery_reply(
+    async def _delivery_reply(
         self,
         txn: Transaction,
         message: ParsedMessage,
@@ -327,15 +345,33 @@ class Pipeline:
         rfacts: list[RecipientFacts],
         facts: MessageFacts,
         report: DeliveryReport,
+        retry_key: bytes,
     ) -> str:
         assert txn.account is not None
         account_id, stream_id = txn.account.id, stream_cfg.id
         metrics = self.services.metrics
         if report.tempfailed:
-            self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
-            self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
+            if report.store_failed:
+                self.log.error("store_unavailable", stage="outbox", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
+            else:
+                self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
             metrics.messages.labels(account_id, stream_id, "tempfailed").inc()
-            return replies.UPSTREAM_UNAVAILABLE
+            if not report.delivered:
+                self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
+                return replies.STORE_UNAVAILABLE if report.store_failed else replies.UPSTREAM_UNAVAILABLE
+            # Part of it left before the rest could not be kept. The client must retry (or the rest
+            # is lost): the copies that left get their delivery records now, written before the
+            # reply when the store can take them (else kept until it can), and the retry skips them.
+            self.retries.remember(retry_key, report.delivered)
+            self.record(
+                txn, message, stream_id, "tempfailed", findings, txn.recipients, delivered=report.delivered,
+                rfacts=rfacts, facts=facts, misses=verdict.misses,
+            )
+            metrics.recipients.labels(account_id, stream_id, "delivered").inc(len(report.delivered))
+            await self.recorder.flush()
+            return replies.STORE_UNAVAILABLE if report.store_failed else replies.UPSTREAM_UNAVAILABLE
+        if report.earlier:
+            self.retries.forget(retry_key)
         if report.queued:
             self.on_outbox_enqueued()
         policy_refused = [(r, verdict.refused[r].rule) for r in txn.recipients if r in verdict.refused]
@@ -355,14 +391,17 @@ class Pipeline:
         refused_count = len(policy_refused) + len(upstream_refused)
         if refused_count:
             metrics.recipients.labels(account_id, stream_id, "rejected").inc(refused_count)
-        if not ok:
+        if not ok and not report.earlier:
             return replies.upstream_passthrough(report.rejected_code or 550, report.rejected_reply.partition(" ")[2] or "refused")
         total = len(txn.recipients) + len(earlier)
+        done = len(ok) + len(report.earlier)
         if policy_refused or upstream_refused or earlier:
-            return replies.partially_delivered(txn.relay_id, len(ok), total, earlier + policy_refused + upstream_refused)
+            return replies.partially_delivered(txn.relay_id, done, total, earlier + policy_refused + upstream_refused)
         note = report.upstream_reply.partition(" ")[2] if report.upstream_reply else ""
         if report.queued:
-            note = f"{len(report.queued)} of {len(ok)} queued for retry"
+            note = f"{len(report.queued)} of {done} queued for retry"
+        elif report.earlier:
+            note = f"{len(report.earlier)} of {done} delivered by an earlier attempt" + (f", the rest {note}" if note else "")
         return replies.delivered(txn.relay_id, note)
 
     async def _hold(

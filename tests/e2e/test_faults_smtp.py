@@ -5,15 +5,21 @@ must never go unrecorded. docs/faults-smtp.md lists the guarantees and names the
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import smtplib
 import socket
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from conftest import SENDER, RecordingUpstream, asend, make_config, message, until
+
+from tests.e2e.test_accounts_and_records import http_get
 
 RELAY_ID = re.compile(r"Delivered as (\w+)")
 
@@ -85,6 +91,90 @@ async def test_the_whole_data_limit_ends_a_never_ending_upload(
     assert sent < len(endless)
     assert upstream.messages == []
     await until(lambda: not relay.limits.sessions, what="the session to end")
+
+
+# --- item 3: the store failing during delivery --------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 8 MB tmpfs (the tests run as root), unmounted afterwards."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros into `folder` until its file system is full; the file, to delete to free it."""
+    path = folder / "filler"
+    block = bytes(1 << 16)
+    with open(path, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return path
+
+
+async def test_disk_full_mid_delivery_is_a_store_tempfail_and_the_retry_delivers_nothing_twice(
+    small_disk: Path, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, store={"url": f"sqlite:///{small_disk}/relay.db"}))
+    upstream.answer_rcpt("bob@example.nl", "451 4.2.1 Mailbox busy, try again later")  # bob goes to the outbox
+    content = message()
+    rcpts = ["anna@example.nl", "bob@example.nl"]
+    filler = fill(small_disk)
+    first = await asend(relay.smtp_port, content, rcpts=rcpts)
+    # Anna has her copy; bob's could not be kept: the client must retry, and is told why.
+    assert first.code == 451 and first.text.startswith("4.3.0") and "store" in first.text, first.text
+    assert upstream.recipients() == ["anna@example.nl"]
+
+    filler.unlink()
+    upstream.answer_rcpt("bob@example.nl", None)
+    retry = await asend(relay.smtp_port, content, rcpts=rcpts)
+    assert retry.code == 250 and "1 of 2 delivered by an earlier attempt" in retry.text, retry.text
+    assert sorted(upstream.recipients()) == rcpts  # anna once, bob once
+    await relay.recorder.flush()
+    decisions = relay.services.store.decisions
+    anna = await decisions.deliveries_to("anna@example.nl", ["shop"])
+    bob = await decisions.deliveries_to("bob@example.nl", ["shop"])
+    assert len(anna) == 1 and len(bob) == 1
+    assert anna[0].relay_id != bob[0].relay_id  # anna's record is the first attempt's
+    assert (await decisions.for_relay_id(anna[0].relay_id))[0].outcome == "tempfailed"
+
+
+async def test_readyz_reports_a_store_on_a_full_disk_as_not_ready(
+    small_disk: Path, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, store={"url": f"sqlite:///{small_disk}/relay.db"}))
+    status, text = await http_get(relay.admin_port, "/readyz")
+    assert status == 200, text
+    filler = fill(small_disk)
+    status, text = await http_get(relay.admin_port, "/readyz")
+    assert status == 503 and '"store": {"ok": false' in text and "full" in text, text
+    filler.unlink()
+    status, text = await http_get(relay.admin_port, "/readyz")
+    assert status == 200, text
+
+
+async def test_the_write_probe_works_on_both_stores_and_leaves_ids_alone(store_url: str) -> None:
+    from relay.config import StoreConfig
+    from relay.store import open_store_for
+
+    store = open_store_for(StoreConfig(url=store_url))
+    await store.open()
+    try:
+        first = await store.decisions.reserve_ids("deliveries", 10)
+        await store.check_writable()
+        await store.check_writable()
+        assert await store.decisions.reserve_ids("deliveries", 10) == first + 10
+    finally:
+        await store.close()
 
 
 # --- item 12: the delivery-id allocator running dry -------------------------------------------

@@ -184,6 +184,10 @@ class RelaySMTP(SMTP):
         super().connection_lost(error)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        if arg.lstrip().startswith("<") and ">" not in arg:
+            # The e-mail header parser forgives a missing ">" (a defect, no error): RFC 5321 does not.
+            # An empty address makes aiosmtpd answer its 501 syntax reply (5.5.4 added by push).
+            return "", ""
         plain = _PLAIN_ADDRESS.match(arg)
         if plain is not None:
             rest = arg[plain.end() :].lstrip(" \t")
@@ -285,6 +289,9 @@ class RelaySMTP(SMTP):
         body = bytes(buf[: end + 2])
         if _LONG_LINE.search(body):
             return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if b"\0" in body:
+            # RFC 5322 has no place for NUL, and many receivers cut a message at the first one.
+            return b"", replies.NUL_IN_MESSAGE
         return body.replace(b"\r\n.", b"\r\n")[2:], None
 
     def _timeout_cb(self) -> None:

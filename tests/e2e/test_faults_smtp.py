@@ -20,6 +20,7 @@ import pytest
 from conftest import SENDER, RecordingUpstream, asend, make_config, message, until
 
 from tests.e2e.test_accounts_and_records import http_get
+from tests.e2e.test_robustness import _raw_session
 
 RELAY_ID = re.compile(r"Delivered as (\w+)")
 
@@ -175,6 +176,55 @@ async def test_the_write_probe_works_on_both_stores_and_leaves_ids_alone(store_u
         assert await store.decisions.reserve_ids("deliveries", 10) == first + 10
     finally:
         await store.close()
+
+
+# --- item 9: SMTP syntax --------------------------------------------------------------------------
+
+
+async def test_an_address_without_its_closing_bracket_is_a_syntax_error(relay: Any, upstream: RecordingUpstream) -> None:
+    lines = [
+        b"EHLO client.test",
+        f"MAIL FROM:<{SENDER}".encode(),
+        f"MAIL FROM:<{SENDER} SIZE=100".encode(),
+        f"MAIL FROM:<{SENDER}>".encode(),
+        b"RCPT TO:<anna@example.nl",
+        b"RCPT TO:<anna@example.nl>",
+        b"RSET",
+    ]
+    replies = await asyncio.to_thread(_raw_session, relay.smtp_port, lines)
+    assert [r[:9] for r in replies] == [b"250 HELP", b"501 5.5.4", b"501 5.5.4", b"250 2.1.0", b"501 5.5.4", b"250 2.1.5", b"250 2.0.0"], replies
+
+
+async def test_a_message_with_nul_is_refused_and_the_session_goes_on(relay: Any, upstream: RecordingUpstream) -> None:
+    out = await asend(relay.smtp_port, message(body="Your order\x00 ships tomorrow."))
+    assert out.code == 550 and out.text.startswith("5.6.0"), out.text
+    assert upstream.messages == []
+    again = await asend(relay.smtp_port, message())
+    assert again.code == 250, again.text
+
+
+async def test_undeclared_8bit_data_goes_upstream_declared_as_8bitmime(relay: Any, upstream: RecordingUpstream) -> None:
+    content = message(body="Bedankt voor uw bestelling. Één pakket komt morgen.")
+    assert not content.isascii()
+    out = await asend(relay.smtp_port, content)  # no BODY=8BITMIME from this client
+    assert out.code == 250, out.text
+    (received,) = upstream.messages
+    assert received.mail_options == ["BODY=8BITMIME"]
+    assert "Één pakket".encode() in received.content  # every bit kept (RFC 6152)
+
+
+async def test_8bit_data_for_an_upstream_without_8bitmime_is_refused(start_relay: Any, tmp_path: Path) -> None:
+    seven_bit = RecordingUpstream(decode_data=True).start()  # aiosmtpd offers no 8BITMIME then
+    try:
+        relay = await start_relay(make_config(tmp_path, seven_bit.port))
+        out = await asend(relay.smtp_port, message(body="Één pakket komt morgen."))
+        assert out.code == 554 and out.text.startswith("5.6.3"), out.text
+        assert seven_bit.messages == []
+        ascii_only = await asend(relay.smtp_port, message())
+        assert ascii_only.code == 250, ascii_only.text
+        assert len(seven_bit.messages) == 1
+    finally:
+        seven_bit.stop()
 
 
 # --- item 12: the delivery-id allocator running dry -------------------------------------------

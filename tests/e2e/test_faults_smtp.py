@@ -163,6 +163,17 @@ async def test_readyz_reports_a_store_on_a_full_disk_as_not_ready(
     assert status == 200, text
 
 
+async def test_a_store_on_a_read_only_file_system_is_not_ready(small_disk: Path) -> None:
+    # A file system cannot be remounted read-only under an open SQLite file (EBUSY), so the relay's
+    # store stays where it is and the check looks at a read-only tmpfs through a second store object.
+    from relay.errors import StoreUnavailable
+    from relay.store.sqlite import SqliteStore
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(StoreUnavailable, match="read-only"):
+        await SqliteStore(small_disk / "relay.db").check_writable()
+
+
 async def test_the_write_probe_works_on_both_stores_and_leaves_ids_alone(store_url: str) -> None:
     from relay.config import StoreConfig
     from relay.store import open_store_for

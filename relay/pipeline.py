@@ -298,8 +298,7 @@ class Pipeline:
         if verdict.outcome is Outcome.QUARANTINE:
             assert verdict.deciding is not None
             return await self._hold(txn, message, raw, stream_cfg, verdict, findings, permitted)
-        retry_key = RetryMemory.key(account_id, txn.mail_from, raw)
-        earlier = self.retries.delivered(retry_key)
+        earlier = self.retries.delivered(account_id, txn.mail_from, raw)
         if earlier:
             # The client retries a message an earlier attempt delivered in part: those recipients
             # have their copy (and its record) already.
@@ -309,7 +308,7 @@ class Pipeline:
         else:
             skipped = []
         if skipped and not permitted:
-            self.retries.forget(retry_key)
+            self.retries.forget(account_id, txn.mail_from, raw)
             self.record(txn, message, stream_name, "delivered", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "delivered").inc()
             return replies.delivered(txn.relay_id, f"{len(skipped)} of {len(skipped)} delivered by an earlier attempt")
@@ -333,19 +332,19 @@ class Pipeline:
             now=self.services.clock.timestamp(),
         )
         report.earlier = skipped
-        return await self._delivery_reply(txn, message, stream_cfg, verdict, findings, rfacts, facts, report, retry_key)
+        return await self._delivery_reply(txn, message, raw, stream_cfg, verdict, findings, rfacts, facts, report)
 
     async def _delivery_reply(
         self,
         txn: Transaction,
         message: ParsedMessage,
+        raw: bytes,
         stream_cfg: StreamConfig,
         verdict: Verdict,
         findings: list[Finding],
         rfacts: list[RecipientFacts],
         facts: MessageFacts,
         report: DeliveryReport,
-        retry_key: bytes,
     ) -> str:
         assert txn.account is not None
         account_id, stream_id = txn.account.id, stream_cfg.id
@@ -362,7 +361,7 @@ class Pipeline:
             # Part of it left before the rest could not be kept. The client must retry (or the rest
             # is lost): the copies that left get their delivery records now, written before the
             # reply when the store can take them (else kept until it can), and the retry skips them.
-            self.retries.remember(retry_key, report.delivered)
+            self.retries.remember(account_id, txn.mail_from, raw, report.delivered)
             self.record(
                 txn, message, stream_id, "tempfailed", findings, txn.recipients, delivered=report.delivered,
                 rfacts=rfacts, facts=facts, misses=verdict.misses,
@@ -371,7 +370,7 @@ class Pipeline:
             await self.recorder.flush()
             return replies.STORE_UNAVAILABLE if report.store_failed else replies.UPSTREAM_UNAVAILABLE
         if report.earlier:
-            self.retries.forget(retry_key)
+            self.retries.forget(account_id, txn.mail_from, raw)
         if report.queued:
             self.on_outbox_enqueued()
         policy_refused = [(r, verdict.refused[r].rule) for r in txn.recipients if r in verdict.refused]

@@ -28,16 +28,18 @@ class RetryMemory:
     _entries: dict[bytes, tuple[float, frozenset[str]]] = field(default_factory=dict)
 
     @staticmethod
-    def key(account: str, mail_from: str, content: bytes) -> bytes:
+    def _key(account: str, mail_from: str, content: bytes) -> bytes:
         digest = hashlib.sha256()
         digest.update(account.encode() + b"\0" + mail_from.encode("utf-8", "surrogateescape") + b"\0")
         digest.update(content)
         return digest.digest()
 
-    def delivered(self, key: bytes) -> frozenset[str]:
-        """The recipients an earlier attempt of this message already delivered to (often none)."""
+    def delivered(self, account: str, mail_from: str, content: bytes) -> frozenset[str]:
+        """The recipients an earlier attempt of this message already delivered to (nearly always
+        none, and then without hashing the message)."""
         if not self._entries:
             return frozenset()
+        key = self._key(account, mail_from, content)
         entry = self._entries.get(key)
         if entry is None:
             return frozenset()
@@ -46,16 +48,17 @@ class RetryMemory:
             return frozenset()
         return entry[1]
 
-    def remember(self, key: bytes, recipients: Iterable[str]) -> None:
-        earlier = self.delivered(key)
-        self._entries.pop(key, None)
+    def remember(self, account: str, mail_from: str, content: bytes, recipients: Iterable[str]) -> None:
+        key = self._key(account, mail_from, content)
+        earlier = self._entries.pop(key, (0.0, frozenset()))[1]
         self._entries[key] = (self.clock() + self.window, earlier | frozenset(recipients))
         while len(self._entries) > self.max_entries:
             del self._entries[next(iter(self._entries))]
 
-    def forget(self, key: bytes) -> None:
+    def forget(self, account: str, mail_from: str, content: bytes) -> None:
         """The message is fully taken care of: no retry is coming."""
-        self._entries.pop(key, None)
+        if self._entries:
+            self._entries.pop(self._key(account, mail_from, content), None)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -17,8 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import SENDER, RecordingUpstream, asend, make_config, message, until
-
+from tests.conftest import SENDER, RecordingUpstream, asend, make_config, message, until
 from tests.e2e.test_accounts_and_records import http_get
 from tests.e2e.test_robustness import _raw_session
 

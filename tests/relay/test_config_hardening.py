@@ -52,7 +52,7 @@ def test_check_config_refuses_a_zero_timeout(tmp_path: Path, capsys: pytest.Capt
     code, out, err = _check(tmp_path, capsys, **{section: {key: 0}})
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and f"{section}.{key}" in lines[0] and "more than 0" in lines[0], err
+    assert len(lines) == 1 and f"{section}.{key}" in lines[0] and "greater than 0" in lines[0], err
 
 
 def test_check_config_warns_when_marketing_has_no_https_unsubscribe_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

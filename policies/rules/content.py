@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 from policies import _speedups
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage
-from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage
+from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage, fold
 from policies.rule import rule
+from policies.rules.identity import cached_pattern
 from policies.wordlists import extra_terms, terms_for, wordlist
 
 # --- subjects ---------------------------------------------------------------------------------
@@ -282,30 +283,119 @@ def mask_bsn(digits: str) -> str:
     return "*" * 7 + digits[-2:]
 
 
-def personal_numbers(text: str, allowed: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
-    """(kind, masked evidence) of each valid BSN, IBAN and payment card number in `text`."""
+# What stands just before a number says whose it is and what it is. Labels of the numbers a BSN
+# check must not read as a BSN (nl, en, de, fr, es, it): phone, fax, postcode, order, customer,
+# invoice, tracking and reference numbers.
+_NOT_PERSONAL_LABEL = re.compile(
+    r"(?:tel|telefoon|telefon|telephone|téléphone|teléfono|telefono|phone|fon|fax|mobiel|mobile|mobil|gsm|whatsapp"
+    r"|postcode|postleitzahl|plz|zip|code postal|cap"
+    r"|order|bestelling|bestel|bestellung|auftrag|commande|pedido|ordine|zamówieni"
+    r"|klant|customer|client|kunde|kunden|cliente|konto-?nr"
+    r"|factuur|invoice|rechnung|facture|factura|fattura|faktura|beleg|quittung|receipt"
+    r"|tracking|track|zending|sendung|pakket|paket|parcel|colis|envío|spedizione|przesyłk"
+    r"|referentie|reference|referenz|référence|ref|artikel|article|art|sku|ean|isbn|id|nr|no|nummer|number|#)"
+    r"[\s.:#°ºn\-]*(?:\w+[\s.:#\-]*)?$",
+    re.I,
+)
+# The sender's own account: a donation or payment request, bank details in the footer.
+_OWN_ACCOUNT = re.compile(
+    r"(?:doneer|doneren|donatie|donaties|gift|giften|steun|schenk|t\.?\s?n\.?\s?v|ten name van|onze rekening|ons rekeningnummer"
+    r"|donate|donation|donations|our account|our bank|bank details|payable to|in favour of"
+    r"|spende|spenden|spendenkonto|bankverbindung|kontoinhaber|unser konto|empfänger"
+    r"|faire un don|don|dons|coordonnées bancaires|notre compte|bénéficiaire"
+    r"|donativo|donaciones|donar|nuestra cuenta|beneficiario|donazione|donazioni|dona|il nostro conto"
+    r"|darowizn|wpłat|nasze konto|bic|swift)\b",
+    re.I,
+)
+# A number addressed to the reader ("uw IBAN", "your card") is the reader's, never the sender's.
+_SECOND_PERSON = re.compile(r"\b(?:uw|je|jouw|your|ihre?|dein|deine|votre|vos|tu|su|tuo|tua|il tuo|twój|twoje)\b[^.\n]{0,25}$", re.I)
+# Labels that make a nine-digit number a citizen service number whatever else stands around it.
+_BSN_LABEL = re.compile(r"(?:bsn|burgerservicenummer|burger\s?service\s?nummer|sofi-?nummer|sofinummer)\W{0,6}$", re.I)
+_CARD_GROUPS = re.compile(r"\d{4}(?:([ \-])\d{4}\1\d{4}\1\d{1,7}|([ \-])\d{6}\2\d{4,5})")
+_URL_CHARS = frozenset("/=?&%@")
+CONTEXT = 40
+
+
+def _in_url(text: str, start: int, end: int) -> bool:
+    """Inside a URL or an id glued to other characters: the number is part of a path or a query."""
+    left = text.rfind(" ", 0, start)
+    token_start = max(left, text.rfind("\n", 0, start)) + 1
+    before = text[token_start:start]
+    return bool(before) and ("://" in before or "www." in before.lower() or any(c in _URL_CHARS for c in before))
+
+
+def own_account(text: str, start: int, legal_name: str = "") -> bool:
+    """An IBAN the sender publishes as its own: a donation or payment context or the sender's legal
+    name in the sentence before it, and not addressed to the reader ("uw IBAN")."""
+    before = text[max(0, start - 2 * CONTEXT) : start]
+    if _SECOND_PERSON.search(before[-CONTEXT:]):
+        return False
+    if _OWN_ACCOUNT.search(before):
+        return True
+    pattern = cached_pattern(legal_name) if legal_name.strip() else None
+    return pattern is not None and pattern.search(fold(before)) is not None
+
+
+def _phone_formatted(text: str, start: int, raw: str) -> bool:
+    """A number written as a phone number: after a +country code or an area code in brackets, or
+    grouped 2-3-4 / 3-2-2-2 the way phone numbers are and a BSN (3-3-3, 4-2-3) never is."""
+    before = text[max(0, start - 8) : start]
+    if re.search(r"(?:\+\d{1,3}|\(0?\d{1,4}\)|\b00\d{1,3})[\s.\-]*$", before):
+        return True
+    groups = [len(g) for g in re.split(r"[ .\-]", raw)]
+    return len(groups) > 1 and groups not in ([3, 3, 3], [4, 2, 3], [3, 2, 4], [9])
+
+
+def personal_numbers(
+    text: str,
+    allowed: frozenset[str] = frozenset(),
+    legal_name: str = "",
+) -> Iterator[tuple[str, str]]:
+    """(kind, masked evidence) of each BSN, IBAN and payment card number of a third party in `text`.
+
+    IBAN: mod-97 and the country's length, not in `allowed` (the account's own_ibans) and not
+    published as the sender's own (own_account). BSN: the 11-test, not inside a URL, and not
+    formatted or labelled as a phone, postcode, order, customer, invoice or tracking number — unless
+    labelled BSN. Card: Luhn, the issuer's prefix and length, grouped as cards are printed, not
+    inside a longer digit run, a URL or a labelled tracking/order id.
+    """
     # Look only around runs of digits: the three patterns never run over the whole text.
     # (the runs of \d[\d .\-]{7,}, found in one C pass)
     for start, end in _speedups.number_windows(text, 12, 4):
         for match in _IBAN.finditer(text, start, end):
             iban = match.group(1).replace(" ", "")
-            if iban_valid(iban) and iban not in allowed:
+            if iban_valid(iban) and iban not in allowed and not own_account(text, match.start(1), legal_name):
                 yield "IBAN", mask_iban(iban)
         for match in _CARD.finditer(text, start, end):
-            digits = re.sub(r"\D", "", match.group(1))
-            if _card_issuer(digits) and luhn_valid(digits) and digits not in allowed:
-                yield "payment card number", mask_card(digits)
+            raw = match.group(1)
+            digits = re.sub(r"\D", "", raw)
+            if not (_card_issuer(digits) and luhn_valid(digits)) or digits in allowed:
+                continue
+            if not (raw.isdigit() or _CARD_GROUPS.fullmatch(raw)) or _in_url(text, match.start(1), match.end(1)):
+                continue
+            if _NOT_PERSONAL_LABEL.search(text[max(0, match.start(1) - CONTEXT) : match.start(1)].rstrip()):
+                continue
+            yield "payment card number", mask_card(digits)
         for match in _BSN.finditer(text, start, end):
-            digits = re.sub(r"\D", "", match.group(1))
-            if bsn_valid(digits) and digits not in allowed:
-                yield "BSN", mask_bsn(digits)
+            raw = match.group(1)
+            digits = re.sub(r"\D", "", raw)
+            if not bsn_valid(digits) or digits in allowed:
+                continue
+            before = text[max(0, match.start(1) - CONTEXT) : match.start(1)]
+            if not _BSN_LABEL.search(before):
+                if _in_url(text, match.start(1), match.end(1)) or _phone_formatted(text, match.start(1), raw):
+                    continue
+                if _NOT_PERSONAL_LABEL.search(before.rstrip()):
+                    continue
+            yield "BSN", mask_bsn(digits)
 
 
-def _allowed_numbers(params: Mapping[str, Any]) -> frozenset[str]:
-    values = params.get("personal_data_allow") or ()
+def _allowed_numbers(facts: MessageFacts) -> frozenset[str]:
+    values = facts.params.get("personal_data_allow") or ()
     if isinstance(values, str):
         values = (values,)
-    return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in values)
+    own = (*values, *facts.account.own_ibans)
+    return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in own)
 
 
 @rule(
@@ -316,15 +406,16 @@ def _allowed_numbers(params: Mapping[str, Any]) -> frozenset[str]:
     marketing_only=True,
 )
 def personal_data(facts: MessageFacts) -> Hit | None:
-    """Valid Dutch BSNs (11-test), IBANs (mod-97) and card numbers (Luhn plus issuer prefix)
-    in the visible or hidden text of a marketing message. Evidence is masked. Numbers the
-    sender may publish (its own IBAN for donations) go in params["personal_data_allow"]."""
+    """Third parties' BSNs, IBANs and card numbers in the visible or hidden text of a marketing
+    message (personal_numbers says how each is told apart). The sender's own numbers are not a third
+    party's: the account's `own_ibans`, params["personal_data_allow"], and an IBAN in a donation or
+    payment context or next to the account's legal name. Evidence is masked."""
     message = facts.message
     if message is None:
         return None
-    allowed = _allowed_numbers(facts.params)
+    allowed = _allowed_numbers(facts)
     for text in (message.text, message.hidden_text):
-        for kind, masked in personal_numbers(text, allowed):
+        for kind, masked in personal_numbers(text, allowed, facts.account.legal_name):
             return Hit(f"The message shows a third party's {kind}", evidence=masked)
     return None
 

@@ -120,6 +120,11 @@ def _cached(kind: str, value: str, drop_trailing: frozenset[str] = frozenset()) 
     return _PATTERNS[key]
 
 
+def cached_pattern(value: str) -> re.Pattern[str] | None:
+    """flexible_pattern(value), built once per value (the legal name next to an IBAN: content rules)."""
+    return _cached("text", value)
+
+
 def flexible_pattern(value: str, *, drop_trailing: frozenset[str] = frozenset()) -> re.Pattern[str] | None:
     """A regex for `value` in folded text that tolerates formatting.
 

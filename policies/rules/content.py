@@ -12,6 +12,7 @@ from policies import _speedups
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage
 from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage, fold
+from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.rule import rule
 from policies.rules.identity import cached_pattern
 from policies.wordlists import extra_terms, terms_for, wordlist
@@ -197,6 +198,102 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
     for attachment in message.attachments:
         if attachment.kind == KIND_TORRENT:
             return Hit("The message carries a .torrent file", evidence=attachment.filename or attachment.content_type)
+    return None
+
+
+# --- deceptive links ----------------------------------------------------------------------------
+
+# Anchor text that is itself a web address: "www.shop.nl", "https://shop.nl/x", "Shop.nl".
+_SHOWN_ADDRESS = re.compile(
+    r"(?:https?://)?(?:[^\s/@:]+@)?((?:[a-z0-9\u00a1-\uffff](?:[a-z0-9\u00a1-\uffff\-]{0,61}[a-z0-9\u00a1-\uffff])?\.)+"
+    r"(?:[a-z]{2,24}|xn--[a-z0-9\-]{2,30}))\.?(?::\d{1,5})?(?:[/?#][^\s]*)?",
+    re.I,
+)
+_HREF_HOST = re.compile(r"^[a-z][a-z0-9+.\-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^/:?#\\]+)", re.I)
+_TRACKING_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_SHORTENER_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _listed_hosts(name: str, cache: dict[tuple[str, ...], frozenset[str]], params: Mapping[str, Any]) -> frozenset[str]:
+    extra = extra_terms(name, params)
+    hosts = cache.get(extra)
+    if hosts is None:
+        terms = terms_for(name, {"wordlists": {name: list(extra)}})
+        hosts = cache[extra] = frozenset(t.lower().strip(".") for t in terms)
+    return hosts
+
+
+def _tracking_hosts(facts: MessageFacts) -> frozenset[str]:
+    """The shipped platform tracking hosts, the site's additions and the account's own."""
+    hosts = _listed_hosts("tracking_hosts", _TRACKING_SETS, facts.params)
+    return hosts | facts.account.tracking_hosts if facts.account.tracking_hosts else hosts
+
+
+def href_host(href: str) -> str:
+    """The host of an absolute http(s)-style URL ("" for mailto:, relative links and garbage)."""
+    match = _HREF_HOST.match(href.strip())
+    return normalise_host(match.group(1)) if match else ""
+
+
+def shown_host(text: str) -> str:
+    """The host a reader reads in an anchor's text when that text is a web address, else ""."""
+    text = text.strip().strip("<>()[]\"'").rstrip(".,;:!?")
+    if not text or " " in text or "." not in text or "@" in text.split("/")[0].split("?")[0] and "://" not in text:
+        return ""
+    match = _SHOWN_ADDRESS.fullmatch(text)
+    return normalise_host(match.group(1)) if match else ""
+
+
+@rule(
+    "content.deceptive_links",
+    "A link shows one address and leads to another, to a bare IP address or to a look-alike of the sender's domain.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def deceptive_links(facts: MessageFacts) -> Hit | None:
+    """Phishing that pretends to be the account. A hit for a visible link:
+
+    - whose anchor text is a web address with another registrable domain than its real target,
+      unless the target is a click-tracking host (shipped `tracking_hosts` list, the site's additions,
+      the account's `tracking_hosts`): platforms redirect through their own host;
+    - to an IP-literal host (http://192.0.2.7/login);
+    - to a look-alike of one of the account's own domains (arnazon.com, amazon-login.com, paypa1.nl);
+    - through a public URL shortener (`url_shorteners` list: is.gd, t.co, …), which hides the real
+      destination, unless the account lists the shortener among its tracking hosts.
+    """
+    message = facts.message
+    if message is None:
+        return None
+    own = facts.account.domains
+    tracking: frozenset[str] | None = None
+    shorteners = _listed_hosts("url_shorteners", _SHORTENER_SETS, facts.params)
+    seen: set[str] = set()
+    for link in message.links:
+        host = href_host(link.href)
+        if not host:
+            continue
+        if host not in seen:
+            seen.add(host)
+            if ip_literal(host):
+                return Hit("A link leads to a bare IP address instead of a domain", evidence=link.href[:120])
+            imitated = lookalike(host, own)
+            if imitated is not None:
+                return Hit(f"A link leads to a look-alike of the sender's domain {imitated}", evidence=host)
+            if host in shorteners and host not in facts.account.tracking_hosts:
+                return Hit("A link hides its destination behind a public URL shortener", evidence=link.href[:120])
+        if not link.text or "." not in link.text:
+            continue
+        shown = shown_host(link.text)
+        if not shown or registrable(shown) == registrable(host):
+            continue
+        if tracking is None:
+            tracking = _tracking_hosts(facts)
+        if under(host, tracking):
+            continue
+        return Hit(
+            "A link's text shows one address but it leads to another domain",
+            evidence=f"{link.text.strip()[:60]} -> {host}",
+        )
     return None
 
 
@@ -460,6 +557,7 @@ RULES = (
     hateful,
     adult,
     infringing_links,
+    deceptive_links,
     personal_data,
     malware,
 )

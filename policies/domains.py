@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 # Second-level public suffixes of the countries our senders mail to and the usual suspects: a small,
 # fixed subset of the Public Suffix List (no I/O in the core). Anything else: the last two labels.
@@ -39,10 +40,16 @@ def normalise_host(host: str) -> str:
     return host
 
 
+_DOTTED_QUAD = re.compile(r"(?:^|[.\-])(?:\d{1,3}[.\-]){3}\d{1,3}(?:[.\-]|$)")
+
+
 def ip_literal(host: str) -> bool:
-    """An IPv4 or IPv6 address as the host (also "[::1]" and decimal "3232235777")."""
+    """An IPv4 or IPv6 address as the host (also "[::1]" and decimal "3232235777"), or a server's
+    reverse-DNS name that is its address in disguise ("static.151.155.156.178.clients.example.de")."""
     host = host.strip("[]")
     if host.isdigit() and len(host) > 3:
+        return True
+    if _DOTTED_QUAD.search(host) and any(c.isalpha() for c in host):
         return True
     try:
         ipaddress.ip_address(host)

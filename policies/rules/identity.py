@@ -32,7 +32,8 @@ _COUNTRIES = frozenset(
     """nederland netherlands holland nl belgie belgium belgique belgien be deutschland germany duitsland de
     france frankrijk frankreich fr luxembourg luxemburg lu osterreich austria oostenrijk at schweiz suisse
     svizzera switzerland ch italia italy italie it espana spain spanje es portugal pt polska poland polen pl
-    danmark denmark dk sverige sweden se uk gb england scotland wales ireland eire ie united kingdom""".split()
+    danmark denmark dk sverige sweden se uk gb england scotland wales ireland eire ie united kingdom
+    australia canada usa states america""".split()
 )
 _TOKEN = re.compile(r"\w+")
 # A registry label configured along with the number ("KvK 8765 4321", "CoC: 123"): the

@@ -40,6 +40,7 @@ def normalise_host(host: str) -> str:
     return host
 
 
+_DIGIT = re.compile(r"\d")
 _DOTTED_QUAD = re.compile(r"(?:^|[.\-])(?:\d{1,3}[.\-]){3}\d{1,3}(?:[.\-]|$)")
 
 
@@ -47,6 +48,8 @@ def ip_literal(host: str) -> bool:
     """An IPv4 or IPv6 address as the host (also "[::1]" and decimal "3232235777"), or a server's
     reverse-DNS name that is its address in disguise ("static.151.155.156.178.clients.example.de")."""
     host = host.strip("[]")
+    if ":" not in host and _DIGIT.search(host) is None:
+        return False  # most hosts: no digit at all
     if host.isdigit() and len(host) > 3:
         return True
     if _DOTTED_QUAD.search(host) and any(c.isalpha() for c in host):

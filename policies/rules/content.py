@@ -3,7 +3,7 @@ third parties' personal data and malware (POLICY.md, content rules)."""
 
 from __future__ import annotations
 
-import operator
+import itertools
 import re
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
@@ -130,14 +130,7 @@ def adult(facts: MessageFacts) -> Hit | None:
 # --- links ------------------------------------------------------------------------------------
 
 
-# The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any
-# user:password@, up to the port, path, query or fragment.
-# Each line is found by its leading "\n" (a literal the regex engine skips to), not by ^ and re.M,
-# which it tests at every character; the runs are possessive (*+), as no backtracking into a run
-# that excludes the next literal can find it.
-_HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*+://(?:[^@/\n?#]*+@)?|(?=www\.))([^/:?#\s\\]+)")
 _HOST_SETS: dict[tuple[str, ...], frozenset[str]] = {}
-_href = operator.attrgetter("href")
 
 
 def _hosts(extra: tuple[str, ...]) -> frozenset[str]:
@@ -182,7 +175,7 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
     links = message.links
     # One lower-cased string of every href: a newsletter has hundreds of links, and almost
     # all of them go to the sender's own host.
-    joined = ("\n" + "\n".join(map(_href, links))).lower()  # hrefs come stripped
+    joined = message.hrefs_lower
     if "magnet:" in joined:
         href = next(link.href for link in links if link.href[:7].lower() == "magnet:")
         return Hit("The message links to a magnet (torrent) link", evidence=href[:80])
@@ -191,7 +184,7 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
             if _path_is_torrent(link.href):
                 return Hit("The message links to a .torrent file", evidence=link.href[:120])
     hosts = _hosts(extra_terms("infringing_hosts", facts.params))
-    for host in dict.fromkeys(_HOST.findall(joined)):
+    for host in message.link_hosts:
         listed = _host_listed(host.rstrip("."), hosts)
         if listed is not None:
             return Hit("The message links to a known infringing-material host", evidence=listed)
@@ -264,27 +257,41 @@ def deceptive_links(facts: MessageFacts) -> Hit | None:
     message = facts.message
     if message is None:
         return None
+    links = message.links
+    if not links:
+        return None
+    # The distinct hosts first: a newsletter has hundreds of links to two or three hosts.
+    hosts = dict.fromkeys(message.link_hosts)
+    if "[" in message.hrefs_lower:  # IPv6 literals, which the host pattern stops inside
+        hosts.update(dict.fromkeys(href_host(link.href) for link in links if "[" in link.href))
     own = facts.account.domains
-    tracking: frozenset[str] | None = None
-    shorteners = _listed_hosts("url_shorteners", _SHORTENER_SETS, facts.params)
-    seen: set[str] = set()
-    for link in message.links:
-        host = href_host(link.href)
+    shorteners: frozenset[str] | None = None
+    for found in hosts:
+        host = normalise_host(found)
         if not host:
             continue
-        if host not in seen:
-            seen.add(host)
-            if ip_literal(host):
-                return Hit("A link leads to a bare IP address instead of a domain", evidence=link.href[:120])
-            imitated = lookalike(host, own)
-            if imitated is not None:
-                return Hit(f"A link leads to a look-alike of the sender's domain {imitated}", evidence=host)
-            if host in shorteners and host not in facts.account.tracking_hosts:
-                return Hit("A link hides its destination behind a public URL shortener", evidence=link.href[:120])
-        if not link.text or "." not in link.text:
+        if ip_literal(host):
+            return Hit("A link leads to a bare IP address instead of a domain", evidence=host)
+        imitated = lookalike(host, own)
+        if imitated is not None:
+            return Hit(f"A link leads to a look-alike of the sender's domain {imitated}", evidence=host)
+        if shorteners is None:
+            shorteners = _listed_hosts("url_shorteners", _SHORTENER_SETS, facts.params)
+        if host in shorteners and host not in facts.account.tracking_hosts:
+            return Hit("A link hides its destination behind a public URL shortener", evidence=host)
+    texts = next(itertools.islice(zip(*links), 1, None))  # the anchor texts, transposed in C
+    if "." not in "\n".join(texts):  # most anchors show no address at all
+        return None
+    tracking: frozenset[str] | None = None
+    for link in links:
+        text = link.text
+        if not text or "." not in text:
             continue
-        shown = shown_host(link.text)
-        if not shown or registrable(shown) == registrable(host):
+        shown = shown_host(text)
+        if not shown:
+            continue
+        host = href_host(link.href)
+        if not host or registrable(shown) == registrable(host):
             continue
         if tracking is None:
             tracking = _tracking_hosts(facts)
@@ -292,7 +299,7 @@ def deceptive_links(facts: MessageFacts) -> Hit | None:
             continue
         return Hit(
             "A link's text shows one address but it leads to another domain",
-            evidence=f"{link.text.strip()[:60]} -> {host}",
+            evidence=f"{text.strip()[:60]} -> {host}",
         )
     return None
 

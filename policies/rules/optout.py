@@ -66,16 +66,19 @@ def _sentence(text: str, link: Link, others: Sequence[Link], starts: Sequence[in
     after = _SENTENCE_END.search(text, link.end, hi)
     if after is not None:
         hi = after.start()
-    window = list(text[lo:hi])
+    pieces: list[str] = []
+    at = lo
     for i in range(bisect.bisect_left(starts, lo - NEAR * 4), len(others)):
         other = others[i]
         if other.start >= hi:
             break
-        if other is link or other.end <= lo or (other.start, other.end) == (link.start, link.end):
+        if other.end <= at or (other.start, other.end) == (link.start, link.end):
             continue
-        for j in range(max(other.start, lo), min(other.end, hi)):
-            window[j - lo] = " "
-    return "".join(window)
+        start, end = max(other.start, at), min(other.end, hi)
+        pieces += (text[at:start], " " * (end - start))
+        at = end
+    pieces.append(text[at:hi])
+    return "".join(pieces)
 
 
 def _candidates(message: ParsedMessage, words: WordList) -> Iterator[Link]:
@@ -101,8 +104,8 @@ def _candidates(message: ParsedMessage, words: WordList) -> Iterator[Link]:
         return
     ordered = sorted((link for link in message.links if link.end > link.start), key=lambda link: link.start)
     starts = [link.start for link in ordered]
-    for link, window in zip(links, windows):
-        if words.search(window) is not None and words.search(_sentence(text, link, ordered, starts)) is not None:
+    for link in links:
+        if words.search(_sentence(text, link, ordered, starts)) is not None:
             yield link
 
 
@@ -128,6 +131,9 @@ _STYLE = re.compile(_ATTRIBUTE.format("style"), re.I)
 _BGCOLOR = re.compile(_ATTRIBUTE.format("bgcolor"), re.I)
 _OPEN_TAG = re.compile(r"<([a-z][a-z0-9]*)\b[^>]*>", re.I)
 _SIZE = re.compile(r"(\d*\.?\d+)\s*(px|pt|em|rem|%)?")
+_HEX3 = re.compile(r"#[0-9a-f]{3}")
+_HEX6 = re.compile(r"#[0-9a-f]{6}")
+_RGB = re.compile(r"rgba?\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*([\d.]+)\s*)?\)")
 _NAMED_COLOURS = {
     "white": "#ffffff", "black": "#000000", "red": "#ff0000", "blue": "#0000ff", "green": "#008000",
     "gray": "#808080", "grey": "#808080", "silver": "#c0c0c0", "yellow": "#ffff00", "transparent": "",
@@ -159,11 +165,11 @@ def _colour(value: str | None) -> str:
         value = value.split()[0] if value else ""  # "#fff url(x.png) no-repeat": the colour comes first
     if value in _NAMED_COLOURS:
         return _NAMED_COLOURS[value]
-    if re.fullmatch(r"#[0-9a-f]{3}", value):
+    if _HEX3.fullmatch(value):
         return "#" + "".join(c * 2 for c in value[1:])
-    if re.fullmatch(r"#[0-9a-f]{6}", value):
+    if _HEX6.fullmatch(value):
         return value
-    rgb = re.fullmatch(r"rgba?\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*([\d.]+)\s*)?\)", value)
+    rgb = _RGB.fullmatch(value)
     if rgb is not None:
         if rgb.group(4) is not None and float(rgb.group(4)) == 0:
             return ""
@@ -178,13 +184,30 @@ def _background(tag: str) -> str:
 
 
 def _enclosing_background(markup: str, at: int) -> str:
-    """The background stated inline on the nearest element that is still open at `at`."""
-    for tag in reversed(list(_OPEN_TAG.finditer(markup, max(0, at - 20_000), at))):
+    """The background stated inline on the nearest element that is still open at `at`. Only tags that
+    state a background are looked at, found backwards from `at` (a footer link has hundreds of tags
+    before it, a handful with a background)."""
+    lo = max(0, at - 20_000)
+    lowered = markup[lo:at].lower()
+    end = len(lowered)
+    while end > 0:
+        mark = max(lowered.rfind("background", 0, end), lowered.rfind("bgcolor", 0, end))
+        if mark < 0:
+            return ""
+        start = lowered.rfind("<", 0, mark)
+        end = start
+        if start < 0:
+            return ""
+        if lowered.find(">", start, mark) >= 0:
+            continue  # the word stands in text, not inside a tag
+        tag = _OPEN_TAG.match(markup, lo + start)
+        if tag is None:
+            continue
         colour = _background(tag.group(0))
         if not colour:
             continue
         name = tag.group(1).lower()
-        between = markup[tag.end() : at].lower()
+        between = lowered[start + len(tag.group(0)) :]
         if between.count(f"</{name}") <= between.count(f"<{name}"):
             return colour
     return ""
@@ -215,22 +238,35 @@ def _anchor_hidden(markup: str, anchor: re.Match[str]) -> bool:
     return colour == background
 
 
+def _anchors_to(markup: str, href: str) -> Iterator[re.Match[str]]:
+    """The opening <a> tags in `markup` whose href is `href`, found from where the href is written."""
+    written = (href, href.replace("&", "&amp;"))
+    for target in dict.fromkeys(written):
+        at = markup.find(target)
+        while at >= 0:
+            start = markup.rfind("<", 0, at)
+            if start >= 0 and markup[start : start + 2].lower() == "<a":
+                anchor = _ANCHOR.match(markup, start)
+                if anchor is not None and anchor.end() > at:
+                    found = _attribute(_HREF, anchor.group(0))
+                    if found is not None and found.strip() == href:
+                        yield anchor
+            at = markup.find(target, at + len(target))
+
+
 def link_visible(message: ParsedMessage, link: Link) -> bool:
     """Not styled away: elements hidden by display/visibility never become links; here the anchor's
     own inline style (font-size 0 or 1, opacity 0, zero size) and its colour against the background
     stated inline on it or the element around it. A URL in plain text is always visible."""
     if not link.text:
         return True  # a URL written out in text, or an image link: shown as it is
+    seen = False
     for markup in message.html_parts:
-        if link.href not in html.unescape(markup) and link.href not in markup:
-            continue
-        for anchor in _ANCHOR.finditer(markup):
-            href = _attribute(_HREF, anchor.group(0))
-            if href is not None and href.strip() == link.href:
-                if not _anchor_hidden(markup, anchor):
-                    return True
-        return False
-    return True
+        for anchor in _anchors_to(markup, link.href):
+            seen = True
+            if not _anchor_hidden(markup, anchor):
+                return True
+    return not seen
 
 
 @rule(

@@ -9,10 +9,10 @@ from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from policies import _speedups
+from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage
 from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage, fold
-from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.rule import rule
 from policies.rules.identity import cached_pattern
 from policies.wordlists import extra_terms, terms_for, wordlist
@@ -391,19 +391,19 @@ def mask_bsn(digits: str) -> str:
 # check must not read as a BSN (nl, en, de, fr, es, it): phone, fax, postcode, order, customer,
 # invoice, tracking and reference numbers.
 _NOT_PERSONAL_LABEL = re.compile(
-    r"(?:tel|telefoon|telefon|telephone|téléphone|teléfono|telefono|phone|fon|fax|mobiel|mobile|mobil|gsm|whatsapp"
+    r"(?:\b(?:tel|telefoon|telefon|telephone|téléphone|teléfono|telefono|phone|fon|fax|mobiel|mobile|mobil|gsm|whatsapp"
     r"|postcode|postleitzahl|plz|zip|code postal|cap"
     r"|order|bestelling|bestel|bestellung|auftrag|commande|pedido|ordine|zamówieni"
     r"|klant|customer|client|kunde|kunden|cliente|konto-?nr"
     r"|factuur|invoice|rechnung|facture|factura|fattura|faktura|beleg|quittung|receipt"
     r"|tracking|track|zending|sendung|pakket|paket|parcel|colis|envío|spedizione|przesyłk"
-    r"|referentie|reference|referenz|référence|ref|artikel|article|art|sku|ean|isbn|id|nr|no|nummer|number|#)"
+    r"|referentie|reference|referenz|référence|ref|artikel|article|art|sku|ean|isbn|id|nr|no|nummer|number)|#)"
     r"[\s.:#°ºn\-]*(?:\w+[\s.:#\-]*)?$",
     re.I,
 )
 # The sender's own account: a donation or payment request, bank details in the footer.
 _OWN_ACCOUNT = re.compile(
-    r"(?:doneer|doneren|donatie|donaties|gift|giften|steun|schenk|t\.?\s?n\.?\s?v|ten name van|onze rekening|ons rekeningnummer"
+    r"\b(?:doneer|doneren|donatie|donaties|gift|giften|steun|schenk|t\.?\s?n\.?\s?v|ten name van|onze rekening|ons rekeningnummer"
     r"|donate|donation|donations|our account|our bank|bank details|payable to|in favour of"
     r"|spende|spenden|spendenkonto|bankverbindung|kontoinhaber|unser konto|empfänger"
     r"|faire un don|don|dons|coordonnées bancaires|notre compte|bénéficiaire"
@@ -440,13 +440,16 @@ def own_account(text: str, start: int, legal_name: str = "") -> bool:
     return pattern is not None and pattern.search(fold(before)) is not None
 
 
+_DIALLING_PREFIX = re.compile(r"(?:\+\d{1,3}|\(0?\d{1,4}\)|\b00\d{1,3})[\s.\-]*$")
+_GROUP_SEPARATOR = re.compile(r"[ .\-]")
+
+
 def _phone_formatted(text: str, start: int, raw: str) -> bool:
     """A number written as a phone number: after a +country code or an area code in brackets, or
     grouped 2-3-4 / 3-2-2-2 the way phone numbers are and a BSN (3-3-3, 4-2-3) never is."""
-    before = text[max(0, start - 8) : start]
-    if re.search(r"(?:\+\d{1,3}|\(0?\d{1,4}\)|\b00\d{1,3})[\s.\-]*$", before):
+    if _DIALLING_PREFIX.search(text[max(0, start - 8) : start]):
         return True
-    groups = [len(g) for g in re.split(r"[ .\-]", raw)]
+    groups = [len(g) for g in _GROUP_SEPARATOR.split(raw)]
     return len(groups) > 1 and groups not in ([3, 3, 3], [4, 2, 3], [3, 2, 4], [9])
 
 

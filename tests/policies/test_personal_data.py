@@ -128,3 +128,9 @@ def test_a_card_number_printed_as_one_still_hits(text: str) -> None:
     # policy: mailpro M-code-of-conduct (privacy van derden)
     hit = check(text)
     assert hit is not None and hit.evidence.startswith("****") and text[-4:] == hit.evidence.replace(" ", "")[-4:]
+
+
+def test_a_label_inside_a_longer_word_is_no_label() -> None:
+    # policy: mailpro M-code-of-conduct — "Mart" is a name, not "art."; "Casino" is not "no"
+    assert check("Gegevens van Mart: 111222333") is not None
+    assert check("Winnaar Casino-actie, Jan: 111222333") is not None

@@ -41,7 +41,7 @@ def normalise_host(host: str) -> str:
 
 
 _DIGIT = re.compile(r"\d")
-_DOTTED_QUAD = re.compile(r"(?:^|[.\-])(?:\d{1,3}[.\-]){3}\d{1,3}(?:[.\-]|$)")
+_DOTTED_QUAD = re.compile(r"(?:^|[.\-])(\d{1,3})[.\-](\d{1,3})[.\-](\d{1,3})[.\-](\d{1,3})(?=[.\-]|$)")
 
 
 def ip_literal(host: str) -> bool:
@@ -52,7 +52,8 @@ def ip_literal(host: str) -> bool:
         return False  # most hosts: no digit at all
     if host.isdigit() and len(host) > 3:
         return True
-    if _DOTTED_QUAD.search(host) and any(c.isalpha() for c in host):
+    quad = _DOTTED_QUAD.search(host)
+    if quad is not None and any(c.isalpha() for c in host) and all(int(octet) <= 255 for octet in quad.groups()):
         return True
     try:
         ipaddress.ip_address(host)

@@ -73,6 +73,8 @@ def test_profiles_quarantine_under_strict_and_mailpro_and_clang_has_it_off() -> 
 def test_domain_helpers() -> None:
     assert registrable("news.shop.co.uk") == "shop.co.uk" and registrable("a.b.shop.nl") == "shop.nl"
     assert ip_literal("192.0.2.7") and ip_literal("[::1]") and not ip_literal("shop.nl")
+    assert ip_literal("static.151.155.156.178.clients.your-server.de")  # an address in disguise
+    assert not ip_literal("v2.1.2.shop.example") and not ip_literal("cdn-300-2-3-4.shop.example")
     own = frozenset({"amazon.com"})
     assert lookalike("arnazon.com", own) == "amazon.com" and lookalike("xn--mazon-3ve.com", own) == "amazon.com"
     assert lookalike("amazon-security.com", own) == "amazon.com"

@@ -150,12 +150,15 @@ async def report_by_mail(relay: Any, raw: bytes, to: str = "fbl@relay.test") -> 
 
 
 def mail_from_reply(port: int) -> tuple[int, str]:
-    """What MAIL FROM answers the application now (where account rules decide)."""
+    """What the application's mail gets now: the account rules decide at its first recipient that
+    is not one of the relay's own addresses (SPEC §15), MAIL FROM itself is taken."""
     client = smtplib.SMTP("127.0.0.1", port, timeout=15)
     try:
         client.ehlo("app.test")
         client.login(*APP)
         code, text = client.mail("news@shop.example")
+        assert code == 250, (code, text)
+        code, text = client.rcpt("anna@example.nl")
         return code, text.decode()
     finally:
         client.quit()

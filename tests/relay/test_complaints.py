@@ -56,7 +56,13 @@ def clocked() -> Clocked:
 
 
 def relay_config(
-    tmp_path: Path, upstream: RecordingUpstream, store_url: str, *, accounts: Sequence[dict[str, Any]] = (), **complaints: Any
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    store_url: str,
+    *,
+    accounts: Sequence[dict[str, Any]] = (),
+    trusted_networks: Sequence[str] = (),
+    **complaints: Any,
 ) -> Path:
     data = config_dict(
         tmp_path,
@@ -66,7 +72,7 @@ def relay_config(
         http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "alice", "hash": TOKEN_HASH}]},
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
         # The application authenticates: a feedback loop's MTA is no trusted client of any account.
-        account={"trusted_networks": []},
+        account={"trusted_networks": list(trusted_networks)},
         complaints={"ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3, **complaints},
     )
     data["accounts"] += [dict(a) for a in accounts]

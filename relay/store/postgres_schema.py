@@ -189,4 +189,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
+    # 6: complaint sources (SPEC §16): whether a report came from a configured feedback loop, and
+    # whether it was a spam-trap hit.
+    (
+        "ALTER TABLE complaints ADD COLUMN verified INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE complaints ADD COLUMN spam_trap INTEGER NOT NULL DEFAULT 0",
+    ),
 )

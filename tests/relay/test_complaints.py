@@ -73,7 +73,12 @@ def relay_config(
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
         # The application authenticates: a feedback loop's MTA is no trusted client of any account.
         account={"trusted_networks": list(trusted_networks)},
-        complaints={"ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3, **complaints},
+        complaints={
+            "ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3,
+            # The feedback loop's MTA: reports from 127.0.0.1 are verified (SPEC §16); 127.0.0.2 is a stranger.
+            "sources": [{"name": "isp", "networks": ["127.0.0.1/32"]}],
+            **complaints,
+        },
     )
     data["accounts"] += [dict(a) for a in accounts]
     return write_config(tmp_path, data)
@@ -522,6 +527,7 @@ async def test_cli_import_list_and_ack(
     relay: Any, upstream: RecordingUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await send_newsletter(relay, ANNA)
+    await relay.recorder.flush()  # the CLI is another process: it sees the delivery once it is written
     report = tmp_path / "report.eml"
     report.write_bytes(arf(copy_to(upstream, ANNA)))
     cfg = str(relay.config.path)

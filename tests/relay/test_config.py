@@ -50,6 +50,15 @@ def test_example_config_loads_and_trusts_localhost() -> None:
         ({"account": {"default_stream": "nope"}}, "accounts[0].default_stream"),
         ({"account": {"streams": [{"id": "x", "kind": "promo"}]}}, "accounts[0].streams[0].kind"),
         ({"account": {"colour": "blue"}}, "accounts[0].colour"),
+        ({"account": {"bounce_forward": "not an address"}}, "accounts[0].bounce_forward"),
+        ({"complaints": {"sources": [{"networks": ["192.0.2.0/24"]}]}}, "complaints.sources[0].name"),
+        ({"complaints": {"sources": [{"name": "x"}]}}, "complaints.sources[0]"),
+        ({"complaints": {"sources": [{"name": "x", "networks": ["0.0.0.0/0"]}]}}, "complaints.sources[0].networks[0]"),
+        ({"complaints": {"sources": [{"name": "x", "networks": ["::/0"]}]}}, "complaints.sources[0].networks[0]"),
+        ({"complaints": {"sources": [{"name": "x", "networks": ["nope"]}]}}, "complaints.sources[0].networks[0]"),
+        ({"complaints": {"sources": [{"name": "x", "networks": ["192.0.2.1"], "spamtrap": "yes"}]}}, "complaints.sources[0].spamtrap"),
+        ({"bounces": {"verp": "yes"}}, "bounces.verp"),
+        ({"bounces": {"hard_limit": -1}}, "bounces.hard_limit"),
     ],
 )
 def test_bad_value_names_its_key(tmp_path: Path, overrides: dict[str, Any], key: str) -> None:

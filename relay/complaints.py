@@ -347,17 +347,17 @@ class ComplaintService:
                 return self._from_delivery(found, via or "message_id", hint)
         if not email:
             return "cannot tell which recipient complained: no delivered copy matches and there is no Original-Rcpt-To"
-        if len(accounts) != 1:
-            if not accounts:
-                return (
-                    "cannot tell which account sent the reported message: no delivered copy matches and no account "
-                    "owns its sender domain; name the account"
-                )
-            return f"the reported message could be from accounts {', '.join(a.id for a in accounts)}; name the account"
-        (account,) = accounts
-        earlier = await self.store.decisions.deliveries_to(email, [account.id], limit=1)
+        # Only the recipient is left: the copies the relay delivered to it say which account sent one.
+        ids = [a.id for a in (accounts or self.config.accounts)]
+        earlier = await self.store.decisions.deliveries_to(email, ids, limit=100) if ids else []
         if not earlier:
-            return f"the report names no recipient that the relay delivered to for account {account.id} ({mask_address(email)})"
+            return f"the report names no recipient that the relay delivered to ({mask_address(email)})"
+        senders = sorted({d.account for d in earlier})
+        if len(senders) > 1:
+            return f"the reported message could be from accounts {', '.join(senders)}; name the account"
+        account = self.config.account(senders[0])
+        if account is None:
+            return f"the reported copy was delivered for account {senders[0]!r}, which is not configured"
         return _Located(account, email, earlier[0], via or "original_rcpt_to")
 
     def _candidate_accounts(

@@ -17,6 +17,7 @@ from relay.unsubscribe_tokens import TokenCodec
 
 # Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
 RELAY_ID_HEADER = "X-Relay-Id"
+BOUNCE_PREFIX = "bounce+"  # the local part of a VERP envelope sender: bounce+ID@mailto_domain
 
 
 def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
@@ -50,6 +51,9 @@ class CopyMaker:
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
         rendered = []
+        senders: list[str | None] = []
+        verp = self.config.bounces.verp
+        domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
             delivery_id = self.ids.next()
@@ -61,5 +65,7 @@ class CopyMaker:
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
             rendered.append(template.render(headers=headers, url=url))
+            # VERP: a bounce names its delivery, whatever the remote MTA writes in it (SPEC §15).
+            senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
         signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
-        return [Copy((rcpt,), copy) for rcpt, copy in zip(recipients, signed)]
+        return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]

@@ -62,6 +62,7 @@ def relay_config(
     *,
     accounts: Sequence[dict[str, Any]] = (),
     trusted_networks: Sequence[str] = (),
+    account: dict[str, Any] | None = None,
     **complaints: Any,
 ) -> Path:
     data = config_dict(
@@ -72,7 +73,7 @@ def relay_config(
         http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "alice", "hash": TOKEN_HASH}]},
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
         # The application authenticates: a feedback loop's MTA is no trusted client of any account.
-        account={"trusted_networks": list(trusted_networks)},
+        account={"trusted_networks": list(trusted_networks), **(account or {})},
         complaints={
             "ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3,
             # The feedback loop's MTA: reports from 127.0.0.1 are verified (SPEC §16); 127.0.0.2 is a stranger.

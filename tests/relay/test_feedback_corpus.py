@@ -97,3 +97,28 @@ async def test_a_genuine_report_by_smtp(relay: Any, upstream: RecordingUpstream,
     expect = {"suppression.complaint"} if status == "open" else set()
     assert {e: {s.reason for s in suppressed.get(e, [])} for e in emails} == {e: expect for e in emails}
     assert ((await relay.services.store.accounts.get("shop")).state == "paused") is paused
+
+
+@pytest.mark.parametrize("what", ["garbage", "huge", "zip bomb"])
+async def test_bad_reports_get_one_clear_line_and_are_kept(relay: Any, what: str) -> None:
+    import base64
+    import io
+    import zipfile
+
+    if what == "garbage":
+        raw = bytes(range(256)) * 40
+    elif what == "huge":
+        raw = (b"Subject: x\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n"
+               + b"--b\r\nContent-Type: message/feedback-report\r\n\r\n" * 100_000)
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("report.eml", b"\0" * 50_000_000)
+        raw = (b"Subject: abuse report\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=z\r\n\r\n--z\r\n"
+               b"Content-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+               + base64.encodebytes(buffer.getvalue()) + b"\r\n--z--\r\n")
+    out = await asend(relay.smtp_port, raw, mail_from="", rcpts=["fbl@relay.test"], source="127.0.0.2")
+    assert out.code == 550 and out.text.startswith("5.6.0 Feedback report refused: ") and "\n" not in out.text, out
+    assert len(await relay.services.store.complaints.list_rejected()) == 1
+    again = await asend(relay.smtp_port, b"Subject: x\r\n\r\nx\r\n", mail_from="", rcpts=["fbl@relay.test"])
+    assert again.code == 550  # still serving

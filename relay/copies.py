@@ -46,7 +46,10 @@ class CopyMaker:
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.codec is None:
             (signed,) = await self.signer.sign([raw])
-            return [Copy(tuple(recipients), signed)]
+            if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
+                return [Copy(tuple(recipients), signed)]
+            # verp_transactional: the same bytes, one envelope sender per recipient (SPEC §15).
+            return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
         by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
@@ -56,12 +59,7 @@ class CopyMaker:
         domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
-            delivery_id = self.ids.next()
-            if delivery_id is None:
-                await self.ids.refill()
-                delivery_id = self.ids.next()
-            assert delivery_id is not None
-            txn.delivery_ids[rcpt] = delivery_id
+            delivery_id = await self._delivery_id(txn, rcpt)
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
             rendered.append(template.render(headers=headers, url=url))
@@ -69,3 +67,17 @@ class CopyMaker:
             senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
         signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
         return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]
+
+    async def _delivery_id(self, txn: Transaction, rcpt: str) -> int:
+        delivery_id = self.ids.next()
+        if delivery_id is None:
+            await self.ids.refill()
+            delivery_id = self.ids.next()
+        assert delivery_id is not None
+        txn.delivery_ids[rcpt] = delivery_id
+        return delivery_id
+
+    async def _verp(self, txn: Transaction, rcpt: str) -> str:
+        assert self.codec is not None
+        token = self.codec.issue_bounce(await self._delivery_id(txn, rcpt))
+        return f"{BOUNCE_PREFIX}{token}@{self.config.unsubscribe.mailto_domain}"

@@ -127,6 +127,22 @@ async def test_verp_off_keeps_the_applications_sender(
     assert verp_of(upstream, ANNA) == NEWS
 
 
+async def test_verp_transactional_gives_each_recipient_its_own_sender(
+    store_url: str, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    path = relay_config(tmp_path, upstream, store_url)
+    path.write_text(path.read_text() + "[bounces]\nverp_transactional = true\n")
+    relay = await start_relay(load_config(path))
+    out = await asend(relay.smtp_port, message(), rcpts=[ANNA, "bob@example.nl"], login=APP)
+    assert out.code == 250, out
+    senders = {m.rcpt_tos[0]: m.mail_from for m in upstream.messages}
+    assert set(senders) == {ANNA, "bob@example.nl"} and len(set(senders.values())) == 2
+    assert all(s.startswith("bounce+") and s.endswith("@relay.test") for s in senders.values()), senders
+    # A bounce from the application's own MTA keeps its null sender.
+    bounce = await asend(relay.smtp_port, message(sender="orders@shop.example"), mail_from="", rcpts=["orders@shop.example"], login=APP)
+    assert bounce.code == 250 and upstream.messages[-1].mail_from in ("", "<>")
+
+
 # --- DSNs ------------------------------------------------------------------------------------
 
 

@@ -150,3 +150,49 @@ async def test_a_trap_report_from_a_verified_source_pauses_too(relay: Any, upstr
     )
     assert (await report_from(relay, FBL, trap)).code == 250
     assert await state(relay) == "paused"
+
+
+def dkim_key() -> tuple[bytes, bytes]:
+    """A private key (PEM) and its DNS TXT record, made here: no DNS is asked."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+@pytest.fixture
+async def dkim_relay(store_url: str, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream, clocked: Clocked) -> Any:
+    config = load_config(relay_config(
+        tmp_path, upstream, store_url, sources=[{"name": "bigmail", "dkim_domains": ["fbl.bigmail.example"]}],
+    ))
+    relay = await start_relay(config, clock=clocked.clock())
+    await give_consent(relay, ANNA, BOB)
+    return relay
+
+
+async def test_a_report_signed_by_a_sources_dkim_domain_is_verified(dkim_relay: Any, upstream: RecordingUpstream) -> None:
+    # policy: mailpro M-onmiddellijk-opgeschort (account.complaint_rate) — a source known by its DKIM d=
+    import dkim
+
+    relay = dkim_relay
+    pem, record = dkim_key()
+    complaints_feature(relay).service.dns_txt = (
+        lambda name, timeout=5: record if name == b"s1._domainkey.fbl.bigmail.example." else None
+    )
+    assert (await send_newsletter(relay, ANNA, BOB)).code == 250
+    signed = [
+        dkim.sign(arf(copy_to(upstream, who), rcpt_to=who), b"s1", b"fbl.bigmail.example", pem,
+                  include_headers=[b"from", b"to", b"subject", b"content-type"]) + arf(copy_to(upstream, who), rcpt_to=who)
+        for who in (ANNA, BOB)
+    ]
+    assert (await report_from(relay, STRANGER, signed[0])).text.endswith("(open)")
+    # The same signature over altered bytes verifies nothing: unverified.
+    tampered = signed[1].replace(b"This is an abuse report.", b"This is an abuse report!")
+    assert (await report_from(relay, STRANGER, tampered)).text.endswith("(open, unverified)")
+    by_email = {c.email: c.verified for c in await relay.services.store.complaints.list()}
+    assert by_email == {ANNA: True, BOB: False}

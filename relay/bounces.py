@@ -25,11 +25,10 @@ _FORWARD_POLICY = SMTP.clone(max_line_length=998)
 
 
 class BounceService:
-    def __init__(self, services: Services, signer: Any = None) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
         self.config = services.config
         self.store = services.store
-        self.signer = signer  # relay.signing.CopySigner: forwards are DKIM-signed when a key fits
         self.log = get_logger()
 
     async def ingest(self, raw: bytes, *, delivery_id: int | None, source: str = "verp") -> Bounce:
@@ -101,8 +100,8 @@ class BounceService:
         if not target or pipeline is None:
             return
         content = self.forward_message(bounce, raw, target)
-        if self.signer is not None:
-            (content,) = await self.signer.sign([content])
+        if self.services.signer is not None:  # DKIM-signed for mailto_domain when a key is configured
+            (content,) = await self.services.signer.sign([content])
         try:
             # Null sender: a notice about a bounce must never bounce back itself (RFC 3834).
             await pipeline.upstream.send("", [target], content)

@@ -24,7 +24,7 @@ class BouncesFeature:
     def __init__(self, relay: Any, codec: TokenCodec) -> None:
         self.codec = codec
         self.domain = relay.config.unsubscribe.mailto_domain.lower()
-        self.service = BounceService(relay.services, relay.copy_signer)
+        self.service = BounceService(relay.services)
         self.log = get_logger()
         relay.pipeline.own_address_matchers.append(self.match_address)
         relay.pipeline.own_mail[BOUNCE_KIND] = self.handle_mail

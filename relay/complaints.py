@@ -443,6 +443,9 @@ class ComplaintService:
                              reason="no abuse_contact configured")
             return await self._reload(complaint)
         content = self.forward_message(complaint, contact, original_headers)
+        if self.services.signer is not None:
+            # Signed with the relay's own domain key (mailto_domain), when one is configured (SPEC §16).
+            (content,) = await self.services.signer.sign([content])
         upstream = self._upstream_client()
         now = self.services.clock.now()
         error = ""

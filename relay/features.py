@@ -23,6 +23,7 @@ async def install(relay: Any) -> list[Any]:
     relay.pipeline.covering_consent = covering_consent
     codec = TokenCodec(config.unsubscribe.secrets) if config.unsubscribe.secrets else None
     relay.copy_signer = CopySigner(DkimSigner(load_configured_keys(config)), relay.services.metrics)
+    relay.services.signer = relay.copy_signer  # complaint and bounce notices are signed for mailto_domain
     relay.pipeline.copy_builder = CopyMaker(config, codec, relay.copy_signer, relay.pipeline.delivery_ids)
     if codec is not None:
         features.append(UnsubscribeFeature(relay, codec))

@@ -196,3 +196,22 @@ async def test_a_report_signed_by_a_sources_dkim_domain_is_verified(dkim_relay: 
     assert (await report_from(relay, STRANGER, tampered)).text.endswith("(open, unverified)")
     by_email = {c.email: c.verified for c in await relay.services.store.complaints.list()}
     assert by_email == {ANNA: True, BOB: False}
+
+
+async def test_complaint_forwards_are_dkim_signed_with_the_relays_domain_key(
+    store_url: str, start_relay: Any, tmp_path: Path, upstream: RecordingUpstream, clocked: Clocked
+) -> None:
+    import dkim
+
+    pem, record = dkim_key()
+    key_file = tmp_path / "relay.test.pem"
+    key_file.write_bytes(pem)
+    path = relay_config(tmp_path, upstream, store_url, sources=[{"name": "isp", "networks": [f"{FBL}/32"]}])
+    path.write_text(path.read_text() + f'[dkim]\n"keys" = [{{ "domain" = "relay.test", "selector" = "fbl", "private_key" = "{key_file}" }}]\n')
+    relay = await start_relay(load_config(path), clock=clocked.clock())
+    await give_consent(relay, ANNA)
+    assert (await send_newsletter(relay, ANNA)).code == 250
+    assert (await report_from(relay, FBL, arf(copy_to(upstream, ANNA), rcpt_to=ANNA))).code == 250
+    (forward,) = forwards(upstream)
+    assert forward.content.startswith(b"DKIM-Signature:") and b"d=relay.test" in forward.content.split(b"\r\n\r\n")[0]
+    assert dkim.verify(forward.content, dnsfunc=lambda name, timeout=5: record if name == b"fbl._domainkey.relay.test." else None)

@@ -118,8 +118,9 @@ def _parse(raw: bytes) -> FeedbackReport:
     if not media.startswith("multipart/"):
         raise MalformedReport(f"Content-Type is {media}, expected multipart/report")
     report_type = (_param(content_type, "report-type") or "").lower()
-    if media == "multipart/report" and report_type != "feedback-report":
-        raise MalformedReport(f"report-type is {report_type or 'missing'}, expected feedback-report")
+    if media == "multipart/report" and report_type not in ("feedback-report", ""):
+        # A missing report-type is let through: its message/feedback-report part decides below.
+        raise MalformedReport(f"report-type is {report_type}, expected feedback-report")
     boundary = _param(content_type, "boundary")
     if not boundary:
         raise MalformedReport(f"{media} without a boundary parameter")

@@ -28,7 +28,7 @@ EXPECTED: dict[str, tuple[int, str, bool]] = {
     "sisimai-arf-11.eml": (1, "open", False),  # no recipient named: its Message-ID names one copy
     "sisimai-arf-12.eml": (1, "open", False),  # opt-out, Removal-Recipient, text/rfc822-header
     "sisimai-arf-14.eml": (1, "open", False),
-    "sisimai-arf-15.eml": (1, "open", False),  # multipart/report without report-type
+    "sisimai-arf-15.eml": (1, "open", False),  # ReturnPath: report-type on a folded line
     "sisimai-arf-16.eml": (7, "open", False),  # seven Original-Rcpt-To: each recorded and suppressed
     "sisimai-arf-17.eml": (2, "open", True),  # abusix "Spamtraphit": two recipients, a trap hit
     "sisimai-arf-18.eml": (1, "informational", False),  # DMARC auth-failure: recorded, never counted

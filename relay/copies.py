@@ -69,11 +69,7 @@ class CopyMaker:
         return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]
 
     async def _delivery_id(self, txn: Transaction, rcpt: str) -> int:
-        delivery_id = self.ids.next()
-        if delivery_id is None:
-            await self.ids.refill()
-            delivery_id = self.ids.next()
-        assert delivery_id is not None
+        delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()
         txn.delivery_ids[rcpt] = delivery_id
         return delivery_id
 

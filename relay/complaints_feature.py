@@ -46,9 +46,10 @@ class ComplaintsFeature:
         complaint = result.complaint
         state = "recorded" if result.created else "already recorded"
         verified = "" if complaint.verified else ", unverified"
+        more = f"; and {len(result.more)} more recipient(s) of the same report" if result.more else ""
         return replies.clean(
             f"250 2.0.0 Complaint {complaint.id} {state} for account {complaint.account}, "
-            f"recipient {mask_address(complaint.email)} ({complaint.status}{verified})"
+            f"recipient {mask_address(complaint.email)}{more} ({complaint.status}{verified})"
         )
 
     # --- the deadline ---------------------------------------------------------------------

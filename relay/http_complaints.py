@@ -73,6 +73,9 @@ async def post_complaint(request: web.Request) -> web.Response:
         body["duplicate"] = True
     if result.account_paused:
         body["account_paused"] = True
+    if result.more:
+        # A report naming several recipients is one complaint each (SPEC §16).
+        body["more"] = [{"id": c.id, "email": c.email, "status": c.status} for c in result.more]
     return json_response(body, status=201 if result.created else 200)
 
 

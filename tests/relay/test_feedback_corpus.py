@@ -90,6 +90,7 @@ async def test_a_genuine_report_by_smtp(relay: Any, upstream: RecordingUpstream,
         return
     count, status, paused = EXPECTED[path.name]
     assert out.code == 250 and out.text.startswith("2.0.0 Complaint "), out
+    assert (f"and {count - 1} more recipient(s)" in out.text) is (count > 1), out
     assert len(complaints) == count and {c.status for c in complaints} == {status}
     assert sorted(c.email for c in complaints) == sorted(emails)
     assert all(c.verified for c in complaints)

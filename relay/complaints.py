@@ -313,19 +313,19 @@ class ComplaintService:
         """Most exact first: the copy's own mailto token, its URL token, relay id, Message-ID,
         then Original-Rcpt-To with the account named or owning the sender domain."""
         await self._flush_decisions()
+        exact = email is not None  # one of several named recipients: never another's copy
         list_headers = " ".join(report.original_header_all("List-Unsubscribe"))
         claims: TokenClaims | None = None
         if self.codec is not None:
             for token in _MAILTO_TOKEN.findall(list_headers):
                 delivery_id = self.codec.verify_mailto(token.lower())
                 delivery = await self.store.decisions.delivery(delivery_id) if delivery_id is not None else None
-                if delivery is not None:
+                if delivery is not None and (not exact or delivery.email == email):
                     return self._from_delivery(delivery, "mailto_token", hint)
             for token in _URL_TOKEN.findall(list_headers):
                 claims = self.codec.verify(token)
                 if claims is not None:
                     break
-        exact = email is not None  # one of several named recipients: never another's copy
         if email is None:
             email = claims.recipient if claims else (report.original_rcpt_to[0] if report.original_rcpt_to else "")
         elif claims is not None and claims.recipient != email:

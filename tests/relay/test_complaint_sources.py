@@ -215,3 +215,17 @@ async def test_complaint_forwards_are_dkim_signed_with_the_relays_domain_key(
     (forward,) = forwards(upstream)
     assert forward.content.startswith(b"DKIM-Signature:") and b"d=relay.test" in forward.content.split(b"\r\n\r\n")[0]
     assert dkim.verify(forward.content, dnsfunc=lambda name, timeout=5: record if name == b"fbl._domainkey.relay.test." else None)
+
+
+async def test_a_report_naming_two_recipients_of_one_message_records_both(relay: Any, upstream: RecordingUpstream) -> None:
+    # SPEC §16: several Original-Rcpt-To, each recorded and suppressed, even when the quoted copy
+    # (with its own unsubscribe token) is only one of theirs
+    assert (await send_newsletter(relay, ANNA, BOB)).code == 250
+    raw = arf(copy_to(upstream, ANNA), rcpt_to=ANNA).replace(
+        f"Original-Rcpt-To: <{ANNA}>\r\n".encode(), f"Original-Rcpt-To: <{ANNA}>\r\nOriginal-Rcpt-To: <{BOB}>\r\n".encode()
+    )
+    out = await report_from(relay, FBL, raw)
+    assert out.code == 250 and "and 1 more recipient(s)" in out.text, out
+    assert sorted(c.email for c in await relay.services.store.complaints.list()) == sorted([ANNA, BOB])
+    found = await relay.services.store.consent.find_suppressions(["shop"], [ANNA, BOB])
+    assert {e: {s.reason for s in found[e]} for e in (ANNA, BOB)} == {e: {"suppression.complaint"} for e in (ANNA, BOB)}

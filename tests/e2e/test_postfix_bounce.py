@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import RecordingUpstream, free_port, make_config, message, until
+from conftest import RecordingUpstream, free_port, make_config, message, send, until
 
 from bench.postfix_relay import PostfixRelay
 from policies.facts import ConsentRecord
@@ -34,8 +34,8 @@ def postfix_mta() -> Iterator[Any]:
     base = Path(tempfile.mkdtemp(prefix="consent-relay-postfix-"))
     base.chmod(0o755)
 
-    def start(relay_port: int) -> PostfixRelay:
-        mta = PostfixRelay(base / "postfix", free_port(), relay_port)
+    def start(relay_port: int, extra_main_cf: str = "", listen_port: int | None = None) -> PostfixRelay:
+        mta = _Postfix(base / f"postfix{len(instances)}", listen_port or free_port(), relay_port, extra_main_cf)
         instances.append(mta)
         mta.start()
         mta.wait_master()
@@ -45,6 +45,17 @@ def postfix_mta() -> Iterator[Any]:
     for mta in instances:
         mta.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+class _Postfix(PostfixRelay):
+    def __init__(self, base: Path, listen_port: int, relay_port: int, extra_main_cf: str) -> None:
+        super().__init__(base, listen_port, relay_port)
+        self.extra_main_cf = extra_main_cf
+
+    def write_config(self) -> None:
+        super().write_config()
+        with open(self.config_dir / "main.cf", "a", encoding="utf-8") as main_cf:
+            main_cf.write(self.extra_main_cf)
 
 
 def submit(port: int, content: bytes, rcpts: list[str]) -> dict[str, Any]:
@@ -97,3 +108,50 @@ async def test_postfix_bounce_for_a_refused_recipient_reaches_the_application(
     log = mta.log_file.read_text(errors="replace")
     assert f"to=<{NOBODY}>" in log and "status=bounced" in log
     assert f"to=<{APP_SENDER}>" in log and "status=sent" in log.split(f"to=<{APP_SENDER}>", 1)[1].splitlines()[0], log
+
+
+async def test_a_postfix_dsn_to_the_verp_address_suppresses_at_the_next_rcpt(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any, postfix_mta: Any
+) -> None:
+    """Postfix as the relay's upstream MTA: the mailbox provider behind it refuses one recipient, Postfix
+    bounces to the copy's VERP envelope sender, and its own DSN (routed to the relay's domain) makes a
+    hard bounce: suppression.bounced at the next RCPT (SPEC §15)."""
+    # policy: mailpro M-18-maanden (list hygiene) — suppression.bounced from a real MTA's DSN
+    gone = "gone@example.nl"
+    upstream.answer_rcpt(gone, f"550 5.1.1 <{gone}>: Recipient address rejected: User unknown in virtual mailbox table")
+    postfix_port = free_port()
+    account = {"streams": [
+        {"id": "orders", "kind": "transactional"},
+        {"id": "newsletter", "kind": "marketing", "topic": "newsletter", "envelope_from": [APP_SENDER]},
+    ]}
+    relay = await start_relay(
+        make_config(tmp_path, postfix_port, account=account, unsubscribe={"mailto_domain": "relay.test"}), background=True
+    )
+    now = relay.services.clock.now()
+    await relay.services.store.consent.upsert_consents(
+        [ConsentRecord(email=e, scope="shop", topic="*", basis="double_opt_in", source="signup_form",
+                       collected_at=now, confirmed_at=now, source_url="https://shop.example/signup",
+                       source_ip="198.51.100.4", statement_text="Yes, send me the Shop newsletter", frequency_disclosed=True)
+         for e in (ANNA, gone)],
+        now=now,
+    )
+    # Postfix relays to the mailbox provider (the recording upstream) and routes the relay's own
+    # domain, where its bounce goes, back to the relay.
+    await asyncio.to_thread(
+        postfix_mta, upstream.port, f"transport_maps = inline:{{relay.test=smtp:[127.0.0.1]:{relay.smtp_port}}}\n", postfix_port
+    )
+    newsletter = message(
+        sender=APP_SENDER, subject="De zomercollectie", to=ANNA,
+        body="Beste lezer,\r\n\r\nDe zomercollectie is binnen.\r\n\r\nAfmelden: {{unsubscribe_url}}",
+    )
+    first = await asyncio.to_thread(send, relay.smtp_port, newsletter, mail_from=APP_SENDER, rcpts=[ANNA, gone])
+    assert first.code == 250, first  # Postfix queued both copies
+
+    async def bounced() -> Any:
+        return await relay.services.store.bounces.list(kind="hard")
+
+    (bounce,) = await until(bounced, timeout=60, what="Postfix's DSN recorded as a hard bounce")
+    assert (bounce.email, bounce.status) == (gone, "5.1.1") and "User unknown" in bounce.diagnostic
+    second = await asyncio.to_thread(send, relay.smtp_port, newsletter, mail_from=APP_SENDER, rcpts=[ANNA, gone])
+    assert second.rcpts[1][0] == 550 and second.rcpts[1][1].startswith("5.1.1 [suppression.bounced]"), second
+    assert second.code == 250

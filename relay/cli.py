@@ -84,6 +84,10 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
     for key, problem in config_warnings(config):
         print(f"{PROG}: warning: {key}: {problem}", file=sys.stderr)
     print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
+    from relay.feedback_checks import feedback_notes
+
+    for note in feedback_notes(config):
+        print(f"note: {note}")
     return EXIT_OK
 
 

@@ -9,8 +9,9 @@ secret gives its own key (HKDF-SHA256); the first issues, all verify.
 Version 1 tokens (base64url of the claims in clear plus a 128-bit truncated HMAC-SHA256), issued
 before version 2, still verify, so the mail already sent keeps working; none are issued any more.
 
-Mailto token: lower-case base32 of a stored delivery id plus a 128-bit truncated HMAC, so
-`unsubscribe+TOKEN` fits RFC 5321's 64-character local part and survives case-folding MTAs.
+Mailto and VERP bounce tokens: lower-case base32 of a stored delivery id plus a 128-bit truncated
+HMAC (each with its own context), so `unsubscribe+TOKEN` and `bounce+TOKEN` fit RFC 5321's
+64-character local part and survive case-folding MTAs. They name a delivery, never an address.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ _MAX_URL_TOKEN_CHARS = 4 * _MAX_RAW // 3 + 4
 # Domain separation: a URL MAC can never be replayed as a mailto MAC or vice versa.
 _URL_CONTEXT = b"consent-relay unsubscribe url v1\x00"
 _MAILTO_CONTEXT = b"consent-relay unsubscribe mailto v1\x00"
+_BOUNCE_CONTEXT = b"consent-relay bounce verp v1\x00"  # bounce+ID@: another MAC, so neither token is the other
 _SIV_INFO = b"consent-relay unsubscribe url v2 aes-siv"
 _SIV_AAD = [bytes((_VERSION,)) + b"consent-relay unsubscribe url"]
 _URL_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
@@ -132,13 +134,26 @@ class TokenCodec:
     # -- mailto tokens ------------------------------------------------------------
 
     def issue_mailto(self, delivery_id: int) -> str:
+        return self._issue_id(_MAILTO_CONTEXT, delivery_id)
+
+    def verify_mailto(self, token: str) -> int | None:
+        return self._verify_id(_MAILTO_CONTEXT, token)
+
+    def issue_bounce(self, delivery_id: int) -> str:
+        """The ID of a VERP envelope sender bounce+ID@ (SPEC §15): lower-case, at most 40 characters."""
+        return self._issue_id(_BOUNCE_CONTEXT, delivery_id)
+
+    def verify_bounce(self, token: str) -> int | None:
+        return self._verify_id(_BOUNCE_CONTEXT, token)
+
+    def _issue_id(self, context: bytes, delivery_id: int) -> str:
         if not 0 <= delivery_id <= _MAX_DELIVERY_ID:
             raise ValueError("delivery id out of range")
         id_bytes = delivery_id.to_bytes(max(1, (delivery_id.bit_length() + 7) // 8), "big")
-        mac = _mac(self._secrets[0], _MAILTO_CONTEXT, id_bytes)
+        mac = _mac(self._secrets[0], context, id_bytes)
         return base64.b32encode(id_bytes + mac).rstrip(b"=").decode("ascii").lower()
 
-    def verify_mailto(self, token: str) -> int | None:
+    def _verify_id(self, context: bytes, token: str) -> int | None:
         if not isinstance(token, str) or not 27 <= len(token) <= 40:
             return None
         if not _MAILTO_ALPHABET.fullmatch(token):
@@ -154,7 +169,7 @@ class TokenCodec:
         id_bytes, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not 1 <= len(id_bytes) <= 8 or (len(id_bytes) > 1 and id_bytes[0] == 0):
             return None
-        if not self._mac_matches(_MAILTO_CONTEXT, id_bytes, mac):
+        if not self._mac_matches(context, id_bytes, mac):
             return None
         return int.from_bytes(id_bytes, "big")
 

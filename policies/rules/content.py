@@ -127,6 +127,120 @@ def adult(facts: MessageFacts) -> Hit | None:
     return Hit("The message contains erotic or pornographic content", evidence=term)
 
 
+# --- fraud and illegal offers --------------------------------------------------------------------
+
+# A sum of money: a currency sign or code next to a number written with thousands separators, or
+# a number of millions with its currency ("$1,500,000.00", "920.000 EUR", "25 million dollars").
+_MONEY = re.compile(
+    r"(?:[$€£]|\b(?:usd|eur|gbp)\b)\s?(\d{1,3}(?:[,.' ]\d{3})+|\d{4,})(?:[.,]\d{2})?(?!\d)"
+    r"|(?<![\d.,])(\d{1,3}(?:[,.' ]\d{3})+|\d{4,})(?:[.,]\d{2})?\s?(?:[$€£]|(?:usd|eur|euros?|gbp|dollars?)\b)"
+    r"|(\d+(?:[.,]\d+)?|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twenty|fifty|hundred)\b[\w\- ]{0,30}?)"
+    r"\s?(?:million|millions|mio|miljoen|millionen|millones|milioni)\b"
+)
+FRAUD_MIN_SUM = 100_000
+FRAUD_MIN_MARKERS = 2
+# "Ticker: IGTS", "Symbol: ABCD", "OTC: XYZ": the label stock promotions print
+_TICKER = re.compile(r"\b(?:ticker|symbol|otc|stock)\s?(?:symbol)?\s?[:\-]\s?\W{0,3}[a-z]{2,5}\b")
+
+
+def _large_sum(folded: str) -> str | None:
+    """The first sum of FRAUD_MIN_SUM or more in `folded`, as written."""
+    for match in _MONEY.finditer(folded):
+        if match.group(3) is not None:
+            return match.group(0).strip()
+        digits = re.sub(r"\D", "", match.group(1) or match.group(2) or "")
+        if digits and int(digits) >= FRAUD_MIN_SUM:
+            return match.group(0).strip()
+    return None
+
+
+@rule(
+    "content.fraud",
+    "Advance-fee, prize, loan or stock-promotion fraud: a large sum or a stock ticker with fraud markers.",
+    clauses=("E-misleiden", "M-code-of-conduct"),
+    stage=Stage.MESSAGE,
+)
+def fraud(facts: MessageFacts) -> Hit | None:
+    """Two distinct markers of the `fraud` word lists (beneficiary, Western Union, next of kin,
+    lottery, "big mover", …) together with a sum of 100,000 or more, or with a stock ticker label.
+    One marker never hits, nor do markers without the sum or ticker: a bank's newsletter may name
+    Western Union, an insurer a beneficiary."""
+    message = facts.message
+    if message is None:
+        return None
+    folded = message.folded_text
+    markers = wordlist("fraud", facts.params).find_all(folded, message.words)
+    if len(markers) < FRAUD_MIN_MARKERS:
+        return None
+    evidence = ", ".join(markers[:3])
+    ticker = _TICKER.search(folded)
+    if ticker is not None:
+        return Hit("The message promotes a stock the way pump-and-dump fraud does", evidence=f"{ticker.group(0)}; {evidence}")
+    amount = _large_sum(folded)
+    if amount is None:
+        return None
+    return Hit("The message promises a large sum the way advance-fee and prize fraud does", evidence=f"{amount}; {evidence}")
+
+
+# Letters a spammer swaps for look-alike signs, and the separators put between letters.
+_LEET = {"a": "a@4", "e": "e3", "i": "i1l!|", "l": "l1i|", "o": "o0", "s": "s5$z"}
+_SPACER = r"[\s.\-_*'\"]{0,2}"
+OBFUSCATION_WINDOW = 4000
+SELLING_WINDOW = 200
+_DRUG_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _drug_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    pattern = _DRUG_PATTERNS.get(names)
+    if pattern is None:
+        spelled = []
+        for name in names:
+            letters = [f"[{re.escape(_LEET[c])}]" if c in _LEET else re.escape(c) for c in fold(name) if c.isalnum()]
+            spelled.append(_SPACER.join(letters))
+        pattern = _DRUG_PATTERNS[names] = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(spelled)})(?![a-z0-9])")
+    return pattern
+
+
+@rule(
+    "content.prescription_drugs",
+    "Sells prescription-only medicines to the public: a disguised or offered drug name, or 'no prescription'.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def prescription_drugs(facts: MessageFacts) -> Hit | None:
+    """Advertising prescription-only medicines to the public is against Dutch law (Geneesmiddelenwet
+    art. 85; EU Directive 2001/83/EC art. 88), so against the code of conduct's "materiaal dat niet
+    voldoet aan de Nederlandse wetgeving". Hits on a name of the `prescription_drugs` list written in
+    disguise (v1agra, V IA GR A, via.gra: looked for in the subject and the first 4,000 characters,
+    where spam makes its pitch), on a plainly written name with a selling word of
+    `prescription_selling` within 200 characters, and on the phrases of `prescription_offers` that
+    sell without a prescription on their own ("no prescription needed", "rx site"). A newsletter that
+    reports on a medicine, or a pharmacy's over-the-counter offers, pass."""
+    message = facts.message
+    if message is None:
+        return None
+    folded = message.folded_text
+    words = message.words
+    drugs = terms_for("prescription_drugs", facts.params)
+    selling = wordlist("prescription_selling", facts.params)
+    pattern = _drug_pattern(drugs)
+    head = folded[:OBFUSCATION_WINDOW]
+    for match in pattern.finditer(head):
+        if match.group(0) not in drugs:
+            return Hit("The message sells a prescription-only medicine under a disguised name", evidence=match.group(0))
+    plain = words.intersection(fold(d) for d in drugs)
+    for name in sorted(plain):
+        for match in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", folded):
+            window = folded[max(0, match.start() - SELLING_WINDOW) : match.end() + SELLING_WINDOW]
+            cue = selling.search_folded(window)
+            if cue is not None:
+                return Hit("The message offers a prescription-only medicine for sale", evidence=f"{name}; {cue}")
+    offer = wordlist("prescription_offers", facts.params).search_folded(folded, words)
+    if offer is not None:
+        return Hit("The message sells prescription medicines without a prescription", evidence=offer)
+    return None
+
+
 # --- links ------------------------------------------------------------------------------------
 
 
@@ -570,4 +684,6 @@ RULES = (
     deceptive_links,
     personal_data,
     malware,
+    fraud,
+    prescription_drugs,
 )

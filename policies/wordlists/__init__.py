@@ -11,6 +11,9 @@ from typing import Any, Iterable, Mapping
 from policies.message import fold, split_words
 
 _WORD = re.compile(r"\w+")
+# Scripts written without spaces between words (Chinese, Japanese kana, Korean): a term in them is
+# looked for as a substring, since the text's \w+ runs are whole phrases there.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 # Pure and deterministic: the same terms always compile to the same matcher, so caching by
 # the tuple of terms is safe across accounts and profiles.
@@ -36,6 +39,10 @@ class WordList:
     # languages only the terms whose first word is in the text are tried.
     multi_first: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     multi_other: tuple[int, ...] = ()
+    # (folded term, term as written) for terms in a script without spaces: substring matches
+    unspaced: tuple[tuple[str, str], ...] = ()
+    # the words of each multi-word term (as multi_patterns): all must be words of the text
+    multi_words: tuple[frozenset[str], ...] = ()
 
     def search(self, text: str) -> str | None:
         """The first term found in `text` (not yet folded), or None."""
@@ -43,6 +50,9 @@ class WordList:
 
     def search_folded(self, folded: str, words: frozenset[str] | None = None) -> str | None:
         """Like search() for text already folded; `words` (its distinct words) saves a scan."""
+        for needle, term in self.unspaced:
+            if needle in folded:
+                return term
         if self.single:
             if words is None:
                 words = split_words(folded)
@@ -64,11 +74,34 @@ class WordList:
             # term must at least stand in the text (a substring test in C).
             if i in self.multi_other and first not in folded:
                 continue
-            for match in pattern.finditer(folded):
-                start = match.start()
-                if start == 0 or not (folded[start - 1].isalnum() or folded[start - 1] == "_"):
-                    return term
+            if self._multi_found(pattern, folded):
+                return term
         return None
+
+    @staticmethod
+    def _multi_found(pattern: re.Pattern[str], folded: str) -> bool:
+        for match in pattern.finditer(folded):
+            start = match.start()
+            if start == 0 or not (folded[start - 1].isalnum() or folded[start - 1] == "_"):
+                return True
+        return False
+
+    def find_all(self, folded: str, words: frozenset[str] | None = None) -> tuple[str, ...]:
+        """Every distinct term of the list found in `folded` (already folded), in list order."""
+        if words is None:
+            words = split_words(folded)
+        found = {self.single[w] for w in words.intersection(self.single)}
+        found.update(term for needle, term in self.unspaced if needle in folded)
+        firsts = words.intersection(self.multi_first)
+        for i in itertools.chain(self.multi_other, *(self.multi_first[w] for w in firsts)):
+            first, term, pattern = self.multi_patterns[i]
+            # a phrase's words are whole words of the text: a set test rules most phrases out
+            # before any scan of the text
+            if term in found or not self.multi_words[i] <= words:
+                continue
+            if self._multi_found(pattern, folded):
+                found.add(term)
+        return tuple(t for t in self.terms if t in found)
 
 
 def shipped_terms(name: str) -> tuple[str, ...]:
@@ -151,10 +184,14 @@ def compile_terms(name: str, terms: Iterable[str]) -> WordList:
 def _compile(name: str, terms: tuple[str, ...]) -> WordList:
     single: dict[str, str] = {}
     multi: dict[str, str] = {}
+    unspaced: dict[str, str] = {}
     alternatives: list[str] = []
     for term in terms:
         tokens = _WORD.findall(fold(term))
         if not tokens:
+            continue
+        if _UNSPACED.search(term):
+            unspaced.setdefault(" ".join(tokens), term)
             continue
         alternatives.append(r"\W+".join(re.escape(t) for t in tokens))
         if len(tokens) == 1:
@@ -186,4 +223,6 @@ def _compile(name: str, terms: tuple[str, ...]) -> WordList:
         pattern,
         {k: tuple(v) for k, v in multi_first.items()},
         tuple(multi_other),
+        tuple(unspaced.items()),
+        tuple(frozenset(key.split(" ")) for key in multi),
     )

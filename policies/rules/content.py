@@ -182,23 +182,31 @@ def fraud(facts: MessageFacts) -> Hit | None:
     return Hit("The message promises a large sum the way advance-fee and prize fraud does", evidence=f"{amount}; {evidence}")
 
 
-# Letters a spammer swaps for look-alike signs, and the separators put between letters.
-_LEET = {"a": "a@4", "e": "e3", "i": "i1l!|", "l": "l1i|", "o": "o0", "s": "s5$z"}
+# Letters a spammer swaps for digits (within one word: v1agra, c1al1s) or for signs, and the
+# separators put between letters (in the subject: via.gra, V I A G R A, v!agra).
+_LEET = {"a": "a4", "e": "e3", "i": "i1l", "l": "l1i", "o": "o0", "s": "s5z"}
+_LEET_SIGNS = {"a": "a@4", "e": "e3", "i": "i1l!|", "l": "l1i|", "o": "o0", "s": "s5$z"}
 _SPACER = r"[\s.\-_*'\"]{0,2}"
-OBFUSCATION_WINDOW = 4000
 SELLING_WINDOW = 200
-_DRUG_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+_SPELLINGS: dict[tuple[str, ...], tuple[dict[str, str], frozenset[str], re.Pattern[str]]] = {}
 
 
-def _drug_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
-    pattern = _DRUG_PATTERNS.get(names)
-    if pattern is None:
+def _drug_spellings(names: tuple[str, ...]) -> tuple[dict[str, str], frozenset[str], re.Pattern[str]]:
+    """Every spelling of the names with digits for letters (one word each: a set test against the
+    text's words), and one pattern for the spaced-out and signed spellings of the subject."""
+    cached = _SPELLINGS.get(names)
+    if cached is None:
+        words: dict[str, str] = {}
         spelled = []
         for name in names:
-            letters = [f"[{re.escape(_LEET[c])}]" if c in _LEET else re.escape(c) for c in fold(name) if c.isalnum()]
-            spelled.append(_SPACER.join(letters))
-        pattern = _DRUG_PATTERNS[names] = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(spelled)})(?![a-z0-9])")
-    return pattern
+            folded = fold(name)
+            for letters in itertools.product(*(_LEET.get(c, c) for c in folded)):
+                words.setdefault("".join(letters), folded)
+            classes = [f"[{re.escape(_LEET_SIGNS[c])}]" if c in _LEET_SIGNS else re.escape(c) for c in folded if c.isalnum()]
+            spelled.append(_SPACER.join(classes))
+        pattern = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(spelled)})(?![a-z0-9])")
+        cached = _SPELLINGS[names] = (words, frozenset(words), pattern)
+    return cached
 
 
 @rule(
@@ -211,8 +219,8 @@ def prescription_drugs(facts: MessageFacts) -> Hit | None:
     """Advertising prescription-only medicines to the public is against Dutch law (Geneesmiddelenwet
     art. 85; EU Directive 2001/83/EC art. 88), so against the code of conduct's "materiaal dat niet
     voldoet aan de Nederlandse wetgeving". Hits on a name of the `prescription_drugs` list written in
-    disguise (v1agra, V IA GR A, via.gra: looked for in the subject and the first 4,000 characters,
-    where spam makes its pitch), on a plainly written name with a selling word of
+    disguise (digits for letters anywhere: v1agra; spaced out, dotted or with signs in the subject:
+    via.gra, V I A G R A, v!agra), on a plainly written name with a selling word of
     `prescription_selling` within 200 characters, and on the phrases of `prescription_offers` that
     sell without a prescription on their own ("no prescription needed", "rx site"). A newsletter that
     reports on a medicine, or a pharmacy's over-the-counter offers, pass."""
@@ -221,23 +229,25 @@ def prescription_drugs(facts: MessageFacts) -> Hit | None:
         return None
     folded = message.folded_text
     words = message.words
-    drugs = terms_for("prescription_drugs", facts.params)
-    selling = wordlist("prescription_selling", facts.params)
-    pattern = _drug_pattern(drugs)
-    head = folded[:OBFUSCATION_WINDOW]
-    for match in pattern.finditer(head):
-        if match.group(0) not in drugs:
-            return Hit("The message sells a prescription-only medicine under a disguised name", evidence=match.group(0))
-    plain = words.intersection(fold(d) for d in drugs)
-    for name in sorted(plain):
-        for match in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", folded):
-            window = folded[max(0, match.start() - SELLING_WINDOW) : match.end() + SELLING_WINDOW]
-            cue = selling.search_folded(window)
-            if cue is not None:
-                return Hit("The message offers a prescription-only medicine for sale", evidence=f"{name}; {cue}")
-    offer = wordlist("prescription_offers", facts.params).search_folded(folded, words)
-    if offer is not None:
-        return Hit("The message sells prescription medicines without a prescription", evidence=offer)
+    spellings, spelling_set, spaced = _drug_spellings(terms_for("prescription_drugs", facts.params))
+    disguised = spaced.search(fold(message.subject))
+    if disguised is not None and disguised.group(0) not in spellings.values():
+        return Hit("The message sells a prescription-only medicine under a disguised name", evidence=disguised.group(0))
+    found = words & spelling_set  # a set with a set: the smaller one is walked
+    for spelling in sorted(found):
+        if spellings[spelling] != spelling:
+            return Hit("The message sells a prescription-only medicine under a disguised name", evidence=spelling)
+    if found:
+        selling = wordlist("prescription_selling", facts.params)
+        for name in sorted(found):
+            for match in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", folded):
+                window = folded[max(0, match.start() - SELLING_WINDOW) : match.end() + SELLING_WINDOW]
+                cue = selling.search_folded(window)
+                if cue is not None:
+                    return Hit("The message offers a prescription-only medicine for sale", evidence=f"{name}; {cue}")
+    offers = wordlist("prescription_offers", facts.params).find_all(folded, words)
+    if offers:
+        return Hit("The message sells prescription medicines without a prescription", evidence=offers[0])
     return None
 
 

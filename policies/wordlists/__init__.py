@@ -14,6 +14,19 @@ _WORD = re.compile(r"\w+")
 # Scripts written without spaces between words (Chinese, Japanese kana, Korean): a term in them is
 # looked for as a substring, since the text's \w+ runs are whole phrases there.
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# The high bytes (UTF-16) of U+3000-U+9FFF, U+AC00-U+D7FF and U+F900-U+FAFF: all bytes else deleted
+_NOT_UNSPACED_HIGH = bytes(b for b in range(256) if not (0x30 <= b <= 0x9F or 0xAC <= b <= 0xD7 or b in (0xF9, 0xFA)))
+
+
+def unspaced_haystack(folded: str, words: frozenset[str] | None) -> str:
+    """Where the terms of scripts without spaces are looked for: the text's distinct words (such a
+    term lies inside one \\w+ run, and the distinct words are far shorter than a long text), or ""
+    when no character of those scripts is there (a C pass over the UTF-16 high bytes)."""
+    haystack = "\n".join(words) if words is not None else folded
+    if haystack.isascii():
+        return ""
+    high = haystack.encode("utf-16-le", "surrogatepass")[1::2]
+    return haystack if high.translate(None, _NOT_UNSPACED_HIGH) else ""
 
 # Pure and deterministic: the same terms always compile to the same matcher, so caching by
 # the tuple of terms is safe across accounts and profiles.
@@ -50,9 +63,11 @@ class WordList:
 
     def search_folded(self, folded: str, words: frozenset[str] | None = None) -> str | None:
         """Like search() for text already folded; `words` (its distinct words) saves a scan."""
-        for needle, term in self.unspaced:
-            if needle in folded:
-                return term
+        if self.unspaced:
+            haystack = unspaced_haystack(folded, words)
+            for needle, term in self.unspaced if haystack else ():
+                if needle in haystack:
+                    return term
         if self.single:
             if words is None:
                 words = split_words(folded)
@@ -91,7 +106,9 @@ class WordList:
         if words is None:
             words = split_words(folded)
         found = {self.single[w] for w in words.intersection(self.single)}
-        found.update(term for needle, term in self.unspaced if needle in folded)
+        if self.unspaced:
+            haystack = unspaced_haystack(folded, words)
+            found.update(term for needle, term in self.unspaced if haystack and needle in haystack)
         firsts = words.intersection(self.multi_first)
         for i in itertools.chain(self.multi_other, *(self.multi_first[w] for w in firsts)):
             first, term, pattern = self.multi_patterns[i]

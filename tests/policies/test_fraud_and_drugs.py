@@ -120,8 +120,8 @@ def test_fraud_quarantines_on_every_profile() -> None:
     ("subject", "text", "evidence"),
     [
         ("via.gra", "Best offer of the week.", "via.gra"),
-        ("Nieuws", "V1AGRA and C1AL1S from our partners.", "v1agra"),
-        ("Nieuws", "V IA GR A  G UA RA NT EE", "v ia gr a"),
+        ("Nieuws", "V1AGRA and C1AL1S from our partners.", "c1al1s"),
+        ("V IA GR A  G UA RA NT EE", "Best offer of the week.", "v ia gr a"),
         ("Nieuws", "Buy Viagra at the lowest price online.", "viagra; buy"),
         ("Nieuws", "Goedkoop tramadol bestellen zonder gedoe.", "tramadol; bestellen"),
         ("no r-x req", "A massive discount on your meds. No dr-script required.", "no dr script"),

@@ -182,6 +182,30 @@ def fraud(facts: MessageFacts) -> Hit | None:
     return Hit("The message promises a large sum the way advance-fee and prize fraud does", evidence=f"{amount}; {evidence}")
 
 
+DATA_TRADING_MIN_MARKERS = 2
+
+
+@rule(
+    "content.data_trading",
+    "Trades in third parties' personal data: address lists for sale, harvesting or mass-mailing tools, people search.",
+    clauses=("M-third-party-lists", "E-who-not", "M-code-of-conduct"),
+    stage=Stage.MESSAGE,
+)
+def data_trading(facts: MessageFacts) -> Hit | None:
+    """Two distinct markers of the `data_trading` word lists ("million email addresses", "email
+    extractor", "find out anything about anyone", 批量获取 …): the message sells what the policies
+    forbid using, bought or harvested addresses (M-third-party-lists, E-who-not), or other people's
+    data (the code of conduct on the privacy of third parties). One marker never hits: a
+    newsletter may warn against bought lists."""
+    message = facts.message
+    if message is None:
+        return None
+    markers = wordlist("data_trading", facts.params).find_all(message.folded_text, message.words)
+    if len(markers) < DATA_TRADING_MIN_MARKERS:
+        return None
+    return Hit("The message offers address lists, harvesting tools or other people's data", evidence=", ".join(markers[:3]))
+
+
 # Letters a spammer swaps for digits (within one word: v1agra, c1al1s) or for signs, and the
 # separators put between letters (in the subject: via.gra, V I A G R A, v!agra).
 _LEET = {"a": "a4", "e": "e3", "i": "i1l", "l": "l1i", "o": "o0", "s": "s5z"}
@@ -696,4 +720,5 @@ RULES = (
     malware,
     fraud,
     prescription_drugs,
+    data_trading,
 )

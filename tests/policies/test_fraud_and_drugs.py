@@ -1,5 +1,6 @@
-"""content.fraud and content.prescription_drugs (issue 14: recall on real spam with a realistic footer),
-and the word-list features they use: every term found, terms in scripts written without spaces."""
+"""content.fraud, content.prescription_drugs and content.data_trading (issue 14: recall on real spam
+with a realistic footer), and the word-list features they use: every term found, terms in scripts
+written without spaces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from factories import FOOTER_TEXT, ORDERS, evaluate, facts, mail
 from policies.findings import Action, Outcome
 from policies.message import fold
 from policies.profiles import load_profile
-from policies.rules.content import _large_sum, adult, fraud, prescription_drugs
+from policies.rules.content import _large_sum, adult, data_trading, fraud, prescription_drugs
 from policies.wordlists import compile_terms
 
 UNSUB = "\nAfmelden: {{unsubscribe_url}}\n"
@@ -158,6 +159,50 @@ def test_prescription_drugs_quarantines_on_mailpro_and_strict_only() -> None:
         assert verdict.outcome is outcome, profile
     assert load_profile("clang").action("content.prescription_drugs") is Action.OFF
     assert evaluate(facts(raw, stream=ORDERS)).outcome is Outcome.QUARANTINE
+
+
+# --- content.data_trading --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "evidence"),
+    [
+        ("Reach 5 million e-mail addresses! Our bulk email software sends for you.", "million e-mail addresses, bulk email software"),
+        (
+            "Astounding new software lets you find out almost ANYTHING about ANYONE. Search for ANYONE, "
+            "anytime, anywhere.",
+            "anything about anyone, search for anyone",
+        ),
+        ("1，收集目标客户手机号，批量获取目标客户的手机号，邮箱等。4，自动群发，快速积累客户群体。", "批量获取, 自动群发"),
+        ("Adressdaten kaufen? Wir liefern Millionen E-Mail-Adressen.", "adressdaten kaufen, millionen e-mail-adressen"),
+    ],
+)
+def test_data_trading_hits(text: str, evidence: str) -> None:
+    # policy: mailpro M-third-party-lists ("gekocht, verhandeld … verboden"), clang E-who-not ("geoogst via
+    # internet"), mailpro M-code-of-conduct (privacy of third parties) — selling lists, harvesters, people search
+    hit = data_trading.check(facts(body(text)))
+    assert hit is not None and hit.evidence == evidence
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Never buy an email list for sale: we only mail people who asked for it.",
+        "Onze nieuwsbrief gaat naar 2 miljoen abonnees die zich zelf aanmeldden.",
+        "WhatsApp目前已经是国外最火的即时聊天通讯软件",
+    ],
+)
+def test_data_trading_one_marker_or_none_passes(text: str) -> None:
+    # policy: mailpro M-third-party-lists — a warning against bought lists is no trade in them
+    assert data_trading.check(facts(body(text))) is None
+
+
+def test_data_trading_quarantines_on_every_profile() -> None:
+    # policy: mailpro M-third-party-lists, clang E-who-not
+    raw = body("Reach 5 million e-mail addresses! Our bulk email software sends for you.")
+    for profile in ("strict", "mailpro", "clang"):
+        assert evaluate(facts(raw, profile=profile), profile).outcome is Outcome.QUARANTINE, profile
+        assert load_profile(profile).action("content.data_trading") is Action.QUARANTINE
 
 
 # --- word lists: every term, scripts without spaces ------------------------------------------

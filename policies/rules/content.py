@@ -253,7 +253,7 @@ def prescription_drugs(facts: MessageFacts) -> Hit | None:
         return None
     folded = message.folded_text
     words = message.words
-    spellings, spelling_set, spaced = _drug_spellings(terms_for("prescription_drugs", facts.params))
+    spellings, spelling_set, spaced = _drug_spellings(wordlist("prescription_drugs", facts.params).terms)
     disguised = spaced.search(fold(message.subject))
     if disguised is not None and disguised.group(0) not in spellings.values():
         return Hit("The message sells a prescription-only medicine under a disguised name", evidence=disguised.group(0))

@@ -18,15 +18,26 @@ _UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u
 _NOT_UNSPACED_HIGH = bytes(b for b in range(256) if not (0x30 <= b <= 0x9F or 0xAC <= b <= 0xD7 or b in (0xF9, 0xFA)))
 
 
+# one element, replaced whole (atomic), read once per call
+_LAST_HAYSTACK: list[tuple[frozenset[str] | str | None, str]] = [(None, "")]
+
+
 def unspaced_haystack(folded: str, words: frozenset[str] | None) -> str:
     """Where the terms of scripts without spaces are looked for: the text's distinct words (such a
     term lies inside one \\w+ run, and the distinct words are far shorter than a long text), or ""
-    when no character of those scripts is there (a C pass over the UTF-16 high bytes)."""
-    haystack = "\n".join(words) if words is not None else folded
-    if haystack.isascii():
+    when no character of those scripts is there (a C pass over the UTF-16 high bytes). The last
+    answer is kept: every list with such terms asks it of the same message."""
+    if folded.isascii():
         return ""
+    key: frozenset[str] | str = words if words is not None else folded
+    last_key, last_answer = _LAST_HAYSTACK[0]
+    if last_key is key:
+        return last_answer
+    haystack = "\n".join(words) if words is not None else folded
     high = haystack.encode("utf-16-le", "surrogatepass")[1::2]
-    return haystack if high.translate(None, _NOT_UNSPACED_HIGH) else ""
+    answer = haystack if high.translate(None, _NOT_UNSPACED_HIGH) else ""
+    _LAST_HAYSTACK[0] = (key, answer)
+    return answer
 
 # Pure and deterministic: the same terms always compile to the same matcher, so caching by
 # the tuple of terms is safe across accounts and profiles.
@@ -56,6 +67,9 @@ class WordList:
     unspaced: tuple[tuple[str, str], ...] = ()
     # the words of each multi-word term (as multi_patterns): all must be words of the text
     multi_words: tuple[frozenset[str], ...] = ()
+    # the keys of single and multi_first as sets: a set with a set walks the smaller one
+    single_keys: frozenset[str] = frozenset()
+    first_keys: frozenset[str] = frozenset()
 
     def search(self, text: str) -> str | None:
         """The first term found in `text` (not yet folded), or None."""
@@ -105,20 +119,25 @@ class WordList:
         """Every distinct term of the list found in `folded` (already folded), in list order."""
         if words is None:
             words = split_words(folded)
-        found = {self.single[w] for w in words.intersection(self.single)}
+        found = {self.single[w] for w in words & self.single_keys}
         if self.unspaced:
             haystack = unspaced_haystack(folded, words)
             found.update(term for needle, term in self.unspaced if haystack and needle in haystack)
-        firsts = words.intersection(self.multi_first)
-        for i in itertools.chain(self.multi_other, *(self.multi_first[w] for w in firsts)):
-            first, term, pattern = self.multi_patterns[i]
-            # a phrase's words are whole words of the text: a set test rules most phrases out
-            # before any scan of the text
-            if term in found or not self.multi_words[i] <= words:
-                continue
-            if self._multi_found(pattern, folded):
-                found.add(term)
-        return tuple(t for t in self.terms if t in found)
+        for first in words & self.first_keys:
+            for i in self.multi_first[first]:
+                self._add_phrase(i, folded, words, found)
+        for i in self.multi_other:
+            self._add_phrase(i, folded, words, found)
+        if not found:
+            return ()
+        return tuple(sorted(found, key=self.terms.index))
+
+    def _add_phrase(self, i: int, folded: str, words: frozenset[str], found: set[str]) -> None:
+        first, term, pattern = self.multi_patterns[i]
+        # a phrase's words are whole words of the text: a set test rules most phrases out before
+        # any scan of the text
+        if term not in found and self.multi_words[i] <= words and self._multi_found(pattern, folded):
+            found.add(term)
 
 
 def shipped_terms(name: str) -> tuple[str, ...]:
@@ -242,4 +261,6 @@ def _compile(name: str, terms: tuple[str, ...]) -> WordList:
         tuple(multi_other),
         tuple(unspaced.items()),
         tuple(frozenset(key.split(" ")) for key in multi),
+        frozenset(single),
+        frozenset(multi_first),
     )

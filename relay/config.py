@@ -172,6 +172,7 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -531,6 +532,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "api_keys": _admin_tokens,
             },
         )
         if "id" not in data:
@@ -540,6 +542,9 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
             raise ConfigError(f"{k}.domains", "an account needs at least one sender domain")
         if account.default_stream is not None and account.stream(account.default_stream) is None:
             raise ConfigError(f"{k}.default_stream", f"no stream {account.default_stream!r} in this account")
+        labels = [t.label for t in account.api_keys]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{k}.api_keys", "key labels must be unique within an account (the audit log names them)")
         accounts.append(account)
     ids = [a.id for a in accounts]
     dupes = {x for x in ids if ids.count(x) > 1}

@@ -8,7 +8,8 @@ Store
 ├── quarantine  QuarantineStore     held messages
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
-└── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+└── events      EventStore          what each account must learn of, in order (events_store.py)
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
 from relay.store.complaints_base import ComplaintStore
+from relay.store.events_store import EventStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
     DecisionRecord,
     DeliveryRecord,
+    Event,
     OutboxItem,
     QuarantineItem,
 )
@@ -75,7 +78,10 @@ class ConsentStore(abc.ABC):
 
 class DecisionStore(abc.ABC):
     @abc.abstractmethod
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None: ...
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[Event] = ()
+    ) -> None:
+        """Write the batch and the events that tell about it in one transaction."""
 
     @abc.abstractmethod
     async def reserve_ids(self, name: str, count: int) -> int:
@@ -203,6 +209,7 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    events: EventStore
 
     @abc.abstractmethod
     async def open(self) -> None:

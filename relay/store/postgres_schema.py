@@ -189,4 +189,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
+    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py).
+    (
+        f"""CREATE TABLE events (
+            account {_SORTED} NOT NULL,
+            seq BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            at {_SORTED} NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        f"CREATE TABLE event_seq (account {_SORTED} PRIMARY KEY, last BIGINT NOT NULL)",
+    ),
 )

@@ -181,4 +181,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     ("ALTER TABLE quarantine ADD COLUMN claimed_at TEXT",),
+    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py).
+    (
+        """CREATE TABLE events (
+            account TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        "CREATE TABLE event_seq (account TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+    ),
 )

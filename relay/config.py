@@ -157,6 +157,11 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     id: str
     name: str = ""
@@ -224,6 +229,7 @@ class Config:
     dkim_keys: tuple[DkimKeyConfig, ...]
     logging: LoggingConfig
     accounts: tuple[AccountConfig, ...]
+    events: EventsConfig = EventsConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -693,6 +699,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             )
         ),
         "accounts": _accounts,
+        "events": lambda k, v: EventsConfig(**_section(k, v, {"retention_days": _num})),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -710,11 +717,14 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         dkim_keys=parsed.get("dkim", ()),
         logging=parsed.get("logging", LoggingConfig()),
         accounts=parsed.get("accounts", ()),
+        events=parsed.get("events", EventsConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
     if config.smtp.tls_listen is not None and config.smtp.tls_cert is None:
         raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
+    if config.events.retention_days <= 0:
+        raise ConfigError("events.retention_days", "must be more than 0")
     if config.smtp.workers < 1:
         raise ConfigError("smtp.workers", "must be at least 1")
     if config.http.public_listen is not None and not config.unsubscribe.secrets:

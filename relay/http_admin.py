@@ -17,7 +17,7 @@ from relay.passwords import verify_password
 from relay.services import Services
 
 # Feature modules exposing add_routes(app); missing ones are features not built yet.
-ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.web.ui")
+ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.http_events", "relay.web.ui")
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness", object)  # type: ignore[arg-type]

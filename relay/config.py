@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 import os
 import tomllib
@@ -14,6 +17,7 @@ from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from relay.errors import ConfigError
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
@@ -159,6 +163,23 @@ class StreamConfig:
 @dataclass(frozen=True)
 class EventsConfig:
     retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+    webhook_timeout: float = 10.0  # one POST
+    webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
+    webhook_retry_max_seconds: float = 3600.0  # …up to this
+    webhook_give_up_hours: float = 24.0  # an endpoint failing this long is disabled
+    webhook_poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str  # whsec_BASE64 (Standard Webhooks)
+    events: tuple[str, ...]
+
+    @property
+    def endpoint(self) -> str:
+        """A stable name for the endpoint's delivery state: its URL may move in the list."""
+        return hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -178,6 +199,7 @@ class AccountConfig:
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
     api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -514,6 +536,38 @@ def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     return tuple(streams)
 
 
+def _webhook_secret(key: str, value: Any) -> str:
+    secret = resolve_secret(key, value)
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if not secret.startswith("whsec_") or len(raw) < 16:
+        raise ConfigError(key, "expected whsec_ and at least 16 base64 bytes (or env:NAME holding one)")
+    return secret
+
+
+def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables ([[accounts.webhooks]]), got {_type_name(value)}")
+    hooks = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(k, item, {"url": _str, "secret": _webhook_secret, "events": _str_list})
+        for name in ("url", "secret"):
+            if name not in data:
+                raise ConfigError(f"{k}.{name}", "missing")
+        if not data["url"].startswith(("https://", "http://")):
+            raise ConfigError(f"{k}.url", "expected an http:// or https:// URL")
+        unknown = [t for t in data.get("events", ()) if t not in EVENT_TYPES]
+        if unknown:
+            raise ConfigError(f"{k}.events", f"unknown event type {unknown[0]!r} (known: {', '.join(EVENT_TYPES)})")
+        hooks.append(WebhookConfig(data["url"], data["secret"], tuple(data.get("events") or DEFAULT_WEBHOOK_EVENTS)))
+    if len({h.url for h in hooks}) != len(hooks):
+        raise ConfigError(key, "webhook URLs must be unique within an account")
+    return tuple(hooks)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -539,6 +593,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
                 "api_keys": _admin_tokens,
+                "webhooks": _webhooks,
             },
         )
         if "id" not in data:
@@ -699,7 +754,20 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             )
         ),
         "accounts": _accounts,
-        "events": lambda k, v: EventsConfig(**_section(k, v, {"retention_days": _num})),
+        "events": lambda k, v: EventsConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "retention_days": _num,
+                    "webhook_timeout": _num,
+                    "webhook_retry_initial_seconds": _num,
+                    "webhook_retry_max_seconds": _num,
+                    "webhook_give_up_hours": _num,
+                    "webhook_poll_seconds": _num,
+                },
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(

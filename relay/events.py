@@ -12,31 +12,28 @@ from typing import Any, Container, Iterable, Sequence
 
 from policies.facts import Suppression
 from relay.store.complaints_base import Complaint
+from relay.event_types import (
+    ACCOUNT_STATE,
+    COMPLAINED,
+    DEFERRED,
+    DELETED,
+    DELIVERED,
+    EVENT_TYPES,
+    QUARANTINED,
+    REJECTED,
+    RELEASED,
+    SUPPRESSION_ADDED,
+    SUPPRESSION_REMOVED,
+    UNSUBSCRIBED,
+)
 from relay.store.records import AccountState, DecisionRecord, DeliveryRecord, Event, event_from_row
 
-REJECTED = "rejected"
-QUARANTINED = "quarantined"
-RELEASED = "released"
-DELETED = "deleted"
-DELIVERED = "delivered"
-DEFERRED = "deferred"
-UNSUBSCRIBED = "unsubscribed"
-COMPLAINED = "complained"
-BOUNCED = "bounced"
-SUPPRESSION_ADDED = "suppression_added"
-SUPPRESSION_REMOVED = "suppression_removed"
-ACCOUNT_STATE = "account_state"
-SIGNUP_CONFIRMED = "signup_confirmed"
-EVENT_TYPES = (
-    REJECTED, QUARANTINED, RELEASED, DELETED, DELIVERED, DEFERRED, UNSUBSCRIBED, COMPLAINED, BOUNCED,
-    SUPPRESSION_ADDED, SUPPRESSION_REMOVED, ACCOUNT_STATE, SIGNUP_CONFIRMED,
-)
+__all__ = ["EVENT_TYPES", "Event", "event_from_row"]
 
 # Suppressions a recipient made themselves (relay/unsubscribe.py methods) are `unsubscribed`.
 UNSUBSCRIBE_METHODS = frozenset({"one_click", "page", "mailto"})
 # Decision outcomes (relay/pipeline.py) → the event each recipient of the decision gets.
 # A `deferred` decision's recipients get their `deferred` from the queued copies instead.
-__all__ = ["Event", "event_from_row", "EVENT_TYPES"]
 _OUTCOMES = {"rejected": REJECTED, "tempfailed": DEFERRED, "quarantined": QUARANTINED}
 
 

@@ -9,7 +9,8 @@ Store
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
 ├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
-└── events      EventStore          what each account must learn of, in order (events_store.py)
+├── events      EventStore          what each account must learn of, in order (events_store.py)
+└── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Iterable, Sequence
 from policies.facts import ConsentRecord, Suppression
 from relay.store.complaints_base import ComplaintStore
 from relay.store.events_store import EventStore
+from relay.store.webhooks_store import WebhookStateStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
@@ -210,6 +212,7 @@ class Store(abc.ABC):
     rates: RateStore
     complaints: ComplaintStore
     events: EventStore
+    webhooks: WebhookStateStore
 
     @abc.abstractmethod
     async def open(self) -> None:

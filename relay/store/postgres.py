@@ -20,6 +20,7 @@ from relay import events as ev
 from relay.errors import StoreUnavailable
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
+from relay.store.webhooks_store import PostgresWebhookStates
 from relay.store.events_store import PostgresEvents, append_postgres
 from relay.store.postgres_schema import MIGRATIONS
 from relay.store.records import (
@@ -780,6 +781,7 @@ class PostgresStore(base.Store):
         self.audit = PostgresAudit(self.db)
         self.rates = PostgresRates(self.db)
         self.complaints = PostgresComplaints(self.db)
+        self.webhooks = PostgresWebhookStates(self.db)
         self.events = PostgresEvents(self.db)
 
     async def open(self) -> None:

@@ -189,7 +189,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
-    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py).
+    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
     (
         f"""CREATE TABLE events (
             account {_SORTED} NOT NULL,
@@ -201,5 +202,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_at ON events (at)",
         f"CREATE TABLE event_seq (account {_SORTED} PRIMARY KEY, last BIGINT NOT NULL)",
+        f"""CREATE TABLE webhook_state (
+            account {_SORTED} NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+            failing_since DOUBLE PRECISION,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at DOUBLE PRECISION,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
     ),
 )

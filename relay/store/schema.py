@@ -181,7 +181,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     ("ALTER TABLE quarantine ADD COLUMN claimed_at TEXT",),
-    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py).
+    # 6: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
     (
         """CREATE TABLE events (
             account TEXT NOT NULL,
@@ -193,5 +194,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX events_at ON events (at)",
         "CREATE TABLE event_seq (account TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+        """CREATE TABLE webhook_state (
+            account TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            failing_since REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at REAL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
     ),
 )

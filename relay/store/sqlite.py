@@ -48,6 +48,7 @@ from relay.store.rows import (
     split_quarantine_counts,
     suppression_from_row,
 )
+from relay.store.webhooks_store import SqliteWebhookStates
 from relay.store.events_store import SqliteEvents, append_sqlite
 from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
@@ -740,6 +741,7 @@ class SqliteStore(base.Store):
         self.audit = SqliteAudit(self.db)
         self.rates = SqliteRates(self.db)
         self.complaints = SqliteComplaints(self.db)
+        self.webhooks = SqliteWebhookStates(self.db)
         self.events = SqliteEvents(self.db)
 
     async def open(self) -> None:

@@ -127,6 +127,7 @@ class WebhookSender:
             if state is None:
                 return  # disabled, backing off, or another instance holds it
             cursor = state.cursor
+            renew_at = self._now() + self.lease_seconds / 3
             while True:
                 events = await store.events.after(account.id, cursor, _PAGE)
                 if not events:
@@ -141,20 +142,28 @@ class WebhookSender:
                             await self._failed(account, hook, state, attempt.detail)
                             return
                         self.services.metrics.webhook_deliveries.labels(account.id, "ok").inc()
-                        # Progress is durable event by event: a restart resends at most the one in flight.
-                        if not await store.webhooks.advance(account.id, hook.endpoint, self.owner, event.seq):
-                            return  # the lease expired and another instance took over: it goes on
                     cursor = event.seq
-                await store.webhooks.advance(account.id, hook.endpoint, self.owner, cursor)
-                # Renew the lease for the next page; lost means another instance took over.
-                renewed = await store.webhooks.claim(
-                    account.id, hook.endpoint, self.owner, now=self._now(), lease_seconds=self.lease_seconds
-                )
-                if renewed is None:
+                    if self._now() >= renew_at:  # slow answers: renew before the lease can run out
+                        if not await self._keep_lease(account, hook, cursor):
+                            return
+                        renew_at = self._now() + self.lease_seconds / 3
+                # Progress is written page by page (one write per page, not per POST, off the store the
+                # mail path uses): after a crash at most this page goes out again, under the same ids.
+                if not await self._keep_lease(account, hook, cursor):
                     return
+                renew_at = self._now() + self.lease_seconds / 3
             await store.webhooks.release(account.id, hook.endpoint, self.owner)
         except StoreUnavailable as exc:
             self.log.warning("webhooks_store_unavailable", account=account.id, error=str(exc))
+
+    async def _keep_lease(self, account: AccountConfig, hook: WebhookConfig, cursor: int) -> bool:
+        """Write the progress and renew the lease; False when another instance took the endpoint over."""
+        store = self.services.store
+        await store.webhooks.advance(account.id, hook.endpoint, self.owner, cursor)
+        renewed = await store.webhooks.claim(
+            account.id, hook.endpoint, self.owner, now=self._now(), lease_seconds=self.lease_seconds
+        )
+        return renewed is not None
 
     async def _failed(self, account: AccountConfig, hook: WebhookConfig, state: WebhookState, detail: str) -> None:
         now = self._now()

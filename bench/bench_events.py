@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from relay.config import build_config
 from relay.events import Event
@@ -91,7 +93,20 @@ async def read_http(services: Services) -> tuple[int, float]:
         await runner.cleanup()
 
 
-async def run(count: int, store_url: str | None) -> str:
+async def run(count: int, postgres: str | None) -> str:
+    if postgres is None:
+        return await measure(count, None)
+    schema = f"bench_events_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(postgres)
+    try:
+        await admin.execute(f'CREATE SCHEMA "{schema}"')
+        return await measure(count, f"{postgres}{'&' if '?' in postgres else '?'}search_path={schema}")
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+async def measure(count: int, store_url: str | None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
         base = Path(tmp)
         services = Services.build(config(store_url or f"sqlite:///{base}/relay.db", base))
@@ -111,7 +126,7 @@ async def run(count: int, store_url: str | None) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_events", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL database (its public schema gets the tables)")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL database: a fresh schema in it, dropped at the end")
     args = parser.parse_args(argv)
     print(asyncio.run(run(args.events, args.postgres)))
     return 0

@@ -10,6 +10,7 @@ relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature 
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 relay-webhooks (a webhook for every event type, `delivered` included: an event written with each
 copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 204),
+relay-webhooks-default (the same webhook with the default types: every one but `delivered`),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
 scale-out pair (SPEC §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
@@ -53,7 +54,7 @@ RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
 VARIANTS = (
     "relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2",
-    "relay-webhooks",
+    "relay-webhooks", "relay-webhooks-default",
 )
 # relay-webhooks: a webhook asking for every event type, `delivered` included (one POST per copy).
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTAx"
@@ -739,13 +740,15 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
         if name == "relay-dkim":
             overrides = {"dkim": {"keys": [dkim_key(workdir)]}}
         webhooks: list[dict[str, Any]] = []
-        if name == "relay-webhooks":
+        if name in ("relay-webhooks", "relay-webhooks-default"):
             hook_port = free_port()
             start_process(
                 [sys.executable, "-m", "bench.webhook_receiver", str(hook_port)], stack,
                 stdout=workdir / "webhook_receiver.log", stderr=workdir / "webhook_receiver.err", cwd=REPO,
             )
-            webhooks = [{"url": f"http://127.0.0.1:{hook_port}/hooks", "secret": WEBHOOK_SECRET, "events": list(EVENT_TYPES)}]
+            webhooks = [{"url": f"http://127.0.0.1:{hook_port}/hooks", "secret": WEBHOOK_SECRET}]
+            if name == "relay-webhooks":
+                webhooks[0]["events"] = list(EVENT_TYPES)
             options.notes.append(
                 f"{name}: webhook receiver http://127.0.0.1:{hook_port}/count (POSTs and distinct webhook-ids at the end: "
                 "see the line below)"

@@ -14,6 +14,7 @@ from policies.facts import Suppression
 from relay.store.complaints_base import Complaint
 from relay.event_types import (
     ACCOUNT_STATE,
+    BOUNCED,
     COMPLAINED,
     DEFERRED,
     DELETED,
@@ -72,6 +73,8 @@ def quarantine_event(status: str, account: str, stream: str, relay_id: str, reci
 def suppression_event(s: Suppression, at: datetime, *, added: bool = True, note: str = "") -> Event:
     if added and s.via in UNSUBSCRIBE_METHODS:
         kind = UNSUBSCRIBED
+    elif added and "bounce" in s.reason:
+        kind = BOUNCED  # a hard bounce suppresses the address (SPEC §15): the application learns it as such
     else:
         kind = SUPPRESSION_ADDED if added else SUPPRESSION_REMOVED
     detail = {"scope": s.scope, "topic": s.topic, "reason": s.reason, "via": s.via}

@@ -86,10 +86,6 @@ class WebhookSender:
         self.endpoints = [(a, h) for a in services.config.accounts for h in a.webhooks]
         self.lease_seconds = max(60.0, self.config.webhook_timeout * 3)
         self.log = get_logger()
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def run(self) -> None:
         if not self.endpoints:
@@ -104,11 +100,7 @@ class WebhookSender:
                     await asyncio.sleep(self.config.webhook_poll_seconds)
             while True:
                 await self.send_once(session)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.webhook_poll_seconds)
-                except TimeoutError:
-                    pass
+                await asyncio.sleep(self.config.webhook_poll_seconds)
 
     async def ensure_endpoints(self) -> None:
         for account, hook in self.endpoints:

@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 from policies.facts import Suppression
-from relay.events import decision_events
+from relay.events import decision_events, suppression_event
 from relay.store.base import Store
 from relay.store.records import AccountState, AuditEntry, DecisionRecord, DeliveryRecord
 from tests.relay.test_store import T0, backend, complaint, held, second, store  # noqa: F401  (fixtures)
@@ -53,6 +53,12 @@ async def test_every_decision_writes_its_event_in_order(store: Store) -> None:
     # The cursor is the last seq seen: the same page comes back for the same cursor, others never mix in.
     assert [e.seq for e in await store.events.after("acme", 9, 100)] == [10, 11]
     assert await store.events.after("other", 0, 100) == []
+
+
+def test_a_bounce_suppression_is_a_bounced_event() -> None:
+    bounce = Suppression("gone@x.nl", "acme", "*", "suppression.bounced", "dsn", T0)
+    assert suppression_event(bounce, T0).type == "bounced"
+    assert suppression_event(bounce, T0, added=False).type == "suppression_removed"
 
 
 async def test_delivered_events_only_for_accounts_that_asked() -> None:

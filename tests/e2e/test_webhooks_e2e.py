@@ -249,3 +249,36 @@ async def test_webhook_test_sends_a_signed_ping(
     assert ping["type"] == "ping" and ping["account"] == "shop"
     code, _, err = await asyncio.to_thread(cli_run, ["webhook", "test", "nosuch", "-c", str(path)], capsys)
     assert code == 2 and "unknown account" in err
+
+
+async def test_an_endpoint_that_never_answers_does_not_hold_up_mail(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayFactory
+) -> None:
+    hanging = asyncio.Event()
+    release = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        hanging.set()
+        await release.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hooks", never)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        receiver = Receiver(port=port)
+        config = load_config(hook_config(tmp_path, upstream, receiver, webhook_timeout=120))
+        relay = await start_relay(config, background=True)
+        await suppress(relay, "first@example.nl")
+        await asyncio.wait_for(hanging.wait(), 30)  # the sender now waits on a POST that will not end
+        for i in range(5):
+            out = await asend(relay.smtp_port, rcpts=f"buyer{i}@example.nl")
+            assert out.code == 250, out.text
+        await suppress(relay, "second@example.nl")  # and the admin API answers too
+        assert len(upstream.messages) == 5
+    finally:
+        release.set()
+        await runner.cleanup()

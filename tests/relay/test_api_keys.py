@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -143,6 +144,13 @@ async def test_admin_only_routes_answer_403_to_a_key(world: Any) -> None:
     assert status in (403, 422) and body["error"] in ("forbidden", "validation")
     status, _ = await api.json("not-a-key", "GET", "/api/complaints")
     assert status == 401
+    # A key is for the API: it does not open the admin UI.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(api.base + "/ui/login") as page:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', await page.text()).group(1)  # type: ignore[union-attr]
+        async with http.post(api.base + "/ui/login", data={"csrf": csrf, "token": KEYS["shop"], "next": "/ui/audit"},
+                             allow_redirects=False) as login:
+            assert login.status == 401 and "not a valid admin token" in await login.text()
 
 
 async def test_a_key_acknowledges_its_complaint_and_the_audit_log_names_the_key(world: Any) -> None:

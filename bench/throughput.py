@@ -55,6 +55,7 @@ DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
 VARIANTS = (
     "relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2",
     "relay-webhooks", "relay-webhooks-default",
+    "relay-noverp",  # [bounces] verp = false: with --consent, VERP on (relay) / off (this) in the same run
 )
 # relay-webhooks: a webhook asking for every event type, `delivered` included (one POST per copy).
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTAx"
@@ -754,6 +755,8 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
                 "see the line below)"
             )
             stack.callback(lambda: options.notes.append(f"{name}: receiver at the end: {_receiver_count(hook_port)}"))
+        if name == "relay-noverp":
+            overrides = {"bounces": {"verp": False}}
         store_url = postgres_schema(options.postgres_url, stack) if name in ("relay-pg", "relay-pg2") else None
         if store_url is not None:
             options.notes.append(

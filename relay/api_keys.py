@@ -28,6 +28,7 @@ ACCOUNT_ROUTES = frozenset(
         ("POST", "/api/suppressions"),
         ("DELETE", "/api/suppressions"),
         ("GET", "/api/events"),
+        ("GET", "/api/bounces"),
         ("GET", "/api/quarantine"),
         ("GET", "/api/quarantine/{id}"),
         ("GET", "/api/quarantine/{id}/raw"),
@@ -93,12 +94,13 @@ def unknown_account(account_id: str) -> NotFound:
 
 
 def scoped_account(request: web.Request, requested: str | None) -> str | None:
-    """The account filter of a request: an account key defaults to and is held to its own account."""
+    """The account filter of a request: an account key defaults to and is held to its own account;
+    another account answers 404 as one that does not exist."""
     own = key_account(request)
     if own is None:
         return requested
     if requested and requested != own:
-        raise unknown_account(requested)
+        json_error(404, "not_found", str(unknown_account(requested)))
     return own
 
 

@@ -59,6 +59,9 @@ class Metrics:
             p + "webhook_oldest_pending_seconds", "Age of the oldest event a webhook endpoint of the account has not had yet",
             ["account"], registry=r, multiprocess_mode="max",
         )
+        self.bounces = Counter(
+            p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",

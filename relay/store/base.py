@@ -9,6 +9,7 @@ Store
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
 ├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
 ├── events      EventStore          what each account must learn of, in order (events_store.py)
 └── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
 """
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
+from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
 from relay.store.events_store import EventStore
 from relay.store.webhooks_store import WebhookStateStore
@@ -213,6 +215,7 @@ class Store(abc.ABC):
     complaints: ComplaintStore
     events: EventStore
     webhooks: WebhookStateStore
+    bounces: BounceStore
 
     @abc.abstractmethod
     async def open(self) -> None:

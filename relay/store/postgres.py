@@ -18,6 +18,7 @@ import asyncpg
 from policies.facts import ConsentRecord, Suppression
 from relay import events as ev
 from relay.errors import StoreUnavailable
+from relay.store.bounces import PostgresBounces
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
 from relay.store.webhooks_store import PostgresWebhookStates
@@ -783,6 +784,7 @@ class PostgresStore(base.Store):
         self.complaints = PostgresComplaints(self.db)
         self.webhooks = PostgresWebhookStates(self.db)
         self.events = PostgresEvents(self.db)
+        self.bounces = PostgresBounces(self.db)
 
     async def open(self) -> None:
         await self.db.open()

@@ -20,6 +20,7 @@ import aiosqlite
 from policies.facts import ConsentRecord, Suppression
 from relay import events as ev
 from relay.errors import StoreUnavailable
+from relay.store.bounces import SqliteBounces
 from relay.store import base
 from relay.store.records import (
     AccountState,
@@ -746,6 +747,7 @@ class SqliteStore(base.Store):
         self.complaints = SqliteComplaints(self.db)
         self.webhooks = SqliteWebhookStates(self.db)
         self.events = SqliteEvents(self.db)
+        self.bounces = SqliteBounces(self.db)
 
     async def open(self) -> None:
         await self.db.open()

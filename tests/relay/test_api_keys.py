@@ -241,6 +241,7 @@ async def test_no_response_to_a_key_ever_contains_the_other_accounts_data(world:
         call = api.call(KEYS[me], method, url, json=body if method in ("POST", "DELETE") else None)
         status, text = asyncio.run_coroutine_threadsafe(call, loop).result(timeout=60)
         assert status != 401, (me, method, url)  # the key itself is accepted everywhere
+        assert status < 500, (me, method, url, body, text)  # and refused cleanly, never by a crash
         request_text = url + json.dumps(body)
         for marker in SECRETS[other(me)].values():
             if marker not in request_text:

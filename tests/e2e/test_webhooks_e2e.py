@@ -39,6 +39,7 @@ from tests.relay.test_complaints import arf
 from tests.relay.test_web_ui import TOKEN as UI_TOKEN
 from tests.relay.test_web_ui import Browserless
 
+DSN_POSTFIX = Path(__file__).parents[1] / "corpus" / "feedback" / "dsn" / "flufl-postfix_01.eml"
 SECRET = "whsec_" + base64.b64encode(b"webhook-secret-for-the-e2e-tests").decode()
 ADMIN = "admin-token-0123456789abcdef"
 
@@ -117,17 +118,19 @@ async def suppress(relay: Any, email: str) -> None:
     assert status == 201, body
 
 
-async def test_one_click_unsubscribe_and_an_arf_complaint_arrive_signed(
+async def test_one_click_unsubscribe_an_arf_complaint_and_a_dsn_hard_bounce_arrive_signed(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayFactory, receiver: Receiver
 ) -> None:
     await receiver.up()
     relay = await start_relay(load_config(hook_config(tmp_path, upstream, receiver)), background=True)
     await relay.services.store.consent.upsert_consents(
-        [consent("anna@example.nl"), consent("bob@example.nl")], now=datetime.now(timezone.utc)
+        [consent("anna@example.nl"), consent("bob@example.nl"), consent("carl@example.nl")], now=datetime.now(timezone.utc)
     )
-    out = await asend(relay.smtp_port, newsletter(), mail_from="news@shop.example", rcpts=["anna@example.nl", "bob@example.nl"])
+    out = await asend(relay.smtp_port, newsletter(), mail_from="news@shop.example",
+                      rcpts=["anna@example.nl", "bob@example.nl", "carl@example.nl"])
     assert out.code == 250, out.text
     copies = {m.rcpt_tos[0]: m.content for m in upstream.messages}
+    verp = next(m.mail_from for m in upstream.messages if m.rcpt_tos == ["carl@example.nl"])
     url, _ = list_unsubscribe(copies["anna@example.nl"])
     async with aiohttp.ClientSession() as http:
         async with http.post(public_url(relay, url), data={"List-Unsubscribe": "One-Click"}) as done:
@@ -135,13 +138,20 @@ async def test_one_click_unsubscribe_and_an_arf_complaint_arrive_signed(
     status, body = await admin(relay, "POST", "/api/complaints", data=arf(copies["bob@example.nl"]),
                                headers={"Content-Type": "message/rfc822"})
     assert status == 201, body
+    # A remote MTA's DSN (a genuine Postfix one, 5.1.1) to the copy's VERP address: a hard bounce.
+    dsn = await asend(relay.smtp_port, DSN_POSTFIX.read_bytes(), mail_from="", rcpts=[verp], source="127.0.0.2")
+    assert dsn.code == 250 and dsn.text.endswith("recorded (hard)"), dsn
 
-    await until(lambda: receiver.of_type("unsubscribed") and receiver.of_type("complained"), what="both webhooks")
+    await until(lambda: receiver.of_type("unsubscribed") and receiver.of_type("complained") and receiver.of_type("bounced"),
+                what="the three webhooks")
     (unsubscribed,) = receiver.of_type("unsubscribed")
     (complained,) = receiver.of_type("complained")
     assert unsubscribed["recipient"] == "anna@example.nl" and unsubscribed["detail"]["via"] == "one_click"
     assert complained["recipient"] == "bob@example.nl" and complained["detail"]["feedback_type"] == "abuse"
-    assert complained["account"] == unsubscribed["account"] == "shop"
+    (bounced,) = receiver.of_type("bounced")
+    assert bounced["recipient"] == "carl@example.nl" and bounced["detail"]["reason"] == "suppression.bounced"
+    assert "5.1.1" in bounced["detail"]["note"]
+    assert complained["account"] == unsubscribed["account"] == bounced["account"] == "shop"
     assert receiver.forged == []
     # The complaint's suppression follows it: every event is one POST, its id the feed's id.
     ids = [i for i, _ in receiver.received]

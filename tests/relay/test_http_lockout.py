@@ -20,6 +20,7 @@ from relay.passwords import hash_password
 from relay.services import Clock, Services
 
 TOKEN = "the-right-admin-token"
+ACCOUNT_KEY = "the-shop-applications-key"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -45,6 +46,12 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
         "http": {"admin_tokens": [{"label": "ops", "hash": hash_password(TOKEN)}]},
+        "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
+        "accounts": [{
+            "id": "shop", "domains": ["shop.example"], "default_stream": "news",
+            "streams": [{"id": "news", "kind": "marketing"}],
+            "api_keys": [{"label": "app", "hash": hash_password(ACCOUNT_KEY)}],
+        }],
     }
     now = [1000.0]
     services = Services.build(build_config(data, tmp_path / "config.toml"), clock=Clock(monotonic=lambda: now[0]))
@@ -86,6 +93,16 @@ async def test_failures_spread_over_more_than_the_window_do_not_lock_out(admin: 
             assert (await _bearer(http, admin.base, f"guess-{i}"))[0] == 401
             admin.now[0] += 32  # 20 failures span 19 × 32 = 608 s: never 20 inside 600 s
         assert (await _bearer(http, admin.base, TOKEN))[0] == 200
+
+
+async def test_account_api_keys_are_locked_out_alike(admin: Admin) -> None:
+    async with admin.client() as http:
+        async with http.get(admin.base + "/api/events?account=shop", headers={"Authorization": f"Bearer {ACCOUNT_KEY}"}) as r:
+            assert r.status == 200  # the key works
+        for i in range(MAX_FAILURES):
+            await _bearer(http, admin.base, f"guess-{i}")
+        async with http.get(admin.base + "/api/events?account=shop", headers={"Authorization": f"Bearer {ACCOUNT_KEY}"}) as r:
+            assert r.status == 429 and "Retry-After" in r.headers
 
 
 async def _sign_in(http: aiohttp.ClientSession, base: str, token: str) -> tuple[int, dict[str, str], str]:

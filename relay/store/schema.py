@@ -206,4 +206,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bounces_account ON bounces (account, id)",
         "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
     ),
+    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
+    (
+        """CREATE TABLE events (
+            account TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        "CREATE TABLE event_seq (account TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+        """CREATE TABLE webhook_state (
+            account TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            failing_since REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at REAL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
+    ),
 )

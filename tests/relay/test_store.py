@@ -718,6 +718,10 @@ async def main():
         print("ok", flush=True)
 
 asyncio.run(main())
+# A closed connection's thread ends just after close() returns; a leaked one never ends.
+for thread in threading.enumerate():
+    if thread is not threading.main_thread():
+        thread.join(10)
 print("threads left:", threading.active_count() - 1, flush=True)
 """
 _PROCESSES, _ROUNDS = 4, {"sqlite": 200, "postgresql": 10}

@@ -275,6 +275,9 @@ class Relay:
             session.close_with("421 4.3.2 Service shutting down; try again later")
         for server in self._servers:
             await server.wait_closed()
+        # The copy being sent finishes; the other claimed copies are given back at once, not when
+        # their lease runs out.
+        await self.outbox.stop(timeout=max(1.0, grace))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

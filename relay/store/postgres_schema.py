@@ -189,4 +189,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
+    # 6: the outbox fence (issue 21); see schema.py.
+    (
+        "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
+    ),
 )

@@ -60,17 +60,21 @@ class Instance:
 
 
 def instance_config(tmp_path: Path, upstream_port: int, name: str, store_url: str, **overrides: object) -> Path:
+    store: dict[str, object] = {"url": store_url, **overrides.pop("store", {})}  # type: ignore[dict-item]
+    outbox: dict[str, object] = {
+        "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "poll_seconds": 0.05, **overrides.pop("outbox", {}),  # type: ignore[dict-item]
+    }
     data = config_dict(
         tmp_path,
         upstream_port,
-        store={"url": store_url},
+        store=store,
         http={
             "admin_listen": "127.0.0.1:0",
             "public_listen": "127.0.0.1:0",
             "public_base_url": "https://unsub.test",
             "admin_tokens": [{"label": "ops", "hash": ADMIN_HASH}],
         },
-        outbox={"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "poll_seconds": 0.05},
+        outbox=outbox,
         **overrides,
     )
     return write_config(tmp_path, data, name)

@@ -31,7 +31,10 @@ class FakeUpstream:
     sent: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     config: UpstreamConfig = field(default_factory=lambda: UpstreamConfig(timeout=5))
 
-    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes) -> UpstreamResult:
+    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes, fence: Any = None) -> UpstreamResult:
+        if fence is not None:  # as relay.upstream does: confirmed before DATA, checked before the message
+            await fence.confirm()
+            fence.check()
         self.sent.append((mail_from, tuple(recipients)))
         answer = self.answers.pop(0) if self.answers else UpstreamResult(tuple(recipients), {}, "250 ok")
         if isinstance(answer, Exception):

@@ -73,6 +73,7 @@ def instance_config(tmp_path: Path, upstream_port: int, name: str, store_url: st
             "public_listen": "127.0.0.1:0",
             "public_base_url": "https://unsub.test",
             "admin_tokens": [{"label": "ops", "hash": ADMIN_HASH}],
+            **overrides.pop("http", {}),  # type: ignore[dict-item]
         },
         outbox=outbox,
         **overrides,
@@ -88,7 +89,10 @@ async def instances(
     running: list[ServeProcess] = []
 
     async def start() -> list[Instance]:
-        procs = [ServeProcess(instance_config(tmp_path, upstream.port, f"{n}.toml", pg_url)) for n in ("one", "two")]
+        procs = [
+            ServeProcess(instance_config(tmp_path, upstream.port, f"{n}.toml", pg_url, store={"shared": True}))
+            for n in ("one", "two")
+        ]
         running.extend(procs)
         started = await asyncio.gather(*(p.start() for p in procs))  # at once: their migrations race too
         return [Instance(p, s["smtp"], s["admin"], s["public"]) for p, (s,) in zip(procs, started)]

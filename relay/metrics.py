@@ -55,6 +55,11 @@ class Metrics:
             "was sent, or its holder stopped during the send): a later delivery may be a second copy",
             registry=r,
         )
+        self.upstream_uncertain = Counter(
+            p + "upstream_uncertain_total",
+            "Upstream transactions that sent the whole message and then got no answer: maybe accepted",
+            registry=r,
+        )
         self.outbox_lease_lost = Counter(
             p + "outbox_lease_lost_total", "Outbox copies not sent because their lease had passed to another process",
             registry=r,

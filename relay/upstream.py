@@ -135,6 +135,8 @@ class Upstream:
                     self._release(conn, False)
                     self.last_error = str(exc)
                     get_logger().warning("upstream_uncertain", error=str(exc), recipients=len(recipients))
+                    if self.metrics is not None:
+                        self.metrics.upstream_uncertain.inc()
                     raise
                 except BaseException:
                     self._release(conn, False)

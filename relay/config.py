@@ -13,6 +13,7 @@ from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
+from policies.rules.content import iban_valid
 from relay.errors import ConfigError
 from relay.passwords import is_password_hash
 
@@ -42,7 +43,8 @@ class SmtpConfig:
     # Policy evaluation and DKIM's private-key step in a helper process per worker: a spare core
     # for the CPU-bound part, the event loop kept for sessions. "auto": when workers leave a core.
     helper_process: str = "auto"  # auto | on | off
-    idle_timeout: float = 300
+    idle_timeout: float = 300  # per command, and per read while DATA flows (RFC 5321 4.5.3.2)
+    data_timeout: float = 3600  # the whole DATA phase, 354 to the final dot, however the data trickles
     shutdown_grace: float = 30
     max_connections: int = 1000
     max_connections_per_ip: int = 50
@@ -178,6 +180,8 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    own_ibans: tuple[str, ...] = ()
+    tracking_hosts: tuple[str, ...] = ()
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -210,6 +214,8 @@ class AccountConfig:
             state=state,
             state_reason=reason,
             paused_streams=paused_streams,
+            own_ibans=frozenset(self.own_ibans),
+            tracking_hosts=frozenset(self.tracking_hosts),
         )
 
 
@@ -269,6 +275,13 @@ def _num(key: str, value: Any) -> float:
     if value < 0:
         raise ConfigError(key, "must not be negative")
     return float(value)
+
+
+def _positive_num(key: str, value: Any) -> float:
+    number = _num(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return number
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -486,6 +499,16 @@ def _domains(key: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ibans(key: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, iban in enumerate(_str_list(key, value)):
+        compact = "".join(iban.split()).upper()
+        if not iban_valid(compact):
+            raise ConfigError(f"{key}[{i}]", f"not a valid IBAN {iban!r}")
+        out.append(compact)
+    return tuple(out)
+
+
 def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[{key}]]), got {_type_name(value)}")
@@ -537,6 +560,8 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "own_ibans": _ibans,
+                "tracking_hosts": _domains,
             },
         )
         if "id" not in data:
@@ -596,6 +621,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "workers": _int,
                     "helper_process": _on_off_auto,
                     "idle_timeout": _num,
+                    "data_timeout": _positive_num,
                     "shutdown_grace": _num,
                     "max_connections": _int,
                     "max_connections_per_ip": _int,

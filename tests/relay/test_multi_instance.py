@@ -273,7 +273,7 @@ async def test_suspension_through_the_cli_is_seen_by_both_instances(
 async def test_two_workers_on_one_port_deliver_and_stop_cleanly(
     kind: str, tmp_path: Path, upstream: RecordingUpstream, pg_url: str
 ) -> None:
-    """`[smtp] workers = 2`: a supervisor and two worker processes on one port (SO_REUSEPORT)."""
+    """`[smtp] workers = 2`: a supervisor and two worker processes on one port (sockets bound by the parent)."""
     port = free_port()
     url = "sqlite:///var/relay.db" if kind == "sqlite" else pg_url
     relay = ServeProcess(

@@ -82,15 +82,23 @@ async def _lock_postgres(config: Config) -> StateLock:
             "SELECT pg_try_advisory_lock(hashtextextended('consent-relay serve ' || current_database() || '.' "
             "|| current_schema(), 0))"
         )
-        holder = None if got else await conn.fetchval(
-            "SELECT string_agg(a.client_addr::text || ' pid ' || a.pid, ', ') FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.objid = (hashtextextended('consent-relay serve ' || current_database() || '.' || current_schema(), 0) "
-            "& 4294967295)::oid"
-        )
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        conn.terminate()
+        raise StoreUnavailable(f"cannot take the PostgreSQL store's lock: {exc}") from exc
     except BaseException:
         conn.terminate()
         raise
+    holder = None
+    if not got:
+        try:  # only to name the holder in the error
+            holder = await conn.fetchval(
+                "SELECT string_agg(a.client_addr::text || ' pid ' || a.pid, ', ') FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.objid = (hashtextextended('consent-relay serve ' || current_database() || '.' || "
+                "current_schema(), 0) & 4294967295)::oid"
+            )
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            pass
     if not got:
         conn.terminate()
         raise StateLocked(

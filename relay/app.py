@@ -74,7 +74,10 @@ class Relay:
         self.config = config
         self.services = Services.build(config, metrics=metrics, clock=clock)
         self.upstream = Upstream(config.upstream, self.services.metrics, local_hostname=config.smtp.hostname)
-        self.recorder = DecisionRecorder(self.services.store.decisions)
+        self.recorder = DecisionRecorder(
+            self.services.store.decisions,
+            frozenset(a.id for a in config.accounts if any("delivered" in h.events for h in a.webhooks)),
+        )
         self.pipeline = Pipeline(self.services, self.upstream, self.recorder)
         self.services.pipeline = self.pipeline
         self.limits = ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, self.services.metrics)

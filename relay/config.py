@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
@@ -15,6 +18,7 @@ from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
 from relay.errors import ConfigError
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
@@ -125,11 +129,46 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class ComplaintSource:
+    """A feedback loop the operator signed up for (SPEC §16): its reports are verified."""
+
+    name: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    dkim_domains: tuple[str, ...] = ()
+    spamtrap: bool = False  # every abuse report from it is a spam-trap hit
+
+    def covers(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
+
+
+@dataclass(frozen=True)
 class ComplaintsConfig:
     ack_deadline_hours: float = 24
     rate_threshold: float = 0.003
     rate_min_complaints: int = 3
     rate_window_hours: float = 24
+    sources: tuple[ComplaintSource, ...] = ()
+
+    def source_for_client(self, ip: str) -> ComplaintSource | None:
+        return next((s for s in self.sources if s.covers(ip)), None)
+
+    def source_for_dkim(self, domains: Iterable[str]) -> ComplaintSource | None:
+        signed = {d.lower().rstrip(".") for d in domains}
+        return next((s for s in self.sources if signed & set(s.dkim_domains)), None)
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """SPEC §15: VERP envelope senders and what a DSN does."""
+
+    verp: bool = True  # marketing copies get bounce+ID@mailto_domain
+    verp_transactional: bool = False
+    hard_limit: int = 3  # other permanent failures within window_days before suppression.bounced
+    window_days: float = 30
 
 
 @dataclass(frozen=True)
@@ -165,6 +204,28 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+    webhook_timeout: float = 10.0  # one POST
+    webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
+    webhook_retry_max_seconds: float = 3600.0  # …up to this
+    webhook_give_up_hours: float = 24.0  # an endpoint failing this long is disabled
+    webhook_poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str  # whsec_BASE64 (Standard Webhooks)
+    events: tuple[str, ...]
+
+    @property
+    def endpoint(self) -> str:
+        """A stable name for the endpoint's delivery state: its URL may move in the list."""
+        return hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     id: str
     name: str = ""
@@ -180,8 +241,11 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    bounce_forward: str | None = None  # SPEC §15: DSNs about this account's mail are forwarded here
     own_ibans: tuple[str, ...] = ()
     tracking_hosts: tuple[str, ...] = ()
+    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
+    webhooks: tuple[WebhookConfig, ...] = ()
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -235,6 +299,8 @@ class Config:
     dkim_keys: tuple[DkimKeyConfig, ...]
     logging: LoggingConfig
     accounts: tuple[AccountConfig, ...]
+    events: EventsConfig = EventsConfig()
+    bounces: BouncesConfig = BouncesConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -482,6 +548,29 @@ def _networks(key: str, value: Any) -> tuple[Any, ...]:
     return tuple(nets)
 
 
+def _complaint_sources(key: str, value: Any) -> tuple[ComplaintSource, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables, got {_type_name(value)}")
+    sources = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(
+            k, item, {"name": _str, "networks": _networks, "dkim_domains": _domains, "spamtrap": _bool}
+        )
+        if not data.get("name"):
+            raise ConfigError(f"{k}.name", "missing")
+        if not data.get("networks") and not data.get("dkim_domains"):
+            raise ConfigError(k, "a source needs networks or dkim_domains: how else would a report be verified?")
+        for j, net in enumerate(data.get("networks", ())):
+            if net.prefixlen == 0:
+                raise ConfigError(f"{k}.networks[{j}]", f"{net} covers every address: anyone could verify reports")
+        sources.append(ComplaintSource(**data))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(key, "source names must be unique")
+    return tuple(sources)
+
+
 def _address(key: str, value: Any) -> str:
     try:
         return normalize_address(_str(key, value))
@@ -536,6 +625,38 @@ def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     return tuple(streams)
 
 
+def _webhook_secret(key: str, value: Any) -> str:
+    secret = resolve_secret(key, value)
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if not secret.startswith("whsec_") or len(raw) < 16:
+        raise ConfigError(key, "expected whsec_ and at least 16 base64 bytes (or env:NAME holding one)")
+    return secret
+
+
+def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables ([[accounts.webhooks]]), got {_type_name(value)}")
+    hooks = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(k, item, {"url": _str, "secret": _webhook_secret, "events": _str_list})
+        for name in ("url", "secret"):
+            if name not in data:
+                raise ConfigError(f"{k}.{name}", "missing")
+        if not data["url"].startswith(("https://", "http://")):
+            raise ConfigError(f"{k}.url", "expected an http:// or https:// URL")
+        unknown = [t for t in data.get("events", ()) if t not in EVENT_TYPES]
+        if unknown:
+            raise ConfigError(f"{k}.events", f"unknown event type {unknown[0]!r} (known: {', '.join(EVENT_TYPES)})")
+        hooks.append(WebhookConfig(data["url"], data["secret"], tuple(data.get("events") or DEFAULT_WEBHOOK_EVENTS)))
+    if len({h.url for h in hooks}) != len(hooks):
+        raise ConfigError(key, "webhook URLs must be unique within an account")
+    return tuple(hooks)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -560,8 +681,11 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "bounce_forward": _address,
                 "own_ibans": _ibans,
                 "tracking_hosts": _domains,
+                "api_keys": _admin_tokens,
+                "webhooks": _webhooks,
             },
         )
         if "id" not in data:
@@ -571,6 +695,9 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
             raise ConfigError(f"{k}.domains", "an account needs at least one sender domain")
         if account.default_stream is not None and account.stream(account.default_stream) is None:
             raise ConfigError(f"{k}.default_stream", f"no stream {account.default_stream!r} in this account")
+        labels = [t.label for t in account.api_keys]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{k}.api_keys", "key labels must be unique within an account (the audit log names them)")
         accounts.append(account)
     ids = [a.id for a in accounts]
     dupes = {x for x in ids if ids.count(x) > 1}
@@ -704,7 +831,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "rate_threshold": _num,
                     "rate_min_complaints": _int,
                     "rate_window_hours": _num,
+                    "sources": _complaint_sources,
                 },
+            )
+        ),
+        "bounces": lambda k, v: BouncesConfig(
+            **_section(
+                k, v, {"verp": _bool, "verp_transactional": _bool, "hard_limit": _int, "window_days": _num}
             )
         ),
         "malware": lambda k, v: MalwareConfig(
@@ -723,6 +856,20 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             )
         ),
         "accounts": _accounts,
+        "events": lambda k, v: EventsConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "retention_days": _num,
+                    "webhook_timeout": _num,
+                    "webhook_retry_initial_seconds": _num,
+                    "webhook_retry_max_seconds": _num,
+                    "webhook_give_up_hours": _num,
+                    "webhook_poll_seconds": _num,
+                },
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -740,11 +887,15 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         dkim_keys=parsed.get("dkim", ()),
         logging=parsed.get("logging", LoggingConfig()),
         accounts=parsed.get("accounts", ()),
+        events=parsed.get("events", EventsConfig()),
+        bounces=parsed.get("bounces", BouncesConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
     if config.smtp.tls_listen is not None and config.smtp.tls_cert is None:
         raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
+    if config.events.retention_days <= 0:
+        raise ConfigError("events.retention_days", "must be more than 0")
     if config.smtp.workers < 1:
         raise ConfigError("smtp.workers", "must be at least 1")
     if config.store.shared and config.store.is_sqlite:

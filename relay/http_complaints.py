@@ -1,4 +1,4 @@
-"""Admin API for complaints (SPEC §9, §12): POST a report (raw ARF or JSON), list, show, acknowledge,
+"""Admin API for complaints (SPEC §9, §12, §16): POST a report (raw ARF or JSON), list, show, acknowledge, verify,
 and the refused reports kept for inspection. Authentication is the admin app's middleware."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.api_keys import key_account, scoped_account
 from relay.complaints import ComplaintNotOpen, ComplaintRefused, ComplaintService, complaint_as_dict
+from relay.store.complaints_base import Complaint
 from relay.errors import NotFound, UsageError
 from relay.http_common import admin_label, json_body, json_error, json_response, services_of
 
@@ -22,6 +24,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/complaints/rejected", list_rejected)
     app.router.add_get("/api/complaints/{id}", get_complaint)
     app.router.add_post("/api/complaints/{id}/ack", ack_complaint)
+    app.router.add_post("/api/complaints/{id}/verify", verify_complaint)
 
 
 def _service(request: web.Request) -> ComplaintService:
@@ -33,6 +36,15 @@ def _complaint_id(request: web.Request) -> int:
     if not text.isdigit():
         json_error(404, "not_found", f"no complaint {text}")
     return int(text)
+
+
+async def _own_complaint(request: web.Request, complaint_id: int) -> Complaint:
+    """The complaint, 404 when missing or (for an account key) another account's."""
+    complaint = await services_of(request).store.complaints.get(complaint_id)
+    own = key_account(request)
+    if complaint is None or (own is not None and complaint.account != own):
+        json_error(404, "not_found", f"no complaint {complaint_id}")
+    return complaint
 
 
 def _refused(exc: ComplaintRefused) -> web.HTTPException:
@@ -72,6 +84,9 @@ async def post_complaint(request: web.Request) -> web.Response:
         body["duplicate"] = True
     if result.account_paused:
         body["account_paused"] = True
+    if result.more:
+        # A report naming several recipients is one complaint each (SPEC §16).
+        body["more"] = [{"id": c.id, "email": c.email, "status": c.status} for c in result.more]
     return json_response(body, status=201 if result.created else 200)
 
 
@@ -82,20 +97,19 @@ async def list_complaints(request: web.Request) -> web.Response:
     except ValueError:
         json_error(422, "invalid", "limit: expected an integer")
     items = await services_of(request).store.complaints.list(
-        open_only=open_only, account=request.query.get("account") or None, limit=limit
+        open_only=open_only, account=scoped_account(request, request.query.get("account") or None), limit=limit
     )
     return json_response({"items": [complaint_as_dict(c) for c in items]})
 
 
 async def get_complaint(request: web.Request) -> web.Response:
-    complaint = await services_of(request).store.complaints.get(_complaint_id(request))
-    if complaint is None:
-        json_error(404, "not_found", f"no complaint {request.match_info['id']}")
+    complaint = await _own_complaint(request, _complaint_id(request))
     return json_response(complaint_as_dict(complaint))
 
 
 async def ack_complaint(request: web.Request) -> web.Response:
     complaint_id = _complaint_id(request)
+    await _own_complaint(request, complaint_id)
     body = await json_body(request) if request.can_read_body else {}
     note = body.get("note")
     if not isinstance(note, str) or not note.strip():
@@ -108,6 +122,25 @@ async def ack_complaint(request: web.Request) -> web.Response:
         json_error(409, "not_open", str(exc))
     except UsageError as exc:
         json_error(422, "invalid", str(exc))
+    return json_response(complaint_as_dict(complaint))
+
+
+async def verify_complaint(request: web.Request) -> web.Response:
+    """SPEC §16: an admin vouches for a report from no configured source (audited)."""
+    complaint_id = _complaint_id(request)
+    body = await json_body(request) if request.can_read_body else {}
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        json_error(422, "invalid", "note: expected a string")
+    service = _service(request)
+    try:
+        complaint = await service.verify(complaint_id, note=note, actor=admin_label(request))
+    except NotFound as exc:
+        json_error(404, "not_found", str(exc))
+    except ComplaintNotOpen as exc:
+        json_error(409, "verified_already", str(exc))
+    finally:
+        await service.close()
     return json_response(complaint_as_dict(complaint))
 
 

@@ -66,6 +66,17 @@ class Metrics:
         )
         self.unsubscribes = Counter(p + "unsubscribes_total", "Unsubscribes by method", ["method"], registry=r)
         self.complaints = Counter(p + "complaints_total", "Complaints received", ["account"], registry=r)
+        self.webhook_deliveries = Counter(
+            p + "webhook_deliveries_total", "Webhook POSTs by result (ok: 2xx; failed: anything else)",
+            ["account", "result"], registry=r,
+        )
+        self.webhook_oldest_pending = Gauge(
+            p + "webhook_oldest_pending_seconds", "Age of the oldest event a webhook endpoint of the account has not had yet",
+            ["account"], registry=r, multiprocess_mode="max",
+        )
+        self.bounces = Counter(
+            p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",

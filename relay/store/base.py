@@ -8,7 +8,10 @@ Store
 ├── quarantine  QuarantineStore     held messages
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
-└── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
+├── events      EventStore          what each account must learn of, in order (events_store.py)
+└── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from datetime import datetime
 from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
+from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
+from relay.store.events_store import EventStore
+from relay.store.webhooks_store import WebhookStateStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
     DecisionRecord,
     DeliveryRecord,
+    Event,
     OutboxItem,
     QuarantineItem,
 )
@@ -75,7 +82,10 @@ class ConsentStore(abc.ABC):
 
 class DecisionStore(abc.ABC):
     @abc.abstractmethod
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None: ...
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[Event] = ()
+    ) -> None:
+        """Write the batch and the events that tell about it in one transaction."""
 
     @abc.abstractmethod
     async def reserve_ids(self, name: str, count: int) -> int:
@@ -232,6 +242,9 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    events: EventStore
+    webhooks: WebhookStateStore
+    bounces: BounceStore
 
     @abc.abstractmethod
     async def open(self) -> None:

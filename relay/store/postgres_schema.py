@@ -189,7 +189,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
-    # 6: the outbox fence (issue 21); see schema.py.
+    # 6: complaint sources (SPEC §16): whether a report came from a configured feedback loop, and
+    # whether it was a spam-trap hit; and the bounces table.
+    (
+        "ALTER TABLE complaints ADD COLUMN verified INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE complaints ADD COLUMN spam_trap INTEGER NOT NULL DEFAULT 0",
+        # bounces (SPEC §15): every DSN to bounce+ID@ and what it said about its recipient.
+        f"""CREATE TABLE bounces (
+            id {_ID},
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            received_at {_SORTED} NOT NULL,
+            permanent INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL DEFAULT '',
+            diagnostic TEXT NOT NULL DEFAULT '',
+            delivery_id BIGINT,
+            relay_id TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '',
+            report BYTEA NOT NULL
+        )""",
+        "CREATE INDEX bounces_account ON bounces (account, id)",
+        "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
+    ),
+    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
+    (
+        f"""CREATE TABLE events (
+            account {_SORTED} NOT NULL,
+            seq BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            at {_SORTED} NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        f"CREATE TABLE event_seq (account {_SORTED} PRIMARY KEY, last BIGINT NOT NULL)",
+        f"""CREATE TABLE webhook_state (
+            account {_SORTED} NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+            failing_since DOUBLE PRECISION,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at DOUBLE PRECISION,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
+    ),
+    # 8: the outbox fence (issue 21); see schema.py.
     (
         "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
         "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",

@@ -181,7 +181,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     ("ALTER TABLE quarantine ADD COLUMN claimed_at TEXT",),
-    # 6: the outbox fence (issue 21). `sending_since` is set when a holder's send to the upstream
+    # 6: complaint sources (SPEC §16): whether a report came from a configured feedback loop, and
+    # whether it was a spam-trap hit; and the bounces table.
+    (
+        "ALTER TABLE complaints ADD COLUMN verified INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE complaints ADD COLUMN spam_trap INTEGER NOT NULL DEFAULT 0",
+        # bounces (SPEC §15): every DSN to bounce+ID@ and what it said about its recipient.
+        """CREATE TABLE bounces (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            permanent INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL DEFAULT '',
+            diagnostic TEXT NOT NULL DEFAULT '',
+            delivery_id INTEGER,
+            relay_id TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '',
+            report BLOB NOT NULL
+        )""",
+        "CREATE INDEX bounces_account ON bounces (account, id)",
+        "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
+    ),
+    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
+    (
+        """CREATE TABLE events (
+            account TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        "CREATE TABLE event_seq (account TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+        """CREATE TABLE webhook_state (
+            account TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            failing_since REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at REAL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
+    ),
+    # 8: the outbox fence (issue 21). `sending_since` is set when a holder's send to the upstream
     # begins and cleared when its outcome is recorded: a claimer that finds it set knows the copy
     # may have been accepted already. `uncertain` counts such attempts for the "maybe twice" log.
     (

@@ -18,7 +18,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 import aiosqlite
 
 from policies.facts import ConsentRecord, Suppression
+from relay import events as ev
 from relay.errors import StoreUnavailable
+from relay.store.bounces import SqliteBounces
 from relay.store import base
 from relay.store.records import (
     AccountState,
@@ -48,6 +50,8 @@ from relay.store.rows import (
     split_quarantine_counts,
     suppression_from_row,
 )
+from relay.store.webhooks_store import SqliteWebhookStates
+from relay.store.events_store import SqliteEvents, append_sqlite
 from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
 
@@ -263,6 +267,7 @@ class SqliteAccountStates(base.AccountStateStore):
                 conn,
                 AuditEntry(actor, f"account.{state.state}", state.account, note, {"state": state.state}, now),
             )
+            await append_sqlite(conn, [ev.account_state_event(state, actor, note, now)])
 
 
 def _state_from_row(row: sqlite3.Row) -> AccountState:
@@ -362,20 +367,16 @@ class SqliteConsents(base.ConsentStore):
         return await self.db.write(sql, (stamp, email, *scopes))
 
     async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool:
-        count = await self.db.write(
-            "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) VALUES (?,?,?,?,?,?,?) "
-            "ON CONFLICT (email, scope, topic, reason) DO NOTHING",
-            (
-                suppression.scope,
-                suppression.email,
-                suppression.topic,
-                suppression.reason,
-                suppression.via,
-                note,
-                iso(suppression.created_at or utcnow()),
-            ),
-        )
-        return count > 0
+        at = suppression.created_at or utcnow()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (email, scope, topic, reason) DO NOTHING",
+                (suppression.scope, suppression.email, suppression.topic, suppression.reason, suppression.via, note, iso(at)),
+            )
+            if cursor.rowcount > 0:
+                await append_sqlite(conn, [ev.suppression_event(suppression, at, note=note)])
+        return cursor.rowcount > 0
 
     async def remove_suppression(self, scope: str, email: str, reason: str | None = None) -> int:
         sql = "DELETE FROM suppressions WHERE scope=? AND email=?"
@@ -383,7 +384,14 @@ class SqliteConsents(base.ConsentStore):
         if reason:
             sql += " AND reason=?"
             params.append(reason)
-        return await self.db.write(sql, params)
+        async with self.db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(sql + " RETURNING scope, email, topic, reason, via", params))
+            now = utcnow()
+            await append_sqlite(conn, [
+                ev.suppression_event(Suppression(r["email"], r["scope"], r["topic"], r["reason"], r["via"]), now, added=False)
+                for r in rows
+            ])
+        return len(rows)
 
     async def list_suppressions(self, scope: str | None = None, limit: int = 1000) -> list[Suppression]:
         if scope is None:
@@ -409,8 +417,11 @@ class SqliteDecisions(base.DecisionStore):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[ev.Event] = ()
+    ) -> None:
         async with self.db.transaction() as conn:
+            await append_sqlite(conn, events)
             if decisions:
                 await conn.executemany(
                     "INSERT INTO decisions (relay_id, message_id, account, stream, mail_from, recipients, outcome, "
@@ -559,6 +570,16 @@ class SqliteOutbox(base.OutboxStore):
         return int(row[0]) if row else 0
 
 
+_EVENT_COLUMNS = "account, stream, relay_id, rcpt_tos, rules"
+
+
+def _quarantine_events(row: Any, status: str, audit: AuditEntry) -> list[ev.Event]:
+    return ev.quarantine_event(
+        status, row["account"], row["stream"], row["relay_id"], json.loads(row["rcpt_tos"]), json.loads(row["rules"]),
+        audit.actor, audit.at or utcnow(),
+    )
+
+
 class SqliteQuarantine(base.QuarantineStore):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
@@ -630,14 +651,15 @@ class SqliteQuarantine(base.QuarantineStore):
 
     async def set_status(self, item_id: str, status: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
+            rows = list(await conn.execute_fetchall(
                 "UPDATE quarantine SET status=?, content=CASE WHEN ?='deleted' THEN x'' ELSE content END "
-                "WHERE id=? AND status='held'",
+                f"WHERE id=? AND status='held' RETURNING {_EVENT_COLUMNS}",
                 (status, status, item_id),
-            )
-            if cursor.rowcount == 0:
+            ))
+            if not rows:
                 return False
             await _insert_audit(conn, audit)
+            await append_sqlite(conn, _quarantine_events(rows[0], status, audit))
         return True
 
     async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
@@ -656,12 +678,14 @@ class SqliteQuarantine(base.QuarantineStore):
 
     async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE quarantine SET status='released' WHERE id=? AND status='releasing'", (item_id,)
-            )
-            if cursor.rowcount == 0:
+            rows = list(await conn.execute_fetchall(
+                f"UPDATE quarantine SET status='released' WHERE id=? AND status='releasing' RETURNING {_EVENT_COLUMNS}",
+                (item_id,),
+            ))
+            if not rows:
                 return False
             await _insert_audit(conn, audit)
+            await append_sqlite(conn, _quarantine_events(rows[0], "released", audit))
         return True
 
     async def count(self) -> int:
@@ -762,6 +786,9 @@ class SqliteStore(base.Store):
         self.audit = SqliteAudit(self.db)
         self.rates = SqliteRates(self.db)
         self.complaints = SqliteComplaints(self.db)
+        self.webhooks = SqliteWebhookStates(self.db)
+        self.events = SqliteEvents(self.db)
+        self.bounces = SqliteBounces(self.db)
 
     async def open(self) -> None:
         await self.db.open()

@@ -72,6 +72,9 @@ class UpstreamConfig:
 class StoreConfig:
     url: str = "sqlite:///var/relay.db"
     timeout: float = 5.0
+    # True: this relay is one of several instances (hosts) of one PostgreSQL deployment. Otherwise
+    # `serve` holds a lock and a second `serve` on the same store refuses to start.
+    shared: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -120,6 +123,9 @@ class OutboxConfig:
     retry_max_seconds: float = 3600
     give_up_after_hours: float = 120
     poll_seconds: float = 1.0
+    # A claimed copy is leased for this long, renewed every third of it while its holder works;
+    # after a crash its copies wait at most this long for another process.
+    lease_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -808,7 +814,9 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 },
             )
         ),
-        "store": lambda k, v: StoreConfig(**_section(k, v, {"url": _store_url(base), "timeout": _positive_num})),
+        "store": lambda k, v: StoreConfig(
+            **_section(k, v, {"url": _store_url(base), "timeout": _positive_num, "shared": _bool})
+        ),
         "http": lambda k, v: HttpConfig(
             **_section(
                 k,
@@ -851,6 +859,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "retry_max_seconds": _num,
                     "give_up_after_hours": _num,
                     "poll_seconds": _num,
+                    "lease_seconds": _num,
                 },
             )
         ),
@@ -930,6 +939,10 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         raise ConfigError("events.retention_days", "must be more than 0")
     if config.smtp.workers < 1:
         raise ConfigError("smtp.workers", "must be at least 1")
+    if config.store.shared and config.store.is_sqlite:
+        raise ConfigError("store.shared", "only a PostgreSQL store can be shared by several instances")
+    if config.outbox.lease_seconds <= 0:
+        raise ConfigError("outbox.lease_seconds", "must be more than 0")
     if config.http.public_listen is not None and not config.unsubscribe.secrets:
         raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
     if not config.unsubscribe.secrets:

@@ -48,7 +48,7 @@ from relay.store.rows import (
     decision_to_row,
     delivery_from_row,
     delivery_to_row,
-    outbox_from_row,
+    claimed_outbox,
     quarantine_from_row,
     split_quarantine_counts,
     suppression_from_row,
@@ -522,36 +522,82 @@ class PostgresOutbox(base.OutboxStore):
 
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
         # SKIP LOCKED: a racing instance passes over rows another is leasing; the re-checked WHERE
-        # drops rows whose lease was committed after this statement's snapshot.
+        # drops rows whose lease was committed after this statement's snapshot. `was` is the
+        # sending mark before this claim cleared it.
         rows = await self.db.fetch(
-            "UPDATE outbox SET lease_owner=$1, lease_until=$2 WHERE id IN ("
-            "SELECT id FROM outbox WHERE status='pending' AND next_attempt_at <= $3 AND lease_until <= $3 "
-            "ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *",
+            "UPDATE outbox o SET lease_owner=$1, lease_until=$2, sending_since=0, "
+            "uncertain=o.uncertain + (CASE WHEN o.sending_since > 0 THEN 1 ELSE 0 END) FROM ("
+            "SELECT id, sending_since AS was FROM outbox WHERE status='pending' AND next_attempt_at <= $3 "
+            "AND lease_until <= $3 ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) s "
+            "WHERE o.id = s.id RETURNING o.*, o.uncertain - (CASE WHEN s.was > 0 THEN 1 ELSE 0 END) AS uncertain_before, "
+            "s.was",
             owner,
             float(now + lease_seconds),
             float(now),
             limit,
         )
         rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
-        return [outbox_from_row(r) for r in rows]
+        return [claimed_outbox({**dict(r), "uncertain": r["uncertain_before"]}, r["was"] > 0) for r in rows]
+
+    async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
+        if not item_ids:
+            return set()
+        rows = await self.db.fetch(
+            "UPDATE outbox SET lease_until=$1 WHERE lease_owner=$2 AND status='pending' AND id = ANY($3::bigint[]) "
+            "RETURNING id",
+            float(lease_until),
+            owner,
+            list(item_ids),
+        )
+        return {int(r["id"]) for r in rows}
+
+    async def fence(self, item_id: int, owner: str, *, now: float, lease_until: float) -> bool:
+        changed = await self.db.write(
+            "UPDATE outbox SET lease_until=$1, sending_since=$2 WHERE id=$3 AND lease_owner=$4 AND status='pending'",
+            float(lease_until),
+            float(now),
+            item_id,
+            owner,
+        )
+        return changed == 1
+
+    async def release(self, item_ids: Sequence[int], owner: str) -> None:
+        if item_ids:
+            await self.db.write(
+                "UPDATE outbox SET lease_owner='', lease_until=0 WHERE lease_owner=$1 AND id = ANY($2::bigint[])",
+                owner,
+                list(item_ids),
+            )
 
     async def delivered(self, item_id: int, owner: str) -> None:
         await self.db.write("DELETE FROM outbox WHERE id=$1 AND lease_owner=$2", item_id, owner)
 
-    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None:
+    async def retry_later(
+        self,
+        item_id: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        rcpt_tos: Sequence[str] | None = None,
+        uncertain: bool = False,
+    ) -> None:
         await self.db.write(
             "UPDATE outbox SET attempts=attempts+1, next_attempt_at=$1, last_error=$2, lease_owner='', "
-            "lease_until=0 WHERE id=$3 AND lease_owner=$4",
+            "lease_until=0, sending_since=0, uncertain=uncertain+$3, rcpt_tos=coalesce($4, rcpt_tos) "
+            "WHERE id=$5 AND lease_owner=$6",
             float(next_attempt_at),
             error[:1000],
+            int(uncertain),
+            None if rcpt_tos is None else json.dumps(list(rcpt_tos)),
             item_id,
             owner,
         )
 
     async def give_up(self, item_id: int, owner: str, *, error: str) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=$1, lease_owner='', lease_until=0 "
-            "WHERE id=$2 AND lease_owner=$3",
+            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=$1, lease_owner='', lease_until=0, "
+            "sending_since=0 WHERE id=$2 AND lease_owner=$3",
             error[:1000],
             item_id,
             owner,

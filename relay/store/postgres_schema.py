@@ -242,4 +242,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (account, endpoint)
         )""",
     ),
+    # 8: the outbox fence (issue 21); see schema.py.
+    (
+        "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
+    ),
 )

@@ -81,6 +81,12 @@ class OutboxItem:
     next_attempt_at: float = 0.0
     created_at: float = 0.0
     last_error: str = ""
+    # Attempts whose acceptance by the upstream is unknown (connection lost after the message was
+    # sent, or a holder that stopped during a send): a later delivery is then "maybe twice".
+    uncertain: int = 0
+    # Set by claim_due when the previous holder's lease ran out during a send (it was killed or
+    # lost the store): this attempt is uncertain from the start.
+    interrupted_send: bool = False
 
 
 @dataclass(frozen=True)

@@ -234,4 +234,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (account, endpoint)
         )""",
     ),
+    # 8: the outbox fence (issue 21). `sending_since` is set when a holder's send to the upstream
+    # begins and cleared when its outcome is recorded: a claimer that finds it set knows the copy
+    # may have been accepted already. `uncertain` counts such attempts for the "maybe twice" log.
+    (
+        "ALTER TABLE outbox ADD COLUMN sending_since REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0",
+    ),
 )

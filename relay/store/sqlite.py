@@ -45,7 +45,7 @@ from relay.store.rows import (
     decision_to_row,
     delivery_from_row,
     delivery_to_row,
-    outbox_from_row,
+    claimed_outbox,
     quarantine_from_row,
     split_quarantine_counts,
     suppression_from_row,
@@ -502,25 +502,66 @@ class SqliteOutbox(base.OutboxStore):
             )
             if rows:
                 await conn.executemany(
-                    "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id=?",
+                    "UPDATE outbox SET lease_owner=?, lease_until=?, sending_since=0, "
+                    "uncertain=uncertain + (sending_since > 0) WHERE id=?",
                     [(owner, now + lease_seconds, r["id"]) for r in rows],
                 )
-        return [outbox_from_row(r) for r in rows]
+        return [claimed_outbox(r, r["sending_since"] > 0) for r in rows]
+
+    async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
+        if not item_ids:
+            return set()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"UPDATE outbox SET lease_until=? WHERE lease_owner=? AND status='pending' AND id IN ({_marks(len(item_ids))})",
+                (lease_until, owner, *item_ids),
+            )
+            rows = await conn.execute_fetchall(
+                f"SELECT id FROM outbox WHERE lease_owner=? AND status='pending' AND id IN ({_marks(len(item_ids))})",
+                (owner, *item_ids),
+            )
+        return {int(r[0]) for r in rows}
+
+    async def fence(self, item_id: int, owner: str, *, now: float, lease_until: float) -> bool:
+        changed = await self.db.write(
+            "UPDATE outbox SET lease_until=?, sending_since=? WHERE id=? AND lease_owner=? AND status='pending'",
+            (lease_until, now, item_id, owner),
+        )
+        return changed == 1
+
+    async def release(self, item_ids: Sequence[int], owner: str) -> None:
+        if item_ids:
+            await self.db.write(
+                f"UPDATE outbox SET lease_owner='', lease_until=0 WHERE lease_owner=? AND id IN ({_marks(len(item_ids))})",
+                (owner, *item_ids),
+            )
 
     async def delivered(self, item_id: int, owner: str) -> None:
         await self.db.write("DELETE FROM outbox WHERE id=? AND lease_owner=?", (item_id, owner))
 
-    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None:
+    async def retry_later(
+        self,
+        item_id: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        rcpt_tos: Sequence[str] | None = None,
+        uncertain: bool = False,
+    ) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=?, lease_owner='', lease_until=0 "
-            "WHERE id=? AND lease_owner=?",
-            (next_attempt_at, error[:1000], item_id, owner),
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=?, lease_owner='', lease_until=0, "
+            "sending_since=0, uncertain=uncertain+?, rcpt_tos=coalesce(?, rcpt_tos) WHERE id=? AND lease_owner=?",
+            (
+                next_attempt_at, error[:1000], int(uncertain), None if rcpt_tos is None else json.dumps(list(rcpt_tos)),
+                item_id, owner,
+            ),
         )
 
     async def give_up(self, item_id: int, owner: str, *, error: str) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=?, lease_owner='', lease_until=0 "
-            "WHERE id=? AND lease_owner=?",
+            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=?, lease_owner='', lease_until=0, "
+            "sending_since=0 WHERE id=? AND lease_owner=?",
             (error[:1000], item_id, owner),
         )
 

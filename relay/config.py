@@ -17,6 +17,7 @@ from relay.errors import ConfigError
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
+EXAMPLE_CONFIG = "config.example.toml"  # the checkout's, used when there is no config.toml
 
 
 @dataclass(frozen=True)
@@ -754,4 +755,11 @@ def _dkim_keys(readable: Callable[[str, Any], Path]) -> Callable[[str, Any], tup
 
 
 def config_path_from(argument: str | None) -> Path:
-    return Path(argument or os.environ.get("CONSENT_RELAY_CONFIG") or DEFAULT_CONFIG)
+    """-c FILE, else $CONSENT_RELAY_CONFIG, else ./config.toml; in a checkout without a config.toml,
+    its config.example.toml (so the README's commands run as written from the checkout)."""
+    chosen = argument or os.environ.get("CONSENT_RELAY_CONFIG")
+    if chosen:
+        return Path(chosen)
+    if not Path(DEFAULT_CONFIG).exists() and Path(EXAMPLE_CONFIG).exists():
+        return Path(EXAMPLE_CONFIG)
+    return Path(DEFAULT_CONFIG)

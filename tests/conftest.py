@@ -15,6 +15,7 @@ import secrets
 import smtplib
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -99,6 +100,19 @@ def until_sync(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def run_tool(argv: list[str], *, input: bytes | None = None, timeout: float = 60, **kwargs: Any) -> "subprocess.CompletedProcess[bytes]":
+    """Run an external tool (perl, sigtool, …) the test relies on. When it is missing or fails, the
+    assertion message is the tool's own stderr, not a bare exit status."""
+    try:
+        done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, **kwargs)
+    except FileNotFoundError as exc:
+        raise AssertionError(f"{argv[0]} is not installed ({exc}); scripts/setup-machine test installs it") from None
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace").strip()
+        raise AssertionError(f"{' '.join(map(str, argv))} exited {done.returncode}: {stderr or '(no stderr)'}")
+    return done
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ listener, the mailto address over SMTP, parent scopes, and DKIM checked by Perl'
 from __future__ import annotations
 
 import re
-import subprocess
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 from pathlib import Path
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from policies.facts import ConsentRecord
 from relay.dkim import dkim_dns_record, load_dkim_key
 from relay.config import load_config
-from tests.conftest import PASSWORD, asend, base_account, config_dict, make_config, message, write_config
+from tests.conftest import PASSWORD, asend, base_account, config_dict, make_config, message, run_tool, write_config
 
 VERIFIER = Path(__file__).parents[1] / "relay" / "dkim_verify.pl"
 SECRET = "unsubscribe-secret-for-tests-0123456789"
@@ -370,7 +369,7 @@ async def test_placeholder_in_base64_html_part(tmp_path: Path, upstream: Any, st
 def perl_verify(raw: bytes, records: list[str], tmp_path: Path) -> str:
     keys = tmp_path / "keys.txt"
     keys.write_text("".join(records))
-    done = subprocess.run(["perl", str(VERIFIER), str(keys)], input=raw, capture_output=True, timeout=60, check=True)
+    done = run_tool(["perl", str(VERIFIER), str(keys)], input=raw)
     return done.stdout.decode().splitlines()[-1].split()[1]
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -52,9 +53,15 @@ def test_every_package_the_suite_needs_is_in_the_one_list() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the script as another user")
-def test_make_test_as_non_root_stops_before_any_test_naming_what_is_missing(tmp_path: Path) -> None:
+def test_make_test_as_non_root_stops_before_any_test_naming_what_is_missing() -> None:
     """A non-root user on a machine without Chromium and CryptX: one message listing both and the
     command that installs them, exit non-zero, and no venv built and no test run."""
+    with tempfile.TemporaryDirectory(prefix="consent-relay-nonroot-") as tmp:  # pytest's tmp is root-only
+        os.chmod(tmp, 0o755)
+        _make_test_as_nobody(Path(tmp))
+
+
+def _make_test_as_nobody(tmp_path: Path) -> None:
     clone = _fresh_clone(tmp_path)
     # The machine "lacks" two packages: dpkg-query answers as if they were not installed.
     fake = tmp_path / "bin"
@@ -67,7 +74,6 @@ def test_make_test_as_non_root_stops_before_any_test_naming_what_is_missing(tmp_
         f'exec {real} "$@"\n'
     )
     (fake / "dpkg-query").chmod(0o755)
-    os.chmod(tmp_path, 0o755)
     done = subprocess.run(
         ["runuser", "-u", "nobody", "--", "make", "-C", str(clone), "test"],
         capture_output=True,
@@ -78,7 +84,7 @@ def test_make_test_as_non_root_stops_before_any_test_naming_what_is_missing(tmp_
     assert done.returncode != 0
     messages = [line for line in done.stderr.splitlines() if not line.startswith("make")]
     assert messages == [
-        "missing Debian packages: chromium libcryptx-perl",
+        "missing Debian packages: libcryptx-perl chromium",
         "install them (and start PostgreSQL with its test database) with: sudo scripts/setup-machine test",
     ], done.stderr
     assert not (clone / ".venv").exists()

@@ -78,12 +78,15 @@ def test_try_it_block_runs_as_written_in_a_fresh_clone(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CONSENT_RELAY_CONFIG", "VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(REPO)))
     started = time.monotonic()
+    # Files, not pipes: `make run &` keeps writing to the script's stdout after the script is done.
+    out_file, err_file = (tmp_path / "stdout").open("w+"), (tmp_path / "stderr").open("w+")
     shell = subprocess.Popen(
-        ["bash", "-c", script], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ["bash", "-c", script], cwd=clone, env=env, stdout=out_file, stderr=err_file, text=True,
         start_new_session=True,  # `make run &` outlives the script: the whole group is stopped below
     )
     try:
-        out, err = shell.communicate(timeout=840)
+        shell.wait(timeout=840)
+        out, err = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
         elapsed = time.monotonic() - started
         assert shell.returncode == 0, f"exit {shell.returncode}\n--- stdout\n{out}\n--- stderr\n{err[-4000:]}"
         # every line the README shows, in its order (make run's own lines may come in between)
@@ -109,3 +112,5 @@ def test_try_it_block_runs_as_written_in_a_fresh_clone(tmp_path: Path) -> None:
             pass
         shell.wait(timeout=30)
         until_sync(lambda: all(port_free(p) for p in PORTS), timeout=60, what="the relay to stop and free its ports")
+        out_file.close()
+        err_file.close()

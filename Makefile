@@ -33,9 +33,9 @@ setup-test:
 check-config: $(STAMP)
 	$(BIN)/consent-relay check-config -c $(CONFIG)
 
-# Regenerate the reference generated from the code (docs/configuration.md).
+# Regenerate the reference generated from the code (docs/configuration.md, cli.md, metrics.md, replies.md).
 docs: $(STAMP)
-	$(BIN)/python scripts/gen-config-docs.py
+	$(BIN)/python scripts/gen-docs.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

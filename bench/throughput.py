@@ -9,7 +9,7 @@ loop of each worker),
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
-scale-out pair (SPEC §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
+scale-out pair (docs/SPEC.md §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
 a load balancer would; the load is split over two smtp-source processes, one per instance), compared
 with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,

@@ -46,7 +46,7 @@ class AccountFacts:
 
 @dataclass(frozen=True)
 class ConsentRecord:
-    """One consent, keyed by (scope, email, topic), with the provenance of SPEC §5."""
+    """One consent, keyed by (scope, email, topic), with the provenance of docs/SPEC.md §5."""
 
     email: str
     scope: str

@@ -73,12 +73,12 @@ def build_parser() -> Parser:
     sink = add_command(
         sub, common, "sink", _sink, "a capture upstream for trying the relay: writes each copy to var/delivered/", needs_store=False
     )
-    sink.add_argument("--listen", help="HOST:PORT (default: the config's [upstream] host and port)")
+    sink.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: the config's [upstream] host and port)")
     sink.add_argument("--dir", help="where copies go (default: var/delivered/ next to the config file)")
     sink.add_argument("--list", action="store_true", help="list the captured copies, oldest first, and exit")
     sink.add_argument("--json", action="store_true", help="with --list: a JSON array")
     add_command(sub, common, "check-config", _check_config, "validate the config file and exit", needs_store=False)
-    # Needs no config file; -c is accepted (and ignored) like on every other command (SPEC §11).
+    # Needs no config file; -c is accepted (and ignored) like on every other command (docs/SPEC.md §11).
     sub.add_parser(
         "hash-password", parents=[common], help="read a secret on stdin and print its hash"
     ).set_defaults(handler=_hash_password, needs_store=False, no_config=True)

@@ -1,4 +1,4 @@
-"""`consent-relay complaint {import,list,ack,rejected}` (SPEC §9, §11)."""
+"""`consent-relay complaint {import,list,ack,rejected}` (docs/SPEC.md §9, §11)."""
 
 from __future__ import annotations
 

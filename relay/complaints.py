@@ -1,4 +1,4 @@
-"""Complaints (SPEC §9): take a feedback report (ARF or JSON), map it to the delivered copy,
+"""Complaints (docs/SPEC.md §9): take a feedback report (ARF or JSON), map it to the delivered copy,
 suppress the recipient at once, forward it to the account's abuse contact, and enforce the
 deadline (account.complaint_unanswered) and the complaint rate (account.complaint_rate)."""
 
@@ -140,7 +140,7 @@ class ComplaintService:
         return await self._record(complaint, raw, report.original_headers)
 
     async def ingest_json(self, data: Mapping[str, Any], *, source: str = "api", actor: str = "") -> Ingested:
-        """{"account", "email", "message_id", "feedback_type", "arrived_at"} (SPEC §12)."""
+        """{"account", "email", "message_id", "feedback_type", "arrived_at"} (docs/SPEC.md §12)."""
         raw = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
         problem, fields = self._json_fields(data)
         if problem:

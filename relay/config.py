@@ -1,4 +1,4 @@
-"""Load and validate the one TOML config file (SPEC §12). Every error names its key."""
+"""Load and validate the one TOML config file (docs/SPEC.md §12). Every error names its key."""
 
 from __future__ import annotations
 

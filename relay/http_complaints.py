@@ -1,4 +1,4 @@
-"""Admin API for complaints (SPEC §9, §12): POST a report (raw ARF or JSON), list, show, acknowledge,
+"""Admin API for complaints (docs/SPEC.md §9, §12): POST a report (raw ARF or JSON), list, show, acknowledge,
 and the refused reports kept for inspection. Authentication is the admin app's middleware."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Admin API for consent, interactions, proofs and suppressions (SPEC §5, §10, §12).
+"""Admin API for consent, interactions, proofs and suppressions (docs/SPEC.md §5, §10, §12).
 
 Authentication is the admin app's middleware; these handlers only validate and act.
 """

@@ -1,4 +1,4 @@
-"""Unsubscribe tokens (SPEC §6): HMAC-signed, URL-safe claims and short mailto ids.
+"""Unsubscribe tokens (docs/SPEC.md §6): HMAC-signed, URL-safe claims and short mailto ids.
 
 URL token: base64url (no padding) of version, issue time, scope, topic and recipient
 followed by a 128-bit truncated HMAC-SHA256. Mailto token: lower-case base32 of a

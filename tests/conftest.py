@@ -593,8 +593,9 @@ class ServeProcess:
     Separate ServeProcess objects on one shared store stand in for separate hosts; one with
     `[smtp] workers = N` is a supervisor whose N workers log to the same stderr."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *serve_args: str) -> None:
         self.config = config
+        self.serve_args = serve_args  # e.g. "--sink"
         self.lines: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -605,7 +606,7 @@ class ServeProcess:
         script = Path(sys.executable).parent / "consent-relay"
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli"]
         self.proc = await asyncio.create_subprocess_exec(
-            *argv, "serve", "-c", str(self.config),
+            *argv, "serve", "-c", str(self.config), *self.serve_args,
             cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._read())

@@ -1,4 +1,4 @@
-"""The complaint store interface (SPEC §9): complaints with their deadlines, malformed reports kept
+"""The complaint store interface (docs/SPEC.md §9): complaints with their deadlines, malformed reports kept
 for inspection, and the counts the complaint rate needs."""
 
 from __future__ import annotations

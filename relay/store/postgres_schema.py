@@ -140,7 +140,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
     ),
-    # 2: complaints (SPEC §9) and the feedback reports refused as malformed, kept for inspection.
+    # 2: complaints (docs/SPEC.md §9) and the feedback reports refused as malformed, kept for inspection.
     (
         f"""CREATE TABLE complaints (
             id {_ID},

@@ -132,7 +132,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at REAL NOT NULL
         )""",
     ),
-    # 2: complaints (SPEC §9) and the feedback reports refused as malformed, kept for inspection.
+    # 2: complaints (docs/SPEC.md §9) and the feedback reports refused as malformed, kept for inspection.
     (
         """CREATE TABLE complaints (
             id INTEGER PRIMARY KEY AUTOINCREMENT,

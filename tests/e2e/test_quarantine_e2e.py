@@ -1,4 +1,4 @@
-"""Quarantine end to end (SPEC §8): a real relay and a real upstream; hold, review over the API
+"""Quarantine end to end (docs/SPEC.md §8): a real relay and a real upstream; hold, review over the API
 and the CLI, release (never to someone suppressed since), delete, audit, purge, store failure → 451."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The per-account message rate (account.rate_limited, SPEC §4) against a real relay: a token bucket
+"""The per-account message rate (account.rate_limited, docs/SPEC.md §4) against a real relay: a token bucket
 in the store, taken at MAIL FROM; the clock is injected, so the minute passes without sleeping."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Complaints against a real relay (SPEC §9): feedback reports by mail to fbl@, by the API and by
+"""Complaints against a real relay (docs/SPEC.md §9): feedback reports by mail to fbl@, by the API and by
 the CLI; mapping to the delivered copy, immediate suppression, the forward to the abuse contact
 through a real upstream, the 24 h deadline driven by an injected clock, the complaint rate at its
 boundary, and `account resume`."""

@@ -1,4 +1,4 @@
-"""DKIM signatures checked by an independent verifier: Perl's Mail::DKIM (SPEC §7)."""
+"""DKIM signatures checked by an independent verifier: Perl's Mail::DKIM (docs/SPEC.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The per-account message rate (account.rate_limited, SPEC §4) is one token bucket in the store, so
+"""The per-account message rate (account.rate_limited, docs/SPEC.md §4) is one token bucket in the store, so
 it holds across worker processes: real `consent-relay serve` processes sharing one SQLite file,
 driven over SMTP, give exactly `rate_limit_per_minute` messages a minute between them."""
 

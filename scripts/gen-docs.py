@@ -66,6 +66,8 @@ FREE_TABLES = {
 }
 # Keys config.example.toml leaves out (tuning knobs): their description here.
 EXTRA = {
+    "smtp.tls_cert": "PEM certificate chain: STARTTLS on `listen`, and `tls_listen`",
+    "smtp.tls_key": "its PEM private key (tls_cert and tls_key go together)",
     "outbox.poll_seconds": "how often the outbox looks for copies due for a retry",
     "malware.clamd_timeout": "seconds for one clamd scan before it counts as unavailable",
     "http.admin_tokens.label": "a name for the token, shown in the audit log (who released, who deleted)",

@@ -62,7 +62,7 @@ def test_every_spec_reference_points_into_docs() -> None:
     assert {"4", "12"} <= sections
     bare, dangling = [], []
     for path in tracked_files():
-        if path.suffix not in SOURCE_SUFFIXES or path == DOCS / "SPEC.md":
+        if path.suffix not in SOURCE_SUFFIXES or path in (DOCS / "SPEC.md", Path(__file__).resolve()):
             continue
         text = path.read_text(errors="replace")
         for number, line in enumerate(text.splitlines(), 1):

@@ -78,9 +78,12 @@ async def post_complaint(request: web.Request) -> web.Response:
 async def list_complaints(request: web.Request) -> web.Response:
     open_only = request.query.get("open", "").lower() in ("1", "true", "yes")
     try:
-        limit = min(int(request.query.get("limit", "1000")), MAX_LIST)
+        limit = int(request.query.get("limit", "1000"))
     except ValueError:
         json_error(422, "invalid", "limit: expected an integer")
+    if limit < 1:  # a negative LIMIT means "all" to SQLite and is an error to PostgreSQL
+        json_error(422, "invalid", "limit: expected a positive integer")
+    limit = min(limit, MAX_LIST)
     items = await services_of(request).store.complaints.list(
         open_only=open_only, account=request.query.get("account") or None, limit=limit
     )

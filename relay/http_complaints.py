@@ -30,7 +30,8 @@ def _service(request: web.Request) -> ComplaintService:
 
 def _complaint_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit():
+    # ASCII digits only ("1²" is a str.isdigit() digit that int() refuses), and within a BIGINT
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         json_error(404, "not_found", f"no complaint {text}")
     return int(text)
 

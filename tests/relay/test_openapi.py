@@ -219,6 +219,8 @@ def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTes
     # found by the fuzzing below: a huge negative limit overflowed the store's LIMIT (500)
     call("GET", "/api/complaints", params={"limit": "-1267182223928656824107008"}, expect=422)
     call("GET", "/api/complaints", params={"limit": "-1"}, expect=422)
+    call("POST", "/api/complaints/{id}/ack", "/api/complaints/1\u00b2/ack", json={"note": "p"}, expect=404)  # fuzzing: "1²"
+    call("GET", "/api/complaints/{id}", "/api/complaints/" + "9" * 40, expect=404)
     call("GET", "/api/complaints/{id}", f"/api/complaints/{created['id']}")
     call("POST", "/api/complaints/{id}/ack", f"/api/complaints/{created['id']}/ack", json={"note": "list cleaned"})
     call("POST", "/api/complaints", data=b"not a report", headers={"Content-Type": "message/rfc822"}, expect=422)

@@ -206,6 +206,7 @@ def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTes
     call("POST", "/api/interactions", json={"account": "shop", "email": "anna@example.nl", "kind": "click"})
     call("POST", "/api/suppressions", json={"account": "shop", "email": "piet@example.net", "note": "asked by phone"}, expect=201)
     call("GET", "/api/suppressions", params={"account": "shop"})
+    call("GET", "/api/suppressions", params={"limit": "\u00b2"}, expect=422)
     call("DELETE", "/api/suppressions", params={"account": "shop", "email": "piet@example.net"})
     call("DELETE", "/api/consent/{email}", "/api/consent/anna@example.nl", params={"account": "shop"})
 

@@ -139,7 +139,7 @@ async def _sink(config: Config, args: argparse.Namespace) -> int:
     host, port = config.upstream.host, config.upstream.port
     if args.listen:
         host, _, port_text = args.listen.rpartition(":")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not host or not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             fail(f"--listen: expected HOST:PORT, got {args.listen!r}")
         host, port = host.strip("[]"), int(port_text)
     return await sink.run_sink(host, port, directory)

@@ -308,7 +308,7 @@ def _listen(key: str, value: Any) -> Listen:
     text = _str(key, value)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
     return Listen(host, int(port))
 
@@ -732,7 +732,7 @@ def _clamd_address(key: str, value: Any) -> str:
     kind, _, where = text.partition(":")
     if kind == "unix" and where.startswith("/"):
         return text
-    if kind == "tcp" and where.rpartition(":")[2].isdigit():
+    if kind == "tcp" and where.rpartition(":")[2].isascii() and where.rpartition(":")[2].isdigit():
         return text
     raise ConfigError(key, f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
 

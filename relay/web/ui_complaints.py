@@ -88,7 +88,7 @@ async def complaint_ack(request: web.Request, session: Session) -> web.StreamRes
     back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
     text = request.match_info["id"]
     note = str(form.get("note", "")).strip()[:MAX_NOTE]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise web.HTTPNotFound(text=f"no complaint {text}")
     if not note:
         session.flash.append(("error", f"Say what was found and done about complaint {text} before acknowledging it."))

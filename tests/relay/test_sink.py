@@ -71,7 +71,7 @@ def test_sink_list_of_an_empty_directory_says_so(tmp_path: Path, capsys: pytest.
     assert code == 0 and out == "" and "no copies in" in err
 
 
-@pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:", "127.0.0.1:99999", ":25"])
+@pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:", "127.0.0.1:99999", ":25", "127.0.0.1:\u00b2"])
 def test_sink_bad_listen_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str) -> None:
     config = write_config(tmp_path, config_dict(tmp_path, free_port()))
     code, out, err = cli_run(["sink", "--listen", listen, "-c", str(config)], capsys)
@@ -91,3 +91,13 @@ def test_without_c_the_checkout_example_config_is_found(
     monkeypatch.chdir(tmp_path)  # elsewhere: no config.toml, no example, a clear error
     code, out, err = cli_run(["check-config"], capsys)
     assert code == 2 and "config.toml not found" in err
+
+
+@pytest.mark.parametrize(("key", "value"), [("smtp", {"listen": "127.0.0.1:\u00b2"}), ("malware", {"clamd": "tcp:127.0.0.1:\u00b2"})])
+def test_a_non_ascii_digit_port_in_the_config_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: dict[str, str]
+) -> None:
+    """"²" passes str.isdigit() but not int(): a clear config error, not a traceback."""
+    config = write_config(tmp_path, config_dict(tmp_path, free_port(), **{key: value}))
+    code, out, err = cli_run(["check-config", "-c", str(config)], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and f"{key}." in err, err

@@ -192,8 +192,37 @@ SCHEMAS: dict[str, Any] = {
             "consents": {"type": "array", "items": _ref("ConsentRecord")},
             "suppressions": {"type": "array", "items": _ref("Suppression")},
             "deliveries": {"type": "array", "items": _ref("Delivery")},
+            "bounces": {"type": "array", "items": _ref("ProofBounce")},
         }
     ),
+    "ProofBounce": _obj(
+        {
+            "id": {"type": "integer"},
+            "kind": {"type": "string", "enum": ["hard", "soft", "unknown"]},
+            "status": {"type": "string"},
+            "diagnostic": {"type": "string"},
+            "relay_id": {"type": "string"},
+            "received_at": {"type": "string"},
+        }
+    ),
+    "Bounce": _obj(
+        {
+            "id": {"type": "integer"},
+            "account": {"type": "string", "description": "empty when the DSN names no delivery the relay knows"},
+            "email": {"type": "string"},
+            "kind": {"type": "string", "enum": ["hard", "soft", "unknown"]},
+            "permanent": {"type": "boolean"},
+            "status": {"type": "string"},
+            "action": {"type": "string"},
+            "diagnostic": {"type": "string"},
+            "relay_id": {"type": "string"},
+            "delivery_id": {"type": ["integer", "null"]},
+            "source": {"type": "string"},
+            "detail": {"type": "string"},
+            "received_at": _TIME,
+        }
+    ),
+    "BounceList": _obj({"items": {"type": "array", "items": _ref("Bounce")}}),
     "Revoked": _obj({"email": {"type": "string"}, "account": {"type": "string"}, "revoked": {"type": "integer"}}),
     "InteractionInput": _obj(
         {
@@ -259,6 +288,11 @@ SCHEMAS: dict[str, Any] = {
             "status": {"type": "string"},
             "duplicate": {"type": "boolean"},
             "account_paused": {"type": "boolean"},
+            "more": {
+                "type": "array",
+                "description": "a report naming several recipients: one complaint each for the others",
+                "items": _obj({"id": {"type": "integer"}, "email": {"type": "string"}, "status": {"type": "string"}}),
+            },
         },
         ["id", "account", "email", "status"],
     ),
@@ -285,6 +319,8 @@ SCHEMAS: dict[str, Any] = {
             "acknowledged_by": {"type": ["string", "null"]},
             "note": {"type": ["string", "null"]},
             "escalated_at": _TIME,
+            "verified": {"type": "boolean", "description": "from a configured feedback loop, or vouched for by an admin"},
+            "spam_trap": {"type": "boolean"},
         }
     ),
     "ComplaintList": _obj({"items": {"type": "array", "items": _ref("Complaint")}}),
@@ -299,6 +335,7 @@ SCHEMAS: dict[str, Any] = {
     ),
     "RejectedList": _obj({"items": {"type": "array", "items": _ref("RejectedReport")}}),
     "AckInput": _obj({"note": {"type": "string", "minLength": 1}}, ["note"]),
+    "VerifyInput": _obj({"note": {"type": "string"}}, []),
     "OpenApi": {"type": "object", "description": "this document"},
 }
 
@@ -585,6 +622,29 @@ PATHS: dict[str, Any] = {
                 _query("limit", "at most this many", schema={"type": "integer"}),
             ],
         ),
+    },
+    "/api/complaints/{id}/verify": {
+        "parameters": [_path("id", "the complaint id (an integer)")],
+        "post": _op(
+            "Vouch for a report from no configured source (docs/SPEC.md §16): it counts and its deadline starts (audited)",
+            {"200": _json("Complaint", "verified"), **_errors(400, 404, 409, 422, *_COMMON)},
+            tag="complaints",
+            operationId="verifyComplaint",
+            requestBody=_body("VerifyInput", required=False),
+        ),
+    },
+    "/api/bounces": {
+        "get": _op(
+            "Bounces (DSNs) recorded, newest first (docs/SPEC.md §15)",
+            {"200": _json("BounceList", "bounces"), **_errors(422, *_COMMON)},
+            tag="complaints",
+            operationId="listBounces",
+            parameters=[
+                _query("account", "only this account"),
+                _query("kind", "only this kind", schema={"type": "string", "enum": ["hard", "soft", "unknown"]}),
+                _query("limit", "at most this many", schema={"type": "integer"}),
+            ],
+        )
     },
     "/api/complaints/rejected": {
         "get": _op(

@@ -49,6 +49,8 @@ TABLES: list[tuple[str, Any, type | None]] = [
     ("quarantine", lambda v: {"quarantine": v}, model.QuarantineConfig),
     ("outbox", lambda v: {"outbox": v}, model.OutboxConfig),
     ("complaints", lambda v: {"complaints": v}, model.ComplaintsConfig),
+    ("complaints.sources", lambda v: {"complaints": {"sources": [v]}}, model.ComplaintSource),
+    ("bounces", lambda v: {"bounces": v}, model.BouncesConfig),
     ("malware", lambda v: {"malware": v}, model.MalwareConfig),
     ("logging", lambda v: {"logging": v}, model.LoggingConfig),
     ("dkim.keys", lambda v: {"dkim": {"keys": [v]}}, model.DkimKeyConfig),
@@ -57,6 +59,8 @@ TABLES: list[tuple[str, Any, type | None]] = [
 ]
 # Tables written [[…]] (arrays of tables) in TOML.
 ARRAYS = {"dkim.keys", "accounts", "accounts.streams"}
+# Tables written inline as a list of tables in their parent: `key = [{ … }, …]`.
+INLINE_LISTS = {"http.admin_tokens": "[http] admin_tokens = [{ label, hash }, …]", "complaints.sources": "[complaints] sources = [{ name, … }, …]"}
 # Tables whose keys are free (rule ids, word list names): described, not listed key by key.
 FREE_TABLES = {
     "policy.actions": "One line per rule id to override its action: `\"rule.id\" = \"reject\" | \"quarantine\" | "
@@ -72,6 +76,13 @@ EXTRA = {
     "malware.clamd_timeout": "seconds for one clamd scan before it counts as unavailable",
     "http.admin_tokens.label": "a name for the token, shown in the audit log (who released, who deleted)",
     "http.admin_tokens.hash": "the token's hash from `consent-relay hash-password`",
+    "complaints.sources": "the feedback loops you signed up for: `[complaints] sources` below (docs/feedback-loop.md)",
+    "complaints.sources.name": "a name for the source, shown with its reports",
+    "complaints.sources.networks": "a report from a client inside these networks is verified",
+    "complaints.sources.dkim_domains": "a report DKIM-signed by one of these domains is verified",
+    "complaints.sources.spamtrap": "true: every abuse report from it is a spam-trap hit (pauses the account at once)",
+    "bounces.verp_transactional": "transactional copies get a VERP envelope sender too (one upstream transaction per recipient)",
+    "bounces.window_days": "the window of hard_limit",
     "policy.actions": "per-rule action overrides: the `[policy.actions]` table below",
     "policy.wordlists": "extra terms for the shipped word lists: the `[policy.wordlists]` table below",
     "accounts.streams": "the account's streams: `[[accounts.streams]]` below",
@@ -116,6 +127,7 @@ TYPE_NAMES = [
     (r"^tuple\[ipaddress.*\]$", "list of networks (CIDR)"),
     (r"^tuple\[AdminToken, \.\.\.\]$", "list of `{ label, hash }` tables"),
     (r"^tuple\[StreamConfig, \.\.\.\]$", "`[[accounts.streams]]` tables"),
+    (r"^tuple\[ComplaintSource, \.\.\.\]$", "list of `{ name, networks, dkim_domains, spamtrap }` tables"),
     (r"^Mapping\[.*\]$", "table"),
 ]
 
@@ -203,12 +215,16 @@ def render_configuration() -> str:
         "",
     ]
     undescribed: list[str] = []
+    documented_tables = {t.split(".")[0] for t, _, _ in TABLES}
+    new_tables = [t for t in accepted_keys(lambda v: v) if t not in documented_tables]
+    if new_tables:
+        raise SystemExit(f"gen-docs: the loader accepts tables this script does not know: {', '.join(new_tables)}: add them to TABLES")
     for table, wrap, cls in TABLES:
         keys = accepted_keys(wrap)
         fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
         brackets = f"[[{table}]]" if table in ARRAYS else f"[{table}]"
-        if table == "http.admin_tokens":
-            brackets = "[http] admin_tokens = [{ label, hash }, …]"
+        if table in INLINE_LISTS:
+            brackets = INLINE_LISTS[table]
         lines += [f"## `{brackets}`", "", "| key | type | default | description |", "|---|---|---|---|"]
         for key in keys:
             full = f"{table}.{key}"

@@ -28,10 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from relay.config import build_config
-from relay.http_admin import build_admin_app
 from relay.openapi import OPENAPI_PATH, build_document
-from relay.services import Services
+from tests.relay.test_complaints import arf
 from tests.conftest import (
     PASSWORD,
     PASSWORD_HASH,
@@ -70,6 +68,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayUnderTest]:
         free_port(),
         smtp={"listen": f"127.0.0.1:{smtp}"},
         http={"admin_listen": f"127.0.0.1:{admin}", "admin_tokens": [{"label": "tester", "hash": PASSWORD_HASH}]},
+        unsubscribe={"mailto_domain": "relay.test"},
     )
     config = write_config(workdir, data)
     stderr = (workdir / "stderr").open("wb")
@@ -109,15 +108,11 @@ def documented_operations() -> set[tuple[str, str]]:
     }
 
 
-def served_operations(tmp_path: Path) -> set[tuple[str, str]]:
-    config = build_config({"store": {"url": f"sqlite:///{tmp_path}/r.db"}}, tmp_path / "c.toml")
-
-    async def ready() -> dict[str, Any]:
-        return {}
-
-    app = build_admin_app(Services.build(config), ready)
+async def served_operations(relay: Any) -> set[tuple[str, str]]:
+    """The operations of a started Relay's admin listener, its features' routes included."""
+    (admin,) = [r.app for r in relay._runners if any(x.resource and x.resource.canonical == "/readyz" for x in r.app.router.routes())]
     routes = set()
-    for route in app.router.routes():
+    for route in admin.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         if route.method in ("HEAD", "*") or path.startswith(UNDOCUMENTED_PREFIXES):
             continue
@@ -130,8 +125,8 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     validate_spec(DOCUMENT)
 
 
-def test_every_route_is_documented_and_every_documented_route_exists(tmp_path: Path) -> None:
-    served, documented = served_operations(tmp_path), documented_operations()
+async def test_every_route_is_documented_and_every_documented_route_exists(relay: Any) -> None:
+    served, documented = await served_operations(relay), documented_operations()
     assert served - documented == set(), "routes the document does not describe"
     assert documented - served == set(), "documented operations no handler serves"
 
@@ -226,6 +221,15 @@ def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTes
     call("POST", "/api/complaints/{id}/ack", f"/api/complaints/{created['id']}/ack", json={"note": "list cleaned"})
     call("POST", "/api/complaints", data=b"not a report", headers={"Content-Type": "message/rfc822"}, expect=422)
     call("GET", "/api/complaints/rejected")
+    # a report by mail from no configured feedback loop (127.0.0.2) about the released copy: unverified
+    copy = next(c for c in sorted((live.workdir / "var" / "delivered").glob("*.eml")) if b"X-Envelope-To: <anna@example.nl>" in c.read_bytes())
+    out = send(live.smtp, arf(copy.read_bytes(), rcpt_to="anna@example.nl"), mail_from="fbl@isp.example",
+               rcpts=["fbl@relay.test"], source="127.0.0.2")
+    assert out.code == 250 and out.text.endswith("(open, unverified)"), out
+    listed = call("GET", "/api/complaints", params={"account": "shop"})
+    (unverified,) = [c for c in listed["items"] if not c["verified"]]
+    call("POST", "/api/complaints/{id}/verify", f"/api/complaints/{unverified['id']}/verify", json={"note": "seen"})
+    call("GET", "/api/bounces", params={"kind": "hard"})
 
     for path in ("/healthz", "/readyz", OPENAPI_PATH):
         call("GET", path)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(130)
+
+
+# As the program (not imported by a test): a Ctrl-C while the modules below load ends the process
+# at once and quietly, as nothing has started yet; main() hands SIGINT back to Python's handler.
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "consent-relay":
+    signal.signal(signal.SIGINT, _exit_quietly)
+
 import argparse
 import asyncio
 import getpass
 import json
-import os
-import sys
 from typing import Any, Awaitable, Callable, NoReturn, Sequence
 
 from relay.config import Config, config_path_from, load_config
@@ -65,6 +77,7 @@ def build_parser() -> Parser:
 
     serve = add_command(sub, common, "serve", _serve, "run the relay", needs_store=False)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--inherit", default=None, help=argparse.SUPPRESS)  # a worker's fds, from its parent
     serve.add_argument(
         "--sink",
         action="store_true",
@@ -106,7 +119,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     from relay import sink
 
     if not getattr(args, "sink", False) or await sink.answers(config.upstream.host, config.upstream.port):
-        return await serve(config, worker_index=args.worker_index)
+        return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
     directory = sink.delivered_dir(config.path)
     try:
         server = await sink.start_sink(config.upstream.host, config.upstream.port, directory)
@@ -118,7 +131,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        return await serve(config, worker_index=args.worker_index)
+        return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
     finally:
         server.close()
         await server.wait_closed()
@@ -184,6 +197,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is _exit_quietly:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C at any point, even before the event loop runs: no traceback
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -222,6 +222,24 @@ SCHEMAS: dict[str, Any] = {
             "received_at": _TIME,
         }
     ),
+    "Event": _obj(
+        {
+            "id": {"type": "string"},
+            "type": {"type": "string", "description": "delivered, unsubscribed, complained, bounced, … (docs/events-and-webhooks.md)"},
+            "at": _TIME,
+            "account": {"type": "string"},
+            "stream": {"type": "string"},
+            "recipient": {"type": "string"},
+            "relay_id": {"type": "string"},
+            "message_id": {"type": "string"},
+            "rule": {"type": "string"},
+            "detail": {},
+            "cursor": {"type": "string"},
+        }
+    ),
+    "EventPage": _obj(
+        {"events": {"type": "array", "items": _ref("Event")}, "next": {"type": "string", "description": "the `after` of the next page"}}
+    ),
     "BounceList": _obj({"items": {"type": "array", "items": _ref("Bounce")}}),
     "Revoked": _obj({"email": {"type": "string"}, "account": {"type": "string"}, "revoked": {"type": "integer"}}),
     "InteractionInput": _obj(
@@ -347,6 +365,7 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "the body is not valid JSON",
+        403: "an account API key asked for another account or an admin-only operation",
         401: "no valid admin bearer token",
         404: "no such record (or account)",
         409: "the record is not in a state that allows this",
@@ -633,6 +652,19 @@ PATHS: dict[str, Any] = {
             requestBody=_body("VerifyInput", required=False),
         ),
     },
+    "/api/events": {
+        "get": _op(
+            "The account's event feed, oldest first after a cursor (docs/SPEC.md §17); an account API key sees only its account",
+            {"200": _json("EventPage", "one page; ask again with `after` = `next`"), **_errors(403, 404, 422, *_COMMON)},
+            tag="events",
+            operationId="listEvents",
+            parameters=[
+                _query("account", "the account (required with an admin token)"),
+                _query("after", "the `next` of the previous page (default: the start of the feed)"),
+                _query("limit", "page size", schema={"type": "integer"}),
+            ],
+        )
+    },
     "/api/bounces": {
         "get": _op(
             "Bounces (DSNs) recorded, newest first (docs/SPEC.md §15)",
@@ -684,12 +716,13 @@ def build_document() -> dict[str, Any]:
             "version": _version(),
             "description": (
                 "The admin listener (`[http] admin_listen`). Every `/api/…` operation needs "
-                "`Authorization: Bearer TOKEN` (an admin token of `[http] admin_tokens`); errors are "
+                "`Authorization: Bearer TOKEN`: an admin token of `[http] admin_tokens`, or an account API key "
+                "(`[[accounts]] api_keys`) for its own account's operations; errors are "
                 '`{"error": CODE, "detail": TEXT}`. The web UI (`/ui/…`, HTML) is not part of this API.'
             ),
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": t} for t in ("operations", "quarantine", "consent", "complaints")],
+        "tags": [{"name": t} for t in ("operations", "quarantine", "consent", "complaints", "events")],
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

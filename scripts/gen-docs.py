@@ -51,14 +51,16 @@ TABLES: list[tuple[str, Any, type | None]] = [
     ("complaints", lambda v: {"complaints": v}, model.ComplaintsConfig),
     ("complaints.sources", lambda v: {"complaints": {"sources": [v]}}, model.ComplaintSource),
     ("bounces", lambda v: {"bounces": v}, model.BouncesConfig),
+    ("events", lambda v: {"events": v}, model.EventsConfig),
     ("malware", lambda v: {"malware": v}, model.MalwareConfig),
     ("logging", lambda v: {"logging": v}, model.LoggingConfig),
     ("dkim.keys", lambda v: {"dkim": {"keys": [v]}}, model.DkimKeyConfig),
     ("accounts", lambda v: {"accounts": [v]}, model.AccountConfig),
+    ("accounts.webhooks", lambda v: {"accounts": [{"id": "a", "domains": ["a.example"], "webhooks": [v]}]}, model.WebhookConfig),
     ("accounts.streams", lambda v: {"accounts": [{"id": "a", "domains": ["a.example"], "streams": [v]}]}, model.StreamConfig),
 ]
 # Tables written [[…]] (arrays of tables) in TOML.
-ARRAYS = {"dkim.keys", "accounts", "accounts.streams"}
+ARRAYS = {"dkim.keys", "accounts", "accounts.streams", "accounts.webhooks"}
 # Tables written inline as a list of tables in their parent: `key = [{ … }, …]`.
 INLINE_LISTS = {"http.admin_tokens": "[http] admin_tokens = [{ label, hash }, …]", "complaints.sources": "[complaints] sources = [{ name, … }, …]"}
 # Tables whose keys are free (rule ids, word list names): described, not listed key by key.
@@ -83,6 +85,11 @@ EXTRA = {
     "complaints.sources.spamtrap": "true: every abuse report from it is a spam-trap hit (pauses the account at once)",
     "bounces.verp_transactional": "transactional copies get a VERP envelope sender too (one upstream transaction per recipient)",
     "bounces.window_days": "the window of hard_limit",
+    "events.webhook_poll_seconds": "how often due webhook deliveries are looked for",
+    "events.webhook_retry_initial_seconds": "the first retry of a failed webhook POST; the back-off doubles from here, with jitter",
+    "events.webhook_retry_max_seconds": "the back-off of webhook retries stops doubling here",
+    "events.webhook_timeout": "seconds for one webhook POST",
+    "accounts.webhooks": "the account's webhook endpoints: `[[accounts.webhooks]]` below (docs/events-and-webhooks.md)",
     "policy.actions": "per-rule action overrides: the `[policy.actions]` table below",
     "policy.wordlists": "extra terms for the shipped word lists: the `[policy.wordlists]` table below",
     "accounts.streams": "the account's streams: `[[accounts.streams]]` below",
@@ -127,6 +134,7 @@ TYPE_NAMES = [
     (r"^tuple\[ipaddress.*\]$", "list of networks (CIDR)"),
     (r"^tuple\[AdminToken, \.\.\.\]$", "list of `{ label, hash }` tables"),
     (r"^tuple\[StreamConfig, \.\.\.\]$", "`[[accounts.streams]]` tables"),
+    (r"^tuple\[WebhookConfig, \.\.\.\]$", "`[[accounts.webhooks]]` tables"),
     (r"^tuple\[ComplaintSource, \.\.\.\]$", "list of `{ name, networks, dkim_domains, spamtrap }` tables"),
     (r"^Mapping\[.*\]$", "table"),
 ]
@@ -244,6 +252,8 @@ def render_configuration() -> str:
                 default = "*required*"
             if table == "accounts" and key == "domains":
                 default = "*required* (at least one)"
+            if table == "accounts.webhooks" and key == "events":
+                default = "every type but `delivered`"
             if table == "accounts.streams" and key == "topic":
                 default = "the stream's id"
             description = comments.get(full) or EXTRA.get(full, "")

@@ -230,6 +230,8 @@ def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTes
     (unverified,) = [c for c in listed["items"] if not c["verified"]]
     call("POST", "/api/complaints/{id}/verify", f"/api/complaints/{unverified['id']}/verify", json={"note": "seen"})
     call("GET", "/api/bounces", params={"kind": "hard"})
+    page = call("GET", "/api/events", params={"account": "shop", "limit": "5"})
+    call("GET", "/api/events", params={"account": "shop", "after": page["next"]})
 
     for path in ("/healthz", "/readyz", OPENAPI_PATH):
         call("GET", path)

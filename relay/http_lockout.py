@@ -1,4 +1,4 @@
-"""Failed admin credentials per client address (SPEC §17): after MAX_FAILURES wrong bearer tokens or
+"""Failed admin credentials per client address (docs/SPEC.md §17): after MAX_FAILURES wrong bearer tokens or
 UI sign-ins within WINDOW_SECONDS, the address gets 429 with Retry-After until LOCKOUT_SECONDS pass.
 
 One table serves the bearer check and the sign-in form, so switching between them gains nothing.

@@ -1,4 +1,4 @@
-"""Unsubscribe tokens (SPEC §6): opaque, authenticated, URL-safe claims and short mailto ids.
+"""Unsubscribe tokens (docs/SPEC.md §6): opaque, authenticated, URL-safe claims and short mailto ids.
 
 URL token (version 2): base64url (no padding) of a version byte and the AES-256-SIV (RFC 5297)
 encryption of issue time, scope, topic and recipient, zero-padded to a multiple of 16 bytes. SIV
@@ -140,7 +140,7 @@ class TokenCodec:
         return self._verify_id(_MAILTO_CONTEXT, token)
 
     def issue_bounce(self, delivery_id: int) -> str:
-        """The ID of a VERP envelope sender bounce+ID@ (SPEC §15): lower-case, at most 40 characters."""
+        """The ID of a VERP envelope sender bounce+ID@ (docs/SPEC.md §15): lower-case, at most 40 characters."""
         return self._issue_id(_BOUNCE_CONTEXT, delivery_id)
 
     def verify_bounce(self, token: str) -> int | None:

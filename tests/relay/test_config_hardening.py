@@ -1,4 +1,4 @@
-"""Dangerous config values (SPEC §12, issue 15): check-config refuses a trusted network that covers a
+"""Dangerous config values (docs/SPEC.md §12, issue 15): check-config refuses a trusted network that covers a
 large part of the internet and limits of zero, with one line naming the key and exit 2; it warns (and
 `serve` logs) when marketing mail would carry no HTTPS one-click unsubscribe URI."""
 

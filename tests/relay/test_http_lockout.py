@@ -1,4 +1,4 @@
-"""Wrong admin credentials on the admin listener (SPEC §17): after 20 from one address within 10
+"""Wrong admin credentials on the admin listener (docs/SPEC.md §17): after 20 from one address within 10
 minutes, 429 with Retry-After, for the bearer API and the UI sign-in alike; the lock-out is audited
 and counted in consent_relay_http_auth_lockouts_total. Real admin app, real sockets, aiohttp client."""
 

@@ -126,6 +126,25 @@ class ComplaintsConfig:
 
 
 @dataclass(frozen=True)
+class SignupsConfig:
+    """[signups] (SPEC §18): hosted double opt-in."""
+
+    confirm_ttl_hours: float = 72
+    resend_after_hours: float = 24
+    client_rate_per_hour: int = 10  # signups per client address (the form filler's IP) and account
+
+
+@dataclass(frozen=True)
+class ConfirmationTemplate:
+    """[[accounts]] confirmation: the account's own confirmation mail; {{confirm_url}} is the link."""
+
+    sender: str = ""  # `from` in the file
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+
+
+@dataclass(frozen=True)
 class MalwareConfig:
     clamd: str | None = None
     clamd_unavailable: str = "tempfail"
@@ -173,6 +192,7 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    confirmation: ConfirmationTemplate | None = None
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -224,6 +244,7 @@ class Config:
     dkim_keys: tuple[DkimKeyConfig, ...]
     logging: LoggingConfig
     accounts: tuple[AccountConfig, ...]
+    signups: SignupsConfig = SignupsConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -264,6 +285,13 @@ def _num(key: str, value: Any) -> float:
     if value < 0:
         raise ConfigError(key, "must not be negative")
     return float(value)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return number
 
 
 def _positive_num(key: str, value: Any) -> float:
@@ -515,6 +543,16 @@ def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     return tuple(streams)
 
 
+def _confirmation(key: str, value: Any) -> ConfirmationTemplate:
+    data = _section(key, value, {"from": _address, "subject": _str, "text": _str, "html": _str})
+    if "from" in data:
+        data["sender"] = data.pop("from")
+    for body in ("text", "html"):
+        if body in data and "{{confirm_url}}" not in data[body]:
+            raise ConfigError(f"{key}.{body}", "must contain {{confirm_url}}, the link that confirms")
+    return ConfirmationTemplate(**data)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -539,6 +577,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "confirmation": _confirmation,
             },
         )
         if "id" not in data:
@@ -697,6 +736,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             )
         ),
         "accounts": _accounts,
+        "signups": lambda k, v: SignupsConfig(
+            **_section(
+                k,
+                v,
+                {"confirm_ttl_hours": _positive_num, "resend_after_hours": _num, "client_rate_per_hour": _positive_int},
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -714,6 +760,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         dkim_keys=parsed.get("dkim", ()),
         logging=parsed.get("logging", LoggingConfig()),
         accounts=parsed.get("accounts", ()),
+        signups=parsed.get("signups", SignupsConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")

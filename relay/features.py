@@ -10,6 +10,7 @@ from relay.complaints_feature import ComplaintsFeature
 from relay.copies import CopyMaker
 from relay.dkim import DkimSigner
 from relay.dkim_keys import load_configured_keys
+from relay.http_signups import SignupsFeature
 from relay.quarantine_service import QuarantineFeature
 from relay.signing import CopySigner
 from relay.unsubscribe import UnsubscribeFeature
@@ -25,6 +26,8 @@ async def install(relay: Any) -> list[Any]:
     relay.pipeline.copy_builder = CopyMaker(config, codec, relay.copy_signer, relay.pipeline.delivery_ids)
     if codec is not None:
         features.append(UnsubscribeFeature(relay, codec))
+        if getattr(relay, "outbox", None) is not None:  # a serving relay, not the CLI's release stand-in
+            features.append(SignupsFeature(relay, config.unsubscribe.secrets))
     features.append(ComplaintsFeature(relay))
     features.append(QuarantineFeature(relay.services))
     if config.malware.clamd:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
+from typing import Awaitable, Callable
 
 from relay.config import OutboxConfig
 from relay.errors import StoreUnavailable, UpstreamRejected, UpstreamUnavailable
@@ -36,6 +37,8 @@ class OutboxWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self.log = get_logger()
+        # Told of each copy the upstream accepted (a confirmation mail's signup notes its delivery).
+        self.on_delivered: list[Callable[[OutboxItem], Awaitable[None]]] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,6 +96,8 @@ class OutboxWorker:
                 ],
                 now=now,
             )
+        for hook in self.on_delivered:
+            await hook(item)
         self.log.info(
             "outbox_delivered", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(result.accepted),
             attempts=item.attempts + 1,

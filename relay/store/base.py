@@ -8,7 +8,8 @@ Store
 ├── quarantine  QuarantineStore     held messages
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
-└── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+└── signups     SignupStore         hosted double opt-in requests and confirmations (signups.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
 from relay.store.complaints_base import ComplaintStore
+from relay.store.signups import SignupStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
@@ -203,6 +205,7 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    signups: SignupStore
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -19,6 +19,7 @@ from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
+from relay.store.signups import SignupStore
 from relay.store.postgres_schema import MIGRATIONS
 from relay.store.records import (
     AccountState,
@@ -754,6 +755,7 @@ class PostgresStore(base.Store):
         self.audit = PostgresAudit(self.db)
         self.rates = PostgresRates(self.db)
         self.complaints = PostgresComplaints(self.db)
+        self.signups = SignupStore(self.db, postgres=True)
 
     async def open(self) -> None:
         await self.db.open()

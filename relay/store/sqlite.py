@@ -50,6 +50,7 @@ from relay.store.rows import (
 )
 from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
+from relay.store.signups import SignupStore
 
 _CHUNK = 500  # SQLite's host-parameter limit is 32766; keep IN lists modest
 # Below this much free space on its file system the store reports itself not ready (/readyz).
@@ -721,6 +722,7 @@ class SqliteStore(base.Store):
         self.audit = SqliteAudit(self.db)
         self.rates = SqliteRates(self.db)
         self.complaints = SqliteComplaints(self.db)
+        self.signups = SignupStore(self.db, postgres=False)
 
     async def open(self) -> None:
         await self.db.open()

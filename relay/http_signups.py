@@ -4,12 +4,12 @@ recipient's GET/POST /c/TOKEN on the public one (a GET shows a button; only the 
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import Any, Awaitable, Callable, NoReturn
 
 from aiohttp import web
 
 from relay.consent_import import ConsentRefused
-from relay.errors import NotFound
+from relay.errors import NotFound, StoreUnavailable
 from relay.http_common import admin_label, json_body, json_error, json_response
 from relay.signups import (
     LANGUAGES,
@@ -33,6 +33,8 @@ _PAGE = {
         "done": "Bedankt. {email} is aangemeld voor e-mail van {name}.",
         "bad_title": "Link niet geldig",
         "bad": "Deze bevestigingslink is niet (meer) geldig. Meld je opnieuw aan via het formulier.",
+        "busy_title": "Even geduld",
+        "busy": "Dit lukt nu niet. Probeer het over een paar minuten opnieuw.",
     },
     "en": {
         "title": "Confirm your subscription",
@@ -44,6 +46,8 @@ _PAGE = {
         "done": "Thank you. {email} is subscribed to e-mail from {name}.",
         "bad_title": "Link not valid",
         "bad": "This confirmation link is not valid (any more). Please sign up again with the form.",
+        "busy_title": "Please try again",
+        "busy": "This is not possible right now. Please try again in a few minutes.",
     },
     "de": {
         "title": "Anmeldung bestätigen",
@@ -55,6 +59,8 @@ _PAGE = {
         "done": "Vielen Dank. {email} ist für E-Mails von {name} angemeldet.",
         "bad_title": "Link ungültig",
         "bad": "Dieser Bestätigungslink ist nicht (mehr) gültig. Bitte melden Sie sich erneut über das Formular an.",
+        "busy_title": "Bitte später erneut versuchen",
+        "busy": "Das ist gerade nicht möglich. Bitte versuchen Sie es in ein paar Minuten erneut.",
     },
 }
 # The token is in the URL: no referrer leaves the page, nothing loads from elsewhere, nothing is cached.
@@ -133,8 +139,23 @@ class SignupsHttp:
     # --- public pages ---------------------------------------------------------------------------
 
     def add_public_routes(self, app: web.Application) -> None:
-        app.router.add_get("/c/{token}", self.show)
-        app.router.add_post("/c/{token}", self.post)
+        app.router.add_get("/c/{token}", self._answering(self.show))
+        app.router.add_post("/c/{token}", self._answering(self.post))
+
+    def _answering(self, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """A page, never a traceback: a store that cannot answer is 503, a consent the profile now refuses 422."""
+
+        async def run(request: web.Request) -> web.Response:
+            lang = _browser_language(request)
+            t = _PAGE[lang]
+            try:
+                return await handler(request)
+            except StoreUnavailable:
+                return _page(lang, t["busy_title"], tag("p", t["busy"]), status=503)
+            except ConsentRefused:
+                return _page(lang, t["bad_title"], tag("p", t["bad"]), status=422)
+
+        return run
 
     def _names(self, signup: Signup) -> dict[str, str]:
         account = self.config.account(signup.account)

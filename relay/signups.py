@@ -381,9 +381,9 @@ class SignupService:
             return signup
         now = self.services.clock.now()
         store = self.services.store
+        record = self.check_consent(signup, now)  # the profile may have changed since the request
         if not await store.signups.confirm(signup.id, now, ip):
             return await store.signups.get(signup.id)  # a concurrent POST won
-        record = self.check_consent(signup, now)
         await store.consent.upsert_consents([record], now=now)
         confirmed = await store.signups.get(signup.id)
         assert confirmed is not None

@@ -313,3 +313,19 @@ async def test_proof_shows_the_chain(tmp_path: Path, upstream: Any, start_relay:
         ) as response:
             api = await response.json()
     assert api["signups"] == proof["signups"]
+
+
+async def test_a_signup_whose_consent_the_profile_refuses_sends_nothing(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    relay = await start_relay(signup_config(tmp_path, upstream.port))
+    status, answer = await post_signup(relay.admin_port, {**SIGNUP, "frequency": ""})
+    assert status == 422 and answer["error"] == "refused" and answer["rule"].startswith("consent."), answer
+    assert await relay.services.store.outbox.depth() == 0
+
+
+async def test_the_public_page_answers_503_when_the_store_cannot(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
+    link = await _signed_up(relay, upstream)
+    await relay.services.store.close()
+    status, page, _ = await _get(local_url(relay.public_port, link), headers={"Accept-Language": "de"})
+    assert status == 503 and "Bitte später erneut versuchen" in page and "Traceback" not in page
+    assert (await _post(local_url(relay.public_port, link)))[0] == 503

@@ -13,6 +13,7 @@ from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
+from policies.rules.content import iban_valid
 from relay.errors import ConfigError
 from relay.passwords import is_password_hash
 
@@ -192,6 +193,8 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    own_ibans: tuple[str, ...] = ()
+    tracking_hosts: tuple[str, ...] = ()
     confirmation: ConfirmationTemplate | None = None
 
     def stream(self, stream_id: str) -> StreamConfig | None:
@@ -225,6 +228,8 @@ class AccountConfig:
             state=state,
             state_reason=reason,
             paused_streams=paused_streams,
+            own_ibans=frozenset(self.own_ibans),
+            tracking_hosts=frozenset(self.tracking_hosts),
         )
 
 
@@ -516,6 +521,16 @@ def _domains(key: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ibans(key: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, iban in enumerate(_str_list(key, value)):
+        compact = "".join(iban.split()).upper()
+        if not iban_valid(compact):
+            raise ConfigError(f"{key}[{i}]", f"not a valid IBAN {iban!r}")
+        out.append(compact)
+    return tuple(out)
+
+
 def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[{key}]]), got {_type_name(value)}")
@@ -577,6 +592,8 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "own_ibans": _ibans,
+                "tracking_hosts": _domains,
                 "confirmation": _confirmation,
             },
         )

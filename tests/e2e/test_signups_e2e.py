@@ -329,3 +329,29 @@ async def test_the_public_page_answers_503_when_the_store_cannot(tmp_path: Path,
     status, page, _ = await _get(local_url(relay.public_port, link), headers={"Accept-Language": "de"})
     assert status == 503 and "Bitte später erneut versuchen" in page and "Traceback" not in page
     assert (await _post(local_url(relay.public_port, link)))[0] == 503
+
+
+def _validate(instance: Any, name: str) -> None:
+    import jsonschema
+
+    from relay.openapi_signups import SCHEMAS
+
+    schema = {"components": {"schemas": SCHEMAS}, "$ref": f"#/components/schemas/{name}"}
+    jsonschema.Draft202012Validator(schema).validate(instance)
+
+
+async def test_answers_match_the_openapi_fragment(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    from relay.proof import build_proof
+
+    relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
+    status, sent = await post_signup(relay.admin_port, SIGNUP)
+    _validate(sent, "SignupAccepted")
+    _validate((await post_signup(relay.admin_port, SIGNUP))[1], "SignupAccepted")  # throttled
+    _validate(SIGNUP, "SignupInput")
+    await until(lambda: upstream.messages, what="the mail")
+    [pending] = (await build_proof(relay.services, "anna@example.nl", "shop"))["signups"]
+    _validate(pending, "SignupChain")
+    assert (await _post(local_url(relay.public_port, confirm_link(upstream.messages[0].content))))[0] == 200
+    [confirmed] = (await build_proof(relay.services, "anna@example.nl", "shop"))["signups"]
+    _validate(confirmed, "SignupChain")
+    assert confirmed["confirmation"] is not None

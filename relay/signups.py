@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import html
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,15 +17,16 @@ from email.utils import format_datetime, formataddr
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from policies.consent_rows import InvalidRow, parse_consent_row, parse_email
-from policies.facts import ConsentRecord, Suppression
+from policies.facts import ConsentRecord
 from relay.config import AccountConfig, Config, StreamConfig
 from relay.consent_import import ConsentRefused, active_record_rules, check_record
 from relay.errors import NotFound
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.signing import CopySigner
-from relay.store.records import OutboxItem
+from relay.store.records import OutboxItem, iso
 from relay.store.signups import Signup
+from relay.web.render import Safe, render, tag
 
 LANGUAGES = ("nl", "en", "de")
 RELAY_ID_PREFIX = "signup-"  # the relay ids of confirmation mails: the outbox hook knows its own
@@ -207,8 +209,6 @@ def confirmation_mail(
     account: AccountConfig, stream: StreamConfig, signup: Signup, url: str, *, ttl_hours: float, hostname: str
 ) -> tuple[str, bytes]:
     """(envelope sender, message) of one confirmation mail, not yet signed."""
-    import html as html_lib
-
     sender = confirmation_sender(account, stream)
     t = {k: v.format(
         name=account.name or account.id, source_url=signup.source_url, frequency=signup.frequency,
@@ -219,20 +219,17 @@ def confirmation_mail(
     subject = own.subject if own is not None and own.subject else t["subject"]
     if own is not None and own.text:
         text = own.text.replace("{{confirm_url}}", url)
-        page = own.html.replace("{{confirm_url}}", html_lib.escape(url)) if own.html else ""
+        page = own.html.replace("{{confirm_url}}", html.escape(url)) if own.html else ""
     else:
         lines = [t["greeting"], "", t["asked"], f"  \u201c{signup.statement}\u201d"]
         if signup.frequency:
             lines.append(t["frequency"])
         lines += ["", t["confirm"], "", url, "", t["expires"], t["ignore"], "", "-- ", t["sender"]]
         text = "\n".join(lines) + "\n"
-        e = html_lib.escape
-        page = (
-            f'<!doctype html><html lang="{signup.language}"><head><meta charset="utf-8"><title>{e(subject)}</title></head>'
-            f"<body><p>{e(t['greeting'])}</p><p>{e(t['asked'])}</p><blockquote>{e(signup.statement)}</blockquote>"
-            + (f"<p>{e(t['frequency'])}</p>" if signup.frequency else "")
-            + f"<p>{e(t['confirm'])}</p><p><a href=\"{e(url)}\">{e(t['button'])}</a></p>"
-            f"<p>{e(t['expires'])} {e(t['ignore'])}</p><hr><p>{e(t['sender'])}</p></body></html>"
+        page = render(
+            "confirm_mail.html", lang=signup.language, subject=subject, greeting=t["greeting"], asked=t["asked"],
+            statement=signup.statement, frequency=tag("p", t["frequency"]) if signup.frequency else Safe(""),
+            confirm=t["confirm"], url=url, button=t["button"], expires=t["expires"], ignore=t["ignore"], sender=t["sender"],
         )
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((account.name or account.id, sender))
@@ -398,18 +395,13 @@ class SignupService:
 
 def signup_as_dict(signup: Signup) -> dict[str, Any]:
     """One link of the proof chain: the request, its confirmation mail, the confirmation."""
-    def when(value: datetime | None) -> str | None:
-        from relay.store.records import iso
-
-        return iso(value)
-
     return {
         "id": str(signup.id),
         "stream": signup.stream,
         "scope": signup.scope,
         "topic": signup.topic,
         "request": {
-            "requested_at": when(signup.requested_at),
+            "requested_at": iso(signup.requested_at),
             "method": METHOD,
             "source_url": signup.source_url,
             "ip": signup.signup_ip,
@@ -422,10 +414,10 @@ def signup_as_dict(signup: Signup) -> dict[str, Any]:
             "relay_id": signup.relay_id,
             "message_id": signup.message_id,
             "status": signup.mail_status,
-            "delivered_at": when(signup.mail_at),
+            "delivered_at": iso(signup.mail_at),
         },
         "confirmation": (
-            {"confirmed_at": when(signup.confirmed_at), "ip": signup.confirm_ip, "opt_in_type": "double"}
+            {"confirmed_at": iso(signup.confirmed_at), "ip": signup.confirm_ip, "opt_in_type": "double"}
             if signup.confirmed_at is not None
             else None
         ),
@@ -434,5 +426,5 @@ def signup_as_dict(signup: Signup) -> dict[str, Any]:
 
 __all__ = [
     "ConfirmTokens", "RateLimited", "SignupInvalid", "SignupOutcome", "SignupRequest", "SignupService",
-    "Suppression", "confirmation_mail", "emit_signup_confirmed", "parse_signup", "signup_as_dict",
+    "confirmation_mail", "emit_signup_confirmed", "parse_signup", "signup_as_dict",
 ]

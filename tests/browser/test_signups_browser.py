@@ -6,7 +6,6 @@ fits a 360 px wide phone (screenshots kept in the test's directory, or SIGNUP_SC
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.conftest import RecordingUpstream, asend, cli_run, message, until
 from tests.e2e.signup_support import (
+    cli_json,
     ADMIN_TOKEN, SIGNUP, confirm_link, dkim_records, local_url, perl_verify, post_signup, signup_config,
 )
 
@@ -98,7 +98,7 @@ async def test_signup_confirm_in_chromium_then_the_newsletter_is_delivered(
         cli_run, ["consent", "proof", "anna@example.nl", "--account", "shop", "--format", "json", "-c", str(config.path)], capsys
     )
     assert code == 0, err
-    proof = json.loads(out)
+    proof = cli_json(out)
     [consent] = proof["consents"]
     [chain] = proof["signups"]
     # Every question of the CSA complaint procedure has its answer.

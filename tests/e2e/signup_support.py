@@ -100,3 +100,17 @@ def local_url(public_port: int, link: str) -> str:
 def parsed(raw: bytes) -> Message:
     """Headers decoded (RFC 2047) as a mail program shows them."""
     return message_from_bytes(raw, policy=policy.default)
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+
+
+def cli_json(out: str) -> Any:
+    """A CLI's JSON output, without the log lines an in-process relay printed meanwhile."""
+    import json
+
+    return json.loads("\n".join(line for line in out.splitlines() if not _LOG_LINE.match(line)))
+
+
+def cli_text(out: str) -> str:
+    return "\n".join(line for line in out.splitlines() if not _LOG_LINE.match(line))

@@ -16,6 +16,7 @@ import pytest
 from policies.facts import Suppression
 from tests.conftest import Clocked, asend, cli_run, message, until, write_config, config_dict
 from tests.e2e.signup_support import (
+    cli_json,
     SIGNUP, confirm_link, dkim_records, local_url, parsed, perl_verify, post_signup, signup_config, text_part,
 )
 
@@ -278,7 +279,7 @@ async def test_default_mails_pass_the_identity_rules(
         ["explain", str(eml), "--account", "shop", "--stream", "orders", "--json", "-c", str(config.path)], capsys
     )
     assert code == 0, out + err
-    report = json.loads(out)
+    report = cli_json(out)
     assert "identity.from_name_mismatch" in json.dumps(report)  # the rules ran
 
 
@@ -292,7 +293,7 @@ async def test_proof_shows_the_chain(tmp_path: Path, upstream: Any, start_relay:
     code, out, err = await asyncio.to_thread(
         cli_run, ["consent", "proof", "anna@example.nl", "--account", "shop", "--format", "json", "-c", str(config.path)], capsys)
     assert code == 0, err
-    proof = json.loads(out)
+    proof = cli_json(out)
     [chain] = proof["signups"]
     assert chain["request"]["method"] == "web_form" and chain["request"]["ip"] == "198.51.100.7"
     assert chain["request"]["source_url"] == SIGNUP["source_url"] and chain["request"]["statement"] == SIGNUP["statement"]
@@ -355,3 +356,15 @@ async def test_answers_match_the_openapi_fragment(tmp_path: Path, upstream: Any,
     [confirmed] = (await build_proof(relay.services, "anna@example.nl", "shop"))["signups"]
     _validate(confirmed, "SignupChain")
     assert confirmed["confirmation"] is not None
+
+
+async def test_markup_in_the_statement_stays_text_in_the_mail_and_on_the_page(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
+    statement = 'Ja <script>alert(1)</script> & "meer"'
+    link = await _signed_up(relay, upstream, {**SIGNUP, "statement": statement})
+    html_part = next(p for p in parsed(upstream.messages[0].content).walk() if p.get_content_type() == "text/html")
+    html_text = html_part.get_content()
+    assert "<script>" not in html_text and "Ja &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;meer&quot;" in html_text
+    assert link in html_text
+    status, page, _ = await _get(local_url(relay.public_port, link))
+    assert status == 200 and "<script>" not in page and "&lt;script&gt;" in page

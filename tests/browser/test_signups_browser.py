@@ -79,10 +79,16 @@ async def test_signup_confirm_in_chromium_then_the_newsletter_is_delivered(
     await expect(page.locator("h1")).to_have_text("Aanmelding bevestigd")
     await accessible(page)
     await page.screenshot(path=str(shots_dir(tmp_path) / "signup-confirmed-360.png"), full_page=True)
-    # Back and press again (a replay): still confirmed once.
+    [first] = (await relay.services.store.consent.find_consents(["shop"], ["anna@example.nl"]))["anna@example.nl"]
+    # Back to the link: no button any more; the form posted again (a replay) records nothing new.
     await page.go_back()
     await page.reload()
     await expect(page.locator("h1")).to_have_text("Aanmelding bevestigd")
+    assert await page.locator("button").count() == 0
+    replay = await page.request.post(url, form={"confirm": "yes"})
+    assert replay.status == 200
+    [again] = (await relay.services.store.consent.find_consents(["shop"], ["anna@example.nl"]))["anna@example.nl"]
+    assert again == first
     await context.close()
 
     newsletter = message(sender="news@shop.example", to="anna@example.nl", subject="Nieuw", stream="newsletter",

@@ -51,6 +51,10 @@ class Metrics:
         )
         self.unsubscribes = Counter(p + "unsubscribes_total", "Unsubscribes by method", ["method"], registry=r)
         self.complaints = Counter(p + "complaints_total", "Complaints received", ["account"], registry=r)
+        self.signups = Counter(
+            p + "signups_total", "Double opt-in signups by outcome (sent, throttled, suppressed, rate_limited, confirmed)",
+            ["account", "outcome"], registry=r,
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",

@@ -317,10 +317,12 @@ class SignupService:
         # The shared bucket refills `rate_per_minute` per 60 units of `now`: counted in minutes, per hour.
         per_hour = self.config.signups.client_rate_per_hour
         if not await store.rates.take(f"signup:{account.id}:{req.ip}", rate_per_minute=per_hour, now=now.timestamp() / 60):
+            self._count(account.id, "rate_limited")
             raise RateLimited(req.ip)
         suppressions = (await store.consent.find_suppressions(scopes, [req.email])).get(req.email, [])
         if any(s.topic in ("*", stream.topic) for s in suppressions):
             self.log.info("signup_suppressed", account=account.id, recipient=recipient_label(req.email))
+            self._count(account.id, "suppressed")
             return SignupOutcome("suppressed")
         signup_id = await store.decisions.reserve_ids("signups", 1)
         relay_id = RELAY_ID_PREFIX + self.new_relay_id()
@@ -338,11 +340,16 @@ class SignupService:
         cutoff = now - timedelta(hours=self.config.signups.resend_after_hours)
         if not await store.signups.create(signup, mail, resend_cutoff=cutoff, now=self.services.clock.timestamp()):
             self.log.info("signup_throttled", account=account.id, recipient=recipient_label(req.email))
+            self._count(account.id, "throttled")
             return SignupOutcome("throttled")
         self.wake_outbox()
+        self._count(account.id, "sent")
         self.log.info("signup_requested", account=account.id, stream=stream.id, relay_id=relay_id,
                       recipient=recipient_label(req.email), signup_id=signup_id)
         return SignupOutcome("sent", signup_id, relay_id)
+
+    def _count(self, account: str, outcome: str) -> None:
+        self.services.metrics.signups.labels(account, outcome).inc()
 
     def check_consent(self, signup: Signup, confirmed_at: datetime) -> ConsentRecord:
         """The consent record of this signup, refused (ConsentRefused) as an imported row would be."""
@@ -385,6 +392,7 @@ class SignupService:
         confirmed = await store.signups.get(signup.id)
         assert confirmed is not None
         self.log.info("signup_confirmed_recorded", account=signup.account, signup_id=signup.id)
+        self._count(signup.account, "confirmed")
         emit_signup_confirmed(self.services, confirmed)
         return confirmed
 

@@ -196,6 +196,8 @@ async def test_client_address_rate_limit_holds_under_a_burst(tmp_path: Path, ups
     await until(lambda: len(upstream.messages) == 6, what="six confirmation mails")
     clock.advance(hours=1)
     assert (await post_signup(relay.admin_port, {**SIGNUP, "email": "later@example.nl"}))[0] == 202
+    metric = relay.services.metrics.signups
+    assert metric.labels("shop", "rate_limited")._value.get() == 15 and metric.labels("shop", "sent")._value.get() == 7
 
 
 async def test_a_suppressed_address_gets_no_mail(tmp_path: Path, upstream: Any, start_relay: Any) -> None:

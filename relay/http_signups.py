@@ -72,13 +72,14 @@ _HEADERS = {
 }
 
 
-def acting_account(request: web.Request, body: dict[str, Any]) -> str:
-    """The account a request acts for. An admin token names it in the body (`account`); an account
-    API key (SPEC §17) will answer its own account here, and refuse another one."""
+def acting_for(request: web.Request, body: dict[str, Any]) -> tuple[str, str]:
+    """(account id, actor) of a signup request: the one place its authorisation is decided. An admin
+    token (checked by the admin app's middleware) names the account in the body; an account API key
+    (SPEC §17) is to answer its own account here, and refuse a body naming another one."""
     account = body.get("account")
     if not isinstance(account, str) or not account:
         validation_error("account", "account is required with an admin token")
-    return account
+    return account, admin_label(request)
 
 
 def validation_error(field: str, detail: str) -> NoReturn:
@@ -112,13 +113,13 @@ class SignupsHttp:
 
     async def post_signup(self, request: web.Request) -> web.Response:
         body = await json_body(request)
-        account_id = acting_account(request, body)
+        account_id, actor = acting_for(request, body)
         account = self.config.account(account_id)
         if account is None:
             json_error(404, "not_found", f"unknown account {account_id!r}")
         try:
             req = parse_signup(body, account)
-            outcome = await self.service.request(account.id, req, actor=admin_label(request))
+            outcome = await self.service.request(account.id, req, actor=actor)
         except SignupInvalid as exc:
             validation_error(exc.field, exc.detail)
         except ConsentRefused as exc:

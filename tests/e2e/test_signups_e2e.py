@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from policies.facts import Suppression
-from tests.conftest import Clocked, asend, cli_run, message, until, write_config, config_dict
+from tests.conftest import Clocked, asend, cli_run, message, until
 from tests.e2e.signup_support import (
     cli_json,
     SIGNUP, confirm_link, dkim_records, local_url, parsed, perl_verify, post_signup, signup_config, text_part,

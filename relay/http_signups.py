@@ -13,6 +13,7 @@ from relay.errors import NotFound, StoreUnavailable
 from relay.http_common import admin_label, json_body, json_error, json_response
 from relay.signups import (
     LANGUAGES,
+    AccountBlocked,
     ConfirmTokens,
     RateLimited,
     SignupInvalid,
@@ -129,6 +130,8 @@ class SignupsHttp:
             ) from None
         except NotFound as exc:
             json_error(404, "not_found", str(exc))
+        except AccountBlocked as exc:
+            json_error(409, f"account_{exc.state}", str(exc))
         except RateLimited:
             raise web.HTTPTooManyRequests(
                 text=json.dumps({"error": "rate_limited", "detail": "too many signups from this client address"}),

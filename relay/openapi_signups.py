@@ -100,6 +100,7 @@ PATHS: dict[str, Any] = {
                 "400": _error("the body is not valid JSON"),
                 "401": _error("no valid bearer token"),
                 "404": _error("no such account"),
+                "409": _error("the account or stream is paused or suspended (account_paused, account_suspended)"),
                 "422": _error("a field is invalid (named in `field`), or the consent would break a profile rule (`rule`)"),
                 "429": {
                     "description": "too many signups from this client address; see Retry-After",

@@ -264,6 +264,14 @@ class SignupOutcome:
         return out
 
 
+class AccountBlocked(Exception):
+    """The account or stream is paused or suspended."""
+
+    def __init__(self, state: str, reason: str) -> None:
+        super().__init__(f"account {state}" + (f": {reason}" if reason else ""))
+        self.state = state
+
+
 class RateLimited(Exception):
     """Too many signups from one client address."""
 
@@ -308,6 +316,10 @@ class SignupService:
         assert stream is not None
         store, now = self.services.store, self.services.clock.now()
         scopes = account.facts().scopes
+        state = await store.accounts.get(account.id)
+        if state.state != "active" or stream.id in state.paused_streams:
+            # As at SMTP: a paused or suspended account (or stream) sends nothing, confirmation mails included.
+            raise AccountBlocked(state.state if state.state != "active" else "paused", state.reason)
         # The consent this signup would record must pass the profile's record rules now, not after the mail.
         draft = Signup(
             0, account.id, req.email, stream.id, scopes[0], stream.topic, req.statement, req.source_url, req.ip,
@@ -433,6 +445,6 @@ def signup_as_dict(signup: Signup) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfirmTokens", "RateLimited", "SignupInvalid", "SignupOutcome", "SignupRequest", "SignupService",
+    "AccountBlocked", "ConfirmTokens", "RateLimited", "SignupInvalid", "SignupOutcome", "SignupRequest", "SignupService",
     "confirmation_mail", "emit_signup_confirmed", "parse_signup", "signup_as_dict",
 ]

@@ -370,3 +370,20 @@ async def test_markup_in_the_statement_stays_text_in_the_mail_and_on_the_page(tm
     assert link in html_text
     status, page, _ = await _get(local_url(relay.public_port, link))
     assert status == 200 and "<script>" not in page and "&lt;script&gt;" in page
+
+
+async def test_a_paused_or_suspended_account_sends_no_confirmation(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    from relay.store.records import AccountState
+
+    relay = await start_relay(signup_config(tmp_path, upstream.port))
+    accounts = relay.services.store.accounts
+    await accounts.set(AccountState("shop", "paused", "complaint rate"), actor="test", note="")
+    status, answer = await post_signup(relay.admin_port, SIGNUP)
+    assert status == 409 and answer["error"] == "account_paused" and "complaint rate" in answer["detail"]
+    await accounts.set(AccountState("shop", "suspended"), actor="test", note="")
+    assert (await post_signup(relay.admin_port, SIGNUP))[1]["error"] == "account_suspended"
+    await accounts.set(AccountState("shop", "active", paused_streams=frozenset({"newsletter"})), actor="test", note="")
+    assert (await post_signup(relay.admin_port, SIGNUP))[0] == 409
+    assert await relay.services.store.outbox.depth() == 0
+    await accounts.set(AccountState("shop", "active"), actor="test", note="")
+    assert (await post_signup(relay.admin_port, SIGNUP))[1]["status"] == "sent"

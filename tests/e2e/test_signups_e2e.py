@@ -387,3 +387,19 @@ async def test_a_paused_or_suspended_account_sends_no_confirmation(tmp_path: Pat
     assert await relay.services.store.outbox.depth() == 0
     await accounts.set(AccountState("shop", "active"), actor="test", note="")
     assert (await post_signup(relay.admin_port, SIGNUP))[1]["status"] == "sent"
+
+
+async def test_the_whole_flow_on_either_store(tmp_path: Path, upstream: Any, start_relay: Any, store_url: str) -> None:
+    from relay.proof import build_proof
+
+    relay = await start_relay(signup_config(tmp_path, upstream.port, store={"url": store_url}), background=True)
+    link = await _signed_up(relay, upstream)
+    assert (await post_signup(relay.admin_port, SIGNUP))[1] == {"status": "throttled"}
+    await until(lambda: _delivered_signups(relay), what="delivery noted")
+    url = local_url(relay.public_port, link)
+    assert (await _get(url))[0] == 200 and await _consents(relay) == []
+    assert (await _post(url))[0] == 200 and (await _post(url))[0] == 200
+    [chain] = (await build_proof(relay.services, "anna@example.nl", "shop"))["signups"]
+    [consent] = await _consents(relay)
+    assert chain["mail"]["status"] == "delivered" and chain["confirmation"]["ip"] == "127.0.0.1"
+    assert consent.basis == "double_opt_in" and consent.confirmed_at is not None and consent.source_ip == SIGNUP["ip"]

@@ -9,6 +9,7 @@ Store
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
 ├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
 └── signups     SignupStore         hosted double opt-in requests and confirmations (signups.py)
 """
 
@@ -19,6 +20,7 @@ from datetime import datetime
 from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
+from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
 from relay.store.signups import SignupStore
 from relay.store.records import (
@@ -205,6 +207,7 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    bounces: BounceStore
     signups: SignupStore
 
     @abc.abstractmethod

@@ -17,6 +17,7 @@ import asyncpg
 
 from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
+from relay.store.bounces import PostgresBounces
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
 from relay.store.signups import SignupStore
@@ -755,6 +756,7 @@ class PostgresStore(base.Store):
         self.audit = PostgresAudit(self.db)
         self.rates = PostgresRates(self.db)
         self.complaints = PostgresComplaints(self.db)
+        self.bounces = PostgresBounces(self.db)
         self.signups = SignupStore(self.db, postgres=True)
 
     async def open(self) -> None:

@@ -21,6 +21,7 @@ from relay.signups import (
     parse_signup,
 )
 from relay.store.signups import Signup
+from relay.unsubscribe_tokens import TokenCodec
 from relay.web.render import Safe, escape, render, tag
 
 _PAGE = {
@@ -212,6 +213,7 @@ class SignupsFeature:
         self.service = SignupService(
             relay.services, ConfirmTokens(secrets), relay.copy_signer,
             new_relay_id=relay.pipeline.new_relay_id, wake_outbox=relay.outbox.wake,
+            delivery_ids=relay.pipeline.delivery_ids.take, bounce_codec=TokenCodec(secrets),
         )
         relay.outbox.on_delivered.append(self.service.outbox_delivered)
         self.http = SignupsHttp(self.service)

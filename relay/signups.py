@@ -9,23 +9,25 @@ import hashlib
 import hmac
 import html
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from policies.consent_rows import InvalidRow, parse_consent_row, parse_email
 from policies.facts import ConsentRecord
 from relay.config import AccountConfig, Config, StreamConfig
 from relay.consent_import import ConsentRefused, active_record_rules, check_record
+from relay.copies import BOUNCE_PREFIX
 from relay.errors import NotFound
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.signing import CopySigner
-from relay.store.records import OutboxItem, iso
+from relay.store.records import DeliveryRecord, OutboxItem, iso
 from relay.store.signups import Signup
+from relay.unsubscribe_tokens import TokenCodec
 from relay.web.render import Safe, render, tag
 
 LANGUAGES = ("nl", "en", "de")
@@ -294,6 +296,8 @@ class SignupService:
         *,
         new_relay_id: Callable[[], str],
         wake_outbox: Callable[[], None],
+        delivery_ids: Callable[[], Awaitable[int]],
+        bounce_codec: TokenCodec | None = None,
     ) -> None:
         self.services = services
         self.config: Config = services.config
@@ -301,6 +305,8 @@ class SignupService:
         self.signer = signer
         self.new_relay_id = new_relay_id
         self.wake_outbox = wake_outbox
+        self.delivery_ids = delivery_ids
+        self.bounce_codec = bounce_codec
         self.base_url = self.config.http.public_base_url.rstrip("/")
         self.log = get_logger()
 
@@ -348,12 +354,25 @@ class SignupService:
             ttl_hours=self.config.signups.confirm_ttl_hours, hostname=self.config.smtp.hostname,
         )
         signed = (await self.signer.sign([raw]))[0]
-        mail = OutboxItem(relay_id, account.id, stream.id, sender, (req.email,), signed)
+        envelope, delivery_id = sender, None
+        if self.bounce_codec is not None and self.config.bounces.verp:
+            # VERP as for marketing copies (SPEC §15): a hard bounce of the confirmation mail suppresses
+            # the address, so a mistyped or dead one is not asked again.
+            delivery_id = await self.delivery_ids()
+            domain = self.config.unsubscribe.mailto_domain
+            envelope = f"{BOUNCE_PREFIX}{self.bounce_codec.issue_bounce(delivery_id)}@{domain}"
+        mail = OutboxItem(relay_id, account.id, stream.id, envelope, (req.email,), signed)
         cutoff = now - timedelta(hours=self.config.signups.resend_after_hours)
         if not await store.signups.create(signup, mail, resend_cutoff=cutoff, now=self.services.clock.timestamp()):
             self.log.info("signup_throttled", account=account.id, recipient=recipient_label(req.email))
             self._count(account.id, "throttled")
             return SignupOutcome("throttled")
+        if delivery_id is not None:
+            # The copy as a delivery (queued until the outbox hands it over): bounces and complaints map to it.
+            await store.decisions.record([], [DeliveryRecord(
+                delivery_id, relay_id, account.id, stream.id, req.email, "queued", now, signup.message_id,
+                scopes[0], stream.topic,
+            )])
         self.wake_outbox()
         self._count(account.id, "sent")
         self.log.info("signup_requested", account=account.id, stream=stream.id, relay_id=relay_id,
@@ -409,8 +428,14 @@ class SignupService:
         return confirmed
 
     async def outbox_delivered(self, item: OutboxItem) -> None:
-        if item.relay_id.startswith(RELAY_ID_PREFIX):
-            await self.services.store.signups.mail_delivered(item.relay_id, self.services.clock.now())
+        if not item.relay_id.startswith(RELAY_ID_PREFIX):
+            return
+        store, now = self.services.store, self.services.clock.now()
+        await store.signups.mail_delivered(item.relay_id, now)
+        copies = await store.decisions.deliveries_to(item.rcpt_tos[0], [item.account], limit=20)
+        queued = [replace(d, status="delivered", delivered_at=now) for d in copies if d.relay_id == item.relay_id and d.status == "queued"]
+        if queued:
+            await store.decisions.record([], queued)
 
 
 def signup_as_dict(signup: Signup) -> dict[str, Any]:

@@ -53,7 +53,8 @@ async def test_signup_queues_a_dkim_signed_confirmation_mail_with_an_opaque_link
     relay = await start_relay(config, background=True)
     link = await _signed_up(relay, upstream)
     mail = upstream.messages[0]
-    assert mail.rcpt_tos == ["anna@example.nl"] and mail.mail_from == "info@shop.example"
+    assert mail.rcpt_tos == ["anna@example.nl"]
+    assert mail.mail_from.startswith("bounce+") and mail.mail_from.endswith("@relay.test")  # VERP, as marketing copies
     assert perl_verify(mail.content, dkim_records(config), tmp_path) == "pass"
     tampered = mail.content.replace(b"Subject: ", b"Subject: X", 1)
     assert perl_verify(tampered, dkim_records(config), tmp_path) == "fail"
@@ -403,3 +404,25 @@ async def test_the_whole_flow_on_either_store(tmp_path: Path, upstream: Any, sta
     [consent] = await _consents(relay)
     assert chain["mail"]["status"] == "delivered" and chain["confirmation"]["ip"] == "127.0.0.1"
     assert consent.basis == "double_opt_in" and consent.confirmed_at is not None and consent.source_ip == SIGNUP["ip"]
+
+
+async def test_a_hard_bounce_of_the_confirmation_mail_suppresses_the_address(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
+    await _signed_up(relay, upstream)
+    verp = upstream.messages[0].mail_from
+    [copy] = await relay.services.store.decisions.deliveries_to("anna@example.nl", ["shop"])
+    assert copy.relay_id.startswith("signup-") and copy.stream == "newsletter"
+    await until(lambda: _delivered_signups(relay), what="delivery noted")
+    [copy] = await relay.services.store.decisions.deliveries_to("anna@example.nl", ["shop"])
+    assert copy.status == "delivered"
+    dsn = (Path(__file__).parents[1] / "corpus" / "feedback" / "dsn" / "flufl-postfix_01.eml").read_bytes()
+    out = await asend(relay.smtp_port, dsn, mail_from="", rcpts=[verp], source="127.0.0.2")
+    assert out.code == 250 and out.text.endswith("recorded (hard)"), out
+    clock_free = {**SIGNUP, "ip": "203.0.113.50"}
+    assert (await post_signup(relay.admin_port, clock_free)) == (202, {"status": "suppressed"})
+
+
+async def test_without_verp_the_mail_leaves_from_the_account(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
+    relay = await start_relay(signup_config(tmp_path, upstream.port, bounces={"verp": False}), background=True)
+    await _signed_up(relay, upstream)
+    assert upstream.messages[0].mail_from == "info@shop.example"

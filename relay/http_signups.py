@@ -8,6 +8,7 @@ from typing import Any, Awaitable, Callable, NoReturn
 
 from aiohttp import web
 
+from relay.api_keys import KEY, scoped_account
 from relay.consent_import import ConsentRefused
 from relay.errors import NotFound, StoreUnavailable
 from relay.http_common import admin_label, json_body, json_error, json_response
@@ -77,9 +78,16 @@ _HEADERS = {
 def acting_for(request: web.Request, body: dict[str, Any]) -> tuple[str, str]:
     """(account id, actor) of a signup request: the one place its authorisation is decided. An admin
     token (checked by the admin app's middleware) names the account in the body; an account API key
-    (SPEC §17) is to answer its own account here, and refuse a body naming another one."""
+    (SPEC §17) acts for its own account, and a body naming another one is 404."""
     account = body.get("account")
-    if not isinstance(account, str) or not account:
+    if account is not None and not isinstance(account, str):
+        validation_error("account", "account must be a string")
+    key = request.get(KEY)
+    if key is not None:
+        own = scoped_account(request, account or None)  # another account's name: 404, as an unknown one
+        assert own is not None
+        return own, key.actor
+    if not account:
         validation_error("account", "account is required with an admin token")
     return account, admin_label(request)
 

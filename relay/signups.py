@@ -22,10 +22,11 @@ from relay.config import AccountConfig, Config, StreamConfig
 from relay.consent_import import ConsentRefused, active_record_rules, check_record
 from relay.copies import BOUNCE_PREFIX
 from relay.errors import NotFound
+from relay.event_types import SIGNUP_CONFIRMED
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.signing import CopySigner
-from relay.store.records import DeliveryRecord, OutboxItem, iso
+from relay.store.records import DeliveryRecord, Event, OutboxItem, iso
 from relay.store.signups import Signup
 from relay.unsubscribe_tokens import TokenCodec
 from relay.web.render import Safe, render, tag
@@ -278,9 +279,16 @@ class RateLimited(Exception):
     """Too many signups from one client address."""
 
 
+def signup_confirmed_event(signup: Signup, at: datetime) -> Event:
+    """The `signup_confirmed` event (SPEC §17), written with the confirmation: the feed and webhooks carry it."""
+    return Event(
+        SIGNUP_CONFIRMED, signup.account, at, signup.stream, signup.email, signup.relay_id, signup.message_id, "",
+        {"signup": str(signup.id), "scope": signup.scope, "topic": signup.topic, "source_url": signup.source_url},
+    )
+
+
 def emit_signup_confirmed(services: Services, signup: Signup) -> None:
-    """The one place a confirmation becomes the `signup_confirmed` event (SPEC §17): the tenants
-    module's event feed and webhooks hook in here."""
+    """The log line of a confirmation; its event was written with it (signup_confirmed_event)."""
     get_logger().info(
         "signup_confirmed", account=signup.account, stream=signup.stream, recipient=recipient_label(signup.email),
         relay_id=signup.relay_id, signup_id=signup.id,
@@ -417,7 +425,7 @@ class SignupService:
         now = self.services.clock.now()
         store = self.services.store
         record = self.check_consent(signup, now)  # the profile may have changed since the request
-        if not await store.signups.confirm(signup.id, now, ip):
+        if not await store.signups.confirm(signup.id, now, ip, [signup_confirmed_event(signup, now)]):
             return await store.signups.get(signup.id)  # a concurrent POST won
         await store.consent.upsert_consents([record], now=now)
         confirmed = await store.signups.get(signup.id)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from relay.store.records import OutboxItem, iso, parse_iso
+from relay.store.events_store import append_postgres, append_sqlite
+from relay.store.records import Event, OutboxItem, iso, parse_iso
 
 QUEUED = "queued"  # in the outbox, on its way to the upstream
 DELIVERED = "delivered"  # the upstream accepted the confirmation mail
@@ -96,11 +97,20 @@ class _Tx:
             return list(await self.conn.fetch(self.sql.text(sql), *params))
         return list(await self.conn.execute_fetchall(sql, params))
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
         if self.sql.postgres:
-            await self.conn.execute(self.sql.text(sql), *params)
+            tag = str(await self.conn.execute(self.sql.text(sql), *params))
+            tail = tag.rsplit(" ", 1)[-1]
+            return int(tail) if tail.isdigit() else 0
+        cursor = await self.conn.execute(sql, params)
+        return int(cursor.rowcount)
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        if self.sql.postgres:
+            await append_postgres(self.conn, events)
         else:
-            await self.conn.execute(sql, params)
+            await append_sqlite(self.conn, events)
 
 
 class SignupStore:
@@ -142,12 +152,16 @@ class SignupStore:
             (DELIVERED, iso(at), relay_id, DELIVERED),
         )
 
-    async def confirm(self, signup_id: int, at: datetime, ip: str) -> bool:
-        """Mark confirmed once: False when it already was (the first confirmation stands)."""
-        changed = await self.sql.write(
-            "UPDATE signups SET confirmed_at = ?, confirm_ip = ? WHERE id = ? AND confirmed_at IS NULL",
-            (iso(at), ip, signup_id),
-        )
+    async def confirm(self, signup_id: int, at: datetime, ip: str, events: Sequence[Event] = ()) -> bool:
+        """Mark confirmed once, with its events (signup_confirmed) in the same transaction: False when it
+        already was (the first confirmation stands, and nothing is written)."""
+        async with self.sql.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE signups SET confirmed_at = ?, confirm_ip = ? WHERE id = ? AND confirmed_at IS NULL",
+                (iso(at), ip, signup_id),
+            )
+            if changed:
+                await tx.append_events(events)
         return changed > 0
 
     async def for_address(self, email: str, accounts: Sequence[str], limit: int = 100) -> list[Signup]:

@@ -426,3 +426,31 @@ async def test_without_verp_the_mail_leaves_from_the_account(tmp_path: Path, ups
     relay = await start_relay(signup_config(tmp_path, upstream.port, bounces={"verp": False}), background=True)
     await _signed_up(relay, upstream)
     assert upstream.messages[0].mail_from == "info@shop.example"
+
+
+async def test_an_account_key_signs_up_for_its_own_account_and_the_feed_carries_signup_confirmed(
+    tmp_path: Path, upstream: Any, start_relay: Any
+) -> None:
+    from relay.passwords import hash_password
+
+    key = "shop-app-key-0123456789abcdef"
+    config = signup_config(tmp_path, upstream.port, account={"api_keys": [{"label": "app", "hash": hash_password(key)}]})
+    relay = await start_relay(config, background=True)
+    body = {k: v for k, v in SIGNUP.items() if k != "account"}
+    status, answer = await post_signup(relay.admin_port, body, token=key)
+    assert (status, answer["status"]) == (202, "sent"), answer
+    assert (await post_signup(relay.admin_port, {**body, "account": "other"}, token=key))[0] == 404
+    await until(lambda: upstream.messages, what="the mail")
+    [signup] = await relay.services.store.signups.for_address("anna@example.nl", ["shop"])
+    assert signup.requested_by == "key:shop/app"
+    url = local_url(relay.public_port, confirm_link(upstream.messages[0].content))
+    assert (await _post(url))[0] == 200 and (await _post(url))[0] == 200  # the replay adds no event
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"http://127.0.0.1:{relay.admin_port}/api/events?account=shop", headers={"Authorization": f"Bearer {key}"}
+        ) as response:
+            events = (await response.json())["events"]
+    confirmed = [e for e in events if e["type"] == "signup_confirmed"]
+    assert len(confirmed) == 1, events
+    assert confirmed[0]["recipient"] == "anna@example.nl" and confirmed[0]["relay_id"] == signup.relay_id
+    assert confirmed[0]["stream"] == "newsletter"

@@ -17,7 +17,7 @@ from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import ConsentRecord
 from policies.rules.consent import BASES, SOURCES
 
-# Every field of SPEC §5; `id` belongs to the store.
+# Every field of docs/SPEC.md §5; `id` belongs to the store.
 CONSENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ConsentRecord) if f.name != "id")
 TIME_FIELDS = frozenset(
     {"collected_at", "confirmed_at", "last_purchase_at", "last_interaction_at", "revoked_at", "created_at", "updated_at"}

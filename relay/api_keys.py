@@ -1,4 +1,4 @@
-"""Account API keys (SPEC §17): a bearer that acts for one account only.
+"""Account API keys (docs/SPEC.md §17): a bearer that acts for one account only.
 
 An admin token keeps every right. An account key may use only the routes of ACCOUNT_ROUTES
 (anything else: 403) and only for its own account (another account's data: 404, answered

@@ -31,7 +31,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     csub = consent.add_subparsers(dest="consent_command", metavar="ACTION", parser_class=type(consent))
     csub.required = True
 
-    p = add_command(csub, common, "import", _import, "import consent records from a CSV file (SPEC §5)")
+    p = add_command(csub, common, "import", _import, "import consent records from a CSV file (docs/SPEC.md §5)")
     p.add_argument("file")
     p.add_argument("--account", required=True)
     p.add_argument("--dry-run", action="store_true", help="check every row, write nothing")

@@ -1,4 +1,4 @@
-"""Load and validate the one TOML config file (SPEC §12). Every error names its key."""
+"""Load and validate the one TOML config file (docs/SPEC.md §12). Every error names its key."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
+EXAMPLE_CONFIG = "config.example.toml"  # the checkout's, used when there is no config.toml
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class ComplaintSource:
-    """A feedback loop the operator signed up for (SPEC §16): its reports are verified."""
+    """A feedback loop the operator signed up for (docs/SPEC.md §16): its reports are verified."""
 
     name: str
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -163,7 +164,7 @@ class ComplaintsConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    """SPEC §15: VERP envelope senders and what a DSN does."""
+    """docs/SPEC.md §15: VERP envelope senders and what a DSN does."""
 
     verp: bool = True  # marketing copies get bounce+ID@mailto_domain
     verp_transactional: bool = False
@@ -224,7 +225,7 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+    retention_days: float = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
     webhook_timeout: float = 10.0  # one POST
     webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
     webhook_retry_max_seconds: float = 3600.0  # …up to this
@@ -260,10 +261,10 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
-    bounce_forward: str | None = None  # SPEC §15: DSNs about this account's mail are forwarded here
+    bounce_forward: str | None = None  # docs/SPEC.md §15: DSNs about this account's mail are forwarded here
     own_ibans: tuple[str, ...] = ()
     tracking_hosts: tuple[str, ...] = ()
-    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
+    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
     webhooks: tuple[WebhookConfig, ...] = ()
     confirmation: ConfirmationTemplate | None = None
 
@@ -420,7 +421,7 @@ def _listen(key: str, value: Any) -> Listen:
     text = _str(key, value)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
     return Listen(host, int(port))
 
@@ -968,7 +969,7 @@ def _clamd_address(key: str, value: Any) -> str:
     kind, _, where = text.partition(":")
     if kind == "unix" and where.startswith("/"):
         return text
-    if kind == "tcp" and where.rpartition(":")[2].isdigit():
+    if kind == "tcp" and where.rpartition(":")[2].isascii() and where.rpartition(":")[2].isdigit():
         return text
     raise ConfigError(key, f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
 
@@ -991,4 +992,11 @@ def _dkim_keys(readable: Callable[[str, Any], Path]) -> Callable[[str, Any], tup
 
 
 def config_path_from(argument: str | None) -> Path:
-    return Path(argument or os.environ.get("CONSENT_RELAY_CONFIG") or DEFAULT_CONFIG)
+    """-c FILE, else $CONSENT_RELAY_CONFIG, else ./config.toml; in a checkout without a config.toml,
+    its config.example.toml (so the README's commands run as written from the checkout)."""
+    chosen = argument or os.environ.get("CONSENT_RELAY_CONFIG")
+    if chosen:
+        return Path(chosen)
+    if not Path(DEFAULT_CONFIG).exists() and Path(EXAMPLE_CONFIG).exists():
+        return Path(EXAMPLE_CONFIG)
+    return Path(DEFAULT_CONFIG)

@@ -17,7 +17,11 @@ from relay.passwords import verify_password
 from relay.services import Services
 
 # Feature modules exposing add_routes(app); missing ones are features not built yet.
-ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.http_events", "relay.web.ui")
+ROUTE_MODULES = (
+    "relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.http_events", "relay.web.ui", "relay.openapi"
+)
+# The API's description is public: it names no secret, and a client reads it before it has a token.
+OPEN_PATHS = frozenset({"/api/openapi.json"})
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness", object)  # type: ignore[arg-type]
@@ -54,7 +58,7 @@ def bearer(request: web.Request) -> str | None:
 @web.middleware
 async def api_auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     path = request.path
-    needs_token = path.startswith("/api/") or (
+    needs_token = (path.startswith("/api/") and path not in OPEN_PATHS) or (
         path == "/metrics" and request.app[SERVICES].config.http.metrics_require_token
     )
     if needs_token:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §13 (prefix consent_relay_). Labels only from bounded sets."""
+"""Prometheus metrics of docs/SPEC.md §13 (prefix consent_relay_). Labels only from bounded sets."""
 
 from __future__ import annotations
 

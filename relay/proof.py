@@ -1,5 +1,5 @@
 """Proof of consent for one address: every question of the CSA complaint procedure, its suppressions,
-and the messages the relay delivered under which consent (SPEC §5, §12)."""
+and the messages the relay delivered under which consent (docs/SPEC.md §5, §12)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def address_argument(email: str) -> str:
 
 
 async def build_proof(services: Services, email: str, account_id: str) -> dict[str, Any]:
-    """The SPEC §12 proof shape for one address and account (consents at its own and its parent scope)."""
+    """The docs/SPEC.md §12 proof shape for one address and account (consents at its own and its parent scope)."""
     address = address_argument(email)
     scopes = account_scopes(services, account_id)
     store = services.store

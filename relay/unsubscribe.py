@@ -1,4 +1,4 @@
-"""One-click unsubscribe (SPEC §6): per-recipient list headers and URL, the public /u/TOKEN
+"""One-click unsubscribe (docs/SPEC.md §6): per-recipient list headers and URL, the public /u/TOKEN
 pages, the unsubscribe+TOKEN@ mail address, and withdrawing consent at the level it was given."""
 
 from __future__ import annotations

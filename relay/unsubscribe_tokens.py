@@ -1,4 +1,4 @@
-"""Unsubscribe tokens (SPEC §6): HMAC-signed, URL-safe claims and short mailto ids.
+"""Unsubscribe tokens (docs/SPEC.md §6): HMAC-signed, URL-safe claims and short mailto ids.
 
 URL token: base64url (no padding) of version, issue time, scope, topic and recipient
 followed by a 128-bit truncated HMAC-SHA256. Mailto token: lower-case base32 of a
@@ -98,7 +98,7 @@ class TokenCodec:
         return self._verify_id(_MAILTO_CONTEXT, token)
 
     def issue_bounce(self, delivery_id: int) -> str:
-        """The ID of a VERP envelope sender bounce+ID@ (SPEC §15): lower-case, at most 40 characters."""
+        """The ID of a VERP envelope sender bounce+ID@ (docs/SPEC.md §15): lower-case, at most 40 characters."""
         return self._issue_id(_BOUNCE_CONTEXT, delivery_id)
 
     def verify_bounce(self, token: str) -> int | None:

@@ -1,4 +1,4 @@
-"""The dependency direction (STYLE.md): policies/ is a pure core that imports nothing from relay/,
+"""The dependency direction (docs/STYLE.md): policies/ is a pure core that imports nothing from relay/,
 does no I/O and reads no clock."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The admin UI's complaints page (/ui/complaints): the complaints newest first, open ones only if
 asked, the form that acknowledges one with a note and the one that verifies a report from no
-configured source (SPEC §16) (CSRF-protected, audited as the admin)."""
+configured source (docs/SPEC.md §16) (CSRF-protected, audited as the admin)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
     if c.status == OPEN and c.deadline is not None:
         status = join([status, Safe("<br>"), tag("small", f"respond before {c.deadline:%Y-%m-%d %H:%M} UTC", class_="muted")])
     if not c.verified:
-        # SPEC §16: from no configured feedback loop: suppressed, but nothing counts until an admin vouches.
+        # docs/SPEC.md §16: from no configured feedback loop: suppressed, but nothing counts until an admin vouches.
         status = join([status, Safe("<br>"), tag("span", "unverified", class_="state unverified")])
     if c.status == OPEN and not c.verified:
         answer = Safe(
@@ -121,7 +121,7 @@ async def complaint_ack(request: web.Request, session: Session) -> web.StreamRes
     back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
     text = request.match_info["id"]
     note = str(form.get("note", "")).strip()[:MAX_NOTE]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise web.HTTPNotFound(text=f"no complaint {text}")
     if not note:
         session.flash.append(("error", f"Say what was found and done about complaint {text} before acknowledging it."))

@@ -1,4 +1,4 @@
-"""Unsubscribe tokens: round trips, forgery, tampering, rotation (SPEC §6)."""
+"""Unsubscribe tokens: round trips, forgery, tampering, rotation (docs/SPEC.md §6)."""
 
 from __future__ import annotations
 

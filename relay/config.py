@@ -174,7 +174,7 @@ class BouncesConfig:
 
 @dataclass(frozen=True)
 class SignupsConfig:
-    """[signups] (SPEC §18): hosted double opt-in."""
+    """[signups] (docs/SPEC.md §18): hosted double opt-in."""
 
     confirm_ttl_hours: float = 72
     resend_after_hours: float = 24

@@ -1,4 +1,4 @@
-"""HTTP of the hosted double opt-in (SPEC §18): POST /api/signups on the admin listener, and the
+"""HTTP of the hosted double opt-in (docs/SPEC.md §18): POST /api/signups on the admin listener, and the
 recipient's GET/POST /c/TOKEN on the public one (a GET shows a button; only the POST confirms)."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ _HEADERS = {
 def acting_for(request: web.Request, body: dict[str, Any]) -> tuple[str, str]:
     """(account id, actor) of a signup request: the one place its authorisation is decided. An admin
     token (checked by the admin app's middleware) names the account in the body; an account API key
-    (SPEC §17) acts for its own account, and a body naming another one is 404."""
+    (docs/SPEC.md §17) acts for its own account, and a body naming another one is 404."""
     account = body.get("account")
     if account is not None and not isinstance(account, str):
         validation_error("account", "account must be a string")

@@ -1,4 +1,4 @@
-"""The double opt-in's part of the admin API's OpenAPI document (SPEC §18): POST /api/signups, and the
+"""The double opt-in's part of the admin API's OpenAPI document (docs/SPEC.md §18): POST /api/signups, and the
 signup chain a proof carries. relay/openapi.py merges these into its `SCHEMAS` and `PATHS`."""
 
 from __future__ import annotations

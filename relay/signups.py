@@ -1,4 +1,4 @@
-"""Hosted double opt-in (SPEC §18): a signup request becomes a DKIM-signed confirmation mail in the
+"""Hosted double opt-in (docs/SPEC.md §18): a signup request becomes a DKIM-signed confirmation mail in the
 outbox; the recipient's confirmation becomes a consent that answers every CSA complaint question."""
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class RateLimited(Exception):
 
 
 def signup_confirmed_event(signup: Signup, at: datetime) -> Event:
-    """The `signup_confirmed` event (SPEC §17), written with the confirmation: the feed and webhooks carry it."""
+    """The `signup_confirmed` event (docs/SPEC.md §17), written with the confirmation: the feed and webhooks carry it."""
     return Event(
         SIGNUP_CONFIRMED, signup.account, at, signup.stream, signup.email, signup.relay_id, signup.message_id, "",
         {"signup": str(signup.id), "scope": signup.scope, "topic": signup.topic, "source_url": signup.source_url},
@@ -364,7 +364,7 @@ class SignupService:
         signed = (await self.signer.sign([raw]))[0]
         envelope, delivery_id = sender, None
         if self.bounce_codec is not None and self.config.bounces.verp:
-            # VERP as for marketing copies (SPEC §15): a hard bounce of the confirmation mail suppresses
+            # VERP as for marketing copies (docs/SPEC.md §15): a hard bounce of the confirmation mail suppresses
             # the address, so a mistyped or dead one is not asked again.
             delivery_id = await self.delivery_ids()
             domain = self.config.unsubscribe.mailto_domain

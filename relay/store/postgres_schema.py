@@ -247,7 +247,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
         "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
     ),
-    # 9: hosted double opt-in (SPEC §18): each signup request, its confirmation mail and confirmation,
+    # 9: hosted double opt-in (docs/SPEC.md §18): each signup request, its confirmation mail and confirmation,
     # and one row per address and account that spaces confirmation mails `resend_after_hours` apart.
     (
         f"""CREATE TABLE signups (

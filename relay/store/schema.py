@@ -241,7 +241,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN sending_since REAL NOT NULL DEFAULT 0",
         "ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0",
     ),
-    # 9: hosted double opt-in (SPEC §18): each signup request, its confirmation mail and confirmation,
+    # 9: hosted double opt-in (docs/SPEC.md §18): each signup request, its confirmation mail and confirmation,
     # and one row per address and account that spaces confirmation mails `resend_after_hours` apart.
     (
         """CREATE TABLE signups (

@@ -1,4 +1,4 @@
-"""Signups of the hosted double opt-in (SPEC §18, tables of migration 6), one set of queries for
+"""Signups of the hosted double opt-in (docs/SPEC.md §18, tables of migration 9), one set of queries for
 both backends: written with `?` marks, numbered for PostgreSQL in `_Sql`, the one place they differ."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the double opt-in tests share (SPEC §18): a relay config with both listeners, a DKIM key and
+"""What the double opt-in tests share (docs/SPEC.md §18): a relay config with both listeners, a DKIM key and
 an admin token; an API client; the confirmation link found in a mail at the upstream."""
 
 from __future__ import annotations

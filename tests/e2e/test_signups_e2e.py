@@ -1,4 +1,4 @@
-"""Hosted double opt-in end to end over real HTTP and a real upstream (SPEC §18): the API, the
+"""Hosted double opt-in end to end over real HTTP and a real upstream (docs/SPEC.md §18): the API, the
 DKIM-signed confirmation mail through the outbox, the public confirm page, expiry, forgery, replay,
 the per-address and per-client limits, suppressed addresses and the proof chain."""
 

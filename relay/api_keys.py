@@ -30,6 +30,7 @@ ACCOUNT_ROUTES = frozenset(
         ("POST", "/api/suppressions"),
         ("DELETE", "/api/suppressions"),
         ("GET", "/api/events"),
+        ("POST", "/api/signups"),
         ("GET", "/api/bounces"),
         ("GET", "/api/quarantine"),
         ("GET", "/api/quarantine/{id}"),

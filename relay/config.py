@@ -173,6 +173,25 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class SignupsConfig:
+    """[signups] (docs/SPEC.md §18): hosted double opt-in."""
+
+    confirm_ttl_hours: float = 72
+    resend_after_hours: float = 24
+    client_rate_per_hour: int = 10  # signups per client address (the form filler's IP) and account
+
+
+@dataclass(frozen=True)
+class ConfirmationTemplate:
+    """[[accounts]] confirmation: the account's own confirmation mail; {{confirm_url}} is the link."""
+
+    sender: str = ""  # `from` in the file
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+
+
+@dataclass(frozen=True)
 class MalwareConfig:
     clamd: str | None = None
     clamd_unavailable: str = "tempfail"
@@ -247,6 +266,7 @@ class AccountConfig:
     tracking_hosts: tuple[str, ...] = ()
     api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
     webhooks: tuple[WebhookConfig, ...] = ()
+    confirmation: ConfirmationTemplate | None = None
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -302,6 +322,7 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     events: EventsConfig = EventsConfig()
     bounces: BouncesConfig = BouncesConfig()
+    signups: SignupsConfig = SignupsConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -350,6 +371,13 @@ def _num(key: str, value: Any) -> float:
     if value < 0:
         raise ConfigError(key, "must not be negative")
     return float(value)
+
+
+def _positive_int(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return number
 
 
 def _positive_num(key: str, value: Any) -> float:
@@ -699,6 +727,16 @@ def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
     return tuple(hooks)
 
 
+def _confirmation(key: str, value: Any) -> ConfirmationTemplate:
+    data = _section(key, value, {"from": _address, "subject": _str, "text": _str, "html": _str})
+    if "from" in data:
+        data["sender"] = data.pop("from")
+    for body in ("text", "html"):
+        if body in data and "{{confirm_url}}" not in data[body]:
+            raise ConfigError(f"{key}.{body}", "must contain {{confirm_url}}, the link that confirms")
+    return ConfirmationTemplate(**data)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -728,6 +766,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "tracking_hosts": _domains,
                 "api_keys": _admin_tokens,
                 "webhooks": _webhooks,
+                "confirmation": _confirmation,
             },
         )
         if "id" not in data:
@@ -912,6 +951,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 },
             )
         ),
+        "signups": lambda k, v: SignupsConfig(
+            **_section(
+                k,
+                v,
+                {"confirm_ttl_hours": _positive_num, "resend_after_hours": _num, "client_rate_per_hour": _positive_int},
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -931,6 +977,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         accounts=parsed.get("accounts", ()),
         events=parsed.get("events", EventsConfig()),
         bounces=parsed.get("bounces", BouncesConfig()),
+        signups=parsed.get("signups", SignupsConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")

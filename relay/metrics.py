@@ -77,6 +77,10 @@ class Metrics:
         self.bounces = Counter(
             p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
         )
+        self.signups = Counter(
+            p + "signups_total", "Double opt-in signups by outcome (sent, throttled, suppressed, rate_limited, confirmed)",
+            ["account", "outcome"], registry=r,
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",

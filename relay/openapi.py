@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from policies.facts import ConsentRecord
+from relay import openapi_signups as signups_api
 from relay.http_common import json_response
 
 OPENAPI_PATH = "/api/openapi.json"
@@ -193,6 +194,7 @@ SCHEMAS: dict[str, Any] = {
             "suppressions": {"type": "array", "items": _ref("Suppression")},
             "deliveries": {"type": "array", "items": _ref("Delivery")},
             "bounces": {"type": "array", "items": _ref("ProofBounce")},
+            "signups": signups_api.PROOF_SIGNUPS,
         }
     ),
     "ProofBounce": _obj(
@@ -356,6 +358,7 @@ SCHEMAS: dict[str, Any] = {
     "VerifyInput": _obj({"note": {"type": "string"}}, []),
     "OpenApi": {"type": "object", "description": "this document"},
 }
+SCHEMAS.update(signups_api.SCHEMAS)
 
 
 def _json(schema: str, description: str) -> dict[str, Any]:
@@ -706,6 +709,7 @@ PATHS: dict[str, Any] = {
         ),
     },
 }
+PATHS.update(signups_api.PATHS)
 
 
 def build_document() -> dict[str, Any]:

@@ -52,6 +52,7 @@ TABLES: list[tuple[str, Any, type | None]] = [
     ("complaints.sources", lambda v: {"complaints": {"sources": [v]}}, model.ComplaintSource),
     ("bounces", lambda v: {"bounces": v}, model.BouncesConfig),
     ("events", lambda v: {"events": v}, model.EventsConfig),
+    ("signups", lambda v: {"signups": v}, model.SignupsConfig),
     ("malware", lambda v: {"malware": v}, model.MalwareConfig),
     ("logging", lambda v: {"logging": v}, model.LoggingConfig),
     ("dkim.keys", lambda v: {"dkim": {"keys": [v]}}, model.DkimKeyConfig),
@@ -93,6 +94,7 @@ EXTRA = {
     "policy.actions": "per-rule action overrides: the `[policy.actions]` table below",
     "policy.wordlists": "extra terms for the shipped word lists: the `[policy.wordlists]` table below",
     "accounts.streams": "the account's streams: `[[accounts.streams]]` below",
+    "accounts.confirmation": "the double opt-in mail: `{ from, subject, text, html }`, text and html with `{{confirm_url}}`; default: built-in nl/en/de (docs/double-opt-in.md)",
 }
 
 
@@ -125,6 +127,7 @@ def allowed_values(wrap: Any, key: str) -> list[str] | None:
 TYPE_NAMES = [
     (r"^Listen( \| None)?$", "HOST:PORT"),
     (r"^Path( \| None)?$", "path (relative to the config file)"),
+    (r"^ConfirmationTemplate \| None$", "inline table"),
     (r"^bool$", "boolean"),
     (r"^int$", "integer ≥ 0"),
     (r"^float$", "number ≥ 0"),

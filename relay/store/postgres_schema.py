@@ -247,4 +247,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
         "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
     ),
+    # 9: hosted double opt-in (docs/SPEC.md §18): each signup request, its confirmation mail and confirmation,
+    # and one row per address and account that spaces confirmation mails `resend_after_hours` apart.
+    (
+        f"""CREATE TABLE signups (
+            id BIGINT PRIMARY KEY,
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            statement TEXT NOT NULL,
+            source_url TEXT NOT NULL,
+            signup_ip TEXT NOT NULL,
+            frequency TEXT NOT NULL DEFAULT '',
+            language TEXT NOT NULL,
+            requested_at {_SORTED} NOT NULL,
+            requested_by TEXT NOT NULL DEFAULT '',
+            relay_id TEXT NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            mail_status TEXT NOT NULL DEFAULT 'queued',
+            mail_at {_SORTED},
+            confirmed_at {_SORTED},
+            confirm_ip TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX signups_email ON signups (email, account)",
+        "CREATE INDEX signups_relay_id ON signups (relay_id)",
+        f"""CREATE TABLE signup_mails (
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            last_sent_at {_SORTED} NOT NULL,
+            PRIMARY KEY (account, email)
+        )""",
+    ),
 )

@@ -31,6 +31,7 @@ from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web.render import Safe, escape, join, render, tag
 from relay.web.safe_html import make_inert
+from relay.web.ui_signups import signup_chain_html
 
 SESSION_COOKIE = "relay_session"
 LOGIN_COOKIE = "relay_login"
@@ -718,6 +719,7 @@ def _proof_html(proof: dict[str, Any], text: str) -> Safe:
         f"<tbody>{sup_rows}</tbody></table></section>"
         '<section class="card flush"><table class="list"><thead><tr><th>Delivered at</th><th>Stream</th><th>Message-ID</th><th>Relay id</th><th>Under consent</th></tr></thead>'
         f"<tbody>{del_rows}</tbody></table></section>"
+        f"{signup_chain_html(proof.get('signups', []))}"
         f'<section class="card"><details><summary><h2>As text, for a complaints desk</h2></summary><pre class="proof">{escape(text)}</pre></details></section>'
     )
 

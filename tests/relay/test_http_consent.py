@@ -82,7 +82,7 @@ async def test_post_get_and_proof(api: Api) -> None:
     status, proof = await api.call("GET", "/api/consent/anna@example.nl/proof", params={"account": "shop"})
     assert status == 200
     # docs/SPEC.md §15 adds the bounces about the address to the proof (issue 13).
-    assert set(proof) == {"email", "account", "consents", "suppressions", "deliveries", "bounces"}
+    assert set(proof) == {"email", "account", "consents", "suppressions", "deliveries", "bounces", "signups"}
     assert proof["consents"][0]["statement_text"] == GOOD["statement_text"]
 
 

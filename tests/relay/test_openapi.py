@@ -199,6 +199,9 @@ def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTes
     call("GET", "/api/consent/{email}", "/api/consent/anna@example.nl", params={"account": "shop"})
     call("GET", "/api/consent/{email}/proof", "/api/consent/anna@example.nl/proof", params={"account": "shop"})
     call("POST", "/api/interactions", json={"account": "shop", "email": "anna@example.nl", "kind": "click"})
+    signup = {"account": "shop", "email": "kees@example.nl", "stream": "newsletter", "statement": "Ja, graag",
+              "source_url": "https://shop.example/nieuwsbrief", "ip": "198.51.100.7", "frequency": "wekelijks", "language": "nl"}
+    call("POST", "/api/signups", json=signup, expect=202)
     call("POST", "/api/suppressions", json={"account": "shop", "email": "piet@example.net", "note": "asked by phone"}, expect=201)
     call("GET", "/api/suppressions", params={"account": "shop"})
     call("GET", "/api/suppressions", params={"limit": "\u00b2"}, expect=422)

@@ -362,6 +362,9 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
         return 1
     if lock is None:
         return 0
+    if stop.is_set():  # stopped while the lock was being taken
+        await lock.release()
+        return 0
     try:
         try:
             listeners = bind_listeners(config)
@@ -389,6 +392,10 @@ async def _until_stopped(work: Any, stop: asyncio.Event) -> Any:
         return task.result()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled() and task.exception() is None:
+        # The work finished after all (something inside it outlived the cancel): hand it back so
+        # the caller stops what was started, rather than leaving it running unseen.
+        return task.result()
     return None
 
 

@@ -373,13 +373,6 @@ def _num(key: str, value: Any) -> float:
     return float(value)
 
 
-def _positive_int(key: str, value: Any) -> int:
-    number = _int(key, value)
-    if number == 0:
-        raise ConfigError(key, "must be greater than 0")
-    return number
-
-
 def _positive_num(key: str, value: Any) -> float:
     """A timeout: 0 would give up on every client, upstream or store call at once."""
     number = _num(key, value)

@@ -11,7 +11,7 @@ from aiohttp import web
 from relay.api_keys import KEY, scoped_account
 from relay.consent_import import ConsentRefused
 from relay.errors import NotFound, StoreUnavailable
-from relay.http_common import admin_label, json_body, json_error, json_response
+from relay.http_common import admin_label, form_body, json_body, json_error, json_response
 from relay.signups import (
     LANGUAGES,
     AccountBlocked,
@@ -203,7 +203,7 @@ class SignupsHttp:
         return _page(signup.language, t["title"], Safe("".join(escape(p) for p in parts)))
 
     async def post(self, request: web.Request) -> web.Response:
-        form = await request.post()
+        form = await form_body(request)
         token = request.match_info["token"]
         if form.get("confirm") != "yes":
             signup = await self.service.pending(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -86,7 +87,15 @@ class SqliteDatabase:
             raise
 
     async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout)
+        opening = asyncio.ensure_future(aiosqlite.connect(self.path, isolation_level=None, timeout=self.timeout))
+        try:
+            conn = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The connection's thread opens the file whatever happens to us: let it finish and close
+            # it, or it calls back into an event loop that has closed (a Ctrl-C during start-up).
+            with contextlib.suppress(Exception):
+                await (await opening).close()
+            raise
         try:
             conn.row_factory = sqlite3.Row
             await conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")

@@ -119,7 +119,8 @@ async def test_killing_the_parent_leaves_no_orphan_and_a_new_serve_starts(tmp_pa
         assert relay.proc is not None
         os.kill(relay.proc.pid, signal.SIGKILL)
         await until(lambda: not any(alive(p) for p in workers), timeout=30, what="the orphaned workers to exit")
-        assert relay.events("parent_gone")
+        # The workers' last lines may still be in the pipe when they are gone: wait for the reader.
+        await until(lambda: relay.events("parent_gone"), timeout=10, what="the workers' parent_gone lines")
         assert not listening(port)
     finally:
         await relay.ensure_stopped()
@@ -233,4 +234,7 @@ async def test_ctrl_c_in_the_first_second_prints_no_traceback(tmp_path: Path, up
             delays.insert(0, delay)
             continue
         assert "Traceback" not in text and "KeyboardInterrupt" not in text, (delay, text)
-        assert proc.returncode in (0, 130), (delay, proc.returncode, text)
+        # -SIGINT with nothing printed: the interrupt came before Python installed its handler
+        # (the interpreter was still starting on a loaded machine), which a user sees as a clean stop.
+        assert proc.returncode in (0, 130) or (proc.returncode == -signal.SIGINT and not text.strip()), (
+            delay, proc.returncode, text)

@@ -150,11 +150,11 @@ class Describer:
         suppressions: Sequence[Suppression],
     ) -> list[Entry]:
         """Every topic the recipient holds (or held) consent for in view, and the token's own."""
+        # The mail's own topic first, then the account's signups before the parent's, by title.
         reaches: dict[tuple[str, str], Reach] = {}
-        for record in consents:
-            for reach in self.expand(record.scope, record.topic, sender.account):
-                reaches.setdefault((reach.scope.id, reach.topic), reach)
-        for reach in self.expand(scope_id, topic, sender.account):
+        held = [r for record in consents for r in self.expand(record.scope, record.topic, sender.account)]
+        held.sort(key=lambda r: (r.scope.at_parent, r.scope.name, r.every_topic, r.title.casefold()))
+        for reach in self.expand(scope_id, topic, sender.account) + held:
             reaches.setdefault((reach.scope.id, reach.topic), reach)
         entries = []
         for (scope, entry_topic), reach in reaches.items():

@@ -81,6 +81,8 @@ class Describer:
         if account is not None:
             return Scope(scope_id, account.display_name, at_parent=False)
         under = [a for a in self.config.accounts if a.parent == scope_id]
+        if not under:  # a scope no account names any more (mail sent before a config change)
+            return Scope(scope_id, scope_id, at_parent=False)
         name = next((a.parent_name for a in under if a.parent_name), scope_id)
         return Scope(scope_id, name, at_parent=True, brands=tuple(a.display_name for a in under))
 

@@ -87,7 +87,7 @@ class RecipientPages:
     # --- the unsubscribe page and the one-click POST (RFC 8058) ------------------------------
 
     async def show(self, request: web.Request) -> web.Response:
-        visit = self._visit(request)
+        visit = await self._visit(request)
         if visit is None:
             return self._invalid(request)
         return self._render(
@@ -96,7 +96,7 @@ class RecipientPages:
         )
 
     async def post(self, request: web.Request) -> web.Response:
-        claims = self.codec.verify(request.match_info["token"])
+        claims = await self._claims(request)
         if claims is None:
             return web.Response(status=404, text="unknown unsubscribe token\n")
         form = await _form(request)
@@ -108,7 +108,7 @@ class RecipientPages:
         await self.withdraw(self.services, claims, method=method)
         if method != "page":
             return web.Response(text="unsubscribed\n")  # RFC 8058: a mailbox provider's POST wants no page
-        visit = self._visit(request, claims)
+        visit = await self._visit(request, claims)
         assert visit is not None
         # The confirmation loads nothing from anywhere else: no logo, no third party after the POST.
         return self._render(
@@ -119,13 +119,13 @@ class RecipientPages:
     # --- preferences at the level of the signup ----------------------------------------------
 
     async def preferences(self, request: web.Request) -> web.Response:
-        visit = self._visit(request)
+        visit = await self._visit(request)
         if visit is None:
             return self._invalid(request)
         return await self._preferences_page(request, visit)
 
     async def change_preferences(self, request: web.Request) -> web.Response:
-        visit = self._visit(request)
+        visit = await self._visit(request)
         if visit is None:
             return self._invalid(request)
         form = await _form(request)
@@ -176,8 +176,12 @@ class RecipientPages:
 
     # --- shared ----------------------------------------------------------------------------
 
-    def _visit(self, request: web.Request, claims: TokenClaims | None = None) -> _Visit | None:
-        claims = claims or self.codec.verify(request.match_info["token"])
+    async def _claims(self, request: web.Request) -> TokenClaims | None:
+        """The one place the pages read a token (relay/unsubscribe_tokens.py decides its format)."""
+        return self.codec.verify(request.match_info["token"])
+
+    async def _visit(self, request: web.Request, claims: TokenClaims | None = None) -> _Visit | None:
+        claims = claims or await self._claims(request)
         if claims is None:
             return None
         lang = negotiate(request.headers.get("Accept-Language", ""), request.query.get("lang"))

@@ -144,7 +144,7 @@ TEXTS: Mapping[str, Mapping[str, str]] = {
 def negotiate(accept_language: str, chosen: str | None = None) -> str:
     """The visitor's explicit choice (`?lang=`) when it is one of ours, else the best Accept-Language
     match by q-value (first listed wins a tie), else English."""
-    if chosen in TEXTS:
+    if chosen is not None and chosen in TEXTS:
         return chosen
     best, best_q = DEFAULT_LANGUAGE, 0.0
     for part in accept_language.split(","):

@@ -133,8 +133,9 @@ class RecipientPages:
         entries = await self._entries(visit)
         active = [e for e in entries if not e.stopped]
         if choice == STOP_ALL:
-            # Everything at once, each scope at its own level: one '*' withdrawal per scope still sending.
-            scopes = dict.fromkeys([e.reach.scope.id for e in active] + [visit.claims.scope])
+            # Everything at once, each scope at its own level: one '*' withdrawal per scope still sending
+            # (the mail's own topic is always a line, so its scope is among them while it sends).
+            scopes = dict.fromkeys(e.reach.scope.id for e in active)
             targets = [self.describe.reach(scope, EVERY_TOPIC, visit.sender.account) for scope in scopes]
         else:
             targets = [e.reach for e in active if e.reach.key == choice]

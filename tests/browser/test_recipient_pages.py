@@ -104,16 +104,16 @@ async def logo_host() -> AsyncIterator[LogoHost]:
         yield host
 
 
-@pytest.fixture
-async def setup(tmp_path: Path, upstream: Any, start_relay: Any, logo_host: LogoHost) -> Setup:
+async def start_pages(
+    tmp_path: Path, upstream: Any, start_relay: Any, logo_host: LogoHost, look: dict[str, Any], streams: list[dict[str, Any]] = STREAMS
+) -> Setup:
+    """A relay whose account `shop` (under `holding`, beside `shop2`) has the look `look`; Anna holds
+    consent for Shop's newsletter at Shop and for offers at the holding (every brand of it)."""
     data = config_dict(
         tmp_path, upstream.port,
         http={"admin_listen": "127.0.0.1:0", "public_listen": "127.0.0.1:0", "public_base_url": "https://unsubscribe.shop.example"},
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
-        account={
-            "parent": "holding", "parent_name": "Holding B.V.", "streams": STREAMS,
-            "logo_url": f"{logo_host.base}/logo.svg", "accent_color": ACCENT,
-        },
+        account={"parent": "holding", "parent_name": "Holding B.V.", "streams": streams, **look},
     )
     data["accounts"].append(
         base_account() | {
@@ -123,11 +123,16 @@ async def setup(tmp_path: Path, upstream: Any, start_relay: Any, logo_host: Logo
         }
     )
     relay = await start_relay(load_config(write_config(tmp_path, data)))
-    # Anna signed up for Shop's newsletter at Shop, and for offers at the holding (all its brands).
     await relay.services.store.consent.upsert_consents(
         [consent("shop", "newsletter"), consent("holding", "offers")], now=datetime.now(timezone.utc)
     )
     return Setup(relay, logo_host)
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, upstream: Any, start_relay: Any, logo_host: LogoHost) -> Setup:
+    look = {"logo_url": f"{logo_host.base}/logo.svg", "accent_color": ACCENT}
+    return await start_pages(tmp_path, upstream, start_relay, logo_host, look)
 
 
 def marketing(kind: str) -> bytes:
@@ -175,15 +180,17 @@ async def assert_accessible(page: Page, what: str) -> None:
     assert results.response["passes"] or results.response["violations"] is not None
 
 
-async def accent_is_readable(page: Page) -> None:
-    colours = await page.locator("main button").first.evaluate(
+async def accent_is_readable(page: Page, configured: str | None = ACCENT) -> None:
+    """The main button: the configured accent when white text on it is readable, else a darker one."""
+    colours = await page.locator("main button:not(.secondary)").first.evaluate(
         "b => [getComputedStyle(b).backgroundColor, getComputedStyle(b).color]"
     )
     background, text = (
         "#" + "".join(f"{int(c):02x}" for c in re.findall(r"\d+", colour)[:3]) for colour in colours
     )
-    assert background != ACCENT and text == "#ffffff"
-    assert contrast_ratio(background, text) >= 4.5
+    assert text == "#ffffff" and contrast_ratio(background, text) >= 4.5
+    if configured is not None:
+        assert (background == configured) == (contrast_ratio(configured, text) >= 4.5), (configured, background)
 
 
 @pytest.mark.parametrize(("width", "locale"), [(360, "nl-NL"), (1280, "en-GB")])
@@ -304,6 +311,47 @@ async def test_button_unsubscribes_and_confirmation_loads_nothing_else(
     assert response is not None and response.status == 404
     await expect(page.locator("h1")).to_have_text("Lien non valide")
     await assert_accessible(page, "invalid link page")
+    await context.close()
+
+
+LONG_STREAMS = [
+    {"id": "orders", "kind": "transactional"},
+    {"id": "newsletter", "kind": "marketing", "topic": "newsletter", "envelope_from": ["news@shop.example"],
+     "title": "de tweewekelijkse nieuwsbrief met aanbiedingen, recepten en nieuws uit alle winkels"},
+    {"id": "offers", "kind": "marketing", "topic": "offers", "envelope_from": ["offers@shop.example"]},
+]
+
+
+@pytest.mark.parametrize(
+    "look",
+    [
+        {},
+        {"accent_color": "#ffffff"},
+        {"accent_color": "#000000", "logo": True},
+        {"accent_color": "#00ff00", "logo": True},
+        {"accent_color": "#7c3aed"},
+    ],
+    ids=["no-look", "white", "black-logo", "green-logo", "violet"],
+)
+async def test_every_look_stays_readable_and_fits_a_phone(
+    tmp_path: Path, upstream: Any, start_relay: Any, logo_host: LogoHost, browser: Browser, look: dict[str, Any]
+) -> None:
+    account_look = {k: v for k, v in look.items() if k != "logo"}
+    if look.get("logo"):
+        account_look["logo_url"] = f"{logo_host.base}/logo.svg"
+    setup = await start_pages(tmp_path, upstream, start_relay, logo_host, account_look, LONG_STREAMS)
+    news_url = await link_of(setup, upstream, "news")
+    context = await browser.new_context(viewport={"width": 360, "height": 740}, locale="nl-NL")
+    page = await context.new_page()
+    for url in (news_url, news_url + "/preferences"):
+        await page.goto(url)
+        await expect(page.locator("main")).to_contain_text("de tweewekelijkse nieuwsbrief")
+        await expect(page.locator(".brand img")).to_have_count(1 if look.get("logo") else 0)
+        await accent_is_readable(page, look.get("accent_color"))
+        await assert_accessible(page, f"{url} with {look}")
+        # Nothing wider than the phone: no sideways scrolling.
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    await page.screenshot(path=str(tmp_path / "preferences-look.png"), full_page=True)
     await context.close()
 
 

@@ -369,6 +369,19 @@ async def test_one_click_post_stays_rfc_8058(setup: Setup, upstream: Any) -> Non
     assert metrics.get_sample_value("consent_relay_unsubscribes_total", {"method": "one_click"}) == 1.0
 
 
+async def test_names_from_the_config_are_escaped(tmp_path: Path, upstream: Any, start_relay: Any, logo_host: LogoHost) -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    streams = [dict(s, title=f"news {hostile}") if s["id"] == "newsletter" else s for s in STREAMS]
+    setup = await start_pages(tmp_path, upstream, start_relay, logo_host, {"parent_name": f'Holding "B.V." {hostile}'}, streams)
+    pages = [await link_of(setup, upstream, "news"), await link_of(setup, upstream, "offers")]
+    async with aiohttp.ClientSession() as http:
+        for url in pages + [pages[0] + "/preferences"]:
+            async with http.get(url) as r:
+                html = await r.text()
+                assert r.status == 200 and "<img src=x" not in html
+                assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
 async def test_a_choice_that_is_not_on_the_page_changes_nothing(setup: Setup, upstream: Any) -> None:
     news_url = await link_of(setup, upstream, "news")
     async with aiohttp.ClientSession() as http:

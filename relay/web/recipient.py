@@ -169,8 +169,9 @@ class RecipientPages:
         self, request: web.Request, visit: _Visit, *, changed: list[Reach] | None = None,
         when: datetime | None = None, error: bool = False, status: int = 200,
     ) -> web.Response:
+        extra = {} if request.method == "GET" else {"logo": None}  # after a POST, nothing from elsewhere
         return self._render(
-            visit, "preferences.html", TEXTS[visit.lang]["preferences_title"], status=status,
+            visit, "preferences.html", TEXTS[visit.lang]["preferences_title"], status=status, **extra,
             entries=await self._entries(visit), changed=changed or [], when=when, error=error,
             action=self._here(visit), unsubscribe_url=f"../{quote(request.match_info['token'])}?lang={visit.lang}",
         )

@@ -250,8 +250,10 @@ async def test_page_says_who_what_and_where_then_preferences_stop_one_topic_then
     await page.screenshot(path=str(tmp_path / f"preferences-{width}.png"), full_page=True)
 
     # Stop the newsletter only.
+    logo_requests = len(setup.logo.requests)
     await rows.nth(0).get_by_role("button").click()
     await expect(page.locator("[role=status]")).to_contain_text("the weekly newsletter")
+    await expect(page.locator(".brand img")).to_have_count(0)  # the answer to a POST loads nothing from elsewhere
     await expect(rows.nth(0).get_by_role("button")).to_have_count(0)
     await expect(rows.nth(1).get_by_role("button")).to_have_count(1)
     await assert_accessible(page, f"preferences after a change at {width}px")
@@ -269,6 +271,7 @@ async def test_page_says_who_what_and_where_then_preferences_stop_one_topic_then
     await assert_accessible(page, f"preferences after stopping all at {width}px")
     await page.screenshot(path=str(tmp_path / f"preferences-stopped-all-{width}.png"), full_page=True)
     assert refused_at_rcpt(await send(setup, "offers"))
+    assert len(setup.logo.requests) == logo_requests
     store = setup.relay.services.store
     vias = {(s.scope, s.topic, s.via) for s in await store.consent.list_suppressions()}
     assert vias == {("shop", "newsletter", "preferences"), ("holding", "*", "preferences")}

@@ -177,6 +177,7 @@ class Relay:
                 ident="consent-relay",
                 tls_context=None if implicit else tls_context,
                 timeout=smtp.idle_timeout,
+                data_timeout=smtp.data_timeout,
                 # On the implicit-TLS listener the connection is already encrypted.
                 auth_require_tls=False if implicit else smtp.auth_require_tls,
                 loop=loop,
@@ -240,6 +241,7 @@ class Relay:
     async def readiness(self) -> dict[str, Any]:
         try:
             await self.services.store.ping()
+            await self.services.store.check_writable()
             store: dict[str, Any] = {"ok": True}
         except StoreUnavailable as exc:
             store = {"ok": False, "detail": str(exc)}

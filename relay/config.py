@@ -43,7 +43,8 @@ class SmtpConfig:
     # Policy evaluation and DKIM's private-key step in a helper process per worker: a spare core
     # for the CPU-bound part, the event loop kept for sessions. "auto": when workers leave a core.
     helper_process: str = "auto"  # auto | on | off
-    idle_timeout: float = 300
+    idle_timeout: float = 300  # per command, and per read while DATA flows (RFC 5321 4.5.3.2)
+    data_timeout: float = 3600  # the whole DATA phase, 354 to the final dot, however the data trickles
     shutdown_grace: float = 30
     max_connections: int = 1000
     max_connections_per_ip: int = 50
@@ -277,6 +278,13 @@ def _num(key: str, value: Any) -> float:
     if value < 0:
         raise ConfigError(key, "must not be negative")
     return float(value)
+
+
+def _positive_num(key: str, value: Any) -> float:
+    number = _num(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return number
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -636,6 +644,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "workers": _int,
                     "helper_process": _on_off_auto,
                     "idle_timeout": _num,
+                    "data_timeout": _positive_num,
                     "shutdown_grace": _num,
                     "max_connections": _int,
                     "max_connections_per_ip": _int,

@@ -52,11 +52,7 @@ class CopyMaker:
         rendered = []
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
-            delivery_id = self.ids.next()
-            if delivery_id is None:
-                await self.ids.refill()
-                delivery_id = self.ids.next()
-            assert delivery_id is not None
+            delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()
             txn.delivery_ids[rcpt] = delivery_id
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))

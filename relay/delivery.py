@@ -25,8 +25,10 @@ class DeliveryReport:
     delivered: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)  # in the outbox, retried later
     refused: dict[str, str] = field(default_factory=dict)  # recipient -> upstream reply (5xx)
-    tempfailed: bool = False  # nothing accepted anywhere: the client must retry
+    tempfailed: bool = False  # the client must retry (nothing accepted, or the rest not kept)
     tempfail_reason: str = ""
+    store_failed: bool = False  # the tempfail is the store's (the outbox could not keep the rest)
+    earlier: list[str] = field(default_factory=list)  # delivered by an earlier attempt, skipped now
     upstream_reply: str = ""  # the last DATA reply (queue id)
     rejected_code: int = 0  # every recipient refused with this 5xx code
     rejected_reply: str = ""
@@ -87,6 +89,7 @@ async def deliver(
             # Part was delivered but the rest cannot be kept: a 4xx makes the client retry
             # (duplicates for some) rather than lose the rest.
             report.tempfailed = True
+            report.store_failed = True
             report.tempfail_reason = f"outbox unavailable: {exc}"
             return report
         report.queued = [r for copy in pending for r in copy.recipients]

@@ -20,6 +20,7 @@ from relay.errors import ScannerUnavailable, StoreUnavailable
 from relay.helper import Helper, HelperTimeout, HelperUnavailable
 from relay.log import get_logger
 from relay.personalize import strip_header
+from relay.retry_memory import RetryMemory
 from relay.services import Services
 from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
 from relay.upstream import Upstream
@@ -64,6 +65,7 @@ class Pipeline:
         self.extra_facts: list[Callable[[Transaction, ParsedMessage], Awaitable[dict[str, object]]]] = []
         self.covering_consent: Callable[[MessageFacts, RecipientFacts], object] | None = None
         self.delivery_ids = IdAllocator(services.store.decisions.reserve_ids, "deliveries")
+        self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
         self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
         self.in_data = 0  # transactions between end of DATA and their reply
         self.offload_from = 2  # in_data at which the helper takes the work (tests set 1)
@@ -296,6 +298,28 @@ class Pipeline:
         if verdict.outcome is Outcome.QUARANTINE:
             assert verdict.deciding is not None
             return await self._hold(txn, message, raw, stream_cfg, verdict, findings, permitted)
+        earlier = self.retries.delivered(account_id, txn.mail_from, raw)
+        if earlier:
+            # The client retries a message an earlier attempt delivered in part: those recipients
+            # have their copy (and its record) already.
+            skipped = [r for r in permitted if r in earlier]
+            permitted = [r for r in permitted if r not in earlier]
+            self.log.info("retry_skips_delivered", relay_id=txn.relay_id, skipped=len(skipped))
+        else:
+            skipped = []
+        if skipped and not permitted:
+            self.retries.forget(account_id, txn.mail_from, raw)
+            self.record(txn, message, stream_name, "delivered", findings, all_rcpts, misses=verdict.misses)
+            metrics.messages.labels(account_id, label, "delivered").inc()
+            return replies.delivered(txn.relay_id, f"{len(skipped)} of {len(skipped)} delivered by an earlier attempt")
+        try:
+            await self.reserve_delivery_ids(txn, permitted)
+        except StoreUnavailable as exc:
+            # Nothing has gone upstream yet: the client keeps the message and retries.
+            self.log.error("store_unavailable", stage="delivery_ids", relay_id=txn.relay_id, error=str(exc))
+            self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
+            metrics.messages.labels(account_id, label, "tempfailed").inc()
+            return replies.STORE_UNAVAILABLE
         copies = await self.copy_builder(txn, facts, rfacts, raw, permitted)
         report = await deliver(
             self.upstream,
@@ -307,12 +331,14 @@ class Pipeline:
             copies=copies,
             now=self.services.clock.timestamp(),
         )
-        return self._delivery_reply(txn, message, stream_cfg, verdict, findings, rfacts, facts, report)
+        report.earlier = skipped
+        return await self._delivery_reply(txn, message, raw, stream_cfg, verdict, findings, rfacts, facts, report)
 
-    def _delivery_reply(
+    async def _delivery_reply(
         self,
         txn: Transaction,
         message: ParsedMessage,
+        raw: bytes,
         stream_cfg: StreamConfig,
         verdict: Verdict,
         findings: list[Finding],
@@ -324,10 +350,27 @@ class Pipeline:
         account_id, stream_id = txn.account.id, stream_cfg.id
         metrics = self.services.metrics
         if report.tempfailed:
-            self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
-            self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
+            if report.store_failed:
+                self.log.error("store_unavailable", stage="outbox", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
+            else:
+                self.log.warning("upstream_unavailable", relay_id=txn.relay_id, account=account_id, error=report.tempfail_reason)
             metrics.messages.labels(account_id, stream_id, "tempfailed").inc()
-            return replies.UPSTREAM_UNAVAILABLE
+            if not report.delivered:
+                self.record(txn, message, stream_id, "tempfailed", findings, txn.recipients, misses=verdict.misses)
+                return replies.STORE_UNAVAILABLE if report.store_failed else replies.UPSTREAM_UNAVAILABLE
+            # Part of it left before the rest could not be kept. The client must retry (or the rest
+            # is lost): the copies that left get their delivery records now, written before the
+            # reply when the store can take them (else kept until it can), and the retry skips them.
+            self.retries.remember(account_id, txn.mail_from, raw, report.delivered)
+            self.record(
+                txn, message, stream_id, "tempfailed", findings, txn.recipients, delivered=report.delivered,
+                rfacts=rfacts, facts=facts, misses=verdict.misses,
+            )
+            metrics.recipients.labels(account_id, stream_id, "delivered").inc(len(report.delivered))
+            await self.recorder.flush()
+            return replies.STORE_UNAVAILABLE if report.store_failed else replies.UPSTREAM_UNAVAILABLE
+        if report.earlier:
+            self.retries.forget(account_id, txn.mail_from, raw)
         if report.queued:
             self.on_outbox_enqueued()
         policy_refused = [(r, verdict.refused[r].rule) for r in txn.recipients if r in verdict.refused]
@@ -347,14 +390,17 @@ class Pipeline:
         refused_count = len(policy_refused) + len(upstream_refused)
         if refused_count:
             metrics.recipients.labels(account_id, stream_id, "rejected").inc(refused_count)
-        if not ok:
+        if not ok and not report.earlier:
             return replies.upstream_passthrough(report.rejected_code or 550, report.rejected_reply.partition(" ")[2] or "refused")
         total = len(txn.recipients) + len(earlier)
+        done = len(ok) + len(report.earlier)
         if policy_refused or upstream_refused or earlier:
-            return replies.partially_delivered(txn.relay_id, len(ok), total, earlier + policy_refused + upstream_refused)
+            return replies.partially_delivered(txn.relay_id, done, total, earlier + policy_refused + upstream_refused)
         note = report.upstream_reply.partition(" ")[2] if report.upstream_reply else ""
         if report.queued:
-            note = f"{len(report.queued)} of {len(ok)} queued for retry"
+            note = f"{len(report.queued)} of {done} queued for retry"
+        elif report.earlier:
+            note = f"{len(report.earlier)} of {done} delivered by an earlier attempt" + (f", the rest {note}" if note else "")
         return replies.delivered(txn.relay_id, note)
 
     async def _hold(
@@ -405,6 +451,14 @@ class Pipeline:
         for kind, addresses in by_kind.items():
             reply = await self.own_mail[kind](txn, addresses, raw)
         return reply
+
+    async def reserve_delivery_ids(self, txn: Transaction, recipients: Sequence[str]) -> None:
+        """An id for each recipient's delivery record, taken before anything goes upstream: a copy
+        that leaves always has its record (the proof of consent), and a store that cannot give ids
+        makes the transaction tempfail while nothing was sent."""
+        for rcpt in recipients:
+            if rcpt not in txn.delivery_ids:
+                txn.delivery_ids[rcpt] = await self.delivery_ids.take()
 
     async def _one_copy(
         self, txn: Transaction, facts: MessageFacts, rfacts: Sequence[RecipientFacts], raw: bytes, recipients: Sequence[str]
@@ -479,10 +533,7 @@ class Pipeline:
             for rcpt in delivered:
                 # The subscription this copy's unsubscribe withdraws: its consent's scope and topic.
                 scope, topic, consent_id = consents.get(rcpt, ("", stream_topic, None))
-                delivery_id = txn.delivery_ids.get(rcpt) or self.delivery_ids.next()
-                if delivery_id is None:
-                    self.log.warning("delivery_not_recorded", relay_id=txn.relay_id, reason="no delivery ids")
-                    continue
+                delivery_id = txn.delivery_ids[rcpt]  # reserved before the copy left (reserve_delivery_ids)
                 deliveries.append(
                     DeliveryRecord(
                         id=delivery_id,
@@ -549,6 +600,7 @@ class IdAllocator:
         self._next = 0
         self._end = 0
         self._lock = asyncio.Lock()
+        self._refilling: asyncio.Task[None] | None = None
 
     async def refill(self) -> None:
         async with self._lock:
@@ -556,12 +608,22 @@ class IdAllocator:
                 first = await self._reserve(self._name, self._block)
                 self._next, self._end = first, first + self._block
 
-    def next(self) -> int | None:
-        if self._next >= self._end:
-            return None
+    async def take(self) -> int:
+        """The next id. A dry allocator waits for its block (a refill in flight, or one of its own)
+        rather than hand out nothing: every delivery gets its record. StoreUnavailable when the store
+        cannot reserve one."""
+        while self._next >= self._end:
+            await self.refill()
         value = self._next
         self._next += 1
-        if self._end - self._next < self._block // 4:
-            asyncio.get_running_loop().create_task(self.refill())
+        if self._end - self._next < self._block // 4 and (self._refilling is None or self._refilling.done()):
+            # Ahead of need, so the common case never waits; a failure here is retried by the next take.
+            self._refilling = asyncio.get_running_loop().create_task(self._refill_quietly())
         return value
+
+    async def _refill_quietly(self) -> None:
+        try:
+            await self.refill()
+        except StoreUnavailable:
+            pass
 

@@ -118,6 +118,7 @@ async def _deliver(
         txn = Transaction(relay_id=item.relay_id, client_ip="", mail_from=item.mail_from, account=account)
         txn.recipients = recipients
         if permitted:
+            await pipeline.reserve_delivery_ids(txn, permitted)
             copies = await pipeline.copy_builder(txn, facts, rfacts, item.content, permitted)
             report = await deliver(
                 pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,

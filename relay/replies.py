@@ -14,6 +14,8 @@ AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_LOCKED = "421 4.7.0 Too many authentication failures; try again later"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections; try again later"
 TOO_BIG = "552 5.3.4 Message too big for system"
+NUL_IN_MESSAGE = "550 5.6.0 Message contains NUL characters (not allowed by RFC 5322)"
+EIGHT_BIT_UPSTREAM = "554 5.6.3 Message has 8-bit data and the upstream does not accept 8BITMIME"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 BAD_SENDER = "501 5.1.7 Bad sender address syntax"
@@ -23,6 +25,7 @@ SCANNER_UNAVAILABLE = "451 4.3.0 Temporary local problem (malware scanner unavai
 INTERNAL_ERROR = "451 4.3.0 Temporary local problem; try again later"
 POLICY_TIMEOUT = "451 4.3.0 Temporary local problem (policy check timed out); try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
+DATA_TIMEOUT = "421 4.4.2 Message transfer took too long; closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 
 _UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]")

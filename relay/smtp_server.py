@@ -48,10 +48,16 @@ class ConnectionLimits:
 
 @dataclass
 class AuthLockout:
-    """Failures per client address; at `max_failures` the address is locked out for a while."""
+    """Failures per client address; at `max_failures` the address is locked out for a while.
+
+    Both maps hold at most `max_tracked` addresses: a client cycling through source addresses (an
+    IPv6 /64 holds 2**64) would otherwise grow them for ever. When one is full, entries whose window
+    has passed go first, then the oldest; an evicted address starts counting again, which costs an
+    attacker who already controls that many addresses nothing it did not have."""
 
     max_failures: int
     lockout_seconds: float
+    max_tracked: int = 100_000
     failures: dict[str, tuple[int, float]] = field(default_factory=dict)
     locked_until: dict[str, float] = field(default_factory=dict)
 
@@ -68,19 +74,32 @@ class AuthLockout:
     def failed(self, ip: str, now: float | None = None) -> bool:
         """Count a failure; True when this one locks the address out."""
         now = time.monotonic() if now is None else now
-        count, first = self.failures.get(ip, (0, now))
+        count, first = self.failures.pop(ip, (0, now))  # re-inserted last: the map stays oldest-first
         if now - first > self.lockout_seconds:
             count, first = 0, now
         count += 1
         if count >= self.max_failures:
-            self.failures.pop(ip, None)
+            self.locked_until.pop(ip, None)
             self.locked_until[ip] = now + self.lockout_seconds
+            self._bound(self.locked_until, lambda until: until <= now)
             return True
         self.failures[ip] = (count, first)
+        self._bound(self.failures, lambda entry: now - entry[1] > self.lockout_seconds)
         return False
 
     def succeeded(self, ip: str) -> None:
         self.failures.pop(ip, None)
+
+    def _bound(self, entries: dict[str, Any], expired: Any) -> None:
+        if len(entries) <= self.max_tracked:
+            return
+        for key in [k for k, v in entries.items() if expired(v)]:
+            del entries[key]
+        # Down to nine tenths (the oldest live entries go), so this linear sweep stays rare.
+        excess = len(entries) - (self.max_tracked - self.max_tracked // 10)
+        if excess > 0:
+            for key in list(entries)[:excess]:
+                del entries[key]
 
 
 def peer_ip(peer: Any) -> str:
@@ -138,9 +157,10 @@ _PLAIN_ADDRESS = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self._data_timeout = data_timeout
         self._admitted_ip: str | None = None
         self.busy = False  # inside a transaction's DATA processing
 
@@ -164,6 +184,10 @@ class RelaySMTP(SMTP):
         super().connection_lost(error)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        if arg.lstrip().startswith("<") and ">" not in arg:
+            # The e-mail header parser forgives a missing ">" (a defect, no error): RFC 5321 does not.
+            # An empty address makes aiosmtpd answer its 501 syntax reply (5.5.4 added by push).
+            return "", ""
         plain = _PLAIN_ADDRESS.match(arg)
         if plain is not None:
             rest = arg[plain.end() :].lstrip(" \t")
@@ -202,7 +226,14 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content, problem = await self._read_body()
+        try:
+            # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and this bounds
+            # the whole upload, so a client that never stops trickling cannot hold a session for ever.
+            async with asyncio.timeout(self._data_timeout):
+                content, problem = await self._read_body()
+        except TimeoutError:
+            self.close_with(replies.DATA_TIMEOUT)
+            return
         if content is None:
             return  # the connection went away mid-message
         if problem is not None:
@@ -211,9 +242,20 @@ class RelaySMTP(SMTP):
             return
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        # The client waits on us now (its own DATA-termination timeout, RFC 5321 4.5.3.2.6), and
+        # every step of the pipeline has its own deadline: the idle timer must not cut our reply off.
+        self._stop_idle_timer()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.transport is not None:  # gone: connection_lost already cancelled the timer
+                self._reset_timeout()
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _stop_idle_timer(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
 
     async def _read_body(self) -> tuple[bytes | None, str | None]:
         """The de-dotted body up to the lone dot, and the reply for an oversize body or line.
@@ -229,6 +271,7 @@ class RelaySMTP(SMTP):
             chunk = await reader.read(READ_CHUNK)
             if not chunk:
                 return None, None
+            self._reset_timeout()  # data is flowing: the client is not idle
             buf += chunk
             end = buf.find(END_OF_DATA, scanned)
             if end >= 0:
@@ -246,6 +289,9 @@ class RelaySMTP(SMTP):
         body = bytes(buf[: end + 2])
         if _LONG_LINE.search(body):
             return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+        if b"\0" in body:
+            # RFC 5322 has no place for NUL, and many receivers cut a message at the first one.
+            return b"", replies.NUL_IN_MESSAGE
         return body.replace(b"\r\n.", b"\r\n")[2:], None
 
     def _timeout_cb(self) -> None:

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import aiosmtplib
 
+from relay import replies
 from relay.config import UpstreamConfig
 from relay.errors import UpstreamRejected, UpstreamUnavailable
 from relay.metrics import Metrics
@@ -131,7 +132,23 @@ class Upstream:
     ) -> UpstreamResult:
         options: list[str] = []
         encoding = "ascii"
-        if not content.isascii() and client.supports_extension("8bitmime"):
+        needs_extensions = not (content.isascii() and mail_from.isascii() and all(r.isascii() for r in recipients))
+        if needs_extensions and client.is_ehlo_or_helo_needed:
+            # aiosmtplib greets lazily (at MAIL): on a fresh connection without STARTTLS its list of
+            # extensions is still empty here.
+            try:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()  # no ESMTP: no extensions
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                raise _StaleConnection(f"upstream failed at EHLO: {exc}") from exc
+        if not content.isascii():
+            # RFC 6152: 8-bit content goes only to a server that offers 8BITMIME, declared as such
+            # (whether or not our client declared it). No 7-bit downgrade: it would change the bytes
+            # the policy checked and break the DKIM signature.
+            if not client.supports_extension("8bitmime"):
+                raise UpstreamRejected("upstream does not support 8BITMIME", 554, replies.EIGHT_BIT_UPSTREAM)
             options.append("BODY=8BITMIME")
         if not (mail_from.isascii() and all(r.isascii() for r in recipients)):
             if not client.supports_extension("smtputf8"):

@@ -126,6 +126,7 @@ class Received:
     content: bytes
     tls: bool = False
     login: str | None = None
+    mail_options: list[str] = field(default_factory=list)  # e.g. BODY=8BITMIME
 
 
 @dataclass
@@ -148,7 +149,10 @@ class RecordingHandler:
         with self.lock:
             login = session.auth_data if isinstance(session.auth_data, str) else None
             self.messages.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.ssl is not None, login)
+                Received(
+                    envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.ssl is not None, login,
+                    list(envelope.mail_options),
+                )
             )
             n = len(self.messages)
         return f"250 2.0.0 Ok: queued as UP{n:05d}"

@@ -214,3 +214,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot answer."""
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable when the store answers but cannot take a write (disk full, read-only):
+        /readyz must not call a relay ready that would accept mail and then fail to keep it.
+        The probe is a real write transaction: a reservation of no ids under a name of its own."""
+        await self.decisions.reserve_ids("_readiness", 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import time
@@ -51,6 +52,8 @@ from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
 
 _CHUNK = 500  # SQLite's host-parameter limit is 32766; keep IN lists modest
+# Below this much free space on its file system the store reports itself not ready (/readyz).
+MIN_FREE_BYTES = 1 << 20
 
 
 class SqliteDatabase:
@@ -727,3 +730,19 @@ class SqliteStore(base.Store):
 
     async def ping(self) -> None:
         await self.db.fetchone("SELECT 1")
+
+    async def check_writable(self) -> None:
+        # A small write can still succeed on a full disk (SQLite reuses the space of its WAL file),
+        # while the next message, its outbox row or its delivery record would not fit: look at the
+        # file system itself first.
+        folder = self.db.path.parent
+        try:
+            fs = os.statvfs(folder)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot inspect the store's file system {folder}: {exc}") from exc
+        if fs.f_flag & os.ST_RDONLY:
+            raise StoreUnavailable(f"the store's file system {folder} is read-only")
+        free = fs.f_bavail * fs.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"the store's file system {folder} is full ({free} bytes free)")
+        await super().check_writable()

@@ -37,6 +37,7 @@ def test_example_config_loads_and_trusts_localhost() -> None:
         ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients"),
         ({"smtp": {"auth_require_tls": "yes"}}, "smtp.auth_require_tls"),
         ({"smtp": {"idle_timeout": -1}}, "smtp.idle_timeout"),
+        ({"smtp": {"data_timeout": 0}}, "smtp.data_timeout"),
         ({"smtp": {"listen": "localhost"}}, "smtp.listen"),
         ({"upstream": {"starttls": "sometimes"}}, "upstream.starttls"),
         ({"upstream": {"port": 25.5}}, "upstream.port"),

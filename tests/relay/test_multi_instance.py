@@ -287,7 +287,7 @@ async def test_two_workers_on_one_port_deliver_and_stop_cleanly(
 
 
 async def test_rate_limit_is_one_bucket_for_both_instances(
-    tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayFactory, pg_url: str
+    tmp_path: Path, upstream: RecordingUpstream, pg_url: str, start_relay: RelayFactory
 ) -> None:
     # policy: platform (POLICY.md account.rate_limited: the limit holds however many instances share the store)
     config = make_config(tmp_path, upstream.port, store={"url": pg_url}, account={"rate_limit_per_minute": 3})

@@ -106,6 +106,10 @@ async def test_overlong_line_is_refused(relay: Any, upstream: RecordingUpstream)
 @settings(max_examples=400, deadline=None)
 def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
     server = RelaySMTP(object(), limits=ConnectionLimits(1, 1), hostname="relay.test", loop=_LOOP)
+    if arg.lstrip().startswith("<") and ">" not in arg:
+        # aiosmtpd forgives the missing ">"; the relay answers 501 5.5.4 (issue 15 item 9).
+        assert server._getaddr(arg) == ("", "")
+        return
     assert _outcome(server._getaddr, arg) == _outcome(lambda a: SMTP._getaddr(server, a), arg)
 
 

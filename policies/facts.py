@@ -37,6 +37,10 @@ class AccountFacts:
     state: str = "active"  # active | paused | suspended
     state_reason: str = ""
     paused_streams: frozenset[str] = frozenset()
+    # The sender's own IBANs (donations, payments): never a third party's personal data.
+    own_ibans: frozenset[str] = frozenset()
+    # Click-tracking hosts of the account's e-mail platform: their links are not deceptive.
+    tracking_hosts: frozenset[str] = frozenset()
 
     @property
     def scopes(self) -> tuple[str, ...]:

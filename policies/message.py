@@ -125,6 +125,8 @@ class ParsedMessage:
         "_folded",
         "_folded_visible",
         "_words",
+        "_hrefs",
+        "_hosts",
     )
 
     headers: Message
@@ -163,6 +165,8 @@ class ParsedMessage:
         init(self, "_folded", None)
         init(self, "_folded_visible", None)
         init(self, "_words", None)
+        init(self, "_hrefs", None)
+        init(self, "_hosts", None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"ParsedMessage is immutable (tried to set {name})")
@@ -243,6 +247,24 @@ class ParsedMessage:
         return folded
 
     @property
+    def hrefs_lower(self) -> str:
+        """Every link's target, lower-cased, each after a "\\n": one string for the link rules to search."""
+        hrefs = self._hrefs
+        if hrefs is None:
+            hrefs = ("\n" + "\n".join(link.href for link in self.links)).lower()  # hrefs come stripped
+            object.__setattr__(self, "_hrefs", hrefs)
+        return hrefs
+
+    @property
+    def link_hosts(self) -> tuple[str, ...]:
+        """The distinct hosts of the links, lower-cased, in order (a newsletter: hundreds of links, few hosts)."""
+        hosts = self._hosts
+        if hosts is None:
+            hosts = tuple(dict.fromkeys(_LINK_HOST.findall(self.hrefs_lower)))
+            object.__setattr__(self, "_hosts", hosts)
+        return hosts
+
+    @property
     def words(self) -> frozenset[str]:
         """The distinct folded words of folded_text: word lists test membership, not regexes."""
         words = self._words
@@ -250,6 +272,14 @@ class ParsedMessage:
             words = split_words(self.folded_text)
             object.__setattr__(self, "_words", words)
         return words
+
+
+# The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any
+# user:password@, up to the port, path, query or fragment.
+# Each line is found by its leading "\n" (a literal the regex engine skips to), not by ^ and re.M,
+# which it tests at every character; the runs are possessive (*+), as no backtracking into a run
+# that excludes the next literal can find it.
+_LINK_HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*+://(?:[^@/\n?#]*+@)?|(?=www\.))([^/:?#\s\\]+)")
 
 
 # --- text folding ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
+from policies.rules.content import iban_valid
 from relay.errors import ConfigError
 from relay.passwords import is_password_hash
 
@@ -179,6 +180,8 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    own_ibans: tuple[str, ...] = ()
+    tracking_hosts: tuple[str, ...] = ()
     # The recipient's pages (SPEC §6): the parent organisation's name, the account's logo and colour.
     parent_name: str = ""
     logo_url: str | None = None
@@ -219,6 +222,8 @@ class AccountConfig:
             state=state,
             state_reason=reason,
             paused_streams=paused_streams,
+            own_ibans=frozenset(self.own_ibans),
+            tracking_hosts=frozenset(self.tracking_hosts),
         )
 
 
@@ -502,6 +507,16 @@ def _domains(key: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ibans(key: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, iban in enumerate(_str_list(key, value)):
+        compact = "".join(iban.split()).upper()
+        if not iban_valid(compact):
+            raise ConfigError(f"{key}[{i}]", f"not a valid IBAN {iban!r}")
+        out.append(compact)
+    return tuple(out)
+
+
 def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[{key}]]), got {_type_name(value)}")
@@ -572,6 +587,8 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "own_ibans": _ibans,
+                "tracking_hosts": _domains,
                 "parent_name": _str,
                 "logo_url": _page_asset_url,
                 "accent_color": _hex_colour,

@@ -3,16 +3,18 @@ third parties' personal data and malware (POLICY.md, content rules)."""
 
 from __future__ import annotations
 
-import operator
+import itertools
 import re
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from policies import _speedups
+from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage
-from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage
+from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage, fold
 from policies.rule import rule
+from policies.rules.identity import cached_pattern
 from policies.wordlists import extra_terms, terms_for, wordlist
 
 # --- subjects ---------------------------------------------------------------------------------
@@ -128,14 +130,7 @@ def adult(facts: MessageFacts) -> Hit | None:
 # --- links ------------------------------------------------------------------------------------
 
 
-# The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any
-# user:password@, up to the port, path, query or fragment.
-# Each line is found by its leading "\n" (a literal the regex engine skips to), not by ^ and re.M,
-# which it tests at every character; the runs are possessive (*+), as no backtracking into a run
-# that excludes the next literal can find it.
-_HOST = re.compile(r"\n(?:[a-z][a-z0-9+.\-]*+://(?:[^@/\n?#]*+@)?|(?=www\.))([^/:?#\s\\]+)")
 _HOST_SETS: dict[tuple[str, ...], frozenset[str]] = {}
-_href = operator.attrgetter("href")
 
 
 def _hosts(extra: tuple[str, ...]) -> frozenset[str]:
@@ -180,7 +175,7 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
     links = message.links
     # One lower-cased string of every href: a newsletter has hundreds of links, and almost
     # all of them go to the sender's own host.
-    joined = ("\n" + "\n".join(map(_href, links))).lower()  # hrefs come stripped
+    joined = message.hrefs_lower
     if "magnet:" in joined:
         href = next(link.href for link in links if link.href[:7].lower() == "magnet:")
         return Hit("The message links to a magnet (torrent) link", evidence=href[:80])
@@ -189,13 +184,123 @@ def infringing_links(facts: MessageFacts) -> Hit | None:
             if _path_is_torrent(link.href):
                 return Hit("The message links to a .torrent file", evidence=link.href[:120])
     hosts = _hosts(extra_terms("infringing_hosts", facts.params))
-    for host in dict.fromkeys(_HOST.findall(joined)):
+    for host in message.link_hosts:
         listed = _host_listed(host.rstrip("."), hosts)
         if listed is not None:
             return Hit("The message links to a known infringing-material host", evidence=listed)
     for attachment in message.attachments:
         if attachment.kind == KIND_TORRENT:
             return Hit("The message carries a .torrent file", evidence=attachment.filename or attachment.content_type)
+    return None
+
+
+# --- deceptive links ----------------------------------------------------------------------------
+
+# Anchor text that is itself a web address: "www.shop.nl", "https://shop.nl/x", "Shop.nl".
+_SHOWN_ADDRESS = re.compile(
+    r"(?:https?://)?(?:[^\s/@:]+@)?((?:[a-z0-9\u00a1-\uffff](?:[a-z0-9\u00a1-\uffff\-]{0,61}[a-z0-9\u00a1-\uffff])?\.)+"
+    r"(?:[a-z]{2,24}|xn--[a-z0-9\-]{2,30}))\.?(?::\d{1,5})?(?:[/?#][^\s]*)?",
+    re.I,
+)
+_HREF_HOST = re.compile(r"^[a-z][a-z0-9+.\-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^/:?#\\]+)", re.I)
+_TRACKING_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+_SHORTENER_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _listed_hosts(name: str, cache: dict[tuple[str, ...], frozenset[str]], params: Mapping[str, Any]) -> frozenset[str]:
+    extra = extra_terms(name, params)
+    hosts = cache.get(extra)
+    if hosts is None:
+        terms = terms_for(name, {"wordlists": {name: list(extra)}})
+        hosts = cache[extra] = frozenset(t.lower().strip(".") for t in terms)
+    return hosts
+
+
+def _tracking_hosts(facts: MessageFacts) -> frozenset[str]:
+    """The shipped platform tracking hosts, the site's additions and the account's own."""
+    hosts = _listed_hosts("tracking_hosts", _TRACKING_SETS, facts.params)
+    return hosts | facts.account.tracking_hosts if facts.account.tracking_hosts else hosts
+
+
+def href_host(href: str) -> str:
+    """The host of an absolute http(s)-style URL ("" for mailto:, relative links and garbage)."""
+    match = _HREF_HOST.match(href.strip())
+    return normalise_host(match.group(1)) if match else ""
+
+
+def shown_host(text: str) -> str:
+    """The host a reader reads in an anchor's text when that text is a web address, else ""."""
+    text = text.strip().strip("<>()[]\"'").rstrip(".,;:!?")
+    if not text or " " in text or "." not in text or "@" in text.split("/")[0].split("?")[0] and "://" not in text:
+        return ""
+    match = _SHOWN_ADDRESS.fullmatch(text)
+    return normalise_host(match.group(1)) if match else ""
+
+
+@rule(
+    "content.deceptive_links",
+    "A link shows one address and leads to another, to a bare IP address or to a look-alike of the sender's domain.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def deceptive_links(facts: MessageFacts) -> Hit | None:
+    """Phishing that pretends to be the account. A hit for a visible link:
+
+    - whose anchor text is a web address with another registrable domain than its real target,
+      unless the target is a click-tracking host (shipped `tracking_hosts` list, the site's additions,
+      the account's `tracking_hosts`): platforms redirect through their own host;
+    - to an IP-literal host (http://192.0.2.7/login);
+    - to a look-alike of one of the account's own domains (arnazon.com, amazon-login.com, paypa1.nl);
+    - through a public URL shortener (`url_shorteners` list: is.gd, t.co, …), which hides the real
+      destination, unless the account lists the shortener among its tracking hosts.
+    """
+    message = facts.message
+    if message is None:
+        return None
+    links = message.links
+    if not links:
+        return None
+    # The distinct hosts first: a newsletter has hundreds of links to two or three hosts.
+    hosts = dict.fromkeys(message.link_hosts)
+    if "[" in message.hrefs_lower:  # IPv6 literals, which the host pattern stops inside
+        hosts.update(dict.fromkeys(href_host(link.href) for link in links if "[" in link.href))
+    own = facts.account.domains
+    shorteners: frozenset[str] | None = None
+    for found in hosts:
+        host = normalise_host(found)
+        if not host:
+            continue
+        if ip_literal(host):
+            return Hit("A link leads to a bare IP address instead of a domain", evidence=host)
+        imitated = lookalike(host, own)
+        if imitated is not None:
+            return Hit(f"A link leads to a look-alike of the sender's domain {imitated}", evidence=host)
+        if shorteners is None:
+            shorteners = _listed_hosts("url_shorteners", _SHORTENER_SETS, facts.params)
+        if host in shorteners and host not in facts.account.tracking_hosts:
+            return Hit("A link hides its destination behind a public URL shortener", evidence=host)
+    texts = next(itertools.islice(zip(*links), 1, None))  # the anchor texts, transposed in C
+    if "." not in "\n".join(texts):  # most anchors show no address at all
+        return None
+    tracking: frozenset[str] | None = None
+    for link in links:
+        text = link.text
+        if not text or "." not in text:
+            continue
+        shown = shown_host(text)
+        if not shown:
+            continue
+        host = href_host(link.href)
+        if not host or registrable(shown) == registrable(host):
+            continue
+        if tracking is None:
+            tracking = _tracking_hosts(facts)
+        if under(host, tracking):
+            continue
+        return Hit(
+            "A link's text shows one address but it leads to another domain",
+            evidence=f"{text.strip()[:60]} -> {host}",
+        )
     return None
 
 
@@ -282,30 +387,122 @@ def mask_bsn(digits: str) -> str:
     return "*" * 7 + digits[-2:]
 
 
-def personal_numbers(text: str, allowed: frozenset[str] = frozenset()) -> Iterator[tuple[str, str]]:
-    """(kind, masked evidence) of each valid BSN, IBAN and payment card number in `text`."""
+# What stands just before a number says whose it is and what it is. Labels of the numbers a BSN
+# check must not read as a BSN (nl, en, de, fr, es, it): phone, fax, postcode, order, customer,
+# invoice, tracking and reference numbers.
+_NOT_PERSONAL_LABEL = re.compile(
+    r"(?:\b(?:tel|telefoon|telefon|telephone|téléphone|teléfono|telefono|phone|fon|fax|mobiel|mobile|mobil|gsm|whatsapp"
+    r"|postcode|postleitzahl|plz|zip|code postal|cap"
+    r"|order|bestelling|bestel|bestellung|auftrag|commande|pedido|ordine|zamówieni"
+    r"|klant|customer|client|kunde|kunden|cliente|konto-?nr"
+    r"|factuur|invoice|rechnung|facture|factura|fattura|faktura|beleg|quittung|receipt"
+    r"|tracking|track|zending|sendung|pakket|paket|parcel|colis|envío|spedizione|przesyłk"
+    r"|referentie|reference|referenz|référence|ref|artikel|article|art|sku|ean|isbn|id|nr|no|nummer|number)|#)"
+    r"[\s.:#°ºn\-]*(?:\w+[\s.:#\-]*)?$",
+    re.I,
+)
+# The sender's own account: a donation or payment request, bank details in the footer.
+_OWN_ACCOUNT = re.compile(
+    r"\b(?:doneer|doneren|donatie|donaties|gift|giften|steun|schenk|t\.?\s?n\.?\s?v|ten name van|onze rekening|ons rekeningnummer"
+    r"|donate|donation|donations|our account|our bank|bank details|payable to|in favour of"
+    r"|spende|spenden|spendenkonto|bankverbindung|kontoinhaber|unser konto|empfänger"
+    r"|faire un don|don|dons|coordonnées bancaires|notre compte|bénéficiaire"
+    r"|donativo|donaciones|donar|nuestra cuenta|beneficiario|donazione|donazioni|dona|il nostro conto"
+    r"|darowizn|wpłat|nasze konto|bic|swift)\b",
+    re.I,
+)
+# A number addressed to the reader ("uw IBAN", "your card") is the reader's, never the sender's.
+_SECOND_PERSON = re.compile(r"\b(?:uw|je|jouw|your|ihre?|dein|deine|votre|vos|tu|su|tuo|tua|il tuo|twój|twoje)\b[^.\n]{0,25}$", re.I)
+# Labels that make a nine-digit number a citizen service number whatever else stands around it.
+_BSN_LABEL = re.compile(r"(?:bsn|burgerservicenummer|burger\s?service\s?nummer|sofi-?nummer|sofinummer)\W{0,6}$", re.I)
+_CARD_GROUPS = re.compile(r"\d{4}(?:([ \-])\d{4}\1\d{4}\1\d{1,7}|([ \-])\d{6}\2\d{4,5})")
+_URL_CHARS = frozenset("/=?&%@")
+CONTEXT = 40
+
+
+def _in_url(text: str, start: int, end: int) -> bool:
+    """Inside a URL or an id glued to other characters: the number is part of a path or a query."""
+    left = text.rfind(" ", 0, start)
+    token_start = max(left, text.rfind("\n", 0, start)) + 1
+    before = text[token_start:start]
+    return bool(before) and ("://" in before or "www." in before.lower() or any(c in _URL_CHARS for c in before))
+
+
+def own_account(text: str, start: int, legal_name: str = "") -> bool:
+    """An IBAN the sender publishes as its own: a donation or payment context or the sender's legal
+    name in the sentence before it, and not addressed to the reader ("uw IBAN")."""
+    before = text[max(0, start - 2 * CONTEXT) : start]
+    if _SECOND_PERSON.search(before[-CONTEXT:]):
+        return False
+    if _OWN_ACCOUNT.search(before):
+        return True
+    pattern = cached_pattern(legal_name) if legal_name.strip() else None
+    return pattern is not None and pattern.search(fold(before)) is not None
+
+
+_DIALLING_PREFIX = re.compile(r"(?:\+\d{1,3}|\(0?\d{1,4}\)|\b00\d{1,3})[\s.\-]*$")
+_GROUP_SEPARATOR = re.compile(r"[ .\-]")
+
+
+def _phone_formatted(text: str, start: int, raw: str) -> bool:
+    """A number written as a phone number: after a +country code or an area code in brackets, or
+    grouped 2-3-4 / 3-2-2-2 the way phone numbers are and a BSN (3-3-3, 4-2-3) never is."""
+    if _DIALLING_PREFIX.search(text[max(0, start - 8) : start]):
+        return True
+    groups = [len(g) for g in _GROUP_SEPARATOR.split(raw)]
+    return len(groups) > 1 and groups not in ([3, 3, 3], [4, 2, 3], [3, 2, 4], [9])
+
+
+def personal_numbers(
+    text: str,
+    allowed: frozenset[str] = frozenset(),
+    legal_name: str = "",
+) -> Iterator[tuple[str, str]]:
+    """(kind, masked evidence) of each BSN, IBAN and payment card number of a third party in `text`.
+
+    IBAN: mod-97 and the country's length, not in `allowed` (the account's own_ibans) and not
+    published as the sender's own (own_account). BSN: the 11-test, not inside a URL, and not
+    formatted or labelled as a phone, postcode, order, customer, invoice or tracking number — unless
+    labelled BSN. Card: Luhn, the issuer's prefix and length, grouped as cards are printed, not
+    inside a longer digit run, a URL or a labelled tracking/order id.
+    """
     # Look only around runs of digits: the three patterns never run over the whole text.
     # (the runs of \d[\d .\-]{7,}, found in one C pass)
     for start, end in _speedups.number_windows(text, 12, 4):
         for match in _IBAN.finditer(text, start, end):
             iban = match.group(1).replace(" ", "")
-            if iban_valid(iban) and iban not in allowed:
+            if iban_valid(iban) and iban not in allowed and not own_account(text, match.start(1), legal_name):
                 yield "IBAN", mask_iban(iban)
         for match in _CARD.finditer(text, start, end):
-            digits = re.sub(r"\D", "", match.group(1))
-            if _card_issuer(digits) and luhn_valid(digits) and digits not in allowed:
-                yield "payment card number", mask_card(digits)
+            raw = match.group(1)
+            digits = re.sub(r"\D", "", raw)
+            if not (_card_issuer(digits) and luhn_valid(digits)) or digits in allowed:
+                continue
+            if not (raw.isdigit() or _CARD_GROUPS.fullmatch(raw)) or _in_url(text, match.start(1), match.end(1)):
+                continue
+            if _NOT_PERSONAL_LABEL.search(text[max(0, match.start(1) - CONTEXT) : match.start(1)].rstrip()):
+                continue
+            yield "payment card number", mask_card(digits)
         for match in _BSN.finditer(text, start, end):
-            digits = re.sub(r"\D", "", match.group(1))
-            if bsn_valid(digits) and digits not in allowed:
-                yield "BSN", mask_bsn(digits)
+            raw = match.group(1)
+            digits = re.sub(r"\D", "", raw)
+            if not bsn_valid(digits) or digits in allowed:
+                continue
+            before = text[max(0, match.start(1) - CONTEXT) : match.start(1)]
+            if not _BSN_LABEL.search(before):
+                if _in_url(text, match.start(1), match.end(1)) or _phone_formatted(text, match.start(1), raw):
+                    continue
+                if _NOT_PERSONAL_LABEL.search(before.rstrip()):
+                    continue
+            yield "BSN", mask_bsn(digits)
 
 
-def _allowed_numbers(params: Mapping[str, Any]) -> frozenset[str]:
-    values = params.get("personal_data_allow") or ()
+def _allowed_numbers(facts: MessageFacts) -> frozenset[str]:
+    values = facts.params.get("personal_data_allow") or ()
     if isinstance(values, str):
         values = (values,)
-    return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in values)
+    own = (*values, *facts.account.own_ibans)
+    return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in own)
 
 
 @rule(
@@ -316,15 +513,16 @@ def _allowed_numbers(params: Mapping[str, Any]) -> frozenset[str]:
     marketing_only=True,
 )
 def personal_data(facts: MessageFacts) -> Hit | None:
-    """Valid Dutch BSNs (11-test), IBANs (mod-97) and card numbers (Luhn plus issuer prefix)
-    in the visible or hidden text of a marketing message. Evidence is masked. Numbers the
-    sender may publish (its own IBAN for donations) go in params["personal_data_allow"]."""
+    """Third parties' BSNs, IBANs and card numbers in the visible or hidden text of a marketing
+    message (personal_numbers says how each is told apart). The sender's own numbers are not a third
+    party's: the account's `own_ibans`, params["personal_data_allow"], and an IBAN in a donation or
+    payment context or next to the account's legal name. Evidence is masked."""
     message = facts.message
     if message is None:
         return None
-    allowed = _allowed_numbers(facts.params)
+    allowed = _allowed_numbers(facts)
     for text in (message.text, message.hidden_text):
-        for kind, masked in personal_numbers(text, allowed):
+        for kind, masked in personal_numbers(text, allowed, facts.account.legal_name):
             return Hit(f"The message shows a third party's {kind}", evidence=masked)
     return None
 
@@ -369,6 +567,7 @@ RULES = (
     hateful,
     adult,
     infringing_links,
+    deceptive_links,
     personal_data,
     malware,
 )

@@ -29,7 +29,11 @@ _NO_REPLY = (
 )
 # Country names a footer may leave out of the configured postal address.
 _COUNTRIES = frozenset(
-    "nederland netherlands holland nl belgie belgium belgique be deutschland germany duitsland de".split()
+    """nederland netherlands holland nl belgie belgium belgique belgien be deutschland germany duitsland de
+    france frankrijk frankreich fr luxembourg luxemburg lu osterreich austria oostenrijk at schweiz suisse
+    svizzera switzerland ch italia italy italie it espana spain spanje es portugal pt polska poland polen pl
+    danmark denmark dk sverige sweden se uk gb england scotland wales ireland eire ie united kingdom
+    australia canada usa states america""".split()
 )
 _TOKEN = re.compile(r"\w+")
 # A registry label configured along with the number ("KvK 8765 4321", "CoC: 123"): the
@@ -120,6 +124,100 @@ def _cached(kind: str, value: str, drop_trailing: frozenset[str] = frozenset()) 
     return _PATTERNS[key]
 
 
+_REGISTRATIONS: dict[str, tuple[re.Pattern[str], ...]] = {}
+# How registers across the EU are labelled in a configured registration_number, and what the body may
+# show for it. Court (HRB/HRA, RCS) and number must both be shown.
+_HANDELSREGISTER = re.compile(r"^(?:handelsregister\W*)?(hr[ab])\W*(\d+)\s*([a-z]{0,2})\b\W*(.*)$")
+_RCS = re.compile(r"^rcs\W+(.*?)\W+([ab]\W*)?(\d[\d\s.]{8,12}\d)$")
+_SIREN = re.compile(r"^(siren|siret)\W*([\d\s.]+)$")
+_KBO = re.compile(r"^(?:kbo|bce|ondernemingsnummer|numero d.entreprise|enterprise number)\W*(?:be\W*)?([\d\s.]+)$")
+_COMPANIES_HOUSE = re.compile(
+    r"^(?:companies house|company (?:no|number|registration)|registered in england(?: (?:and|&) wales)?|crn)\W*(?:no\W*|number\W*)?(\w+)$"
+)
+_VAT = re.compile(r"^(?:vat|btw|ust|ust-idnr|ust-id|mwst|tva|iva|partita iva|nif|nip|cvr|moms|vat no|vat number)\W*([a-z]{2})\W*([\w\s.\-]+)$")
+_KRS = re.compile(r"^krs\W*(\d+)$")
+_COURT_WORDS = frozenset("amtsgericht registergericht ag court tribunal de commerce rcs".split())
+
+
+def _digits_pattern(digits: str, *, before: str = "", optional_leading_zeros: bool = False, tail: str = "") -> str:
+    """Digits with the separators registers are printed with ("552 100 554", "0123.456.789")."""
+    if optional_leading_zeros:
+        digits = digits.lstrip("0") or "0"
+    body = r"[\s.\-/]?".join(re.escape(c) for c in digits)
+    zeros = r"(?:0[\s.\-/]?)*" if optional_leading_zeros else ""
+    return rf"{before}(?<![0-9]){zeros}{body}{tail}(?![0-9])"
+
+
+def registration_patterns(value: str) -> tuple[re.Pattern[str], ...]:
+    """What the folded body must show for a configured registration_number, every pattern once.
+
+    "KvK 12345678" (and any unlabelled number): the number. "HRB 12345 Amtsgericht München": HRB/HRA
+    with the number, and the court's city. "RCS Paris B 552 100 554": the SIREN and the city. "SIREN
+    552100554": the SIREN, also as the start of a SIRET. "KBO 0123.456.789" / "BCE": the number, with or
+    without its leading 0 or a BE prefix (the Belgian VAT id). "Companies House 03900782": the number
+    with or without leading zeros. "VAT DE123456789" (BTW, USt-IdNr, TVA, IVA, NIP…): the id with or
+    without its country prefix. "KRS 0000028368": with or without leading zeros.
+    """
+    found = _REGISTRATIONS.get(value)
+    if found is not None:
+        return found
+    folded = re.sub(r"\s+", " ", fold(value).strip())
+    patterns: list[str] = []
+    texts: list[str] = []
+    if match := _HANDELSREGISTER.match(folded):
+        kind, number, suffix, court = match.groups()
+        patterns.append(_digits_pattern(number, before=rf"{kind}\W{{0,3}}", tail=rf"(?:\W?{suffix})?" if suffix else ""))
+        texts.append(" ".join(w for w in _TOKEN.findall(court) if w not in _COURT_WORDS))
+    elif match := _RCS.match(folded):
+        city, _, number = match.groups()
+        patterns.append(_digits_pattern(re.sub(r"\D", "", number)))
+        texts.append(city)
+    elif match := _SIREN.match(folded):
+        digits = re.sub(r"\D", "", match.group(2))
+        patterns.append(_digits_pattern(digits, tail=r"(?:[\s.\-]?\d){5}" if len(digits) == 9 else "").replace(
+            r"(?:[\s.\-]?\d){5}(?![0-9])", r"(?:(?:[\s.\-]?\d){5})?(?![0-9])"))
+    elif match := _KBO.match(folded):
+        patterns.append(_digits_pattern(re.sub(r"\D", "", match.group(1)), before=r"(?:be\W{0,2})?", optional_leading_zeros=True))
+    elif match := _COMPANIES_HOUSE.match(folded):
+        number = match.group(1)
+        if number.isdigit():
+            patterns.append(_digits_pattern(number, optional_leading_zeros=True))
+        else:
+            patterns.append(r"[\s.\-/]?".join(re.escape(c) for c in number) + r"(?![0-9a-z])")
+    elif match := _VAT.match(folded):
+        country, rest = match.groups()
+        chars = [c for c in rest if c.isalnum()]
+        body = r"[\s.\-]?".join(re.escape(c) for c in chars)
+        patterns.append(rf"(?<![0-9a-z])(?:{re.escape(country)}\W{{0,2}})?{body}(?![0-9a-z])")
+    elif match := _KRS.match(folded):
+        patterns.append(_digits_pattern(match.group(1), optional_leading_zeros=True))
+    else:
+        number = number_pattern(value)
+        _REGISTRATIONS[value] = found = (number,) if number is not None else ()
+        return found
+    compiled = [re.compile(p) for p in patterns]
+    compiled += [p for p in (flexible_pattern(t) for t in texts if t.strip()) if p is not None]
+    _REGISTRATIONS[value] = found = tuple(compiled)
+    return found
+
+
+def cached_pattern(value: str) -> re.Pattern[str] | None:
+    """flexible_pattern(value), built once per value (the legal name next to an IBAN: content rules)."""
+    return _cached("text", value)
+
+
+_STREET = re.compile(r"^(.+?)?str(?:asse|aat)$")
+
+
+def _word_pattern(token: str) -> str:
+    """Letters optionally followed by a dot ("B.V."); "…straße"/"…straat" also as "…str." (addresses)."""
+    street = _STREET.match(token)
+    if street is not None and len(token) > 6:
+        stem = (street.group(1) or "") + "str"
+        return r"\.?".join(re.escape(c) for c in stem) + r"(?:asse|aat)?"
+    return r"\.?".join(re.escape(c) for c in token)
+
+
 def flexible_pattern(value: str, *, drop_trailing: frozenset[str] = frozenset()) -> re.Pattern[str] | None:
     """A regex for `value` in folded text that tolerates formatting.
 
@@ -133,7 +231,7 @@ def flexible_pattern(value: str, *, drop_trailing: frozenset[str] = frozenset())
         tokens.pop()
     if not tokens:
         return None
-    words = [r"\.?".join(re.escape(c) for c in token) for token in tokens]
+    words = [_word_pattern(token) for token in tokens]
     body = r"[\W_]*".join(words)
     # The first character stays a literal at the very start of the pattern so the regex
     # engine can scan for it quickly; the word boundary is checked just after it.
@@ -199,7 +297,9 @@ def from_name_mismatch(facts: MessageFacts) -> Hit | None:
 def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     """The visible body must show the account's `legal_name` and `registration_number`.
 
-    Formatting is tolerated (case, accents, line breaks, HTML, "B.V." = "BV", "KvK 1234
+    The registration number is the one the account declares: a KvK number or a foreign equivalent
+    (Handelsregister HRB/HRA with its court, SIREN/SIRET and RCS, KBO/BCE, UK Companies House, an
+    EU VAT id, KRS), see registration_patterns. Formatting is tolerated (case, accents, line breaks, HTML, "B.V." = "BV", "KvK 1234
     5678" = "12345678"). Text styled invisible does not count. An account without a
     configured legal_name or registration_number hits with a detail naming the missing
     setting, so operators notice instead of the check silently passing.
@@ -218,8 +318,8 @@ def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     name_pattern = _cached("text", account.legal_name)
     if name_pattern is None or not name_pattern.search(body):
         absent.append(("legal name", account.legal_name))
-    number = _cached("number", account.registration_number)
-    if number is None or not number.search(body):
+    registration = registration_patterns(account.registration_number)
+    if not registration or not all(p.search(body) for p in registration):
         absent.append(("registration number", account.registration_number))
     if not absent:
         return None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Mapping
 
@@ -31,6 +32,10 @@ class WordList:
     # literal so the engine scans fast, and the word boundary before it is checked after.
     multi_patterns: tuple[tuple[str, str, re.Pattern[str]], ...]
     pattern: re.Pattern[str] | None  # the whole list as one regex
+    # Index into multi_patterns by first word (whole words only) and the rest: with lists in ten
+    # languages only the terms whose first word is in the text are tried.
+    multi_first: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    multi_other: tuple[int, ...] = ()
 
     def search(self, text: str) -> str | None:
         """The first term found in `text` (not yet folded), or None."""
@@ -45,13 +50,19 @@ class WordList:
             if found:
                 # deterministic evidence: the term listed first
                 return min((self.single[w] for w in found), key=self.terms.index)
-        for first, term, pattern in self.multi_patterns:
-            # Most terms are ruled out here: a whole first word must be among the words (a set
-            # lookup), anything else must at least stand in the text (a substring test in C).
-            if words is not None and first.isalnum():
-                if first not in words:
-                    continue
-            elif first not in folded:
+        if not self.multi_patterns:
+            return None
+        if words is None:
+            words = split_words(folded)
+        firsts = words.intersection(self.multi_first)
+        if not firsts and not self.multi_other:
+            return None
+        indices = sorted(itertools.chain(self.multi_other, *(self.multi_first[w] for w in firsts)))
+        for i in indices:
+            first, term, pattern = self.multi_patterns[i]
+            # Terms whose first word is no whole word were not ruled out by the index: such a
+            # term must at least stand in the text (a substring test in C).
+            if i in self.multi_other and first not in folded:
                 continue
             for match in pattern.finditer(folded):
                 start = match.start()
@@ -159,4 +170,20 @@ def _compile(name: str, terms: tuple[str, ...]) -> WordList:
         for key in multi  # list order: the evidence is the term listed first, as for single words
     )
     pattern = re.compile(rf"(?<!\w)(?:{'|'.join(alternatives)})(?!\w)") if alternatives else None
-    return WordList(name, terms, single, multi, multi_patterns, pattern)
+    multi_first: dict[str, list[int]] = {}
+    multi_other: list[int] = []
+    for i, (first, _, _) in enumerate(multi_patterns):
+        if first.isalnum():
+            multi_first.setdefault(first, []).append(i)
+        else:
+            multi_other.append(i)
+    return WordList(
+        name,
+        terms,
+        single,
+        multi,
+        multi_patterns,
+        pattern,
+        {k: tuple(v) for k, v in multi_first.items()},
+        tuple(multi_other),
+    )

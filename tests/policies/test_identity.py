@@ -199,3 +199,50 @@ def test_identity_rules_apply_to_transactional_streams_too() -> None:
     verdict = evaluate(facts(mail(sender="Shop <noreply@shop.example>", text="Uw bestelling"), stream=ORDERS))
     assert "identity.no_reply" in verdict.rule_ids
     assert "optout.missing" not in verdict.rule_ids
+
+
+# --- issue 14: legal notice across borders ---------------------------------------------------------
+
+@pytest.mark.parametrize(("declared", "footer"), [
+    ("HRB 12345 Amtsgericht München", "Registergericht: Amtsgericht München, Registernummer: HRB 12345"),
+    ("HRA 4711 B Amtsgericht Charlottenburg", "Amtsgericht Charlottenburg HRA 4711 B"),
+    ("RCS Paris B 552 100 554", "RCS Paris 552 100 554"),
+    ("SIREN 552100554", "SIRET : 552 100 554 00013"),
+    ("KBO 0123.456.789", "Ondernemingsnummer BE 123.456.789"),
+    ("BCE 0123456789", "TVA BE0123.456.789"),
+    ("Companies House 03900782", "Registered in England & Wales No 3900782"),
+    ("VAT DE123456789", "USt-IdNr.: DE 123 456 789"),
+    ("IVA IT10914660153", "Partita IVA 10914660153"),
+    ("KRS 0000028368", "KRS nr 0000028368"),
+])
+def test_foreign_registration_numbers_as_the_account_declares_them(declared: str, footer: str) -> None:
+    # policy: mailpro M-legal-notice ("KvK-nummer") — or the sender's country's equivalent register
+    account = replace(SHOP, registration_number=declared)
+    raw = mail(text=f"Hallo\n\nShop B.V. | Keizersgracht 1, 1015 AA Amsterdam | {footer}\n{{{{unsubscribe_url}}}}\n")
+    assert legal_notice_missing.check(facts(raw, account=account)) is None
+
+
+@pytest.mark.parametrize(("declared", "footer"), [
+    ("HRB 12345 Amtsgericht München", "HRB 12345, Amtsgericht Köln"),  # another court's HRB 12345
+    ("HRB 12345 Amtsgericht München", "Amtsgericht München, HRB 123456"),
+    ("SIREN 552100554", "SIRET : 552 100 555 00013"),
+    ("VAT DE123456789", "USt-IdNr.: DE 123 456 780"),
+])
+def test_foreign_registration_near_misses_hit(declared: str, footer: str) -> None:
+    # policy: mailpro M-legal-notice
+    account = replace(SHOP, registration_number=declared)
+    raw = mail(text=f"Hallo\n\nShop B.V. | Keizersgracht 1, 1015 AA Amsterdam | {footer}\n")
+    assert legal_notice_missing.check(facts(raw, account=account)) is not None
+
+
+@pytest.mark.parametrize(("declared", "footer"), [
+    ("Musterstraße 12, 80331 München, Deutschland", "Musterstr. 12 · 80331 München"),
+    ("564 Chemin des Platières, 38670 Chasse-sur-Rhône, France", "564 Chemin des Platières - 38670 Chasse sur Rhône"),
+    ("Capitol House, 1 Capitol Close, Leeds, LS27 0WH, United Kingdom", "Capitol House, 1 Capitol Close, Leeds LS27 0WH"),
+    ("ul. Mineralna 15, 02-274 Warszawa, Polska", "ul. Mineralna 15, 02-274 Warszawa"),
+])
+def test_foreign_postal_address_formats(declared: str, footer: str) -> None:
+    # policy: mailpro M-legal-notice, clang E-valide-postadres — street abbreviations, postcodes and countries abroad
+    account = replace(SHOP, postal_address=declared)
+    raw = mail(text=f"Hallo\n\nShop B.V. | {footer} | KvK 12345678\n{{{{unsubscribe_url}}}}\n")
+    assert postal_address_missing.check(facts(raw, account=account)) is None

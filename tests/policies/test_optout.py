@@ -82,6 +82,79 @@ def test_transactional_streams_are_exempt_through_the_engine() -> None:
 
 def test_site_extra_wording_from_params() -> None:
     # policy: mailpro M-opt-out — word lists extendable from the config
-    raw = html_mail('<a href="https://shop.example/x">Se désabonner</a>')
+    # (French ships since issue 14; Finnish does not)
+    raw = html_mail('<a href="https://shop.example/x">Peruuta tilaus</a>')
     assert missing.check(facts(raw)) is not None
-    assert missing.check(facts(raw, params={"wordlists": {"unsubscribe": ["se desabonner"]}})) is None
+    assert missing.check(facts(raw, params={"wordlists": {"unsubscribe": ["peruuta tilaus"]}})) is None
+
+
+# --- issue 14: the languages senders write, List-Unsubscribe, visibility ----------------------
+
+LINK = "https://shop.example/x?id=1"
+
+
+@pytest.mark.parametrize("html", [
+    f'<p><a href="{LINK}">Newsletter abbestellen</a></p>',  # de
+    f'<p><a href="{LINK}">Vom Newsletter abmelden</a></p>',
+    f'<p>Abmeldelink: <a href="{LINK}">{LINK}</a></p>',
+    f'<p>Um sich abzumelden, klicken Sie bitte <a href="{LINK}">hier</a>.</p>',
+    f'<p>Pour vous désabonner, <a href="{LINK}">cliquez ici</a>.</p>',  # fr
+    f'<p><a href="{LINK}">Se désinscrire</a></p>',
+    f'<p>Si no quiere recibir más correos, puede <a href="{LINK}">darse de baja aquí</a>.</p>',  # es
+    f'<p>Per non ricevere più la newsletter <a href="{LINK}">clicca qui</a>.</p>',  # it
+    f'<p><a href="{LINK}">Disiscriviti</a></p>',
+    f'<p><a href="{LINK}">Cancelar subscrição</a></p>',  # pt
+    f'<p>Jeśli nie chcesz otrzymywać wiadomości, <a href="{LINK}">kliknij tutaj</a>.</p>',  # pl
+    f'<p><a href="{LINK}">Wypisz się</a></p>',
+    f'<p><a href="{LINK}">Afmeld nyhedsbrev</a></p>',  # da
+    f'<p><a href="{LINK}">Avsluta prenumerationen</a></p>',  # sv
+])
+def test_unsubscribe_wording_in_ten_languages_passes(html: str) -> None:
+    # policy: mailpro M-opt-out, clang E-afmeldproces — a visible unsubscribe link in the sender's language
+    assert missing.check(facts(html_mail(html))) is None
+
+
+def test_the_messages_own_list_unsubscribe_target_counts() -> None:
+    # policy: clang E-afmeldproces — the link the List-Unsubscribe header names is the opt-out, whatever its text
+    target = "https://news.shop.example/u/8f2c9a"
+    raw = mail(text=None, html=f'<p>De zomercollectie. <a href="{target}">Klik</a></p><p>{FOOTER_TEXT}</p>',
+               headers={"List-Unsubscribe": f"<mailto:u@shop.example>, <{target}>"})
+    assert missing.check(facts(raw)) is None
+    other = mail(text=None, html=f'<p>De zomercollectie. <a href="{target}">Klik</a></p><p>{FOOTER_TEXT}</p>',
+                 headers={"List-Unsubscribe": "<https://news.shop.example/u/other>"})
+    assert missing.check(facts(other)) is not None
+
+
+def test_wording_of_a_neighbouring_link_does_not_describe_another() -> None:
+    # policy: clang E-afmeldproces ("duidelijk zichtbare verwijzing") — the hidden opt-out's words do not lend
+    # themselves to the visible "Impressum" link next to it
+    html = (f'<p><a href="https://shop.example/impressum">Impressum</a> | '
+            f'<a href="{LINK}" style="color:#ffffff">Abmelden</a></p>')
+    raw = mail(text=None, html=f'<div style="background-color:#FFF">{html}</div><p>{FOOTER_TEXT}</p>')
+    assert missing.check(facts(raw)) is not None
+
+
+@pytest.mark.parametrize("anchor", [
+    f'<a href="{LINK}" style="font-size:1px">Abmelden</a>',
+    f'<a href="{LINK}" style="font-size:0">unsubscribe</a>',
+    f'<a href="{LINK}" style="color:#fff;background-color:white">afmelden</a>',
+    f'<span style="background:#123456"><a href="{LINK}" style="color: rgb(18, 52, 86)">se désabonner</a></span>',
+    f'<a href="{LINK}" style="opacity:0">darse de baja</a>',
+    f'<div style="display:none"><a href="{LINK}">afmelden</a></div>',
+    '<a href="{{unsubscribe_url}}" style="font-size:1px">hier</a>',
+])
+def test_links_styled_invisible_do_not_count(anchor: str) -> None:
+    # policy: clang E-afmeldproces ("duidelijk zichtbare verwijzing")
+    raw = mail(text=None, html=f"<p>De zomercollectie is binnen.</p><p>{anchor}</p><p>{FOOTER_TEXT}</p>")
+    assert missing.check(facts(raw)) is not None
+
+
+@pytest.mark.parametrize("anchor", [
+    f'<a href="{LINK}" style="font-size:11px;color:#777777">Abmelden</a>',
+    f'<div style="background-color:#000"><a href="{LINK}" style="color:#fff">afmelden</a></div>',
+    f'<div style="background-color:#fff"></div><a href="{LINK}" style="color:#fff">unsubscribe</a>',
+])
+def test_small_grey_or_contrasting_links_are_visible(anchor: str) -> None:
+    # policy: clang E-afmeldproces — a footer-sized link is a visible one
+    raw = mail(text=None, html=f"<p>De zomercollectie is binnen.</p><p>{anchor}</p><p>{FOOTER_TEXT}</p>")
+    assert missing.check(facts(raw)) is None

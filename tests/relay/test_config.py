@@ -51,6 +51,8 @@ def test_example_config_loads_and_trusts_localhost() -> None:
         ({"account": {"default_stream": "nope"}}, "accounts[0].default_stream"),
         ({"account": {"streams": [{"id": "x", "kind": "promo"}]}}, "accounts[0].streams[0].kind"),
         ({"account": {"colour": "blue"}}, "accounts[0].colour"),
+        ({"account": {"own_ibans": ["NL91 ABNA 0417 1643 01"]}}, "accounts[0].own_ibans[0]"),
+        ({"account": {"tracking_hosts": "click.example"}}, "accounts[0].tracking_hosts"),
     ],
 )
 def test_bad_value_names_its_key(tmp_path: Path, overrides: dict[str, Any], key: str) -> None:
@@ -159,3 +161,13 @@ def test_duplicate_accounts_and_streams(tmp_path: Path) -> None:
 def test_policy_overrides_and_monitor_mode(tmp_path: Path) -> None:
     config = make_config(tmp_path, 2525, policy={"mode": "monitor", "actions": {"identity.no_reply": "off"}})
     assert config.policy.mode == "monitor" and config.policy.actions == {"identity.no_reply": "off"}
+
+
+def test_own_ibans_and_tracking_hosts_reach_the_account_facts(tmp_path: Path) -> None:
+    # issue 14: the sender's own IBANs and its platform's click-tracking hosts, per account
+    config = make_config(
+        tmp_path, 2525, account={"own_ibans": ["nl91 abna 0417 1643 00"], "tracking_hosts": ["Click.Mailer.Example"]}
+    )
+    facts = config.accounts[0].facts()
+    assert facts.own_ibans == frozenset({"NL91ABNA0417164300"})
+    assert facts.tracking_hosts == frozenset({"click.mailer.example"})

@@ -48,7 +48,10 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
-VARIANTS = ("relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2")
+VARIANTS = (
+    "relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2",
+    "relay-noverp",  # [bounces] verp = false: with --consent, VERP on (relay) / off (this) in the same run
+)
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
 # relay-nocontent turns off every content rule the registry has.
 CONTENT_RULES = tuple(rule.id for rule in ALL_RULES if rule.id.startswith("content."))
@@ -728,6 +731,8 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
         if name == "relay-dkim":
             overrides = {"dkim": {"keys": [dkim_key(workdir)]}}
+        if name == "relay-noverp":
+            overrides = {"bounces": {"verp": False}}
         store_url = postgres_schema(options.postgres_url, stack) if name in ("relay-pg", "relay-pg2") else None
         if store_url is not None:
             options.notes.append(

@@ -62,6 +62,8 @@ class Engine:
         return _decide(findings, misses, tuple(r.address for r in recipients))
 
     def _applies(self, rule: Rule, facts: MessageFacts) -> bool:
+        if facts.null_sender and rule.skip_for_null_sender:
+            return False
         if rule.marketing_only:
             return facts.stream is not None and facts.stream.is_marketing
         return True

@@ -113,3 +113,5 @@ class MessageFacts:
     stream_requested: str | None = None  # the X-Relay-Stream value, if it named an unknown one
     message: ParsedMessage | None = None
     client_permitted: bool = True  # authenticated or inside trusted_networks
+    # MAIL FROM:<> from an account: a delivery status notification its own MTA generated (SPEC §15)
+    null_sender: bool = False

@@ -22,8 +22,14 @@ MAX_REPORT_BYTES = 25 * 1024 * 1024
 
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
+# text/rfc822-header (no s) is not registered, but several feedback loops send it.
+_ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "text/rfc822-header", "message/rfc822-headers")
+_RECIPIENT_FIELDS = ("original-rcpt-to", "removal-recipient")
 _MAX_DESCRIPTION = 2000
+# How trap networks (abusix-style) mark a report as a spam-trap hit: in the subject, a header name,
+# or the Received trail of the original ("spamtrap.example" hosts).
+_TRAP_WORDS = re.compile(r"spam[\s_.-]?trap|honey[\s_.-]?pot|trap[\s_.-]?hit", re.IGNORECASE)
+_TRAP_HEADER = re.compile(r"^x-[a-z0-9-]*trap[a-z0-9-]*$", re.IGNORECASE)
 
 
 class MalformedReport(ValueError):
@@ -48,6 +54,8 @@ class FeedbackReport:
     original_headers: tuple[tuple[str, str], ...] = ()  # unfolded header fields of the original
     full_message: bool = False  # message/rfc822 (True) or only text/rfc822-headers (False)
     description: str = ""  # the human-readable first part, truncated
+    subject: str = ""  # the report's own Subject
+    spam_trap: bool = False  # the report says it is about a spam-trap hit (subject, trap header, Received trail)
 
     @property
     def is_complaint(self) -> bool:
@@ -107,34 +115,73 @@ def _parse(raw: bytes) -> FeedbackReport:
     media = _media_type(content_type)
     if not media:
         raise MalformedReport("no Content-Type header: not a MIME multipart/report")
-    if media != "multipart/report":
+    if not media.startswith("multipart/"):
         raise MalformedReport(f"Content-Type is {media}, expected multipart/report")
     report_type = (_param(content_type, "report-type") or "").lower()
-    if report_type != "feedback-report":
-        raise MalformedReport(f"report-type is {report_type or 'missing'}, expected feedback-report")
+    if media == "multipart/report" and report_type not in ("feedback-report", ""):
+        # A missing report-type is let through: its message/feedback-report part decides below.
+        raise MalformedReport(f"report-type is {report_type}, expected feedback-report")
     boundary = _param(content_type, "boundary")
     if not boundary:
-        raise MalformedReport("multipart/report without a boundary parameter")
+        raise MalformedReport(f"{media} without a boundary parameter")
     parts = [_split_entity(chunk) for chunk in _split_multipart(top.body, boundary)]
     feedback = [p for p in parts if p.content_type == "message/feedback-report"]
-    if not feedback:
-        raise MalformedReport("no message/feedback-report part")
     if len(feedback) > 1:
         raise MalformedReport("more than one message/feedback-report part")
-    fields = _parse_fields(_decoded(feedback[0]).decode("utf-8", "replace"))
     original = next((p for p in parts if p.content_type in _ORIGINAL_TYPES), None)
-    if original is None:
-        raise MalformedReport("no original message (message/rfc822) or headers (text/rfc822-headers) part")
-    original_headers = _original_headers(_decoded(original))
-    if not original_headers:
+    original_headers = _original_headers(_decoded(original)) if original is not None else []
+    if feedback:
+        fields = _parse_fields(_decoded(feedback[0]).decode("utf-8", "replace"))
+    elif media == "multipart/mixed" and original_headers:
+        # Microsoft JMRP style: no machine-readable part, the reported message attached; every such
+        # report is a recipient's "junk" click.
+        fields = [("Feedback-Type", "abuse"), ("User-Agent", "JMRP")]
+        fields += [("Original-Rcpt-To", v) for k, v in original_headers if k.lower() == "x-hmxmroriginalrecipient"]
+    elif media == "multipart/mixed":
+        raise MalformedReport("a multipart/mixed report (JMRP style) needs the reported message attached")
+    else:
+        raise MalformedReport("no message/feedback-report part")
+    names_recipient = any(k.lower() in _RECIPIENT_FIELDS for k, _ in fields)
+    if original is None and not names_recipient:
+        raise MalformedReport(
+            "no original message (message/rfc822) or headers (text/rfc822-headers) part, and no "
+            "Original-Rcpt-To or Removal-Recipient field"
+        )
+    if original is not None and not original_headers and not names_recipient:
         raise MalformedReport("the original message part has no header fields")
     first = parts[0] if parts and parts[0].content_type.startswith("text/plain") else None
     description = _decoded(first).decode("utf-8", "replace").replace("\r\n", "\n").strip() if first else ""
-    return _report(fields, original_headers, original.content_type == "message/rfc822", description)
+    subject = top.header("Subject")
+    return _report(
+        fields, original_headers, original is not None and original.content_type == "message/rfc822", description,
+        subject=subject, spam_trap=_says_spam_trap(subject, top.headers, fields, original_headers),
+    )
+
+
+def _says_spam_trap(
+    subject: str,
+    report_headers: tuple[tuple[str, str], ...],
+    fields: list[tuple[str, str]],
+    original: list[tuple[str, str]],
+) -> bool:
+    if _TRAP_WORDS.search(subject):
+        return True
+    for name, value in (*report_headers, *fields, *original):
+        if _TRAP_HEADER.match(name):
+            return True
+        if name.lower() == "received" and _TRAP_WORDS.search(value):
+            return True
+    return False
 
 
 def _report(
-    fields: list[tuple[str, str]], original: list[tuple[str, str]], full: bool, description: str
+    fields: list[tuple[str, str]],
+    original: list[tuple[str, str]],
+    full: bool,
+    description: str,
+    *,
+    subject: str = "",
+    spam_trap: bool = False,
 ) -> FeedbackReport:
     def values(name: str) -> list[str]:
         return [v for k, v in fields if k.lower() == name]
@@ -151,12 +198,13 @@ def _report(
     if len(versions) > 1:
         raise MalformedReport("the feedback report has more than one Version field")
     arrival = next(iter(values("arrival-date") or values("received-date")), "")
+    recipients = [a for a in (_address(v) for v in values("original-rcpt-to") + values("removal-recipient")) if a]
     return FeedbackReport(
         feedback_type=feedback_type,
         user_agent=next(iter(values("user-agent")), "").strip(),
         version=versions[0].strip() if versions else "",
         original_mail_from=_bare(next(iter(values("original-mail-from")), "")),
-        original_rcpt_to=tuple(a for a in (_address(v) for v in values("original-rcpt-to")) if a),
+        original_rcpt_to=tuple(dict.fromkeys(recipients)),
         arrival_date=_date(arrival),
         reported_domains=tuple(v.strip().lower() for v in values("reported-domain") if v.strip()),
         source_ip=next(iter(values("source-ip")), "").strip(),
@@ -164,6 +212,8 @@ def _report(
         original_headers=tuple(original),
         full_message=full,
         description=description[:_MAX_DESCRIPTION],
+        subject=subject[:300],
+        spam_trap=spam_trap,
     )
 
 
@@ -275,6 +325,7 @@ def _bare(value: str) -> str:
 
 
 def _address(value: str) -> str | None:
+    value = re.sub(r"^\s*rfc822\s*;", "", value, flags=re.IGNORECASE)  # the DSN address-type prefix some send
     try:
         return normalize_address(_bare(value))
     except InvalidAddress:

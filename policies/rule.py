@@ -20,6 +20,9 @@ class Rule:
     before_data: bool = False
     # applies to marketing streams only (consent, opt-out)
     marketing_only: bool = False
+    # skipped for a delivery status notification (null sender) from an account's own MTA (SPEC §15):
+    # a bounce is not the account's own mail, so its identity rules do not apply
+    skip_for_null_sender: bool = False
 
 
 def rule(
@@ -30,10 +33,11 @@ def rule(
     stage: Stage,
     before_data: bool = False,
     marketing_only: bool = False,
+    skip_for_null_sender: bool = False,
 ) -> Callable[[Callable[..., Hit | None]], Rule]:
     """Decorator turning a check function into a Rule."""
 
     def wrap(check: Callable[..., Hit | None]) -> Rule:
-        return Rule(rule_id, description, clauses, stage, check, before_data, marketing_only)
+        return Rule(rule_id, description, clauses, stage, check, before_data, marketing_only, skip_for_null_sender)
 
     return wrap

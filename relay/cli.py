@@ -82,6 +82,10 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
     load_configured_keys(config)
     listener_tls_context(config)
     print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
+    from relay.feedback_checks import feedback_notes
+
+    for note in feedback_notes(config):
+        print(f"note: {note}")
     return EXIT_OK
 
 

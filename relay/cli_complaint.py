@@ -1,4 +1,4 @@
-"""`consent-relay complaint {import,list,ack,rejected}` (SPEC §9, §11)."""
+"""`consent-relay complaint {import,list,ack,verify,rejected}` (SPEC §9, §11, §16)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add_command(csub, common, "ack", _ack, "acknowledge a complaint: the account answered it")
     p.add_argument("id", type=int)
     p.add_argument("--note", required=True, help="what was found and done about it")
+    p.add_argument("--actor", default="cli")
+    p.add_argument("--json", action="store_true")
+
+    p = add_command(
+        csub, common, "verify", _verify,
+        "verify a complaint from no configured source (SPEC §16): it counts and its deadline starts",
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--note", default="", help="why it is genuine")
     p.add_argument("--actor", default="cli")
     p.add_argument("--json", action="store_true")
 
@@ -80,7 +89,8 @@ async def _list(services: Services, args: argparse.Namespace) -> int:
         return EXIT_OK
     for c in items:
         deadline = f"{c.deadline:%Y-%m-%d %H:%M}" if c.deadline else "-"
-        print(f"{c.id}\t{c.status}\t{c.account}\t{c.email}\t{c.feedback_type}\t{c.received_at:%Y-%m-%d %H:%M}\t{deadline}")
+        verified = "verified" if c.verified else "unverified"
+        print(f"{c.id}\t{c.status}\t{c.account}\t{c.email}\t{c.feedback_type}\t{c.received_at:%Y-%m-%d %H:%M}\t{deadline}\t{verified}")
     return EXIT_OK
 
 
@@ -90,6 +100,22 @@ async def _ack(services: Services, args: argparse.Namespace) -> int:
         print_json(complaint_as_dict(complaint))
     else:
         print(f"complaint {complaint.id}: acknowledged by {complaint.acknowledged_by}")
+    return EXIT_OK
+
+
+async def _verify(services: Services, args: argparse.Namespace) -> int:
+    service = ComplaintService(services)
+    try:
+        complaint = await service.verify(args.id, note=args.note, actor=args.actor)
+    finally:
+        await service.close()
+    if args.json:
+        print_json(complaint_as_dict(complaint))
+        return EXIT_OK
+    line = f"complaint {complaint.id}: verified by {args.actor}"
+    if complaint.deadline:
+        line += f", respond before {complaint.deadline:%Y-%m-%d %H:%M} UTC"
+    print(line)
     return EXIT_OK
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from policies.consent_rows import CONSENT_FIELDS, InvalidRow, parse_time
 from policies.facts import Suppression
-from policies.rules.consent import BASES, COMPLAINT, INTERACTION_KINDS, SOURCES, UNSUBSCRIBED
+from policies.rules.consent import BASES, BOUNCED, COMPLAINT, INTERACTION_KINDS, SOURCES, UNSUBSCRIBED
 from relay.cli import EXIT_FINDING, EXIT_OK, add_command, print_json
 from relay.consent_import import ConsentRefused, account_scopes, add_consent, import_consents, write_report_json
 from relay.errors import NotFound, UsageError
@@ -20,7 +20,10 @@ from relay.store.records import AuditEntry
 
 # How many refusals the text output of an import lists (the --report file has all of them).
 SHOWN_REFUSALS = 20
-REASONS = {"unsubscribed": UNSUBSCRIBED, "complaint": COMPLAINT, UNSUBSCRIBED: UNSUBSCRIBED, COMPLAINT: COMPLAINT}
+REASONS = {
+    "unsubscribed": UNSUBSCRIBED, "complaint": COMPLAINT, "bounced": BOUNCED,
+    UNSUBSCRIBED: UNSUBSCRIBED, COMPLAINT: COMPLAINT, BOUNCED: BOUNCED,
+}
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 # Each module exposes register(sub, common). Listed here so cli.py stays one screen.
-FEATURE_MODULES = ("relay.cli_explain", "relay.cli_consent", "relay.cli_quarantine", "relay.cli_complaint")
+FEATURE_MODULES = ("relay.cli_explain", "relay.cli_consent", "relay.cli_quarantine", "relay.cli_complaint", "relay.cli_bounce")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ deadline (account.complaint_unanswered) and the complaint rate (account.complain
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import Suppression
@@ -27,7 +28,7 @@ from policies.rules.complaints import (
     complaint_unanswered,
 )
 from relay.accounts import change_account_state
-from relay.config import AccountConfig
+from relay.config import AccountConfig, ComplaintSource
 from relay.errors import NotFound, UpstreamRejected, UpstreamUnavailable, UsageError
 from relay.log import get_logger, recipient_label
 from relay.services import Services
@@ -68,6 +69,7 @@ class Ingested:
     complaint: Complaint
     created: bool  # False: the same report was ingested before; nothing was done again
     account_paused: bool = False  # the complaint rate paused the account just now
+    more: tuple[Complaint, ...] = ()  # the other recipients of a report naming several
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ class ComplaintService:
         self._own_upstream: Upstream | None = None
         secrets = self.config.unsubscribe.secrets
         self.codec: TokenCodec | None = TokenCodec(secrets) if secrets else None
+        # DKIM key lookups for [complaints] sources dkim_domains: dkimpy's DNS unless a test sets one.
+        self.dns_txt: Callable[..., bytes | None] | None = None
 
     async def close(self) -> None:
         if self._own_upstream is not None:
@@ -107,37 +111,97 @@ class ComplaintService:
 
     # --- ingest ---------------------------------------------------------------------------
 
-    async def ingest_raw(self, raw: bytes, *, source: str, account: str | None = None, actor: str = "") -> Ingested:
-        """An ARF report as received by mail, API or file. Raises ComplaintRefused (kept)."""
+    async def ingest_raw(
+        self, raw: bytes, *, source: str, account: str | None = None, actor: str = "", client_ip: str = ""
+    ) -> Ingested:
+        """An ARF report as received by mail (from `client_ip`), API or file. Raises ComplaintRefused (kept)."""
         now = self.services.clock.now()
         try:
             report = parse_feedback_report(raw)
         except MalformedReport as exc:
             await self._refuse(source, exc.reason, raw)
         hint = await self._hint_account(account, source, raw)
-        located = await self._locate_report(report, hint)
-        if isinstance(located, str):
-            await self._refuse(source, located, raw)
+        found = await self._locate_all(report, hint)
+        if isinstance(found, str):
+            await self._refuse(source, found, raw)
         counts = report.feedback_type not in NON_COMPLAINT_TYPES
-        delivery = located.delivery
-        complaint = Complaint(
-            account=located.account.id,
-            email=located.email,
-            feedback_type=report.feedback_type,
-            status=OPEN if counts else INFORMATIONAL,
-            source=source,
-            received_at=now,
-            report_key=report_key(raw),
-            arrived_at=report.arrival_date,
-            deadline=self._deadline(now) if counts else None,
-            message_id=(delivery.message_id if delivery else "") or report.original_message_id[:300],
-            relay_id=delivery.relay_id if delivery else "",
-            delivery_id=delivery.id if delivery else None,
-            stream=delivery.stream if delivery else "",
-            mapped_by=located.mapped_by,
-            reporter=(report.user_agent or actor)[:200],
+        verified, feedback_loop = await self._verification(source, client_ip, raw)
+        spam_trap = counts and (report.spam_trap or bool(feedback_loop and feedback_loop.spamtrap and report.feedback_type == "abuse"))
+        key = report_key(raw)
+        results = []
+        for located in found:
+            delivery = located.delivery
+            complaint = Complaint(
+                account=located.account.id,
+                email=located.email,
+                feedback_type=report.feedback_type,
+                status=OPEN if counts else INFORMATIONAL,
+                source=source,
+                received_at=now,
+                # One report naming several recipients is one complaint per recipient.
+                report_key=key if len(found) == 1 else f"{key}:{located.email}",
+                arrived_at=report.arrival_date,
+                deadline=self._deadline(now) if counts and verified else None,
+                message_id=(delivery.message_id if delivery else "") or report.original_message_id[:300],
+                relay_id=delivery.relay_id if delivery else "",
+                delivery_id=delivery.id if delivery else None,
+                stream=delivery.stream if delivery else "",
+                mapped_by=located.mapped_by,
+                reporter=(report.user_agent or actor)[:200],
+                verified=verified,
+                spam_trap=spam_trap,
+            )
+            results.append(await self._record(complaint, raw, report.original_headers))
+        first = results[0]
+        return Ingested(
+            first.complaint, first.created, any(r.account_paused for r in results), tuple(r.complaint for r in results[1:])
         )
-        return await self._record(complaint, raw, report.original_headers)
+
+    async def _locate_all(self, report: FeedbackReport, hint: AccountConfig | None) -> list[_Located] | str:
+        """Every recipient the report names that the relay delivered to (SPEC §16)."""
+        if len(report.original_rcpt_to) <= 1:
+            located = await self._locate_report(report, hint)
+            return [located] if isinstance(located, _Located) else located
+        found: list[_Located] = []
+        problems: list[str] = []
+        for email in report.original_rcpt_to:
+            located = await self._locate_report(report, hint, email=email)
+            if isinstance(located, _Located):
+                if located.email not in {f.email for f in found}:
+                    found.append(located)
+            else:
+                problems.append(located)
+        return found or problems[0]
+
+    async def _verification(self, source: str, client_ip: str, raw: bytes) -> tuple[bool, ComplaintSource | None]:
+        """SPEC §16: an admin's report (API, CLI) is verified; one by mail when its client is inside a
+        configured source's networks, or it carries a valid DKIM signature of one of its dkim_domains."""
+        cfg = self.config.complaints
+        found = cfg.source_for_client(client_ip) if client_ip else None
+        if found is None and any(s.dkim_domains for s in cfg.sources):
+            found = cfg.source_for_dkim(await self.dkim_domains(raw))
+        return (source != "mail" or found is not None), found
+
+    async def dkim_domains(self, raw: bytes) -> list[str]:
+        """The d= domains of the report's DKIM signatures that verify (DNS in a thread, bounded)."""
+        import dkim
+
+        def verified() -> list[str]:
+            domains = []
+            for index, header in enumerate(re.findall(rb"(?mi)^DKIM-Signature:", raw[:65536])[:3]):
+                try:
+                    checker = dkim.DKIM(raw)
+                    ok = checker.verify(idx=index, dnsfunc=self.dns_txt) if self.dns_txt else checker.verify(idx=index)
+                except Exception:  # dkimpy raises many kinds on hostile input: a failed check, no more
+                    ok = False
+                if ok and checker.domain:
+                    domains.append(checker.domain.decode("ascii", "replace").lower())
+            return domains
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(verified), 10)
+        except TimeoutError:
+            return []
 
     async def ingest_json(self, data: Mapping[str, Any], *, source: str = "api", actor: str = "") -> Ingested:
         """{"account", "email", "message_id", "feedback_type", "arrived_at"} (SPEC §12)."""
@@ -243,28 +307,34 @@ class ComplaintService:
         if pipeline is not None:
             await pipeline.recorder.flush()
 
-    async def _locate_report(self, report: FeedbackReport, hint: AccountConfig | None) -> _Located | str:
+    async def _locate_report(
+        self, report: FeedbackReport, hint: AccountConfig | None, *, email: str | None = None
+    ) -> _Located | str:
         """Most exact first: the copy's own mailto token, its URL token, relay id, Message-ID,
         then Original-Rcpt-To with the account named or owning the sender domain."""
         await self._flush_decisions()
+        exact = email is not None  # one of several named recipients: never another's copy
         list_headers = " ".join(report.original_header_all("List-Unsubscribe"))
         claims: TokenClaims | None = None
         if self.codec is not None:
             for token in _MAILTO_TOKEN.findall(list_headers):
                 delivery_id = self.codec.verify_mailto(token.lower())
                 delivery = await self.store.decisions.delivery(delivery_id) if delivery_id is not None else None
-                if delivery is not None:
+                if delivery is not None and (not exact or delivery.email == email):
                     return self._from_delivery(delivery, "mailto_token", hint)
             for token in _URL_TOKEN.findall(list_headers):
                 claims = self.codec.verify(token)
                 if claims is not None:
                     break
-        email = claims.recipient if claims else (report.original_rcpt_to[0] if report.original_rcpt_to else "")
+        if email is None:
+            email = claims.recipient if claims else (report.original_rcpt_to[0] if report.original_rcpt_to else "")
+        elif claims is not None and claims.recipient != email:
+            claims = None  # the token names another of the report's recipients
         via = "unsubscribe_token" if claims else ""
         accounts = self._candidate_accounts(report, hint, claims)
         relay_id = report.original_header("X-Relay-Id").strip()
         if relay_id:
-            found = self._pick(await self.store.complaints.deliveries_for_relay_id(relay_id), email, accounts, claims)
+            found = self._pick(await self.store.complaints.deliveries_for_relay_id(relay_id), email, accounts, claims, exact)
             if found is not None:
                 return self._from_delivery(found, via or "relay_id", hint)
         message_id = report.original_message_id
@@ -272,21 +342,23 @@ class ComplaintService:
             candidates: list[DeliveryRecord] = []
             for variant in dict.fromkeys((message_id, f"<{message_id.strip('<>')}>")):
                 candidates += await self.store.decisions.deliveries_by_message_id(variant)
-            found = self._pick(candidates, email, accounts, claims)
+            found = self._pick(candidates, email, accounts, claims, exact)
             if found is not None:
                 return self._from_delivery(found, via or "message_id", hint)
         if not email:
             return "cannot tell which recipient complained: no delivered copy matches and there is no Original-Rcpt-To"
-        if len(accounts) != 1:
-            if not accounts:
-                return (
-                    "cannot tell which account sent the reported message: no delivered copy matches and no account "
-                    "owns its sender domain; name the account"
-                )
-            return f"the reported message could be from accounts {', '.join(a.id for a in accounts)}; name the account"
-        (account,) = accounts
-        earlier = await self.store.decisions.deliveries_to(email, [account.id], limit=1)
-        return _Located(account, email, earlier[0] if earlier else None, via or "original_rcpt_to")
+        # Only the recipient is left: the copies the relay delivered to it say which account sent one.
+        ids = [a.id for a in (accounts or self.config.accounts)]
+        earlier = await self.store.decisions.deliveries_to(email, ids, limit=100) if ids else []
+        if not earlier:
+            return f"the report names no recipient that the relay delivered to ({mask_address(email)})"
+        senders = sorted({d.account for d in earlier})
+        if len(senders) > 1:
+            return f"the reported message could be from accounts {', '.join(senders)}; name the account"
+        account = self.config.account(senders[0])
+        if account is None:
+            return f"the reported copy was delivered for account {senders[0]!r}, which is not configured"
+        return _Located(account, email, earlier[0], via or "original_rcpt_to")
 
     def _candidate_accounts(
         self, report: FeedbackReport, hint: AccountConfig | None, claims: TokenClaims | None
@@ -306,12 +378,16 @@ class ComplaintService:
 
     @staticmethod
     def _pick(
-        candidates: Sequence[DeliveryRecord], email: str, accounts: Sequence[AccountConfig], claims: TokenClaims | None
+        candidates: Sequence[DeliveryRecord],
+        email: str,
+        accounts: Sequence[AccountConfig],
+        claims: TokenClaims | None,
+        exact: bool = False,
     ) -> DeliveryRecord | None:
         ids = {a.id for a in accounts}
         mine = [d for d in candidates if not ids or d.account in ids]
         found = [d for d in mine if not email or d.email == email]
-        if not found and claims is None:
+        if not found and claims is None and not exact:
             # Feedback loops often redact Original-Rcpt-To; a copy with one recipient still says who it was.
             found = mine
         if not found or len({d.email for d in found}) != 1:
@@ -348,8 +424,13 @@ class ComplaintService:
         if not stored.counts:
             return Ingested(stored, True)
         self.services.metrics.complaints.labels(stored.account).inc()
+        if not stored.verified:
+            # Suppressed (cheap and safe), but nothing a stranger could use against the account.
+            self.log.warning("complaint_unverified", complaint=stored.id, account=stored.account,
+                             hint="not from a configured [complaints] sources entry; an admin may verify it")
+            return Ingested(stored, True)
         stored = await self.forward(stored, original_headers)
-        paused = await self.check_rate(stored.account)
+        paused = await self.check_rate(stored.account, spam_trap=stored.spam_trap)
         return Ingested(stored, True, paused)
 
     async def forward(self, complaint: Complaint, original_headers: Sequence[tuple[str, str]]) -> Complaint:
@@ -362,6 +443,9 @@ class ComplaintService:
                              reason="no abuse_contact configured")
             return await self._reload(complaint)
         content = self.forward_message(complaint, contact, original_headers)
+        if self.services.signer is not None:
+            # Signed with the relay's own domain key (mailto_domain), when one is configured (SPEC §16).
+            (content,) = await self.services.signer.sign([content])
         upstream = self._upstream_client()
         now = self.services.clock.now()
         error = ""
@@ -451,8 +535,8 @@ class ComplaintService:
 
     # --- enforcement ----------------------------------------------------------------------
 
-    async def check_rate(self, account_id: str) -> bool:
-        """account.complaint_rate right after a complaint; True when it paused the account now."""
+    async def check_rate(self, account_id: str, *, spam_trap: bool = False) -> bool:
+        """account.complaint_rate right after a verified complaint; True when it paused the account now."""
         cfg = self.config.complaints
         now = self.services.clock.now()
         since = now - timedelta(hours=cfg.rate_window_hours)
@@ -463,6 +547,7 @@ class ComplaintService:
             threshold=cfg.rate_threshold,
             min_complaints=cfg.rate_min_complaints,
             window_hours=cfg.rate_window_hours,
+            spam_trap_hits=1 if spam_trap else 0,
         )
         hit = complaint_rate.check(facts)
         if hit is None:
@@ -530,6 +615,35 @@ class ComplaintService:
         return await self._reload(existing)
 
 
+    async def verify(self, complaint_id: int, *, note: str, actor: str) -> Complaint:
+        """An admin vouches for an unverified report (audited): its deadline starts, it is forwarded
+        and counts toward the complaint rate from now on."""
+        existing = await self.store.complaints.get(complaint_id)
+        if existing is None:
+            raise NotFound(f"no complaint {complaint_id}")
+        if existing.verified:
+            raise ComplaintNotOpen(f"complaint {complaint_id} is verified already")
+        now = self.services.clock.now()
+        deadline = self._deadline(now) if existing.status == OPEN else None
+        if not await self.store.complaints.verify(
+            complaint_id, actor=actor, note=note.strip()[:2000], at=now, deadline=deadline
+        ):
+            raise ComplaintNotOpen(f"complaint {complaint_id} is verified already")
+        self.log.info("complaint_verified", complaint=complaint_id, account=existing.account, actor=actor)
+        complaint = await self._reload(existing)
+        if complaint.counts:
+            complaint = await self.forward(complaint, await self._original_headers(complaint))
+            await self.check_rate(complaint.account, spam_trap=complaint.spam_trap)
+        return await self._reload(complaint)
+
+    async def _original_headers(self, complaint: Complaint) -> Sequence[tuple[str, str]]:
+        raw = await self.store.complaints.report(complaint.id) or b""
+        try:
+            return parse_feedback_report(raw).original_headers
+        except MalformedReport:
+            return (("Message-ID", complaint.message_id),) if complaint.message_id else ()
+
+
 def complaint_as_dict(complaint: Complaint) -> dict[str, Any]:
     """The JSON shape of one complaint (API and `complaint list --json`)."""
 
@@ -558,6 +672,8 @@ def complaint_as_dict(complaint: Complaint) -> dict[str, Any]:
         "acknowledged_by": complaint.acknowledged_by,
         "note": complaint.ack_note,
         "escalated_at": when(complaint.escalated_at),
+        "verified": complaint.verified,
+        "spam_trap": complaint.spam_trap,
     }
 
 

@@ -36,7 +36,8 @@ class ComplaintsFeature:
     async def handle_mail(self, txn: Any, addresses: Sequence[str], raw: bytes) -> str:
         """A feedback report by mail. Refused ones get a 550 with the reason (and are kept)."""
         try:
-            result = await self.service.ingest_raw(raw, source="mail", actor=f"smtp:{getattr(txn, 'client_ip', '')}")
+            client_ip = getattr(txn, "client_ip", "")
+            result = await self.service.ingest_raw(raw, source="mail", actor=f"smtp:{client_ip}", client_ip=client_ip)
         except ComplaintRefused as exc:
             return replies.clean(f"550 5.6.0 Feedback report refused: {exc.reason} (kept as reject {exc.reject_id})", 500)
         except StoreUnavailable as exc:
@@ -44,9 +45,11 @@ class ComplaintsFeature:
             return replies.STORE_UNAVAILABLE
         complaint = result.complaint
         state = "recorded" if result.created else "already recorded"
+        verified = "" if complaint.verified else ", unverified"
+        more = f"; and {len(result.more)} more recipient(s) of the same report" if result.more else ""
         return replies.clean(
             f"250 2.0.0 Complaint {complaint.id} {state} for account {complaint.account}, "
-            f"recipient {mask_address(complaint.email)} ({complaint.status})"
+            f"recipient {mask_address(complaint.email)}{more} ({complaint.status}{verified})"
         )
 
     # --- the deadline ---------------------------------------------------------------------

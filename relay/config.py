@@ -8,7 +8,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
@@ -120,11 +120,46 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class ComplaintSource:
+    """A feedback loop the operator signed up for (SPEC §16): its reports are verified."""
+
+    name: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    dkim_domains: tuple[str, ...] = ()
+    spamtrap: bool = False  # every abuse report from it is a spam-trap hit
+
+    def covers(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
+
+
+@dataclass(frozen=True)
 class ComplaintsConfig:
     ack_deadline_hours: float = 24
     rate_threshold: float = 0.003
     rate_min_complaints: int = 3
     rate_window_hours: float = 24
+    sources: tuple[ComplaintSource, ...] = ()
+
+    def source_for_client(self, ip: str) -> ComplaintSource | None:
+        return next((s for s in self.sources if s.covers(ip)), None)
+
+    def source_for_dkim(self, domains: Iterable[str]) -> ComplaintSource | None:
+        signed = {d.lower().rstrip(".") for d in domains}
+        return next((s for s in self.sources if signed & set(s.dkim_domains)), None)
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """SPEC §15: VERP envelope senders and what a DSN does."""
+
+    verp: bool = True  # marketing copies get bounce+ID@mailto_domain
+    verp_transactional: bool = False
+    hard_limit: int = 3  # other permanent failures within window_days before suppression.bounced
+    window_days: float = 30
 
 
 @dataclass(frozen=True)
@@ -180,6 +215,7 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
+    bounce_forward: str | None = None  # SPEC §15: DSNs about this account's mail are forwarded here
     own_ibans: tuple[str, ...] = ()
     tracking_hosts: tuple[str, ...] = ()
     # The recipient's pages (SPEC §6): the parent organisation's name, the account's logo and colour.
@@ -243,6 +279,7 @@ class Config:
     dkim_keys: tuple[DkimKeyConfig, ...]
     logging: LoggingConfig
     accounts: tuple[AccountConfig, ...]
+    bounces: BouncesConfig = BouncesConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -490,6 +527,29 @@ def _networks(key: str, value: Any) -> tuple[Any, ...]:
     return tuple(nets)
 
 
+def _complaint_sources(key: str, value: Any) -> tuple[ComplaintSource, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables, got {_type_name(value)}")
+    sources = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(
+            k, item, {"name": _str, "networks": _networks, "dkim_domains": _domains, "spamtrap": _bool}
+        )
+        if not data.get("name"):
+            raise ConfigError(f"{k}.name", "missing")
+        if not data.get("networks") and not data.get("dkim_domains"):
+            raise ConfigError(k, "a source needs networks or dkim_domains: how else would a report be verified?")
+        for j, net in enumerate(data.get("networks", ())):
+            if net.prefixlen == 0:
+                raise ConfigError(f"{k}.networks[{j}]", f"{net} covers every address: anyone could verify reports")
+        sources.append(ComplaintSource(**data))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(key, "source names must be unique")
+    return tuple(sources)
+
+
 def _address(key: str, value: Any) -> str:
     try:
         return normalize_address(_str(key, value))
@@ -587,6 +647,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "default_stream": _str,
                 "rate_limit_per_minute": _int,
                 "streams": _streams,
+                "bounce_forward": _address,
                 "own_ibans": _ibans,
                 "tracking_hosts": _domains,
                 "parent_name": _str,
@@ -741,7 +802,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "rate_threshold": _num,
                     "rate_min_complaints": _int,
                     "rate_window_hours": _num,
+                    "sources": _complaint_sources,
                 },
+            )
+        ),
+        "bounces": lambda k, v: BouncesConfig(
+            **_section(
+                k, v, {"verp": _bool, "verp_transactional": _bool, "hard_limit": _int, "window_days": _num}
             )
         ),
         "malware": lambda k, v: MalwareConfig(
@@ -777,6 +844,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         dkim_keys=parsed.get("dkim", ()),
         logging=parsed.get("logging", LoggingConfig()),
         accounts=parsed.get("accounts", ()),
+        bounces=parsed.get("bounces", BouncesConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")

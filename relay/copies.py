@@ -17,6 +17,7 @@ from relay.unsubscribe_tokens import TokenCodec
 
 # Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
 RELAY_ID_HEADER = "X-Relay-Id"
+BOUNCE_PREFIX = "bounce+"  # the local part of a VERP envelope sender: bounce+ID@mailto_domain
 
 
 def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
@@ -45,17 +46,34 @@ class CopyMaker:
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.codec is None:
             (signed,) = await self.signer.sign([raw])
-            return [Copy(tuple(recipients), signed)]
+            if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
+                return [Copy(tuple(recipients), signed)]
+            # verp_transactional: the same bytes, one envelope sender per recipient (SPEC §15).
+            return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
         by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
         rendered = []
+        senders: list[str | None] = []
+        verp = self.config.bounces.verp
+        domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
             sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
-            delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()
-            txn.delivery_ids[rcpt] = delivery_id
+            delivery_id = await self._delivery_id(txn, rcpt)
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
             rendered.append(template.render(headers=headers, url=url))
+            # VERP: a bounce names its delivery, whatever the remote MTA writes in it (SPEC §15).
+            senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
         signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
-        return [Copy((rcpt,), copy) for rcpt, copy in zip(recipients, signed)]
+        return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]
+
+    async def _delivery_id(self, txn: Transaction, rcpt: str) -> int:
+        delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()
+        txn.delivery_ids[rcpt] = delivery_id
+        return delivery_id
+
+    async def _verp(self, txn: Transaction, rcpt: str) -> str:
+        assert self.codec is not None
+        token = self.codec.issue_bounce(await self._delivery_id(txn, rcpt))
+        return f"{BOUNCE_PREFIX}{token}@{self.config.unsubscribe.mailto_domain}"

@@ -18,6 +18,7 @@ class Copy:
 
     recipients: tuple[str, ...]
     content: bytes
+    mail_from: str | None = None  # its own envelope sender (VERP, SPEC §15); None: the transaction's
 
 
 @dataclass
@@ -52,7 +53,7 @@ async def deliver(
             pending.append(copy)
             continue
         try:
-            result = await upstream.send(mail_from, copy.recipients, copy.content)
+            result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
         except UpstreamUnavailable as exc:
             if not report.delivered:
                 # Nothing was accepted yet: tell the client to keep its mail.
@@ -73,14 +74,14 @@ async def deliver(
             report.refused[rcpt] = f"{code} {text}"
         later = result.temporarily_refused
         if later:
-            pending.append(Copy(later, copy.content))
+            pending.append(Copy(later, copy.content, copy.mail_from))
     if pending:
         if not report.delivered:
             report.tempfailed = True
             report.tempfail_reason = "upstream deferred every recipient"
             return report
         items = [
-            OutboxItem(relay_id, account, stream, mail_from, copy.recipients, copy.content)
+            OutboxItem(relay_id, account, stream, _sender(copy, mail_from), copy.recipients, copy.content)
             for copy in pending
         ]
         try:
@@ -98,3 +99,7 @@ async def deliver(
         report.rejected_code = code
         report.rejected_reply = report.rejected_reply or next(iter(report.refused.values()))
     return report
+
+
+def _sender(copy: Copy, mail_from: str) -> str:
+    return copy.mail_from if copy.mail_from is not None else mail_from

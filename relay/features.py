@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies.rules.consent import covering_consent
+from relay.bounces_feature import BouncesFeature
 from relay.complaints_feature import ComplaintsFeature
 from relay.copies import CopyMaker
 from relay.dkim import DkimSigner
@@ -22,9 +23,11 @@ async def install(relay: Any) -> list[Any]:
     relay.pipeline.covering_consent = covering_consent
     codec = TokenCodec(config.unsubscribe.secrets) if config.unsubscribe.secrets else None
     relay.copy_signer = CopySigner(DkimSigner(load_configured_keys(config)), relay.services.metrics)
+    relay.services.signer = relay.copy_signer  # complaint and bounce notices are signed for mailto_domain
     relay.pipeline.copy_builder = CopyMaker(config, codec, relay.copy_signer, relay.pipeline.delivery_ids)
     if codec is not None:
         features.append(UnsubscribeFeature(relay, codec))
+        features.append(BouncesFeature(relay, codec))
     features.append(ComplaintsFeature(relay))
     features.append(QuarantineFeature(relay.services))
     if config.malware.clamd:

@@ -1,4 +1,4 @@
-"""Admin API for complaints (SPEC §9, §12): POST a report (raw ARF or JSON), list, show, acknowledge,
+"""Admin API for complaints (SPEC §9, §12, §16): POST a report (raw ARF or JSON), list, show, acknowledge, verify,
 and the refused reports kept for inspection. Authentication is the admin app's middleware."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/complaints/rejected", list_rejected)
     app.router.add_get("/api/complaints/{id}", get_complaint)
     app.router.add_post("/api/complaints/{id}/ack", ack_complaint)
+    app.router.add_post("/api/complaints/{id}/verify", verify_complaint)
 
 
 def _service(request: web.Request) -> ComplaintService:
@@ -72,6 +73,9 @@ async def post_complaint(request: web.Request) -> web.Response:
         body["duplicate"] = True
     if result.account_paused:
         body["account_paused"] = True
+    if result.more:
+        # A report naming several recipients is one complaint each (SPEC §16).
+        body["more"] = [{"id": c.id, "email": c.email, "status": c.status} for c in result.more]
     return json_response(body, status=201 if result.created else 200)
 
 
@@ -108,6 +112,25 @@ async def ack_complaint(request: web.Request) -> web.Response:
         json_error(409, "not_open", str(exc))
     except UsageError as exc:
         json_error(422, "invalid", str(exc))
+    return json_response(complaint_as_dict(complaint))
+
+
+async def verify_complaint(request: web.Request) -> web.Response:
+    """SPEC §16: an admin vouches for a report from no configured source (audited)."""
+    complaint_id = _complaint_id(request)
+    body = await json_body(request) if request.can_read_body else {}
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        json_error(422, "invalid", "note: expected a string")
+    service = _service(request)
+    try:
+        complaint = await service.verify(complaint_id, note=note, actor=admin_label(request))
+    except NotFound as exc:
+        json_error(404, "not_found", str(exc))
+    except ComplaintNotOpen as exc:
+        json_error(409, "verified_already", str(exc))
+    finally:
+        await service.close()
     return json_response(complaint_as_dict(complaint))
 
 

@@ -51,6 +51,9 @@ class Metrics:
         )
         self.unsubscribes = Counter(p + "unsubscribes_total", "Unsubscribes by method", ["method"], registry=r)
         self.complaints = Counter(p + "complaints_total", "Complaints received", ["account"], registry=r)
+        self.bounces = Counter(
+            p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",

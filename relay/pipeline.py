@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts, StreamFacts
+from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
@@ -26,6 +26,7 @@ from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
 from relay.upstream import Upstream
 
 STREAM_HEADER = "X-Relay-Stream"
+NULL_SENDER_STREAM = "dsn"  # the stream of an account's bounces when it has no transactional stream
 _PARSE_IN_THREAD_BYTES = 1 << 20
 
 
@@ -43,6 +44,15 @@ class Transaction:
     delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
     # Consent and suppressions read at RCPT (marketing known before DATA), reused at end of DATA.
     rcpt_facts: dict[str, RecipientFacts] = field(default_factory=dict)
+    # The account's session rules run at the first recipient that is not one of the relay's own
+    # addresses (as Postfix's smtpd_delay_reject): mail to those is taken whatever the sender.
+    session_checked: bool = False
+    session_refusal: Finding | None = None
+
+    @property
+    def null_sender(self) -> bool:
+        """MAIL FROM:<> from an account: a bounce its own MTA generated (SPEC §15)."""
+        return self.account is not None and not self.mail_from
 
 
 # Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
@@ -115,10 +125,14 @@ class Pipeline:
     async def at_mail(self, txn: Transaction) -> Verdict:
         assert txn.account is not None
         base = await self.account_facts(txn.account)
-        txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
+        if txn.null_sender:
+            txn.stream = null_sender_stream(txn.account)
+        else:
+            txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
         stream = txn.stream.facts if txn.stream else None
         txn.facts = MessageFacts(
-            account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream
+            account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream,
+            null_sender=txn.null_sender,
         )
         verdict = self.services.engine.session(txn.facts)
         if verdict.outcome is Outcome.DELIVER and txn.account.rate_limit_per_minute > 0:
@@ -152,13 +166,17 @@ class Pipeline:
     async def at_rcpt(self, txn: Transaction, rcpt: str) -> Verdict | None:
         assert txn.account is not None and txn.facts is not None
         stream = self._kind_known_before_data(txn)
-        if stream is None or not stream.is_marketing:
+        if stream is None or not (stream.is_marketing or txn.null_sender):
             return None
         facts = MessageFacts(
-            account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream
+            account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream,
+            null_sender=txn.null_sender,
         )
-        (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
-        txn.rcpt_facts[rcpt] = rfacts
+        if stream.is_marketing:
+            (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
+            txn.rcpt_facts[rcpt] = rfacts
+        else:
+            rfacts = RecipientFacts(rcpt)  # a bounce: only where it goes matters, not consent
         verdict = self.services.engine.recipient(facts, rfacts, before_data=True)
         for finding in verdict.findings:
             self.count_rule(finding)
@@ -191,7 +209,10 @@ class Pipeline:
         else:
             message = parse_message(raw)
         requested = message.header(STREAM_HEADER).strip() or None
-        if requested is not None:
+        if txn.null_sender:
+            # A bounce is transactional whatever a header in it says (it may quote the original's).
+            requested, stream_cfg = None, txn.stream or null_sender_stream(account)
+        elif requested is not None:
             stream_cfg = account.stream(requested)
         else:
             stream_cfg = txn.stream or account.stream(account.default_stream or "")
@@ -230,6 +251,7 @@ class Pipeline:
             stream=stream,
             stream_requested=requested if stream_cfg is None else None,
             message=message,
+            null_sender=txn.null_sender,
         )
         try:
             verdict = await self.evaluate(facts, rfacts)
@@ -583,6 +605,16 @@ class Pipeline:
 
 
 UNKNOWN_STREAM = "unknown"
+
+
+def null_sender_stream(account: AccountConfig) -> StreamConfig:
+    """Where an account's bounces go: its default stream when transactional, else its first
+    transactional stream, else a transactional stream of their own."""
+    default = account.stream(account.default_stream or "")
+    if default is not None and default.kind == TRANSACTIONAL:
+        return default
+    found = next((s for s in account.streams if s.kind == TRANSACTIONAL), None)
+    return found or StreamConfig(NULL_SENDER_STREAM, TRANSACTIONAL, NULL_SENDER_STREAM)
 
 
 def metric_stream(stream_cfg: StreamConfig | None) -> str:

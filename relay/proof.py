@@ -87,6 +87,7 @@ async def build_proof(services: Services, email: str, account_id: str) -> dict[s
     consents = (await store.consent.find_consents(scopes, [address])).get(address, [])
     suppressions = (await store.consent.find_suppressions(scopes, [address])).get(address, [])
     deliveries = await store.decisions.deliveries_to(address, [account_id])
+    bounces = await store.bounces.list(account=account_id, email=address, limit=100)
     consents.sort(key=lambda c: (scopes.index(c.scope) if c.scope in scopes else len(scopes), c.topic, c.id))
     return {
         "email": address,
@@ -94,6 +95,11 @@ async def build_proof(services: Services, email: str, account_id: str) -> dict[s
         "consents": [consent_as_dict(c) for c in consents],
         "suppressions": [suppression_as_dict(s) for s in suppressions],
         "deliveries": [delivery_as_dict(d) for d in deliveries],
+        "bounces": [
+            {"id": b.id, "kind": b.kind, "status": b.status, "diagnostic": b.diagnostic, "relay_id": b.relay_id,
+             "received_at": b.received_at.isoformat()}
+            for b in bounces
+        ],
     }
 
 
@@ -128,7 +134,10 @@ def render_proof_text(proof: dict[str, Any]) -> str:
     if not proof["suppressions"]:
         lines.append("  none")
     for s in proof["suppressions"]:
-        reason = "unsubscribed" if s["reason"] == "suppression.unsubscribed" else "complained" if s["reason"] == "suppression.complaint" else s["reason"]
+        reason = {
+            "suppression.unsubscribed": "unsubscribed", "suppression.complaint": "complained",
+            "suppression.bounced": "hard-bounced",
+        }.get(s["reason"], s["reason"])
         lines.append(
             f"  {reason} on {_when(s['created_at'])} via {s['via'] or 'unknown'}, scope {s['scope']}, topic {s['topic']}"
         )
@@ -142,6 +151,14 @@ def render_proof_text(proof: dict[str, Any]) -> str:
             f"  {_when(d['delivered_at'])}  stream {d['stream']}  message-id {d['message_id'] or '-'}  "
             f"relay id {d['relay_id']}  {relied}"
         )
+    if proof.get("bounces"):
+        lines.append("")
+        lines.append("Bounces (delivery status notifications about this address):")
+        for b in proof["bounces"]:
+            lines.append(
+                f"  {_when(b['received_at'])}  {b['kind']}  status {b['status'] or '-'}  relay id {b['relay_id'] or '-'}  "
+                f"{b['diagnostic'][:120]}"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,8 @@ def policy_reply(finding: Finding) -> str:
         return f"554 5.7.1 [{finding.rule}] {detail}"
     if finding.action.value == "tempfail":
         return f"451 4.7.1 [{finding.rule}] {detail}"
+    if finding.rule == "suppression.bounced":
+        return f"550 5.1.1 [{finding.rule}] {detail}"  # the mailbox does not exist (SPEC §15)
     return f"550 5.7.1 [{finding.rule}] {detail}"
 
 

@@ -48,6 +48,8 @@ class Services:
     clock: Clock = field(default_factory=Clock)
     # Set by a running Relay: its pipeline (upstream pool, copy builder) for releases and forwards.
     pipeline: Any = None
+    # Set by a running Relay: its DKIM signer (relay.signing.CopySigner), for the relay's own notices.
+    signer: Any = None
 
     @classmethod
     def build(cls, config: Config, *, metrics: Metrics | None = None, clock: Clock | None = None) -> Services:

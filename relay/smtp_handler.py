@@ -141,20 +141,8 @@ class RelayHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.txn = txn  # type: ignore[attr-defined]
-        if txn.account is None:
-            # Unauthenticated clients may still write to the relay's own addresses (decided at RCPT).
-            return replies.OK_MAIL
-        try:
-            verdict = await self.pipeline.at_mail(txn)
-        except StoreUnavailable as exc:
-            self.log.error("store_unavailable", stage="mail", relay_id=txn.relay_id, error=str(exc))
-            envelope.mail_from = None
-            return replies.STORE_UNAVAILABLE
-        if verdict.outcome is not Outcome.DELIVER:
-            assert verdict.deciding is not None
-            self.pipeline.record_refusal(txn, verdict, stage="mail")
-            envelope.mail_from = None
-            return replies.policy_reply(verdict.deciding)
+        # The account's rules run at the first recipient that is not one of the relay's own addresses
+        # (SPEC §15): an unsubscribe or a feedback report is taken from anyone, whatever its sender.
         return replies.OK_MAIL
 
     # --- RCPT TO ------------------------------------------------------------------------
@@ -181,6 +169,19 @@ class RelayHandler:
             self.pipeline.record_rcpt_refusal(txn, finding)
             self.log.info("relay_denied", relay_id=txn.relay_id, client=txn.client_ip, recipient=recipient_label(rcpt))
             return replies.policy_reply(finding)
+        if not txn.session_checked:
+            try:
+                session_verdict = await self.pipeline.at_mail(txn)
+            except StoreUnavailable as exc:
+                self.log.error("store_unavailable", stage="mail", relay_id=txn.relay_id, error=str(exc))
+                return replies.STORE_UNAVAILABLE
+            txn.session_checked = True
+            if session_verdict.outcome is not Outcome.DELIVER:
+                assert session_verdict.deciding is not None
+                self.pipeline.record_refusal(txn, session_verdict, stage="mail")
+                txn.session_refusal = session_verdict.deciding
+        if txn.session_refusal is not None:
+            return replies.policy_reply(txn.session_refusal)
         try:
             verdict = await self.pipeline.at_rcpt(txn, rcpt)
         except StoreUnavailable as exc:

@@ -32,6 +32,7 @@ _MAX_URL_TOKEN_CHARS = 4 * (1 + 5 + 2 + 2 * _MAX_FIELD_BYTES + _MAX_RECIPIENT_BY
 # Domain separation: a URL MAC can never be replayed as a mailto MAC or vice versa.
 _URL_CONTEXT = b"consent-relay unsubscribe url v1\x00"
 _MAILTO_CONTEXT = b"consent-relay unsubscribe mailto v1\x00"
+_BOUNCE_CONTEXT = b"consent-relay bounce verp v1\x00"  # bounce+ID@: another MAC, so neither token is the other
 _URL_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 _MAILTO_ALPHABET = re.compile(r"[A-Za-z2-7]+")
 
@@ -91,13 +92,26 @@ class TokenCodec:
     # -- mailto tokens ------------------------------------------------------------
 
     def issue_mailto(self, delivery_id: int) -> str:
+        return self._issue_id(_MAILTO_CONTEXT, delivery_id)
+
+    def verify_mailto(self, token: str) -> int | None:
+        return self._verify_id(_MAILTO_CONTEXT, token)
+
+    def issue_bounce(self, delivery_id: int) -> str:
+        """The ID of a VERP envelope sender bounce+ID@ (SPEC §15): lower-case, at most 40 characters."""
+        return self._issue_id(_BOUNCE_CONTEXT, delivery_id)
+
+    def verify_bounce(self, token: str) -> int | None:
+        return self._verify_id(_BOUNCE_CONTEXT, token)
+
+    def _issue_id(self, context: bytes, delivery_id: int) -> str:
         if not 0 <= delivery_id <= _MAX_DELIVERY_ID:
             raise ValueError("delivery id out of range")
         id_bytes = delivery_id.to_bytes(max(1, (delivery_id.bit_length() + 7) // 8), "big")
-        mac = _mac(self._secrets[0], _MAILTO_CONTEXT, id_bytes)
+        mac = _mac(self._secrets[0], context, id_bytes)
         return base64.b32encode(id_bytes + mac).rstrip(b"=").decode("ascii").lower()
 
-    def verify_mailto(self, token: str) -> int | None:
+    def _verify_id(self, context: bytes, token: str) -> int | None:
         if not isinstance(token, str) or not 27 <= len(token) <= 40:
             return None
         if not _MAILTO_ALPHABET.fullmatch(token):
@@ -113,7 +127,7 @@ class TokenCodec:
         id_bytes, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not 1 <= len(id_bytes) <= 8 or (len(id_bytes) > 1 and id_bytes[0] == 0):
             return None
-        if not self._mac_matches(_MAILTO_CONTEXT, id_bytes, mac):
+        if not self._mac_matches(context, id_bytes, mac):
             return None
         return int.from_bytes(id_bytes, "big")
 

@@ -441,14 +441,17 @@ def send(
     starttls: bool = False,
     implicit_tls: bool = False,
     mail_options: list[str] | None = None,
+    source: str | None = None,
 ) -> Outcome:
-    """One connection, one transaction (synchronous: call it through asyncio.to_thread)."""
+    """One connection, one transaction (synchronous: call it through asyncio.to_thread).
+    `source="127.0.0.2"` binds the client there: outside a config that trusts only 127.0.0.1."""
     content = message() if content is None else content
     client: smtplib.SMTP
+    bind = (source, 0) if source else None
     if implicit_tls:
-        client = smtplib.SMTP_SSL("127.0.0.1", port, timeout=15, context=insecure_client_context())
+        client = smtplib.SMTP_SSL("127.0.0.1", port, timeout=15, context=insecure_client_context(), source_address=bind)
     else:
-        client = smtplib.SMTP("127.0.0.1", port, timeout=15)
+        client = smtplib.SMTP("127.0.0.1", port, timeout=15, source_address=bind)
     try:
         client.ehlo("client.test")
         if starttls:

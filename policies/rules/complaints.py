@@ -42,6 +42,7 @@ class ComplaintRateFacts:
     threshold: float  # complaints / delivered above this pauses (0.003 = 0.3%)
     min_complaints: int
     window_hours: float
+    spam_trap_hits: int = 0  # verified reports from a spam trap (SPEC §16): one pauses at once
 
 
 def _hours(value: float) -> str:
@@ -74,6 +75,12 @@ def complaint_unanswered(facts: UnansweredFacts) -> Hit | None:
     stage=Stage.ACCOUNT,
 )
 def complaint_rate(facts: ComplaintRateFacts) -> Hit | None:
+    if facts.spam_trap_hits > 0:
+        return Hit(
+            f"{facts.spam_trap_hits} spam-trap hit{'s' if facts.spam_trap_hits > 1 else ''} in {_hours(facts.window_hours)}: "
+            "mail went to an address nobody signed up with",
+            evidence=f"spam_trap_hits={facts.spam_trap_hits}",
+        )
     if facts.complaints < max(1, facts.min_complaints):
         return None
     # Compared as the decimal the operator wrote: 3 of 1000 at 0.003 is at the limit, not over it.

@@ -51,6 +51,7 @@ INTERACTION_KINDS = ("purchase", "click", "reply", "confirmation")
 
 UNSUBSCRIBED = "suppression.unsubscribed"
 COMPLAINT = "suppression.complaint"
+BOUNCED = "suppression.bounced"
 
 # M-vague-descriptions: "deze organisatie en (geselecteerde) partners"; M/E: consent through the
 # general terms or a privacy statement is no consent.
@@ -447,10 +448,27 @@ def unsubscribed(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
     )
 
 
-# Suppressions first: an unsubscribe or complaint is the clearest reason to give at RCPT.
+@rule(
+    BOUNCED,
+    "The recipient's address hard-bounced for this account's scope: mail to it is list hygiene gone wrong.",
+    clauses=("M-18-maanden", "platform"),
+    stage=Stage.RECIPIENT,
+    before_data=True,
+    marketing_only=True,
+)
+def bounced(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
+    found = _suppression(facts, rcpt, BOUNCED)
+    if found is None:
+        return None
+    when = f" on {found.created_at.date()}" if found.created_at else ""
+    return Hit(f"the address hard-bounced{when}; suppressed at scope {found.scope}", evidence=f"topic={found.topic}")
+
+
+# Suppressions first: an unsubscribe, complaint or dead address is the clearest reason to give at RCPT.
 RULES = (
     unsubscribed,
     complaint,
+    bounced,
     missing,
     stale,
     third_party,
@@ -463,4 +481,4 @@ RULES = (
     business_card_unannounced,
 )
 
-RECORD_RULE_IDS = tuple(r.id for r in RULES[4:])
+RECORD_RULE_IDS = tuple(r.id for r in RULES[5:])

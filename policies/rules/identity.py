@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from policies.facts import MessageFacts
+from policies.facts import MessageFacts, RecipientFacts
 from policies.findings import Hit, Stage
 from policies.message import fold
 from policies.rule import rule
@@ -61,6 +61,7 @@ def _domain_allowed(domain: str, allowed: frozenset[str]) -> bool:
     "Envelope sender or header From domain is not one of the account's domains.",
     clauses=("M-echte-identiteit", "E-werkelijke-identiteit"),
     stage=Stage.SESSION,
+    skip_for_null_sender=True,
 )
 def sender_not_authorized(facts: MessageFacts) -> Hit | None:
     allowed = facts.account.domains
@@ -84,6 +85,23 @@ def sender_not_authorized(facts: MessageFacts) -> Hit | None:
     return None
 
 
+@rule(
+    "identity.null_sender",
+    "A null envelope sender (a bounce) from an account, addressed outside that account's own domains.",
+    clauses=("platform",),
+    stage=Stage.RECIPIENT,
+    before_data=True,
+)
+def null_sender(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
+    """A DSN the application's own MTA generated goes back to the application, nowhere else."""
+    if not facts.null_sender or _domain_allowed(_domain(rcpt.address), facts.account.domains):
+        return None
+    return Hit(
+        f"A bounce (empty envelope sender) from account {facts.account.id} may only go to its own domains",
+        evidence=_domain(rcpt.address),
+    )
+
+
 def _is_no_reply(address: str) -> bool:
     local, _, domain = address.rpartition("@")
     squashed = re.sub(r"[\W_]+", "", fold(local))
@@ -98,6 +116,7 @@ def _is_no_reply(address: str) -> bool:
     "From or Reply-To is a no-reply style address (noreply, no-reply, donotreply, …).",
     clauses=("E-no-reply",),
     stage=Stage.MESSAGE,
+    skip_for_null_sender=True,
 )
 def no_reply(facts: MessageFacts) -> Hit | None:
     """Only the addresses count: "noreply" in a display name alone is not a no-reply address."""
@@ -265,6 +284,7 @@ def _names_match(display: str, *names: str) -> bool:
     "The From display name does not contain the account's registered name.",
     clauses=("E-bestandseigenaar-van-veld",),
     stage=Stage.MESSAGE,
+    skip_for_null_sender=True,
 )
 def from_name_mismatch(facts: MessageFacts) -> Hit | None:
     """The account's `name` (or its `legal_name`) must appear in the From display name.
@@ -293,6 +313,7 @@ def from_name_mismatch(facts: MessageFacts) -> Hit | None:
     "The body does not show the sender's legal name and registration number (KvK).",
     clauses=("M-legal-notice",),
     stage=Stage.MESSAGE,
+    skip_for_null_sender=True,
 )
 def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     """The visible body must show the account's `legal_name` and `registration_number`.
@@ -332,6 +353,7 @@ def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     "The body does not show the sender's postal address.",
     clauses=("M-legal-notice", "E-valide-postadres"),
     stage=Stage.MESSAGE,
+    skip_for_null_sender=True,
 )
 def postal_address_missing(facts: MessageFacts) -> Hit | None:
     """The visible body must show the account's `postal_address`, formatting tolerated.
@@ -352,4 +374,4 @@ def postal_address_missing(facts: MessageFacts) -> Hit | None:
     return Hit("The body does not show the sender's postal address", evidence=account.postal_address)
 
 
-RULES = (sender_not_authorized, no_reply, from_name_mismatch, legal_notice_missing, postal_address_missing)
+RULES = (null_sender, sender_not_authorized, no_reply, from_name_mismatch, legal_notice_missing, postal_address_missing)

@@ -8,7 +8,8 @@ Store
 ├── quarantine  QuarantineStore     held messages
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
-└── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
+└── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import Iterable, Sequence
 
 from policies.facts import ConsentRecord, Suppression
+from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
 from relay.store.records import (
     AccountState,
@@ -203,6 +205,7 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    bounces: BounceStore
 
     @abc.abstractmethod
     async def open(self) -> None:

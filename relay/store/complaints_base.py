@@ -40,6 +40,10 @@ class Complaint:
     acknowledged_by: str = ""
     ack_note: str = ""
     escalated_at: datetime | None = None
+    # SPEC §16: from a configured feedback loop (or an admin). An unverified one suppresses but neither
+    # counts toward account.complaint_rate nor has a deadline until an admin verifies it.
+    verified: bool = True
+    spam_trap: bool = False  # a spam-trap hit: pauses the account at once (account.complaint_rate)
 
     @property
     def counts(self) -> bool:
@@ -85,11 +89,16 @@ class ComplaintStore(abc.ABC):
     async def mark_escalated(self, complaint_ids: list[int], *, at: datetime) -> int: ...
 
     @abc.abstractmethod
+    async def verify(self, complaint_id: int, *, actor: str, note: str, at: datetime, deadline: datetime | None) -> bool:
+        """Mark an unverified complaint verified (its deadline starts) with its audit entry; False when
+        it is not an unverified one."""
+
+    @abc.abstractmethod
     async def set_forwarded(self, complaint_id: int, *, to: str, at: datetime | None, error: str = "") -> None: ...
 
     @abc.abstractmethod
     async def count_since(self, account: str, since: datetime) -> int:
-        """Counting complaints (not informational ones) received at or after `since`."""
+        """Verified counting complaints (not informational ones) received at or after `since`."""
 
     @abc.abstractmethod
     async def delivered_since(self, account: str, since: datetime) -> int:

@@ -17,6 +17,7 @@ import asyncpg
 
 from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
+from relay.store.bounces import PostgresBounces
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
 from relay.store.postgres_schema import MIGRATIONS
@@ -754,6 +755,7 @@ class PostgresStore(base.Store):
         self.audit = PostgresAudit(self.db)
         self.rates = PostgresRates(self.db)
         self.complaints = PostgresComplaints(self.db)
+        self.bounces = PostgresBounces(self.db)
 
     async def open(self) -> None:
         await self.db.open()

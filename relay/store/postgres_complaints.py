@@ -44,7 +44,8 @@ class PostgresComplaints(ComplaintStore):
                 await _audit(
                     tx, complaint.received_at, complaint.reporter or complaint.source, "complaint.received",
                     f"complaint:{new_id}", f"{complaint.feedback_type} via {complaint.source}",
-                    {"account": complaint.account, "status": complaint.status, "mapped_by": complaint.mapped_by},
+                    {"account": complaint.account, "status": complaint.status, "mapped_by": complaint.mapped_by,
+                     "verified": complaint.verified, "spam_trap": complaint.spam_trap},
                 )
                 row = await tx.fetchrow(f"SELECT {_LIST_COLUMNS} FROM complaints WHERE id=$1", new_id)
             else:
@@ -110,6 +111,16 @@ class PostgresComplaints(ComplaintStore):
             list(complaint_ids),
         )
 
+    async def verify(self, complaint_id: int, *, actor: str, note: str, at: datetime, deadline: datetime | None) -> bool:
+        async with self.db.transaction() as tx:
+            status = await tx.execute(
+                "UPDATE complaints SET verified=1, deadline=$1 WHERE id=$2 AND verified=0", iso(deadline), complaint_id
+            )
+            if status.endswith(" 0"):
+                return False
+            await _audit(tx, at, actor, "complaint.verified", f"complaint:{complaint_id}", note, {})
+        return True
+
     async def set_forwarded(self, complaint_id: int, *, to: str, at: datetime | None, error: str = "") -> None:
         await self.db.write(
             "UPDATE complaints SET forwarded_to=$1, forwarded_at=$2, forward_error=$3 WHERE id=$4",
@@ -118,7 +129,7 @@ class PostgresComplaints(ComplaintStore):
 
     async def count_since(self, account: str, since: datetime) -> int:
         value = await self.db.fetchval(
-            "SELECT count(*) FROM complaints WHERE account=$1 AND received_at >= $2 AND status != $3",
+            "SELECT count(*) FROM complaints WHERE account=$1 AND received_at >= $2 AND status != $3 AND verified=1",
             account, iso(since), INFORMATIONAL,
         )
         return int(value or 0)

@@ -189,4 +189,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
+    # 6: complaint sources (SPEC §16): whether a report came from a configured feedback loop, and
+    # whether it was a spam-trap hit; and the bounces table.
+    (
+        "ALTER TABLE complaints ADD COLUMN verified INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE complaints ADD COLUMN spam_trap INTEGER NOT NULL DEFAULT 0",
+        # bounces (SPEC §15): every DSN to bounce+ID@ and what it said about its recipient.
+        f"""CREATE TABLE bounces (
+            id {_ID},
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            received_at {_SORTED} NOT NULL,
+            permanent INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL DEFAULT '',
+            diagnostic TEXT NOT NULL DEFAULT '',
+            delivery_id BIGINT,
+            relay_id TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '',
+            report BYTEA NOT NULL
+        )""",
+        "CREATE INDEX bounces_account ON bounces (account, id)",
+        "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
+    ),
 )

@@ -19,6 +19,7 @@ import aiosqlite
 
 from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
+from relay.store.bounces import SqliteBounces
 from relay.store import base
 from relay.store.records import (
     AccountState,
@@ -721,6 +722,7 @@ class SqliteStore(base.Store):
         self.audit = SqliteAudit(self.db)
         self.rates = SqliteRates(self.db)
         self.complaints = SqliteComplaints(self.db)
+        self.bounces = SqliteBounces(self.db)
 
     async def open(self) -> None:
         await self.db.open()

@@ -17,19 +17,26 @@ if TYPE_CHECKING:
     from relay.store.sqlite import SqliteDatabase
 
 _TIME_FIELDS = ("received_at", "arrived_at", "deadline", "forwarded_at", "acknowledged_at", "escalated_at")
+_FLAG_FIELDS = ("verified", "spam_trap")  # INTEGER 0/1 columns on both backends
 COMPLAINT_COLUMNS = tuple(f.name for f in fields(Complaint) if f.name != "id")
 
 
 def complaint_to_row(complaint: Complaint) -> tuple[Any, ...]:
-    return tuple(
-        iso(getattr(complaint, name)) if name in _TIME_FIELDS else getattr(complaint, name) for name in COMPLAINT_COLUMNS
-    )
+    def column(name: str) -> Any:
+        value = getattr(complaint, name)
+        if name in _TIME_FIELDS:
+            return iso(value)
+        return int(value) if name in _FLAG_FIELDS else value
+
+    return tuple(column(name) for name in COMPLAINT_COLUMNS)
 
 
 def complaint_from_row(row: Any) -> Complaint:
     values: dict[str, Any] = {name: row[name] for name in COMPLAINT_COLUMNS}
     for name in _TIME_FIELDS:
         values[name] = parse_iso(values[name])
+    for name in _FLAG_FIELDS:
+        values[name] = bool(values[name])
     return Complaint(id=int(row["id"]), **values)
 
 
@@ -72,7 +79,8 @@ class SqliteComplaints(ComplaintStore):
                 await _audit(
                     conn, complaint.received_at, complaint.reporter or complaint.source, "complaint.received",
                     f"complaint:{new_id}", f"{complaint.feedback_type} via {complaint.source}",
-                    {"account": complaint.account, "status": complaint.status, "mapped_by": complaint.mapped_by},
+                    {"account": complaint.account, "status": complaint.status, "mapped_by": complaint.mapped_by,
+                     "verified": complaint.verified, "spam_trap": complaint.spam_trap},
                 )
                 rows = list(await conn.execute_fetchall(f"SELECT {_LIST_COLUMNS} FROM complaints WHERE id=?", (new_id,)))
             else:
@@ -134,6 +142,16 @@ class SqliteComplaints(ComplaintStore):
             (iso(at), *complaint_ids),
         )
 
+    async def verify(self, complaint_id: int, *, actor: str, note: str, at: datetime, deadline: datetime | None) -> bool:
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "UPDATE complaints SET verified=1, deadline=? WHERE id=? AND verified=0", (iso(deadline), complaint_id)
+            )
+            if cursor.rowcount == 0:
+                return False
+            await _audit(conn, at, actor, "complaint.verified", f"complaint:{complaint_id}", note, {})
+        return True
+
     async def set_forwarded(self, complaint_id: int, *, to: str, at: datetime | None, error: str = "") -> None:
         await self.db.write(
             "UPDATE complaints SET forwarded_to=?, forwarded_at=?, forward_error=? WHERE id=?",
@@ -142,7 +160,7 @@ class SqliteComplaints(ComplaintStore):
 
     async def count_since(self, account: str, since: datetime) -> int:
         row = await self.db.fetchone(
-            "SELECT count(*) FROM complaints WHERE account=? AND received_at >= ? AND status != ?",
+            "SELECT count(*) FROM complaints WHERE account=? AND received_at >= ? AND status != ? AND verified=1",
             (account, iso(since), INFORMATIONAL),
         )
         return int(row[0]) if row else 0

@@ -1,5 +1,6 @@
 """The admin UI's complaints page (/ui/complaints): the complaints newest first, open ones only if
-asked, and the form that acknowledges one with a note (CSRF-protected, audited as the admin)."""
+asked, the form that acknowledges one with a note and the one that verifies a report from no
+configured source (SPEC §16) (CSRF-protected, audited as the admin)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _STATUS_CLASS = {OPEN: "paused", ACKNOWLEDGED: "active"}
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/complaints", complaints_page)
     app.router.add_post("/ui/complaints/{id}/ack", complaint_ack)
+    app.router.add_post("/ui/complaints/{id}/verify", complaint_verify)
 
 
 @signed_in
@@ -54,7 +56,19 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
     status = tag("span", "overdue" if overdue else c.status, class_=f"state {'suspended' if overdue else _STATUS_CLASS.get(c.status, '')}".strip())
     if c.status == OPEN and c.deadline is not None:
         status = join([status, Safe("<br>"), tag("small", f"respond before {c.deadline:%Y-%m-%d %H:%M} UTC", class_="muted")])
-    if c.status == OPEN:
+    if not c.verified:
+        # SPEC §16: from no configured feedback loop: suppressed, but nothing counts until an admin vouches.
+        status = join([status, Safe("<br>"), tag("span", "unverified", class_="state unverified")])
+    if c.status == OPEN and not c.verified:
+        answer = Safe(
+            f'<form method="post" action="/ui/complaints/{c.id}/verify" class="verify">'
+            f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+            f'<input type="hidden" name="back" value="{escape(back)}">'
+            f'<input name="note" maxlength="{MAX_NOTE}" placeholder="why it is genuine" '
+            f'aria-label="why complaint {c.id} is genuine">'
+            '<button class="btn small" type="submit">Verify</button></form>'
+        )
+    elif c.status == OPEN:
         answer = Safe(
             f'<form method="post" action="/ui/complaints/{c.id}/ack" class="ack">'
             f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
@@ -80,6 +94,25 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
         tag("td", answer),
     ]
     return tag("tr", join(cells), data_complaint=str(c.id))
+
+
+@signed_in
+async def complaint_verify(request: web.Request, session: Session) -> web.StreamResponse:
+    form = await request.post()
+    back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
+    text = request.match_info["id"]
+    if not text.isdigit():
+        raise web.HTTPNotFound(text=f"no complaint {text}")
+    service = ComplaintService(services_of(request))
+    try:
+        complaint = await service.verify(int(text), note=str(form.get("note", "")).strip()[:MAX_NOTE], actor=session.label)
+    except (NotFound, ComplaintNotOpen, UsageError) as exc:
+        session.flash.append(("error", str(exc)))
+        raise _redirect(back) from None
+    finally:
+        await service.close()
+    session.flash.append(("ok", f"Complaint {complaint.id} ({complaint.account}) verified: it counts and its deadline runs."))
+    raise _redirect(back)
 
 
 @signed_in

@@ -156,7 +156,7 @@ async def test_unknown_user_is_535(tmp_path: Path, upstream: RecordingUpstream, 
 async def test_envelope_sender_outside_domains(relay: Any, upstream: RecordingUpstream) -> None:
     # policy: mailpro M-echte-identiteit, clang E-werkelijke-identiteit (identity.sender_not_authorized)
     out = await asend(relay.smtp_port, message(sender="orders@other.example"), mail_from="orders@other.example")
-    assert out.mail[0] == 550 and out.mail[1].startswith("5.7.1 [identity.sender_not_authorized]"), out
+    assert out.final[0] == 550 and out.final[1].startswith("5.7.1 [identity.sender_not_authorized]"), out
     assert upstream.messages == []
 
 

@@ -31,12 +31,12 @@ async def test_pause_suspend_resume_reach_running_relay(relay: Any, upstream: Re
 
     assert await run_cli("account", "pause", "shop", "--reason", "complaint review", "-c", path) == 0
     out = await asend(relay.smtp_port)
-    assert out.mail[0] == 451 and out.mail[1].startswith("4.7.1 [account.paused]"), out
-    assert "complaint review" in out.mail[1]
+    assert out.final[0] == 451 and out.final[1].startswith("4.7.1 [account.paused]"), out
+    assert "complaint review" in out.final[1]
 
     assert await run_cli("account", "suspend", "shop", "--reason", "spam run", "-c", path) == 0
     out = await asend(relay.smtp_port)
-    assert out.mail[0] == 554 and out.mail[1].startswith("5.7.1 [account.suspended]"), out
+    assert out.final[0] == 554 and out.final[1].startswith("5.7.1 [account.suspended]"), out
 
     assert await run_cli("account", "resume", "shop", "--reason", "fixed", "-c", path) == 0
     assert (await asend(relay.smtp_port)).code == 250
@@ -74,7 +74,7 @@ async def test_every_decision_is_a_row_and_a_log_line(relay: Any, upstream: Reco
         delivered = await asend(relay.smtp_port, rcpts=["anna@example.nl", "bob@example.nl"])
         rejected = await asend(relay.smtp_port, message(stream="nope"))
         refused_at_mail = await asend(relay.smtp_port, mail_from="x@other.example")
-    assert delivered.code == 250 and rejected.code == 550 and refused_at_mail.mail[0] == 550
+    assert delivered.code == 250 and rejected.code == 550 and refused_at_mail.final[0] == 550 and refused_at_mail.mail[0] == 250
     relay_id = re.search(r"Delivered as (\w+)", delivered.text).group(1)  # type: ignore[union-attr]
 
     (row,) = await until(lambda: relay.services.store.decisions.for_relay_id(relay_id), what="decision row")
@@ -189,5 +189,5 @@ async def test_monitor_mode_delivers_and_counts_what_it_would_refuse(
     path = str(relay.config.path)
     assert await run_cli("account", "suspend", "shop", "--reason", "spam run", "-c", path) == 0
     refused = await asend(relay.smtp_port)
-    assert refused.mail[0] == 554 and "[account.suspended]" in refused.mail[1], refused
+    assert refused.final[0] == 554 and "[account.suspended]" in refused.final[1], refused
     assert len(upstream.messages) == 1

@@ -50,8 +50,9 @@ async def test_over_the_limit_within_a_minute_is_451_rate_limited(relay: Any, up
         outcomes = [await asend(relay.smtp_port) for _ in range(LIMIT + 2)]
     assert [o.code for o in outcomes] == [250] * LIMIT + [451, 451], outcomes
     for refused in outcomes[LIMIT:]:
-        assert refused.mail == (451, f"4.7.1 {LIMITED}"), refused  # refused at MAIL FROM, before any RCPT
-        assert refused.rcpts == []
+        # refused at the first RCPT, before DATA (MAIL FROM is taken: SPEC §15, own addresses from anyone)
+        assert refused.mail[0] == 250 and refused.rcpts == [(451, f"4.7.1 {LIMITED}")], refused
+        assert refused.data is None
     assert len(upstream.messages) == LIMIT
 
     # Another account has its own bucket (and no limit): it is not held up by this one.
@@ -85,7 +86,7 @@ async def test_bucket_failure_is_a_tempfail_never_a_pass(
 
     monkeypatch.setattr(relay.services.store.rates, "take", unavailable)
     out = await asend(relay.smtp_port)
-    assert out.mail[0] == 451 and out.mail[1].startswith("4.3.0"), out
+    assert out.final[0] == 451 and out.final[1].startswith("4.3.0"), out
     assert upstream.messages == []
 
 
@@ -94,7 +95,7 @@ async def test_a_refused_mail_from_spends_no_token(relay: Any, upstream: Recordi
     await change_account_state(relay.services, "shop", "suspend", reason="spam run", actor="test")
     for _ in range(LIMIT + 1):
         out = await asend(relay.smtp_port)
-        assert out.mail[0] == 554 and "[account.suspended]" in out.mail[1], out
+        assert out.final[0] == 554 and "[account.suspended]" in out.final[1], out
     await change_account_state(relay.services, "shop", "resume", reason="cleaned up", actor="test")
     # The bucket is still full: the refused attempts took nothing from it.
     assert [(await asend(relay.smtp_port)).code for _ in range(LIMIT + 1)] == [250] * LIMIT + [451]

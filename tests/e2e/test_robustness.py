@@ -116,7 +116,7 @@ async def test_store_unavailable_at_mail_is_tempfail(relay: Any, upstream: Recor
 
     monkeypatch.setattr(relay.services.store.accounts, "get", unavailable)
     out = await asend(relay.smtp_port)
-    assert out.mail[0] == 451 and out.mail[1].startswith("4.3.0"), out
+    assert out.final[0] == 451 and out.final[1].startswith("4.3.0"), out
     assert upstream.messages == []
 
 

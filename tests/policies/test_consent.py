@@ -452,10 +452,12 @@ def test_every_consent_rule_is_marketing_only_recipient_stage() -> None:
         "consent.missing", "consent.stale", "consent.third_party", "consent.harvested", "consent.prechecked",
         "consent.hidden_in_terms", "consent.undocumented", "consent.soft_optin_invalid",
         "consent.frequency_undisclosed", "consent.business_card_unannounced",
-        "suppression.unsubscribed", "suppression.complaint",
+        "suppression.unsubscribed", "suppression.complaint", "suppression.bounced",
     }
     assert all(r.marketing_only for r in consent.RULES)
-    assert {r.id for r in consent.RULES if r.before_data} == {"consent.missing", "suppression.unsubscribed", "suppression.complaint"}
+    assert {r.id for r in consent.RULES if r.before_data} == {
+        "consent.missing", "suppression.unsubscribed", "suppression.complaint", "suppression.bounced"
+    }
 
 
 def test_covering_consent_prefers_valid_then_specific() -> None:

@@ -56,7 +56,14 @@ def clocked() -> Clocked:
 
 
 def relay_config(
-    tmp_path: Path, upstream: RecordingUpstream, store_url: str, *, accounts: Sequence[dict[str, Any]] = (), **complaints: Any
+    tmp_path: Path,
+    upstream: RecordingUpstream,
+    store_url: str,
+    *,
+    accounts: Sequence[dict[str, Any]] = (),
+    trusted_networks: Sequence[str] = (),
+    account: dict[str, Any] | None = None,
+    **complaints: Any,
 ) -> Path:
     data = config_dict(
         tmp_path,
@@ -66,8 +73,13 @@ def relay_config(
         http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "alice", "hash": TOKEN_HASH}]},
         unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"},
         # The application authenticates: a feedback loop's MTA is no trusted client of any account.
-        account={"trusted_networks": []},
-        complaints={"ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3, **complaints},
+        account={"trusted_networks": list(trusted_networks), **(account or {})},
+        complaints={
+            "ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3,
+            # The feedback loop's MTA: reports from 127.0.0.1 are verified (SPEC §16); 127.0.0.2 is a stranger.
+            "sources": [{"name": "isp", "networks": ["127.0.0.1/32"]}],
+            **complaints,
+        },
     )
     data["accounts"] += [dict(a) for a in accounts]
     return write_config(tmp_path, data)
@@ -150,12 +162,15 @@ async def report_by_mail(relay: Any, raw: bytes, to: str = "fbl@relay.test") -> 
 
 
 def mail_from_reply(port: int) -> tuple[int, str]:
-    """What MAIL FROM answers the application now (where account rules decide)."""
+    """What the application's mail gets now: the account rules decide at its first recipient that
+    is not one of the relay's own addresses (SPEC §15), MAIL FROM itself is taken."""
     client = smtplib.SMTP("127.0.0.1", port, timeout=15)
     try:
         client.ehlo("app.test")
         client.login(*APP)
         code, text = client.mail("news@shop.example")
+        assert code == 250, (code, text)
+        code, text = client.rcpt("anna@example.nl")
         return code, text.decode()
     finally:
         client.quit()
@@ -282,7 +297,8 @@ async def test_unmappable_report_is_refused_and_kept(relay: Any) -> None:
     reply = await report_by_mail(relay, arf(original))
     assert reply.code == 550 and "cannot tell which recipient complained" in reply.text, reply
     reply = await report_by_mail(relay, arf(original, rcpt_to="x@example.nl"))
-    assert reply.code == 550 and "cannot tell which account sent the reported message" in reply.text, reply
+    # SPEC §16: the one clear line for a report about nobody the relay delivered to.
+    assert reply.code == 550 and "names no recipient that the relay delivered to (x***@example.nl)" in reply.text, reply
     assert len(await relay.services.store.complaints.list_rejected()) == 2
 
 
@@ -513,6 +529,7 @@ async def test_cli_import_list_and_ack(
     relay: Any, upstream: RecordingUpstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await send_newsletter(relay, ANNA)
+    await relay.recorder.flush()  # the CLI is another process: it sees the delivery once it is written
     report = tmp_path / "report.eml"
     report.write_bytes(arf(copy_to(upstream, ANNA)))
     cfg = str(relay.config.path)

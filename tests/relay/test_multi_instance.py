@@ -253,7 +253,7 @@ async def test_suspension_through_the_cli_is_seen_by_both_instances(
     assert code == 0 and out.startswith("shop: suspended"), (code, out, err)
     for instance in pair:
         refused = await asend(instance.smtp)
-        assert refused.mail[0] == 554 and refused.mail[1].startswith("5.7.1 [account.suspended]"), refused
+        assert refused.final[0] == 554 and refused.final[1].startswith("5.7.1 [account.suspended]"), refused
     code, out, err = await cli(pair[1].process.config, "account", "resume", "shop", "--reason", "cleaned up")
     assert code == 0, (code, out, err)
     assert [(await asend(i.smtp)).code for i in pair] == [250, 250]
@@ -297,5 +297,5 @@ async def test_rate_limit_is_one_bucket_for_both_instances(
     # Alternating, each instance alone would pass 3 of its 4.
     outcomes = [await asend((one if i % 2 == 0 else two).smtp_port) for i in range(8)]
     assert [o.code for o in outcomes] == [250, 250, 250] + [451] * 5, outcomes
-    assert all("[account.rate_limited]" in o.mail[1] for o in outcomes[3:]), outcomes
+    assert all("[account.rate_limited]" in o.final[1] for o in outcomes[3:]), outcomes
     assert len(upstream.messages) == 3

@@ -24,7 +24,7 @@ def limited_config(tmp_path: Path, upstream: RecordingUpstream, name: str, **smt
 
 
 def rate_limited(out: Outcome) -> bool:
-    return out.mail[0] == 451 and out.mail[1].startswith("4.7.1 [account.rate_limited]")
+    return out.final[0] == 451 and out.final[1].startswith("4.7.1 [account.rate_limited]")
 
 
 async def test_two_serve_processes_on_one_sqlite_file_share_the_limit(tmp_path: Path, upstream: RecordingUpstream) -> None:

@@ -612,7 +612,28 @@ async def test_complaints_add_once_list_acknowledge(store: Store, second: Store)
     assert [c.report_key for c in await complaints.list(open_only=True)] == ["k2"]
     audit = await store.audit.list(target=f"complaint:{first.id}")
     assert [(e.actor, e.action) for e in audit] == [("ops", "complaint.acknowledged"), ("FBL/1.0", "complaint.received")]
-    assert audit[1].detail == {"account": "acme", "status": OPEN, "mapped_by": "relay_id"}
+    assert audit[1].detail == {
+        "account": "acme", "status": OPEN, "mapped_by": "relay_id", "verified": True, "spam_trap": False
+    }
+
+
+async def test_unverified_complaints_do_not_count_until_verified(store: Store) -> None:
+    """SPEC §16: a report from no configured source suppresses, but neither counts nor has a deadline."""
+    complaints = store.complaints  # type: ignore[attr-defined]
+    trap, _ = await complaints.add(complaint("k1", spam_trap=True), b"1")
+    forged, _ = await complaints.add(replace(complaint("k2", hours=1, verified=False), deadline=None), b"2")
+    assert (trap.verified, trap.spam_trap) == (True, True)
+    assert (forged.verified, forged.spam_trap, forged.deadline) == (False, False, None)
+    assert await complaints.count_since("acme", T0) == 1
+    assert not await complaints.verify(trap.id, actor="ops", note="", at=T0, deadline=None)  # verified already
+    deadline = T0 + timedelta(hours=30)
+    assert await complaints.verify(forged.id, actor="ops", note="from our FBL's new address", at=T0 + timedelta(hours=6), deadline=deadline)
+    assert not await complaints.verify(forged.id, actor="ops", note="again", at=T0, deadline=deadline)
+    got = await complaints.get(forged.id)
+    assert (got.verified, got.deadline) == (True, deadline)
+    assert await complaints.count_since("acme", T0) == 2
+    audit = await store.audit.list(target=f"complaint:{forged.id}")
+    assert [(e.actor, e.action, e.note) for e in audit][0] == ("ops", "complaint.verified", "from our FBL's new address")
 
 
 async def test_complaints_deadlines_forwarding_and_counts(store: Store) -> None:

@@ -152,3 +152,25 @@ async def test_acknowledge_with_a_note_from_the_form(ui: Browser) -> None:
     assert "no complaint 99" in await ui.text(back)
     # The form's return address stays inside the UI.
     assert await ui.post("/ui/complaints/2/ack", {"csrf": csrf, "note": "ok", "back": "//evil.test/"}) == (303, "/ui/complaints")
+
+
+async def test_verify_an_unverified_report_from_the_form(ui: Browser) -> None:
+    # SPEC §16: a report from no configured feedback loop waits for an admin
+    await ui.services.store.complaints.add(complaint(5, "shop", "eve@example.nl", verified=False, deadline=None, forwarded_to=""), b"r")
+    csrf = await ui.sign_in()
+    back = "/ui/complaints?open=1"
+    page = await ui.text(back)
+    row_5 = page[page.index('<tr data-complaint="5">'):page.index('<tr data-complaint="4">')]
+    assert "unverified" in row_5 and 'action="/ui/complaints/5/verify"' in row_5 and "/ack" not in row_5
+    assert (await ui.post("/ui/complaints/5/verify", {"note": "x", "back": back}))[0] == 403  # no form token
+    assert await ui.post("/ui/complaints/5/verify", {"csrf": csrf, "note": "from Yahoo's new range", "back": back}) == (303, back)
+    page = await ui.text(back)
+    assert "Complaint 5 (shop) verified" in page
+    row_5 = page[page.index('<tr data-complaint="5">'):page.index('<tr data-complaint="4">')]
+    assert "unverified" not in row_5 and 'action="/ui/complaints/5/ack"' in row_5 and "respond before" in row_5
+    stored = await ui.services.store.complaints.get(5)
+    assert stored is not None and stored.verified and stored.deadline is not None
+    (entry,) = [a for a in await ui.services.store.audit.list(target="complaint:5") if a.action == "complaint.verified"]
+    assert (entry.actor, entry.note) == ("dana", "from Yahoo's new range")
+    assert await ui.post("/ui/complaints/5/verify", {"csrf": csrf, "back": back}) == (303, back)
+    assert "complaint 5 is verified already" in await ui.text(back)

@@ -1,0 +1,66 @@
+"""Hooks bounces into a running Relay: bounce+ID@<mailto_domain> on the SMTP listener (any client,
+SPEC §15) and GET /api/bounces on the admin listener."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from aiohttp import web
+
+from relay import replies
+from relay.bounces import BounceService, bounce_as_dict
+from relay.copies import BOUNCE_PREFIX
+from relay.errors import StoreUnavailable
+from relay.http_common import json_error, json_response, services_of
+from relay.log import get_logger
+from relay.store.bounces import KINDS
+from relay.unsubscribe_tokens import TokenCodec
+
+BOUNCE_KIND = "bounce"
+MAX_LIST = 10_000
+
+
+class BouncesFeature:
+    def __init__(self, relay: Any, codec: TokenCodec) -> None:
+        self.codec = codec
+        self.domain = relay.config.unsubscribe.mailto_domain.lower()
+        self.service = BounceService(relay.services)
+        self.log = get_logger()
+        relay.pipeline.own_address_matchers.append(self.match_address)
+        relay.pipeline.own_mail[BOUNCE_KIND] = self.handle_mail
+
+    def delivery_of(self, address: str) -> int | None:
+        local, _, domain = address.rpartition("@")
+        if domain != self.domain or not local.startswith(BOUNCE_PREFIX):
+            return None
+        return self.codec.verify_bounce(local[len(BOUNCE_PREFIX):])
+
+    def match_address(self, address: str) -> str | None:
+        return BOUNCE_KIND if self.delivery_of(address) is not None else None
+
+    async def handle_mail(self, txn: Any, addresses: Sequence[str], raw: bytes) -> str:
+        """A DSN: recorded whatever it says (an unreadable one for review); never a 5xx to its sender."""
+        try:
+            bounces = [await self.service.ingest(raw, delivery_id=self.delivery_of(a)) for a in addresses]
+        except StoreUnavailable as exc:
+            self.log.error("store_unavailable", stage="bounce", error=str(exc))
+            return replies.STORE_UNAVAILABLE
+        first = bounces[0]
+        return replies.clean(f"250 2.0.0 Bounce {first.id} recorded ({first.kind})")
+
+    def add_admin_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/bounces", list_bounces)
+
+
+async def list_bounces(request: web.Request) -> web.Response:
+    kind = request.query.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        json_error(422, "invalid", f"kind: expected one of {', '.join(KINDS)}")
+    try:
+        limit = min(int(request.query.get("limit", "1000")), MAX_LIST)
+    except ValueError:
+        json_error(422, "invalid", "limit: expected an integer")
+    items = await services_of(request).store.bounces.list(
+        account=request.query.get("account") or None, kind=kind, limit=max(1, limit)
+    )
+    return json_response({"items": [bounce_as_dict(b) for b in items]})

@@ -127,6 +127,154 @@ def adult(facts: MessageFacts) -> Hit | None:
     return Hit("The message contains erotic or pornographic content", evidence=term)
 
 
+# --- fraud and illegal offers --------------------------------------------------------------------
+
+# A sum of money: a currency sign or code next to a number written with thousands separators, or
+# a number of millions with its currency ("$1,500,000.00", "920.000 EUR", "25 million dollars").
+_MONEY = re.compile(
+    r"(?:[$€£]|\b(?:usd|eur|gbp)\b)\s?(\d{1,3}(?:[,.' ]\d{3})+|\d{4,})(?:[.,]\d{2})?(?!\d)"
+    r"|(?<![\d.,])(\d{1,3}(?:[,.' ]\d{3})+|\d{4,})(?:[.,]\d{2})?\s?(?:[$€£]|(?:usd|eur|euros?|gbp|dollars?)\b)"
+    r"|(\d+(?:[.,]\d+)?|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twenty|fifty|hundred)\b[\w\- ]{0,30}?)"
+    r"\s?(?:million|millions|mio|miljoen|millionen|millones|milioni)\b"
+)
+FRAUD_MIN_SUM = 100_000
+FRAUD_MIN_MARKERS = 2
+# "Ticker: IGTS", "Symbol: ABCD", "OTC: XYZ": the label stock promotions print
+_TICKER = re.compile(r"\b(?:ticker|symbol|otc|stock)\s?(?:symbol)?\s?[:\-]\s?\W{0,3}[a-z]{2,5}\b")
+
+
+def _large_sum(folded: str) -> str | None:
+    """The first sum of FRAUD_MIN_SUM or more in `folded`, as written."""
+    for match in _MONEY.finditer(folded):
+        if match.group(3) is not None:
+            return match.group(0).strip()
+        digits = re.sub(r"\D", "", match.group(1) or match.group(2) or "")
+        if digits and int(digits) >= FRAUD_MIN_SUM:
+            return match.group(0).strip()
+    return None
+
+
+@rule(
+    "content.fraud",
+    "Advance-fee, prize, loan or stock-promotion fraud: a large sum or a stock ticker with fraud markers.",
+    clauses=("E-misleiden", "M-code-of-conduct"),
+    stage=Stage.MESSAGE,
+)
+def fraud(facts: MessageFacts) -> Hit | None:
+    """Two distinct markers of the `fraud` word lists (beneficiary, Western Union, next of kin,
+    lottery, "big mover", …) together with a sum of 100,000 or more, or with a stock ticker label.
+    One marker never hits, nor do markers without the sum or ticker: a bank's newsletter may name
+    Western Union, an insurer a beneficiary."""
+    message = facts.message
+    if message is None:
+        return None
+    folded = message.folded_text
+    markers = wordlist("fraud", facts.params).find_all(folded, message.words)
+    if len(markers) < FRAUD_MIN_MARKERS:
+        return None
+    evidence = ", ".join(markers[:3])
+    ticker = _TICKER.search(folded)
+    if ticker is not None:
+        return Hit("The message promotes a stock the way pump-and-dump fraud does", evidence=f"{ticker.group(0)}; {evidence}")
+    amount = _large_sum(folded)
+    if amount is None:
+        return None
+    return Hit("The message promises a large sum the way advance-fee and prize fraud does", evidence=f"{amount}; {evidence}")
+
+
+DATA_TRADING_MIN_MARKERS = 2
+
+
+@rule(
+    "content.data_trading",
+    "Trades in third parties' personal data: address lists for sale, harvesting or mass-mailing tools, people search.",
+    clauses=("M-third-party-lists", "E-who-not", "M-code-of-conduct"),
+    stage=Stage.MESSAGE,
+)
+def data_trading(facts: MessageFacts) -> Hit | None:
+    """Two distinct markers of the `data_trading` word lists ("million email addresses", "email
+    extractor", "find out anything about anyone", 批量获取 …): the message sells what the policies
+    forbid using, bought or harvested addresses (M-third-party-lists, E-who-not), or other people's
+    data (the code of conduct on the privacy of third parties). One marker never hits: a
+    newsletter may warn against bought lists."""
+    message = facts.message
+    if message is None:
+        return None
+    markers = wordlist("data_trading", facts.params).find_all(message.folded_text, message.words)
+    if len(markers) < DATA_TRADING_MIN_MARKERS:
+        return None
+    return Hit("The message offers address lists, harvesting tools or other people's data", evidence=", ".join(markers[:3]))
+
+
+# Letters a spammer swaps for digits (within one word: v1agra, c1al1s) or for signs, and the
+# separators put between letters (in the subject: via.gra, V I A G R A, v!agra).
+_LEET = {"a": "a4", "e": "e3", "i": "i1l", "l": "l1i", "o": "o0", "s": "s5z"}
+_LEET_SIGNS = {"a": "a@4", "e": "e3", "i": "i1l!|", "l": "l1i|", "o": "o0", "s": "s5$z"}
+_SPACER = r"[\s.\-_*'\"]{0,2}"
+SELLING_WINDOW = 200
+_SPELLINGS: dict[tuple[str, ...], tuple[dict[str, str], frozenset[str], re.Pattern[str]]] = {}
+
+
+def _drug_spellings(names: tuple[str, ...]) -> tuple[dict[str, str], frozenset[str], re.Pattern[str]]:
+    """Every spelling of the names with digits for letters (one word each: a set test against the
+    text's words), and one pattern for the spaced-out and signed spellings of the subject."""
+    cached = _SPELLINGS.get(names)
+    if cached is None:
+        words: dict[str, str] = {}
+        spelled = []
+        for name in names:
+            folded = fold(name)
+            for letters in itertools.product(*(_LEET.get(c, c) for c in folded)):
+                words.setdefault("".join(letters), folded)
+            classes = [f"[{re.escape(_LEET_SIGNS[c])}]" if c in _LEET_SIGNS else re.escape(c) for c in folded if c.isalnum()]
+            spelled.append(_SPACER.join(classes))
+        pattern = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(spelled)})(?![a-z0-9])")
+        cached = _SPELLINGS[names] = (words, frozenset(words), pattern)
+    return cached
+
+
+@rule(
+    "content.prescription_drugs",
+    "Sells prescription-only medicines to the public: a disguised or offered drug name, or 'no prescription'.",
+    clauses=("M-code-of-conduct",),
+    stage=Stage.MESSAGE,
+)
+def prescription_drugs(facts: MessageFacts) -> Hit | None:
+    """Advertising prescription-only medicines to the public is against Dutch law (Geneesmiddelenwet
+    art. 85; EU Directive 2001/83/EC art. 88), so against the code of conduct's "materiaal dat niet
+    voldoet aan de Nederlandse wetgeving". Hits on a name of the `prescription_drugs` list written in
+    disguise (digits for letters anywhere: v1agra; spaced out, dotted or with signs in the subject:
+    via.gra, V I A G R A, v!agra), on a plainly written name with a selling word of
+    `prescription_selling` within 200 characters, and on the phrases of `prescription_offers` that
+    sell without a prescription on their own ("no prescription needed", "rx site"). A newsletter that
+    reports on a medicine, or a pharmacy's over-the-counter offers, pass."""
+    message = facts.message
+    if message is None:
+        return None
+    folded = message.folded_text
+    words = message.words
+    spellings, spelling_set, spaced = _drug_spellings(wordlist("prescription_drugs", facts.params).terms)
+    disguised = spaced.search(fold(message.subject))
+    if disguised is not None and disguised.group(0) not in spellings.values():
+        return Hit("The message sells a prescription-only medicine under a disguised name", evidence=disguised.group(0))
+    found = words & spelling_set  # a set with a set: the smaller one is walked
+    for spelling in sorted(found):
+        if spellings[spelling] != spelling:
+            return Hit("The message sells a prescription-only medicine under a disguised name", evidence=spelling)
+    if found:
+        selling = wordlist("prescription_selling", facts.params)
+        for name in sorted(found):
+            for match in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", folded):
+                window = folded[max(0, match.start() - SELLING_WINDOW) : match.end() + SELLING_WINDOW]
+                cue = selling.search_folded(window)
+                if cue is not None:
+                    return Hit("The message offers a prescription-only medicine for sale", evidence=f"{name}; {cue}")
+    offers = wordlist("prescription_offers", facts.params).find_all(folded, words)
+    if offers:
+        return Hit("The message sells prescription medicines without a prescription", evidence=offers[0])
+    return None
+
+
 # --- links ------------------------------------------------------------------------------------
 
 
@@ -570,4 +718,7 @@ RULES = (
     deceptive_links,
     personal_data,
     malware,
+    fraud,
+    prescription_drugs,
+    data_trading,
 )

@@ -11,6 +11,33 @@ from typing import Any, Iterable, Mapping
 from policies.message import fold, split_words
 
 _WORD = re.compile(r"\w+")
+# Scripts written without spaces between words (Chinese, Japanese kana, Korean): a term in them is
+# looked for as a substring, since the text's \w+ runs are whole phrases there.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# The high bytes (UTF-16) of U+3000-U+9FFF, U+AC00-U+D7FF and U+F900-U+FAFF: all bytes else deleted
+_NOT_UNSPACED_HIGH = bytes(b for b in range(256) if not (0x30 <= b <= 0x9F or 0xAC <= b <= 0xD7 or b in (0xF9, 0xFA)))
+
+
+# one element, replaced whole (atomic), read once per call
+_LAST_HAYSTACK: list[tuple[frozenset[str] | str | None, str]] = [(None, "")]
+
+
+def unspaced_haystack(folded: str, words: frozenset[str] | None) -> str:
+    """Where the terms of scripts without spaces are looked for: the text's distinct words (such a
+    term lies inside one \\w+ run, and the distinct words are far shorter than a long text), or ""
+    when no character of those scripts is there (a C pass over the UTF-16 high bytes). The last
+    answer is kept: every list with such terms asks it of the same message."""
+    if folded.isascii():
+        return ""
+    key: frozenset[str] | str = words if words is not None else folded
+    last_key, last_answer = _LAST_HAYSTACK[0]
+    if last_key is key:
+        return last_answer
+    haystack = "\n".join(words) if words is not None else folded
+    high = haystack.encode("utf-16-le", "surrogatepass")[1::2]
+    answer = haystack if high.translate(None, _NOT_UNSPACED_HIGH) else ""
+    _LAST_HAYSTACK[0] = (key, answer)
+    return answer
 
 # Pure and deterministic: the same terms always compile to the same matcher, so caching by
 # the tuple of terms is safe across accounts and profiles.
@@ -36,6 +63,13 @@ class WordList:
     # languages only the terms whose first word is in the text are tried.
     multi_first: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     multi_other: tuple[int, ...] = ()
+    # (folded term, term as written) for terms in a script without spaces: substring matches
+    unspaced: tuple[tuple[str, str], ...] = ()
+    # the words of each multi-word term (as multi_patterns): all must be words of the text
+    multi_words: tuple[frozenset[str], ...] = ()
+    # the keys of single and multi_first as sets: a set with a set walks the smaller one
+    single_keys: frozenset[str] = frozenset()
+    first_keys: frozenset[str] = frozenset()
 
     def search(self, text: str) -> str | None:
         """The first term found in `text` (not yet folded), or None."""
@@ -43,6 +77,11 @@ class WordList:
 
     def search_folded(self, folded: str, words: frozenset[str] | None = None) -> str | None:
         """Like search() for text already folded; `words` (its distinct words) saves a scan."""
+        if self.unspaced:
+            haystack = unspaced_haystack(folded, words)
+            for needle, term in self.unspaced if haystack else ():
+                if needle in haystack:
+                    return term
         if self.single:
             if words is None:
                 words = split_words(folded)
@@ -64,11 +103,41 @@ class WordList:
             # term must at least stand in the text (a substring test in C).
             if i in self.multi_other and first not in folded:
                 continue
-            for match in pattern.finditer(folded):
-                start = match.start()
-                if start == 0 or not (folded[start - 1].isalnum() or folded[start - 1] == "_"):
-                    return term
+            if self._multi_found(pattern, folded):
+                return term
         return None
+
+    @staticmethod
+    def _multi_found(pattern: re.Pattern[str], folded: str) -> bool:
+        for match in pattern.finditer(folded):
+            start = match.start()
+            if start == 0 or not (folded[start - 1].isalnum() or folded[start - 1] == "_"):
+                return True
+        return False
+
+    def find_all(self, folded: str, words: frozenset[str] | None = None) -> tuple[str, ...]:
+        """Every distinct term of the list found in `folded` (already folded), in list order."""
+        if words is None:
+            words = split_words(folded)
+        found = {self.single[w] for w in words & self.single_keys}
+        if self.unspaced:
+            haystack = unspaced_haystack(folded, words)
+            found.update(term for needle, term in self.unspaced if haystack and needle in haystack)
+        for first in words & self.first_keys:
+            for i in self.multi_first[first]:
+                self._add_phrase(i, folded, words, found)
+        for i in self.multi_other:
+            self._add_phrase(i, folded, words, found)
+        if not found:
+            return ()
+        return tuple(sorted(found, key=self.terms.index))
+
+    def _add_phrase(self, i: int, folded: str, words: frozenset[str], found: set[str]) -> None:
+        first, term, pattern = self.multi_patterns[i]
+        # a phrase's words are whole words of the text: a set test rules most phrases out before
+        # any scan of the text
+        if term not in found and self.multi_words[i] <= words and self._multi_found(pattern, folded):
+            found.add(term)
 
 
 def shipped_terms(name: str) -> tuple[str, ...]:
@@ -151,10 +220,14 @@ def compile_terms(name: str, terms: Iterable[str]) -> WordList:
 def _compile(name: str, terms: tuple[str, ...]) -> WordList:
     single: dict[str, str] = {}
     multi: dict[str, str] = {}
+    unspaced: dict[str, str] = {}
     alternatives: list[str] = []
     for term in terms:
         tokens = _WORD.findall(fold(term))
         if not tokens:
+            continue
+        if _UNSPACED.search(term):
+            unspaced.setdefault(" ".join(tokens), term)
             continue
         alternatives.append(r"\W+".join(re.escape(t) for t in tokens))
         if len(tokens) == 1:
@@ -186,4 +259,8 @@ def _compile(name: str, terms: tuple[str, ...]) -> WordList:
         pattern,
         {k: tuple(v) for k, v in multi_first.items()},
         tuple(multi_other),
+        tuple(unspaced.items()),
+        tuple(frozenset(key.split(" ")) for key in multi),
+        frozenset(single),
+        frozenset(multi_first),
     )

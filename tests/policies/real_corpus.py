@@ -131,7 +131,11 @@ def paste_footer(raw: bytes) -> bytes:
         _set_text(part, _with_footer(text, part.get_content_type() == "text/html"))
         touched = True
     if not touched and not message.is_multipart():
-        _set_text(message, _with_footer("", False))
+        # no text part found (a multipart whose delimiters are broken, a bare non-text type): the
+        # body is kept as it was written, as text, and the footer follows it
+        payload = message.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        _set_text(message, _with_footer(data.decode("latin-1"), False))
     del message["From"]
     message["From"] = SPAM_SENDER
     return message.as_bytes()

@@ -1,5 +1,5 @@
-"""The real-world corpus as a standing test (issue 14): no false positive on 41 legitimate mails in six
-languages, recall on 24 spam and phishing samples with the account's footer pasted in."""
+"""The real-world corpus as a standing test (issue 14): no false positive on the legitimate
+newsletters and notices, recall on the spam and phishing samples with the account's footer pasted in."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SAMPLES = load_samples()
 LEGIT = [s for s in SAMPLES if s.kind == "legit"]
 SPAM = [s for s in SAMPLES if s.kind == "spam"]
 # The floor this suite holds the spam set to; docs/corpus-results.md reports the figure itself.
-RECALL_FLOOR = 0.6
+RECALL_FLOOR = 0.77
 FOOTER_RULES = (
     "identity.sender_not_authorized",
     "identity.from_name_mismatch",
@@ -72,11 +72,12 @@ def test_recall_on_spam_and_phishing_with_a_realistic_footer() -> None:
     assert recall >= RECALL_FLOOR, missed
 
 
-def test_the_dutch_dating_spam_and_parcel_phish_of_the_issue_are_caught() -> None:
-    # policy: mailpro M-code-of-conduct — the two samples issue 14 reports as passing every rule
-    by_name = {r.sample.path.name: r for r in results()}
-    assert by_name["dating-nl.eml"].blocked and "content.adult" in by_name["dating-nl.eml"].hits
-    assert by_name["parcel-nl.eml"].blocked and "content.deceptive_links" in by_name["parcel-nl.eml"].hits
+def test_german_newsletters_unsubscribe_wording_is_understood() -> None:
+    # policy: mailpro M-opt-out, clang E-afmeldproces — "Um den Newsletter abzubestellen, klicken Sie bitte
+    # hier" and "... können Sie sich auf dieser Webseite abmelden:" with the address on the next line
+    german = [result_for(s) for s in LEGIT if s.lang == "de"]
+    assert len(german) >= 2
+    assert all("optout.missing" not in r.hits for r in german), [r.sample.path.name for r in german]
 
 
 def test_docs_corpus_results_is_the_current_table() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ def relay_config(
     mode: str = "enforce",
     log_level: str = "info",
     overrides: Mapping[str, Any] | None = None,
+    webhooks: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The config as a dict (SPEC §12 shape); `overrides` is deep-merged over it last.
 
@@ -71,6 +72,7 @@ def relay_config(
                 "abuse_contact": "abuse@shop.example",
                 "default_stream": STREAM,
                 "streams": [{"id": STREAM, "kind": stream_kind, "topic": STREAM}],
+                **({"webhooks": [dict(w) for w in webhooks]} if webhooks else {}),
             }
         ],
     }

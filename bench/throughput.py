@@ -8,6 +8,9 @@ relay-inline and relay2-inline (`[smtp] helper_process = false`: policy and sign
 loop of each worker),
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
+relay-webhooks (a webhook for every event type, `delivered` included: an event written with each
+copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 204),
+relay-webhooks-default (the same webhook with the default types: every one but `delivered`),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
 scale-out pair (SPEC §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
@@ -38,6 +41,7 @@ from typing import IO, Any, Protocol
 from bench.postfix_relay import PostfixRelay
 from policies.registry import ALL_RULES
 from bench.relay_config import recipients, write_consent_csv, write_relay_config
+from relay.event_types import EVENT_TYPES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -50,8 +54,11 @@ RECIPIENT = "rcpt@example.net"
 DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
 VARIANTS = (
     "relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2",
+    "relay-webhooks", "relay-webhooks-default",
     "relay-noverp",  # [bounces] verp = false: with --consent, VERP on (relay) / off (this) in the same run
 )
+# relay-webhooks: a webhook asking for every event type, `delivered` included (one POST per copy).
+WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTAx"
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
 # relay-nocontent turns off every content rule the registry has.
 CONTENT_RULES = tuple(rule.id for rule in ALL_RULES if rule.id.startswith("content."))
@@ -373,6 +380,7 @@ class Relay:
     stream_kind: str = "transactional"
     overrides: dict[str, Any] = field(default_factory=dict)
     filler_consents: int = 0  # extra consent records for other addresses (relay-1m)
+    webhooks: list[dict[str, Any]] = field(default_factory=list)  # relay-webhooks
     store_url: str | None = None  # PostgreSQL; the SQLite file in the work dir otherwise
     instances: int = 1  # separate `serve` processes on their own ports, sharing the store
     port: int = 0
@@ -401,6 +409,7 @@ class Relay:
                 workers=self.workers,
                 stream_kind="marketing" if self.consent else self.stream_kind,
                 overrides=self.overrides,
+                webhooks=self.webhooks,
             )
             check = subprocess.run(
                 [exe, "-c", str(config), "check-config"], capture_output=True, text=True, timeout=START_TIMEOUT, cwd=where
@@ -731,6 +740,21 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             overrides = {"policy": {"actions": {rule: "off" for rule in CONTENT_RULES}}}
         if name == "relay-dkim":
             overrides = {"dkim": {"keys": [dkim_key(workdir)]}}
+        webhooks: list[dict[str, Any]] = []
+        if name in ("relay-webhooks", "relay-webhooks-default"):
+            hook_port = free_port()
+            start_process(
+                [sys.executable, "-m", "bench.webhook_receiver", str(hook_port)], stack,
+                stdout=workdir / "webhook_receiver.log", stderr=workdir / "webhook_receiver.err", cwd=REPO,
+            )
+            webhooks = [{"url": f"http://127.0.0.1:{hook_port}/hooks", "secret": WEBHOOK_SECRET}]
+            if name == "relay-webhooks":
+                webhooks[0]["events"] = list(EVENT_TYPES)
+            options.notes.append(
+                f"{name}: webhook receiver http://127.0.0.1:{hook_port}/count (POSTs and distinct webhook-ids at the end: "
+                "see the line below)"
+            )
+            stack.callback(lambda: options.notes.append(f"{name}: receiver at the end: {_receiver_count(hook_port)}"))
         if name == "relay-noverp":
             overrides = {"bounces": {"verp": False}}
         store_url = postgres_schema(options.postgres_url, stack) if name in ("relay-pg", "relay-pg2") else None
@@ -757,10 +781,21 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             filler_consents=MILLION if name == "relay-1m" else 0,
             store_url=store_url,
             instances=2 if name == "relay-pg2" else 1,
+            webhooks=webhooks,
         )
         relay.start()
         return relay
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
+
+
+def _receiver_count(port: int) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as response:
+            return response.read().decode()
+    except OSError as exc:
+        return f"no answer ({exc})"
 
 
 def dkim_key(workdir: Path) -> dict[str, str]:

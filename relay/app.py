@@ -1,25 +1,28 @@
 """Wire one relay process together (store, upstream, SMTP, HTTP, background tasks), and `serve`
-with signal handling, a drain on SIGTERM, and `[smtp] workers = N` processes on one port."""
+with signal handling, a drain on SIGTERM, and `[smtp] workers = N` processes on one port
+(relay.supervisor). Start-up binds every listener first and undoes whatever it started when a
+later step fails."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 from typing import Any
 
 from aiohttp import web
 
-from relay.config import Config, Listen, helper_enabled
+from relay.config import Config, helper_enabled
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
 from relay.helper import Helper
+from relay.listeners import ListenError, Listeners, bind_listeners
 from relay.log import configure_logging, get_logger
+from relay.memory import give_back_free_memory
 from relay.metrics import Metrics
 from relay.outbox import OutboxWorker
 from relay.pipeline import Pipeline
@@ -64,14 +67,17 @@ class Relay:
         *,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
-        reuse_port: bool = False,
+        listeners: Listeners | None = None,
         http: bool = True,
         background: bool = True,
     ) -> None:
         self.config = config
         self.services = Services.build(config, metrics=metrics, clock=clock)
         self.upstream = Upstream(config.upstream, self.services.metrics, local_hostname=config.smtp.hostname)
-        self.recorder = DecisionRecorder(self.services.store.decisions)
+        self.recorder = DecisionRecorder(
+            self.services.store.decisions,
+            frozenset(a.id for a in config.accounts if any("delivered" in h.events for h in a.webhooks)),
+        )
         self.pipeline = Pipeline(self.services, self.upstream, self.recorder)
         self.services.pipeline = self.pipeline
         self.limits = ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, self.services.metrics)
@@ -81,7 +87,7 @@ class Relay:
             self.services.store.outbox, self.upstream, config.outbox, self.services.metrics, self.services.clock
         )
         self.pipeline.on_outbox_enqueued = self.outbox.wake
-        self.reuse_port = reuse_port
+        self.listeners = listeners  # bound by the caller (serve, a supervisor); else by start()
         self.http = http
         self.background = background
         self.log = get_logger()
@@ -101,6 +107,37 @@ class Relay:
     # --- start ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything, or nothing: a failure stops what was started and re-raises."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._undo_start()
+            raise
+
+    async def _undo_start(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        if self.helper is not None:
+            await self.helper.close()
+        try:
+            await self.recorder.close()
+        except Exception:
+            pass
+        await self.upstream.close()
+        await self.services.store.close()
+        if self.listeners is not None:
+            self.listeners.close()
+        self._servers, self._runners, self._tasks = [], [], []
+
+    async def _start(self) -> None:
+        if self.listeners is None:
+            self.listeners = bind_listeners(self.config, http=self.http)
+        listeners = self.listeners
         await self.services.store.open()
         await self.pipeline.delivery_ids.refill()
         await self._load_features()
@@ -110,21 +147,25 @@ class Relay:
         await self._check_upstream()
         tls = listener_tls_context(self.config)
         smtp = self.config.smtp
-        self._servers.append(await self._listen(smtp.listen, tls_context=tls, implicit=False))
-        self.smtp_port = self._servers[-1].sockets[0].getsockname()[1]
-        if smtp.tls_listen is not None and tls is not None:
-            self._servers.append(await self._listen(smtp.tls_listen, tls_context=tls, implicit=True))
-            self.tls_port = self._servers[-1].sockets[0].getsockname()[1]
-        if self.http and self.config.http.admin_listen is not None:
+        for sock in listeners.of("smtp"):
+            self._servers.append(await self._listen(sock, tls_context=tls, implicit=False))
+        self.smtp_port = listeners.port("smtp")
+        if tls is not None:
+            for sock in listeners.of("tls"):
+                self._servers.append(await self._listen(sock, tls_context=tls, implicit=True))
+            self.tls_port = listeners.port("tls")
+        if self.http and listeners.of("admin"):
             app = build_admin_app(self.services, self.readiness)
             for feature in self.features:
                 getattr(feature, "add_admin_routes", lambda app: None)(app)
-            self.admin_port = await self._serve_http(app, self.config.http.admin_listen)
-        if self.http and self.config.http.public_listen is not None:
+            await self._serve_http(app, listeners.of("admin"))
+            self.admin_port = listeners.port("admin")
+        if self.http and listeners.of("public"):
             public = web.Application(client_max_size=1024 * 1024)
             for feature in self.features:
                 getattr(feature, "add_public_routes", lambda app: None)(public)
-            self.public_port = await self._serve_http(public, self.config.http.public_listen)
+            await self._serve_http(public, listeners.of("public"))
+            self.public_port = listeners.port("public")
         if self.background:
             self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
             self._tasks.append(asyncio.create_task(self._watch_upstream(), name="upstream-probe"))
@@ -163,7 +204,7 @@ class Relay:
                 raise
             self.features = await module.install(self)
 
-    async def _listen(self, where: Listen, *, tls_context: ssl.SSLContext | None, implicit: bool) -> asyncio.base_events.Server:
+    async def _listen(self, sock: socket.socket, *, tls_context: ssl.SSLContext | None, implicit: bool) -> asyncio.base_events.Server:
         smtp = self.config.smtp
         loop = asyncio.get_running_loop()
 
@@ -183,20 +224,14 @@ class Relay:
                 loop=loop,
             )
 
-        return await loop.create_server(
-            factory, host=where.host, port=where.port, ssl=tls_context if implicit else None,
-            reuse_port=self.reuse_port or None, reuse_address=True,
-        )
+        return await loop.create_server(factory, sock=sock, ssl=tls_context if implicit else None)
 
-    async def _serve_http(self, app: web.Application, where: Listen) -> int:
+    async def _serve_http(self, app: web.Application, socks: list[socket.socket]) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, where.host, where.port, reuse_port=self.reuse_port or None)
-        await site.start()
         self._runners.append(runner)
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
 
     # --- health ---------------------------------------------------------------------------
 
@@ -237,6 +272,9 @@ class Relay:
         while True:
             await asyncio.sleep(_GAUGE_SECONDS)
             await self._refresh_gauges()
+            # Issue 21: after a burst (clients retrying once the upstream is back) the freed heap
+            # stayed in the process; a trim every half minute gives it back (about a millisecond).
+            give_back_free_memory()
 
     async def readiness(self) -> dict[str, Any]:
         try:
@@ -277,6 +315,9 @@ class Relay:
             session.close_with("421 4.3.2 Service shutting down; try again later")
         for server in self._servers:
             await server.wait_closed()
+        # The copy being sent finishes; the other claimed copies are given back at once, not when
+        # their lease runs out.
+        await self.outbox.stop(timeout=max(1.0, grace))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -294,63 +335,84 @@ class Relay:
         self.log.info("relay_stopped")
 
 
-async def serve(config: Config, worker_index: int | None = None) -> int:
+async def serve(config: Config, worker_index: int | None = None, inherited: str | None = None) -> int:
+    """`consent-relay serve`: 0 after a SIGTERM/SIGINT drain, 1 when it cannot start (the reason in
+    one line on stderr, nothing left running). A worker (`worker_index`) gets its sockets, the
+    state lock and a line to its parent from the parent (`inherited`)."""
     configure_logging(config.logging.level, config.logging.log_recipients)
-    log = get_logger()
-    if config.smtp.workers > 1 and worker_index is None:
-        return await _supervise(config)
-    relay = Relay(
-        config,
-        reuse_port=config.smtp.workers > 1,
-        http=worker_index in (None, 0),
-    )
+    from relay.state_lock import StateLocked, acquire_state_lock
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if worker_index is not None:
+        from relay.supervisor import WorkerLink
+
+        link = WorkerLink.from_spec(inherited or "{}")
+        link.watch_parent(stop.set)
+        return await _serve_one(config, link.listeners, stop, http=worker_index == 0, on_started=link.started)
     try:
-        await relay.start()
+        lock = await _until_stopped(acquire_state_lock(config), stop)
+    except (StateLocked, StoreUnavailable) as exc:
+        print(f"consent-relay: error: {exc}", file=sys.stderr)
+        return 1
+    if lock is None:
+        return 0
+    try:
+        try:
+            listeners = bind_listeners(config)
+        except ListenError as exc:
+            print(f"consent-relay: error: {exc}", file=sys.stderr)
+            return 1
+        if config.smtp.workers > 1:
+            from relay.supervisor import Supervisor
+
+            return await Supervisor(config, listeners, lock, stop).run()
+        return await _serve_one(config, listeners, stop, http=True)
+    finally:
+        await lock.release()
+
+
+async def _until_stopped(work: Any, stop: asyncio.Event) -> Any:
+    """`work`'s result, or None when a SIGTERM/SIGINT came first (the work is cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def _serve_one(
+    config: Config, listeners: Listeners, stop: asyncio.Event, *, http: bool, on_started: Any = None
+) -> int:
+    log = get_logger()
+    try:
+        relay = Relay(config, listeners=listeners, http=http)
+    except BaseException:
+        listeners.close()
+        raise
+    try:
+        started = await _until_stopped(_started(relay), stop)
     except StoreUnavailable as exc:
         print(f"consent-relay: error: store: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"consent-relay: error: cannot listen: {exc}", file=sys.stderr)
-        await relay.services.store.close()
-        return 1
+    if started is None:  # stopped during start-up: start() has undone itself
+        return 0
+    if on_started is not None:
+        on_started()
     await stop.wait()
     log.info("relay_draining", grace=config.smtp.shutdown_grace)
     await relay.stop()
     return 0
 
 
-async def _supervise(config: Config) -> int:
-    """Run N worker processes on one SMTP port (SO_REUSEPORT); worker 0 also serves HTTP."""
-    log = get_logger()
-    metrics_dir = tempfile.mkdtemp(prefix="consent-relay-metrics-")
-    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "-c", str(config.path), "--worker-index", str(i)], env=env
-        )
-        for i in range(config.smtp.workers)
-    ]
-    log.info("workers_started", pids=[p.pid for p in procs])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def any_exited() -> None:
-        while all(p.poll() is None for p in procs):
-            await asyncio.sleep(0.5)
-
-    waiter = asyncio.create_task(any_exited())
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    codes = [await asyncio.to_thread(p.wait) for p in procs]
-    waiter.cancel()
-    stopper.cancel()
-    return 0 if stop.is_set() and all(c == 0 for c in codes) else 1
+async def _started(relay: Relay) -> bool:
+    await relay.start()
+    return True

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from aiohttp import web
 
 from relay import replies
+from relay.api_keys import scoped_account
 from relay.bounces import BounceService, bounce_as_dict
 from relay.copies import BOUNCE_PREFIX
 from relay.errors import StoreUnavailable
@@ -61,6 +62,6 @@ async def list_bounces(request: web.Request) -> web.Response:
     except ValueError:
         json_error(422, "invalid", "limit: expected an integer")
     items = await services_of(request).store.bounces.list(
-        account=request.query.get("account") or None, kind=kind, limit=max(1, limit)
+        account=scoped_account(request, request.query.get("account") or None), kind=kind, limit=max(1, limit)
     )
     return json_response({"items": [bounce_as_dict(b) for b in items]})

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    os._exit(130)
+
+
+# As the program (not imported by a test): a Ctrl-C while the modules below load ends the process
+# at once and quietly, as nothing has started yet; main() hands SIGINT back to Python's handler.
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "consent-relay":
+    signal.signal(signal.SIGINT, _exit_quietly)
+
 import argparse
 import asyncio
 import getpass
 import json
-import os
-import sys
 from typing import Any, Awaitable, Callable, NoReturn, Sequence
 
 from relay.config import Config, config_path_from, load_config
@@ -65,6 +77,7 @@ def build_parser() -> Parser:
 
     serve = add_command(sub, common, "serve", _serve, "run the relay", needs_store=False)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--inherit", default=None, help=argparse.SUPPRESS)  # a worker's fds, from its parent
     add_command(sub, common, "check-config", _check_config, "validate the config file and exit", needs_store=False)
     # Needs no config file; -c is accepted (and ignored) like on every other command (SPEC §11).
     sub.add_parser(
@@ -92,7 +105,7 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
 async def _serve(config: Config, args: argparse.Namespace) -> int:
     from relay.app import serve
 
-    return await serve(config, worker_index=args.worker_index)
+    return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
 
 
 async def _hash_password(_: Any, args: argparse.Namespace) -> int:
@@ -130,6 +143,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is _exit_quietly:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C at any point, even before the event loop runs: no traceback
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

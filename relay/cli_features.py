@@ -7,7 +7,10 @@ import importlib
 from typing import Any
 
 # Each module exposes register(sub, common). Listed here so cli.py stays one screen.
-FEATURE_MODULES = ("relay.cli_explain", "relay.cli_consent", "relay.cli_quarantine", "relay.cli_complaint", "relay.cli_bounce")
+FEATURE_MODULES = (
+    "relay.cli_explain", "relay.cli_consent", "relay.cli_quarantine", "relay.cli_complaint", "relay.cli_bounce",
+    "relay.cli_events",
+)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import ipaddress
 import os
 import re
@@ -16,6 +19,7 @@ from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
 from relay.errors import ConfigError
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
@@ -69,6 +73,9 @@ class UpstreamConfig:
 class StoreConfig:
     url: str = "sqlite:///var/relay.db"
     timeout: float = 5.0
+    # True: this relay is one of several instances (hosts) of one PostgreSQL deployment. Otherwise
+    # `serve` holds a lock and a second `serve` on the same store refuses to start.
+    shared: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -117,6 +124,9 @@ class OutboxConfig:
     retry_max_seconds: float = 3600
     give_up_after_hours: float = 120
     poll_seconds: float = 1.0
+    # A claimed copy is leased for this long, renewed every third of it while its holder works;
+    # after a crash its copies wait at most this long for another process.
+    lease_seconds: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,28 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+    webhook_timeout: float = 10.0  # one POST
+    webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
+    webhook_retry_max_seconds: float = 3600.0  # …up to this
+    webhook_give_up_hours: float = 24.0  # an endpoint failing this long is disabled
+    webhook_poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str  # whsec_BASE64 (Standard Webhooks)
+    events: tuple[str, ...]
+
+    @property
+    def endpoint(self) -> str:
+        """A stable name for the endpoint's delivery state: its URL may move in the list."""
+        return hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     id: str
     name: str = ""
@@ -218,6 +250,8 @@ class AccountConfig:
     bounce_forward: str | None = None  # SPEC §15: DSNs about this account's mail are forwarded here
     own_ibans: tuple[str, ...] = ()
     tracking_hosts: tuple[str, ...] = ()
+    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
+    webhooks: tuple[WebhookConfig, ...] = ()
     # The recipient's pages (SPEC §6): the parent organisation's name, the account's logo and colour.
     parent_name: str = ""
     logo_url: str | None = None
@@ -279,6 +313,7 @@ class Config:
     dkim_keys: tuple[DkimKeyConfig, ...]
     logging: LoggingConfig
     accounts: tuple[AccountConfig, ...]
+    events: EventsConfig = EventsConfig()
     bounces: BouncesConfig = BouncesConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
@@ -623,6 +658,38 @@ def _hex_colour(key: str, value: Any) -> str:
     raise ConfigError(key, f"expected a colour as #rrggbb, got {text!r}")
 
 
+def _webhook_secret(key: str, value: Any) -> str:
+    secret = resolve_secret(key, value)
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if not secret.startswith("whsec_") or len(raw) < 16:
+        raise ConfigError(key, "expected whsec_ and at least 16 base64 bytes (or env:NAME holding one)")
+    return secret
+
+
+def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of tables ([[accounts.webhooks]]), got {_type_name(value)}")
+    hooks = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        data = _section(k, item, {"url": _str, "secret": _webhook_secret, "events": _str_list})
+        for name in ("url", "secret"):
+            if name not in data:
+                raise ConfigError(f"{k}.{name}", "missing")
+        if not data["url"].startswith(("https://", "http://")):
+            raise ConfigError(f"{k}.url", "expected an http:// or https:// URL")
+        unknown = [t for t in data.get("events", ()) if t not in EVENT_TYPES]
+        if unknown:
+            raise ConfigError(f"{k}.events", f"unknown event type {unknown[0]!r} (known: {', '.join(EVENT_TYPES)})")
+        hooks.append(WebhookConfig(data["url"], data["secret"], tuple(data.get("events") or DEFAULT_WEBHOOK_EVENTS)))
+    if len({h.url for h in hooks}) != len(hooks):
+        raise ConfigError(key, "webhook URLs must be unique within an account")
+    return tuple(hooks)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -650,6 +717,8 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "bounce_forward": _address,
                 "own_ibans": _ibans,
                 "tracking_hosts": _domains,
+                "api_keys": _admin_tokens,
+                "webhooks": _webhooks,
                 "parent_name": _str,
                 "logo_url": _page_asset_url,
                 "accent_color": _hex_colour,
@@ -662,6 +731,9 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
             raise ConfigError(f"{k}.domains", "an account needs at least one sender domain")
         if account.default_stream is not None and account.stream(account.default_stream) is None:
             raise ConfigError(f"{k}.default_stream", f"no stream {account.default_stream!r} in this account")
+        labels = [t.label for t in account.api_keys]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{k}.api_keys", "key labels must be unique within an account (the audit log names them)")
         accounts.append(account)
     ids = [a.id for a in accounts]
     dupes = {x for x in ids if ids.count(x) > 1}
@@ -747,7 +819,9 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 },
             )
         ),
-        "store": lambda k, v: StoreConfig(**_section(k, v, {"url": _store_url(base), "timeout": _num})),
+        "store": lambda k, v: StoreConfig(
+            **_section(k, v, {"url": _store_url(base), "timeout": _num, "shared": _bool})
+        ),
         "http": lambda k, v: HttpConfig(
             **_section(
                 k,
@@ -790,6 +864,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "retry_max_seconds": _num,
                     "give_up_after_hours": _num,
                     "poll_seconds": _num,
+                    "lease_seconds": _num,
                 },
             )
         ),
@@ -827,6 +902,20 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             )
         ),
         "accounts": _accounts,
+        "events": lambda k, v: EventsConfig(
+            **_section(
+                k,
+                v,
+                {
+                    "retention_days": _num,
+                    "webhook_timeout": _num,
+                    "webhook_retry_initial_seconds": _num,
+                    "webhook_retry_max_seconds": _num,
+                    "webhook_give_up_hours": _num,
+                    "webhook_poll_seconds": _num,
+                },
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -844,14 +933,21 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         dkim_keys=parsed.get("dkim", ()),
         logging=parsed.get("logging", LoggingConfig()),
         accounts=parsed.get("accounts", ()),
+        events=parsed.get("events", EventsConfig()),
         bounces=parsed.get("bounces", BouncesConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
     if config.smtp.tls_listen is not None and config.smtp.tls_cert is None:
         raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
+    if config.events.retention_days <= 0:
+        raise ConfigError("events.retention_days", "must be more than 0")
     if config.smtp.workers < 1:
         raise ConfigError("smtp.workers", "must be at least 1")
+    if config.store.shared and config.store.is_sqlite:
+        raise ConfigError("store.shared", "only a PostgreSQL store can be shared by several instances")
+    if config.outbox.lease_seconds <= 0:
+        raise ConfigError("outbox.lease_seconds", "must be more than 0")
     if config.http.public_listen is not None and not config.unsubscribe.secrets:
         raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
     if not config.unsubscribe.secrets:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.errors import StoreUnavailable
+from relay.events import decision_events
 from relay.log import get_logger, recipient_labels
 from relay.store.base import DecisionStore
 from relay.store.records import DecisionRecord, DeliveryRecord
@@ -15,8 +16,9 @@ _MAX_BUFFER = 500
 
 
 class DecisionRecorder:
-    def __init__(self, store: DecisionStore) -> None:
+    def __init__(self, store: DecisionStore, delivered_events_for: frozenset[str] = frozenset()) -> None:
         self.store = store
+        self.delivered_events_for = delivered_events_for  # accounts whose webhooks asked for `delivered`
         self._decisions: list[DecisionRecord] = []
         self._deliveries: list[DeliveryRecord] = []
         self._event = asyncio.Event()
@@ -63,7 +65,8 @@ class DecisionRecorder:
             decisions, self._decisions = self._decisions, []
             deliveries, self._deliveries = self._deliveries, []
             try:
-                await self.store.record(decisions, deliveries)
+                events = decision_events(decisions, deliveries, self.delivered_events_for)
+                await self.store.record(decisions, deliveries, events)
             except StoreUnavailable as exc:
                 # Keep them for the next flush rather than drop the audit trail.
                 self._decisions[:0] = decisions

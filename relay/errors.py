@@ -8,7 +8,9 @@
     │   └── NotFound           no such record
     ├── UpstreamError
     │   ├── UpstreamUnavailable  connect/TLS/timeout/4xx before acceptance: tempfail
+    │   │   └── UpstreamUncertain  the connection broke after the message was sent: maybe accepted
     │   └── UpstreamRejected     the upstream answered 5xx
+    ├── LeaseLost              an outbox copy is no longer ours to send
     └── ScannerUnavailable     clamd cannot be reached (tempfail unless configured to pass)
 """
 
@@ -53,8 +55,17 @@ class UpstreamUnavailable(UpstreamError):
     pass
 
 
+class UpstreamUncertain(UpstreamUnavailable):
+    """The whole message went out and then no answer came (timeout, connection lost): the upstream
+    may have accepted it. A retry may deliver a second copy, so this is logged and counted."""
+
+
 class UpstreamRejected(UpstreamError):
     pass
+
+
+class LeaseLost(RelayError):
+    """The outbox lease of a copy expired or passed to another process: it must not be sent."""
 
 
 class ScannerUnavailable(RelayError):

@@ -11,6 +11,8 @@ from relay.complaints_feature import ComplaintsFeature
 from relay.copies import CopyMaker
 from relay.dkim import DkimSigner
 from relay.dkim_keys import load_configured_keys
+from relay.http_events import EventsFeature
+from relay.webhooks import WebhooksFeature
 from relay.quarantine_service import QuarantineFeature
 from relay.signing import CopySigner
 from relay.unsubscribe import UnsubscribeFeature
@@ -30,6 +32,8 @@ async def install(relay: Any) -> list[Any]:
         features.append(BouncesFeature(relay, codec))
     features.append(ComplaintsFeature(relay))
     features.append(QuarantineFeature(relay.services))
+    features.append(EventsFeature(relay.services))
+    features.append(WebhooksFeature(relay.services))
     if config.malware.clamd:
         features.append(MalwareScan(relay))
     return features

@@ -71,6 +71,8 @@ class Helper:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.helper_child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C goes to the relay alone, which closes our pipe.
+            start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(FRAME.pack(len(self._setup)) + self._setup)

@@ -7,15 +7,22 @@ message content.
 
 from __future__ import annotations
 
-import pickle
 import signal
-import sys
+
+# Ctrl-C and a SIGTERM to the process group reach the relay too, which drains its sessions (using
+# us meanwhile) and then closes our stdin; EOF also ends us if the relay is killed. Set before the
+# imports below, so that a Ctrl-C while they load does not print a traceback either.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+import pickle  # noqa: E402
+import sys  # noqa: E402
 from typing import Any, BinaryIO, Callable
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import serialization  # noqa: E402
 
-from relay.dkim import sign_digest
-from relay.helper import FRAME
+from relay.dkim import sign_digest  # noqa: E402
+from relay.helper import FRAME  # noqa: E402
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
@@ -47,10 +54,6 @@ def handlers(setup: dict[str, Any]) -> dict[str, Callable[..., Any]]:
 
 
 def main() -> int:
-    # Ctrl-C and a SIGTERM to the process group reach the relay too, which drains its sessions
-    # (using us meanwhile) and then closes our stdin; EOF also ends us if the relay is killed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the frames
     setup = _read_frame(stdin)

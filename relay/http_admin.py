@@ -10,13 +10,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from relay.api_keys import ACCOUNT_KEYS, KEY, AccountKeys, check_route
 from relay.errors import StoreUnavailable
 from relay.http_common import ADMIN, SERVICES, json_error, json_response
 from relay.passwords import verify_password
 from relay.services import Services
 
 # Feature modules exposing add_routes(app); missing ones are features not built yet.
-ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.web.ui")
+ROUTE_MODULES = ("relay.http_consent", "relay.http_quarantine", "relay.http_complaints", "relay.http_events", "relay.web.ui")
 
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness", object)  # type: ignore[arg-type]
@@ -59,8 +60,12 @@ async def api_auth(request: web.Request, handler: Callable[[web.Request], Awaita
     if needs_token:
         token = bearer(request)
         label = await request.app[CHECKER].label_for(token) if token else None
+        key = await request.app[ACCOUNT_KEYS].key_for(token) if token and label is None else None
+        if key is not None:
+            check_route(request, key)
+            request[KEY], label = key, key.actor
         if label is None:
-            json_error(401, "unauthorized", "a valid admin bearer token is required")
+            json_error(401, "unauthorized", "a valid admin bearer token or account API key is required")
         request[ADMIN] = label
     try:
         return await handler(request)
@@ -105,6 +110,7 @@ def build_admin_app(services: Services, readiness: Readiness) -> web.Application
     app[SERVICES] = services
     app[READINESS] = readiness
     app[CHECKER] = TokenChecker(services)
+    app[ACCOUNT_KEYS] = AccountKeys(services.config)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

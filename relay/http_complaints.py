@@ -8,7 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.api_keys import key_account, scoped_account
 from relay.complaints import ComplaintNotOpen, ComplaintRefused, ComplaintService, complaint_as_dict
+from relay.store.complaints_base import Complaint
 from relay.errors import NotFound, UsageError
 from relay.http_common import admin_label, json_body, json_error, json_response, services_of
 
@@ -34,6 +36,15 @@ def _complaint_id(request: web.Request) -> int:
     if not text.isdigit():
         json_error(404, "not_found", f"no complaint {text}")
     return int(text)
+
+
+async def _own_complaint(request: web.Request, complaint_id: int) -> Complaint:
+    """The complaint, 404 when missing or (for an account key) another account's."""
+    complaint = await services_of(request).store.complaints.get(complaint_id)
+    own = key_account(request)
+    if complaint is None or (own is not None and complaint.account != own):
+        json_error(404, "not_found", f"no complaint {complaint_id}")
+    return complaint
 
 
 def _refused(exc: ComplaintRefused) -> web.HTTPException:
@@ -86,20 +97,19 @@ async def list_complaints(request: web.Request) -> web.Response:
     except ValueError:
         json_error(422, "invalid", "limit: expected an integer")
     items = await services_of(request).store.complaints.list(
-        open_only=open_only, account=request.query.get("account") or None, limit=limit
+        open_only=open_only, account=scoped_account(request, request.query.get("account") or None), limit=limit
     )
     return json_response({"items": [complaint_as_dict(c) for c in items]})
 
 
 async def get_complaint(request: web.Request) -> web.Response:
-    complaint = await services_of(request).store.complaints.get(_complaint_id(request))
-    if complaint is None:
-        json_error(404, "not_found", f"no complaint {request.match_info['id']}")
+    complaint = await _own_complaint(request, _complaint_id(request))
     return json_response(complaint_as_dict(complaint))
 
 
 async def ack_complaint(request: web.Request) -> web.Response:
     complaint_id = _complaint_id(request)
+    await _own_complaint(request, complaint_id)
     body = await json_body(request) if request.can_read_body else {}
     note = body.get("note")
     if not isinstance(note, str) or not note.strip():

@@ -14,6 +14,7 @@ from aiohttp import web
 from policies.consent_rows import CONSENT_FIELDS, InvalidRow, parse_email, parse_time
 from policies.facts import Suppression
 from policies.rules.consent import COMPLAINT, INTERACTION_KINDS, UNSUBSCRIBED
+from relay.api_keys import key_account, own_scope_only, scoped_account
 from relay.consent_import import ConsentRefused, account_scopes, add_consent
 from relay.errors import NotFound, StoreUnavailable, UsageError
 from relay.http_common import admin_label, json_body, json_error, json_response, services_of
@@ -67,7 +68,7 @@ def _param(request: web.Request, body: dict[str, Any] | None, name: str, *, requ
 
 
 def _account(services: Services, request: web.Request, body: dict[str, Any] | None = None) -> tuple[str, tuple[str, ...]]:
-    account_id = _param(request, body, "account", required=True)
+    account_id = scoped_account(request, _param(request, body, "account", required=key_account(request) is None))
     assert account_id is not None
     return account_id, account_scopes(services, account_id)  # NotFound -> 404
 
@@ -89,6 +90,7 @@ async def post_consent(request: web.Request) -> web.Response:
     if unknown:
         invalid(unknown[0], f"unknown field {unknown[0]!r}")
     values = {k: v for k, v in body.items() if k != "account"}
+    own_scope_only(request, values.get("scope") if isinstance(values.get("scope"), str) else None)
     result = await add_consent(services, values, account_id, actor=admin_label(request))
     return json_response(
         {"consent": consent_as_dict(result.record), "changed": result.changed}, status=201 if result.changed else 200
@@ -112,7 +114,8 @@ async def delete_consent(request: web.Request) -> web.Response:
     scope = _param(request, None, "scope")
     topic = _param(request, None, "topic")
     via = _param(request, None, "via") or f"api:{admin_label(request)}"
-    targets = [_scope_of(scopes, scope)] if scope else list(scopes)
+    own_scope_only(request, scope)
+    targets = [_scope_of(scopes, scope)] if scope else list(scopes[:1] if key_account(request) else scopes)
     now = services.clock.now()
     count = 0
     for target in targets:
@@ -163,7 +166,7 @@ async def list_suppressions(request: web.Request) -> web.Response:
     if not limit_text.isdigit() or not 0 < int(limit_text) <= MAX_LIST:
         invalid("limit", f"limit must be an integer from 1 to {MAX_LIST}")
     limit = int(limit_text)
-    if request.query.get("account"):
+    if request.query.get("account") or key_account(request):
         _, scopes = _account(services, request)
         items: list[Suppression] = []
         for scope in scopes:
@@ -185,6 +188,7 @@ async def post_suppression(request: web.Request) -> web.Response:
         invalid(unknown[0], f"unknown field {unknown[0]!r}")
     email = parse_email("email", body.get("email"))
     scope = _scope_of(scopes, _param(request, body, "scope"))
+    own_scope_only(request, scope)
     topic = _param(request, body, "topic") or "*"
     if any(c.isspace() for c in topic):
         invalid("topic", "a topic is one word without spaces")
@@ -218,6 +222,7 @@ async def delete_suppression(request: web.Request) -> web.Response:
     account_id, scopes = _account(services, request, body)
     email = parse_email("email", _param(request, body, "email", required=True))
     scope = _scope_of(scopes, _param(request, body, "scope"))
+    own_scope_only(request, scope)
     reason_text = _param(request, body, "reason")
     if reason_text is not None and reason_text not in REASONS:
         invalid("reason", "reason must be unsubscribed or complaint")

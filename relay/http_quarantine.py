@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from relay import quarantine_service as qs
+from relay.api_keys import check_owner, scoped_account
 from relay.errors import NotFound, StoreUnavailable, UsageError
 from relay.http_common import admin_label, json_body, json_error, json_response, services_of
 
@@ -87,7 +88,7 @@ async def list_quarantine(request: web.Request) -> web.Response:
     services = services_of(request)
     items, next_cursor = await qs.list_items(
         services,
-        account=request.query.get("account"),
+        account=scoped_account(request, request.query.get("account")),
         rule=request.query.get("rule"),
         since=_moment(request, "since"),
         before=_moment(request, "before"),
@@ -97,15 +98,21 @@ async def list_quarantine(request: web.Request) -> web.Response:
     return json_response({"items": [qs.item_summary(i) for i in items], "next": next_cursor})
 
 
+async def _own_item(request: web.Request, *, with_content: bool = False) -> qs.QuarantineItem:
+    item = await qs.get_item(services_of(request), request.match_info["id"], with_content=with_content)
+    check_owner(request, item.account, NotFound(f"no held quarantine item {item.id!r}"))
+    return item
+
+
 @_guarded
 async def get_quarantine(request: web.Request) -> web.Response:
-    item = await qs.get_item(services_of(request), request.match_info["id"])
+    item = await _own_item(request)
     return json_response(qs.item_detail(item))
 
 
 @_guarded
 async def get_raw(request: web.Request) -> web.Response:
-    item = await qs.get_item(services_of(request), request.match_info["id"], with_content=True)
+    item = await _own_item(request, with_content=True)
     return web.Response(
         body=item.content,
         content_type="message/rfc822",

@@ -49,8 +49,31 @@ class Metrics:
         self.outbox_attempts = Counter(
             p + "outbox_attempts_total", "Outbox delivery attempts", ["outcome"], registry=r
         )
+        self.outbox_uncertain = Counter(
+            p + "outbox_uncertain_total",
+            "Outbox attempts whose acceptance by the upstream is unknown (connection lost after the message "
+            "was sent, or its holder stopped during the send): a later delivery may be a second copy",
+            registry=r,
+        )
+        self.upstream_uncertain = Counter(
+            p + "upstream_uncertain_total",
+            "Upstream transactions that sent the whole message and then got no answer: maybe accepted",
+            registry=r,
+        )
+        self.outbox_lease_lost = Counter(
+            p + "outbox_lease_lost_total", "Outbox copies not sent because their lease had passed to another process",
+            registry=r,
+        )
         self.unsubscribes = Counter(p + "unsubscribes_total", "Unsubscribes by method", ["method"], registry=r)
         self.complaints = Counter(p + "complaints_total", "Complaints received", ["account"], registry=r)
+        self.webhook_deliveries = Counter(
+            p + "webhook_deliveries_total", "Webhook POSTs by result (ok: 2xx; failed: anything else)",
+            ["account", "result"], registry=r,
+        )
+        self.webhook_oldest_pending = Gauge(
+            p + "webhook_oldest_pending_seconds", "Age of the oldest event a webhook endpoint of the account has not had yet",
+            ["account"], registry=r, multiprocess_mode="max",
+        )
         self.bounces = Counter(
             p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
         )

@@ -6,13 +6,15 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from relay import replies
 from relay.config import UpstreamConfig
-from relay.errors import UpstreamRejected, UpstreamUnavailable
+from relay.errors import LeaseLost, UpstreamRejected, UpstreamUncertain, UpstreamUnavailable
+from relay.log import get_logger
 from relay.metrics import Metrics
 
 _IDLE_SECONDS = 30.0  # drop pooled connections idle longer than this (upstreams time out idle clients)
@@ -31,6 +33,16 @@ class UpstreamResult:
     @property
     def permanently_refused(self) -> tuple[str, ...]:
         return tuple(r for r, (code, _) in self.refused.items() if code >= 500)
+
+
+class Fence(Protocol):
+    """The outbox's proof that a copy is still its own to send (relay.outbox)."""
+
+    async def confirm(self) -> None:
+        """Just before DATA: raises LeaseLost when the copy is no longer ours (checked in the store)."""
+
+    def check(self) -> None:
+        """Just before the message itself goes out: raises LeaseLost when the confirmed lease has run out."""
 
 
 @dataclass
@@ -102,21 +114,31 @@ class Upstream:
         else:
             conn.client.close()
 
-    async def send(self, mail_from: str, recipients: Sequence[str], content: bytes) -> UpstreamResult:
-        """One upstream transaction. Raises UpstreamUnavailable (nothing accepted, try later) or
-        UpstreamRejected (5xx for the whole transaction)."""
+    async def send(
+        self, mail_from: str, recipients: Sequence[str], content: bytes, *, fence: Fence | None = None
+    ) -> UpstreamResult:
+        """One upstream transaction. Raises UpstreamUnavailable (nothing accepted, try later),
+        UpstreamUncertain (sent, then no answer: maybe accepted), UpstreamRejected (5xx for the whole
+        transaction) or, with a `fence`, LeaseLost (not sent: the copy is someone else's now)."""
         started = time.perf_counter()
         async with self._slots:
             for attempt in (1, 2):
                 conn, reused = await self._acquire()
                 try:
-                    result = await self._transaction(conn.client, mail_from, recipients, content)
+                    result = await self._transaction(conn.client, mail_from, recipients, content, fence)
                 except _StaleConnection as exc:
                     self._release(conn, False)
                     if reused and attempt == 1:
                         continue  # the pooled connection had died: nothing was sent, try a fresh one
                     self.last_error = str(exc)
                     raise UpstreamUnavailable(str(exc), 451) from exc
+                except UpstreamUncertain as exc:
+                    self._release(conn, False)
+                    self.last_error = str(exc)
+                    get_logger().warning("upstream_uncertain", error=str(exc), recipients=len(recipients))
+                    if self.metrics is not None:
+                        self.metrics.upstream_uncertain.inc()
+                    raise
                 except BaseException:
                     self._release(conn, False)
                     raise
@@ -128,7 +150,7 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], content: bytes
+        self, client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], content: bytes, fence: Fence | None
     ) -> UpstreamResult:
         options: list[str] = []
         encoding = "ascii"
@@ -180,8 +202,14 @@ class Upstream:
                 if all(code >= 500 for code in codes):
                     raise UpstreamRejected(f"upstream refused every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
                 raise UpstreamUnavailable(f"upstream deferred every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
-            response = await client.data(content)
-        except (UpstreamRejected, UpstreamUnavailable):
+            if fence is not None:
+                try:
+                    await fence.confirm()
+                except BaseException:
+                    await _reset(client)
+                    raise
+            response = await self._data(client, content, fence)
+        except (UpstreamRejected, UpstreamUnavailable, LeaseLost):
             raise
         except aiosmtplib.SMTPResponseException as exc:
             await _reset(client)
@@ -190,6 +218,32 @@ class Upstream:
             # The connection broke mid-transaction: the upstream has not confirmed acceptance.
             raise UpstreamUnavailable(f"upstream failed during the transaction: {exc}", 451) from exc
         return UpstreamResult(tuple(accepted), refused, f"{response.code} {response.message}")
+
+    async def _data(self, client: aiosmtplib.SMTP, content: bytes, fence: Fence | None) -> aiosmtplib.SMTPResponse:
+        """DATA in its two steps (aiosmtplib's `data` does both in one), so that a failure before the
+        message went out (nothing delivered) is told from one after it (maybe delivered)."""
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if fence is not None:
+            try:
+                fence.check()
+            except LeaseLost:
+                client.close()  # inside DATA: only a dropped connection is sure to discard the message
+                raise
+        payload = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message was sent")
+        protocol.write(payload)
+        try:
+            response = await protocol.read_response(timeout=self.config.timeout)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            client.close()
+            raise UpstreamUncertain(f"no answer from the upstream after the message was sent: {exc}", 451) from exc
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def probe(self) -> None:
         """Connect, NOOP, QUIT: raises UpstreamUnavailable when the upstream cannot be reached."""

@@ -135,8 +135,12 @@ class RecordingHandler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # lower-cased address -> reply
     data_reply: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # A slow but working upstream: each RCPT and the end of DATA answered after this many seconds.
+    delay: float = 0.0
 
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         reply = self.rcpt_replies.get(address.lower())
         if reply is not None:
             return reply
@@ -144,6 +148,8 @@ class RecordingHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.data_reply is not None:
             return self.data_reply
         with self.lock:

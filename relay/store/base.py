@@ -9,7 +9,9 @@ Store
 ├── audit       AuditStore          who did what, when, why
 ├── rates       RateStore           shared token buckets
 ├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
-└── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
+├── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
+├── events      EventStore          what each account must learn of, in order (events_store.py)
+└── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from typing import Iterable, Sequence
 from policies.facts import ConsentRecord, Suppression
 from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
+from relay.store.events_store import EventStore
+from relay.store.webhooks_store import WebhookStateStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
     DecisionRecord,
     DeliveryRecord,
+    Event,
     OutboxItem,
     QuarantineItem,
 )
@@ -77,7 +82,10 @@ class ConsentStore(abc.ABC):
 
 class DecisionStore(abc.ABC):
     @abc.abstractmethod
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None: ...
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[Event] = ()
+    ) -> None:
+        """Write the batch and the events that tell about it in one transaction."""
 
     @abc.abstractmethod
     async def reserve_ids(self, name: str, count: int) -> int:
@@ -97,19 +105,48 @@ class DecisionStore(abc.ABC):
 
 
 class OutboxStore(abc.ABC):
+    """Durable copies, each leased to one owner at a time. The lease is short and renewed while its
+    owner works (`renew`); `fence` proves it is still held immediately before a send and marks the
+    send as begun, so that a later claimer knows when the copy may have gone out already."""
+
     @abc.abstractmethod
     async def enqueue(self, items: Sequence[OutboxItem], *, now: float) -> list[int]:
         """Durably write the copies (committed before this returns)."""
 
     @abc.abstractmethod
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
-        """Lease due copies to `owner`; a copy is leased to one owner at a time."""
+        """Lease due copies to `owner`; a copy is leased to one owner at a time. A copy whose last
+        holder had begun a send and never recorded its outcome comes back with `interrupted_send`
+        (and one more `uncertain`)."""
+
+    @abc.abstractmethod
+    async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
+        """Extend the leases `owner` still holds; returns the ids still held."""
+
+    @abc.abstractmethod
+    async def fence(self, item_id: int, owner: str, *, now: float, lease_until: float) -> bool:
+        """True when `owner` still holds the copy: its lease is extended and its send marked begun."""
+
+    @abc.abstractmethod
+    async def release(self, item_ids: Sequence[int], owner: str) -> None:
+        """Give back leases whose copies were not sent (a graceful stop)."""
 
     @abc.abstractmethod
     async def delivered(self, item_id: int, owner: str) -> None: ...
 
     @abc.abstractmethod
-    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None: ...
+    async def retry_later(
+        self,
+        item_id: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        rcpt_tos: Sequence[str] | None = None,
+        uncertain: bool = False,
+    ) -> None:
+        """Back to the queue, for `rcpt_tos` only when given (the rest was delivered), counting an
+        uncertain attempt when the upstream may have accepted it."""
 
     @abc.abstractmethod
     async def give_up(self, item_id: int, owner: str, *, error: str) -> None: ...
@@ -205,6 +242,8 @@ class Store(abc.ABC):
     audit: AuditStore
     rates: RateStore
     complaints: ComplaintStore
+    events: EventStore
+    webhooks: WebhookStateStore
     bounces: BounceStore
 
     @abc.abstractmethod

@@ -16,10 +16,13 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 import asyncpg
 
 from policies.facts import ConsentRecord, Suppression
+from relay import events as ev
 from relay.errors import StoreUnavailable
 from relay.store.bounces import PostgresBounces
 from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
+from relay.store.webhooks_store import PostgresWebhookStates
+from relay.store.events_store import PostgresEvents, append_postgres
 from relay.store.postgres_schema import MIGRATIONS
 from relay.store.records import (
     AccountState,
@@ -45,7 +48,7 @@ from relay.store.rows import (
     decision_to_row,
     delivery_from_row,
     delivery_to_row,
-    outbox_from_row,
+    claimed_outbox,
     quarantine_from_row,
     split_quarantine_counts,
     suppression_from_row,
@@ -261,6 +264,7 @@ class PostgresAccountStates(base.AccountStateStore):
             await _insert_audit(
                 tx, AuditEntry(actor, f"account.{state.state}", state.account, note, {"state": state.state}, now)
             )
+            await append_postgres(tx, [ev.account_state_event(state, actor, note, now)])
 
 
 def _state_from_row(row: asyncpg.Record) -> AccountState:
@@ -373,17 +377,15 @@ class PostgresConsents(base.ConsentStore):
         return await self.db.write(sql, iso(at), email, list(scopes))
 
     async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool:
-        count = await self.db.write(
-            "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (email, scope, topic, reason) DO NOTHING",
-            suppression.scope,
-            suppression.email,
-            suppression.topic,
-            suppression.reason,
-            suppression.via,
-            note,
-            iso(suppression.created_at or utcnow()),
-        )
+        at = suppression.created_at or utcnow()
+        async with self.db.transaction() as tx:
+            count = _count(await tx.execute(
+                "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (email, scope, topic, reason) DO NOTHING",
+                suppression.scope, suppression.email, suppression.topic, suppression.reason, suppression.via, note, iso(at),
+            ))
+            if count > 0:
+                await append_postgres(tx, [ev.suppression_event(suppression, at, note=note)])
         return count > 0
 
     async def remove_suppression(self, scope: str, email: str, reason: str | None = None) -> int:
@@ -392,7 +394,14 @@ class PostgresConsents(base.ConsentStore):
         if reason:
             sql += " AND reason=$3"
             params.append(reason)
-        return await self.db.write(sql, *params)
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(sql + " RETURNING scope, email, topic, reason, via", *params)
+            now = utcnow()
+            await append_postgres(tx, [
+                ev.suppression_event(Suppression(r["email"], r["scope"], r["topic"], r["reason"], r["via"]), now, added=False)
+                for r in rows
+            ])
+        return len(rows)
 
     async def list_suppressions(self, scope: str | None = None, limit: int = 1000) -> list[Suppression]:
         if scope is None:
@@ -424,15 +433,22 @@ class PostgresDecisions(base.DecisionStore):
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
 
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[ev.Event] = ()
+    ) -> None:
         if not decisions and not deliveries:
             return
         # SQLite's INSERT OR REPLACE: a delivery id written again replaces the row (the last one wins).
         latest = {d.id: d for d in deliveries}
         decision_columns = [list(c) for c in zip(*map(decision_to_row, decisions))] or [[] for _ in range(11)]
         delivery_columns = [list(c) for c in zip(*map(delivery_to_row, latest.values()))] or [[] for _ in range(11)]
-        # One statement is one transaction and one round trip, on the path of every message.
-        await self.db.write(_RECORD, *decision_columns, *delivery_columns)
+        if not events:
+            # One statement is one transaction and one round trip, on the path of every message.
+            await self.db.write(_RECORD, *decision_columns, *delivery_columns)
+            return
+        async with self.db.transaction() as tx:
+            await tx.execute(_RECORD, *decision_columns, *delivery_columns)
+            await append_postgres(tx, events)
 
     async def reserve_ids(self, name: str, count: int) -> int:
         # One statement: the row lock taken by the upsert makes concurrent reservations queue.
@@ -506,36 +522,82 @@ class PostgresOutbox(base.OutboxStore):
 
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
         # SKIP LOCKED: a racing instance passes over rows another is leasing; the re-checked WHERE
-        # drops rows whose lease was committed after this statement's snapshot.
+        # drops rows whose lease was committed after this statement's snapshot. `was` is the
+        # sending mark before this claim cleared it.
         rows = await self.db.fetch(
-            "UPDATE outbox SET lease_owner=$1, lease_until=$2 WHERE id IN ("
-            "SELECT id FROM outbox WHERE status='pending' AND next_attempt_at <= $3 AND lease_until <= $3 "
-            "ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *",
+            "UPDATE outbox o SET lease_owner=$1, lease_until=$2, sending_since=0, "
+            "uncertain=o.uncertain + (CASE WHEN o.sending_since > 0 THEN 1 ELSE 0 END) FROM ("
+            "SELECT id, sending_since AS was FROM outbox WHERE status='pending' AND next_attempt_at <= $3 "
+            "AND lease_until <= $3 ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) s "
+            "WHERE o.id = s.id RETURNING o.*, o.uncertain - (CASE WHEN s.was > 0 THEN 1 ELSE 0 END) AS uncertain_before, "
+            "s.was",
             owner,
             float(now + lease_seconds),
             float(now),
             limit,
         )
         rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
-        return [outbox_from_row(r) for r in rows]
+        return [claimed_outbox({**dict(r), "uncertain": r["uncertain_before"]}, r["was"] > 0) for r in rows]
+
+    async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
+        if not item_ids:
+            return set()
+        rows = await self.db.fetch(
+            "UPDATE outbox SET lease_until=$1 WHERE lease_owner=$2 AND status='pending' AND id = ANY($3::bigint[]) "
+            "RETURNING id",
+            float(lease_until),
+            owner,
+            list(item_ids),
+        )
+        return {int(r["id"]) for r in rows}
+
+    async def fence(self, item_id: int, owner: str, *, now: float, lease_until: float) -> bool:
+        changed = await self.db.write(
+            "UPDATE outbox SET lease_until=$1, sending_since=$2 WHERE id=$3 AND lease_owner=$4 AND status='pending'",
+            float(lease_until),
+            float(now),
+            item_id,
+            owner,
+        )
+        return changed == 1
+
+    async def release(self, item_ids: Sequence[int], owner: str) -> None:
+        if item_ids:
+            await self.db.write(
+                "UPDATE outbox SET lease_owner='', lease_until=0 WHERE lease_owner=$1 AND id = ANY($2::bigint[])",
+                owner,
+                list(item_ids),
+            )
 
     async def delivered(self, item_id: int, owner: str) -> None:
         await self.db.write("DELETE FROM outbox WHERE id=$1 AND lease_owner=$2", item_id, owner)
 
-    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None:
+    async def retry_later(
+        self,
+        item_id: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        rcpt_tos: Sequence[str] | None = None,
+        uncertain: bool = False,
+    ) -> None:
         await self.db.write(
             "UPDATE outbox SET attempts=attempts+1, next_attempt_at=$1, last_error=$2, lease_owner='', "
-            "lease_until=0 WHERE id=$3 AND lease_owner=$4",
+            "lease_until=0, sending_since=0, uncertain=uncertain+$3, rcpt_tos=coalesce($4, rcpt_tos) "
+            "WHERE id=$5 AND lease_owner=$6",
             float(next_attempt_at),
             error[:1000],
+            int(uncertain),
+            None if rcpt_tos is None else json.dumps(list(rcpt_tos)),
             item_id,
             owner,
         )
 
     async def give_up(self, item_id: int, owner: str, *, error: str) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=$1, lease_owner='', lease_until=0 "
-            "WHERE id=$2 AND lease_owner=$3",
+            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=$1, lease_owner='', lease_until=0, "
+            "sending_since=0 WHERE id=$2 AND lease_owner=$3",
             error[:1000],
             item_id,
             owner,
@@ -543,6 +605,16 @@ class PostgresOutbox(base.OutboxStore):
 
     async def depth(self) -> int:
         return int(await self.db.fetchval("SELECT count(*) FROM outbox WHERE status='pending'") or 0)
+
+
+_EVENT_COLUMNS = "account, stream, relay_id, rcpt_tos, rules"
+
+
+def _quarantine_events(row: Any, status: str, audit: AuditEntry) -> list[ev.Event]:
+    return ev.quarantine_event(
+        status, row["account"], row["stream"], row["relay_id"], json.loads(row["rcpt_tos"]), json.loads(row["rules"]),
+        audit.actor, audit.at or utcnow(),
+    )
 
 
 class PostgresQuarantine(base.QuarantineStore):
@@ -619,17 +691,16 @@ class PostgresQuarantine(base.QuarantineStore):
 
     async def set_status(self, item_id: str, status: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as tx:
-            changed = _count(
-                await tx.execute(
-                    "UPDATE quarantine SET status=$1, content=CASE WHEN $1='deleted' THEN ''::bytea ELSE content END "
-                    "WHERE id=$2 AND status='held'",
-                    status,
-                    item_id,
-                )
+            row = await tx.fetchrow(
+                "UPDATE quarantine SET status=$1, content=CASE WHEN $1='deleted' THEN ''::bytea ELSE content END "
+                f"WHERE id=$2 AND status='held' RETURNING {_EVENT_COLUMNS}",
+                status,
+                item_id,
             )
-            if changed == 0:
+            if row is None:
                 return False
             await _insert_audit(tx, audit)
+            await append_postgres(tx, _quarantine_events(row, status, audit))
         return True
 
     async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
@@ -647,12 +718,14 @@ class PostgresQuarantine(base.QuarantineStore):
 
     async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as tx:
-            changed = _count(
-                await tx.execute("UPDATE quarantine SET status='released' WHERE id=$1 AND status='releasing'", item_id)
+            row = await tx.fetchrow(
+                f"UPDATE quarantine SET status='released' WHERE id=$1 AND status='releasing' RETURNING {_EVENT_COLUMNS}",
+                item_id,
             )
-            if changed == 0:
+            if row is None:
                 return False
             await _insert_audit(tx, audit)
+            await append_postgres(tx, _quarantine_events(row, "released", audit))
         return True
 
     async def count(self) -> int:
@@ -755,6 +828,8 @@ class PostgresStore(base.Store):
         self.audit = PostgresAudit(self.db)
         self.rates = PostgresRates(self.db)
         self.complaints = PostgresComplaints(self.db)
+        self.webhooks = PostgresWebhookStates(self.db)
+        self.events = PostgresEvents(self.db)
         self.bounces = PostgresBounces(self.db)
 
     async def open(self) -> None:

@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, ComplaintStore, RejectedReport
+from relay.events import complaint_event
+from relay.store.events_store import append_postgres
 from relay.store.records import DeliveryRecord, iso
 from relay.store.rows import delivery_from_row
 from relay.store.sqlite_complaints import COMPLAINT_COLUMNS, complaint_from_row, complaint_to_row, rejected_from_row
@@ -48,6 +50,7 @@ class PostgresComplaints(ComplaintStore):
                      "verified": complaint.verified, "spam_trap": complaint.spam_trap},
                 )
                 row = await tx.fetchrow(f"SELECT {_LIST_COLUMNS} FROM complaints WHERE id=$1", new_id)
+                await append_postgres(tx, [complaint_event(complaint, int(new_id))])
             else:
                 # Known report (perhaps ingested by another instance): ON CONFLICT waited for that insert
                 # to commit, and this next statement's snapshot sees it.

@@ -214,4 +214,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bounces_account ON bounces (account, id)",
         "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
     ),
+    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
+    (
+        f"""CREATE TABLE events (
+            account {_SORTED} NOT NULL,
+            seq BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            at {_SORTED} NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        f"CREATE TABLE event_seq (account {_SORTED} PRIMARY KEY, last BIGINT NOT NULL)",
+        f"""CREATE TABLE webhook_state (
+            account {_SORTED} NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+            failing_since DOUBLE PRECISION,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at DOUBLE PRECISION,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
+    ),
+    # 8: the outbox fence (issue 21); see schema.py.
+    (
+        "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
+    ),
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 
 def utcnow() -> datetime:
@@ -79,6 +81,12 @@ class OutboxItem:
     next_attempt_at: float = 0.0
     created_at: float = 0.0
     last_error: str = ""
+    # Attempts whose acceptance by the upstream is unknown (connection lost after the message was
+    # sent, or a holder that stopped during a send): a later delivery is then "maybe twice".
+    uncertain: int = 0
+    # Set by claim_due when the previous holder's lease ran out during a send (it was killed or
+    # lost the store): this attempt is uncertain from the start.
+    interrupted_send: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,3 +115,44 @@ class QuarantineItem:
     received_at: datetime
     status: str = "held"
     content: bytes = b""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    account: str
+    at: datetime
+    stream: str = ""
+    recipient: str = ""
+    relay_id: str = ""
+    message_id: str = ""
+    rule: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0  # given by the store when written
+
+    @property
+    def id(self) -> str:
+        """Unique and stable across deliveries: the webhook-id of the Standard Webhooks headers."""
+        return f"evt_{self.account}_{self.seq}"
+
+    def body(self) -> str:
+        """What the store keeps besides (account, seq, type, at)."""
+        return json.dumps(
+            {"stream": self.stream, "recipient": self.recipient, "relay_id": self.relay_id,
+             "message_id": self.message_id, "rule": self.rule, "detail": self.detail},
+            ensure_ascii=False, sort_keys=True, default=str,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of SPEC §17 (the feed, webhooks, `events tail --json`)."""
+        return {
+            "id": self.id, "type": self.type, "at": iso(self.at), "account": self.account, "stream": self.stream,
+            "recipient": self.recipient, "relay_id": self.relay_id, "message_id": self.message_id,
+            "rule": self.rule, "detail": self.detail, "cursor": str(self.seq),
+        }
+
+
+def event_from_row(account: str, seq: int, type_: str, at: datetime, body: str) -> Event:
+    data = json.loads(body)
+    return Event(type_, account, at, data.get("stream", ""), data.get("recipient", ""), data.get("relay_id", ""),
+                 data.get("message_id", ""), data.get("rule", ""), data.get("detail", {}), seq)

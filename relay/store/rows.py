@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -212,7 +213,17 @@ def outbox_from_row(row: Mapping[str, Any]) -> OutboxItem:
         next_attempt_at=row["next_attempt_at"],
         created_at=row["created_at"],
         last_error=row["last_error"],
+        uncertain=row["uncertain"],
     )
+
+
+def claimed_outbox(row: Mapping[str, Any], interrupted_send: bool) -> OutboxItem:
+    """A copy as its claimer sees it, from the row as it was before the claim: an interrupted
+    send counts as one more uncertain attempt (the claim wrote the same into the row)."""
+    item = outbox_from_row(row)
+    if not interrupted_send:
+        return item
+    return dataclasses.replace(item, interrupted_send=True, uncertain=item.uncertain + 1)
 
 
 def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:

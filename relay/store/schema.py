@@ -206,4 +206,39 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bounces_account ON bounces (account, id)",
         "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
     ),
+    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
+    (
+        """CREATE TABLE events (
+            account TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (account, seq)
+        )""",
+        "CREATE INDEX events_at ON events (at)",
+        "CREATE TABLE event_seq (account TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+        """CREATE TABLE webhook_state (
+            account TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            failing_since REAL,
+            last_error TEXT NOT NULL DEFAULT '',
+            disabled_at REAL,
+            lease_owner TEXT NOT NULL DEFAULT '',
+            lease_until REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, endpoint)
+        )""",
+    ),
+    # 8: the outbox fence (issue 21). `sending_since` is set when a holder's send to the upstream
+    # begins and cleared when its outcome is recorded: a claimer that finds it set knows the copy
+    # may have been accepted already. `uncertain` counts such attempts for the "maybe twice" log.
+    (
+        "ALTER TABLE outbox ADD COLUMN sending_since REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0",
+    ),
 )

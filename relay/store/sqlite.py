@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 import aiosqlite
 
 from policies.facts import ConsentRecord, Suppression
+from relay import events as ev
 from relay.errors import StoreUnavailable
 from relay.store.bounces import SqliteBounces
 from relay.store import base
@@ -44,11 +45,13 @@ from relay.store.rows import (
     decision_to_row,
     delivery_from_row,
     delivery_to_row,
-    outbox_from_row,
+    claimed_outbox,
     quarantine_from_row,
     split_quarantine_counts,
     suppression_from_row,
 )
+from relay.store.webhooks_store import SqliteWebhookStates
+from relay.store.events_store import SqliteEvents, append_sqlite
 from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
 
@@ -264,6 +267,7 @@ class SqliteAccountStates(base.AccountStateStore):
                 conn,
                 AuditEntry(actor, f"account.{state.state}", state.account, note, {"state": state.state}, now),
             )
+            await append_sqlite(conn, [ev.account_state_event(state, actor, note, now)])
 
 
 def _state_from_row(row: sqlite3.Row) -> AccountState:
@@ -363,20 +367,16 @@ class SqliteConsents(base.ConsentStore):
         return await self.db.write(sql, (stamp, email, *scopes))
 
     async def add_suppression(self, suppression: Suppression, *, note: str = "") -> bool:
-        count = await self.db.write(
-            "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) VALUES (?,?,?,?,?,?,?) "
-            "ON CONFLICT (email, scope, topic, reason) DO NOTHING",
-            (
-                suppression.scope,
-                suppression.email,
-                suppression.topic,
-                suppression.reason,
-                suppression.via,
-                note,
-                iso(suppression.created_at or utcnow()),
-            ),
-        )
-        return count > 0
+        at = suppression.created_at or utcnow()
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO suppressions (scope, email, topic, reason, via, note, created_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (email, scope, topic, reason) DO NOTHING",
+                (suppression.scope, suppression.email, suppression.topic, suppression.reason, suppression.via, note, iso(at)),
+            )
+            if cursor.rowcount > 0:
+                await append_sqlite(conn, [ev.suppression_event(suppression, at, note=note)])
+        return cursor.rowcount > 0
 
     async def remove_suppression(self, scope: str, email: str, reason: str | None = None) -> int:
         sql = "DELETE FROM suppressions WHERE scope=? AND email=?"
@@ -384,7 +384,14 @@ class SqliteConsents(base.ConsentStore):
         if reason:
             sql += " AND reason=?"
             params.append(reason)
-        return await self.db.write(sql, params)
+        async with self.db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(sql + " RETURNING scope, email, topic, reason, via", params))
+            now = utcnow()
+            await append_sqlite(conn, [
+                ev.suppression_event(Suppression(r["email"], r["scope"], r["topic"], r["reason"], r["via"]), now, added=False)
+                for r in rows
+            ])
+        return len(rows)
 
     async def list_suppressions(self, scope: str | None = None, limit: int = 1000) -> list[Suppression]:
         if scope is None:
@@ -410,8 +417,11 @@ class SqliteDecisions(base.DecisionStore):
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+    async def record(
+        self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[ev.Event] = ()
+    ) -> None:
         async with self.db.transaction() as conn:
+            await append_sqlite(conn, events)
             if decisions:
                 await conn.executemany(
                     "INSERT INTO decisions (relay_id, message_id, account, stream, mail_from, recipients, outcome, "
@@ -492,31 +502,82 @@ class SqliteOutbox(base.OutboxStore):
             )
             if rows:
                 await conn.executemany(
-                    "UPDATE outbox SET lease_owner=?, lease_until=? WHERE id=?",
+                    "UPDATE outbox SET lease_owner=?, lease_until=?, sending_since=0, "
+                    "uncertain=uncertain + (sending_since > 0) WHERE id=?",
                     [(owner, now + lease_seconds, r["id"]) for r in rows],
                 )
-        return [outbox_from_row(r) for r in rows]
+        return [claimed_outbox(r, r["sending_since"] > 0) for r in rows]
+
+    async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
+        if not item_ids:
+            return set()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                f"UPDATE outbox SET lease_until=? WHERE lease_owner=? AND status='pending' AND id IN ({_marks(len(item_ids))})",
+                (lease_until, owner, *item_ids),
+            )
+            rows = await conn.execute_fetchall(
+                f"SELECT id FROM outbox WHERE lease_owner=? AND status='pending' AND id IN ({_marks(len(item_ids))})",
+                (owner, *item_ids),
+            )
+        return {int(r[0]) for r in rows}
+
+    async def fence(self, item_id: int, owner: str, *, now: float, lease_until: float) -> bool:
+        changed = await self.db.write(
+            "UPDATE outbox SET lease_until=?, sending_since=? WHERE id=? AND lease_owner=? AND status='pending'",
+            (lease_until, now, item_id, owner),
+        )
+        return changed == 1
+
+    async def release(self, item_ids: Sequence[int], owner: str) -> None:
+        if item_ids:
+            await self.db.write(
+                f"UPDATE outbox SET lease_owner='', lease_until=0 WHERE lease_owner=? AND id IN ({_marks(len(item_ids))})",
+                (owner, *item_ids),
+            )
 
     async def delivered(self, item_id: int, owner: str) -> None:
         await self.db.write("DELETE FROM outbox WHERE id=? AND lease_owner=?", (item_id, owner))
 
-    async def retry_later(self, item_id: int, owner: str, *, next_attempt_at: float, error: str) -> None:
+    async def retry_later(
+        self,
+        item_id: int,
+        owner: str,
+        *,
+        next_attempt_at: float,
+        error: str,
+        rcpt_tos: Sequence[str] | None = None,
+        uncertain: bool = False,
+    ) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=?, lease_owner='', lease_until=0 "
-            "WHERE id=? AND lease_owner=?",
-            (next_attempt_at, error[:1000], item_id, owner),
+            "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=?, lease_owner='', lease_until=0, "
+            "sending_since=0, uncertain=uncertain+?, rcpt_tos=coalesce(?, rcpt_tos) WHERE id=? AND lease_owner=?",
+            (
+                next_attempt_at, error[:1000], int(uncertain), None if rcpt_tos is None else json.dumps(list(rcpt_tos)),
+                item_id, owner,
+            ),
         )
 
     async def give_up(self, item_id: int, owner: str, *, error: str) -> None:
         await self.db.write(
-            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=?, lease_owner='', lease_until=0 "
-            "WHERE id=? AND lease_owner=?",
+            "UPDATE outbox SET attempts=attempts+1, status='failed', last_error=?, lease_owner='', lease_until=0, "
+            "sending_since=0 WHERE id=? AND lease_owner=?",
             (error[:1000], item_id, owner),
         )
 
     async def depth(self) -> int:
         row = await self.db.fetchone("SELECT count(*) FROM outbox WHERE status='pending'")
         return int(row[0]) if row else 0
+
+
+_EVENT_COLUMNS = "account, stream, relay_id, rcpt_tos, rules"
+
+
+def _quarantine_events(row: Any, status: str, audit: AuditEntry) -> list[ev.Event]:
+    return ev.quarantine_event(
+        status, row["account"], row["stream"], row["relay_id"], json.loads(row["rcpt_tos"]), json.loads(row["rules"]),
+        audit.actor, audit.at or utcnow(),
+    )
 
 
 class SqliteQuarantine(base.QuarantineStore):
@@ -590,14 +651,15 @@ class SqliteQuarantine(base.QuarantineStore):
 
     async def set_status(self, item_id: str, status: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
+            rows = list(await conn.execute_fetchall(
                 "UPDATE quarantine SET status=?, content=CASE WHEN ?='deleted' THEN x'' ELSE content END "
-                "WHERE id=? AND status='held'",
+                f"WHERE id=? AND status='held' RETURNING {_EVENT_COLUMNS}",
                 (status, status, item_id),
-            )
-            if cursor.rowcount == 0:
+            ))
+            if not rows:
                 return False
             await _insert_audit(conn, audit)
+            await append_sqlite(conn, _quarantine_events(rows[0], status, audit))
         return True
 
     async def claim_release(self, item_id: str, at: datetime | None = None) -> QuarantineItem | None:
@@ -616,12 +678,14 @@ class SqliteQuarantine(base.QuarantineStore):
 
     async def finish_release(self, item_id: str, audit: AuditEntry) -> bool:
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE quarantine SET status='released' WHERE id=? AND status='releasing'", (item_id,)
-            )
-            if cursor.rowcount == 0:
+            rows = list(await conn.execute_fetchall(
+                f"UPDATE quarantine SET status='released' WHERE id=? AND status='releasing' RETURNING {_EVENT_COLUMNS}",
+                (item_id,),
+            ))
+            if not rows:
                 return False
             await _insert_audit(conn, audit)
+            await append_sqlite(conn, _quarantine_events(rows[0], "released", audit))
         return True
 
     async def count(self) -> int:
@@ -722,6 +786,8 @@ class SqliteStore(base.Store):
         self.audit = SqliteAudit(self.db)
         self.rates = SqliteRates(self.db)
         self.complaints = SqliteComplaints(self.db)
+        self.webhooks = SqliteWebhookStates(self.db)
+        self.events = SqliteEvents(self.db)
         self.bounces = SqliteBounces(self.db)
 
     async def open(self) -> None:

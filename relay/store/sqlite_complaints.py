@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, ComplaintStore, RejectedReport
+from relay.events import complaint_event
+from relay.store.events_store import append_sqlite
 from relay.store.records import DeliveryRecord, iso, parse_iso
 from relay.store.rows import delivery_from_row
 
@@ -83,6 +85,7 @@ class SqliteComplaints(ComplaintStore):
                      "verified": complaint.verified, "spam_trap": complaint.spam_trap},
                 )
                 rows = list(await conn.execute_fetchall(f"SELECT {_LIST_COLUMNS} FROM complaints WHERE id=?", (new_id,)))
+                await append_sqlite(conn, [complaint_event(complaint, new_id)])
             else:
                 rows = list(
                     await conn.execute_fetchall(

@@ -25,6 +25,7 @@ from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
 from relay.http_admin import CHECKER
+from relay.webhooks import disabled_notes
 from relay.http_common import services_of
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
@@ -566,9 +567,11 @@ async def accounts_page(request: web.Request, session: Session) -> web.Response:
     services = services_of(request)
     now = services.clock.now()
     rows = []
+    hook_states = await services.store.webhooks.states()
     for account in services.config.accounts:
         state = await services.store.accounts.get(account.id)
         paused = f" (paused streams: {', '.join(sorted(state.paused_streams))})" if state.paused_streams else ""
+        notes = disabled_notes(hook_states, account)
         form = Safe(
             f'<form method="post" action="/ui/accounts/{escape(account.id)}">'
             f'<input type="hidden" name="csrf" value="{escape(session.csrf)}">'
@@ -583,7 +586,8 @@ async def accounts_page(request: web.Request, session: Session) -> web.Response:
                 "tr",
                 join([
                     tag("td", Safe(f"<b>{escape(account.id)}</b><br><small class=\"muted\">{escape(account.name)}</small>")),
-                    tag("td", Safe(f"{tag('span', state.state, class_=f'state {state.state}')}{escape(paused)}")),
+                    tag("td", Safe(f"{tag('span', state.state, class_=f'state {state.state}')}{escape(paused)}"
+                                   + "".join(f"<br>{tag('small', n, class_='webhook disabled')}" for n in notes))),
                     tag("td", state.reason),
                     tag("td", _when(state.updated_at, now) if state.updated_at else "—", class_="when"),
                     tag("td", form),

@@ -21,7 +21,7 @@ class SlowDecisions:
         self.written: list[DecisionRecord] = []
         self.deliveries: list[DeliveryRecord] = []
 
-    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord]) -> None:
+    async def record(self, decisions: Sequence[DecisionRecord], deliveries: Sequence[DeliveryRecord], events: Sequence[object] = ()) -> None:
         self.writing.set()
         await self.release.wait()
         self.written += decisions

@@ -60,17 +60,22 @@ class Instance:
 
 
 def instance_config(tmp_path: Path, upstream_port: int, name: str, store_url: str, **overrides: object) -> Path:
+    store: dict[str, object] = {"url": store_url, **overrides.pop("store", {})}  # type: ignore[dict-item]
+    outbox: dict[str, object] = {
+        "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "poll_seconds": 0.05, **overrides.pop("outbox", {}),  # type: ignore[dict-item]
+    }
     data = config_dict(
         tmp_path,
         upstream_port,
-        store={"url": store_url},
+        store=store,
         http={
             "admin_listen": "127.0.0.1:0",
             "public_listen": "127.0.0.1:0",
             "public_base_url": "https://unsub.test",
             "admin_tokens": [{"label": "ops", "hash": ADMIN_HASH}],
+            **overrides.pop("http", {}),  # type: ignore[dict-item]
         },
-        outbox={"retry_initial_seconds": 0.05, "retry_max_seconds": 0.2, "poll_seconds": 0.05},
+        outbox=outbox,
         **overrides,
     )
     return write_config(tmp_path, data, name)
@@ -84,7 +89,10 @@ async def instances(
     running: list[ServeProcess] = []
 
     async def start() -> list[Instance]:
-        procs = [ServeProcess(instance_config(tmp_path, upstream.port, f"{n}.toml", pg_url)) for n in ("one", "two")]
+        procs = [
+            ServeProcess(instance_config(tmp_path, upstream.port, f"{n}.toml", pg_url, store={"shared": True}))
+            for n in ("one", "two")
+        ]
         running.extend(procs)
         started = await asyncio.gather(*(p.start() for p in procs))  # at once: their migrations race too
         return [Instance(p, s["smtp"], s["admin"], s["public"]) for p, (s,) in zip(procs, started)]
@@ -265,7 +273,7 @@ async def test_suspension_through_the_cli_is_seen_by_both_instances(
 async def test_two_workers_on_one_port_deliver_and_stop_cleanly(
     kind: str, tmp_path: Path, upstream: RecordingUpstream, pg_url: str
 ) -> None:
-    """`[smtp] workers = 2`: a supervisor and two worker processes on one port (SO_REUSEPORT)."""
+    """`[smtp] workers = 2`: a supervisor and two worker processes on one port (sockets bound by the parent)."""
     port = free_port()
     url = "sqlite:///var/relay.db" if kind == "sqlite" else pg_url
     relay = ServeProcess(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
+import structlog.testing
 
 from relay.config import OutboxConfig, StoreConfig, UpstreamConfig
 from relay.errors import UpstreamRejected, UpstreamUnavailable
@@ -18,7 +19,8 @@ from relay.services import Clock
 from relay.store import open_store_for
 from relay.store.base import Store
 from relay.store.records import OutboxItem
-from relay.upstream import UpstreamResult
+from relay.upstream import Upstream, UpstreamResult
+from tests.conftest import RecordingHandler, RecordingUpstream
 
 CONFIG = OutboxConfig(retry_initial_seconds=60, retry_max_seconds=600, give_up_after_hours=2, poll_seconds=0.1)
 
@@ -31,7 +33,10 @@ class FakeUpstream:
     sent: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     config: UpstreamConfig = field(default_factory=lambda: UpstreamConfig(timeout=5))
 
-    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes) -> UpstreamResult:
+    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes, fence: Any = None) -> UpstreamResult:
+        if fence is not None:  # as relay.upstream does: confirmed before DATA, checked before the message
+            await fence.confirm()
+            fence.check()
         self.sent.append((mail_from, tuple(recipients)))
         answer = self.answers.pop(0) if self.answers else UpstreamResult(tuple(recipients), {}, "250 ok")
         if isinstance(answer, Exception):
@@ -133,3 +138,46 @@ async def test_a_second_worker_does_not_take_leased_copies(store: Store) -> None
     assert len(claimed) == 1
     up = FakeUpstream()
     assert await worker(store, up, time).run_once() == 0 and up.sent == []
+
+
+# --- a real upstream that loses the connection after the message was sent ------------------------
+
+
+@dataclass
+class HangUpAfterData(RecordingHandler):
+    """Takes the message (the sink counts it), then drops the connection before answering."""
+
+    hang_ups: int = 1
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.hang_ups:
+            self.hang_ups -= 1
+            server.transport.abort()
+        return reply
+
+
+async def test_connection_lost_after_the_message_is_counted_and_the_redelivery_says_maybe_twice(store: Store) -> None:
+    sink = RecordingUpstream()
+    sink.handler = HangUpAfterData()
+    sink.start()
+    try:
+        time, metrics = Clocked(10_000), Metrics()
+        upstream = Upstream(UpstreamConfig(host="127.0.0.1", port=sink.port, starttls="off", timeout=5))
+        w = OutboxWorker(store.outbox, upstream, CONFIG, metrics, time.clock())
+        await store.outbox.enqueue([copy()], now=time.t)
+        with structlog.testing.capture_logs() as logs:
+            assert await w.run_once() == 1
+            assert len(sink.messages) == 1 and await store.outbox.depth() == 1  # sent, but not known to be
+            assert metrics.registry.get_sample_value("consent_relay_outbox_uncertain_total") == 1
+            time.t += 60
+            assert await w.run_once() == 1
+        await upstream.close()
+    finally:
+        sink.stop()
+    assert len(sink.messages) == 2 and await store.outbox.depth() == 0
+    (maybe,) = [e for e in logs if e["event"] == "outbox_maybe_delivered"]
+    assert "after the message was sent" in maybe["reason"]
+    (delivered,) = [e for e in logs if e["event"] == "outbox_delivered"]
+    assert delivered["maybe_twice"] is True and delivered["uncertain_attempts"] == 1
+    assert metrics.registry.get_sample_value("consent_relay_outbox_attempts_total", {"outcome": "uncertain"}) == 1

@@ -1,5 +1,6 @@
 """The per-account message rate (account.rate_limited, SPEC §4) is one token bucket in the store, so
-it holds across worker processes: real `consent-relay serve` processes sharing one SQLite file,
+it holds across processes: real `consent-relay serve` processes sharing one store (the workers of
+one serve on a SQLite file, two instances on a shared PostgreSQL),
 driven over SMTP, give exactly `rate_limit_per_minute` messages a minute between them."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Outcome, RecordingUpstream, ServeProcess, asend, config_dict, free_port, write_config
+from conftest import Outcome, RecordingUpstream, ServeProcess, asend, config_dict, free_port, pg_schema, write_config
 
 from relay.store.sqlite import SqliteStore
 
@@ -16,10 +17,12 @@ LIMIT = 3  # one token back every 20 s of wall time: far longer than the sends b
 NOW = 1_773_576_000.0
 
 
-def limited_config(tmp_path: Path, upstream: RecordingUpstream, name: str, **smtp: Any) -> Path:
+def limited_config(tmp_path: Path, upstream: RecordingUpstream, name: str, store: dict[str, Any] | None = None, **smtp: Any) -> Path:
     # Every config in tmp_path names the same file: sqlite:///var/relay.db is relative to the config.
     data = config_dict(tmp_path, upstream.port, account={"rate_limit_per_minute": LIMIT})
     data["smtp"].update(smtp)
+    if store is not None:
+        data["store"] = store
     return write_config(tmp_path, data, name)
 
 
@@ -27,10 +30,17 @@ def rate_limited(out: Outcome) -> bool:
     return out.final[0] == 451 and out.final[1].startswith("4.7.1 [account.rate_limited]")
 
 
-async def test_two_serve_processes_on_one_sqlite_file_share_the_limit(tmp_path: Path, upstream: RecordingUpstream) -> None:
+async def test_two_serve_processes_on_one_shared_postgresql_share_the_limit(tmp_path: Path, upstream: RecordingUpstream) -> None:
     # policy: platform (POLICY.md account.rate_limited: one rate per account, however many processes)
-    one = ServeProcess(limited_config(tmp_path, upstream, "one.toml"))
-    two = ServeProcess(limited_config(tmp_path, upstream, "two.toml"))
+    # Two `serve` on one SQLite file now refuse to start (issue 21): two hosts share a PostgreSQL
+    # store instead, and the workers of one serve share the SQLite file (the test below).
+    async with pg_schema() as url:
+        await _two_instances_share_the_limit(tmp_path, upstream, {"url": url, "shared": True})
+
+
+async def _two_instances_share_the_limit(tmp_path: Path, upstream: RecordingUpstream, store: dict[str, Any]) -> None:
+    one = ServeProcess(limited_config(tmp_path, upstream, "one.toml", store))
+    two = ServeProcess(limited_config(tmp_path, upstream, "two.toml", store))
     try:
         ports = [(await p.start())[0]["smtp"] for p in (one, two)]
         assert ports[0] != ports[1]
@@ -53,7 +63,7 @@ async def test_two_serve_processes_on_one_sqlite_file_share_the_limit(tmp_path: 
 
 
 async def test_serve_with_two_workers_shares_the_limit(tmp_path: Path, upstream: RecordingUpstream) -> None:
-    # policy: platform — `[smtp] workers = 2`: two processes on one port (SO_REUSEPORT), one SQLite file
+    # policy: platform — `[smtp] workers = 2`: two processes on one port (the parent's sockets), one SQLite file
     port = free_port()
     relay = ServeProcess(limited_config(tmp_path, upstream, "relay.toml", listen=f"127.0.0.1:{port}", workers=2))
     try:

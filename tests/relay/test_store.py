@@ -369,6 +369,36 @@ async def test_outbox_lease_retry_give_up_delivered(store: Store, second: Store)
     assert await store.outbox.enqueue([], now=1.0) == []
 
 
+async def test_outbox_renew_fence_release_and_an_interrupted_send(store: Store, second: Store) -> None:
+    ids = await store.outbox.enqueue([copy(1), copy(2), copy(3)], now=100.0)
+    claimed = await store.outbox.claim_due(now=100.0, owner="h1", lease_seconds=5, limit=10)
+    assert [c.id for c in claimed] == ids and not any(c.interrupted_send or c.uncertain for c in claimed)
+    # A renewed lease keeps the copies from another owner past the first deadline.
+    assert await store.outbox.renew(ids, "h1", lease_until=110.0) == set(ids)
+    assert await second.outbox.claim_due(now=108.0, owner="h2", lease_seconds=5, limit=10) == []
+    assert await second.outbox.renew(ids, "h2", lease_until=200.0) == set()  # not its copies
+    assert not await second.outbox.fence(ids[0], "h2", now=108.0, lease_until=113.0)
+    # Graceful stop: the unsent copies are given back at once, not at the end of the lease.
+    await store.outbox.release(ids[1:], "h1")
+    taken = await second.outbox.claim_due(now=109.0, owner="h2", lease_seconds=5, limit=10)
+    assert [c.id for c in taken] == ids[1:]
+    assert await second.outbox.renew(ids[1:], "h2", lease_until=1000.0) == set(ids[1:])
+    assert await store.outbox.renew(ids, "h1", lease_until=120.0) == {ids[0]}
+    # h1 begins a send of the first copy and dies: the next holder is told the send was interrupted.
+    assert await store.outbox.fence(ids[0], "h1", now=110.0, lease_until=115.0)
+    assert not await store.outbox.fence(ids[1], "h1", now=110.0, lease_until=115.0)
+    assert await second.outbox.claim_due(now=114.0, owner="h2", lease_seconds=5, limit=10) == []
+    (after,) = await second.outbox.claim_due(now=120.0, owner="h2", lease_seconds=5, limit=10)
+    assert (after.id, after.interrupted_send, after.uncertain) == (ids[0], True, 1)
+    # Its lease runs out again without a send begun: not interrupted, the count stays.
+    (again,) = await store.outbox.claim_due(now=126.0, owner="h1", lease_seconds=5, limit=10)
+    assert (again.interrupted_send, again.uncertain) == (False, 1)
+    # An uncertain attempt recorded by its holder, and the rest of the recipients kept alone.
+    await store.outbox.retry_later(ids[0], "h1", next_attempt_at=130.0, error="no answer", uncertain=True, rcpt_tos=["v@x.nl"])
+    (last,) = await store.outbox.claim_due(now=130.0, owner="h1", lease_seconds=5, limit=10)
+    assert (last.uncertain, last.rcpt_tos, last.attempts) == (2, ("v@x.nl",), 1)
+
+
 async def test_outbox_racing_owners_get_disjoint_copies(store: Store, second: Store) -> None:
     ids = await store.outbox.enqueue([copy(i) for i in range(150)], now=10.0)
     claims = await asyncio.gather(
@@ -718,6 +748,10 @@ async def main():
         print("ok", flush=True)
 
 asyncio.run(main())
+# A closed connection's thread ends just after close() returns; a leaked one never ends.
+for thread in threading.enumerate():
+    if thread is not threading.main_thread():
+        thread.join(10)
 print("threads left:", threading.active_count() - 1, flush=True)
 """
 _PROCESSES, _ROUNDS = 4, {"sqlite": 200, "postgresql": 10}

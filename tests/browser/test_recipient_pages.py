@@ -418,6 +418,9 @@ async def test_preferences_count_and_show_in_the_metrics(setup: Setup, upstream:
     assert record.revoked_via == "preferences"
     audit = await setup.relay.services.store.audit.list()
     assert [(e.action, e.target, e.detail["topic"]) for e in audit] == [("unsubscribe.preferences", "holding", "offers")]
+    # The application learns of it as of any unsubscribe: an `unsubscribed` event (SPEC §17).
+    events = [e for e in await setup.relay.services.store.events.after("holding", 0, 100) if e.recipient == ANNA]
+    assert [(e.type, e.detail["topic"], e.detail["via"]) for e in events] == [("unsubscribed", "offers", "preferences")]
 
 
 # --- a link scanner ------------------------------------------------------------------------

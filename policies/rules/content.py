@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from policies import _speedups
@@ -47,8 +47,13 @@ SHOUTING_MIN_LETTERS = 12
 SHOUTING_UPPER_SHARE = 0.7
 
 
-def shouting(subject: str) -> bool:
-    """Mostly capitals over enough letters: acronyms in a normal subject are not shouting."""
+def shouting(subject: str, own: Iterable[str] = ()) -> bool:
+    """Mostly capitals over enough letters: acronyms in a normal subject are not shouting. The
+    sender's own name and domains (`own`), which mastheads write in capitals ("SOURCEFORGE.NET
+    UPDATE: August 14, 2002"), are its brand, not raised voice, and are left out of the count."""
+    for name in own:
+        if name and name.lower() in subject.lower():
+            subject = re.sub(re.escape(name), " ", subject, flags=re.I)
     letters = [c for c in subject if c.isalpha()]
     if len(letters) < SHOUTING_MIN_LETTERS:
         return False
@@ -75,7 +80,8 @@ def misleading_subject(facts: MessageFacts) -> Hit | None:
             "The subject pretends to be a reply or forward but the message has no In-Reply-To or References",
             evidence=prefix.group(1),
         )
-    if shouting(subject):
+    account = facts.account
+    if shouting(subject, (*sorted(account.domains, key=len, reverse=True), account.name)):
         return Hit("The subject is shouting (mostly capitals)", evidence=subject[:80])
     run = _PUNCTUATION_RUN.search(subject)
     if run is not None:
@@ -117,14 +123,39 @@ def hateful(facts: MessageFacts) -> Hit | None:
     stage=Stage.MESSAGE,
 )
 def adult(facts: MessageFacts) -> Hit | None:
-    """Never hits for an account with `allow_adult` ("tenzij specifiek overeengekomen")."""
+    """Never hits for an account with `allow_adult` ("tenzij specifiek overeengekomen").
+
+    The clause bans erotic or pornographic *content*. The bare name of the subject ("porn",
+    "porno", "pornography": `_NAMING_ADULT`) with no other term of the list, not in the subject and
+    mentioned less than once per `_NAMING_SPAN` characters of text is a passing mention in a long
+    newsletter talking about it ("so that bad guys won't use your FTP server to distribute porno",
+    an anti-spam ad "irritated with porn … in your mailbox?"), not such content. A short mail
+    naming it, or naming it often, is about it."""
     message = facts.message
     if message is None or facts.account.allow_adult:
         return None
     term = _body_term(message, "adult", facts.params)
     if term is None:
         return None
+    if fold(term) in _NAMING_ADULT and _passing_mention(message, facts.params):
+        return None
     return Hit("The message contains erotic or pornographic content", evidence=term)
+
+
+# Words that name the subject rather than show it (en, nl, de), and the length of text one such
+# mention may stand in without making the mail about it (content.adult).
+_NAMING_ADULT = frozenset({"porn", "porno", "pornos", "pornography", "pornografie"})
+_NAMING_SPAN = 5000
+
+
+def _passing_mention(message: ParsedMessage, params: Mapping[str, Any]) -> bool:
+    words = wordlist("adult", params)
+    terms = words.find_all(message.folded_text, message.words)
+    if not set(map(fold, terms)) <= _NAMING_ADULT or words.search(message.subject) is not None:
+        return False
+    folded = message.folded_text
+    mentions = len(re.findall(r"\b(?:%s)\b" % "|".join(map(re.escape, map(fold, terms))), folded))
+    return mentions * _NAMING_SPAN < len(folded)
 
 
 # --- fraud and illegal offers --------------------------------------------------------------------
@@ -385,6 +416,20 @@ def shown_host(text: str) -> str:
     return normalise_host(match.group(1)) if match else ""
 
 
+def _behind_other_text(message: ParsedMessage, host: str) -> bool:
+    """Some link to `host` shows the reader something else than that host: words ("Bekijk uw
+    pakket", "CLICK HERE"), another address or an image. A URL written out as itself
+    (http://tinyurl.com/10kz, http://63.115.136.15/go/x.html, as text or as its own anchor text)
+    hides nothing: the reader sees where it leads."""
+    text = message.text
+    for link in message.links:
+        if href_host(link.href) != host:
+            continue
+        if host not in (link.text or text[link.start : link.end]).lower():
+            return True
+    return False
+
+
 @rule(
     "content.deceptive_links",
     "A link shows one address and leads to another, to a bare IP address or to a look-alike of the sender's domain.",
@@ -397,10 +442,12 @@ def deceptive_links(facts: MessageFacts) -> Hit | None:
     - whose anchor text is a web address with another registrable domain than its real target,
       unless the target is a click-tracking host (shipped `tracking_hosts` list, the site's additions,
       the account's `tracking_hosts`): platforms redirect through their own host;
-    - to an IP-literal host (http://192.0.2.7/login);
+    - to an IP-literal host (http://192.0.2.7/login) behind text that does not show it ("Log in");
     - to a look-alike of one of the account's own domains (arnazon.com, amazon-login.com, paypa1.nl);
-    - through a public URL shortener (`url_shorteners` list: is.gd, t.co, …), which hides the real
-      destination, unless the account lists the shortener among its tracking hosts.
+    - through a public URL shortener (`url_shorteners` list: is.gd, t.co, …) behind text that does
+      not show it ("Bekijk waar uw pakket zich bevindt"), unless the account lists the shortener
+      among its tracking hosts. A URL written out as itself, as newsletters of link digests do
+      (http://tinyurl.com/10kz), shows the reader where it leads and is not deceptive.
     """
     message = facts.message
     if message is None:
@@ -419,13 +466,15 @@ def deceptive_links(facts: MessageFacts) -> Hit | None:
         if not host:
             continue
         if ip_literal(host):
-            return Hit("A link leads to a bare IP address instead of a domain", evidence=host)
+            if _behind_other_text(message, host):
+                return Hit("A link leads to a bare IP address its text does not show", evidence=host)
+            continue
         imitated = lookalike(host, own)
         if imitated is not None:
             return Hit(f"A link leads to a look-alike of the sender's domain {imitated}", evidence=host)
         if shorteners is None:
             shorteners = _listed_hosts("url_shorteners", _SHORTENER_SETS, facts.params)
-        if host in shorteners and host not in facts.account.tracking_hosts:
+        if host in shorteners and host not in facts.account.tracking_hosts and _behind_other_text(message, host):
             return Hit("A link hides its destination behind a public URL shortener", evidence=host)
     texts = next(itertools.islice(zip(*links), 1, None))  # the anchor texts, transposed in C
     if "." not in "\n".join(texts):  # most anchors show no address at all

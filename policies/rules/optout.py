@@ -23,6 +23,10 @@ _LINK_SCHEMES = ("http://", "https://", "mailto:", "www.")
 # Not "?" or ":": "Keine Lust mehr? Hier abmelden" and "Afmelden: klik hier" introduce the link.
 _SENTENCE_END = re.compile(r"[.!](?:\s|$)|\s[|•·]\s|\n\s*\n")
 _LIST_UNSUBSCRIBE_URL = re.compile(r"<\s*([^<>\s]+)\s*>")
+# An e-mail address written out in the visible text (not a link): "To unsubscribe send a blank email
+# to leave-news-123K@lists.example.com". Unsubscribing by a reply e-mail is free and needs no login
+# or questionnaire, so it is an opt-out in the sense of M-opt-out and E-afmeldproces.
+_ADDRESS = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}", re.I | re.A)
 
 
 def has_placeholder(message: ParsedMessage, placeholder: str) -> bool:
@@ -119,7 +123,37 @@ def unsubscribe_link(message: ParsedMessage, words: WordList) -> str | None:
     for link in _candidates(message, words):
         if link_visible(message, link):
             return link.href
+    return unsubscribe_address(message, words)
+
+
+def unsubscribe_address(message: ParsedMessage, words: WordList) -> str | None:
+    """A "mailto:" target for an e-mail address written out in the visible text whose sentence says
+    unsubscribe ("To unsubscribe send a blank email to leave-…@…", "To be removed from this list,
+    send an email to …"), or None. Text is visible as it is rendered, so no style check applies."""
+    text = message.text
+    if "@" not in text:
+        return None
+    ordered = sorted((link for link in message.links if link.end > link.start), key=lambda link: link.start)
+    starts = [link.start for link in ordered]
+    found = [m for m in _ADDRESS.finditer(text) if not _inside_link(ordered, starts, m.start())]
+    if not found:
+        return None
+    windows = [text[max(0, m.start() - NEAR) : m.end() + NEAR] for m in found]
+    if words.search("\n\n".join(windows)) is None:
+        return None
+    for m in found:
+        address = Link(f"mailto:{m.group()}", "", m.start(), m.end())
+        if words.search(_sentence(text, address, ordered, starts)) is not None:
+            return address.href
     return None
+
+
+def _inside_link(ordered: Sequence[Link], starts: Sequence[int], at: int) -> bool:
+    """The address is part of a link's text or URL (a mailto: link is judged as a link); `ordered`
+    are the links by start, `starts` their starts. Links do not nest, so the one that starts last
+    before `at` is the only one that can hold it."""
+    i = bisect.bisect_right(starts, at) - 1
+    return i >= 0 and at < ordered[i].end
 
 
 # --- visibility of one link, from the inline styles of its anchor and of the element around it ---

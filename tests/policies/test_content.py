@@ -99,6 +99,16 @@ def test_misleading_subject_near_misses_pass(subject: str) -> None:
     assert misleading_subject.check(facts(mail(subject=subject))) is None
 
 
+def test_the_senders_own_name_or_domain_in_masthead_capitals_is_not_shouting() -> None:
+    # policy: clang E-misleiden — "SOURCEFORGE.NET UPDATE: August 14, 2002" (a real newsletter of
+    # tests/corpus/real): the brand in capitals is the masthead, not a raised voice
+    assert misleading_subject.check(facts(mail(subject="SHOP.EXAMPLE UPDATE: August 14, 2002"))) is None
+    assert misleading_subject.check(facts(mail(subject="SHOP NIEUWS: de zomercollectie is binnen"))) is None
+    # another sender's domain, or the brand with the rest of the subject shouting, still shouts
+    assert misleading_subject.check(facts(mail(subject="OTHER.EXAMPLE UPDATE: August 14, 2002"))) is not None
+    assert misleading_subject.check(facts(mail(subject="SHOP: UW ACCOUNT WORDT GEBLOKKEERD"))) is not None
+
+
 # --- content.hateful --------------------------------------------------------------------------
 
 
@@ -138,6 +148,19 @@ def test_adult_content_allowed_for_account_with_allow_adult() -> None:
 def test_adult_near_miss_words_containing_terms() -> None:
     # policy: mailpro M-code-of-conduct — "Middlesex", "seksuele voorlichting", "Essex" are no adult content
     assert adult.check(facts(body("Onze winkels in Middlesex en Essex; brochure seksuele voorlichting."))) is None
+
+
+def test_adult_a_passing_mention_in_a_long_newsletter_is_no_adult_content() -> None:
+    # policy: mailpro M-code-of-conduct (erotisch of pornografisch *content*) — WinXPnews (tests/corpus/real):
+    # "... bad guys won't be able to use it to distribute porno and bootlegged software"
+    article = "Stop and restart the FTP Server to apply the new permissions on the folder. " * 80
+    passing = f"{article}\nNow bad guys won't be able to use it to distribute porno and bootlegged software.\n{article}"
+    assert adult.check(facts(body(passing))) is None
+    # the same word in a short mail, in the subject, often, or next to another term is about it
+    assert adult.check(facts(body("Gratis porno, elke dag nieuw."))) is not None
+    assert adult.check(facts(mail(subject="Porno", text=f"{passing}\n{FOOTER_TEXT}{UNSUB}"))) is not None
+    assert adult.check(facts(body(passing + " porno" * 12))) is not None
+    assert adult.check(facts(body(f"{passing}\nWebcam girls live."))) is not None
 
 
 # --- content.infringing_links -----------------------------------------------------------------

@@ -51,6 +51,20 @@ def test_honest_links_pass(anchor: str) -> None:
     assert deceptive_links.check(facts(html(anchor))) is None
 
 
+@pytest.mark.parametrize("raw", [
+    mail(text="IBM to Cut Over 15,000 Employees (AP)\nhttp://tinyurl.com/10kz\n\nAfmelden: {{unsubscribe_url}}"),
+    html('<a href="http://tinyurl.com/10kz">http://tinyurl.com/10kz</a>'),
+    mail(text="Visit our sponsor: http://63.115.136.15/go/infoworld/4524953.html\n\nAfmelden: {{unsubscribe_url}}"),
+])
+def test_a_shortener_or_ip_link_written_out_as_itself_hides_nothing(raw: bytes) -> None:
+    # policy: mailpro M-code-of-conduct — Media Unspun and InfoWorld (tests/corpus/real) print such URLs as
+    # they are; the reader sees where they lead. Behind words ("Bekijk waar uw pakket ...", "Log in") they
+    # stay deceptive (test_deceptive_links_hit).
+    assert deceptive_links.check(facts(raw)) is None
+    both = html('<a href="http://tinyurl.com/10kz">http://tinyurl.com/10kz</a> <a href="http://tinyurl.com/10kz">Bekijk</a>')
+    assert deceptive_links.check(facts(both)) is not None
+
+
 def test_the_accounts_own_tracking_host_is_not_deceptive() -> None:
     # policy: mailpro M-code-of-conduct — click tracking of the account's platform, configured per account
     raw = html('<a href="https://t2d857ce9.emailsys2a.net/c/1/2">www.shop.example</a>')

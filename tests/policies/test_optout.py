@@ -59,6 +59,21 @@ def test_plain_text_wording_next_to_a_url_passes() -> None:
 
 
 @pytest.mark.parametrize("raw", [
+    text_mail("---\nTo unsubscribe send a blank email to leave-news-1234K@lists.shop.example"),
+    text_mail('To unsubscribe from all mailing lists, send an email to\nalerts@shop.example with "Remove" as the subject.'),
+    html_mail("<tt>To unsubscribe from this group, send an email to:<br>news-unsubscribe@shop.example</tt>"),
+    text_mail("To be removed from this list, use this link:\nhttps://shop.example/remove.cfm?x=1"),
+])
+def test_unsubscribing_by_e_mail_to_an_address_written_out_passes(raw: bytes) -> None:
+    # policy: mailpro M-opt-out ("gratis en eenvoudig", no questionnaire, no login), clang E-afmeldproces —
+    # a blank e-mail to the list's leave- address is free, simple and needs no login (real 2002 newsletters
+    # of tests/corpus/real: LinuxPlanet, Ryanair, EFFector, Media Unspun)
+    assert missing.check(facts(raw)) is None
+
+
+@pytest.mark.parametrize("raw", [
+    # an address with no unsubscribe wording in its sentence
+    text_mail("Vragen? Mail naar info@shop.example. Afmelden kan helaas niet."),
     # the wording without any link
     text_mail("Afmelden kan door te antwoorden met STOP."),
     # the wording far away from the only link

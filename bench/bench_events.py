@@ -1,4 +1,4 @@
-"""`python -m bench.bench_events [--events N] [--postgres URL]`: the event feed's read rate (SPEC §17)
+"""`python -m bench.bench_events [--events N] [--postgres URL]`: the event feed's read rate (docs/SPEC.md §17)
 with N events (default 1,000,000) of one account in the store: the whole feed read page by page,
 through the store and through `GET /api/events` (limit 1000) on a real admin listener.
 """

@@ -31,7 +31,7 @@ def relay_config(
     overrides: Mapping[str, Any] | None = None,
     webhooks: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The config as a dict (SPEC §12 shape); `overrides` is deep-merged over it last.
+    """The config as a dict (docs/SPEC.md §12 shape); `overrides` is deep-merged over it last.
 
     The store is the SQLite file `store_path`, or `store_url` (a postgresql:// URL) when given."""
     if store_url is None:

@@ -12,7 +12,7 @@ relay-webhooks (a webhook for every event type, `delivered` included: an event w
 copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 204),
 relay-webhooks-default (the same webhook with the default types: every one but `delivered`),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
-scale-out pair (SPEC §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
+scale-out pair (docs/SPEC.md §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
 a load balancer would; the load is split over two smtp-source processes, one per instance), compared
 with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from policies.addresses import InvalidAddress, normalize_address
+from policies.addresses import InvalidAddress, parse_mailbox
 from policies.facts import ConsentRecord
 from policies.rules.consent import BASES, SOURCES
 
-# Every field of SPEC §5; `id` belongs to the store.
+# Every field of docs/SPEC.md §5; `id` belongs to the store.
 CONSENT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ConsentRecord) if f.name != "id")
 TIME_FIELDS = frozenset(
     {"collected_at", "confirmed_at", "last_purchase_at", "last_interaction_at", "revoked_at", "created_at", "updated_at"}
@@ -33,11 +33,31 @@ FUTURE_TOLERANCE = timedelta(days=1)
 _TRUE = frozenset({"true", "1", "yes", "y"})
 _FALSE = frozenset({"false", "0", "no", "n", ""})
 # Fast paths for the common shapes; anything else takes the general (slower) path.
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
+# A dot-string local part not starting like a spreadsheet formula, at a host name: valid as it is.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_ADDRESS = re.compile(
+    rf"(?=[^=+@-])(?=[^@]{{1,64}}@){_ATOM}+(?:\.{_ATOM}+)*@{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?"
+)
 _IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
 _WORD = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")
 _BASES = frozenset(BASES)
 _SOURCES = frozenset(SOURCES)
+
+
+# What a spreadsheet runs as a formula when a cell begins with it (OWASP "CSV injection").
+FORMULA_START = frozenset("=+-@\t\r")
+
+
+def looks_like_formula(value: str) -> bool:
+    """True when a spreadsheet would run this cell (leading spaces do not stop `=`)."""
+    first = value[:1]
+    return first in FORMULA_START or (first.isspace() and value.lstrip()[:1] in FORMULA_START)
+
+
+def refuse_formula(column: str, value: str) -> None:
+    if looks_like_formula(value):
+        raise InvalidRow(column, f"starts like a spreadsheet formula ({_show(value.lstrip(' ')[:1])}): {_show(value)}")
 
 
 class InvalidRow(ValueError):
@@ -108,14 +128,18 @@ def parse_time(column: str, value: Any, now: datetime | None = None) -> datetime
 
 
 def parse_email(column: str, value: Any) -> str:
+    """A valid RFC 5321 mailbox (IDNA domains allowed), normalised; InvalidRow otherwise."""
     if isinstance(value, str) and len(value) <= 254 and _PLAIN_ADDRESS.fullmatch(value):
         return value.lower()
     if not isinstance(value, str) or not value.strip():
         raise InvalidRow(column, "an e-mail address is required")
     if len(value) > 320 or any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise InvalidRow(column, f"not an e-mail address: {_show(value)}")
+    text = value.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
     try:
-        address = normalize_address(value)
+        address = parse_mailbox(text)
     except InvalidAddress as exc:
         raise InvalidRow(column, str(exc)) from None
     if len(address) > 254 or len(address.rpartition("@")[0]) > 64:
@@ -247,17 +271,20 @@ class RowParser:
         self._memo: dict[str, dict[str, Any]] = {name: {} for name in self.columns if name != "email"}
 
     def parse(self, values: Sequence[str]) -> ConsentRecord:
-        """`values` in column order (the caller has checked their count). Raises InvalidRow."""
+        """`values` in column order (the caller has checked their count). Raises InvalidRow, also
+        for a cell a spreadsheet would run as a formula (the file came from one, and goes back)."""
         kwargs: dict[str, Any] = {}
         memos, scopes, now = self._memo, self.scopes, self.now
         for name, raw in zip(self.columns, values):
             memo = memos.get(name)
             if memo is None:
+                refuse_formula(name, raw)
                 kwargs[name] = _convert(name, raw, scopes, now)
                 continue
             try:
                 kwargs[name] = memo[raw]
             except KeyError:
+                refuse_formula(name, raw)  # only values that passed are remembered
                 value = kwargs[name] = _convert(name, raw, scopes, now)
                 if len(memo) < self.MEMO_LIMIT:
                     memo[raw] = value

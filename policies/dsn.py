@@ -1,4 +1,4 @@
-"""Delivery status notifications (SPEC §15): RFC 3464 reports read field by field, the common
+"""Delivery status notifications (docs/SPEC.md §15): RFC 3464 reports read field by field, the common
 non-standard bounce formats of large MTAs through flufl.bounce (GNU Mailman's detectors), and
 what a recipient's status means for the list: hard, an other permanent failure, or soft.
 Pure parsing and classification; anything unreadable raises MalformedDsn(reason)."""

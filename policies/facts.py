@@ -50,7 +50,7 @@ class AccountFacts:
 
 @dataclass(frozen=True)
 class ConsentRecord:
-    """One consent, keyed by (scope, email, topic), with the provenance of SPEC §5."""
+    """One consent, keyed by (scope, email, topic), with the provenance of docs/SPEC.md §5."""
 
     email: str
     scope: str
@@ -113,5 +113,5 @@ class MessageFacts:
     stream_requested: str | None = None  # the X-Relay-Stream value, if it named an unknown one
     message: ParsedMessage | None = None
     client_permitted: bool = True  # authenticated or inside trusted_networks
-    # MAIL FROM:<> from an account: a delivery status notification its own MTA generated (SPEC §15)
+    # MAIL FROM:<> from an account: a delivery status notification its own MTA generated (docs/SPEC.md §15)
     null_sender: bool = False

@@ -20,7 +20,7 @@ class Rule:
     before_data: bool = False
     # applies to marketing streams only (consent, opt-out)
     marketing_only: bool = False
-    # skipped for a delivery status notification (null sender) from an account's own MTA (SPEC §15):
+    # skipped for a delivery status notification (null sender) from an account's own MTA (docs/SPEC.md §15):
     # a bounce is not the account's own mail, so its identity rules do not apply
     skip_for_null_sender: bool = False
 

@@ -1,4 +1,4 @@
-"""Account API keys (SPEC §17): a bearer that acts for one account only.
+"""Account API keys (docs/SPEC.md §17): a bearer that acts for one account only.
 
 An admin token keeps every right. An account key may use only the routes of ACCOUNT_ROUTES
 (anything else: 403) and only for its own account (another account's data: 404, answered
@@ -8,6 +8,8 @@ exactly as for an account or item that does not exist, so a key cannot probe for
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,6 +30,7 @@ ACCOUNT_ROUTES = frozenset(
         ("POST", "/api/suppressions"),
         ("DELETE", "/api/suppressions"),
         ("GET", "/api/events"),
+        ("POST", "/api/signups"),
         ("GET", "/api/bounces"),
         ("GET", "/api/quarantine"),
         ("GET", "/api/quarantine/{id}"),
@@ -58,14 +61,23 @@ class AccountKeys:
 
     def __init__(self, config: Config) -> None:
         self._entries = [(account.id, key) for account in config.accounts for key in account.api_keys]
-        self._known: dict[str, AccountKey] = {}
+        # SHA-256 digests of keys that verified, compared in constant time (as relay.http_admin's
+        # TokenChecker does): a dict lookup on the key itself would time the comparison.
+        self._known: list[tuple[bytes, AccountKey]] = []
 
     async def key_for(self, token: str) -> AccountKey | None:
-        if token in self._known:
-            return self._known[token]
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for known, key in self._known:
+            if hmac.compare_digest(known, digest):
+                found = key
+        if found is not None:
+            return found
         for account, entry in self._entries:
             if await asyncio.to_thread(verify_password, token, entry.hash):
-                found = self._known[token] = AccountKey(account, entry.label)
+                found = AccountKey(account, entry.label)
+                if len(self._known) < len(self._entries):  # one key verifies against one hash
+                    self._known.append((digest, found))
                 return found
         return None
 

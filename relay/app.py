@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Config, helper_enabled
+from relay.config import Config, config_warnings, helper_enabled
 from relay.decisions import DecisionRecorder
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
@@ -340,6 +340,9 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
     one line on stderr, nothing left running). A worker (`worker_index`) gets its sockets, the
     state lock and a line to its parent from the parent (`inherited`)."""
     configure_logging(config.logging.level, config.logging.log_recipients)
+    if worker_index is None:  # the process started by hand, not each of its workers
+        for key, problem in config_warnings(config):
+            get_logger().warning("config_warning", key=key, detail=problem)
     from relay.state_lock import StateLocked, acquire_state_lock
 
     stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""Bounces (SPEC §15): a DSN at bounce+ID@ names its delivery; what it says about that recipient
+"""Bounces (docs/SPEC.md §15): a DSN at bounce+ID@ names its delivery; what it says about that recipient
 decides: a dead mailbox (or hard_limit other permanent failures in the window) suppresses the
 address for the account's scope (suppression.bounced), a delay is only counted, and a DSN nobody
 can read is kept for review. Each is recorded, counted, and forwarded to bounce_forward."""

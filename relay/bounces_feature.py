@@ -1,5 +1,5 @@
 """Hooks bounces into a running Relay: bounce+ID@<mailto_domain> on the SMTP listener (any client,
-SPEC §15) and GET /api/bounces on the admin listener."""
+docs/SPEC.md §15) and GET /api/bounces on the admin listener."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import getpass
 import json
 from typing import Any, Awaitable, Callable, NoReturn, Sequence
 
-from relay.config import Config, config_path_from, load_config
+from relay.config import Config, config_path_from, config_warnings, load_config
 from relay.errors import ConfigError, NotFound, RelayError, StoreUnavailable, UsageError
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
@@ -45,7 +45,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 def common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (default ./config.toml or $CONSENT_RELAY_CONFIG)")
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (default $CONSENT_RELAY_CONFIG, else ./config.toml, else ./config.example.toml)")
     return common
 
 
@@ -78,8 +78,20 @@ def build_parser() -> Parser:
     serve = add_command(sub, common, "serve", _serve, "run the relay", needs_store=False)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--inherit", default=None, help=argparse.SUPPRESS)  # a worker's fds, from its parent
+    serve.add_argument(
+        "--sink",
+        action="store_true",
+        help="when nothing answers on the upstream's address, capture delivered mail there (consent-relay sink)",
+    )
+    sink = add_command(
+        sub, common, "sink", _sink, "a capture upstream for trying the relay: writes each copy to var/delivered/", needs_store=False
+    )
+    sink.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default: the config's [upstream] host and port)")
+    sink.add_argument("--dir", help="where copies go (default: var/delivered/ next to the config file)")
+    sink.add_argument("--list", action="store_true", help="list the captured copies, oldest first, and exit")
+    sink.add_argument("--json", action="store_true", help="with --list: a JSON array")
     add_command(sub, common, "check-config", _check_config, "validate the config file and exit", needs_store=False)
-    # Needs no config file; -c is accepted (and ignored) like on every other command (SPEC §11).
+    # Needs no config file; -c is accepted (and ignored) like on every other command (docs/SPEC.md §11).
     sub.add_parser(
         "hash-password", parents=[common], help="read a secret on stdin and print its hash"
     ).set_defaults(handler=_hash_password, needs_store=False, no_config=True)
@@ -94,6 +106,8 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
 
     load_configured_keys(config)
     listener_tls_context(config)
+    for key, problem in config_warnings(config):
+        print(f"{PROG}: warning: {key}: {problem}", file=sys.stderr)
     print(f"{config.path}: OK ({len(config.accounts)} accounts, profile {config.policy.profile}, mode {config.policy.mode})")
     from relay.feedback_checks import feedback_notes
 
@@ -104,8 +118,50 @@ async def _check_config(config: Config, args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, args: argparse.Namespace) -> int:
     from relay.app import serve
+    from relay import sink
 
-    return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
+    if not getattr(args, "sink", False) or await sink.answers(config.upstream.host, config.upstream.port):
+        return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
+    directory = sink.delivered_dir(config.path)
+    try:
+        server = await sink.start_sink(config.upstream.host, config.upstream.port, directory)
+    except OSError as exc:
+        fail(f"nothing answers on the upstream {config.upstream.host}:{config.upstream.port} and the sink cannot listen there: {exc.strerror or exc}", 1)
+    print(
+        f"sink: nothing answered on the upstream {config.upstream.host}:{config.upstream.port}; capturing delivered "
+        f"mail there in {sink.shown(directory)}/ (list: consent-relay sink --list)",
+        flush=True,
+    )
+    try:
+        return await serve(config, worker_index=args.worker_index, inherited=args.inherit)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _sink(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from relay import sink
+
+    directory = Path(args.dir) if args.dir else sink.delivered_dir(config.path)
+    if args.list:
+        copies = sink.list_copies(directory)
+        if args.json:
+            print_json([sink.describe(c) for c in copies])
+        else:
+            for c in copies:
+                print(f"{sink.shown(c.path)}  {c.relay_id or '-'}  <{c.mail_from}> -> {', '.join(c.rcpt_tos)}  {c.subject}")
+            if not copies:
+                print(f"no copies in {sink.shown(directory)}/", file=sys.stderr)
+        return EXIT_OK
+    host, port = config.upstream.host, config.upstream.port
+    if args.listen:
+        host, _, port_text = args.listen.rpartition(":")
+        if not host or not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+            fail(f"--listen: expected HOST:PORT, got {args.listen!r}")
+        host, port = host.strip("[]"), int(port_text)
+    return await sink.run_sink(host, port, directory)
 
 
 async def _hash_password(_: Any, args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`consent-relay bounce list` (SPEC §15). A hard bounce is lifted like any suppression:
+"""`consent-relay bounce list` (docs/SPEC.md §15). A hard bounce is lifted like any suppression:
 `consent-relay suppression remove EMAIL --account ID --reason bounced --note …` (audited)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`consent-relay complaint {import,list,ack,verify,rejected}` (SPEC §9, §11, §16)."""
+"""`consent-relay complaint {import,list,ack,verify,rejected}` (docs/SPEC.md §9, §11, §16)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = add_command(
         csub, common, "verify", _verify,
-        "verify a complaint from no configured source (SPEC §16): it counts and its deadline starts",
+        "verify a complaint from no configured source (docs/SPEC.md §16): it counts and its deadline starts",
     )
     p.add_argument("id", type=int)
     p.add_argument("--note", default="", help="why it is genuine")

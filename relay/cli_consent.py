@@ -31,7 +31,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     csub = consent.add_subparsers(dest="consent_command", metavar="ACTION", parser_class=type(consent))
     csub.required = True
 
-    p = add_command(csub, common, "import", _import, "import consent records from a CSV file (SPEC §5)")
+    p = add_command(csub, common, "import", _import, "import consent records from a CSV file (docs/SPEC.md §5)")
     p.add_argument("file")
     p.add_argument("--account", required=True)
     p.add_argument("--dry-run", action="store_true", help="check every row, write nothing")
@@ -128,7 +128,10 @@ async def _import(services: Services, args: argparse.Namespace) -> int:
             write_report_json(report, spool, sys.stdout)
     if not args.json:
         verb = "would import" if args.dry_run else "imported"
-        print(f"{args.file}: {verb} {report.accepted}, unchanged {report.unchanged}, refused {report.refused}")
+        if report.rolled_back:
+            print(f"{args.file}: {verb} nothing: --strict and {report.refused} refused row(s)")
+        else:
+            print(f"{args.file}: {verb} {report.accepted}, unchanged {report.unchanged}, refused {report.refused}")
         for e in report.errors:
             print(f"  line {e.row}: [{e.rule}] {e.detail}")
         if report.refused > len(report.errors):

@@ -1,5 +1,5 @@
 """`consent-relay events tail --account ID [--after N] [--follow] [--json]` and
-`consent-relay webhook test ACCOUNT` (SPEC §17)."""
+`consent-relay webhook test ACCOUNT` (docs/SPEC.md §17)."""
 
 from __future__ import annotations
 

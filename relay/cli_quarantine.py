@@ -1,4 +1,4 @@
-"""`consent-relay quarantine list|show|release|delete` (SPEC §8, §11).
+"""`consent-relay quarantine list|show|release|delete` (docs/SPEC.md §8, §11).
 
 release/delete of several ids: exit 0 when every id succeeded, 2 when none did, 1 when only some did;
 each failure is one line on stderr naming the id.

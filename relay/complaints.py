@@ -1,4 +1,4 @@
-"""Complaints (SPEC §9): take a feedback report (ARF or JSON), map it to the delivered copy,
+"""Complaints (docs/SPEC.md §9): take a feedback report (ARF or JSON), map it to the delivered copy,
 suppress the recipient at once, forward it to the account's abuse contact, and enforce the
 deadline (account.complaint_unanswered) and the complaint rate (account.complaint_rate)."""
 
@@ -158,7 +158,7 @@ class ComplaintService:
         )
 
     async def _locate_all(self, report: FeedbackReport, hint: AccountConfig | None) -> list[_Located] | str:
-        """Every recipient the report names that the relay delivered to (SPEC §16)."""
+        """Every recipient the report names that the relay delivered to (docs/SPEC.md §16)."""
         if len(report.original_rcpt_to) <= 1:
             located = await self._locate_report(report, hint)
             return [located] if isinstance(located, _Located) else located
@@ -174,7 +174,7 @@ class ComplaintService:
         return found or problems[0]
 
     async def _verification(self, source: str, client_ip: str, raw: bytes) -> tuple[bool, ComplaintSource | None]:
-        """SPEC §16: an admin's report (API, CLI) is verified; one by mail when its client is inside a
+        """docs/SPEC.md §16: an admin's report (API, CLI) is verified; one by mail when its client is inside a
         configured source's networks, or it carries a valid DKIM signature of one of its dkim_domains."""
         cfg = self.config.complaints
         found = cfg.source_for_client(client_ip) if client_ip else None
@@ -204,7 +204,7 @@ class ComplaintService:
             return []
 
     async def ingest_json(self, data: Mapping[str, Any], *, source: str = "api", actor: str = "") -> Ingested:
-        """{"account", "email", "message_id", "feedback_type", "arrived_at"} (SPEC §12)."""
+        """{"account", "email", "message_id", "feedback_type", "arrived_at"} (docs/SPEC.md §12)."""
         raw = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
         problem, fields = self._json_fields(data)
         if problem:
@@ -444,7 +444,7 @@ class ComplaintService:
             return await self._reload(complaint)
         content = self.forward_message(complaint, contact, original_headers)
         if self.services.signer is not None:
-            # Signed with the relay's own domain key (mailto_domain), when one is configured (SPEC §16).
+            # Signed with the relay's own domain key (mailto_domain), when one is configured (docs/SPEC.md §16).
             (content,) = await self.services.signer.sign([content])
         upstream = self._upstream_client()
         now = self.services.clock.now()

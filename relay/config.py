@@ -1,4 +1,4 @@
-"""Load and validate the one TOML config file (SPEC §12). Every error names its key."""
+"""Load and validate the one TOML config file (docs/SPEC.md §12). Every error names its key."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
+EXAMPLE_CONFIG = "config.example.toml"  # the checkout's, used when there is no config.toml
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class ComplaintSource:
-    """A feedback loop the operator signed up for (SPEC §16): its reports are verified."""
+    """A feedback loop the operator signed up for (docs/SPEC.md §16): its reports are verified."""
 
     name: str
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -164,12 +165,31 @@ class ComplaintsConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    """SPEC §15: VERP envelope senders and what a DSN does."""
+    """docs/SPEC.md §15: VERP envelope senders and what a DSN does."""
 
     verp: bool = True  # marketing copies get bounce+ID@mailto_domain
     verp_transactional: bool = False
     hard_limit: int = 3  # other permanent failures within window_days before suppression.bounced
     window_days: float = 30
+
+
+@dataclass(frozen=True)
+class SignupsConfig:
+    """[signups] (docs/SPEC.md §18): hosted double opt-in."""
+
+    confirm_ttl_hours: float = 72
+    resend_after_hours: float = 24
+    client_rate_per_hour: int = 10  # signups per client address (the form filler's IP) and account
+
+
+@dataclass(frozen=True)
+class ConfirmationTemplate:
+    """[[accounts]] confirmation: the account's own confirmation mail; {{confirm_url}} is the link."""
+
+    sender: str = ""  # `from` in the file
+    subject: str = ""
+    text: str = ""
+    html: str = ""
 
 
 @dataclass(frozen=True)
@@ -211,7 +231,7 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    retention_days: float = 30.0  # the event feed keeps this long (SPEC §17)
+    retention_days: float = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
     webhook_timeout: float = 10.0  # one POST
     webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
     webhook_retry_max_seconds: float = 3600.0  # …up to this
@@ -247,12 +267,13 @@ class AccountConfig:
     default_stream: str | None = None
     rate_limit_per_minute: int = 0
     streams: tuple[StreamConfig, ...] = ()
-    bounce_forward: str | None = None  # SPEC §15: DSNs about this account's mail are forwarded here
+    bounce_forward: str | None = None  # docs/SPEC.md §15: DSNs about this account's mail are forwarded here
     own_ibans: tuple[str, ...] = ()
     tracking_hosts: tuple[str, ...] = ()
-    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (SPEC §17)
+    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
     webhooks: tuple[WebhookConfig, ...] = ()
-    # The recipient's pages (SPEC §6): the parent organisation's name, the account's logo and colour.
+    confirmation: ConfirmationTemplate | None = None
+    # The recipient's pages (docs/SPEC.md §6): the parent organisation's name, the account's logo and colour.
     parent_name: str = ""
     logo_url: str | None = None
     accent_color: str | None = None
@@ -315,6 +336,7 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     events: EventsConfig = EventsConfig()
     bounces: BouncesConfig = BouncesConfig()
+    signups: SignupsConfig = SignupsConfig()
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -349,6 +371,14 @@ def _int(key: str, value: Any) -> int:
     return value
 
 
+def _positive_int(key: str, value: Any) -> int:
+    """A limit where 0 is not "unlimited" but "nothing passes": refused (docs/SPEC.md §12)."""
+    number = _int(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be at least 1 (0 would refuse every transaction)")
+    return number
+
+
 def _num(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, f"expected a number, got {_type_name(value)}")
@@ -357,7 +387,15 @@ def _num(key: str, value: Any) -> float:
     return float(value)
 
 
+def _positive_int(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number == 0:
+        raise ConfigError(key, "must be greater than 0")
+    return number
+
+
 def _positive_num(key: str, value: Any) -> float:
+    """A timeout: 0 would give up on every client, upstream or store call at once."""
     number = _num(key, value)
     if number == 0:
         raise ConfigError(key, "must be greater than 0")
@@ -406,7 +444,7 @@ def _listen(key: str, value: Any) -> Listen:
     text = _str(key, value)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
     return Listen(host, int(port))
 
@@ -552,13 +590,45 @@ def _wordlists(base: Path) -> Callable[[str, Any], dict[str, tuple[str, ...]]]:
     return parse
 
 
+# The broadest trusted network accepted (docs/SPEC.md §12): a trusted client sends without AUTH, so a
+# network covering a large part of the internet makes the relay an open relay for that account.
+# IPv4: /8 (10.0.0.0/8 is the broadest private range). IPv6: /32 (one provider's allocation),
+# except inside the private fc00::/7. IPv4 embedded in IPv6 (::ffff:0:0/96, 64:ff9b::/96) is
+# held to the IPv4 bound, since a dual-stack listener sees IPv4 clients that way.
+MIN_TRUSTED_PREFIX_V4 = 8
+MIN_TRUSTED_PREFIX_V6 = 32
+_EMBEDDED_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")
+
+
+def _too_broad(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    if isinstance(net, ipaddress.IPv4Network):
+        if net.prefixlen < MIN_TRUSTED_PREFIX_V4:
+            return f"/{MIN_TRUSTED_PREFIX_V4}"
+        return None
+    for embedded in _EMBEDDED_V4:
+        if net.subnet_of(embedded) and net.prefixlen - 96 < MIN_TRUSTED_PREFIX_V4:
+            return f"/{96 + MIN_TRUSTED_PREFIX_V4} (IPv4 /{MIN_TRUSTED_PREFIX_V4} inside {embedded})"
+    if net.prefixlen < MIN_TRUSTED_PREFIX_V6 and not net.subnet_of(_PRIVATE_V6):
+        return f"/{MIN_TRUSTED_PREFIX_V6}"
+    return None
+
+
 def _networks(key: str, value: Any) -> tuple[Any, ...]:
     nets = []
     for i, text in enumerate(_str_list(key, value)):
         try:
-            nets.append(ipaddress.ip_network(text, strict=False))
+            net = ipaddress.ip_network(text, strict=False)
         except ValueError as exc:
             raise ConfigError(f"{key}[{i}]", f"not a network: {text!r}") from exc
+        bound = _too_broad(net)
+        if bound is not None:
+            raise ConfigError(
+                f"{key}[{i}]",
+                f"{text!r} is too broad: trusted clients send without AUTH, so this would make an open relay "
+                f"(the broadest accepted is {bound}; list the application servers' networks)",
+            )
+        nets.append(net)
     return tuple(nets)
 
 
@@ -690,6 +760,16 @@ def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
     return tuple(hooks)
 
 
+def _confirmation(key: str, value: Any) -> ConfirmationTemplate:
+    data = _section(key, value, {"from": _address, "subject": _str, "text": _str, "html": _str})
+    if "from" in data:
+        data["sender"] = data.pop("from")
+    for body in ("text", "html"):
+        if body in data and "{{confirm_url}}" not in data[body]:
+            raise ConfigError(f"{key}.{body}", "must contain {{confirm_url}}, the link that confirms")
+    return ConfirmationTemplate(**data)
+
+
 def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
@@ -719,6 +799,7 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "tracking_hosts": _domains,
                 "api_keys": _admin_tokens,
                 "webhooks": _webhooks,
+                "confirmation": _confirmation,
                 "parent_name": _str,
                 "logo_url": _page_asset_url,
                 "accent_color": _hex_colour,
@@ -789,15 +870,15 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "tls_cert": readable,
                     "tls_key": readable,
                     "auth_require_tls": _bool,
-                    "max_message_size": _int,
-                    "max_recipients": _int,
+                    "max_message_size": _positive_int,
+                    "max_recipients": _positive_int,
                     "workers": _int,
                     "helper_process": _on_off_auto,
-                    "idle_timeout": _num,
+                    "idle_timeout": _positive_num,
                     "data_timeout": _positive_num,
                     "shutdown_grace": _num,
-                    "max_connections": _int,
-                    "max_connections_per_ip": _int,
+                    "max_connections": _positive_int,
+                    "max_connections_per_ip": _positive_int,
                     "auth_max_failures": _int,
                     "auth_lockout_seconds": _num,
                 },
@@ -813,14 +894,14 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                     "starttls": _choice("off", "opportunistic", "required"),
                     "username": _str,
                     "password": resolve_secret,
-                    "timeout": _num,
+                    "timeout": _positive_num,
                     "pool_size": _int,
                     "tls_verify": _bool,
                 },
             )
         ),
         "store": lambda k, v: StoreConfig(
-            **_section(k, v, {"url": _store_url(base), "timeout": _num, "shared": _bool})
+            **_section(k, v, {"url": _store_url(base), "timeout": _positive_num, "shared": _bool})
         ),
         "http": lambda k, v: HttpConfig(
             **_section(
@@ -890,7 +971,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
             **_section(
                 k,
                 v,
-                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _num},
+                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _positive_num},
             )
         ),
         "dkim": lambda k, v: _section(k, v, {"keys": _dkim_keys(readable)}).get("keys", ()),
@@ -916,6 +997,13 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 },
             )
         ),
+        "signups": lambda k, v: SignupsConfig(
+            **_section(
+                k,
+                v,
+                {"confirm_ttl_hours": _positive_num, "resend_after_hours": _num, "client_rate_per_hour": _positive_int},
+            )
+        ),
     }
     parsed = _section("", dict(data), sections)
     config = Config(
@@ -935,6 +1023,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
         accounts=parsed.get("accounts", ()),
         events=parsed.get("events", EventsConfig()),
         bounces=parsed.get("bounces", BouncesConfig()),
+        signups=parsed.get("signups", SignupsConfig()),
     )
     if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
         raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
@@ -962,12 +1051,28 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
     return config
 
 
+def config_warnings(config: Config) -> list[tuple[str, str]]:
+    """(key, problem) for values the relay accepts but an operator should change: `check-config`
+    prints them and `serve` logs them at start."""
+    warnings = []
+    marketing = next(((a.id, s.id) for a in config.accounts for s in a.streams if s.kind == MARKETING), None)
+    scheme = config.http.public_base_url.partition(":")[0].lower()
+    if marketing is not None and scheme != "https":
+        warnings.append((
+            "http.public_base_url",
+            f"{config.http.public_base_url!r} is not https: marketing copies (account {marketing[0]!r} stream "
+            f"{marketing[1]!r}) carry no HTTPS List-Unsubscribe URI, so mailbox providers will not offer "
+            "RFC 8058 one-click unsubscribe",
+        ))
+    return warnings
+
+
 def _clamd_address(key: str, value: Any) -> str:
     text = _str(key, value)
     kind, _, where = text.partition(":")
     if kind == "unix" and where.startswith("/"):
         return text
-    if kind == "tcp" and where.rpartition(":")[2].isdigit():
+    if kind == "tcp" and where.rpartition(":")[2].isascii() and where.rpartition(":")[2].isdigit():
         return text
     raise ConfigError(key, f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
 
@@ -990,4 +1095,11 @@ def _dkim_keys(readable: Callable[[str, Any], Path]) -> Callable[[str, Any], tup
 
 
 def config_path_from(argument: str | None) -> Path:
-    return Path(argument or os.environ.get("CONSENT_RELAY_CONFIG") or DEFAULT_CONFIG)
+    """-c FILE, else $CONSENT_RELAY_CONFIG, else ./config.toml; in a checkout without a config.toml,
+    its config.example.toml (so the README's commands run as written from the checkout)."""
+    chosen = argument or os.environ.get("CONSENT_RELAY_CONFIG")
+    if chosen:
+        return Path(chosen)
+    if not Path(DEFAULT_CONFIG).exists() and Path(EXAMPLE_CONFIG).exists():
+        return Path(EXAMPLE_CONFIG)
+    return Path(DEFAULT_CONFIG)

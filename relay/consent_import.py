@@ -22,6 +22,7 @@ from policies.rules.consent import RECORD_RULE_IDS, record_findings, record_find
 from relay.errors import NotFound, UsageError
 from relay.log import get_logger
 from relay.services import Services
+from relay.spreadsheet import csv_writer
 from relay.store.records import AuditEntry, iso
 from relay.store.rows import consent_row_unchanged, consent_to_row, merged_consent_row
 
@@ -36,6 +37,11 @@ _DRY_RUN_BATCH = 2000
 
 class ImportFileError(UsageError):
     """The file as a whole cannot be imported (unknown column, unreadable, not UTF-8, not CSV): nothing is."""
+
+
+class _StrictRefusal(Exception):
+    """Raised by the rows of a --strict import after the last one when any was refused: the store's
+    one transaction rolls back, so nothing is imported."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class ImportReport:
     unchanged: int = 0  # valid rows equal to what the store already holds
     errors: list[RowRefusal] = field(default_factory=list)  # the first ones only: see keep_errors
     dry_run: bool = False
+    rolled_back: bool = False  # --strict and a row was refused: nothing was imported
 
     @property
     def errors_omitted(self) -> int:
@@ -69,6 +76,8 @@ class ImportReport:
         }
         if self.errors_omitted:
             data["errors_omitted"] = self.errors_omitted
+        if self.rolled_back:
+            data["rolled_back"] = True
         return data
 
 
@@ -113,7 +122,9 @@ class _Rows:
         report_writer: Any,
         keep_errors: int | None,
         refusals_to: TextIO | None = None,
+        strict: bool = False,
     ) -> None:
+        self.strict = strict
         self.scopes = tuple(scopes)
         self.params = profile.params
         self.active = active_record_rules(profile)
@@ -172,6 +183,8 @@ class _Rows:
                 self.refuse(line, *refusal)
                 continue
             yield record
+        if self.strict and self.report.refused:
+            raise _StrictRefusal()
 
 
 async def import_consents(
@@ -188,7 +201,8 @@ async def import_consents(
 ) -> ImportReport:
     """Import one CSV for one account. Raises ImportFileError (nothing imported) on a file-level error.
 
-    `strict` changes nothing here (the CLI turns refusals into exit 1); `keep_errors` bounds the
+    `strict`: all or nothing; when any row is refused, no row is written (`report.rolled_back`) and
+    the CLI exits 1. `keep_errors` bounds the
     refusals kept in memory (None keeps all: small files only). Every refusal still reaches the
     --report file and `refusals_to` (one JSON object a line), which stream.
     """
@@ -209,7 +223,7 @@ async def import_consents(
         try:
             if partial is not None:
                 out = open(partial, "w", encoding="utf-8", newline="")
-                writer: Any = csv.writer(out)
+                writer: Any = csv_writer(out)
                 writer.writerow(REPORT_HEADER)
             else:
                 writer = None
@@ -222,14 +236,18 @@ async def import_consents(
                 report_writer=writer,
                 keep_errors=keep_errors,
                 refusals_to=refusals_to,
+                strict=strict,
             )
-            if dry_run:
-                report.accepted, report.unchanged = await _count_changes(services, scopes, rows, now)
-            else:
-                # The generator is consumed inside the store's one transaction: an error
-                # raised while reading rolls every accepted row back.
-                written, unchanged = await services.store.consent.upsert_consents(rows, now=now)
-                report.accepted, report.unchanged = written, unchanged
+            try:
+                if dry_run:
+                    report.accepted, report.unchanged = await _count_changes(services, scopes, rows, now)
+                else:
+                    # The generator is consumed inside the store's one transaction: an error
+                    # raised while reading rolls every accepted row back.
+                    report.accepted, report.unchanged = await services.store.consent.upsert_consents(rows, now=now)
+            except _StrictRefusal:
+                report.accepted = report.unchanged = 0
+                report.rolled_back = True
         except UnicodeDecodeError as exc:
             raise ImportFileError(f"{file} is not UTF-8 text ({exc.reason}): nothing imported") from None
         except csv.Error as exc:
@@ -256,7 +274,8 @@ async def import_consents(
                 "consent.import",
                 account_id,
                 note=str(file),
-                detail={"accepted": report.accepted, "refused": report.refused, "unchanged": report.unchanged},
+                detail={"accepted": report.accepted, "refused": report.refused, "unchanged": report.unchanged,
+                        "strict": strict, "rolled_back": report.rolled_back},
                 at=now,
             )
         )

@@ -48,7 +48,7 @@ class CopyMaker:
             (signed,) = await self.signer.sign([raw])
             if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
                 return [Copy(tuple(recipients), signed)]
-            # verp_transactional: the same bytes, one envelope sender per recipient (SPEC §15).
+            # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
             return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
         by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
@@ -63,7 +63,7 @@ class CopyMaker:
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
             rendered.append(template.render(headers=headers, url=url))
-            # VERP: a bounce names its delivery, whatever the remote MTA writes in it (SPEC §15).
+            # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
             senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
         signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
         return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]

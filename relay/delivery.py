@@ -1,5 +1,5 @@
 """Carry copies to the upstream, never losing one: 250 only after the upstream accepted, or after
-the rest went durably into the outbox (SPEC §3)."""
+the rest went durably into the outbox (docs/SPEC.md §3)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class Copy:
 
     recipients: tuple[str, ...]
     content: bytes
-    mail_from: str | None = None  # its own envelope sender (VERP, SPEC §15); None: the transaction's
+    mail_from: str | None = None  # its own envelope sender (VERP, docs/SPEC.md §15); None: the transaction's
 
 
 @dataclass

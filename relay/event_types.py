@@ -1,4 +1,4 @@
-"""The names of account events (SPEC §17), apart so relay/config.py can check `[[accounts.webhooks]] events`."""
+"""The names of account events (docs/SPEC.md §17), apart so relay/config.py can check `[[accounts.webhooks]] events`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Account events (SPEC §17): what the relay decided that an application must know about.
+"""Account events (docs/SPEC.md §17): what the relay decided that an application must know about.
 
 The store writes them in the same transaction as the decision itself, numbered per account
 (`seq` 1, 2, 3 … in commit order), so the feed's cursor — the last seq seen — is stable.
@@ -74,7 +74,7 @@ def suppression_event(s: Suppression, at: datetime, *, added: bool = True, note:
     if added and s.via in UNSUBSCRIBE_METHODS:
         kind = UNSUBSCRIBED
     elif added and "bounce" in s.reason:
-        kind = BOUNCED  # a hard bounce suppresses the address (SPEC §15): the application learns it as such
+        kind = BOUNCED  # a hard bounce suppresses the address (docs/SPEC.md §15): the application learns it as such
     else:
         kind = SUPPRESSION_ADDED if added else SUPPRESSION_REMOVED
     detail = {"scope": s.scope, "topic": s.topic, "reason": s.reason, "via": s.via}

@@ -13,6 +13,7 @@ from relay.dkim import DkimSigner
 from relay.dkim_keys import load_configured_keys
 from relay.http_events import EventsFeature
 from relay.webhooks import WebhooksFeature
+from relay.http_signups import SignupsFeature
 from relay.quarantine_service import QuarantineFeature
 from relay.signing import CopySigner
 from relay.unsubscribe import UnsubscribeFeature
@@ -30,6 +31,8 @@ async def install(relay: Any) -> list[Any]:
     if codec is not None:
         features.append(UnsubscribeFeature(relay, codec))
         features.append(BouncesFeature(relay, codec))
+        if getattr(relay, "outbox", None) is not None:  # a serving relay, not the CLI's release stand-in
+            features.append(SignupsFeature(relay, config.unsubscribe.secrets))
     features.append(ComplaintsFeature(relay))
     features.append(QuarantineFeature(relay.services))
     features.append(EventsFeature(relay.services))

@@ -1,4 +1,5 @@
-"""Shared HTTP pieces: the app key for Services, JSON errors ({"error", "detail"}), JSON bodies."""
+"""Shared HTTP pieces: the app key for Services, JSON errors ({"error", "detail"}), and the one place
+where request bodies are parsed (forms and JSON): a body the client got wrong is a 400, never a 500."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from typing import Any, NoReturn
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from relay.services import Services
 
@@ -28,7 +30,7 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def json_error(status: int, code: str, detail: str) -> NoReturn:
+def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> NoReturn:
     """Abort the request with {"error": code, "detail": detail}."""
     cls = web.HTTPException
     for candidate in (
@@ -41,6 +43,7 @@ def json_error(status: int, code: str, detail: str) -> NoReturn:
         web.HTTPRequestEntityTooLarge,
         web.HTTPUnsupportedMediaType,
         web.HTTPUnprocessableEntity,
+        web.HTTPTooManyRequests,
         web.HTTPServiceUnavailable,
     ):
         if candidate.status_code == status:
@@ -48,15 +51,39 @@ def json_error(status: int, code: str, detail: str) -> NoReturn:
             break
     body = json.dumps({"error": code, "detail": detail})
     if cls is web.HTTPException:
-        raise web.HTTPInternalServerError(text=body, content_type="application/json")
-    raise cls(text=body, content_type="application/json")
+        raise web.HTTPInternalServerError(text=body, content_type="application/json", headers=headers)
+    raise cls(text=body, content_type="application/json", headers=headers)
+
+
+async def form_body(request: web.Request) -> MultiDictProxy[Any]:
+    """The form fields of a urlencoded or multipart body (empty for other types).
+
+    aiohttp parses the client's bytes here and reports what it cannot parse with whatever it has
+    at hand (ValueError, UnicodeDecodeError, LookupError for an unknown charset, RuntimeError for
+    an unknown transfer encoding, AssertionError, zlib.error…): all of them are the client's
+    mistake, so all of them become one 400. HTTP errors it raises itself (413) pass as they are.
+    """
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring: only parsing runs inside
+        json_error(400, "invalid_body", f"the form body cannot be parsed: {_reason(exc)}")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        json_error(400, "invalid_json", "the request body is not valid JSON")
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bad JSON, bad UTF-8, unknown charset: the client's
+        json_error(400, "invalid_json", f"the request body is not valid JSON: {_reason(exc)}")
     if not isinstance(data, dict):
         json_error(422, "invalid_body", "expected a JSON object")
     return data
+
+
+def _reason(exc: Exception) -> str:
+    # The library's message, cut short: enough to fix the request, never a traceback.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

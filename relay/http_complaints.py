@@ -1,4 +1,4 @@
-"""Admin API for complaints (SPEC §9, §12, §16): POST a report (raw ARF or JSON), list, show, acknowledge, verify,
+"""Admin API for complaints (docs/SPEC.md §9, §12, §16): POST a report (raw ARF or JSON), list, show, acknowledge, verify,
 and the refused reports kept for inspection. Authentication is the admin app's middleware."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _service(request: web.Request) -> ComplaintService:
 
 def _complaint_id(request: web.Request) -> int:
     text = request.match_info["id"]
-    if not text.isdigit():
+    # ASCII digits only ("1²" is a str.isdigit() digit that int() refuses), and within a BIGINT
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         json_error(404, "not_found", f"no complaint {text}")
     return int(text)
 
@@ -85,7 +86,7 @@ async def post_complaint(request: web.Request) -> web.Response:
     if result.account_paused:
         body["account_paused"] = True
     if result.more:
-        # A report naming several recipients is one complaint each (SPEC §16).
+        # A report naming several recipients is one complaint each (docs/SPEC.md §16).
         body["more"] = [{"id": c.id, "email": c.email, "status": c.status} for c in result.more]
     return json_response(body, status=201 if result.created else 200)
 
@@ -93,9 +94,12 @@ async def post_complaint(request: web.Request) -> web.Response:
 async def list_complaints(request: web.Request) -> web.Response:
     open_only = request.query.get("open", "").lower() in ("1", "true", "yes")
     try:
-        limit = min(int(request.query.get("limit", "1000")), MAX_LIST)
+        limit = int(request.query.get("limit", "1000"))
     except ValueError:
         json_error(422, "invalid", "limit: expected an integer")
+    if limit < 1:  # a negative LIMIT means "all" to SQLite and is an error to PostgreSQL
+        json_error(422, "invalid", "limit: expected a positive integer")
+    limit = min(limit, MAX_LIST)
     items = await services_of(request).store.complaints.list(
         open_only=open_only, account=scoped_account(request, request.query.get("account") or None), limit=limit
     )
@@ -126,7 +130,7 @@ async def ack_complaint(request: web.Request) -> web.Response:
 
 
 async def verify_complaint(request: web.Request) -> web.Response:
-    """SPEC §16: an admin vouches for a report from no configured source (audited)."""
+    """docs/SPEC.md §16: an admin vouches for a report from no configured source (audited)."""
     complaint_id = _complaint_id(request)
     body = await json_body(request) if request.can_read_body else {}
     note = body.get("note", "")

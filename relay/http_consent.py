@@ -1,4 +1,4 @@
-"""Admin API for consent, interactions, proofs and suppressions (SPEC §5, §10, §12).
+"""Admin API for consent, interactions, proofs and suppressions (docs/SPEC.md §5, §10, §12).
 
 Authentication is the admin app's middleware; these handlers only validate and act.
 """
@@ -163,7 +163,7 @@ async def post_interaction(request: web.Request) -> web.Response:
 async def list_suppressions(request: web.Request) -> web.Response:
     services = services_of(request)
     limit_text = request.query.get("limit", "1000")
-    if not limit_text.isdigit() or not 0 < int(limit_text) <= MAX_LIST:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 0 < int(limit_text) <= MAX_LIST:  # "²" is a digit to isdigit
         invalid("limit", f"limit must be an integer from 1 to {MAX_LIST}")
     limit = int(limit_text)
     if request.query.get("account") or key_account(request):

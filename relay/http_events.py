@@ -1,4 +1,4 @@
-"""The event feed (SPEC §17): `GET /api/events?account=ID&after=CURSOR&limit=N` → {"events", "next"}.
+"""The event feed (docs/SPEC.md §17): `GET /api/events?account=ID&after=CURSOR&limit=N` → {"events", "next"}.
 
 The cursor is the last event's per-account number: asking again with `next` gives what came after,
 never an event twice and never one skipped (the store numbers events in commit order).

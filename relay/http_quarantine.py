@@ -1,4 +1,4 @@
-"""Admin API for the quarantine and the audit log (SPEC §8, §10, §12).
+"""Admin API for the quarantine and the audit log (docs/SPEC.md §8, §10, §12).
 
 Authentication is the admin app's middleware (request[ADMIN] names the token); handlers validate and act.
 """

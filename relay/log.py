@@ -8,6 +8,7 @@ import sys
 from typing import Any, Iterable
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _PLAIN = False
 
@@ -30,6 +31,11 @@ def configure_logging(level: str = "info", log_recipients: str = "hashed", strea
     library.setLevel(logging.WARNING)
     library.handlers[:] = [_LibraryToJson()]
     library.propagate = False
+    # aiohttp's server logs a request it cannot parse (a control character in a header, a broken
+    # request line) with a traceback: that is the client's mistake, worth one line, not a stack.
+    http = logging.getLogger("aiohttp.server")
+    http.handlers[:] = [_HttpServerToJson()]
+    http.propagate = False
 
 
 class _LibraryToJson(logging.Handler):
@@ -41,6 +47,26 @@ class _LibraryToJson(logging.Handler):
         except Exception:  # a library's bad format string must not break logging
             text = str(record.msg)
         get_logger().log(record.levelno, "library_log", logger=record.name, message=text[:300])
+
+
+class _HttpServerToJson(logging.Handler):
+    """aiohttp.server's records as JSON lines: a malformed request is one `http_bad_request` line
+    without a traceback; anything else (a bug of ours) keeps its traceback inside the JSON line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's bad format string must not break logging
+            text = str(record.msg)
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0][:200]
+            get_logger().info("http_bad_request", status=exc.code, reason=reason, message=text[:300])
+            return
+        fields: dict[str, Any] = {"logger": record.name, "message": text[:300]}
+        if record.exc_info:
+            fields["exception"] = logging.Formatter().formatException(record.exc_info)
+        get_logger().log(record.levelno, "library_log", **fields)
 
 
 def recipient_label(address: str) -> str:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §13 (prefix consent_relay_). Labels only from bounded sets."""
+"""Prometheus metrics of docs/SPEC.md §13 (prefix consent_relay_). Labels only from bounded sets."""
 
 from __future__ import annotations
 
@@ -77,6 +77,10 @@ class Metrics:
         self.bounces = Counter(
             p + "bounces_total", "Bounces (DSNs) received, by kind: hard, soft, unknown", ["account", "kind"], registry=r
         )
+        self.signups = Counter(
+            p + "signups_total", "Double opt-in signups by outcome (sent, throttled, suppressed, rate_limited, confirmed)",
+            ["account", "outcome"], registry=r,
+        )
         self.account_state = Gauge(
             p + "account_state", "1 for the account's current state", ["account", "state"], registry=r,
             multiprocess_mode="mostrecent",
@@ -84,6 +88,15 @@ class Metrics:
         self.consent_records = Gauge(p + "consent_records", "Consent records in the store", registry=r, multiprocess_mode="max")
         self.upstream_up = Gauge(p + "upstream_up", "1 when the upstream MTA answered the last probe", registry=r, multiprocess_mode="max")
         self.auth_failures = Counter(p + "auth_failures_total", "Failed SMTP AUTH attempts", registry=r)
+        self.http_auth_failures = Counter(
+            p + "http_auth_failures_total", "Wrong admin credentials on the admin listener by kind: bearer, login",
+            ["kind"], registry=r,
+        )
+        self.http_auth_lockouts = Counter(
+            p + "http_auth_lockouts_total",
+            "Client addresses locked out (429) after too many wrong admin credentials, by the kind that locked them",
+            ["kind"], registry=r,
+        )
         self.helper_jobs = Counter(
             p + "helper_jobs_total",
             "End-of-DATA verdicts and DKIM signing batches by where they ran: helper, loop (no helper, or "

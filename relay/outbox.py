@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import uuid
+from typing import Awaitable, Callable
 
 from relay.config import OutboxConfig
 from relay.errors import LeaseLost, StoreUnavailable, UpstreamRejected, UpstreamUncertain, UpstreamUnavailable
@@ -83,6 +84,8 @@ class OutboxWorker:
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
         self.log = get_logger()
+        # Told of each copy the upstream accepted (a confirmation mail's signup notes its delivery).
+        self.on_delivered: list[Callable[[OutboxItem], Awaitable[None]]] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -223,6 +226,8 @@ class OutboxWorker:
             )
         else:
             await self.store.delivered(item.id, self.owner)
+        for hook in self.on_delivered:
+            await hook(item)
         self.log.info(
             "outbox_delivered", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(result.accepted),
             attempts=item.attempts + 1, **({"maybe_twice": True, "uncertain_attempts": item.uncertain} if item.uncertain else {}),

@@ -51,7 +51,7 @@ class Transaction:
 
     @property
     def null_sender(self) -> bool:
-        """MAIL FROM:<> from an account: a bounce its own MTA generated (SPEC §15)."""
+        """MAIL FROM:<> from an account: a bounce its own MTA generated (docs/SPEC.md §15)."""
         return self.account is not None and not self.mail_from
 
 

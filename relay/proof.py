@@ -1,5 +1,5 @@
 """Proof of consent for one address: every question of the CSA complaint procedure, its suppressions,
-and the messages the relay delivered under which consent (SPEC §5, §12)."""
+and the messages the relay delivered under which consent (docs/SPEC.md §5, §12)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from policies.rules.consent import THIRD_PARTY_SOURCES, last_sign_of_life
 from relay.consent_import import account_scopes
 from relay.errors import UsageError
 from relay.services import Services
+from relay.signups import signup_as_dict
 from relay.store.records import DeliveryRecord, iso
 
 SOURCE_TEXT = {
@@ -80,7 +81,7 @@ def address_argument(email: str) -> str:
 
 
 async def build_proof(services: Services, email: str, account_id: str) -> dict[str, Any]:
-    """The SPEC §12 proof shape for one address and account (consents at its own and its parent scope)."""
+    """The docs/SPEC.md §12 proof shape for one address and account (consents at its own and its parent scope)."""
     address = address_argument(email)
     scopes = account_scopes(services, account_id)
     store = services.store
@@ -88,6 +89,7 @@ async def build_proof(services: Services, email: str, account_id: str) -> dict[s
     suppressions = (await store.consent.find_suppressions(scopes, [address])).get(address, [])
     deliveries = await store.decisions.deliveries_to(address, [account_id])
     bounces = await store.bounces.list(account=account_id, email=address, limit=100)
+    signups = await store.signups.for_address(address, [account_id])
     consents.sort(key=lambda c: (scopes.index(c.scope) if c.scope in scopes else len(scopes), c.topic, c.id))
     return {
         "email": address,
@@ -100,6 +102,7 @@ async def build_proof(services: Services, email: str, account_id: str) -> dict[s
              "received_at": b.received_at.isoformat()}
             for b in bounces
         ],
+        "signups": [signup_as_dict(s) for s in signups],
     }
 
 
@@ -159,7 +162,33 @@ def render_proof_text(proof: dict[str, Any]) -> str:
                 f"  {_when(b['received_at'])}  {b['kind']}  status {b['status'] or '-'}  relay id {b['relay_id'] or '-'}  "
                 f"{b['diagnostic'][:120]}"
             )
+    lines += _signup_lines(proof.get("signups", []))
     return "\n".join(lines) + "\n"
+
+
+def _signup_lines(signups: list[dict[str, Any]]) -> list[str]:
+    """The double opt-in chain of each hosted signup: request, confirmation mail, confirmation."""
+    if not signups:
+        return []
+    lines = ["", "Double opt-in through the relay (signup, confirmation mail, confirmation):"]
+    for s in signups:
+        req, mail, conf = s["request"], s["mail"], s["confirmation"]
+        lines += [
+            f"  Signup #{s['id']} — stream {s['stream']}, topic {s['topic']}",
+            f"    1. requested {_when(req['requested_at'])} via {req['method']} on {req['source_url']} from IP {req['ip']}"
+            f" (language {req['language']}, by {req['requested_by'] or 'unknown'})",
+            f"       statement shown: {req['statement']}",
+            f"       frequency shown: {req['frequency'] or 'not recorded'}",
+            f"    2. confirmation mail relay id {mail['relay_id']}, message-id {mail['message_id'] or '-'}: "
+            + (f"delivered to the upstream {_when(mail['delivered_at'])}" if mail["status"] == "delivered" else mail["status"]),
+            "    3. "
+            + (
+                f"confirmed {_when(conf['confirmed_at'])} from IP {conf['ip'] or 'not recorded'} (opt-in type double)"
+                if conf
+                else "not confirmed"
+            ),
+        ]
+    return lines
 
 
 def _from_json(name: str, value: Any) -> Any:

@@ -24,7 +24,7 @@ _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-# --- shapes of SPEC §12 -----------------------------------------------------------------------
+# --- shapes of docs/SPEC.md §12 -----------------------------------------------------------------------
 
 
 def item_summary(item: QuarantineItem) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def item_summary(item: QuarantineItem) -> dict[str, Any]:
 
 
 def finding_view(finding: dict[str, Any]) -> dict[str, Any]:
-    """rule, detail, evidence (SPEC §12), plus the action the profile gave it and its recipient."""
+    """rule, detail, evidence (docs/SPEC.md §12), plus the action the profile gave it and its recipient."""
     return {
         "rule": finding.get("rule", ""),
         "detail": finding.get("detail", ""),

@@ -1,4 +1,4 @@
-"""Every SMTP reply the relay sends, as named constants and one renderer (SPEC §4 reply table)."""
+"""Every SMTP reply the relay sends, as named constants and one renderer (docs/SPEC.md §4 reply table)."""
 
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ def clean(text: str, limit: int = 400) -> str:
 
 
 def policy_reply(finding: Finding) -> str:
-    """The reply for a rule hit: 550 reject, 554 suspended, 451 tempfail (SPEC §4)."""
+    """The reply for a rule hit: 550 reject, 554 suspended, 451 tempfail (docs/SPEC.md §4)."""
     detail = clean(finding.detail)
     if finding.rule == "account.suspended":
         return f"554 5.7.1 [{finding.rule}] {detail}"
     if finding.action.value == "tempfail":
         return f"451 4.7.1 [{finding.rule}] {detail}"
     if finding.rule == "suppression.bounced":
-        return f"550 5.1.1 [{finding.rule}] {detail}"  # the mailbox does not exist (SPEC §15)
+        return f"550 5.1.1 [{finding.rule}] {detail}"  # the mailbox does not exist (docs/SPEC.md §15)
     return f"550 5.7.1 [{finding.rule}] {detail}"
 
 

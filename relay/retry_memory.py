@@ -1,5 +1,5 @@
 """Which recipients already got a message whose transaction still ended in a 4xx, so that the
-client's retry of the same message does not deliver to them a second time (SPEC §3, issue 15).
+client's retry of the same message does not deliver to them a second time (docs/SPEC.md §3, issue 15).
 
 A transaction can fail after part of it left: one recipient accepted upstream, the rest deferred and
 the outbox (the store) unable to keep them. The client must retry (or the rest is lost) and will

@@ -142,7 +142,7 @@ class RelayHandler:
         envelope.mail_options.extend(mail_options)
         envelope.txn = txn  # type: ignore[attr-defined]
         # The account's rules run at the first recipient that is not one of the relay's own addresses
-        # (SPEC §15): an unsubscribe or a feedback report is taken from anyone, whatever its sender.
+        # (docs/SPEC.md §15): an unsubscribe or a feedback report is taken from anyone, whatever its sender.
         return replies.OK_MAIL
 
     # --- RCPT TO ------------------------------------------------------------------------

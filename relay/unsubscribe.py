@@ -1,4 +1,4 @@
-"""One-click unsubscribe (SPEC §6): per-recipient list headers and URL, the public /u/TOKEN
+"""One-click unsubscribe (docs/SPEC.md §6): per-recipient list headers and URL, the public /u/TOKEN
 pages (relay/web/recipient.py), the unsubscribe+TOKEN@ mail address, and withdrawing consent at
 the level it was given."""
 
@@ -65,7 +65,8 @@ async def unsubscribe(services: Services, claims: TokenClaims, *, method: str) -
     revoked = await store.revoke(
         claims.scope, claims.recipient, None if claims.topic == "*" else claims.topic, via=method, at=now
     )
-    services.metrics.unsubscribes.labels(method).inc()
+    if added:  # a repeated click (or a scanner replaying the POST) is one unsubscribe, counted once
+        services.metrics.unsubscribes.labels(method).inc()
     get_logger().info(
         "unsubscribed", scope=claims.scope, topic=claims.topic, recipient=recipient_label(claims.recipient),
         method=method, new=added, consents_revoked=revoked,

@@ -1,9 +1,17 @@
-"""Unsubscribe tokens (SPEC §6): HMAC-signed, URL-safe claims and short mailto ids.
+"""Unsubscribe tokens (docs/SPEC.md §6): opaque, authenticated, URL-safe claims and short mailto ids.
 
-URL token: base64url (no padding) of version, issue time, scope, topic and recipient
-followed by a 128-bit truncated HMAC-SHA256. Mailto token: lower-case base32 of a
-stored delivery id plus a 128-bit truncated HMAC, so `unsubscribe+TOKEN` fits RFC
-5321's 64-character local part and survives case-folding MTAs.
+URL token (version 2): base64url (no padding) of a version byte and the AES-256-SIV (RFC 5297)
+encryption of issue time, scope, topic and recipient, zero-padded to a multiple of 16 bytes. SIV
+authenticates and encrypts in one step and needs no nonce: nobody who sees the URL can read the
+address (or its exact length), and nobody without a secret can make or alter one. Each configured
+secret gives its own key (HKDF-SHA256); the first issues, all verify.
+
+Version 1 tokens (base64url of the claims in clear plus a 128-bit truncated HMAC-SHA256), issued
+before version 2, still verify, so the mail already sent keeps working; none are issued any more.
+
+Mailto and VERP bounce tokens: lower-case base32 of a stored delivery id plus a 128-bit truncated
+HMAC (each with its own context), so `unsubscribe+TOKEN` and `bounce+TOKEN` fit RFC 5321's
+64-character local part and survive case-folding MTAs. They name a delivery, never an address.
 """
 
 from __future__ import annotations
@@ -17,22 +25,37 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 __all__ = ["MAILTO_PREFIX", "TokenClaims", "TokenCodec"]
 
 MAILTO_PREFIX = "unsubscribe+"
 
-_VERSION = 1
+_LEGACY_VERSION = 1  # claims in clear + HMAC: verified, never issued
+_VERSION = 2  # AES-SIV
 _MAC_BYTES = 16
+_SIV_BYTES = 16
+_PAD_BYTES = 16  # the token's length tells the address's length only to this granularity
 _MIN_SECRET_BYTES = 16
 _MAX_FIELD_BYTES = 255  # scope and topic carry a one-byte length
 _MAX_RECIPIENT_BYTES = 512
 _MAX_TIME = 1 << 40  # five bytes; far beyond any real clock
 _MAX_DELIVERY_ID = (1 << 64) - 1
-_MAX_URL_TOKEN_CHARS = 4 * (1 + 5 + 2 + 2 * _MAX_FIELD_BYTES + _MAX_RECIPIENT_BYTES + _MAC_BYTES) // 3 + 4
+_MAX_PLAIN = 5 + 2 + 2 * _MAX_FIELD_BYTES + 2 + _MAX_RECIPIENT_BYTES
+_MAX_RAW = max(
+    1 + 5 + 2 + 2 * _MAX_FIELD_BYTES + _MAX_RECIPIENT_BYTES + _MAC_BYTES,  # version 1
+    1 + _SIV_BYTES + _MAX_PLAIN + _PAD_BYTES,  # version 2
+)
+_MAX_URL_TOKEN_CHARS = 4 * _MAX_RAW // 3 + 4
 # Domain separation: a URL MAC can never be replayed as a mailto MAC or vice versa.
 _URL_CONTEXT = b"consent-relay unsubscribe url v1\x00"
 _MAILTO_CONTEXT = b"consent-relay unsubscribe mailto v1\x00"
 _BOUNCE_CONTEXT = b"consent-relay bounce verp v1\x00"  # bounce+ID@: another MAC, so neither token is the other
+_SIV_INFO = b"consent-relay unsubscribe url v2 aes-siv"
+_SIV_AAD = [bytes((_VERSION,)) + b"consent-relay unsubscribe url"]
 _URL_ALPHABET = re.compile(r"[A-Za-z0-9_-]+")
 _MAILTO_ALPHABET = re.compile(r"[A-Za-z2-7]+")
 
@@ -57,6 +80,7 @@ class TokenCodec:
                     f"unsubscribe secrets must be at least {_MIN_SECRET_BYTES} bytes"
                 )
         self._secrets = tuple(secrets)
+        self._sivs = tuple(AESSIV(_siv_key(secret)) for secret in self._secrets)
 
     # -- URL tokens ---------------------------------------------------------------
 
@@ -68,26 +92,44 @@ class TokenCodec:
             raise ValueError(f"recipient must be 1 to {_MAX_RECIPIENT_BYTES} bytes")
         if not 0 <= issued_at < _MAX_TIME:
             raise ValueError("issued_at out of range")
-        payload = (
-            bytes((_VERSION,))
-            + issued_at.to_bytes(5, "big")
+        plain = (
+            issued_at.to_bytes(5, "big")
             + bytes((len(scope_b),))
             + scope_b
             + bytes((len(topic_b),))
             + topic_b
+            + len(rcpt_b).to_bytes(2, "big")
             + rcpt_b
         )
-        mac = _mac(self._secrets[0], _URL_CONTEXT, payload)
-        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+        plain += bytes(-len(plain) % _PAD_BYTES)
+        sealed = self._sivs[0].encrypt(plain, _SIV_AAD)
+        return base64.urlsafe_b64encode(bytes((_VERSION,)) + sealed).rstrip(b"=").decode("ascii")
 
     def verify(self, token: str) -> TokenClaims | None:
         raw = _decode_b64url(token)
-        if raw is None or len(raw) <= _MAC_BYTES:
+        if raw is None:
+            return None
+        if raw[0] == _VERSION:
+            return self._open(raw[1:])
+        if raw[0] != _LEGACY_VERSION or len(raw) <= _MAC_BYTES:
             return None
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if not self._mac_matches(_URL_CONTEXT, payload, mac):
             return None
-        return _parse_claims(payload)
+        return _parse_legacy_claims(payload)
+
+    def _open(self, sealed: bytes) -> TokenClaims | None:
+        if len(sealed) < _SIV_BYTES + _PAD_BYTES or (len(sealed) - _SIV_BYTES) % _PAD_BYTES:
+            return None
+        plain = None
+        for siv in self._sivs:
+            # Try every secret so timing does not depend on which one matched.
+            try:
+                opened = siv.decrypt(sealed, _SIV_AAD)
+            except InvalidTag:
+                continue
+            plain = plain if plain is not None else opened
+        return _parse_claims(plain) if plain is not None else None
 
     # -- mailto tokens ------------------------------------------------------------
 
@@ -98,7 +140,7 @@ class TokenCodec:
         return self._verify_id(_MAILTO_CONTEXT, token)
 
     def issue_bounce(self, delivery_id: int) -> str:
-        """The ID of a VERP envelope sender bounce+ID@ (SPEC §15): lower-case, at most 40 characters."""
+        """The ID of a VERP envelope sender bounce+ID@ (docs/SPEC.md §15): lower-case, at most 40 characters."""
         return self._issue_id(_BOUNCE_CONTEXT, delivery_id)
 
     def verify_bounce(self, token: str) -> int | None:
@@ -158,10 +200,38 @@ def _decode_b64url(token: object) -> bytes | None:
     return raw
 
 
-def _parse_claims(payload: bytes) -> TokenClaims | None:
-    # Only reached for payloads we signed, but stay total: never raise.
+def _siv_key(secret: bytes) -> bytes:
+    # 64 bytes: AES-256-SIV (one half authenticates, the other encrypts).
+    return HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_SIV_INFO).derive(secret)
+
+
+def _parse_claims(plain: bytes) -> TokenClaims | None:
+    """Version 2 claims. Only reached for plaintext we sealed, but stay total: never raise."""
     try:
-        if payload[0] != _VERSION:
+        issued_at = int.from_bytes(plain[0:5], "big")
+        pos = 5
+        scope_len = plain[pos]
+        scope = plain[pos + 1 : pos + 1 + scope_len]
+        pos += 1 + scope_len
+        topic_len = plain[pos]
+        topic = plain[pos + 1 : pos + 1 + topic_len]
+        pos += 1 + topic_len
+        rcpt_len = int.from_bytes(plain[pos : pos + 2], "big")
+        recipient = plain[pos + 2 : pos + 2 + rcpt_len]
+        padding = plain[pos + 2 + rcpt_len :]
+        if len(scope) != scope_len or len(topic) != topic_len or not recipient or len(recipient) != rcpt_len:
+            return None
+        if len(padding) >= _PAD_BYTES or padding.strip(b"\x00"):
+            return None
+        return TokenClaims(scope.decode("utf-8"), topic.decode("utf-8"), recipient.decode("utf-8"), issued_at)
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+def _parse_legacy_claims(payload: bytes) -> TokenClaims | None:
+    """Version 1 claims (in clear, MAC already checked). Stay total: never raise."""
+    try:
+        if payload[0] != _LEGACY_VERSION:
             return None
         (issued_hi, issued_lo) = struct.unpack(">BI", payload[1:6])
         issued_at = (issued_hi << 32) | issued_lo

@@ -1,4 +1,4 @@
-"""Signed webhooks (SPEC §17): each account event POSTed as JSON to the account's endpoints with the
+"""Signed webhooks (docs/SPEC.md §17): each account event POSTed as JSON to the account's endpoints with the
 Standard Webhooks headers, in order, at least once, with exponential backoff and jitter.
 
 A background task of every relay process; it shares nothing with the mail path but the store, so a

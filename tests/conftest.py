@@ -15,6 +15,7 @@ import secrets
 import smtplib
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -99,6 +100,19 @@ def until_sync(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def run_tool(argv: list[str], *, input: bytes | None = None, timeout: float = 60, **kwargs: Any) -> "subprocess.CompletedProcess[bytes]":
+    """Run an external tool (perl, sigtool, …) the test relies on. When it is missing or fails, the
+    assertion message is the tool's own stderr, not a bare exit status."""
+    try:
+        done = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, **kwargs)
+    except FileNotFoundError as exc:
+        raise AssertionError(f"{argv[0]} is not installed ({exc}); scripts/setup-machine test installs it") from None
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace").strip()
+        raise AssertionError(f"{' '.join(map(str, argv))} exited {done.returncode}: {stderr or '(no stderr)'}")
+    return done
 
 
 def free_port() -> int:
@@ -592,8 +606,9 @@ class ServeProcess:
     Separate ServeProcess objects on one shared store stand in for separate hosts; one with
     `[smtp] workers = N` is a supervisor whose N workers log to the same stderr."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *serve_args: str) -> None:
         self.config = config
+        self.serve_args = serve_args  # e.g. "--sink"
         self.lines: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -604,7 +619,7 @@ class ServeProcess:
         script = Path(sys.executable).parent / "consent-relay"
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli"]
         self.proc = await asyncio.create_subprocess_exec(
-            *argv, "serve", "-c", str(self.config),
+            *argv, "serve", "-c", str(self.config), *self.serve_args,
             cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._read())

@@ -1,4 +1,4 @@
-"""The dependency direction (STYLE.md): policies/ is a pure core that imports nothing from relay/,
+"""The dependency direction (docs/STYLE.md): policies/ is a pure core that imports nothing from relay/,
 does no I/O and reads no clock."""
 
 from __future__ import annotations
@@ -58,3 +58,44 @@ def test_policies_read_no_clock(path: Path) -> None:
 def test_the_check_catches_a_relay_import() -> None:
     tree = ast.parse("from relay.store import base\nimport relay.config as c\n")
     assert [m for _, m in imported_modules(tree)] == ["relay.store", "relay.config"]
+
+
+BODY_PARSERS = {"post", "json", "multipart", "text"}
+
+
+def test_request_bodies_are_parsed_in_one_place() -> None:
+    """relay.http_common.form_body/json_body turn a body the client got wrong into a 400; a handler
+    calling request.post() or request.json() itself would answer the same mistake with a 500."""
+    calls = []
+    for path in sorted((REPO / "relay").rglob("*.py")):
+        if path.name == "http_common.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in BODY_PARSERS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "request"
+            ):
+                calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls request.{node.func.attr}()")
+    assert not calls, calls
+
+
+def test_csv_files_are_written_only_through_the_escaping_writer() -> None:
+    """Every CSV the relay writes for people (reports, exports) goes through relay.spreadsheet,
+    which escapes cells a spreadsheet would run as formulas."""
+    calls = []
+    for path in sorted((REPO / "relay").rglob("*.py")):
+        if path.name == "spreadsheet.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("writer", "DictWriter")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "csv"
+            ):
+                calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls csv.{node.func.attr}()")
+    assert not calls, calls

@@ -42,7 +42,7 @@ class ComplaintRateFacts:
     threshold: float  # complaints / delivered above this pauses (0.003 = 0.3%)
     min_complaints: int
     window_hours: float
-    spam_trap_hits: int = 0  # verified reports from a spam trap (SPEC §16): one pauses at once
+    spam_trap_hits: int = 0  # verified reports from a spam trap (docs/SPEC.md §16): one pauses at once
 
 
 def _hours(value: float) -> str:

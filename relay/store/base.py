@@ -11,7 +11,8 @@ Store
 ├── complaints  ComplaintStore      feedback reports and their deadlines (complaints_base.py)
 ├── bounces     BounceStore         DSNs and what they said about their recipients (bounces.py)
 ├── events      EventStore          what each account must learn of, in order (events_store.py)
-└── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
+├── webhooks    WebhookStateStore   each webhook endpoint's cursor, backoff and lease (webhooks_store.py)
+└── signups     SignupStore         hosted double opt-in requests and confirmations (signups.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from relay.store.bounces import BounceStore
 from relay.store.complaints_base import ComplaintStore
 from relay.store.events_store import EventStore
 from relay.store.webhooks_store import WebhookStateStore
+from relay.store.signups import SignupStore
 from relay.store.records import (
     AccountState,
     AuditEntry,
@@ -245,6 +247,7 @@ class Store(abc.ABC):
     events: EventStore
     webhooks: WebhookStateStore
     bounces: BounceStore
+    signups: SignupStore
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -1,4 +1,4 @@
-"""Bounces (SPEC §15): every DSN that reached bounce+ID@, what it said about its recipient, and the
+"""Bounces (docs/SPEC.md §15): every DSN that reached bounce+ID@, what it said about its recipient, and the
 count of permanent failures that turns an address into a hard bounce. One query set; the two
 backends differ only in how they pass parameters."""
 

@@ -1,4 +1,4 @@
-"""The complaint store interface (SPEC §9): complaints with their deadlines, malformed reports kept
+"""The complaint store interface (docs/SPEC.md §9): complaints with their deadlines, malformed reports kept
 for inspection, and the counts the complaint rate needs."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Complaint:
     acknowledged_by: str = ""
     ack_note: str = ""
     escalated_at: datetime | None = None
-    # SPEC §16: from a configured feedback loop (or an admin). An unverified one suppresses but neither
+    # docs/SPEC.md §16: from a configured feedback loop (or an admin). An unverified one suppresses but neither
     # counts toward account.complaint_rate nor has a deadline until an admin verifies it.
     verified: bool = True
     spam_trap: bool = False  # a spam-trap hit: pauses the account at once (account.complaint_rate)

@@ -1,4 +1,4 @@
-"""The event store (SPEC §17): events numbered per account, written inside the transaction of the
+"""The event store (docs/SPEC.md §17): events numbered per account, written inside the transaction of the
 decision they tell about (`append_sqlite` / `append_postgres`), read in order after a cursor.
 
 Per-account numbering takes the account's row of `event_seq` with an UPDATE: a second writer of

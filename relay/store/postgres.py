@@ -23,6 +23,7 @@ from relay.store import base
 from relay.store.postgres_complaints import PostgresComplaints
 from relay.store.webhooks_store import PostgresWebhookStates
 from relay.store.events_store import PostgresEvents, append_postgres
+from relay.store.signups import SignupStore
 from relay.store.postgres_schema import MIGRATIONS
 from relay.store.records import (
     AccountState,
@@ -831,6 +832,7 @@ class PostgresStore(base.Store):
         self.webhooks = PostgresWebhookStates(self.db)
         self.events = PostgresEvents(self.db)
         self.bounces = PostgresBounces(self.db)
+        self.signups = SignupStore(self.db, postgres=True)
 
     async def open(self) -> None:
         await self.db.open()

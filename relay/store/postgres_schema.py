@@ -140,7 +140,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at DOUBLE PRECISION NOT NULL
         )""",
     ),
-    # 2: complaints (SPEC §9) and the feedback reports refused as malformed, kept for inspection.
+    # 2: complaints (docs/SPEC.md §9) and the feedback reports refused as malformed, kept for inspection.
     (
         f"""CREATE TABLE complaints (
             id {_ID},
@@ -189,12 +189,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE decisions ADD COLUMN misses TEXT NOT NULL DEFAULT '[]'",),
     # 5: when a release claimed the message, so a claim abandoned by a killed process is given back.
     (f"ALTER TABLE quarantine ADD COLUMN claimed_at {_SORTED}",),
-    # 6: complaint sources (SPEC §16): whether a report came from a configured feedback loop, and
+    # 6: complaint sources (docs/SPEC.md §16): whether a report came from a configured feedback loop, and
     # whether it was a spam-trap hit; and the bounces table.
     (
         "ALTER TABLE complaints ADD COLUMN verified INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE complaints ADD COLUMN spam_trap INTEGER NOT NULL DEFAULT 0",
-        # bounces (SPEC §15): every DSN to bounce+ID@ and what it said about its recipient.
+        # bounces (docs/SPEC.md §15): every DSN to bounce+ID@ and what it said about its recipient.
         f"""CREATE TABLE bounces (
             id {_ID},
             account TEXT NOT NULL,
@@ -214,7 +214,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bounces_account ON bounces (account, id)",
         "CREATE INDEX bounces_email ON bounces (email, account, received_at)",
     ),
-    # 7: account events (SPEC §17), numbered per account in commit order (relay/store/events_store.py),
+    # 7: account events (docs/SPEC.md §17), numbered per account in commit order (relay/store/events_store.py),
     # and each webhook endpoint's cursor into them (relay/store/webhooks_store.py).
     (
         f"""CREATE TABLE events (
@@ -246,5 +246,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE outbox ADD COLUMN sending_since DOUBLE PRECISION NOT NULL DEFAULT 0",
         "ALTER TABLE outbox ADD COLUMN uncertain BIGINT NOT NULL DEFAULT 0",
+    ),
+    # 9: hosted double opt-in (docs/SPEC.md §18): each signup request, its confirmation mail and confirmation,
+    # and one row per address and account that spaces confirmation mails `resend_after_hours` apart.
+    (
+        f"""CREATE TABLE signups (
+            id BIGINT PRIMARY KEY,
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            statement TEXT NOT NULL,
+            source_url TEXT NOT NULL,
+            signup_ip TEXT NOT NULL,
+            frequency TEXT NOT NULL DEFAULT '',
+            language TEXT NOT NULL,
+            requested_at {_SORTED} NOT NULL,
+            requested_by TEXT NOT NULL DEFAULT '',
+            relay_id TEXT NOT NULL,
+            message_id TEXT NOT NULL DEFAULT '',
+            mail_status TEXT NOT NULL DEFAULT 'queued',
+            mail_at {_SORTED},
+            confirmed_at {_SORTED},
+            confirm_ip TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX signups_email ON signups (email, account)",
+        "CREATE INDEX signups_relay_id ON signups (relay_id)",
+        f"""CREATE TABLE signup_mails (
+            account TEXT NOT NULL,
+            email TEXT NOT NULL,
+            last_sent_at {_SORTED} NOT NULL,
+            PRIMARY KEY (account, email)
+        )""",
     ),
 )

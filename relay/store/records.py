@@ -144,7 +144,7 @@ class Event:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON shape of SPEC §17 (the feed, webhooks, `events tail --json`)."""
+        """The JSON shape of docs/SPEC.md §17 (the feed, webhooks, `events tail --json`)."""
         return {
             "id": self.id, "type": self.type, "at": iso(self.at), "account": self.account, "stream": self.stream,
             "recipient": self.recipient, "relay_id": self.relay_id, "message_id": self.message_id,

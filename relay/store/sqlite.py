@@ -54,6 +54,7 @@ from relay.store.webhooks_store import SqliteWebhookStates
 from relay.store.events_store import SqliteEvents, append_sqlite
 from relay.store.schema import MIGRATIONS
 from relay.store.sqlite_complaints import SqliteComplaints
+from relay.store.signups import SignupStore
 
 _CHUNK = 500  # SQLite's host-parameter limit is 32766; keep IN lists modest
 # Below this much free space on its file system the store reports itself not ready (/readyz).
@@ -789,6 +790,7 @@ class SqliteStore(base.Store):
         self.webhooks = SqliteWebhookStates(self.db)
         self.events = SqliteEvents(self.db)
         self.bounces = SqliteBounces(self.db)
+        self.signups = SignupStore(self.db, postgres=False)
 
     async def open(self) -> None:
         await self.db.open()

@@ -1,4 +1,4 @@
-"""Webhook delivery state (SPEC §17), one row per account endpoint: the cursor into the account's
+"""Webhook delivery state (docs/SPEC.md §17), one row per account endpoint: the cursor into the account's
 event feed up to which the endpoint has answered 2xx, the backoff of its failures, and a lease.
 
 The lease is how instances sharing a store never send at once: an endpoint is claimed with one

@@ -1,4 +1,4 @@
-"""The recipient's public pages (SPEC §6): /u/TOKEN says who writes, what stops and at which level,
+"""The recipient's public pages (docs/SPEC.md §6): /u/TOKEN says who writes, what stops and at which level,
 its button POSTs the one-click unsubscribe; /u/TOKEN/preferences lets the recipient stop each topic
 held at the level of the signup, or all. A GET never changes anything. Jinja2 templates, autoescaped."""
 
@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 
 from policies.facts import TRANSACTIONAL
 from relay.config import Config
+from relay.http_common import form_body
 from relay.services import Services
 from relay.store.records import AuditEntry
 from relay.subscriptions import EVERY_TOPIC, Describer, Entry, Reach, Sender, mask_address
@@ -99,9 +100,7 @@ class RecipientPages:
         claims = await self._claims(request)
         if claims is None:
             return web.Response(status=404, text="unknown unsubscribe token\n")
-        form = await _form(request)
-        if form is None:
-            return web.Response(status=400, text="unreadable form body\n")
+        form = await form_body(request)
         if form.get("List-Unsubscribe") != "One-Click":
             return web.Response(status=400, text="expected List-Unsubscribe=One-Click\n")
         method = "page" if form.get("via") == "page" else "one_click"
@@ -128,8 +127,7 @@ class RecipientPages:
         visit = await self._visit(request)
         if visit is None:
             return self._invalid(request)
-        form = await _form(request)
-        choice = form.get("stop") if form is not None else None
+        choice = (await form_body(request)).get("stop")
         entries = await self._entries(visit)
         active = [e for e in entries if not e.stopped]
         if choice == STOP_ALL:
@@ -245,10 +243,3 @@ def _page(template: str, lang: str, title: str, *, status: int, logo: str | None
         },
     )
 
-
-async def _form(request: web.Request) -> Any:
-    """The POSTed form, or None when the body cannot be read as one (answered 400, never a 500)."""
-    try:
-        return await request.post()
-    except (ValueError, UnicodeDecodeError, LookupError, AssertionError):
-        return None

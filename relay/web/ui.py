@@ -24,13 +24,14 @@ from policies.message import parse_message
 from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
-from relay.http_admin import CHECKER
+from relay.http_admin import CHECKER, GUARD
 from relay.webhooks import disabled_notes
-from relay.http_common import services_of
+from relay.http_common import form_body, services_of
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web.render import Safe, escape, join, render, tag
 from relay.web.safe_html import make_inert
+from relay.web.ui_signups import signup_chain_html
 
 SESSION_COOKIE = "relay_session"
 LOGIN_COOKIE = "relay_login"
@@ -140,7 +141,7 @@ def signed_in(handler: Callable[[web.Request, Session], Awaitable[web.StreamResp
             query = urlencode({"next": request.path_qs})
             raise web.HTTPSeeOther(f"/ui/login?{query}")
         if request.method == "POST":
-            form = await request.post()
+            form = await form_body(request)
             sent = str(form.get("csrf", ""))
             if not sent or not hmac.compare_digest(sent, session.csrf):
                 raise web.HTTPForbidden(text="The form's security token is missing or stale; reload the page and try again.")
@@ -245,14 +246,32 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return await login_form(request)
 
 
+async def _locked_out(request: web.Request) -> web.Response | None:
+    wait = request.app[GUARD].retry_after(request)
+    if wait is None:
+        return None
+    minutes = max(1, -(-wait // 60))
+    response = await login_form(
+        request, error=f"Too many failed sign-ins from your address. Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+        status=429,
+    )
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    if (locked := await _locked_out(request)) is not None:
+        return locked
+    form = await form_body(request)
     sent, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
     if not sent or not cookie or not hmac.compare_digest(sent, cookie):
         return await login_form(request, error="The sign-in form expired; please try again.", status=403)
     token = str(form.get("token", "")).strip()
     label = await request.app[CHECKER].label_for(token) if token else None
     if label is None:
+        await request.app[GUARD].failed(request, "login")
+        if (locked := await _locked_out(request)) is not None:
+            return locked
         return await login_form(request, error="That token is not a valid admin token.", status=401)
     old = request.cookies.get(SESSION_COOKIE)
     if old:
@@ -354,7 +373,7 @@ def _list_row(item: QuarantineItem, now: datetime) -> Safe:
 
 @signed_in
 async def quarantine_bulk(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     ids = [str(v) for v in form.getall("ids", [])]
     action = str(form.get("action", ""))
     note = str(form.get("note", ""))[:MAX_NOTE]
@@ -506,7 +525,7 @@ async def quarantine_raw(request: web.Request, session: Session) -> web.StreamRe
 
 @signed_in
 async def quarantine_act(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     item_id = request.match_info["id"]
     action = str(form.get("action", ""))
     note = str(form.get("note", ""))[:MAX_NOTE]
@@ -601,7 +620,7 @@ async def accounts_page(request: web.Request, session: Session) -> web.Response:
 
 @signed_in
 async def account_change(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     account_id = request.match_info["id"]
     action = str(form.get("action", ""))
     reason = str(form.get("reason", "")).strip()[:500]
@@ -700,6 +719,7 @@ def _proof_html(proof: dict[str, Any], text: str) -> Safe:
         f"<tbody>{sup_rows}</tbody></table></section>"
         '<section class="card flush"><table class="list"><thead><tr><th>Delivered at</th><th>Stream</th><th>Message-ID</th><th>Relay id</th><th>Under consent</th></tr></thead>'
         f"<tbody>{del_rows}</tbody></table></section>"
+        f"{signup_chain_html(proof.get('signups', []))}"
         f'<section class="card"><details><summary><h2>As text, for a complaints desk</h2></summary><pre class="proof">{escape(text)}</pre></details></section>'
     )
 

@@ -1,6 +1,6 @@
 """The admin UI's complaints page (/ui/complaints): the complaints newest first, open ones only if
 asked, the form that acknowledges one with a note and the one that verifies a report from no
-configured source (SPEC §16) (CSRF-protected, audited as the admin)."""
+configured source (docs/SPEC.md §16) (CSRF-protected, audited as the admin)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp import web
 
 from relay.complaints import ComplaintNotOpen, ComplaintService
 from relay.errors import NotFound, UsageError
-from relay.http_common import services_of
+from relay.http_common import form_body, services_of
 from relay.store.complaints_base import ACKNOWLEDGED, OPEN, Complaint
 from relay.web.render import Safe, escape, join, render, tag
 from relay.web.ui import MAX_NOTE, Session, _options, _page, _query, _redirect, _same_ui_path, _when, signed_in
@@ -57,7 +57,7 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
     if c.status == OPEN and c.deadline is not None:
         status = join([status, Safe("<br>"), tag("small", f"respond before {c.deadline:%Y-%m-%d %H:%M} UTC", class_="muted")])
     if not c.verified:
-        # SPEC §16: from no configured feedback loop: suppressed, but nothing counts until an admin vouches.
+        # docs/SPEC.md §16: from no configured feedback loop: suppressed, but nothing counts until an admin vouches.
         status = join([status, Safe("<br>"), tag("span", "unverified", class_="state unverified")])
     if c.status == OPEN and not c.verified:
         answer = Safe(
@@ -98,7 +98,7 @@ def _row(c: Complaint, now: datetime, session: Session, back: str) -> Safe:
 
 @signed_in
 async def complaint_verify(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
     text = request.match_info["id"]
     if not text.isdigit():
@@ -117,11 +117,11 @@ async def complaint_verify(request: web.Request, session: Session) -> web.Stream
 
 @signed_in
 async def complaint_ack(request: web.Request, session: Session) -> web.StreamResponse:
-    form = await request.post()
+    form = await form_body(request)
     back = _same_ui_path(str(form.get("back", "")), "/ui/complaints")
     text = request.match_info["id"]
     note = str(form.get("note", "")).strip()[:MAX_NOTE]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise web.HTTPNotFound(text=f"no complaint {text}")
     if not note:
         session.flash.append(("error", f"Say what was found and done about complaint {text} before acknowledging it."))

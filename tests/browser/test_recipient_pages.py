@@ -1,4 +1,4 @@
-"""The recipient's unsubscribe and preferences pages (SPEC §6, issue 22) against a real relay, a real
+"""The recipient's unsubscribe and preferences pages (docs/SPEC.md §6, issue 22) against a real relay, a real
 upstream and real SMTP: in Debian's Chromium at phone and desktop width with axe-core's accessibility
 check, by plain HTTP, and by a crawler that GETs every link and shows that nothing changes.
 
@@ -418,7 +418,7 @@ async def test_preferences_count_and_show_in_the_metrics(setup: Setup, upstream:
     assert record.revoked_via == "preferences"
     audit = await setup.relay.services.store.audit.list()
     assert [(e.action, e.target, e.detail["topic"]) for e in audit] == [("unsubscribe.preferences", "holding", "offers")]
-    # The application learns of it as of any unsubscribe: an `unsubscribed` event (SPEC §17).
+    # The application learns of it as of any unsubscribe: an `unsubscribed` event (docs/SPEC.md §17).
     events = [e for e in await setup.relay.services.store.events.after("holding", 0, 100) if e.recipient == ANNA]
     assert [(e.type, e.detail["topic"], e.detail["via"]) for e in events] == [("unsubscribed", "offers", "preferences")]
 

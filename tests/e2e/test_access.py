@@ -1,4 +1,4 @@
-"""Who may send and how much (SPEC §4): AUTH after STARTTLS or on the implicit-TLS listener, trusted
+"""Who may send and how much (docs/SPEC.md §4): AUTH after STARTTLS or on the implicit-TLS listener, trusted
 networks, relay denial, lock-out, sender identity, SIZE, recipients, idle timeout, connection limits."""
 
 from __future__ import annotations

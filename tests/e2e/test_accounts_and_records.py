@@ -81,7 +81,7 @@ async def test_every_decision_is_a_row_and_a_log_line(relay: Any, upstream: Reco
     assert row.outcome == "delivered" and row.account == "shop" and row.stream == "orders"
     assert sorted(row.recipients) == ["anna@example.nl", "bob@example.nl"]
     assert row.message_id.endswith("@shop.example>") and row.rules == () and row.created_at is not None
-    # The misses are kept too: every rule that ran and found nothing (STYLE: "every hit and miss").
+    # The misses are kept too: every rule that ran and found nothing (docs/STYLE.md: "every hit and miss").
     assert {"identity.sender_not_authorized", "stream.unknown", "account.suspended", "content.malware"} <= set(row.misses)
 
     lines = [e for e in logs if e["event"] == "decision"]

@@ -1,4 +1,4 @@
-"""Consent enforcement over SMTP (SPEC §4-5): refusals at RCPT when the stream is known early,
+"""Consent enforcement over SMTP (docs/SPEC.md §4-5): refusals at RCPT when the stream is known early,
 at end of DATA otherwise, with the partial-delivery reply; parent scopes; address comparison."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def test_addresses_compare_case_insensitively_with_idna_and_tags_distinct(
 
 async def test_rcpt_time_refusals_for_an_all_marketing_account_without_envelope_from(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
     # policy: mailpro M-prior-consent ; policy: clang E-direct-en-permanent
-    # SPEC §4: no envelope_from, but every stream is marketing: suppression and "no consent at all
+    # docs/SPEC.md §4: no envelope_from, but every stream is marketing: suppression and "no consent at all
     # for this scope" are final at RCPT; the topic is only known from the header at DATA.
     streams = [
         {"id": "newsletter", "kind": "marketing", "topic": "newsletter"},

@@ -1,4 +1,4 @@
-"""Forwarding end to end (SPEC §3): 250 only after the upstream accepted or the outbox holds the
+"""Forwarding end to end (docs/SPEC.md §3): 250 only after the upstream accepted or the outbox holds the
 rest, 451 when the upstream is down, 5xx passed through, per-recipient copies retried from the outbox."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real Postfix as the application's MTA (relayhost = the relay, SPEC §15): a recipient the relay
+"""A real Postfix as the application's MTA (relayhost = the relay, docs/SPEC.md §15): a recipient the relay
 refuses at RCPT makes Postfix send its bounce from `<>` back through the relay, and that bounce
 reaches the application's mailbox (the upstream sink) instead of being refused and dropped."""
 
@@ -115,7 +115,7 @@ async def test_a_postfix_dsn_to_the_verp_address_suppresses_at_the_next_rcpt(
 ) -> None:
     """Postfix as the relay's upstream MTA: the mailbox provider behind it refuses one recipient, Postfix
     bounces to the copy's VERP envelope sender, and its own DSN (routed to the relay's domain) makes a
-    hard bounce: suppression.bounced at the next RCPT (SPEC §15)."""
+    hard bounce: suppression.bounced at the next RCPT (docs/SPEC.md §15)."""
     # policy: mailpro M-18-maanden (list hygiene) — suppression.bounced from a real MTA's DSN
     gone = "gone@example.nl"
     upstream.answer_rcpt(gone, f"550 5.1.1 <{gone}>: Recipient address rejected: User unknown in virtual mailbox table")

@@ -59,7 +59,7 @@ async def test_fresh_start_from_example_config_without_upstream(tmp_path: Path) 
     text = text.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{smtp}"', 1)
     text = text.replace('admin_listen = "127.0.0.1:8025"', f'admin_listen = "127.0.0.1:{admin}"', 1)
     text = text.replace('public_listen = "127.0.0.1:8080"', f'public_listen = "127.0.0.1:{public}"', 1)
-    text = re.sub(r"(\[upstream\][^\[]*?\nport = )25\b", rf"\g<1>{dead}", text, count=1)
+    text = re.sub(r"(\[upstream\][^\[]*?\nport = )\d+\b", rf"\g<1>{dead}", text, count=1)
     assert f":{smtp}" in text and f"port = {dead}" in text
     config = tmp_path / "config.example.toml"
     config.write_text(text)

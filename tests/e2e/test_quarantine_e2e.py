@@ -1,4 +1,4 @@
-"""Quarantine end to end (SPEC §8): a real relay and a real upstream; hold, review over the API
+"""Quarantine end to end (docs/SPEC.md §8): a real relay and a real upstream; hold, review over the API
 and the CLI, release (never to someone suppressed since), delete, audit, purge, store failure → 451."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import sys
 import threading
 from datetime import datetime, timedelta, timezone
@@ -15,7 +14,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from conftest import RecordingUpstream, asend, config_dict, until, write_config
+from conftest import RecordingUpstream, asend, config_dict, run_tool, until, write_config
 
 from policies.facts import ConsentRecord, Suppression
 from relay import quarantine_service as qs
@@ -332,7 +331,7 @@ VERIFIER = Path(__file__).parents[1] / "relay" / "dkim_verify.pl"
 def perl_verify(raw: bytes, records: str, tmp_path: Path) -> str:
     keys = tmp_path / "dkim-keys.txt"
     keys.write_text(records)
-    done = subprocess.run(["perl", str(VERIFIER), str(keys)], input=raw, capture_output=True, timeout=60, check=True)
+    done = run_tool(["perl", str(VERIFIER), str(keys)], input=raw)
     return done.stdout.decode().splitlines()[-1].split()[1]
 
 

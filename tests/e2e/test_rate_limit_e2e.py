@@ -1,4 +1,4 @@
-"""The per-account message rate (account.rate_limited, SPEC §4) against a real relay: a token bucket
+"""The per-account message rate (account.rate_limited, docs/SPEC.md §4) against a real relay: a token bucket
 in the store, taken at MAIL FROM; the clock is injected, so the minute passes without sleeping."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def test_over_the_limit_within_a_minute_is_451_rate_limited(relay: Any, up
         outcomes = [await asend(relay.smtp_port) for _ in range(LIMIT + 2)]
     assert [o.code for o in outcomes] == [250] * LIMIT + [451, 451], outcomes
     for refused in outcomes[LIMIT:]:
-        # refused at the first RCPT, before DATA (MAIL FROM is taken: SPEC §15, own addresses from anyone)
+        # refused at the first RCPT, before DATA (MAIL FROM is taken: docs/SPEC.md §15, own addresses from anyone)
         assert refused.mail[0] == 250 and refused.rcpts == [(451, f"4.7.1 {LIMITED}")], refused
         assert refused.data is None
     assert len(upstream.messages) == LIMIT

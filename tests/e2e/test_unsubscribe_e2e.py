@@ -1,10 +1,9 @@
-"""One-click unsubscribe end to end (SPEC §6-7): per-recipient list headers and URL, the public
+"""One-click unsubscribe end to end (docs/SPEC.md §6-7): per-recipient list headers and URL, the public
 listener, the mailto address over SMTP, parent scopes, and DKIM checked by Perl's Mail::DKIM."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
 from pathlib import Path
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from policies.facts import ConsentRecord
 from relay.dkim import dkim_dns_record, load_dkim_key
 from relay.config import load_config
-from tests.conftest import PASSWORD, asend, base_account, config_dict, make_config, message, write_config
+from tests.conftest import PASSWORD, asend, base_account, config_dict, make_config, message, run_tool, write_config
 
 VERIFIER = Path(__file__).parents[1] / "relay" / "dkim_verify.pl"
 SECRET = "unsubscribe-secret-for-tests-0123456789"
@@ -204,7 +203,7 @@ async def test_unsubscribes_total_counts_each_method_on_the_metrics_endpoint(tmp
 
 
 async def test_links_signed_with_a_rotated_out_secret_still_unsubscribe(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
-    # SPEC §6: several secrets, the first signs and all verify; a valid token never expires.
+    # docs/SPEC.md §6: several secrets, the first signs and all verify; a valid token never expires.
     old, new = "the-old-unsubscribe-secret-0123456789", "the-new-unsubscribe-secret-9876543210"
     overrides: dict[str, Any] = {"account": {"trusted_networks": []}, "smtp": {"auth_require_tls": False}}
     before = await start_relay(relay_config(tmp_path, upstream.port, unsubscribe={"secrets": [old], "mailto_domain": "relay.test"}, **overrides))
@@ -297,7 +296,7 @@ async def test_mail_to_the_unsubscribe_address_needs_no_auth(tmp_path: Path, ups
 
 async def test_mailto_withdraws_an_every_topic_consent_for_every_marketing_stream(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
     # policy: clang E-subscription-level: withdrawn at the level it was given; a '*' consent covers
-    # every marketing stream, so its withdrawal stops them all (SPEC §6, as the one-click URL does)
+    # every marketing stream, so its withdrawal stops them all (docs/SPEC.md §6, as the one-click URL does)
     streams = [
         {"id": "orders", "kind": "transactional"},
         {"id": "newsletter", "kind": "marketing", "topic": "newsletter"},
@@ -375,7 +374,7 @@ async def test_placeholder_in_base64_html_part(tmp_path: Path, upstream: Any, st
 def perl_verify(raw: bytes, records: list[str], tmp_path: Path) -> str:
     keys = tmp_path / "keys.txt"
     keys.write_text("".join(records))
-    done = subprocess.run(["perl", str(VERIFIER), str(keys)], input=raw, capture_output=True, timeout=60, check=True)
+    done = run_tool(["perl", str(VERIFIER), str(keys)], input=raw)
     return done.stdout.decode().splitlines()[-1].split()[1]
 
 

@@ -1,4 +1,4 @@
-"""Signed webhooks end to end (SPEC §17): a real aiohttp receiver on 127.0.0.1 checks every POST with
+"""Signed webhooks end to end (docs/SPEC.md §17): a real aiohttp receiver on 127.0.0.1 checks every POST with
 the PyPI `standardwebhooks` library (not our code). A one-click unsubscribe and an ARF complaint
 arrive signed; with the receiver down and the relay restarted meanwhile every event still arrives,
 none twice under different ids; two instances on one PostgreSQL schema send each event once."""

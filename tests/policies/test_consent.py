@@ -131,7 +131,7 @@ def test_unknown_topic_at_rcpt_any_consent_of_scope_counts() -> None:
 
 
 def test_transactional_stream_skips_consent_rules() -> None:
-    # policy: mailpro M-prior-consent applies to marketing; transactional mail is exempt (SPEC §4)
+    # policy: mailpro M-prior-consent applies to marketing; transactional mail is exempt (docs/SPEC.md §4)
     assert run("strict", stream=StreamFacts("orders", "transactional", "orders")) == []
 
 

@@ -1,4 +1,4 @@
-"""Fuzzing the feedback-loop parsers (SPEC §15, §16): whatever bytes arrive at fbl@ or bounce+ID@,
+"""Fuzzing the feedback-loop parsers (docs/SPEC.md §15, §16): whatever bytes arrive at fbl@ or bounce+ID@,
 parse_feedback_report and parse_dsn answer with a report or their own Malformed* error, never
 anything else, and the genuine corpus mutated byte by byte does not change that."""
 

@@ -229,13 +229,13 @@ def test_damaged_real_report_never_crashes(cut: int, junk: bytes) -> None:
 
 
 def test_multipart_report_without_report_type_is_read_by_its_feedback_part() -> None:
-    # SPEC §16: some loops leave report-type out; the message/feedback-report part says what it is
+    # docs/SPEC.md §16: some loops leave report-type out; the message/feedback-report part says what it is
     parsed = parse_feedback_report(report(content_type=f"multipart/report; boundary={BOUNDARY}"))
     assert parsed.feedback_type == "abuse"
 
 
 def test_an_absent_original_is_read_when_the_report_names_its_recipient() -> None:
-    # SPEC §16: redacted or absent originals, matched by Original-Rcpt-To / Removal-Recipient
+    # docs/SPEC.md §16: redacted or absent originals, matched by Original-Rcpt-To / Removal-Recipient
     raw = report(original_type="application/octet-stream", fields="Feedback-Type: abuse\r\nRemoval-Recipient: rfc822; Who@Example.net\r\n")
     parsed = parse_feedback_report(raw)
     assert parsed.original_rcpt_to == ("who@example.net",) and parsed.original_headers == ()

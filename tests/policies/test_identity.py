@@ -195,7 +195,7 @@ def test_default_message_passes_all_identity_rules_through_the_engine() -> None:
 
 
 def test_identity_rules_apply_to_transactional_streams_too() -> None:
-    # policy: clang E-no-reply — SPEC §4: identity rules still apply on transactional streams
+    # policy: clang E-no-reply — docs/SPEC.md §4: identity rules still apply on transactional streams
     verdict = evaluate(facts(mail(sender="Shop <noreply@shop.example>", text="Uw bestelling"), stream=ORDERS))
     assert "identity.no_reply" in verdict.rule_ids
     assert "optout.missing" not in verdict.rule_ids

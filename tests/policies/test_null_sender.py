@@ -1,4 +1,4 @@
-"""identity.null_sender (SPEC §15): a bounce from an account's own MTA goes back to that account's
+"""identity.null_sender (docs/SPEC.md §15): a bounce from an account's own MTA goes back to that account's
 domains only, and the identity rules of the account's own mail do not apply to it."""
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_near_misses_hit(raw: bytes) -> None:
 
 
 def test_transactional_streams_are_exempt_through_the_engine() -> None:
-    # policy: mailpro M-opt-out — SPEC §4: transactional streams skip opt-out
+    # policy: mailpro M-opt-out — docs/SPEC.md §4: transactional streams skip opt-out
     raw = text_mail("Uw bestelling is onderweg.")
     assert "optout.missing" in evaluate(facts(raw)).rule_ids
     assert "optout.missing" not in evaluate(facts(raw, stream=ORDERS)).rule_ids

@@ -1,4 +1,4 @@
-"""Account API keys (SPEC §17) against a started relay's admin listener: a key acts for its own
+"""Account API keys (docs/SPEC.md §17) against a started relay's admin listener: a key acts for its own
 account only — another account's data answers 404, an admin-only route 403 — and a property test
 over every route with the keys of two accounts: no response ever carries the other's data."""
 

@@ -1,4 +1,4 @@
-"""VERP and DSNs against a real relay (SPEC §15): marketing copies leave with bounce+ID@, genuine
+"""VERP and DSNs against a real relay (docs/SPEC.md §15): marketing copies leave with bounce+ID@, genuine
 DSNs written by others (tests/corpus/feedback/dsn, origins in SOURCES) sent to that address from
 any client are matched to their delivery, hard bounces suppress at the next RCPT with 550 5.1.1,
 soft ones are counted; listed, counted in metrics, shown in the proof, forwarded, liftable."""

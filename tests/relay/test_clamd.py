@@ -14,7 +14,7 @@ import pytest
 
 from relay.clamd import Clamd
 from relay.errors import ScannerUnavailable
-from tests.conftest import asend, make_config, message
+from tests.conftest import asend, make_config, message, run_tool
 
 PAYLOAD = b"consent-relay test payload that only our local signature knows 7f3a9c\n"
 
@@ -24,7 +24,7 @@ def clamd_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("clamd")
     (base / "db").mkdir()
     (base / "payload.bin").write_bytes(PAYLOAD)
-    signature = subprocess.run(["sigtool", "--md5", str(base / "payload.bin")], capture_output=True, check=True, timeout=30)
+    signature = run_tool(["sigtool", "--md5", str(base / "payload.bin")], timeout=30)
     (base / "db" / "local.hdb").write_bytes(signature.stdout)
     socket_path = base / "clamd.sock"
     (base / "clamd.conf").write_text(

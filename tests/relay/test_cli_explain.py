@@ -168,7 +168,7 @@ def test_consent_comes_from_the_store_unless_assumed(config: Path) -> None:
 
 
 def test_stream_picks_the_rules_that_apply(config: Path) -> None:
-    # policy: mailpro M-prior-consent applies to marketing; a transactional stream needs no consent (SPEC §4)
+    # policy: mailpro M-prior-consent applies to marketing; a transactional stream needs no consent (docs/SPEC.md §4)
     code, out, _ = explain(config, WEEKLY, "--account", "shop", "--to", "jan@example.net", "--stream", "orders", "--json")
     assert code == 0, out
     report = json.loads(out)

@@ -1,4 +1,4 @@
-"""Verified complaint sources (SPEC §16) against a real relay: reports by mail from a configured
+"""Verified complaint sources (docs/SPEC.md §16) against a real relay: reports by mail from a configured
 feedback loop's network count and can pause an account; the same reports forged from anywhere else
 suppress the recipients they name but never pause, never start the 24 h clock, and wait for an
 admin to verify them (API and CLI, audited). Spam-trap hits pause at once."""
@@ -218,7 +218,7 @@ async def test_complaint_forwards_are_dkim_signed_with_the_relays_domain_key(
 
 
 async def test_a_report_naming_two_recipients_of_one_message_records_both(relay: Any, upstream: RecordingUpstream) -> None:
-    # SPEC §16: several Original-Rcpt-To, each recorded and suppressed, even when the quoted copy
+    # docs/SPEC.md §16: several Original-Rcpt-To, each recorded and suppressed, even when the quoted copy
     # (with its own unsubscribe token) is only one of theirs
     assert (await send_newsletter(relay, ANNA, BOB)).code == 250
     raw = arf(copy_to(upstream, ANNA), rcpt_to=ANNA).replace(

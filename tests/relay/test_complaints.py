@@ -1,4 +1,4 @@
-"""Complaints against a real relay (SPEC §9): feedback reports by mail to fbl@, by the API and by
+"""Complaints against a real relay (docs/SPEC.md §9): feedback reports by mail to fbl@, by the API and by
 the CLI; mapping to the delivered copy, immediate suppression, the forward to the abuse contact
 through a real upstream, the 24 h deadline driven by an injected clock, the complaint rate at its
 boundary, and `account resume`."""
@@ -76,7 +76,7 @@ def relay_config(
         account={"trusted_networks": list(trusted_networks), **(account or {})},
         complaints={
             "ack_deadline_hours": 24, "rate_threshold": 0.01, "rate_min_complaints": 3,
-            # The feedback loop's MTA: reports from 127.0.0.1 are verified (SPEC §16); 127.0.0.2 is a stranger.
+            # The feedback loop's MTA: reports from 127.0.0.1 are verified (docs/SPEC.md §16); 127.0.0.2 is a stranger.
             "sources": [{"name": "isp", "networks": ["127.0.0.1/32"]}],
             **complaints,
         },
@@ -163,7 +163,7 @@ async def report_by_mail(relay: Any, raw: bytes, to: str = "fbl@relay.test") -> 
 
 def mail_from_reply(port: int) -> tuple[int, str]:
     """What the application's mail gets now: the account rules decide at its first recipient that
-    is not one of the relay's own addresses (SPEC §15), MAIL FROM itself is taken."""
+    is not one of the relay's own addresses (docs/SPEC.md §15), MAIL FROM itself is taken."""
     client = smtplib.SMTP("127.0.0.1", port, timeout=15)
     try:
         client.ehlo("app.test")
@@ -297,7 +297,7 @@ async def test_unmappable_report_is_refused_and_kept(relay: Any) -> None:
     reply = await report_by_mail(relay, arf(original))
     assert reply.code == 550 and "cannot tell which recipient complained" in reply.text, reply
     reply = await report_by_mail(relay, arf(original, rcpt_to="x@example.nl"))
-    # SPEC §16: the one clear line for a report about nobody the relay delivered to.
+    # docs/SPEC.md §16: the one clear line for a report about nobody the relay delivered to.
     assert reply.code == 550 and "names no recipient that the relay delivered to (x***@example.nl)" in reply.text, reply
     assert len(await relay.services.store.complaints.list_rejected()) == 2
 

@@ -1,4 +1,4 @@
-"""Config loading (SPEC §12): every error names its key; env: secrets; hashes only; the example loads."""
+"""Config loading (docs/SPEC.md §12): every error names its key; env: secrets; hashes only; the example loads."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _without_unsubscribe_secrets(tmp_path: Path, **overrides: Any) -> dict[str, 
 
 
 def test_marketing_stream_without_unsubscribe_secrets_is_refused(tmp_path: Path) -> None:
-    # SPEC §6: every marketing copy carries List-Unsubscribe; without a secret none could be signed.
+    # docs/SPEC.md §6: every marketing copy carries List-Unsubscribe; without a secret none could be signed.
     with pytest.raises(ConfigError) as caught:
         build_config(_without_unsubscribe_secrets(tmp_path), tmp_path / "relay.toml")
     assert caught.value.key == "unsubscribe.secrets"

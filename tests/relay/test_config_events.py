@@ -1,4 +1,4 @@
-"""`[events]` and `[[accounts.webhooks]]` (SPEC §17): a bad value is a ConfigError naming its key."""
+"""`[events]` and `[[accounts.webhooks]]` (docs/SPEC.md §17): a bad value is a ConfigError naming its key."""
 
 from __future__ import annotations
 

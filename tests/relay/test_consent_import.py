@@ -286,7 +286,8 @@ def test_cli_json_report_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFi
     assert lines[0] == ["row", "rule", "detail"]
     assert lines[1][:2] == ["3", "consent.third_party"] and len(lines) == 2
     assert cli.main([*argv, "--strict"]) == 1
-    assert "unchanged 1, refused 1" in capsys.readouterr().out
+    # --strict is all or nothing (issue 15): a refused row means no row is written.
+    assert "imported nothing: --strict and 1 refused row(s)" in capsys.readouterr().out
 
 
 def test_cli_file_level_error_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

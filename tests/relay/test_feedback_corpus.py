@@ -1,5 +1,5 @@
 """Genuine feedback reports written by others (tests/corpus/feedback/arf, origins in SOURCES) sent
-over SMTP to fbl@ from the feedback loop's network (SPEC §16). The store holds deliveries that
+over SMTP to fbl@ from the feedback loop's network (docs/SPEC.md §16). The store holds deliveries that
 match what each report names, as the relay would have recorded them; the reports are unchanged."""
 
 from __future__ import annotations

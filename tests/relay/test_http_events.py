@@ -1,4 +1,4 @@
-"""The event feed (SPEC §17) of a started relay: mail refused over SMTP and admin actions become
+"""The event feed (docs/SPEC.md §17) of a started relay: mail refused over SMTP and admin actions become
 events, read page by page with a stable cursor over HTTP (admin token or the account's own key)
 and by `consent-relay events tail`, once and in order."""
 

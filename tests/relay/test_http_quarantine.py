@@ -1,5 +1,5 @@
 """Admin API of the quarantine over the real admin app (bearer middleware included) on an ephemeral port:
-filters, cursor paging, the JSON shapes of SPEC §12, validation, the audit listing.
+filters, cursor paging, the JSON shapes of docs/SPEC.md §12, validation, the audit listing.
 Release/delivery end to end lives in tests/e2e/test_quarantine_e2e.py."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The relay's own addresses and null-sender mail (SPEC §15) against a real relay and upstream:
+"""The relay's own addresses and null-sender mail (docs/SPEC.md §15) against a real relay and upstream:
 unsubscribe+…@ and fbl@ take mail from every client whatever its envelope sender, and a bounce
 from an account's MTA goes back to that account's own domains only."""
 
@@ -58,7 +58,7 @@ async def test_a_report_to_fbl_is_taken_whatever_the_envelope_sender(relay: Any,
     assert out.code == 250 and "Complaint 1 recorded for account shop" in out.text, out
     assert await suppressed(relay, ANNA) == {"suppression.complaint"}
     # Never treated as the account's outgoing mail: nothing went upstream but the abuse forward (only
-    # for a verified report: 127.0.0.1 is the configured feedback loop, SPEC §16).
+    # for a verified report: 127.0.0.1 is the configured feedback loop, docs/SPEC.md §16).
     forwarded = [["abuse@shop.example"]] if source == TRUSTED else []
     assert [m.rcpt_tos for m in upstream.messages[sent:]] == forwarded
 

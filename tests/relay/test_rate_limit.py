@@ -1,4 +1,4 @@
-"""The per-account message rate (account.rate_limited, SPEC §4) is one token bucket in the store, so
+"""The per-account message rate (account.rate_limited, docs/SPEC.md §4) is one token bucket in the store, so
 it holds across processes: real `consent-relay serve` processes sharing one store (the workers of
 one serve on a SQLite file, two instances on a shared PostgreSQL),
 driven over SMTP, give exactly `rate_limit_per_minute` messages a minute between them."""

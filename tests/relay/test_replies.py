@@ -1,4 +1,4 @@
-"""Reply texts (SPEC §4 table): policy replies, enhanced codes on aiosmtpd's built-in replies, no
+"""Reply texts (docs/SPEC.md §4 table): policy replies, enhanced codes on aiosmtpd's built-in replies, no
 control characters or unbounded text in a reply line."""
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ async def test_tests_run_on_the_loop_the_relay_serves_on() -> None:
 
 
 def test_every_handler_hook_is_one_aiosmtpd_calls() -> None:
-    """aiosmtpd looks hooks up by name and silently ignores a misspelled one (STYLE.md)."""
+    """aiosmtpd looks hooks up by name and silently ignores a misspelled one (docs/STYLE.md)."""
     import re as _re
     from pathlib import Path
 

@@ -648,7 +648,7 @@ async def test_complaints_add_once_list_acknowledge(store: Store, second: Store)
 
 
 async def test_unverified_complaints_do_not_count_until_verified(store: Store) -> None:
-    """SPEC §16: a report from no configured source suppresses, but neither counts nor has a deadline."""
+    """docs/SPEC.md §16: a report from no configured source suppresses, but neither counts nor has a deadline."""
     complaints = store.complaints  # type: ignore[attr-defined]
     trap, _ = await complaints.add(complaint("k1", spam_trap=True), b"1")
     forged, _ = await complaints.add(replace(complaint("k2", hours=1, verified=False), deadline=None), b"2")

@@ -1,4 +1,4 @@
-"""The event part of the store contract (SPEC §17), on SQLite and PostgreSQL alike: each decision
+"""The event part of the store contract (docs/SPEC.md §17), on SQLite and PostgreSQL alike: each decision
 writes its events in its own transaction, numbered per account in commit order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unsubscribe tokens: round trips, forgery, tampering, rotation (SPEC §6)."""
+"""Unsubscribe tokens: round trips, forgery, tampering, rotation (docs/SPEC.md §6)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ NEW = b"new-secret-fedcba9876543210"
 OTHER = b"someone-elses-secret-000000"
 
 codec = TokenCodec([NEW, OLD])
+
+# Version 1 tokens issued with OLD by the code before issue 15 (claims in clear plus an HMAC):
+# mail already sent carries them, so they must keep working.
+LEGACY_ANNA = "AQBpMiCABHNob3AKbmV3c2xldHRlcmFubmFAZXhhbXBsZS5ubNBjlB8xKIaS_ALLe9mTZXc"
+LEGACY_BOB = "AQAAAAAFB2FjY3Q6NDIGd2Vla2x5Ym9iQGV4YW1wbGUub3JnRKY5xUqqKkcsYtRdbcfh4A"
 
 URL_CHARS = string.ascii_letters + string.digits + "-_"
 scopes = st.text(min_size=0, max_size=40)
@@ -115,7 +120,8 @@ def test_truncated_or_extended_tokens_fail(scope: str, recipient: str, issued_at
 def test_changed_claim_with_recomputed_encoding_fails() -> None:
     import base64
 
-    token = codec.issue("acct:42", "weekly", "bob@example.org", 5)
+    # A version 1 token (claims in clear) as issued before issue 15; version 2 hides the claims.
+    token = LEGACY_BOB
     raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     raw[raw.index(b"bob")] = ord("r")  # unsubscribe "rob" instead of "bob"
     forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
@@ -195,3 +201,34 @@ def test_non_canonical_spelling_of_the_same_bytes_is_refused() -> None:
     b32 = "abcdefghijklmnopqrstuvwxyz234567"
     twin_mailto = mailto[:-1] + b32[b32.index(mailto[-1]) ^ 1]
     assert codec.verify_mailto(twin_mailto) is None
+
+
+def test_version_1_tokens_issued_before_stay_valid() -> None:
+    assert codec.verify(LEGACY_ANNA) == TokenClaims("shop", "newsletter", "anna@example.nl", 1764892800)
+    assert codec.verify(LEGACY_BOB) == TokenClaims("acct:42", "weekly", "bob@example.org", 5)
+    assert TokenCodec([NEW]).verify(LEGACY_ANNA) is None  # only with the secret that made them
+
+
+def _decoded(token: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+@settings(max_examples=300)
+@given(recipient=st.emails(), scope=st.sampled_from(["shop", "holding"]), topic=st.sampled_from(["*", "newsletter"]))
+def test_tokens_do_not_reveal_the_recipient(recipient: str, scope: str, topic: str) -> None:
+    token = codec.issue(scope, topic, recipient, 1_764_892_800)
+    raw = _decoded(token)
+    local, _, domain = recipient.rpartition("@")
+    assert recipient.encode() not in raw and recipient not in token
+    for part in (local, domain, "newsletter"):
+        if len(part) >= 6:  # shorter ones may turn up in random bytes by chance
+            assert part.encode() not in raw and part not in token, part
+    assert _decoded(LEGACY_ANNA).find(b"anna@example.nl") > 0  # what version 1 showed
+
+
+def test_token_length_tells_the_address_length_only_in_steps_of_16_bytes() -> None:
+    lengths = {len(codec.issue("shop", "newsletter", "a" * n + "@example.nl", 1)) for n in range(1, 16)}
+    assert len(lengths) <= 2  # 15 lengths fall into at most two 16-byte steps
+    assert len(codec.issue("shop", "newsletter", "a@example.nl", 1)) == len(codec.issue("shop", "newsletter", "abcd@example.nl", 1))

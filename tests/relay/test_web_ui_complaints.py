@@ -155,7 +155,7 @@ async def test_acknowledge_with_a_note_from_the_form(ui: Browser) -> None:
 
 
 async def test_verify_an_unverified_report_from_the_form(ui: Browser) -> None:
-    # SPEC §16: a report from no configured feedback loop waits for an admin
+    # docs/SPEC.md §16: a report from no configured feedback loop waits for an admin
     await ui.services.store.complaints.add(complaint(5, "shop", "eve@example.nl", verified=False, deadline=None, forwarded_to=""), b"r")
     csrf = await ui.sign_in()
     back = "/ui/complaints?open=1"

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,11 @@ class StreamConfig:
     kind: str
     topic: str
     envelope_from: tuple[str, ...] = ()
+    title: str = ""  # the topic in words on the recipient's pages; the loader fills in the id
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.id
 
     @property
     def facts(self) -> StreamFacts:
@@ -267,6 +273,14 @@ class AccountConfig:
     api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
     webhooks: tuple[WebhookConfig, ...] = ()
     confirmation: ConfirmationTemplate | None = None
+    # The recipient's pages (docs/SPEC.md §6): the parent organisation's name, the account's logo and colour.
+    parent_name: str = ""
+    logo_url: str | None = None
+    accent_color: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.legal_name or self.id
 
     def stream(self, stream_id: str) -> StreamConfig | None:
         return next((s for s in self.streams if s.id == stream_id), None)
@@ -674,6 +688,7 @@ def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
                 "id": _str,
                 "kind": _choice(MARKETING, TRANSACTIONAL),
                 "topic": _str,
+                "title": _str,
                 "envelope_from": lambda kk, v: tuple(_address(f"{kk}[{j}]", x) for j, x in enumerate(_str_list(kk, v))),
             },
         )
@@ -681,11 +696,29 @@ def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
             if required not in data:
                 raise ConfigError(f"{k}.{required}", "missing")
         data.setdefault("topic", data["id"])
+        data.setdefault("title", data["id"])
         streams.append(StreamConfig(**data))
     ids = [s.id for s in streams]
     if len(set(ids)) != len(ids):
         raise ConfigError(key, "stream ids must be unique")
     return tuple(streams)
+
+
+def _page_asset_url(key: str, value: Any) -> str:
+    text = _str(key, value)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("https", "http") or not rest or any(c.isspace() or c in "\"'<>" for c in text):
+        raise ConfigError(key, f"expected an https:// (or http://) URL of an image, got {text!r}")
+    return text
+
+
+def _hex_colour(key: str, value: Any) -> str:
+    text = _str(key, value)
+    if re.fullmatch(r"#[0-9a-fA-F]{6}", text):
+        return text.lower()
+    if re.fullmatch(r"#[0-9a-fA-F]{3}", text):
+        return "#" + "".join(c * 2 for c in text[1:]).lower()
+    raise ConfigError(key, f"expected a colour as #rrggbb, got {text!r}")
 
 
 def _webhook_secret(key: str, value: Any) -> str:
@@ -760,6 +793,9 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
                 "api_keys": _admin_tokens,
                 "webhooks": _webhooks,
                 "confirmation": _confirmation,
+                "parent_name": _str,
+                "logo_url": _page_asset_url,
+                "accent_color": _hex_colour,
             },
         )
         if "id" not in data:
@@ -777,6 +813,16 @@ def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
     dupes = {x for x in ids if ids.count(x) > 1}
     if dupes:
         raise ConfigError(key, f"duplicate account id {sorted(dupes)[0]!r}")
+    named: dict[str, str] = {}
+    for i, account in enumerate(accounts):
+        if account.parent_name and not account.parent:
+            raise ConfigError(f"{key}[{i}].parent_name", "needs parent: it names the parent organisation")
+        if account.parent and account.parent_name:
+            if named.setdefault(account.parent, account.parent_name) != account.parent_name:
+                raise ConfigError(
+                    f"{key}[{i}].parent_name",
+                    f"parent {account.parent!r} is already named {named[account.parent]!r} by another account",
+                )
     parents = {a.parent for a in accounts if a.parent}
     clash = parents & set(ids)
     if clash:

@@ -32,7 +32,7 @@ from relay.store.records import AccountState, DecisionRecord, DeliveryRecord, Ev
 __all__ = ["EVENT_TYPES", "Event", "event_from_row"]
 
 # Suppressions a recipient made themselves (relay/unsubscribe.py methods) are `unsubscribed`.
-UNSUBSCRIBE_METHODS = frozenset({"one_click", "page", "mailto"})
+UNSUBSCRIBE_METHODS = frozenset({"one_click", "page", "mailto", "preferences"})
 # Decision outcomes (relay/pipeline.py) → the event each recipient of the decision gets.
 # A `deferred` decision's recipients get their `deferred` from the queued copies instead.
 _OUTCOMES = {"rejected": REJECTED, "tempfailed": DEFERRED, "quarantined": QUARANTINED}

@@ -1,9 +1,9 @@
 """One-click unsubscribe (docs/SPEC.md §6): per-recipient list headers and URL, the public /u/TOKEN
-pages, the unsubscribe+TOKEN@ mail address, and withdrawing consent at the level it was given."""
+pages (relay/web/recipient.py), the unsubscribe+TOKEN@ mail address, and withdrawing consent at
+the level it was given."""
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -12,10 +12,10 @@ from aiohttp import web
 from policies.facts import MessageFacts, RecipientFacts, Suppression
 from policies.rules.consent import covering_consent
 from relay.config import Config
-from relay.http_common import form_body
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.unsubscribe_tokens import MAILTO_PREFIX, TokenClaims, TokenCodec
+from relay.web.recipient import RecipientPages
 
 UNSUBSCRIBED = "suppression.unsubscribed"
 
@@ -74,95 +74,6 @@ async def unsubscribe(services: Services, claims: TokenClaims, *, method: str) -
     return revoked
 
 
-# --- public pages -----------------------------------------------------------------------------
-
-_TEXTS = {
-    "en": {
-        "title": "Unsubscribe",
-        "ask": "Do you want to stop receiving these e-mails at {email}?",
-        "button": "Unsubscribe",
-        "done_title": "You are unsubscribed",
-        "done": "{email} will not receive these e-mails any more.",
-        "bad": "This unsubscribe link is not valid. Please use the link from the most recent e-mail.",
-    },
-    "nl": {
-        "title": "Afmelden",
-        "ask": "Wilt u deze e-mails niet meer ontvangen op {email}?",
-        "button": "Afmelden",
-        "done_title": "U bent afgemeld",
-        "done": "{email} ontvangt deze e-mails niet meer.",
-        "bad": "Deze afmeldlink is niet geldig. Gebruik de link uit de meest recente e-mail.",
-    },
-}
-
-
-def _language(request: web.Request) -> str:
-    header = request.headers.get("Accept-Language", "")
-    best, best_q = "en", -1.0
-    for part in header.split(","):
-        tag, _, params = part.strip().partition(";")
-        q = 1.0
-        if params.strip().startswith("q="):
-            try:
-                q = float(params.strip()[2:])
-            except ValueError:
-                q = 0.0
-        lang = tag.strip().lower()[:2]
-        if lang in _TEXTS and q > best_q:
-            best, best_q = lang, q
-    return best
-
-
-def _page(lang: str, title: str, body: str, status: int = 200) -> web.Response:
-    document = f"""<!doctype html>
-<html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex"><title>{html.escape(title)}</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#1a1a1a}}
-button{{font:inherit;padding:.6rem 1.4rem;border:0;border-radius:.3rem;background:#1a56db;color:#fff;cursor:pointer}}
-button:focus{{outline:3px solid #f59e0b;outline-offset:2px}}</style></head>
-<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"""
-    return web.Response(text=document, status=status, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-
-class PublicUnsubscribe:
-    def __init__(self, services: Services, codec: TokenCodec) -> None:
-        self.services = services
-        self.codec = codec
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/u/{token}", self.show)
-        app.router.add_post("/u/{token}", self.post)
-
-    async def show(self, request: web.Request) -> web.Response:
-        lang = _language(request)
-        t = _TEXTS[lang]
-        claims = self.codec.verify(request.match_info["token"])
-        if claims is None:
-            return _page(lang, t["title"], f"<p>{html.escape(t['bad'])}</p>", status=404)
-        email = html.escape(claims.recipient)
-        form = (
-            f'<p>{t["ask"].format(email=email)}</p>'
-            f'<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
-            f'<input type="hidden" name="via" value="page"><button type="submit">{html.escape(t["button"])}</button></form>'
-        )
-        return _page(lang, t["title"], form)
-
-    async def post(self, request: web.Request) -> web.Response:
-        lang = _language(request)
-        t = _TEXTS[lang]
-        claims = self.codec.verify(request.match_info["token"])
-        if claims is None:
-            return web.Response(status=404, text="unknown unsubscribe token\n")
-        form = await form_body(request)
-        if form.get("List-Unsubscribe") != "One-Click":
-            return web.Response(status=400, text="expected List-Unsubscribe=One-Click\n")
-        method = "page" if form.get("via") == "page" else "one_click"
-        await unsubscribe(self.services, claims, method=method)
-        if method == "page":
-            return _page(lang, t["done_title"], f"<p>{html.escape(t['done'].format(email=claims.recipient))}</p>")
-        return web.Response(text="unsubscribed\n")
-
-
 class UnsubscribeFeature:
     """Hooks the unsubscribe machinery into a Relay: copies, public routes, the mailto address."""
 
@@ -172,7 +83,7 @@ class UnsubscribeFeature:
         self.services = relay.services
         self.config = relay.config
         self.codec = codec
-        self.public = PublicUnsubscribe(self.services, codec)
+        self.public = RecipientPages(self.services, codec, unsubscribe)
         relay.pipeline.own_address_matchers.append(self.match_address)
         relay.pipeline.own_mail["unsubscribe"] = self.handle_mail
 

@@ -66,6 +66,12 @@ async def test_decisions_become_a_feed_read_page_by_page(feed: Any) -> None:
     relay, call, _ = feed
     out = await asend(relay.smtp_port, message(to="bob@example.nl", stream="newsletter", subject="Nieuw"), rcpts="bob@example.nl")
     assert out.code == 550
+
+    async def rejection_recorded() -> list[dict[str, Any]] | None:
+        return await read_all(call, ADMIN, "account=shop", 2) or None
+
+    # Decisions are recorded in batches after the reply: the feed follows the order of the writes.
+    await until(rejection_recorded, what="the rejection's event")
     assert (await call(ADMIN, "POST", "/api/suppressions", json={"account": "shop", "email": "carl@example.nl"}))[0] == 201
     assert (await call(SHOP_KEY, "DELETE", "/api/suppressions", json={"email": "carl@example.nl"}))[0] == 200
     await relay.services.store.quarantine.hold(QuarantineItem(

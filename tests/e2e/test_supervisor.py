@@ -119,8 +119,9 @@ async def test_killing_the_parent_leaves_no_orphan_and_a_new_serve_starts(tmp_pa
         assert relay.proc is not None
         os.kill(relay.proc.pid, signal.SIGKILL)
         await until(lambda: not any(alive(p) for p in workers), timeout=30, what="the orphaned workers to exit")
-        # The workers' last lines may still be in the pipe when they are gone: wait for the reader.
-        await until(lambda: relay.events("parent_gone"), timeout=10, what="the workers' parent_gone lines")
+        # Their parent_gone lines are not asserted: the test reads them through the dead parent's
+        # stderr pipe, which the test's event loop (uvloop) closes with that process, so whether
+        # they arrive is a race of the harness. Orphans still alive would fail the wait above.
         assert not listening(port)
     finally:
         await relay.ensure_stopped()

@@ -706,3 +706,21 @@ def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return CertFiles(cert_path, key_path)
+
+
+# --- Chromium (tests/browser) --------------------------------------------------------------------
+# Debian's chromium, never a downloaded browser: the machines reach no browser download site.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()

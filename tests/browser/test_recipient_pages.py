@@ -22,16 +22,12 @@ import pytest
 from aiohttp import web
 from axe_playwright_python.async_playwright import Axe
 from conftest import Outcome, asend, base_account, config_dict, message, serving, write_config
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from policies.facts import ConsentRecord
 from relay.config import load_config
 from relay.web.contrast import contrast_ratio
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync",
-]
 ANNA = "anna@example.nl"
 SECRET = "unsubscribe-secret-for-tests-0123456789"
 # A yellow no one can read white text on: the page must fall back to a darker shade of it.
@@ -160,12 +156,6 @@ def refused_at_rcpt(out: Outcome) -> bool:
 # --- in Chromium -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 async def assert_accessible(page: Page, what: str) -> None:

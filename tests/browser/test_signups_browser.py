@@ -9,11 +9,11 @@ import asyncio
 import os
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.conftest import RecordingUpstream, asend, cli_run, message, until
 from tests.e2e.signup_support import (
@@ -21,19 +21,9 @@ from tests.e2e.signup_support import (
     ADMIN_TOKEN, SIGNUP, confirm_link, dkim_records, local_url, perl_verify, post_signup, signup_config,
 )
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync",
-]
 PHONE = {"width": 360, "height": 740}
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 def shots_dir(tmp_path: Path) -> Path:

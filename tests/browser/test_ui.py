@@ -14,16 +14,12 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp import web
 from conftest import RecordingUpstream, asend, base_account, config_dict, deep_merge, write_config, zipped
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from relay.config import load_config
 from relay.passwords import hash_password
 
 TOKEN = "ui-admin-token-0123456789abcdef"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--disable-sync",
-]
 FOOTER = "Shop B.V., Keizersgracht 1, 1015 AA Amsterdam, KvK 12345678"
 BAKERY_FOOTER = "Bakkerij de Vries V.O.F., Dorpsstraat 12, 9711 AB Groningen, KvK 87654321"
 
@@ -135,12 +131,6 @@ async def hold(relay: Any, content: bytes, *, sender: str = "orders@shop.example
     return re.search(r"as (Q\S+)", out.text).group(1)  # type: ignore[union-attr]
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 async def sign_in(page: Page, base: str) -> None:

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.consent_rows import _PLAIN_ADDRESS
-from relay import cli
+from conftest import cli_run as run
+
 
 HEADER = ["email", "basis", "source", "collected_at", "statement_text", "source_url", "source_ip", "frequency_disclosed"]
 
@@ -51,13 +52,6 @@ def stored_emails(tmp_path: Path) -> list[str]:
         conn.close()
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 BAD_ADDRESSES = [

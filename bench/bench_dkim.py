@@ -69,8 +69,7 @@ async def helper_batches(signer: DkimSigner, key: DkimKey, copy: bytes, batches:
     prepares the digests and waits; the RSA steps run in the helper (another core)."""
     helper = Helper({"dkim_keys": [key.pem()]})
     await helper.start()
-    copy_signer = CopySigner(signer)
-    copy_signer.helper_now = lambda: helper  # always, as under concurrency
+    copy_signer = CopySigner(signer, helper_now=lambda: helper)  # always, as under concurrency
     copies = [copy] * 10
     try:
         for _ in range(20):

@@ -102,6 +102,19 @@ class RecipientFacts:
 
 
 @dataclass(frozen=True)
+class ShellFacts:
+    """What the shell found out with I/O for this transaction (no rule does any): the account's rate
+    bucket at MAIL FROM, the malware scanner's answer at the end of DATA."""
+
+    rate_limited: bool = False  # the store's shared bucket had no token for this MAIL FROM
+    rate_limit_per_minute: int = 0
+    clamd_result: str | None = None  # None: not scanned; "": clean; else the signature clamd named
+
+
+NOTHING_FOUND = ShellFacts()
+
+
+@dataclass(frozen=True)
 class MessageFacts:
     """One transaction as far as it is known: before DATA `message` is None."""
 
@@ -115,3 +128,4 @@ class MessageFacts:
     client_permitted: bool = True  # authenticated or inside trusted_networks
     # MAIL FROM:<> from an account: a delivery status notification its own MTA generated (docs/SPEC.md §15)
     null_sender: bool = False
+    shell: ShellFacts = NOTHING_FOUND

@@ -15,22 +15,17 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Config, config_warnings, helper_enabled
-from relay.decisions import DecisionRecorder
+from relay.assembly import build_relay
+from relay.config import Config, config_warnings
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
-from relay.helper import Helper
 from relay.listeners import ListenError, Listeners, bind_listeners
 from relay.log import configure_logging, get_logger
 from relay.memory import give_back_free_memory
 from relay.metrics import Metrics
-from relay.outbox import OutboxWorker
-from relay.pipeline import Pipeline
-from relay.services import Clock, Services
-from relay.signing import CopySigner
+from relay.services import Clock
 from relay.smtp_handler import RelayHandler
 from relay.smtp_server import AuthLockout, ConnectionLimits, RelaySMTP
-from relay.upstream import Upstream
 
 _UPSTREAM_PROBE_SECONDS = 10.0
 _GAUGE_SECONDS = 30.0
@@ -59,7 +54,8 @@ _READINESS_PROBE_SECONDS = 3.0
 
 
 class Relay:
-    """One relay process. Tests start it in-process on ephemeral ports (port 0)."""
+    """One relay process: the parts relay.assembly.build_relay makes, started behind its listeners.
+    Tests start it in-process on ephemeral ports (port 0)."""
 
     def __init__(
         self,
@@ -72,21 +68,17 @@ class Relay:
         background: bool = True,
     ) -> None:
         self.config = config
-        self.services = Services.build(config, metrics=metrics, clock=clock)
-        self.upstream = Upstream(config.upstream, self.services.metrics, local_hostname=config.smtp.hostname)
-        self.recorder = DecisionRecorder(
-            self.services.store.decisions,
-            frozenset(a.id for a in config.accounts if any("delivered" in h.events for h in a.webhooks)),
-        )
-        self.pipeline = Pipeline(self.services, self.upstream, self.recorder)
-        self.services.pipeline = self.pipeline
+        parts = build_relay(config, metrics=metrics, clock=clock, deadline_checks=http)
+        self.services = parts.services
+        self.upstream = parts.upstream
+        self.recorder = parts.recorder
+        self.pipeline = parts.pipeline
+        self.outbox = parts.outbox
+        self.features = parts.features
+        self.helper = parts.helper
         self.limits = ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, self.services.metrics)
         self.lockout = AuthLockout(config.smtp.auth_max_failures, config.smtp.auth_lockout_seconds)
         self.handler = RelayHandler(self.pipeline, self.lockout)
-        self.outbox = OutboxWorker(
-            self.services.store.outbox, self.upstream, config.outbox, self.services.metrics, self.services.clock
-        )
-        self.pipeline.on_outbox_enqueued = self.outbox.wake
         self.listeners = listeners  # bound by the caller (serve, a supervisor); else by start()
         self.http = http
         self.background = background
@@ -100,9 +92,6 @@ class Relay:
         self.tls_port = 0
         self.admin_port = 0
         self.public_port = 0
-        self.features: list[Any] = []
-        self.helper: Helper | None = None
-        self.copy_signer: CopySigner | None = None  # set by relay.features
 
     # --- start ----------------------------------------------------------------------------
 
@@ -140,9 +129,8 @@ class Relay:
         listeners = self.listeners
         await self.services.store.open()
         await self.pipeline.delivery_ids.refill()
-        await self._load_features()
-        if helper_enabled(self.config.smtp):
-            await self._start_helper()
+        if self.helper is not None:
+            await self.helper.start()
         self.recorder.start()
         await self._check_upstream()
         tls = listener_tls_context(self.config)
@@ -155,15 +143,15 @@ class Relay:
                 self._servers.append(await self._listen(sock, tls_context=tls, implicit=True))
             self.tls_port = listeners.port("tls")
         if self.http and listeners.of("admin"):
-            app = build_admin_app(self.services, self.readiness)
+            app = build_admin_app(self.services, self.readiness, self.pipeline)
             for feature in self.features:
-                getattr(feature, "add_admin_routes", lambda app: None)(app)
+                feature.add_admin_routes(app)
             await self._serve_http(app, listeners.of("admin"))
             self.admin_port = listeners.port("admin")
         if self.http and listeners.of("public"):
             public = web.Application(client_max_size=1024 * 1024)
             for feature in self.features:
-                getattr(feature, "add_public_routes", lambda app: None)(public)
+                feature.add_public_routes(public)
             await self._serve_http(public, listeners.of("public"))
             self.public_port = listeners.port("public")
         if self.background:
@@ -171,38 +159,13 @@ class Relay:
             self._tasks.append(asyncio.create_task(self._watch_upstream(), name="upstream-probe"))
             self._tasks.append(asyncio.create_task(self._watch_gauges(), name="gauges"))
             for feature in self.features:
-                for coro in getattr(feature, "background_tasks", lambda: [])():
-                    self._tasks.append(asyncio.create_task(coro))
+                for coro in feature.background_tasks():
+                    self._tasks.append(asyncio.create_task(coro, name=feature.name))
         await self._refresh_gauges()
         self.log.info(
             "relay_started", smtp=self.smtp_port, tls=self.tls_port, admin=self.admin_port, public=self.public_port,
             profile=self.config.policy.profile, mode=self.config.policy.mode, pid=os.getpid(),
         )
-
-    async def _start_helper(self) -> None:
-        signer = self.copy_signer
-        keys = signer.keys if signer is not None else ()
-        self.helper = Helper(
-            {"profile": self.services.engine.profile, "dkim_keys": [k.pem() for k in keys]},
-            on_restart=self.services.metrics.helper_restarts.inc,
-        )
-        await self.helper.start()
-        self.pipeline.helper = self.helper
-        if signer is not None:
-            signer.helper_now = self.pipeline.helper_now
-
-    async def _load_features(self) -> None:
-        """Optional features (unsubscribe, complaints, malware scan…) hook into the pipeline."""
-        import importlib
-
-        for name in ("relay.features",):
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name and name.startswith(exc.name):
-                    continue
-                raise
-            self.features = await module.install(self)
 
     async def _listen(self, sock: socket.socket, *, tls_context: ssl.SSLContext | None, implicit: bool) -> asyncio.base_events.Server:
         smtp = self.config.smtp
@@ -327,6 +290,8 @@ class Relay:
                 pass
         for runner in self._runners:
             await runner.cleanup()
+        for feature in self.features:
+            await feature.close()
         if self.helper is not None:
             await self.helper.close()
         await self.recorder.close()

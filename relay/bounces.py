@@ -87,28 +87,28 @@ class BounceService:
     async def _delivery(self, delivery_id: int) -> DeliveryRecord | None:
         decisions = self.store.decisions
         found = await decisions.delivery(delivery_id)
-        pipeline = self.services.pipeline
-        if found is None and pipeline is not None:
-            await pipeline.recorder.flush()  # the copy may have left moments ago
+        outgoing = self.services.outgoing
+        if found is None and outgoing is not None:
+            await outgoing.recorder.flush()  # the copy may have left moments ago
             found = await decisions.delivery(delivery_id)
         return found
 
     async def _forward(self, bounce: Bounce, raw: bytes, delivery: DeliveryRecord | None) -> None:
         account = self.config.account(bounce.account) if bounce.account else None
         target = account.bounce_forward if account else None
-        pipeline = self.services.pipeline
-        if not target or pipeline is None:
+        outgoing = self.services.outgoing
+        if not target or outgoing is None:
             return
         content = self.forward_message(bounce, raw, target)
-        if self.services.signer is not None:  # DKIM-signed for mailto_domain when a key is configured
-            (content,) = await self.services.signer.sign([content])
+        # DKIM-signed for mailto_domain when a key is configured
+        (content,) = await outgoing.signer.sign([content])
         try:
             # Null sender: a notice about a bounce must never bounce back itself (RFC 3834).
-            await pipeline.upstream.send("", [target], content)
+            await outgoing.upstream.send("", [target], content)
         except UpstreamUnavailable as exc:
             item = OutboxItem(f"bounce-{bounce.id}", bounce.account, "bounce", "", (target,), content)
             await self.store.outbox.enqueue([item], now=self.services.clock.timestamp())
-            pipeline.on_outbox_enqueued()
+            outgoing.wake_outbox()
             self.log.warning("bounce_forward_queued", bounce=bounce.id, error=str(exc))
         except UpstreamRejected as exc:
             self.log.warning("bounce_forward_refused", bounce=bounce.id, error=exc.reply or str(exc))

@@ -3,7 +3,7 @@ docs/SPEC.md §15) and GET /api/bounces on the admin listener."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from aiohttp import web
 
@@ -12,23 +12,26 @@ from relay.api_keys import scoped_account
 from relay.bounces import BounceService, bounce_as_dict
 from relay.copies import BOUNCE_PREFIX
 from relay.errors import StoreUnavailable
+from relay.feature import Feature
 from relay.http_common import json_error, json_response, services_of
 from relay.log import get_logger
+from relay.services import Services
 from relay.store.bounces import KINDS
+from relay.transaction import Transaction
 from relay.unsubscribe_tokens import TokenCodec
 
 BOUNCE_KIND = "bounce"
 MAX_LIST = 10_000
 
 
-class BouncesFeature:
-    def __init__(self, relay: Any, codec: TokenCodec) -> None:
+class BouncesFeature(Feature):
+    name = BOUNCE_KIND
+
+    def __init__(self, services: Services, codec: TokenCodec) -> None:
         self.codec = codec
-        self.domain = relay.config.unsubscribe.mailto_domain.lower()
-        self.service = BounceService(relay.services)
+        self.domain = services.config.unsubscribe.mailto_domain.lower()
+        self.service = BounceService(services)
         self.log = get_logger()
-        relay.pipeline.own_address_matchers.append(self.match_address)
-        relay.pipeline.own_mail[BOUNCE_KIND] = self.handle_mail
 
     def delivery_of(self, address: str) -> int | None:
         local, _, domain = address.rpartition("@")
@@ -36,10 +39,10 @@ class BouncesFeature:
             return None
         return self.codec.verify_bounce(local[len(BOUNCE_PREFIX):])
 
-    def match_address(self, address: str) -> str | None:
-        return BOUNCE_KIND if self.delivery_of(address) is not None else None
+    def own_address(self, address: str) -> bool:
+        return self.delivery_of(address) is not None
 
-    async def handle_mail(self, txn: Any, addresses: Sequence[str], raw: bytes) -> str:
+    async def handle_mail(self, txn: Transaction, addresses: Sequence[str], raw: bytes) -> str:
         """A DSN: recorded whatever it says (an unreadable one for review); never a 5xx to its sender."""
         try:
             bounces = [await self.service.ingest(raw, delivery_id=self.delivery_of(a)) for a in addresses]

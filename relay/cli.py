@@ -19,57 +19,17 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "consent-relay":
 import argparse
 import asyncio
 import getpass
-import json
-from typing import Any, Awaitable, Callable, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
+from relay import cli_account, cli_bounce, cli_complaint, cli_consent, cli_events, cli_explain, cli_quarantine
+from relay.cli_common import EXIT_OK, PROG, Handler, Parser, add_command, common_options, fail, print_json
 from relay.config import Config, config_path_from, config_warnings, load_config
 from relay.errors import ConfigError, NotFound, RelayError, StoreUnavailable, UsageError
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
-PROG = "consent-relay"
-
-Handler = Callable[[Any, argparse.Namespace], Awaitable[int]]
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line and exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{self.prog}: {message}")
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(f"{PROG}: error: {message}" if not message.startswith(PROG) else f"{message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (default $CONSENT_RELAY_CONFIG, else ./config.toml, else ./config.example.toml)")
-    return common
-
-
-def add_command(
-    sub: Any,
-    common: argparse.ArgumentParser,
-    name: str,
-    handler: Handler,
-    help_text: str,
-    *,
-    needs_store: bool = True,
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-    parser.set_defaults(handler=handler, needs_store=needs_store)
-    return parser
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
+# The command groups besides the core commands below, in the order `--help` lists them.
+COMMAND_GROUPS = (cli_account, cli_explain, cli_consent, cli_quarantine, cli_complaint, cli_bounce, cli_events)
 
 def build_parser() -> Parser:
-    from relay import cli_account, cli_features
-
     common = common_options()
     parser = Parser(prog=PROG, parents=[common], description="SMTP relay proxy enforcing permission-based e-mail policy")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -95,8 +55,8 @@ def build_parser() -> Parser:
     sub.add_parser(
         "hash-password", parents=[common], help="read a secret on stdin and print its hash"
     ).set_defaults(handler=_hash_password, needs_store=False, no_config=True)
-    cli_account.register(sub, common)
-    cli_features.register(sub, common)
+    for group in COMMAND_GROUPS:
+        group.register(sub, common)
     return parser
 
 
@@ -192,6 +152,15 @@ async def _run_with_store(handler: Handler, config: Config, args: argparse.Names
         await services.store.close()
 
 
+async def _run_with_relay(handler: Handler, config: Config, args: argparse.Namespace) -> int:
+    from relay.assembly import opened_relay
+    from relay.log import configure_logging
+
+    configure_logging("warning", config.logging.log_recipients)
+    async with opened_relay(config) as parts:
+        return await handler(parts, args)
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     import uvloop
 
@@ -214,6 +183,8 @@ def _main(argv: Sequence[str] | None) -> int:
         if getattr(args, "no_config", False):
             return asyncio.run(args.handler(None, args))
         config = load_config(config_path_from(getattr(args, "config", None)))
+        if args.needs_relay:
+            return asyncio.run(_run_with_relay(args.handler, config, args))
         if args.needs_store:
             return asyncio.run(_run_with_store(args.handler, config, args))
         if args.handler is _serve:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from relay.accounts import change_account_state
-from relay.cli import EXIT_OK, add_command, print_json
+from relay.cli_common import EXIT_OK, add_command, print_json
 from relay.errors import UsageError
 from relay.services import Services
 

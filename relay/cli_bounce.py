@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from relay.bounces import bounce_as_dict
-from relay.cli import EXIT_OK, add_command, print_json
+from relay.cli_common import EXIT_OK, add_command, print_json
 from relay.services import Services
 from relay.store.bounces import KINDS
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relay.cli import EXIT_OK, add_command, print_json
+from relay.cli_common import EXIT_OK, add_command, print_json
 from relay.complaints import ComplaintService, complaint_as_dict, mask_address
 from relay.errors import UsageError
 from relay.services import Services

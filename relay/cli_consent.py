@@ -11,7 +11,7 @@ from typing import Any
 from policies.consent_rows import CONSENT_FIELDS, InvalidRow, parse_time
 from policies.facts import Suppression
 from policies.rules.consent import BASES, BOUNCED, COMPLAINT, INTERACTION_KINDS, SOURCES, UNSUBSCRIBED
-from relay.cli import EXIT_FINDING, EXIT_OK, add_command, print_json
+from relay.cli_common import EXIT_FINDING, EXIT_OK, add_command, print_json
 from relay.consent_import import ConsentRefused, account_scopes, add_consent, import_consents, write_report_json
 from relay.errors import NotFound, UsageError
 from relay.proof import address_argument, build_proof, consent_as_dict, render_proof_text, suppression_as_dict

@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from relay.cli import EXIT_FINDING, EXIT_OK, add_command
+from relay.cli_common import EXIT_FINDING, EXIT_OK, add_command
 from relay.errors import UsageError
 from relay.http_events import feed_account, parse_cursor
 from relay.services import Services

@@ -9,11 +9,11 @@ from email.utils import getaddresses
 from typing import Any
 
 from policies.addresses import InvalidAddress, normalize_address
-from policies.facts import ConsentRecord, MessageFacts, RecipientFacts
+from policies.facts import ConsentRecord, MessageFacts, RecipientFacts, ShellFacts
 from policies.findings import Action, Stage
 from policies.message import parse_message
 from policies.registry import ALL_RULES
-from relay.cli import EXIT_FINDING, EXIT_OK, add_command, print_json
+from relay.cli_common import EXIT_FINDING, EXIT_OK, add_command, print_json
 from relay.errors import ScannerUnavailable, UsageError
 from relay.pipeline import STREAM_HEADER
 from relay.services import Services
@@ -62,17 +62,18 @@ async def _explain(services: Services, args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     state = await services.store.accounts.get(account.id)
     scan = await _clamd_scan(services, raw)
-    params = services.engine.profile.params
+    shell = ShellFacts()
     if scan is not None and scan["scanned"]:
-        params = {**params, "clamd_result": scan["found"]}  # what relay.features.MalwareScan hands the rule
+        shell = ShellFacts(clamd_result=scan["found"])  # what relay.malware_scan.MalwareScan hands the rule
     facts = MessageFacts(
         account=account.facts(state.state, state.reason, state.paused_streams),
         mail_from=mail_from,
         now=services.clock.now(),
-        params=params,
+        params=services.engine.profile.params,
         stream=stream_cfg.facts if stream_cfg else None,
         stream_requested=requested if stream_cfg is None else None,
         message=message,
+        shell=shell,
     )
     if args.assume_consent:
         rfacts = [RecipientFacts(r, (_assumed_consent(r, account.id, facts),)) for r in recipients]

@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from relay import quarantine_service as qs
-from relay.cli import EXIT_OK, EXIT_USAGE, add_command, print_json
+from relay.assembly import RelayParts
+from relay.cli_common import EXIT_OK, EXIT_USAGE, add_command, print_json
 from relay.services import Services
 
 EXIT_PARTIAL = 1
@@ -34,11 +35,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("--json", action="store_true")
     show.add_argument("--raw", action="store_true", help="print the raw message instead")
 
-    for name, handler, text in (
-        ("release", _release, "deliver held messages as normal delivery would (audited)"),
-        ("delete", _delete, "delete held messages (audited)"),
+    for name, handler, text, needs_relay in (
+        ("release", _release, "deliver held messages as normal delivery would (audited)", True),
+        ("delete", _delete, "delete held messages (audited)", False),
     ):
-        p = add_command(qsub, common, name, handler, text)
+        p = add_command(qsub, common, name, handler, text, needs_relay=needs_relay)
         p.add_argument("ids", nargs="+", metavar="ID")
         p.add_argument("--note", default="", help="why (written to the audit log)")
         p.add_argument("--actor", default="cli", help="who, in the audit log (default: cli)")
@@ -122,8 +123,9 @@ def _report(outcomes: list[qs.Outcome], as_json: bool) -> int:
     return EXIT_USAGE if ok == 0 else EXIT_PARTIAL
 
 
-async def _release(services: Services, args: argparse.Namespace) -> int:
-    return _report(await qs.release_many(services, args.ids, actor=args.actor, note=args.note), args.json)
+async def _release(relay: RelayParts, args: argparse.Namespace) -> int:
+    outcomes = await qs.release_many(relay.services, args.ids, actor=args.actor, note=args.note, through=relay.pipeline)
+    return _report(outcomes, args.json)
 
 
 async def _delete(services: Services, args: argparse.Namespace) -> int:

@@ -303,9 +303,9 @@ class ComplaintService:
 
     async def _flush_decisions(self) -> None:
         # Deliveries are written in batches; a copy that left moments ago may still be in memory.
-        pipeline = self.services.pipeline
-        if pipeline is not None:
-            await pipeline.recorder.flush()
+        outgoing = self.services.outgoing
+        if outgoing is not None:
+            await outgoing.recorder.flush()
 
     async def _locate_report(
         self, report: FeedbackReport, hint: AccountConfig | None, *, email: str | None = None
@@ -443,9 +443,9 @@ class ComplaintService:
                              reason="no abuse_contact configured")
             return await self._reload(complaint)
         content = self.forward_message(complaint, contact, original_headers)
-        if self.services.signer is not None:
+        if self.services.outgoing is not None:
             # Signed with the relay's own domain key (mailto_domain), when one is configured (docs/SPEC.md §16).
-            (content,) = await self.services.signer.sign([content])
+            (content,) = await self.services.outgoing.signer.sign([content])
         upstream = self._upstream_client()
         now = self.services.clock.now()
         error = ""
@@ -467,16 +467,16 @@ class ComplaintService:
     async def _queue_forward(self, complaint: Complaint, contact: str, content: bytes, why: str) -> str:
         item = OutboxItem(f"complaint-{complaint.id}", complaint.account, "complaint", "", (contact,), content)
         await self.store.outbox.enqueue([item], now=self.services.clock.timestamp())
-        if self.services.pipeline is not None:
-            self.services.pipeline.on_outbox_enqueued()
+        if self.services.outgoing is not None:
+            self.services.outgoing.wake_outbox()
         return f"queued for retry ({why})"
 
     def _upstream_client(self) -> Upstream:
         if self._upstream is not None:
             return self._upstream
-        pipeline = self.services.pipeline
-        if pipeline is not None:
-            return pipeline.upstream  # type: ignore[no-any-return]
+        outgoing = self.services.outgoing
+        if outgoing is not None:
+            return outgoing.upstream
         if self._own_upstream is None:
             self._own_upstream = Upstream(
                 self.config.upstream, self.services.metrics, local_hostname=self.config.smtp.hostname

@@ -4,39 +4,42 @@ the background check that suspends accounts whose complaints passed their deadli
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, Sequence
+from typing import Sequence
 
 from relay import replies
 from relay.complaints import ComplaintRefused, ComplaintService, mask_address
 from relay.errors import StoreUnavailable
+from relay.feature import Feature, Task
 from relay.log import get_logger
+from relay.services import Services
+from relay.transaction import Transaction
 
 FBL_KIND = "fbl"
 FBL_LOCAL_PART = "fbl"
 
 
-class ComplaintsFeature:
+class ComplaintsFeature(Feature):
+    name = FBL_KIND
     # How often overdue complaints are looked for; tests lower it (the deadline itself comes from the clock).
     check_seconds: float = 60.0
 
-    def __init__(self, relay: Any) -> None:
-        self.relay = relay
-        self.services = relay.services
-        self.service = ComplaintService(relay.services)
-        self.address = f"{FBL_LOCAL_PART}@{relay.config.unsubscribe.mailto_domain.lower()}"
+    def __init__(self, services: Services, *, deadline_checks: bool) -> None:
+        self.services = services
+        self.service = ComplaintService(services)
+        self.address = f"{FBL_LOCAL_PART}@{services.config.unsubscribe.mailto_domain.lower()}"
+        # With [smtp] workers = N only the worker that serves HTTP (index 0) runs the check.
+        self.deadline_checks = deadline_checks
         self.log = get_logger()
         self.checks = 0  # completed deadline checks, for observers
         self._checked = asyncio.Condition()
-        relay.pipeline.own_address_matchers.append(self.match_address)
-        relay.pipeline.own_mail[FBL_KIND] = self.handle_mail
 
-    def match_address(self, address: str) -> str | None:
-        return FBL_KIND if address == self.address else None
+    def own_address(self, address: str) -> bool:
+        return address == self.address
 
-    async def handle_mail(self, txn: Any, addresses: Sequence[str], raw: bytes) -> str:
+    async def handle_mail(self, txn: Transaction, addresses: Sequence[str], raw: bytes) -> str:
         """A feedback report by mail. Refused ones get a 550 with the reason (and are kept)."""
         try:
-            client_ip = getattr(txn, "client_ip", "")
+            client_ip = txn.client_ip
             result = await self.service.ingest_raw(raw, source="mail", actor=f"smtp:{client_ip}", client_ip=client_ip)
         except ComplaintRefused as exc:
             return replies.clean(f"550 5.6.0 Feedback report refused: {exc.reason} (kept as reject {exc.reject_id})", 500)
@@ -54,9 +57,8 @@ class ComplaintsFeature:
 
     # --- the deadline ---------------------------------------------------------------------
 
-    def background_tasks(self) -> list[Coroutine[Any, Any, None]]:
-        # With [smtp] workers = N only the worker that serves HTTP (index 0) runs the check.
-        return [self.watch_deadlines()] if self.relay.http else []
+    def background_tasks(self) -> list[Task]:
+        return [self.watch_deadlines()] if self.deadline_checks else []
 
     async def watch_deadlines(self) -> None:
         while True:

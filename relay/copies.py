@@ -10,7 +10,8 @@ from policies.facts import MessageFacts, RecipientFacts
 from relay.config import Config
 from relay.delivery import Copy
 from relay.personalize import prepend_header, prepare, strip_header
-from relay.pipeline import STREAM_HEADER, IdAllocator, Transaction
+from relay.pipeline import STREAM_HEADER, IdAllocator
+from relay.transaction import Transaction
 from relay.signing import CopySigner
 from relay.unsubscribe import list_headers, subscription_for
 from relay.unsubscribe_tokens import TokenCodec

@@ -165,3 +165,17 @@ class Helper:
             await proc.wait()
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
+
+
+class Offload:
+    """Whether CPU work goes to the helper now: only while other transactions are in DATA. A lone
+    transaction would wait idle for the round trip, so its work is done on the loop. Shared by the
+    pipeline (verdicts) and the copy signer (signatures)."""
+
+    def __init__(self, helper: Helper | None, offload_from: int = 2) -> None:
+        self.helper = helper  # None when [smtp] helper_process is off
+        self.offload_from = offload_from  # transactions in DATA at which the helper takes the work
+        self.busy = 0  # transactions between end of DATA and their reply (the pipeline counts them)
+
+    def helper_now(self) -> Helper | None:
+        return self.helper if self.busy >= self.offload_from else None

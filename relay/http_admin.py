@@ -15,10 +15,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from relay.api_keys import ACCOUNT_KEYS, KEY, AccountKeys, check_route
 from relay.errors import StoreUnavailable
-from relay.http_common import ADMIN, SERVICES, json_error, json_response
+from relay.http_common import ADMIN, PIPELINE, SERVICES, json_error, json_response
 from relay.http_lockout import FailedAttempts, client_key
 from relay.log import get_logger
 from relay.passwords import verify_password
+from relay.pipeline import Pipeline
 from relay.services import Services
 from relay.store.records import AuditEntry
 
@@ -169,9 +170,12 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ready": ready, **status}, status=200 if ready else 503)
 
 
-def build_admin_app(services: Services, readiness: Readiness) -> web.Application:
+def build_admin_app(services: Services, readiness: Readiness, pipeline: Pipeline | None = None) -> web.Application:
+    """`pipeline`: the relay's, which quarantine releases deliver through (none: they answer 503)."""
     app = web.Application(middlewares=[json_errors, api_auth], client_max_size=64 * 1024 * 1024)
     app[SERVICES] = services
+    if pipeline is not None:
+        app[PIPELINE] = pipeline
     app[READINESS] = readiness
     app[CHECKER] = TokenChecker(services)
     app[GUARD] = AuthGuard(services)

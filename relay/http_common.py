@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from relay.pipeline import Pipeline
 from relay.services import Services
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -17,6 +18,15 @@ ADMIN: web.RequestKey[str] = web.RequestKey("admin", str)
 
 def services_of(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+# The running relay's pipeline, which a quarantine release delivers through (relay.release).
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
+
+
+def pipeline_of(request: web.Request) -> Pipeline | None:
+    """None for an admin app that is not part of a relay process (tests of the API alone)."""
+    return request.app.get(PIPELINE)
 
 
 def admin_label(request: web.Request) -> str:

@@ -16,6 +16,7 @@ from relay.api_keys import key_account, scoped_account
 from relay.config import AccountConfig
 from relay.errors import NotFound, StoreUnavailable
 from relay.http_common import json_error, json_response, services_of
+from relay.feature import Feature, Task
 from relay.log import get_logger
 from relay.services import Services
 from relay.store.events_store import MAX_PAGE
@@ -86,9 +87,11 @@ async def purge_loop(services: Services) -> None:
         await asyncio.sleep(_PURGE_SECONDS)
 
 
-class EventsFeature:
+class EventsFeature(Feature):
+    name = "events"
+
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def background_tasks(self) -> list[Any]:
+    def background_tasks(self) -> list[Task]:
         return [purge_loop(self.services)]

@@ -14,7 +14,7 @@ from aiohttp import web
 from relay import quarantine_service as qs
 from relay.api_keys import check_owner, scoped_account
 from relay.errors import NotFound, StoreUnavailable, UsageError
-from relay.http_common import admin_label, json_body, json_error, json_response, services_of
+from relay.http_common import admin_label, json_body, json_error, json_response, pipeline_of, services_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BULK = 1000
@@ -124,7 +124,8 @@ async def get_raw(request: web.Request) -> web.Response:
 async def release(request: web.Request) -> web.Response:
     body = await _optional_body(request)
     outcome = await qs.release_one(
-        services_of(request), request.match_info["id"], actor=admin_label(request), note=_note(body)
+        services_of(request), request.match_info["id"], actor=admin_label(request), note=_note(body),
+        through=pipeline_of(request),
     )
     return _single(outcome)
 
@@ -155,7 +156,10 @@ def _bulk_response(outcomes: list[qs.Outcome]) -> web.Response:
 @_guarded
 async def bulk_release(request: web.Request) -> web.Response:
     ids, note = await _bulk_ids(request)
-    return _bulk_response(await qs.release_many(services_of(request), ids, actor=admin_label(request), note=note))
+    outcomes = await qs.release_many(
+        services_of(request), ids, actor=admin_label(request), note=note, through=pipeline_of(request)
+    )
+    return _bulk_response(outcomes)
 
 
 @_guarded

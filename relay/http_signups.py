@@ -11,18 +11,17 @@ from aiohttp import web
 from relay.api_keys import KEY, scoped_account
 from relay.consent_import import ConsentRefused
 from relay.errors import NotFound, StoreUnavailable
+from relay.feature import Feature
 from relay.http_common import admin_label, form_body, json_body, json_error, json_response
 from relay.signups import (
     LANGUAGES,
     AccountBlocked,
-    ConfirmTokens,
     RateLimited,
     SignupInvalid,
     SignupService,
     parse_signup,
 )
 from relay.store.signups import Signup
-from relay.unsubscribe_tokens import TokenCodec
 from relay.web.render import Safe, escape, render, tag
 
 _PAGE = {
@@ -214,17 +213,15 @@ class SignupsHttp:
         return self._done(signup)
 
 
-class SignupsFeature:
-    """Hooks the double opt-in into a Relay: the API route, the public pages, the outbox's deliveries."""
+class SignupsFeature(Feature):
+    """The double opt-in's API route and public pages (relay.assembly tells its service of the
+    outbox's deliveries)."""
 
-    def __init__(self, relay: Any, secrets: tuple[bytes, ...]) -> None:
-        self.service = SignupService(
-            relay.services, ConfirmTokens(secrets), relay.copy_signer,
-            new_relay_id=relay.pipeline.new_relay_id, wake_outbox=relay.outbox.wake,
-            delivery_ids=relay.pipeline.delivery_ids.take, bounce_codec=TokenCodec(secrets),
-        )
-        relay.outbox.on_delivered.append(self.service.outbox_delivered)
-        self.http = SignupsHttp(self.service)
+    name = "signups"
+
+    def __init__(self, service: SignupService) -> None:
+        self.service = service
+        self.http = SignupsHttp(service)
 
     def add_admin_routes(self, app: web.Application) -> None:
         self.http.add_admin_routes(app)

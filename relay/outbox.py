@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import uuid
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from relay.config import OutboxConfig
 from relay.errors import LeaseLost, StoreUnavailable, UpstreamRejected, UpstreamUncertain, UpstreamUnavailable
@@ -67,9 +67,32 @@ class _CopyFence:
             raise LeaseLost("the lease ran out before the message was sent")
 
 
+class OutboxBell:
+    """Rung when a copy was queued, so the worker sends it now rather than at its next poll. Made
+    before the worker: the parts that queue copies (pipeline, signups, notices) are built first."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def ring(self) -> None:
+        self.event.set()
+
+
+# Told of each copy the upstream accepted (a confirmation mail's signup notes its delivery).
+DeliveredHook = Callable[[OutboxItem], Awaitable[None]]
+
+
 class OutboxWorker:
     def __init__(
-        self, store: OutboxStore, upstream: Upstream, config: OutboxConfig, metrics: Metrics, clock: Clock
+        self,
+        store: OutboxStore,
+        upstream: Upstream,
+        config: OutboxConfig,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        bell: OutboxBell | None = None,
+        on_delivered: Sequence[DeliveredHook] = (),
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -80,12 +103,11 @@ class OutboxWorker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch = batch_size(config.lease_seconds, upstream.config.timeout)
         self.held: dict[int, float] = {}  # copy id -> lease deadline, for the copies of the current claim
-        self._wake = asyncio.Event()
+        self._wake = (bell or OutboxBell()).event
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
         self.log = get_logger()
-        # Told of each copy the upstream accepted (a confirmation mail's signup notes its delivery).
-        self.on_delivered: list[Callable[[OutboxItem], Awaitable[None]]] = []
+        self.on_delivered = tuple(on_delivered)
 
     def wake(self) -> None:
         self._wake.set()

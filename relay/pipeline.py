@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Awaitable, Callable, Sequence
 
-from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, StreamFacts
+from policies.facts import TRANSACTIONAL, ConsentRecord, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
@@ -17,12 +17,13 @@ from relay.config import AccountConfig, StreamConfig
 from relay.decisions import DecisionRecorder
 from relay.delivery import Copy, DeliveryReport, deliver
 from relay.errors import ScannerUnavailable, StoreUnavailable
-from relay.helper import Helper, HelperTimeout, HelperUnavailable
+from relay.feature import Feature
+from relay.helper import Helper, HelperTimeout, HelperUnavailable, Offload
 from relay.log import get_logger
-from relay.personalize import strip_header
 from relay.retry_memory import RetryMemory
 from relay.services import Services
 from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
+from relay.transaction import Transaction
 from relay.upstream import Upstream
 
 STREAM_HEADER = "X-Relay-Stream"
@@ -30,64 +31,67 @@ NULL_SENDER_STREAM = "dsn"  # the stream of an account's bounces when it has no 
 _PARSE_IN_THREAD_BYTES = 1 << 20
 
 
-@dataclass
-class Transaction:
-    relay_id: str
-    client_ip: str
-    mail_from: str
-    account: AccountConfig | None = None
-    stream: StreamConfig | None = None  # known before DATA when envelope_from selects it
-    facts: MessageFacts | None = None
-    recipients: list[str] = field(default_factory=list)
-    own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, kind)
-    rcpt_refusals: list[Finding] = field(default_factory=list)
-    delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
-    # Consent and suppressions read at RCPT (marketing known before DATA), reused at end of DATA.
-    rcpt_facts: dict[str, RecipientFacts] = field(default_factory=dict)
-    # The account's session rules run at the first recipient that is not one of the relay's own
-    # addresses (as Postfix's smtpd_delay_reject): mail to those is taken whatever the sender.
-    session_checked: bool = False
-    session_refusal: Finding | None = None
-
-    @property
-    def null_sender(self) -> bool:
-        """MAIL FROM:<> from an account: a bounce its own MTA generated (docs/SPEC.md §15)."""
-        return self.account is not None and not self.mail_from
-
-
 # Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
+# relay.copies.CopyMaker: per-recipient marketing copies, the stream header removed, DKIM last.
 CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], Awaitable[list[Copy]]]
-# Handles mail to one of the relay's own addresses (unsubscribe, feedback reports).
-OwnMailHandler = Callable[[Transaction, Sequence[str], bytes], Awaitable[str]]
+# The consent a delivered copy relied on (policies.rules.consent.covering_consent), kept in its record.
+CoveringConsent = Callable[[MessageFacts, RecipientFacts], ConsentRecord | None]
+
+
+def new_relay_id() -> str:
+    return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
 
 
 class Pipeline:
-    def __init__(self, services: Services, upstream: Upstream, recorder: DecisionRecorder) -> None:
+    """SMTP stages in, upstream copies out: at_mail → at_rcpt → at_data → evaluate → _carry_out →
+    copies → relay.delivery.deliver(upstream, outbox) → record."""
+
+    def __init__(
+        self,
+        services: Services,
+        upstream: Upstream,
+        recorder: DecisionRecorder,
+        *,
+        copies: CopyBuilder,
+        delivery_ids: IdAllocator,
+        covering_consent: CoveringConsent,
+        wake_outbox: Callable[[], None],
+        offload: Offload,
+        features: Sequence[Feature] = (),
+    ) -> None:
         self.services = services
         self.config = services.config
         self.upstream = upstream
         self.recorder = recorder
         self.log = get_logger()
-        self.copy_builder: CopyBuilder = self._one_copy
-        self.own_mail: dict[str, OwnMailHandler] = {}
-        self.own_address_matchers: list[Callable[[str], str | None]] = []
-        self.on_outbox_enqueued: Callable[[], None] = lambda: None
-        self.extra_facts: list[Callable[[Transaction, ParsedMessage], Awaitable[dict[str, object]]]] = []
-        self.covering_consent: Callable[[MessageFacts, RecipientFacts], object] | None = None
-        self.delivery_ids = IdAllocator(services.store.decisions.reserve_ids, "deliveries")
+        self.copies = copies
+        self.delivery_ids = delivery_ids
+        self.covering_consent = covering_consent
+        self.wake_outbox = wake_outbox
+        self.offload = offload
+        self.features = tuple(features)
+        self._feature_named = {f.name: f for f in self.features}
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
-        self.helper: Helper | None = None  # set by the Relay when [smtp] helper_process is on
-        self.in_data = 0  # transactions between end of DATA and their reply
-        self.offload_from = 2  # in_data at which the helper takes the work (tests set 1)
 
-    def new_relay_id(self) -> str:
-        return f"{int(time.time() * 1000):x}{secrets.token_hex(4)}"
+    new_relay_id = staticmethod(new_relay_id)
+
+    @property
+    def helper(self) -> Helper | None:
+        return self.offload.helper
+
+    @property
+    def offload_from(self) -> int:
+        return self.offload.offload_from
+
+    @offload_from.setter
+    def offload_from(self, value: int) -> None:  # tests set 1: even a lone transaction goes to the helper
+        self.offload.offload_from = value
 
     def own_address(self, address: str) -> str | None:
-        for match in self.own_address_matchers:
-            kind = match(address)
-            if kind is not None and kind in self.own_mail:
-                return kind
+        """The name of the feature whose address this is (unsubscribe, feedback reports, bounces)."""
+        for feature in self.features:
+            if feature.own_address(address):
+                return feature.name
         return None
 
     # --- facts ----------------------------------------------------------------------------
@@ -138,20 +142,20 @@ class Pipeline:
         if verdict.outcome is Outcome.DELIVER and txn.account.rate_limit_per_minute > 0:
             # Only a transaction MAIL FROM accepts spends a token (a refusal keeps its own 554 or 550),
             # and only here: the facts kept for RCPT and DATA go without it.
-            limited = replace(txn.facts, params={**base.params, **await self._rate_facts(txn.account)})
+            limited = replace(txn.facts, shell=await self._rate_facts(txn.account))
             verdict = self.services.engine.session(limited)
         for finding in verdict.findings:
             self.count_rule(finding)
         return verdict
 
-    async def _rate_facts(self, account: AccountConfig) -> dict[str, object]:
+    async def _rate_facts(self, account: AccountConfig) -> ShellFacts:
         """Take a token from the account's bucket in the store, shared by every worker and instance.
         A store failure raises StoreUnavailable: the caller tempfails, it never passes."""
         per_minute = account.rate_limit_per_minute
         allowed = await self.services.store.rates.take(
             account.id, rate_per_minute=per_minute, now=self.services.clock.timestamp()
         )
-        return {"rate_limited": not allowed, "rate_limit_per_minute": per_minute}
+        return ShellFacts(rate_limited=not allowed, rate_limit_per_minute=per_minute)
 
     def _kind_known_before_data(self, txn: Transaction) -> StreamFacts | None:
         assert txn.account is not None
@@ -183,16 +187,11 @@ class Pipeline:
         return verdict
 
     async def at_data(self, txn: Transaction, raw: bytes) -> str:
-        self.in_data += 1
+        self.offload.busy += 1
         try:
             return await self._at_data(txn, raw)
         finally:
-            self.in_data -= 1
-
-    def helper_now(self) -> Helper | None:
-        """The helper, if CPU work should go to it now: only while other transactions are in DATA.
-        A lone transaction would wait idle for the round trip, so it is done on the loop."""
-        return self.helper if self.in_data >= self.offload_from else None
+            self.offload.busy -= 1
 
     async def _at_data(self, txn: Transaction, raw: bytes) -> str:
         metrics = self.services.metrics
@@ -228,11 +227,9 @@ class Pipeline:
                 rfacts = await self._recipient_facts_at_data(txn, account)
             else:
                 rfacts = [RecipientFacts(r) for r in txn.recipients]
-            params = base.params
-            for gather in self.extra_facts:
-                extra = await gather(txn, message)
-                if extra:
-                    params = {**params, **extra}
+            shell = ShellFacts()
+            for feature in self.features:
+                shell = await feature.message_facts(txn, message, shell)
         except StoreUnavailable as exc:
             self.log.error("store_unavailable", stage="data", relay_id=txn.relay_id, error=str(exc))
             self.record(txn, message, stream_name, "tempfailed", [], txn.recipients)
@@ -247,11 +244,12 @@ class Pipeline:
             account=base.account,
             mail_from=txn.mail_from,
             now=base.now,
-            params=params,
+            params=base.params,
             stream=stream,
             stream_requested=requested if stream_cfg is None else None,
             message=message,
             null_sender=txn.null_sender,
+            shell=shell,
         )
         try:
             verdict = await self.evaluate(facts, rfacts)
@@ -272,7 +270,7 @@ class Pipeline:
         """The end-of-DATA verdict: in the helper process when there is one, else on the loop
         (a helper that is down costs speed, never mail)."""
         ran = "loop"
-        helper = self.helper_now()
+        helper = self.offload.helper_now()
         if helper is not None:
             try:
                 verdict: Verdict = await helper.call("message", facts, rfacts)
@@ -342,7 +340,7 @@ class Pipeline:
             self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
-        copies = await self.copy_builder(txn, facts, rfacts, raw, permitted)
+        copies = await self.copies(txn, facts, rfacts, raw, permitted)
         report = await deliver(
             self.upstream,
             self.services.store.outbox,
@@ -394,7 +392,7 @@ class Pipeline:
         if report.earlier:
             self.retries.forget(account_id, txn.mail_from, raw)
         if report.queued:
-            self.on_outbox_enqueued()
+            self.wake_outbox()
         policy_refused = [(r, verdict.refused[r].rule) for r in txn.recipients if r in verdict.refused]
         earlier = [(f.recipient or "", f.rule) for f in txn.rcpt_refusals]
         upstream_refused = [(r, "upstream") for r in report.refused]
@@ -466,12 +464,12 @@ class Pipeline:
         return replies.quarantined(quarantine_id, verdict.deciding.rule)
 
     async def _own_mail(self, txn: Transaction, raw: bytes) -> str:
-        by_kind: dict[str, list[str]] = {}
-        for address, kind in txn.own_recipients:
-            by_kind.setdefault(kind, []).append(address)
+        by_feature: dict[str, list[str]] = {}
+        for address, name in txn.own_recipients:
+            by_feature.setdefault(name, []).append(address)
         reply = "250 2.0.0 OK"
-        for kind, addresses in by_kind.items():
-            reply = await self.own_mail[kind](txn, addresses, raw)
+        for name, addresses in by_feature.items():
+            reply = await self._feature_named[name].handle_mail(txn, addresses, raw)
         return reply
 
     async def reserve_delivery_ids(self, txn: Transaction, recipients: Sequence[str]) -> None:
@@ -481,11 +479,6 @@ class Pipeline:
         for rcpt in recipients:
             if rcpt not in txn.delivery_ids:
                 txn.delivery_ids[rcpt] = await self.delivery_ids.take()
-
-    async def _one_copy(
-        self, txn: Transaction, facts: MessageFacts, rfacts: Sequence[RecipientFacts], raw: bytes, recipients: Sequence[str]
-    ) -> list[Copy]:
-        return [Copy(tuple(recipients), strip_header(raw, STREAM_HEADER))]
 
     # --- recording ------------------------------------------------------------------------
 
@@ -594,7 +587,7 @@ class Pipeline:
     ) -> dict[str, tuple[str, str, int | None]]:
         """Recipient -> (scope, topic, id) of the consent that permitted the copy."""
         covering = self.covering_consent
-        if covering is None or facts.stream is None or not facts.stream.is_marketing:
+        if facts.stream is None or not facts.stream.is_marketing:
             return {}
         out: dict[str, tuple[str, str, int | None]] = {}
         for r in rfacts:

@@ -10,7 +10,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from relay.errors import NotFound, RelayError, UpstreamUnavailable, UsageError
+from relay.feature import Feature, Task
 from relay.log import get_logger
+from relay.pipeline import Pipeline
+from relay.release import release_message
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem, iso
 
@@ -190,27 +193,28 @@ class Outcome:
         return out
 
 
-async def release_one(services: Services, item_id: str, *, actor: str, note: str) -> Outcome:
+async def release_one(services: Services, item_id: str, *, actor: str, note: str, through: Pipeline | None) -> Outcome:
+    """Deliver a held message `through` the relay's pipeline (None: an admin API without a relay)."""
     # A second click, a second admin or a second process: release_message claims the item in the
     # store first (held → releasing), so only one of them delivers; the others get a conflict.
-    from relay.release import release_message
-
     item = await services.store.quarantine.get(item_id)
     if item is None:
         return Outcome(item_id, "error", error="not_found", detail=f"no held quarantine item {item_id!r}")
+    if through is None:
+        return Outcome(item_id, "error", error="upstream_unavailable", detail="still held: no relay process to deliver through")
     try:
-        result = await release_message(services, item, actor=actor, note=note)
+        result = await release_message(through, item, actor=actor, note=note)
     except UpstreamUnavailable as exc:
         return Outcome(item_id, "error", error="upstream_unavailable", detail=f"still held: {exc}")
     except UsageError as exc:
         return Outcome(item_id, "error", error="conflict", detail=str(exc))
     get_logger().info(
         "quarantine_released", id=item_id, actor=actor, delivered=len(result.delivered),
-        queued=len(getattr(result, "queued", [])), refused=[why for _, why in result.refused],
+        queued=len(result.queued), refused=[why for _, why in result.refused],
     )
     return Outcome(
         item_id, "released", delivered=list(result.delivered), refused=list(result.refused),
-        queued=list(getattr(result, "queued", [])),
+        queued=list(result.queued),
     )
 
 
@@ -224,9 +228,11 @@ async def delete_one(services: Services, item_id: str, *, actor: str, note: str)
     return Outcome(item_id, "deleted")
 
 
-async def release_many(services: Services, ids: Iterable[str], *, actor: str, note: str) -> list[Outcome]:
+async def release_many(
+    services: Services, ids: Iterable[str], *, actor: str, note: str, through: Pipeline | None
+) -> list[Outcome]:
     # One after the other: each release is its own upstream transaction and audit entry.
-    return [await release_one(services, i, actor=actor, note=note) for i in _unique(ids)]
+    return [await release_one(services, i, actor=actor, note=note, through=through) for i in _unique(ids)]
 
 
 async def delete_many(services: Services, ids: Iterable[str], *, actor: str, note: str) -> list[Outcome]:
@@ -271,11 +277,13 @@ async def purge_loop(services: Services, interval: float = PURGE_INTERVAL_SECOND
         await asyncio.sleep(interval)
 
 
-class QuarantineFeature:
-    """Hooks into a Relay's feature list: the purge task (only where background tasks run)."""
+class QuarantineFeature(Feature):
+    """The retention purge task (only where background tasks run)."""
+
+    name = "quarantine"
 
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def background_tasks(self) -> list[Any]:
+    def background_tasks(self) -> list[Task]:
         return [purge_loop(self.services)]

@@ -3,22 +3,17 @@ held it and never to a recipient suppressed since; audited."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from policies.facts import MessageFacts, RecipientFacts
 from policies.findings import Outcome
 from policies.message import parse_message
 from relay.config import AccountConfig, StreamConfig
-from relay.decisions import DecisionRecorder
 from relay.delivery import deliver
 from relay.errors import UpstreamUnavailable, UsageError
-from relay.log import get_logger
-from relay.pipeline import Pipeline, Transaction
-from relay.services import Services
+from relay.pipeline import Pipeline
 from relay.store.records import AuditEntry, QuarantineItem
-from relay.upstream import Upstream
+from relay.transaction import Transaction
 
 
 @dataclass
@@ -28,38 +23,11 @@ class ReleaseResult:
     queued: list[str] = field(default_factory=list)
 
 
-@asynccontextmanager
-async def _pipeline(services: Services) -> AsyncIterator[Pipeline]:
-    """The running relay's pipeline, or (CLI) a short-lived one with its own upstream connection."""
-    if services.pipeline is not None:
-        yield services.pipeline
-        return
-    from relay.features import install
-
-    upstream = Upstream(services.config.upstream, services.metrics, local_hostname=services.config.smtp.hostname)
-    recorder = DecisionRecorder(services.store.decisions)
-    pipeline = Pipeline(services, upstream, recorder)
-
-    class _Standalone:  # what features.install needs of a Relay
-        config = services.config
-        log = get_logger()
-
-    standalone = _Standalone()
-    standalone.services = services  # type: ignore[attr-defined]
-    standalone.pipeline = pipeline  # type: ignore[attr-defined]
-    standalone.recorder = recorder  # type: ignore[attr-defined]
-    await pipeline.delivery_ids.refill()
-    await install(standalone)
-    try:
-        yield pipeline
-    finally:
-        await recorder.flush()
-        await upstream.close()
-
-
-async def release_message(services: Services, item: QuarantineItem, *, actor: str, note: str) -> ReleaseResult:
-    """Claim the item in the store (held → releasing, so one release wins across processes), deliver,
-    then mark it released with its audit entry; if delivery fails it goes back to held."""
+async def release_message(pipeline: Pipeline, item: QuarantineItem, *, actor: str, note: str) -> ReleaseResult:
+    """Claim the item in the store (held → releasing, so one release wins across processes), deliver
+    through the pipeline (the running relay's, or one relay.assembly built for a CLI command), then
+    mark it released with its audit entry; if delivery fails it goes back to held."""
+    services = pipeline.services
     account = services.config.account(item.account)
     if account is None:
         raise UsageError(f"account {item.account!r} of {item.id} is no longer configured")
@@ -71,7 +39,7 @@ async def release_message(services: Services, item: QuarantineItem, *, actor: st
     if claimed is None:
         raise UsageError(f"quarantine item {item.id} is not held any more (released, deleted, or being released)")
     try:
-        result = await _deliver(services, claimed, account, stream_cfg)
+        result = await _deliver(pipeline, claimed, account, stream_cfg)
     except BaseException:
         # deliver() tempfails when the upstream accepted nothing (or, as it tells an SMTP client,
         # when the rest could not be queued): held again, for a later release to retry.
@@ -89,51 +57,49 @@ async def release_message(services: Services, item: QuarantineItem, *, actor: st
     return result
 
 
-async def _deliver(
-    services: Services, item: QuarantineItem, account: AccountConfig, stream_cfg: StreamConfig
-) -> ReleaseResult:
-    async with _pipeline(services) as pipeline:
-        message = parse_message(item.content)
-        base = await pipeline.account_facts(account)
-        facts = MessageFacts(
-            account=base.account, mail_from=item.mail_from, now=base.now, params=base.params,
-            stream=stream_cfg.facts, message=message,
+async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountConfig, stream_cfg: StreamConfig) -> ReleaseResult:
+    services = pipeline.services
+    message = parse_message(item.content)
+    base = await pipeline.account_facts(account)
+    facts = MessageFacts(
+        account=base.account, mail_from=item.mail_from, now=base.now, params=base.params,
+        stream=stream_cfg.facts, message=message,
+    )
+    recipients = list(item.rcpt_tos)
+    if stream_cfg.facts.is_marketing:
+        rfacts = await pipeline.recipient_facts(account, recipients)
+    else:
+        rfacts = [RecipientFacts(r) for r in recipients]
+    verdict = services.engine.message(facts, rfacts, skip=item.rules)
+    result = ReleaseResult()
+    if verdict.outcome is Outcome.TEMPFAIL and verdict.deciding is not None:
+        # e.g. the account is paused now: not refused for good, so the message stays held.
+        raise UsageError(f"{item.id} still held: [{verdict.deciding.rule}] {verdict.deciding.detail}")
+    if verdict.outcome is Outcome.REJECT and verdict.deciding is not None and not verdict.refused:
+        result.refused = [(r, verdict.deciding.rule) for r in recipients]
+        permitted: list[str] = []
+    else:
+        result.refused = [(r, verdict.refused[r].rule) for r in recipients if r in verdict.refused]
+        permitted = [r for r in recipients if r not in verdict.refused]
+    txn = Transaction(relay_id=item.relay_id, client_ip="", mail_from=item.mail_from, account=account)
+    txn.recipients = recipients
+    if permitted:
+        await pipeline.reserve_delivery_ids(txn, permitted)
+        copies = await pipeline.copies(txn, facts, rfacts, item.content, permitted)
+        report = await deliver(
+            pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,
+            stream=stream_cfg.id, mail_from=item.mail_from, copies=copies, now=services.clock.timestamp(),
         )
-        recipients = list(item.rcpt_tos)
-        if stream_cfg.facts.is_marketing:
-            rfacts = await pipeline.recipient_facts(account, recipients)
-        else:
-            rfacts = [RecipientFacts(r) for r in recipients]
-        verdict = services.engine.message(facts, rfacts, skip=item.rules)
-        result = ReleaseResult()
-        if verdict.outcome is Outcome.TEMPFAIL and verdict.deciding is not None:
-            # e.g. the account is paused now: not refused for good, so the message stays held.
-            raise UsageError(f"{item.id} still held: [{verdict.deciding.rule}] {verdict.deciding.detail}")
-        if verdict.outcome is Outcome.REJECT and verdict.deciding is not None and not verdict.refused:
-            result.refused = [(r, verdict.deciding.rule) for r in recipients]
-            permitted: list[str] = []
-        else:
-            result.refused = [(r, verdict.refused[r].rule) for r in recipients if r in verdict.refused]
-            permitted = [r for r in recipients if r not in verdict.refused]
-        txn = Transaction(relay_id=item.relay_id, client_ip="", mail_from=item.mail_from, account=account)
-        txn.recipients = recipients
-        if permitted:
-            await pipeline.reserve_delivery_ids(txn, permitted)
-            copies = await pipeline.copy_builder(txn, facts, rfacts, item.content, permitted)
-            report = await deliver(
-                pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,
-                stream=stream_cfg.id, mail_from=item.mail_from, copies=copies, now=services.clock.timestamp(),
-            )
-            if report.tempfailed:
-                raise UpstreamUnavailable(f"release of {item.id} not done: {report.tempfail_reason}")
-            result.delivered = list(report.delivered)
-            result.queued = list(report.queued)
-            result.refused += [(r, reply) for r, reply in report.refused.items()]
-            if report.queued:
-                pipeline.on_outbox_enqueued()
-            pipeline.record(
-                txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
-                delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
-                misses=verdict.misses,
-            )
+        if report.tempfailed:
+            raise UpstreamUnavailable(f"release of {item.id} not done: {report.tempfail_reason}")
+        result.delivered = list(report.delivered)
+        result.queued = list(report.queued)
+        result.refused += [(r, reply) for r, reply in report.refused.items()]
+        if report.queued:
+            pipeline.wake_outbox()
+        pipeline.record(
+            txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
+            delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
+            misses=verdict.misses,
+        )
     return result

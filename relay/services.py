@@ -12,6 +12,7 @@ from policies.profiles import Profile, load_profile
 from policies.registry import ALL_RULES
 from relay.config import Config
 from relay.metrics import Metrics
+from relay.outgoing import Outgoing
 from relay.store import open_store_for
 from relay.store.base import Store
 
@@ -46,10 +47,8 @@ class Services:
     metrics: Metrics
     engine: Engine
     clock: Clock = field(default_factory=Clock)
-    # Set by a running Relay: its pipeline (upstream pool, copy builder) for releases and forwards.
-    pipeline: Any = None
-    # Set by a running Relay: its DKIM signer (relay.signing.CopySigner), for the relay's own notices.
-    signer: Any = None
+    # A relay process's way out for its own notices (relay.assembly.build_relay); None in a CLI command.
+    outgoing: Outgoing | None = None
 
     @classmethod
     def build(cls, config: Config, *, metrics: Metrics | None = None, clock: Clock | None = None) -> Services:

@@ -11,12 +11,14 @@ from relay.metrics import Metrics
 
 
 class CopySigner:
-    def __init__(self, signer: DkimSigner, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, signer: DkimSigner, metrics: Metrics | None = None, *, helper_now: Callable[[], Helper | None] = lambda: None
+    ) -> None:
         self.signer = signer
         self.metrics = metrics
-        # The helper to use now, if any: the Relay sets the pipeline's, which answers None for a
-        # lone transaction and when [smtp] helper_process is off.
-        self.helper_now: Callable[[], Helper | None] = lambda: None
+        # The helper to use now, if any (relay.helper.Offload.helper_now): None for a lone
+        # transaction and when [smtp] helper_process is off.
+        self.helper_now = helper_now
         self._index = {id(key): i for i, key in enumerate(signer.keys)}
 
     @property

@@ -21,7 +21,8 @@ from relay.config import AccountConfig
 from relay.errors import StoreUnavailable
 from relay.log import get_logger, recipient_label
 from relay.passwords import verify_password
-from relay.pipeline import Pipeline, Transaction
+from relay.pipeline import Pipeline
+from relay.transaction import Transaction
 from relay.smtp_server import AuthLockout, RelaySMTP, peer_ip
 
 _AUTH_CACHE_SECONDS = 300.0

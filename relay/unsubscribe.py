@@ -5,15 +5,18 @@ the level it was given."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from aiohttp import web
 
 from policies.facts import MessageFacts, RecipientFacts, Suppression
 from policies.rules.consent import covering_consent
 from relay.config import Config
+from relay.decisions import DecisionRecorder
+from relay.feature import Feature
 from relay.log import get_logger, recipient_label
 from relay.services import Services
+from relay.transaction import Transaction
 from relay.unsubscribe_tokens import MAILTO_PREFIX, TokenClaims, TokenCodec
 from relay.web.recipient import RecipientPages
 
@@ -74,29 +77,29 @@ async def unsubscribe(services: Services, claims: TokenClaims, *, method: str) -
     return revoked
 
 
-class UnsubscribeFeature:
-    """Hooks the unsubscribe machinery into a Relay: copies, public routes, the mailto address."""
+class UnsubscribeFeature(Feature):
+    """The unsubscribe machinery's public pages and its mailto address (the copies' list headers
+    are relay.copies')."""
 
-    def __init__(self, relay: Any, codec: TokenCodec) -> None:
-        # `relay` is a running Relay, or the stand-in a CLI release builds (services, config, pipeline, recorder).
-        self.relay = relay
-        self.services = relay.services
-        self.config = relay.config
+    name = "unsubscribe"
+
+    def __init__(self, services: Services, codec: TokenCodec, recorder: DecisionRecorder) -> None:
+        self.services = services
+        self.config = services.config
         self.codec = codec
+        self.recorder = recorder
         self.public = RecipientPages(self.services, codec, unsubscribe)
-        relay.pipeline.own_address_matchers.append(self.match_address)
-        relay.pipeline.own_mail["unsubscribe"] = self.handle_mail
 
     def add_public_routes(self, app: web.Application) -> None:
         self.public.add_routes(app)
 
-    def match_address(self, address: str) -> str | None:
+    def own_address(self, address: str) -> bool:
         local, _, domain = address.rpartition("@")
         if domain != self.config.unsubscribe.mailto_domain.lower() or not local.startswith(MAILTO_PREFIX):
-            return None
-        return "unsubscribe" if self.codec.verify_mailto(local[len(MAILTO_PREFIX):]) is not None else None
+            return False
+        return self.codec.verify_mailto(local[len(MAILTO_PREFIX):]) is not None
 
-    async def handle_mail(self, txn: object, addresses: Sequence[str], raw: bytes) -> str:
+    async def handle_mail(self, txn: Transaction, addresses: Sequence[str], raw: bytes) -> str:
         done = 0
         for address in addresses:
             delivery_id = self.codec.verify_mailto(address.rpartition("@")[0][len(MAILTO_PREFIX):])
@@ -104,7 +107,7 @@ class UnsubscribeFeature:
                 continue
             delivery = await self.services.store.decisions.delivery(delivery_id)
             if delivery is None:
-                await self.relay.recorder.flush()  # the copy may have left moments ago
+                await self.recorder.flush()  # the copy may have left moments ago
                 delivery = await self.services.store.decisions.delivery(delivery_id)
             if delivery is None:
                 continue

@@ -25,6 +25,7 @@ import aiohttp
 
 from relay.config import AccountConfig, WebhookConfig
 from relay.errors import StoreUnavailable
+from relay.feature import Feature, Task
 from relay.log import get_logger
 from relay.services import Services
 from relay.store.webhooks_store import WebhookState
@@ -218,10 +219,12 @@ def _iso(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp or 0, timezone.utc).isoformat(timespec="seconds")
 
 
-class WebhooksFeature:
+class WebhooksFeature(Feature):
+    name = "webhooks"
+
     def __init__(self, services: Services) -> None:
         self.sender = WebhookSender(services)
 
-    def background_tasks(self) -> list[Any]:
+    def background_tasks(self) -> list[Task]:
         return [self.sender.run()]
 

@@ -103,9 +103,9 @@ def complaint_rate(facts: ComplaintRateFacts) -> Hit | None:
 )
 def rate_limited(facts: MessageFacts) -> Hit | None:
     # The shell takes a token from the store's shared bucket and reports an empty bucket here.
-    if facts.params.get("rate_limited") is not True:
+    if not facts.shell.rate_limited:
         return None
-    per_minute = facts.params.get("rate_limit_per_minute")
+    per_minute = facts.shell.rate_limit_per_minute
     rate = f" of {per_minute} messages per minute" if per_minute else ""
     return Hit(f"Account {facts.account.id} is over its rate{rate}; try again later")
 

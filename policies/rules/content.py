@@ -736,13 +736,13 @@ def personal_data(facts: MessageFacts) -> Hit | None:
 def malware(facts: MessageFacts) -> Hit | None:
     """Content checks done here, plus the relay's optional clamd scan.
 
-    The clamd scan is I/O, so the relay runs it and passes the result as
-    params["clamd_result"]: the signature name when clamd found something, "" when the
-    scan was clean, absent when no scan ran. A non-empty value hits.
+    The clamd scan is I/O, so the relay runs it and passes the result as the fact
+    shell.clamd_result: the signature name when clamd found something, "" when the
+    scan was clean, None when no scan ran. A non-empty value hits.
     """
     message = facts.message
-    clamd = facts.params.get("clamd_result")
-    if isinstance(clamd, str) and clamd.strip():
+    clamd = facts.shell.clamd_result
+    if clamd is not None and clamd.strip():
         return Hit("clamd found malware", evidence=clamd.strip())
     if message is None:
         return None

@@ -26,7 +26,7 @@ from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
 from relay.http_admin import CHECKER, GUARD
 from relay.webhooks import disabled_notes
-from relay.http_common import form_body, services_of
+from relay.http_common import form_body, pipeline_of, services_of
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web.render import Safe, escape, join, render, tag
@@ -383,7 +383,7 @@ async def quarantine_bulk(request: web.Request, session: Session) -> web.StreamR
         raise _redirect(back)
     services = services_of(request)
     if action == "release":
-        outcomes = await qs.release_many(services, ids, actor=session.label, note=note)
+        outcomes = await qs.release_many(services, ids, actor=session.label, note=note, through=pipeline_of(request))
     elif action == "delete":
         outcomes = await qs.delete_many(services, ids, actor=session.label, note=note)
     else:
@@ -531,7 +531,7 @@ async def quarantine_act(request: web.Request, session: Session) -> web.StreamRe
     note = str(form.get("note", ""))[:MAX_NOTE]
     services = services_of(request)
     if action == "release":
-        outcome = await qs.release_one(services, item_id, actor=session.label, note=note)
+        outcome = await qs.release_one(services, item_id, actor=session.label, note=note, through=pipeline_of(request))
     elif action == "delete":
         outcome = await qs.delete_one(services, item_id, actor=session.label, note=note)
     else:

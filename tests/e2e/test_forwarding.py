@@ -23,13 +23,13 @@ def relay_id_of(text: str) -> str:
 
 def per_recipient_copies(relay: Any) -> None:
     """What the unsubscribe feature does for marketing: one upstream transaction per recipient."""
-    original = relay.pipeline.copy_builder
+    original = relay.pipeline.copies
 
     async def build(*args: Any) -> list[Copy]:
         copies = await original(*args)
         return [Copy((r,), c.content) for c in copies for r in c.recipients]
 
-    relay.pipeline.copy_builder = build
+    relay.pipeline.copies = build  # the test's fault injection, not wiring
 
 
 async def outbox_empty(relay: Any) -> bool:

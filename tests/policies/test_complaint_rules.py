@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from policies.engine import Engine
-from policies.facts import AccountFacts, MessageFacts
+from policies.facts import AccountFacts, MessageFacts, ShellFacts
 from policies.findings import Action, Outcome, Stage
 from policies.profiles import PROFILE_NAMES, load_profile
 from policies.rules import complaints
@@ -101,8 +101,8 @@ def test_complaint_rate_boundary_holds_for_other_thresholds() -> None:
 # --- account.rate_limited --------------------------------------------------------------------
 
 
-def session_facts(**params: object) -> MessageFacts:
-    return MessageFacts(account=SHOP, mail_from="news@shop.example", now=NOW, params=params)
+def session_facts(**shell: object) -> MessageFacts:
+    return MessageFacts(account=SHOP, mail_from="news@shop.example", now=NOW, shell=ShellFacts(**shell))  # type: ignore[arg-type]
 
 
 def test_rate_limited_when_the_shell_found_the_bucket_empty() -> None:
@@ -111,7 +111,8 @@ def test_rate_limited_when_the_shell_found_the_bucket_empty() -> None:
     assert hit is not None
     assert hit.detail == "Account shop is over its rate of 60 messages per minute; try again later"
     assert complaints.rate_limited.check(session_facts()) is None
-    assert complaints.rate_limited.check(session_facts(rate_limited="yes")) is None
+    # The bucket's size alone is no finding: only the shell's report of an empty bucket is.
+    assert complaints.rate_limited.check(session_facts(rate_limit_per_minute=60)) is None
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from factories import FOOTER_TEXT, ORDERS, SHOP, evaluate, facts, mail
+from policies.facts import ShellFacts
 from policies.findings import Action, Outcome
 from policies.profiles import load_profile
 from policies.rules.content import (
@@ -281,9 +282,9 @@ def test_malware_eicar_in_text_or_zip_hits() -> None:
 
 def test_malware_clamd_result_from_the_relay_hits() -> None:
     # policy: mailpro M-code-of-conduct — optional clamd scan, passed in as a fact
-    hit = malware.check(facts(params={"clamd_result": "Win.Test.EICAR_HDB-1"}))
+    hit = malware.check(replace(facts(), shell=ShellFacts(clamd_result="Win.Test.EICAR_HDB-1")))
     assert hit is not None and hit.evidence == "Win.Test.EICAR_HDB-1"
-    assert malware.check(facts(params={"clamd_result": ""})) is None
+    assert malware.check(replace(facts(), shell=ShellFacts(clamd_result=""))) is None
 
 
 def test_malware_near_miss_harmless_archive_and_documents() -> None:

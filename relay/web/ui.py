@@ -24,7 +24,7 @@ from policies.message import parse_message
 from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
-from relay.http_admin import CHECKER, GUARD
+from relay.admin_auth import CHECKER, GUARD
 from relay.webhooks import disabled_notes
 from relay.http_common import form_body, pipeline_of, services_of
 from relay.services import Services

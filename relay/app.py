@@ -11,7 +11,7 @@ import signal
 import socket
 import ssl
 import sys
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
@@ -26,6 +26,8 @@ from relay.metrics import Metrics
 from relay.services import Clock
 from relay.smtp_handler import RelayHandler
 from relay.smtp_server import AuthLockout, ConnectionLimits, RelaySMTP
+
+T = TypeVar("T")
 
 _UPSTREAM_PROBE_SECONDS = 10.0
 _GAUGE_SECONDS = 30.0
@@ -345,7 +347,7 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
         await lock.release()
 
 
-async def _until_stopped(work: Any, stop: asyncio.Event) -> Any:
+async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     """`work`'s result, or None when a SIGTERM/SIGINT came first (the work is cancelled)."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.create_task(stop.wait())
@@ -365,7 +367,7 @@ async def _until_stopped(work: Any, stop: asyncio.Event) -> Any:
 
 
 async def _serve_one(
-    config: Config, listeners: Listeners, stop: asyncio.Event, *, http: bool, on_started: Any = None
+    config: Config, listeners: Listeners, stop: asyncio.Event, *, http: bool, on_started: Callable[[], None] | None = None
 ) -> int:
     log = get_logger()
     try:

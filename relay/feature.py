@@ -27,8 +27,9 @@ class Feature(Protocol):
         return False
 
     async def handle_mail(self, txn: Transaction, addresses: Sequence[str], raw: bytes) -> str:
-        """Mail to the addresses own_address claimed: the SMTP reply."""
-        raise NotImplementedError(f"feature {self.name} has no addresses of its own")
+        """Mail to the addresses own_address claimed: the SMTP reply (never asked of a feature
+        that claims none)."""
+        return "550 5.1.1 No such address"
 
     async def message_facts(self, txn: Transaction, message: ParsedMessage, shell: ShellFacts) -> ShellFacts:
         """What this feature finds out about a message before the policy decides (end of DATA).

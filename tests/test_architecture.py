@@ -249,3 +249,66 @@ def test_the_circle_check_sees_every_kind_of_import() -> None:
     assert circles(graph) == [["relay.a", "relay.b", "relay.c"]]
     del files["relay.c"]
     assert circles(import_graph(files)) == []
+
+
+# --- explicit wiring (relay/assembly.py) ------------------------------------------------------------
+
+WIRING_ATTRIBUTES = {"pipeline", "services", "outbox", "relay"}
+
+
+def test_no_relay_module_is_loaded_by_name() -> None:
+    """A module loaded by name with a silent skip drops a feature when it is renamed: imports only."""
+    calls = []
+    for path in RELAY_FILES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
+            ):
+                calls.append(f"{path.relative_to(REPO)}:{node.lineno} {ast.unparse(node.func)}()")
+    assert not calls, calls
+
+
+def patched_parts(source: str) -> list[str]:
+    """Assignments to, and appends onto, attributes of another object's pipeline, services, outbox or
+    relay (`relay.pipeline.copy_builder = …`, `x.pipeline.hooks.append(…)`, `x.services.signer = …`)."""
+
+    def reaches_part(node: ast.expr) -> bool:
+        # the changed attribute is on an object reached through a wiring attribute of something else
+        while isinstance(node, (ast.Attribute, ast.Subscript)):
+            inner = node.value
+            if isinstance(inner, ast.Attribute) and inner.attr in WIRING_ATTRIBUTES:
+                return True
+            if isinstance(inner, ast.Name) and inner.id == "relay" and isinstance(node, ast.Attribute):
+                return True
+            node = inner
+        return False
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("append", "extend", "update"):
+            targets = [node.func.value]
+        found += [f"{node.lineno}: {ast.unparse(t)}" for t in targets if isinstance(t, (ast.Attribute, ast.Subscript)) and reaches_part(t)]
+    return found
+
+
+def test_parts_are_handed_over_in_constructors_not_patched_in() -> None:
+    patched = [f"{p.relative_to(REPO)}:{line}" for p in RELAY_FILES for line in patched_parts(p.read_text(encoding="utf-8"))]
+    assert not patched, patched
+
+
+def test_the_patching_check_sees_the_old_wiring() -> None:
+    old = (
+        "relay.pipeline.copy_builder = CopyMaker()\n"
+        "relay.pipeline.own_mail['fbl'] = handle\n"
+        "relay.pipeline.extra_facts.append(scan)\n"
+        "self.services.pipeline = self.pipeline\n"
+        "relay.copy_signer = signer\n"
+        "self.offload.busy += 1\n"  # a part's own counter, kept by its owner: fine
+    )
+    assert sorted(line.partition(":")[0] for line in patched_parts(old)) == ["1", "2", "3", "4", "5"]

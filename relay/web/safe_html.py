@@ -1,5 +1,5 @@
-"""Quarantined HTML made inert for review, by nh3 (the Rust ammonia sanitizer, built on the html5ever
-parser browsers' parsing rules come from): scripts, frames, forms, event handlers and every remote
+"""Quarantined HTML made inert for review, by nh3 (the Rust ammonia sanitizer; its html5ever parser
+parses as browsers do): scripts, frames, forms, event handlers and every remote
 reference (images, styles, fonts, links) removed before it reaches the browser. The sandboxed iframe and
 the CSP of its endpoint are the second and third walls; this one means nothing is even attempted.
 

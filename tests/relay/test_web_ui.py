@@ -293,3 +293,18 @@ async def test_rule_filter_and_the_attachments_table(ui: Browserless) -> None:
     assert "&lt;b&gt;tools&lt;/b&gt;.zip" in attachments and "<b>tools" not in attachments
     assert "<code>application/zip</code>" in attachments and "⚠ executable in bin/setup.exe" in attachments
     assert "No attachments." in (await ui.text("/ui/quarantine/Q1")).split("<h2>Attachments</h2>", 1)[1]
+
+
+def test_inert_html_of_the_real_corpus_loads_nothing_and_lists_the_links() -> None:
+    from policies.message import parse_message
+
+    corpus = sorted((Path(__file__).parents[1] / "corpus").rglob("*.eml"))
+    documents = [m.html_parts for m in (parse_message(p.read_bytes()) for p in corpus) if m.html_parts]
+    assert len(documents) > 20
+    loading = re.compile(r"(?i)\b(src|href|srcset|background|action|poster)\s*=(?!\"data:image/)|url\((?!data:image/)|<(script|style|link|iframe|meta|base)\b|\son[a-z]+=")
+    listed = 0
+    for parts in documents:
+        inert = make_inert("\n".join(parts))
+        assert not loading.search(inert.html), loading.search(inert.html)
+        listed += len(inert.links)
+    assert listed > 100  # newsletters link a lot: their targets are listed, not followable

@@ -905,7 +905,9 @@ def table(results: Sequence[Result]) -> str:
     by_key = {(r.target, r.concurrency, r.rcpts): r for r in results}
 
     def ratio(r: Result, base: str) -> str:
-        b = by_key.get((base, r.concurrency, r.rcpts))
+        # A target listed again, `relay-webhooks (2)`, is compared with the base of the same round, `relay (2)`.
+        suffix = r.target[r.target.rfind(" (") :] if r.target.endswith(")") and " (" in r.target else ""
+        b = by_key.get((base + suffix, r.concurrency, r.rcpts)) or by_key.get((base, r.concurrency, r.rcpts))
         if b is None or not b.complete or not r.complete or b.target == r.target:
             return "—"
         return f"{r.rate / b.rate:.2f}×"

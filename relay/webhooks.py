@@ -1,5 +1,6 @@
 """Signed webhooks (docs/SPEC.md §17): each account event POSTed as JSON to the account's endpoints with the
-Standard Webhooks headers, in order, at least once, with exponential backoff and jitter.
+Standard Webhooks headers, at least once, with exponential backoff and jitter: a few POSTs to one endpoint at
+once (`[events] webhook_concurrency`), started in the account's order, one recipient's events never overlapping.
 
 A background task of every relay process; it shares nothing with the mail path but the store, so a
 slow or dead endpoint never slows mail. Progress lives in the store (relay/store/webhooks_store.py):

@@ -5,12 +5,14 @@ and every way an answer can end (length, chunks, close) leaves the next POST wor
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import pytest
 
 from relay.webhook_http import EndpointClient, HttpError
+from tests.conftest import CertFiles
 
 Answer = Callable[[int], bytes]  # request number (from 1) → the raw answer
 
@@ -49,9 +51,9 @@ class Scripted:
 async def scripted() -> AsyncIterator[Callable[..., Scripted]]:
     servers: list[Scripted] = []
 
-    async def start(answer: Answer, close_after: bool = False) -> Scripted:
+    async def start(answer: Answer, close_after: bool = False, tls: ssl.SSLContext | None = None) -> Scripted:
         s = Scripted(answer, close_after)
-        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+        s.server = await asyncio.start_server(s.handle, "127.0.0.1", 0, ssl=tls)
         servers.append(s)
         return s
 
@@ -136,3 +138,17 @@ async def test_a_refused_connection_raises_oserror() -> None:
     await probe.wait_closed()
     with pytest.raises(OSError):
         await post_all(EndpointClient(f"http://127.0.0.1:{port}/"), 1)
+
+
+async def test_https_checks_the_certificate_and_keeps_the_connection(scripted: Callable[..., Scripted], tls_cert: CertFiles) -> None:
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(tls_cert.cert, tls_cert.key)
+    server = await scripted(no_content, tls=server_side)
+    url = server.url.replace("http://127.0.0.1", "https://localhost")
+    trusting = ssl.create_default_context(cafile=str(tls_cert.cert))
+    client = EndpointClient(url, ssl_context=trusting)
+    assert await post_all(client, 2) == [204, 204]
+    client.close()
+    assert server.connections == 1
+    with pytest.raises(ssl.SSLError):  # the system's CAs do not know this certificate
+        await post_all(EndpointClient(url), 1)

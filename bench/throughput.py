@@ -10,13 +10,18 @@ relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature 
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 relay-webhooks (a webhook for every event type, `delivered` included: an event written with each
 copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 204),
-relay-webhooks-default (the same webhook with the default types: every one but `delivered`),
+relay-webhooks-default (the same webhook with the default types: every one but `delivered`; after the
+last row the run waits for the receiver and reports the events received of those the relay wrote),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
 scale-out pair (docs/SPEC.md §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
 a load balancer would; the load is split over two smtp-source processes, one per instance), compared
 with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,
 dropped when the run ends.
+
+A target may be listed again (`--targets relay,relay-webhooks,relay,relay-webhooks`): each listing is
+its own process with its own directory and store, labelled `relay (2)`…, and `relay-webhooks (2)`
+is compared with `relay (2)`: alternating pairs on a noisy machine.
 """
 
 from __future__ import annotations

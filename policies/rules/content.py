@@ -8,7 +8,7 @@ import re
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
-from policies import _speedups
+from policies._passes import passes as _speedups
 from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage

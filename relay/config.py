@@ -415,11 +415,11 @@ class StoreConfig(Table, frozen=True):
         return self.url.startswith("sqlite://")
 
 
-class AdminToken(Table, frozen=True):
-    hash: Annotated[Hash, doc("the token's hash from `consent-relay hash-password`")]
+class AdminToken(Table, frozen=True, kw_only=True):
     label: Annotated[
         str, doc("a name for the token, shown in the audit log (who released, who deleted)", default="`token1`, `token2`, … by place")
     ] = ""
+    hash: Annotated[Hash, doc("the token's hash from `consent-relay hash-password`")]
 
 
 Tokens = Annotated[tuple[str | AdminToken, ...], Check(_tokens)]  # each a hash, or { label, hash }
@@ -960,7 +960,7 @@ def _type_at(key: str) -> Any:
             kind = get_args(kind)[0]
         else:
             return Any
-    return kind
+    return _plain(kind)
 
 
 def config_warnings(config: Config) -> list[tuple[str, str]]:

@@ -905,7 +905,8 @@ def _translate(message: str) -> ConfigError:
     problem, key = match[1], match[2] or ""
     kind = _type_at(key)
     if found := re.fullmatch(r"Object contains unknown field `(.*)`", problem):
-        known = known_keys(kind) if isinstance(kind, type) and issubclass(kind, Table) else []
+        tables = [k for k in (get_args(kind) or (kind,)) if isinstance(k, type) and issubclass(k, Table)]
+        known = known_keys(tables[0]) if tables else []
         return ConfigError(f"{key}.{found[1]}" if key else found[1], f"unknown key (known: {', '.join(known)})")
     if found := re.fullmatch(r"Object missing required field `(.*)`", problem):
         return ConfigError(f"{key}.{found[1]}" if key else found[1], "missing")

@@ -18,13 +18,13 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import Meta
 
 from policies.addresses import InvalidAddress, normalize_address
-from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
+from policies.facts import MARKETING, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
@@ -73,7 +73,8 @@ Timeout = Annotated[float, Meta(gt=0)]  # 0 would give up on every client, upstr
 
 
 class Listen:
-    """HOST:PORT in the file; `[::1]:25` for IPv6."""
+    """HOST:PORT in the file; `[::1]:25` for IPv6. Not a dataclass: msgspec would read a dataclass
+    from a table, and this comes from one string (see `_decode`)."""
 
     __slots__ = ("host", "port")
 
@@ -108,6 +109,8 @@ else:
 
 
 class Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of the file: each field one key, its default the value when the key is left out."""
+
     def checked(self, key: str) -> Any:
         """After the keys' own checks: relate them, fill in derived defaults; raise ConfigError."""
         return self
@@ -130,13 +133,6 @@ def _env(text: str) -> str:
             raise Refused(f"environment variable {name or '(empty)'} is not set")
         return os.environ[name]
     return text
-
-
-def resolve_secret(key: str, value: str) -> str:
-    try:
-        return _env(value)
-    except Refused as exc:
-        raise ConfigError(key, exc.problem) from exc
 
 
 def _hash(value: str) -> str:
@@ -850,18 +846,15 @@ def _finish(value: Any, kind: Any, key: str, base: Path) -> Any:
     if value is None:
         return None
     if isinstance(value, Table):
-        changes = {}
-        for field in msgspec.structs.fields(type(value)):
+        types, changes = field_types(type(value)), {}
+        for field in msgspec.structs.fields(value):
             old = getattr(value, field.name)
-            new = _finish(old, _field_types(type(value))[field.name], f"{key}.{field.encode_name}" if key else field.encode_name, base)
+            new = _finish(old, types[field.name], f"{key}.{field.encode_name}" if key else field.encode_name, base)
             if new is not old:
                 changes[field.name] = new
-        value = msgspec.structs.replace(value, **changes) if changes else value
-        value = value.checked(key)
+        value = msgspec.structs.replace(value, **changes).checked(key)
     elif isinstance(value, tuple) and get_origin(kind) is tuple:
-        (item,) = get_args(kind)[:1]
-        done = tuple(_finish(v, item, f"{key}[{i}]", base) for i, v in enumerate(value))
-        value = done if any(a is not b for a, b in zip(done, value)) else value
+        value = tuple(_finish(v, get_args(kind)[0], f"{key}[{i}]", base) for i, v in enumerate(value))
     elif get_origin(kind) in (Union, type(int | None)):
         arms = [a for a in get_args(kind) if a is not type(None)]
         if len(arms) == 1:
@@ -877,17 +870,11 @@ def _finish(value: Any, kind: Any, key: str, base: Path) -> Any:
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _field_types(table: type) -> dict[str, Any]:
+def field_types(table: type) -> dict[str, Any]:
+    """The declared type of each field, with its Annotated metadata (scripts/gen-docs.py reads them too)."""
     if table not in _HINTS:
-        import typing
-
-        _HINTS[table] = typing.get_type_hints(table, include_extras=True)
+        _HINTS[table] = get_type_hints(table, include_extras=True)
     return _HINTS[table]
-
-
-def field_types(table: type[Table]) -> dict[str, Any]:
-    """The declared type of each field (with its Annotated metadata): scripts/gen-docs.py reads them."""
-    return _field_types(table)
 
 
 _BOUNDS = {
@@ -920,8 +907,9 @@ def _translate(message: str) -> ConfigError:
         return ConfigError(key, f"expected {' or '.join(wanted)}, got {_NAMES.get(found[2], found[2])}")
     if found := re.fullmatch(r"Invalid enum value (.*)", problem):
         choices = _choices(kind)
-        if bool in choices:
-            return ConfigError(key, f"expected true, false or {', '.join(repr(c).replace(chr(39), chr(34)) for c in choices if c is not bool)}, got {found[1]}")
+        if bool in choices:  # true, false or a word: `helper_process`
+            words = ", ".join(f'"{c}"' for c in choices if c is not bool)
+            return ConfigError(key, f"expected true, false or {words}, got {found[1]}")
         return ConfigError(key, f"expected one of {', '.join(map(str, choices))}, got {found[1]}")
     return ConfigError(key, problem)
 
@@ -956,7 +944,7 @@ def _type_at(key: str) -> Any:
         kind = _plain(kind)
         if name and isinstance(kind, type) and issubclass(kind, Table):
             by_name = {f.encode_name: f.name for f in msgspec.structs.fields(kind)}
-            kind = _field_types(kind).get(by_name.get(name, ""), Any)
+            kind = field_types(kind).get(by_name.get(name, ""), Any)
         elif index and get_origin(kind) is tuple:
             kind = get_args(kind)[0]
         else:

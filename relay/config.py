@@ -8,8 +8,6 @@ the same path, and a table's `checked()` relates its keys to each other. scripts
 the same declarations for docs/configuration.md.
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import hashlib
@@ -18,7 +16,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 import msgspec
 from msgspec import Meta
@@ -333,7 +331,7 @@ def _clamd_address(text: str) -> str:
     raise Refused(f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
 
 
-def _tokens(items: tuple[str | AdminToken, ...]) -> tuple[AdminToken, ...]:
+def _tokens(items: "tuple[str | AdminToken, ...]") -> "tuple[AdminToken, ...]":
     """A bare string is a hash; a token without a label is named by its place: token1, token2, …"""
     tokens = []
     for i, item in enumerate(items):
@@ -477,7 +475,7 @@ class ComplaintSource(Table, frozen=True):
             return False
         return any(address in net for net in self.networks)
 
-    def checked(self, key: str) -> ComplaintSource:
+    def checked(self, key: str) -> "ComplaintSource":
         if not self.name:
             raise ConfigError(f"{key}.name", "missing")
         if not self.networks and not self.dkim_domains:
@@ -498,7 +496,7 @@ class ComplaintsConfig(Table, frozen=True):
         doc("the feedback loops you signed up for: `[complaints] sources` below (docs/feedback-loop.md)"),
     ] = ()
 
-    def checked(self, key: str) -> ComplaintsConfig:
+    def checked(self, key: str) -> "ComplaintsConfig":
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"{key}.sources", "source names must be unique")
@@ -539,7 +537,7 @@ class ConfirmationTemplate(Table, frozen=True):
     text: str = ""
     html: str = ""
 
-    def checked(self, key: str) -> ConfirmationTemplate:
+    def checked(self, key: str) -> "ConfirmationTemplate":
         for body in ("text", "html"):
             value = getattr(self, body)
             if value and "{{confirm_url}}" not in value:
@@ -575,7 +573,7 @@ class StreamConfig(Table, frozen=True):
     envelope_from: tuple[Address, ...] = ()
     title: str = ""  # the topic in words on the recipient's pages; the loader fills in the id
 
-    def checked(self, key: str) -> StreamConfig:
+    def checked(self, key: str) -> "StreamConfig":
         return msgspec.structs.replace(self, topic=self.topic or self.id, title=self.title or self.id)
 
     @property
@@ -644,7 +642,7 @@ class AccountConfig(Table, frozen=True):
     logo_url: Annotated[str, Check(_page_asset_url)] | None = None
     accent_color: Annotated[str, Check(_hex_colour)] | None = None
 
-    def checked(self, key: str) -> AccountConfig:
+    def checked(self, key: str) -> "AccountConfig":
         if not self.domains:
             raise ConfigError(f"{key}.domains", "an account needs at least one sender domain")
         ids = [s.id for s in self.streams]
@@ -735,7 +733,7 @@ class Config(Table, frozen=True):
     def accounts_under(self, scope: str) -> tuple[AccountConfig, ...]:
         return tuple(a for a in self.accounts if a.id == scope or a.parent == scope)
 
-    def checked(self, key: str) -> Config:
+    def checked(self, key: str) -> "Config":
         self._check_accounts()
         smtp = self.smtp
         if (smtp.tls_cert is None) != (smtp.tls_key is None):
@@ -809,7 +807,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
 
 def known_keys(table: type[Table]) -> list[str]:
     """The keys of one table as the file spells them, sorted."""
-    return sorted(f.encode_name for f in msgspec.structs.fields(table) if (table, f.name) != (Config, "path"))
+    return sorted(spelled for name, spelled in zip(table.__struct_fields__, table.__struct_encode_fields__) if (table, name) != (Config, "path"))
 
 
 def _decode(kind: type, value: Any) -> Any:
@@ -847,11 +845,11 @@ def _finish(value: Any, kind: Any, key: str, base: Path) -> Any:
         return None
     if isinstance(value, Table):
         types, changes = field_types(type(value)), {}
-        for field in msgspec.structs.fields(value):
-            old = getattr(value, field.name)
-            new = _finish(old, types[field.name], f"{key}.{field.encode_name}" if key else field.encode_name, base)
+        for name, spelled in zip(value.__struct_fields__, value.__struct_encode_fields__):
+            old = getattr(value, name)
+            new = _finish(old, types[name], f"{key}.{spelled}" if key else spelled, base)
             if new is not old:
-                changes[field.name] = new
+                changes[name] = new
         value = msgspec.structs.replace(value, **changes).checked(key)
     elif isinstance(value, tuple) and get_origin(kind) is tuple:
         value = tuple(_finish(v, get_args(kind)[0], f"{key}[{i}]", base) for i, v in enumerate(value))
@@ -873,7 +871,7 @@ _HINTS: dict[type, dict[str, Any]] = {}
 def field_types(table: type) -> dict[str, Any]:
     """The declared type of each field, with its Annotated metadata (scripts/gen-docs.py reads them too)."""
     if table not in _HINTS:
-        _HINTS[table] = get_type_hints(table, include_extras=True)
+        _HINTS[table] = {name: kind for base in reversed(table.__mro__) for name, kind in vars(base).get("__annotations__", {}).items()}
     return _HINTS[table]
 
 
@@ -943,7 +941,7 @@ def _type_at(key: str) -> Any:
     for name, index in re.findall(r"([^.\[\]]+)|\[(\d+|\.\.\.)\]", key):
         kind = _plain(kind)
         if name and isinstance(kind, type) and issubclass(kind, Table):
-            by_name = {f.encode_name: f.name for f in msgspec.structs.fields(kind)}
+            by_name = dict(zip(kind.__struct_encode_fields__, kind.__struct_fields__))
             kind = field_types(kind).get(by_name.get(name, ""), Any)
         elif index and get_origin(kind) is tuple:
             kind = get_args(kind)[0]

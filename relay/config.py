@@ -795,6 +795,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def build_config(data: Mapping[str, Any], path: Path) -> Config:
+    """The parsed TOML of the file at `path` (relative paths are relative to its directory) -> Config."""
     if "path" in data:
         raise ConfigError("path", f"unknown key (known: {', '.join(known_keys(Config))})")
     try:

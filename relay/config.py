@@ -588,6 +588,7 @@ class StreamConfig(Table, frozen=True):
 class EventsConfig(Table, frozen=True):
     retention_days: Timeout = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
     webhook_timeout: Annotated[Amount, doc("seconds for one webhook POST")] = 10.0
+    webhook_concurrency: Limit = 4  # POSTs in flight at once to one endpoint (1: strictly one after another)
     webhook_retry_initial_seconds: Annotated[
         Amount, doc("the first retry of a failed webhook POST; the back-off doubles from here, with jitter")
     ] = 5.0

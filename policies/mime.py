@@ -53,7 +53,9 @@ OTHER_TEXT = "other_text"
 MESSAGE = "message"
 ATTACHMENT = "attachment"
 
-_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but ':'
+# One field: its first line (a name of RFC 5322 ftext, printable ASCII but ':', then ':'; or no name)
+# and every continuation line (starting with a space or tab), line ends included. One C pass a block.
+_FIELD = re.compile(rb"(?:([!-9;-~]+)[ \t]*:)?[^\n]*(?:\n[ \t][^\n]*)*\n?")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _PARAM = re.compile(r";\s*([^\s;=]+)\s*=\s*(\"(?:[^\"\\]|\\.)*\"?|[^;]*)")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.I)
@@ -116,8 +118,8 @@ class Head:
 
 
 def field_value(buf: bytes, field: Field) -> str:
-    raw = buf[field.start : field.end]
-    return _FOLD.sub("", raw[raw.find(b":") + 1 :].decode("latin-1")).strip()
+    value = buf[buf.find(b":", field.start, field.end) + 1 : field.end].decode("latin-1").strip()
+    return _FOLD.sub("", value) if "\n" in value else value
 
 
 def read_head(buf: bytes, start: int = 0, end: int | None = None) -> Head:
@@ -127,26 +129,12 @@ def read_head(buf: bytes, start: int = 0, end: int | None = None) -> Head:
     if end is None:
         end = len(buf)
     block_end, body_start = split_head(buf, start, end)
-    fields: list[Field] = []
-    field_start = -1
-    name = ""
-    pos = start
-    while pos < block_end:
-        lf = buf.find(b"\n", pos, block_end)
-        line_end = block_end if lf < 0 else lf + 1
-        if field_start < 0 or buf[pos] not in (0x20, 0x09):  # not a continuation line
-            if field_start >= 0:
-                fields.append(Field(name, field_start, pos))
-            colon = buf.find(b":", pos, line_end)
-            name = ""
-            if colon > pos:
-                token = buf[pos:colon].rstrip(b" \t")
-                if _FIELD_NAME.fullmatch(token):
-                    name = token.decode("ascii").lower()
-            field_start = pos
-        pos = line_end
-    if field_start >= 0:
-        fields.append(Field(name, field_start, block_end))
+    fields = [
+        Field(name.lower().decode("ascii") if name else "", match.start(), match.end())
+        for match in _FIELD.finditer(buf, start, block_end)
+        for name in (match.group(1),)
+        if match.end() > match.start()
+    ]
     return Head(tuple(fields), block_end, body_start)
 
 
@@ -163,6 +151,8 @@ def parse_params(value: str) -> tuple[str, dict[str, str]]:
     """`type/subtype; key=value; …` → lower-case type and the parameters (first of a name wins)."""
     main, _, rest = value.partition(";")
     params: dict[str, str] = {}
+    if not rest:
+        return main.strip().lower(), params
     for key, val in _PARAM.findall(";" + rest):
         val = val.strip()
         if val.startswith('"'):
@@ -249,8 +239,8 @@ def part_head(buf: bytes, head: Head) -> PartHead:
             disposition = field_value(buf, field)
     if ctype is None and encoding is None and disposition is None:
         return _NO_HEAD
-    main, params = parse_params(ctype or "")
-    disp, dparams = parse_params(disposition or "")
+    main, params = parse_params(ctype) if ctype else ("", {})
+    disp, dparams = parse_params(disposition) if disposition else ("", {})
     return PartHead(main if "/" in main else "", params, (encoding or "").strip().lower(), disp, dparams)
 
 
@@ -375,8 +365,7 @@ def decode_with(data: bytes, codec: str | None) -> str:
 # --- the walk -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+class Part(NamedTuple):
     """A leaf entity: its MIME fields and the byte range of its (still encoded) body in `buf`."""
 
     head: PartHead

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from policies.message import parse_message
+from policies.mime import split_head
 from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import NotFound, RelayError, UsageError
@@ -451,7 +452,7 @@ async def quarantine_message(request: web.Request, session: Session) -> web.Stre
         attachments = Safe(f'<table class="list"><thead>{head}</thead><tbody>{rows}</tbody></table>')
     else:
         attachments = Safe('<p class="muted">No attachments.</p>')
-    head_bytes = item.content[: _header_end(item.content)]
+    head_bytes = item.content[: split_head(item.content)[0]].rstrip(b"\r\n")
     body = render(
         "message.html",
         id=item.id,
@@ -471,14 +472,6 @@ async def quarantine_message(request: web.Request, session: Session) -> web.Stre
         headers=head_bytes.decode("utf-8", "replace"),
     )
     return _page(request, session, item.subject or item.id, body)
-
-
-def _header_end(raw: bytes) -> int:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = raw.find(sep)
-        if at >= 0:
-            return at
-    return len(raw)
 
 
 def _finding(finding: dict[str, Any]) -> Safe:

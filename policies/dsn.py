@@ -98,7 +98,7 @@ def parse_dsn(raw: bytes, *, max_bytes: int = MAX_DSN_BYTES) -> DsnReport:
         head = mime.read_head(raw)
         if not any(f.name for f in head.fields):
             raise MalformedDsn("no header fields: not a mail message")
-        parts = list(itertools.islice(mime.walk(raw, head), _MAX_PARTS))
+        parts = list(itertools.islice(mime.walk(raw), _MAX_PARTS))
         standard = _standard(parts)
         recipients = standard if standard else _non_standard(raw, parts)
         subject = mime.as_text(head.value(raw, "subject") or "")[:300]

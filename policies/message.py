@@ -118,7 +118,7 @@ class ParsedMessage:
         "reply_to",
         "in_reply_to",
         "references",
-        "_head",
+        "_body_offset",
         "_body",
         "_folded",
         "_folded_visible",
@@ -147,7 +147,7 @@ class ParsedMessage:
         reply_to: tuple[str, ...] = (),
         in_reply_to: str = "",
         references: tuple[str, ...] = (),
-        head: mime.Head | None = None,
+        body_offset: int | None = None,
     ) -> None:
         init = object.__setattr__
         init(self, "headers", headers)
@@ -158,7 +158,7 @@ class ParsedMessage:
         init(self, "reply_to", reply_to)
         init(self, "in_reply_to", in_reply_to)
         init(self, "references", references)
-        init(self, "_head", mime.read_head(raw) if head is None else head)
+        init(self, "_body_offset", mime.split_head(raw)[1] if body_offset is None else body_offset)
         init(self, "_body", None)
         init(self, "_folded", None)
         init(self, "_folded_visible", None)
@@ -189,7 +189,7 @@ class ParsedMessage:
     def _walked(self) -> _Body:
         body = self._body
         if body is None:
-            body = _walk_body(self.raw, self._head)
+            body = _walk_body(self.raw, self._body_offset)
             object.__setattr__(self, "_body", body)
         return body
 
@@ -346,9 +346,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse headers now and the body lazily. Never raises, whatever the bytes."""
     if not isinstance(raw, bytes):
         raw = bytes(raw)
-    head = mime.read_head(raw)
+    offset = mime.split_head(raw)[1]
     try:
-        headers = _HEADER_PARSER.parsebytes(raw[: head.body_start])
+        headers = _HEADER_PARSER.parsebytes(raw[:offset])
     except Exception:  # the compat32 parser is lenient; this is a last resort
         headers = Message()
     pairs = _addresses(headers, "From")
@@ -366,7 +366,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         reply_to=reply_to,
         in_reply_to=in_reply_to,
         references=references,
-        head=head,
+        body_offset=offset,
     )
 
 
@@ -384,10 +384,10 @@ class _Collector:
         self.eicar = False
 
 
-def _walk_body(raw: bytes, head: mime.Head) -> _Body:
+def _walk_body(raw: bytes, offset: int) -> _Body:
     out = _Collector(archive_budget(len(raw)))
     try:
-        for part in mime.walk(raw, head):
+        for part in mime.walk(raw):
             _read(part, out)
     except Exception:  # a bug or a pathological input must not stop delivery decisions
         pass
@@ -399,7 +399,7 @@ def _walk_body(raw: bytes, head: mime.Head) -> _Body:
         hidden_text=hidden,
         links=links,
         attachments=tuple(out.attachments),
-        eicar=out.eicar or raw.find(EICAR_MARK, head.body_start) >= 0 or any(a.kind == KIND_EICAR for a in out.attachments),
+        eicar=out.eicar or raw.find(EICAR_MARK, offset) >= 0 or any(a.kind == KIND_EICAR for a in out.attachments),
     )
 
 

@@ -226,22 +226,29 @@ class PartHead:
 _NO_HEAD = PartHead("", {}, "", "", {})
 
 
-def part_head(buf: bytes, head: Head) -> PartHead:
-    """The three MIME fields of an entity (the first of each, as every reader here takes it)."""
-    ctype = disposition = encoding = None
-    for field in head.fields:
-        name = field.name
-        if name == "content-type" and ctype is None:
-            ctype = field_value(buf, field)
-        elif name == "content-transfer-encoding" and encoding is None:
-            encoding = field_value(buf, field)
-        elif name == "content-disposition" and disposition is None:
-            disposition = field_value(buf, field)
-    if ctype is None and encoding is None and disposition is None:
+# The fields read_head finds, but only the three MIME ones and in one C pass: a line that starts with
+# the name is a field's first line (continuation lines start with a space or tab), and the value runs
+# over the continuation lines. The rules read every part's head, so this is the hot path.
+_MIME_FIELD = re.compile(rb"^content-(type|transfer-encoding|disposition)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I | re.M)
+
+
+def part_head(buf: bytes, start: int, end: int) -> PartHead:
+    """The MIME fields of the header block buf[start:end] (start at a line start); the first of
+    each counts, for every reader here."""
+    found: dict[bytes, str] = {}
+    for name, value in _MIME_FIELD.findall(buf, start, end):
+        name = name.lower()
+        if name not in found:
+            text = value.decode("latin-1").strip()
+            found[name] = _FOLD.sub("", text) if "\n" in text else text
+    if not found:
         return _NO_HEAD
+    ctype = found.get(b"type")
+    disposition = found.get(b"disposition")
     main, params = parse_params(ctype) if ctype else ("", {})
     disp, dparams = parse_params(disposition) if disposition else ("", {})
-    return PartHead(main if "/" in main else "", params, (encoding or "").strip().lower(), disp, dparams)
+    encoding = found.get(b"transfer-encoding", "").strip().lower()
+    return PartHead(main if "/" in main else "", params, encoding, disp, dparams)
 
 
 def _decoded_words(value: str) -> str:
@@ -395,13 +402,11 @@ class Part(NamedTuple):
         return decode_with(data, self.charset(data))
 
 
-def walk(raw: bytes, head: Head | None = None, *, into_messages: bool = True) -> Iterator[Part]:
+def walk(raw: bytes, *, into_messages: bool = True) -> Iterator[Part]:
     """Every leaf of the message in order (multiparts opened; attached messages opened too unless
     `into_messages` is false), at most MAX_PARTS entities and MAX_MIME_DEPTH levels deep."""
-    if head is None:
-        head = read_head(raw)
-    count = [0]
-    yield from _walk(part_head(raw, head), raw, head.body_start, len(raw), 0, "text/plain", (), False, into_messages, count)
+    block_end, body_start = split_head(raw)
+    yield from _walk(part_head(raw, 0, block_end), raw, body_start, len(raw), 0, "text/plain", (), False, into_messages, [0])
 
 
 def _walk(
@@ -427,9 +432,9 @@ def _walk(
             child_default = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
             inside = (*delimiters, b"--" + boundary)
             for part_start, part_end in split_multipart(buf, start, end, boundary):
-                child = read_head(buf, part_start, part_end)
+                block_end, body_start = split_head(buf, part_start, part_end)
                 yield from _walk(
-                    part_head(buf, child), buf, child.body_start, part_end, depth + 1,
+                    part_head(buf, part_start, block_end), buf, body_start, part_end, depth + 1,
                     child_default, inside, attached, into_messages, count,
                 )
             return
@@ -439,9 +444,9 @@ def _walk(
             return
         inner = transfer_decode(memoryview(buf)[start:end], head.encoding)
         yield Part(head, ctype, MESSAGE, buf, start, end, depth, delimiters, attached, inner)
-        inner_head = read_head(inner)
+        block_end, body_start = split_head(inner)
         yield from _walk(
-            part_head(inner, inner_head), inner, inner_head.body_start, len(inner), depth + 1,
+            part_head(inner, 0, block_end), inner, body_start, len(inner), depth + 1,
             "text/plain", (), True, into_messages, count,
         )
         return

@@ -117,7 +117,7 @@ def prepare(raw: bytes, *, placeholder: str) -> CopyTemplate:
     head = b"".join(raw[f.start : f.end] for f in top.fields if f.name not in LIST_HEADERS)
     slots: list[_Slot] = []
     if placeholder:
-        for part in mime.walk(raw, top, into_messages=False):
+        for part in mime.walk(raw, into_messages=False):
             if part.kind in (mime.PLAIN, mime.HTML) and not part.attached:
                 slot = _text_slot(part, placeholder, eol)
                 if slot is not None:

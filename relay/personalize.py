@@ -28,9 +28,6 @@ LIST_HEADERS: frozenset[str] = frozenset(
 
 _LINE_WIDTH = 78
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
-# A quoted-printable line may not start with "-": re-encoded text must never write a line that is a
-# boundary delimiter where the original (say "=2D-b") was none (RFC 2045 allows =2D anywhere).
-_QP_LINE_DASH = re.compile(rb"(^|\n)-")
 # Charsets in which ASCII bytes only ever mean ASCII characters: a byte search for the
 # placeholder cannot match inside a multi-byte character, so no decoding is needed.
 _ASCII_SAFE = ("ascii", "utf-8", "iso8859", "latin", "cp125", "koi8", "euc", "mac-", "tis-620", "cp874")
@@ -74,7 +71,9 @@ class _Slot:
             return body + self.eol if self.trailing_eol else body
         if self.transfer_encoding == "quoted-printable":
             lf = data.replace(b"\r\n", b"\n")
-            encoded = _QP_LINE_DASH.sub(rb"\1=2D", binascii.b2a_qp(lf, istext=True))
+            encoded = binascii.b2a_qp(lf, istext=True)
+            if encoded.startswith(b"-") or b"\n-" in encoded:
+                encoded = b"\n".join(map(_no_leading_dash, encoded.split(b"\n")))
             return encoded.replace(b"\n", self.eol)
         return data
 
@@ -188,6 +187,24 @@ def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
         original=body,
         delimiters=tuple((d, body.count(d)) for d in part.delimiters) if not encoding else (),
     )
+
+
+def _no_leading_dash(line: bytes) -> bytes:
+    """A quoted-printable line that starts with "=2D", not "-": re-encoded text must never write a
+    line that is a boundary delimiter where the original (say "=2D-b") was none. Still at most 76
+    characters: a soft line break where the escape made it longer."""
+    out = []
+    while line.startswith(b"-"):
+        line = b"=2D" + line[1:]
+        if len(line) <= 76:
+            break
+        cut = 75
+        while b"=" in line[cut - 2 : cut]:  # never inside an =XX escape
+            cut -= 1
+        out.append(line[:cut] + b"=")
+        line = line[cut:]
+    out.append(line)
+    return b"\n".join(out)
 
 
 def _format_header(name: str, value: str, eol: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -123,6 +124,9 @@ class Head:
                 yield name.rstrip(b" \t"), _FOLD.sub("", value.decode("latin-1")).strip()
 
 
+_new_field = functools.partial(tuple.__new__, Field)  # Field(…) without NamedTuple's Python-level __new__
+
+
 def field_value(buf: bytes, field: Field) -> str:
     value = buf[buf.find(b":", field.start, field.end) + 1 : field.end].decode("latin-1").strip()
     return _FOLD.sub("", value) if "\n" in value else value
@@ -136,7 +140,7 @@ def read_head(buf: bytes, start: int = 0, end: int | None = None) -> Head:
         end = len(buf)
     block_end, body_start = split_head(buf, start, end)
     fields = [
-        Field(name.lower().decode("ascii") if name else "", match.start(), match.end())
+        _new_field((name.lower().decode("ascii") if name else "", match.start(), match.end()))
         for match in _FIELD.finditer(buf, start, block_end)
         for name in (match.group(1),)
         if match.end() > match.start()

@@ -47,15 +47,16 @@ class _Slot:
     line_length: int  # of the original base64 lines
     trailing_eol: bool
     original: bytes  # the part's body as it came
-    delimiters: tuple[tuple[bytes, int], ...]  # the enclosing "--boundary" and its count in `original`
+    delimiters: tuple[tuple[bytes, int], ...]  # the enclosing "--boundary" lines, each with its count in `original`
 
     def render(self, url: str) -> bytes:
         out = self._encode(url)
         # A URL next to "--" in unencoded text must not make a line a delimiter of an enclosing
         # multipart: the recipient would see other parts than the rules did. Then the part stays.
-        for delimiter, count in self.delimiters:
-            if out.count(delimiter) != count:
-                return self.original
+        if not self.transfer_encoding:
+            for delimiter, count in self.delimiters:
+                if out.count(delimiter) != count:
+                    return self.original
         return out
 
     def _encode(self, url: str) -> bytes:
@@ -72,8 +73,8 @@ class _Slot:
         if self.transfer_encoding == "quoted-printable":
             lf = data.replace(b"\r\n", b"\n")
             encoded = binascii.b2a_qp(lf, istext=True)
-            if encoded.startswith(b"-") or b"\n-" in encoded:
-                encoded = b"\n".join(map(_no_leading_dash, encoded.split(b"\n")))
+            if any(delimiter in encoded for delimiter, _ in self.delimiters):
+                encoded = _no_leading_dashes(encoded)
             return encoded.replace(b"\n", self.eol)
         return data
 
@@ -185,8 +186,18 @@ def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
         line_length=line_length,
         trailing_eol=body.endswith(b"\n"),
         original=body,
-        delimiters=tuple((d, body.count(d)) for d in part.delimiters) if not encoding else (),
+        delimiters=tuple((d, body.count(d)) for d in part.delimiters) if encoding != "base64" else (),
     )
+
+
+def _no_leading_dashes(encoded: bytes) -> bytes:
+    pieces = (b"\n" + encoded).split(b"\n-")  # each piece after the first: a line that began "-"
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        end = piece.find(b"\n")
+        end = len(piece) if end < 0 else end
+        out.append(b"=2D" + piece if end + 3 <= 76 else _no_leading_dash(b"-" + piece[:end]) + piece[end:])
+    return b"\n".join(out)[1:]
 
 
 def _no_leading_dash(line: bytes) -> bytes:

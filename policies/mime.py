@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 from urllib.parse import unquote_to_bytes
 
-from policies import _speedups
+from policies._passes import passes as _speedups
 
 __all__ = [
     "ATTACHMENT",

@@ -119,7 +119,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     config = write_relay_config(
         work / "relay.toml", smtp_port=smtp, upstream_port=sink.port, admin_port=admin, public_port=public,
         store_path=work / "relay.db", workers=args.workers, log_level="warning",
-        overrides={"upstream": {"timeout": 5}, "outbox": {"retry_initial_seconds": 5, "retry_max_seconds": 30}},
+        overrides={
+            "upstream": {"timeout": 5},
+            "outbox": {"retry_initial_seconds": 5, "retry_max_seconds": 30},
+            # What bounds the retry storm's memory: the sessions a process admits at once. The one
+            # client address here stands for many MTAs, so the per-address limit is the same.
+            "smtp": {"max_connections": args.max_connections, "max_connections_per_ip": args.max_connections},
+        },
     )
     sink.start()
     proc = subprocess.Popen(
@@ -127,7 +133,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         stdout=subprocess.DEVNULL, stderr=open(work / "relay.log", "wb"),
     )
     sender = Sender(smtp)
-    samples: list[tuple[float, int, int, int]] = []
+    samples: list[tuple[float, int, int, int, int]] = []
+    recovered_at: float | None = None  # after the last outage: every retry answered, the sink caught up
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -150,8 +157,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             if now >= next_sample:
                 with sink.lock:
                     at_sink = sum(sink.counts.values())
-                samples.append((now, tree_rss_kib(proc.pid), sum(sender.promised.values()), at_sink))
+                promised = sum(sender.promised.values())
+                samples.append((now, tree_rss_kib(proc.pid), promised, at_sink, len(pending)))
                 next_sample += 1.0
+                if now >= outages[-1][1] and recovered_at is None and not sender.retry and at_sink >= promised:
+                    recovered_at = now
             # The steady rate, plus the retries of tempfailed messages once the upstream answers again.
             batch = [i + k for k in range(args.rate // 10 or 1)]
             i += len(batch)
@@ -177,7 +187,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         end = time.monotonic() - start
         with sink.lock:
             counts = Counter(sink.counts)
-        samples.append((end, tree_rss_kib(proc.pid), sum(sender.promised.values()), sum(counts.values())))
+        samples.append((end, tree_rss_kib(proc.pid), sum(sender.promised.values()), sum(counts.values()), 0))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -185,47 +195,71 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     lost = sum(1 for r in sender.promised if counts[r] == 0)
     duplicated = sum(1 for r, n in counts.items() if n > 1)
     base = [rss for t, rss, *_ in samples if 10 <= t < 10 + args.baseline] or [samples[0][1]]
+    # After recovery: the steady rate again, the retries done and the sink caught up, plus `settle`
+    # seconds (one malloc_trim period) before the window starts.
+    after_from = (recovered_at if recovered_at is not None else args.duration) + args.settle
+    after = [rss for t, rss, *_ in samples[:-1] if after_from <= t < args.duration] or [samples[-1][1]]
+    rss_base, rss_after = _median(base), _median(after)
     summary = {
         "duration_s": args.duration, "rate_per_s": args.rate, "workers": args.workers, "outages": args.outages,
         "promised_copies": sum(sender.promised.values()), "copies_at_sink": sum(counts.values()),
         "lost": lost, "duplicated": duplicated, "tempfailed_answers": sender.tempfailed,
-        "rss_baseline_mib": round(sorted(base)[len(base) // 2] / 1024, 1),
+        "rss_baseline_mib": round(rss_base / 1024, 1),
         "rss_peak_mib": round(max(s[1] for s in samples) / 1024, 1),
+        "recovered_at_s": recovered_at,
+        "rss_after_recovery_mib": round(rss_after / 1024, 1),
+        "rss_after_recovery_window_s": [after_from, args.duration],
         "rss_end_mib": round(samples[-1][1] / 1024, 1),
+        "peak_client_sessions": max(s[4] for s in samples),
+        "max_growth": args.max_growth,
+        "rss_back_at_baseline": rss_after <= rss_base * (1 + args.max_growth),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "soak.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["seconds", "rss_kib", "promised_copies", "copies_at_sink"])
+        writer.writerow(["seconds", "rss_kib", "promised_copies", "copies_at_sink", "client_sessions"])
         writer.writerows(samples)
     plot(samples, outages, summary, Path(args.plot))
     return summary
 
 
-def plot(samples: list[tuple[float, int, int, int]], outages: list[tuple[float, float]], summary: dict[str, Any], path: Path) -> None:
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
+
+
+def plot(samples: list[tuple[float, int, int, int, int]], outages: list[tuple[float, float]], summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [s[0] / 60 for s in samples]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=[2, 1])
+    fig, (ax, ax2, ax3) = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True, height_ratios=[2, 1, 1])
     ax.plot(t, [s[1] / 1024 for s in samples], color="tab:blue", label="RSS of the relay (all processes)")
+    ax.axhline(summary["rss_baseline_mib"], color="gray", linestyle=":", label=f"baseline {summary['rss_baseline_mib']} MiB")
+    after_from, after_to = summary["rss_after_recovery_window_s"]
+    ax.hlines(
+        summary["rss_after_recovery_mib"], after_from / 60, after_to / 60, color="tab:orange", linewidth=3,
+        label=f"after recovery {summary['rss_after_recovery_mib']} MiB (median)",
+    )
     for a, b in outages:
-        for axis in (ax, ax2):
+        for axis in (ax, ax2, ax3):
             axis.axvspan(a / 60, b / 60, color="tab:red", alpha=0.12, label="upstream away" if axis is ax and a == outages[0][0] else None)
     ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     ax.set_title(
         f"consent-relay soak: {summary['rate_per_s']} msg/s, workers = {summary['workers']}; "
-        f"{summary['promised_copies']} copies promised, {summary['lost']} lost, {summary['duplicated']} duplicated"
+        f"{summary['promised_copies']} copies promised, {summary['lost']} lost, {summary['duplicated']} duplicated",
+        fontsize="medium",
     )
     ax2.plot(t, [s[2] for s in samples], label="copies promised (250)", color="tab:green")
     ax2.plot(t, [s[3] for s in samples], label="copies at the sink", color="black", linestyle="--")
-    ax2.set_xlabel("minutes")
-    ax2.legend(loc="upper left")
+    ax2.legend(loc="upper left", fontsize="small")
+    ax3.plot(t, [s[4] for s in samples], color="tab:purple", label="client sessions in flight (sender side)")
+    ax3.set_xlabel("minutes")
+    ax3.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -247,12 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--outages", type=_outages, default=_outages("300:300,1200:300"), help="START:LENGTH,… in seconds (default 300:300,1200:300)")
     parser.add_argument("--baseline", type=float, default=60, help="seconds after the first 10 whose median RSS is the baseline")
+    parser.add_argument("--settle", type=float, default=30, help="seconds after recovery before the after-recovery window (default 30)")
+    parser.add_argument(
+        "--max-growth", type=float, default=0.10,
+        help="fail when the median RSS after recovery exceeds the baseline by more than this share (default 0.10)",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=1000,
+        help="[smtp] max_connections and max_connections_per_ip of the relay (default 1000, the relay's default total)",
+    )
     parser.add_argument("--out", default=str(REPO / "var" / "bench" / "soak"))
     parser.add_argument("--plot", default=str(REPO / "docs" / "soak-outbox-rss.png"))
     args = parser.parse_args(argv)
     summary = asyncio.run(soak(args))
     print(json.dumps(summary))
-    return 0 if summary["lost"] == 0 and summary["duplicated"] == 0 else 1
+    ok = summary["lost"] == 0 and summary["duplicated"] == 0 and summary["rss_back_at_baseline"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

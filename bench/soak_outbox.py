@@ -6,6 +6,9 @@ counted at the sink. Messages answered 4xx are retried by the sender, as an MTA 
     python -m bench.soak_outbox --duration 240 --outages 40:60,140:60 --rate 20
 
 Writes OUT/soak.csv and the plot (docs/soak-outbox-rss.png by default); prints a summary line.
+Exits 1 when a promised copy is lost, when a copy arrives twice without the relay having reported
+it uncertain, or when the median RSS after a recovery (retries done, sink caught up, then --settle
+seconds) is more than --max-growth above the baseline (issue 21: memory must come back).
 Needs the bench extra (`pip install -e '.[bench]'`, matplotlib).
 """
 

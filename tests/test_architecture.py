@@ -4,6 +4,7 @@ does no I/O and reads no clock."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,101 @@ def test_csv_files_are_written_only_through_the_escaping_writer() -> None:
             ):
                 calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls csv.{node.func.attr}()")
     assert not calls, calls
+
+
+# --- markup only in templates ------------------------------------------------------------------------
+
+WEB_FILES = sorted(
+    {*(REPO / "relay" / "web").rglob("*.py"), *(REPO / "relay").glob("http_*.py"), *(REPO / "relay").glob("http/**/*.py")}
+)
+# An opening or closing tag, or the start of one that an f-string goes on to fill: "<td", "</b>", "<br>".
+HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9-]*(?=[\s/>]|$)")
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def markup_in_code(source: str) -> list[str]:
+    tree = ast.parse(source)
+    skip = docstrings(tree)
+    found = [
+        f"line {node.lineno}: {node.value[:60]!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+        and HTML_TAG.search(node.value)
+    ]
+    for node in ast.walk(tree):  # f"<{name} ...>": the tag's name itself filled in
+        if isinstance(node, ast.JoinedStr):
+            for part, following in zip(node.values, node.values[1:]):
+                if isinstance(part, ast.Constant) and str(part.value).endswith(("<", "</")) and isinstance(following, ast.FormattedValue):
+                    found.append(f"line {node.lineno}: a tag named by an f-string")
+    return found
+
+
+def test_there_are_web_modules() -> None:
+    assert len(WEB_FILES) > 5 and any(p.name == "ui.py" for p in WEB_FILES)
+
+
+@pytest.mark.parametrize("path", WEB_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_web_modules_build_no_html_in_strings(path: Path) -> None:
+    """HTML comes from the autoescaping templates (relay/web/templates); markup in a Python string is
+    where one forgotten escape() becomes an XSS."""
+    assert not markup_in_code(path.read_text(encoding="utf-8")), markup_in_code(path.read_text(encoding="utf-8"))
+
+
+def test_the_markup_check_catches_an_f_string_tag() -> None:
+    source = '"""A <b>docstring</b> may show markup."""\ndef f(x):\n    """So may <i>this</i>."""\n    return f\'<td class="a">{x}</td>\'\n'
+    assert [m.split(":")[0] for m in markup_in_code(source)] == ["line 4", "line 4"]
+    assert markup_in_code('a = "<br>"\n') and markup_in_code("a = '</section>'\n")
+    assert markup_in_code("def tag(name):\n    return f'<{name}>'\n") and markup_in_code("x = f'</{n}>'\n")
+    assert not markup_in_code('to = "Anna <anna@example.nl>"\nlimit = "a < b"\nx = "1<2"\ny = f"{a} < {b}"\n')
+
+
+def web_imports() -> dict[str, set[str]]:
+    """relay.web's modules and which of each other they import (at any depth of the module body)."""
+    modules = {f"relay.web.{p.stem}": p for p in (REPO / "relay" / "web").glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "relay.web":
+                found |= {f"relay.web.{a.name}" for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = found & modules.keys()
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found = []
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == path[0]:
+                found.append(path + [nxt])
+            elif nxt not in path and nxt > path[0]:  # each cycle once, from its smallest module
+                walk(nxt, path + [nxt])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    return found
+
+
+def test_web_modules_import_each_other_without_a_circle() -> None:
+    graph = web_imports()
+    assert "relay.web.ui_base" in graph["relay.web.ui_complaints"]
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

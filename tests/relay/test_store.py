@@ -18,7 +18,7 @@ import pytest
 
 from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
-from relay.store import postgres_schema, schema
+from relay.store import schema
 from relay.store.base import Store
 from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, RejectedReport
 from relay.store.postgres import PostgresStore
@@ -30,6 +30,7 @@ from relay.store.records import (
     OutboxItem,
     QuarantineItem,
 )
+from relay.store.sql import POSTGRES, SQLITE
 from relay.store.sqlite import SqliteStore
 
 # CI and this machine run PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test`.
@@ -849,8 +850,8 @@ async def test_unreachable_postgres_is_unavailable() -> None:
 
 
 async def test_postgres_schema_mirrors_sqlite_schema(tmp_path: Path) -> None:
-    """Every table and column of schema.py exists in postgres_schema.py, migration by migration."""
-    assert len(postgres_schema.MIGRATIONS) == len(schema.MIGRATIONS)
+    """Every table and column of schema.py exists in both dialects' DDL, migration by migration."""
+    assert len(schema.migrations(POSTGRES)) == len(schema.migrations(SQLITE)) == len(schema.MIGRATIONS)
     sqlite_store = SqliteStore(tmp_path / "s.db", 5.0)
     await sqlite_store.open()
     await sqlite_store.close()

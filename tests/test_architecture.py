@@ -99,3 +99,60 @@ def test_csv_files_are_written_only_through_the_escaping_writer() -> None:
             ):
                 calls.append(f"{path.relative_to(REPO)}:{node.lineno} calls csv.{node.func.attr}()")
     assert not calls, calls
+
+
+def store_import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the modules of `sources` it imports anywhere: top level, under TYPE_CHECKING, in a function."""
+    graph: dict[str, set[str]] = {}
+    for module, text in sources.items():
+        found = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                # `from relay.store import base` imports the module relay.store.base, not relay.store's names
+                names = {f"{node.module}.{alias.name}" for alias in node.names}
+                found |= names if names <= sources.keys() else names | {node.module}
+        graph[module] = {m for m in found if m in sources and m != module}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of imports (its modules in order, the first again at the end), or []."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str]:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return []
+        for imported in sorted(graph[module]):
+            if cycle := visit(imported, path + [module]):
+                return cycle
+        done.add(module)
+        return []
+
+    for module in sorted(graph):
+        if cycle := visit(module, []):
+            return cycle
+    return []
+
+
+def test_the_store_modules_import_each_other_one_way() -> None:
+    """An import circle broken by an import inside a function is a sign two modules are one job or a third
+    one is missing (docs/STYLE.md): relay/store has none, even under TYPE_CHECKING."""
+    sources = {
+        "relay.store." + path.stem if path.stem != "__init__" else "relay.store": path.read_text(encoding="utf-8")
+        for path in sorted((REPO / "relay" / "store").glob("*.py"))
+    }
+    assert len(sources) > 10
+    assert import_cycle(store_import_graph(sources)) == []
+
+
+def test_the_cycle_check_finds_a_circle_through_a_function_import() -> None:
+    sources = {
+        "relay.store.a": "from relay.store import b\n",
+        "relay.store.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from relay.store.c import C\n",
+        "relay.store.c": "def f():\n    from relay.store.a import x\n",
+    }
+    assert import_cycle(store_import_graph(sources)) == ["relay.store.a", "relay.store.b", "relay.store.c", "relay.store.a"]

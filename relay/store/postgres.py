@@ -81,18 +81,26 @@ class PgTransaction:
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return await self.execute(sql, _columns(rows))
 
+    async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        if batches:
+            await self.execute(*_one_statement(batches))
+
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """The arrays of a `Dialect.insert_rows` statement: one per column."""
     return [list(column) for column in zip(*rows)]
 
 
+def _one_statement(batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> tuple[str, list[list[Any]]]:
+    """`Dialect.insert_rows` statements as one, and its parameters: one round trip."""
+    return _with_queries(tuple(sql for sql, _ in batches)), [column for _, rows in batches for column in _columns(rows)]
+
+
 @lru_cache(maxsize=64)
-def _one_statement(statements: tuple[str, ...]) -> str:
-    """Inserts as one statement: all but the last as data-modifying WITH queries."""
+def _with_queries(statements: tuple[str, ...]) -> str:
+    """All but the last statement as data-modifying WITH queries."""
     *first, last = statements
-    queries = ", ".join(f"_w{i} AS ({sql})" for i, sql in enumerate(first))
-    return numbered(f"WITH {queries} {last}" if first else last)
+    return f"WITH {', '.join(f'_w{i} AS ({sql})' for i, sql in enumerate(first))} {last}" if first else last
 
 
 class PostgresDatabase:
@@ -170,11 +178,7 @@ class PostgresDatabase:
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """One statement, so one round trip and one (implicit) transaction."""
         if batches:
-            sql = _one_statement(tuple(statement for statement, _ in batches))
-            params = [column for _, rows in batches for column in _columns(rows)]
-            pool = self._require()
-            async with _guard(self.timeout, "write"):
-                await pool.execute(sql, *params)
+            await self.write(*_one_statement(batches))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:

@@ -127,6 +127,10 @@ class Transaction(Protocol):
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run a `Dialect.insert_rows` statement for these rows; the number of rows it changed."""
 
+    async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Several `Dialect.insert_rows` statements with their rows, in one statement where the database
+        allows it (PostgreSQL: data-modifying WITH queries)."""
+
 
 class Database(Protocol):
     """A store's connection(s). Library errors come out as StoreUnavailable."""
@@ -152,6 +156,6 @@ class Database(Protocol):
         """One statement with RETURNING in a transaction of its own; the rows it returned."""
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """Several `Dialect.insert_rows` statements, with their rows, written in one transaction."""
+        """`Transaction.insert_at_once` in a transaction of its own, one round trip where the database allows."""
 
     def transaction(self) -> AsyncContextManager[Transaction]: ...

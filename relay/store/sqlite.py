@@ -49,6 +49,10 @@ class SqliteTransaction:
         await self.conn.executemany(sql, rows)
         return int(self.conn.total_changes - before)
 
+    async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        for sql, rows in batches:
+            await self.insert_rows(sql, rows)
+
 
 class SqliteDatabase:
     """A writer connection serialised by a lock, and a reader connection (WAL lets them overlap)."""
@@ -229,8 +233,7 @@ class SqliteDatabase:
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         if batches:
             async with self.transaction() as tx:
-                for sql, rows in batches:
-                    await tx.insert_rows(sql, rows)
+                await tx.insert_at_once(batches)
 
 
 class SqliteStore(SqlStore):

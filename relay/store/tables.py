@@ -270,8 +270,7 @@ class SqlDecisions(base.DecisionStore):
             return
         async with self.db.transaction() as tx:
             await append_events(tx, events)
-            for sql, rows in batches:
-                await tx.insert_rows(sql, rows)
+            await tx.insert_at_once(batches)
 
     async def reserve_ids(self, name: str, count: int) -> int:
         # One statement: the row lock taken by the upsert makes concurrent reservations queue.

@@ -69,7 +69,9 @@ class BounceStore(abc.ABC):
 
 
 _SELECT = "SELECT id, " + ", ".join(_COLUMNS) + " FROM bounces"
-_INSERT = f"INSERT INTO bounces ({', '.join(_COLUMNS)}, report) VALUES ({','.join('?' * (len(_COLUMNS) + 1))}) RETURNING id"
+_INSERT = (
+    f"INSERT INTO bounces ({', '.join(_COLUMNS)}, report) VALUES ({','.join('?' * (len(_COLUMNS) + 1))}) RETURNING id"
+)
 
 
 class SqlBounces(BounceStore):

@@ -20,8 +20,8 @@ _FLAG_FIELDS = ("verified", "spam_trap")  # INTEGER 0/1 columns on both stores
 COMPLAINT_COLUMNS = tuple(f.name for f in fields(Complaint) if f.name != "id")
 _SELECT = f"SELECT id, {', '.join(COMPLAINT_COLUMNS)} FROM complaints"
 _INSERT = (
-    f"INSERT INTO complaints ({','.join(COMPLAINT_COLUMNS)}, report) VALUES ({','.join('?' * (len(COMPLAINT_COLUMNS) + 1))}) "
-    "ON CONFLICT (report_key) DO NOTHING RETURNING id"
+    f"INSERT INTO complaints ({','.join(COMPLAINT_COLUMNS)}, report) "
+    f"VALUES ({','.join('?' * (len(COMPLAINT_COLUMNS) + 1))}) ON CONFLICT (report_key) DO NOTHING RETURNING id"
 )
 
 

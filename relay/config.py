@@ -233,6 +233,7 @@ class StreamConfig:
 class EventsConfig:
     retention_days: float = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
     webhook_timeout: float = 10.0  # one POST
+    webhook_concurrency: int = 4  # POSTs in flight at once to one endpoint (1: strictly one after another)
     webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
     webhook_retry_max_seconds: float = 3600.0  # …up to this
     webhook_give_up_hours: float = 24.0  # an endpoint failing this long is disabled
@@ -983,6 +984,7 @@ def build_config(data: Mapping[str, Any], path: Path) -> Config:
                 {
                     "retention_days": _num,
                     "webhook_timeout": _num,
+                    "webhook_concurrency": _positive_int,
                     "webhook_retry_initial_seconds": _num,
                     "webhook_retry_max_seconds": _num,
                     "webhook_give_up_hours": _num,

@@ -23,7 +23,7 @@ from relay.signups import (
 )
 from relay.store.signups import Signup
 from relay.unsubscribe_tokens import TokenCodec
-from relay.web.render import Safe, escape, render, tag
+from relay.web.templating import render
 
 _PAGE = {
     "nl": {
@@ -98,8 +98,15 @@ def validation_error(field: str, detail: str) -> NoReturn:
     )
 
 
-def _page(lang: str, title: str, content: Safe, status: int = 200) -> web.Response:
-    document = render("confirm.html", lang=lang, title=title, content=content)
+def _page(
+    lang: str, title: str, status: int = 200, *, text: str = "", ask: str = "", statement: str = "",
+    frequency: str = "", button: str = "", note: str = "",
+) -> web.Response:
+    """templates/confirm.html: one sentence (`text`), or the question (`ask`) with its button."""
+    document = render(
+        "confirm.html", lang=lang, title=title, text=text, ask=ask, statement=statement, frequency=frequency,
+        button=button, note=note,
+    )
     return web.Response(text=document, status=status, content_type="text/html", charset="utf-8", headers=_HEADERS)
 
 
@@ -164,9 +171,9 @@ class SignupsHttp:
             try:
                 return await handler(request)
             except StoreUnavailable:
-                return _page(lang, t["busy_title"], tag("p", t["busy"]), status=503)
+                return _page(lang, t["busy_title"], 503, text=t["busy"])
             except ConsentRefused:
-                return _page(lang, t["bad_title"], tag("p", t["bad"]), status=422)
+                return _page(lang, t["bad_title"], 422, text=t["bad"])
 
         return run
 
@@ -178,11 +185,11 @@ class SignupsHttp:
     def _not_found(self, request: web.Request) -> web.Response:
         lang = _browser_language(request)
         t = _PAGE[lang]
-        return _page(lang, t["bad_title"], tag("p", t["bad"]), status=404)
+        return _page(lang, t["bad_title"], 404, text=t["bad"])
 
     def _done(self, signup: Signup) -> web.Response:
         t = _PAGE[signup.language]
-        return _page(signup.language, t["done_title"], tag("p", t["done"].format(**self._names(signup))))
+        return _page(signup.language, t["done_title"], text=t["done"].format(**self._names(signup)))
 
     async def show(self, request: web.Request) -> web.Response:
         signup = await self.service.pending(request.match_info["token"])
@@ -192,15 +199,10 @@ class SignupsHttp:
             return self._done(signup)
         t = _PAGE[signup.language]
         names = self._names(signup)
-        parts = [tag("p", t["ask"].format(**names)), tag("blockquote", signup.statement)]
-        if signup.frequency:
-            parts.append(tag("p", t["frequency"].format(**names)))
-        form = Safe(
-            '<form method="post"><input type="hidden" name="confirm" value="yes">'
-            f'{tag("button", t["button"], type="submit")}</form>'
+        return _page(
+            signup.language, t["title"], ask=t["ask"].format(**names), statement=signup.statement,
+            frequency=t["frequency"].format(**names) if signup.frequency else "", button=t["button"], note=t["note"],
         )
-        parts += [form, tag("p", t["note"], class_="muted")]
-        return _page(signup.language, t["title"], Safe("".join(escape(p) for p in parts)))
 
     async def post(self, request: web.Request) -> web.Response:
         form = await form_body(request)

@@ -29,7 +29,7 @@ from relay.signing import CopySigner
 from relay.store.records import DeliveryRecord, Event, OutboxItem, iso
 from relay.store.signups import Signup
 from relay.unsubscribe_tokens import TokenCodec
-from relay.web.render import Safe, render, tag
+from relay.web.templating import render
 
 LANGUAGES = ("nl", "en", "de")
 RELAY_ID_PREFIX = "signup-"  # the relay ids of confirmation mails: the outbox hook knows its own
@@ -231,7 +231,7 @@ def confirmation_mail(
         text = "\n".join(lines) + "\n"
         page = render(
             "confirm_mail.html", lang=signup.language, subject=subject, greeting=t["greeting"], asked=t["asked"],
-            statement=signup.statement, frequency=tag("p", t["frequency"]) if signup.frequency else Safe(""),
+            statement=signup.statement, frequency=t["frequency"] if signup.frequency else "",
             confirm=t["confirm"], url=url, button=t["button"], expires=t["expires"], ignore=t["ignore"], sender=t["sender"],
         )
     msg = EmailMessage(policy=SMTP)

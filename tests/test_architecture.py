@@ -4,6 +4,7 @@ does no I/O and reads no clock."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,62 @@ def test_csv_files_are_written_only_through_the_escaping_writer() -> None:
     assert not calls, calls
 
 
-def store_import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+# --- markup only in templates ------------------------------------------------------------------------
+
+WEB_FILES = sorted(
+    {*(REPO / "relay" / "web").rglob("*.py"), *(REPO / "relay").glob("http_*.py"), *(REPO / "relay").glob("http/**/*.py")}
+)
+# An opening or closing tag, or the start of one that an f-string goes on to fill: "<td", "</b>", "<br>".
+HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9-]*(?=[\s/>]|$)")
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def markup_in_code(source: str) -> list[str]:
+    tree = ast.parse(source)
+    skip = docstrings(tree)
+    found = [
+        f"line {node.lineno}: {node.value[:60]!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+        and HTML_TAG.search(node.value)
+    ]
+    for node in ast.walk(tree):  # f"<{name} ...>": the tag's name itself filled in
+        if isinstance(node, ast.JoinedStr):
+            for part, following in zip(node.values, node.values[1:]):
+                if isinstance(part, ast.Constant) and str(part.value).endswith(("<", "</")) and isinstance(following, ast.FormattedValue):
+                    found.append(f"line {node.lineno}: a tag named by an f-string")
+    return found
+
+
+def test_there_are_web_modules() -> None:
+    assert len(WEB_FILES) > 5 and any(p.name == "ui.py" for p in WEB_FILES)
+
+
+@pytest.mark.parametrize("path", WEB_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_web_modules_build_no_html_in_strings(path: Path) -> None:
+    """HTML comes from the autoescaping templates (relay/web/templates); markup in a Python string is
+    where one forgotten escape() becomes an XSS."""
+    assert not markup_in_code(path.read_text(encoding="utf-8")), markup_in_code(path.read_text(encoding="utf-8"))
+
+
+def test_the_markup_check_catches_an_f_string_tag() -> None:
+    source = '"""A <b>docstring</b> may show markup."""\ndef f(x):\n    """So may <i>this</i>."""\n    return f\'<td class="a">{x}</td>\'\n'
+    assert [m.split(":")[0] for m in markup_in_code(source)] == ["line 4", "line 4"]
+    assert markup_in_code('a = "<br>"\n') and markup_in_code("a = '</section>'\n")
+    assert markup_in_code("def tag(name):\n    return f'<{name}>'\n") and markup_in_code("x = f'</{n}>'\n")
+    assert not markup_in_code('to = "Anna <anna@example.nl>"\nlimit = "a < b"\nx = "1<2"\ny = f"{a} < {b}"\n')
+
+
+def import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
     """Module -> the modules of `sources` it imports anywhere: top level, under TYPE_CHECKING, in a function."""
     graph: dict[str, set[str]] = {}
     for module, text in sources.items():
@@ -110,49 +166,61 @@ def store_import_graph(sources: dict[str, str]) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
-                # `from relay.store import base` imports the module relay.store.base, not relay.store's names
+                # `from relay.web import ui_base` imports the module relay.web.ui_base, not relay.web's names
                 names = {f"{node.module}.{alias.name}" for alias in node.names}
                 found |= names if names <= sources.keys() else names | {node.module}
         graph[module] = {m for m in found if m in sources and m != module}
     return graph
 
 
-def import_cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One cycle of imports (its modules in order, the first again at the end), or []."""
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> list[str]:
-        if module in path:
-            return path[path.index(module) :] + [module]
-        if module in done:
-            return []
-        for imported in sorted(graph[module]):
-            if cycle := visit(imported, path + [module]):
-                return cycle
-        done.add(module)
-        return []
-
-    for module in sorted(graph):
-        if cycle := visit(module, []):
-            return cycle
-    return []
+def package_imports(package: str) -> dict[str, set[str]]:
+    """A package's modules and which of each other they import."""
+    files = [p for p in REPO.joinpath(*package.split(".")).glob("*.py") if p.stem != "__init__"]
+    return import_graph({f"{package}.{p.stem}": p.read_text(encoding="utf-8") for p in files})
 
 
-def test_the_store_modules_import_each_other_one_way() -> None:
+def web_imports() -> dict[str, set[str]]:
+    return package_imports("relay.web")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found = []
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == path[0]:
+                found.append(path + [nxt])
+            elif nxt not in path and nxt > path[0]:  # each cycle once, from its smallest module
+                walk(nxt, path + [nxt])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    return found
+
+
+def test_web_modules_import_each_other_without_a_circle() -> None:
+    graph = web_imports()
+    assert "relay.web.ui_base" in graph["relay.web.ui_complaints"]
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_store_modules_import_each_other_without_a_circle() -> None:
     """An import circle broken by an import inside a function is a sign two modules are one job or a third
     one is missing (docs/STYLE.md): relay/store has none, even under TYPE_CHECKING."""
-    sources = {
-        "relay.store." + path.stem if path.stem != "__init__" else "relay.store": path.read_text(encoding="utf-8")
-        for path in sorted((REPO / "relay" / "store").glob("*.py"))
-    }
-    assert len(sources) > 10
-    assert import_cycle(store_import_graph(sources)) == []
+    graph = package_imports("relay.store")
+    assert len(graph) > 10 and "relay.store.sql" in graph["relay.store.tables"]
+    assert not cycles(graph), cycles(graph)
 
 
-def test_the_cycle_check_finds_a_circle_through_a_function_import() -> None:
+def test_the_circle_check_finds_a_circle_through_a_function_import() -> None:
     sources = {
         "relay.store.a": "from relay.store import b\n",
         "relay.store.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from relay.store.c import C\n",
         "relay.store.c": "def f():\n    from relay.store.a import x\n",
     }
-    assert import_cycle(store_import_graph(sources)) == ["relay.store.a", "relay.store.b", "relay.store.c", "relay.store.a"]
+    assert cycles(import_graph(sources)) == [["relay.store.a", "relay.store.b", "relay.store.c", "relay.store.a"]]

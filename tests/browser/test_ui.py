@@ -261,6 +261,13 @@ async def test_hostile_html_neither_runs_nor_loads(relay: Any, browser: Browser,
     frame_box = page.frame_locator("iframe.html")
     await expect(frame_box.locator("h1")).to_have_text("Spring sale: 20% off everything")
     await expect(frame_box.locator("a", has_text="Shop the sale")).to_be_visible()
+    # What review needs survives the sanitizer: the inline-styled layout, and where the link pointed
+    # (listed under the frame, as text, instead of being followable in it).
+    banner = frame_box.locator("table").first
+    assert await banner.evaluate("t => getComputedStyle(t).backgroundColor") == "rgb(154, 52, 18)"
+    assert await frame_box.locator("a", has_text="Shop the sale").evaluate("a => getComputedStyle(a).backgroundColor") == "rgb(234, 88, 12)"
+    await expect(frame_box.locator("[href], [src^=http], [srcset], script, iframe, link, meta[http-equiv]")).to_have_count(0)
+    await expect(page.locator("details.links li")).to_have_text([f"{remote.base}/click?u=anna"])
     await page.wait_for_load_state("networkidle")
     await page.locator("iframe.html").click(position={"x": 5, "y": 5})  # a click must not navigate either
 

@@ -367,7 +367,7 @@ async def test_markup_in_the_statement_stays_text_in_the_mail_and_on_the_page(tm
     link = await _signed_up(relay, upstream, {**SIGNUP, "statement": statement})
     html_part = next(p for p in parsed(upstream.messages[0].content).walk() if p.get_content_type() == "text/html")
     html_text = html_part.get_content()
-    assert "<script>" not in html_text and "Ja &lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;meer&quot;" in html_text
+    assert "<script>" not in html_text and "Ja &lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;meer&#34;" in html_text
     assert link in html_text
     status, page, _ = await _get(local_url(relay.public_port, link))
     assert status == 200 and "<script>" not in page and "&lt;script&gt;" in page

@@ -180,16 +180,57 @@ def test_inert_html_removes_scripts_handlers_and_remote_references() -> None:
         '<meta http-equiv="refresh" content="0;url=https://evil.test/"><style>@import "https://evil.test/i.css";'
         "p{background:url('https://evil.test/b.png')} h1{background:url(data:image/png;base64,AAAA)}</style></head>"
         '<body onload="x()" background="https://evil.test/bg.png"><script>alert(1)</script>'
-        '<p style="background-image:url(https://evil.test/c.png);color:red">Hi <a href="https://shop.example/sale">sale</a></p>'
+        '<p style="background-image:url(https://evil.test/c.png);color:red" onclick="alert(3)">Hi <a href="https://shop.example/sale">sale</a></p>'
         '<img src="https://evil.test/p.gif"><img src="data:image/png;base64,AAAA"><img srcset="https://evil.test/x 2x">'
         '<iframe src="https://evil.test/f"></iframe><object data="https://evil.test/o"></object>'
         '<svg><image href="https://evil.test/s.png"/></svg><video poster="https://evil.test/v.png"></video></body></html>'
     )
     assert "evil.test" not in inert.html
     assert "<script" not in inert.html and "onload" not in inert.html and "alert" not in inert.html
-    assert 'title="https://shop.example/sale"' in inert.html and "href" not in inert.html
+    assert "href" not in inert.html and "<a>sale</a>" in inert.html  # the text stays, the link cannot be followed
+    assert inert.links == ["https://shop.example/sale"]  # the target is listed for the reviewer instead
     assert "data:image/png;base64,AAAA" in inert.html and "color:red" in inert.html
     assert inert.scripts == 2 and inert.blocked >= 10
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '<a href="javascript:alert(1)">x</a>',
+        '<a href="JaVaScRiPt&colon;alert(1)">x</a>',
+        '<a href="/ui/logout">x</a>',  # a path would point into the admin UI itself
+        '<img src="data:image/svg+xml;base64,PHN2Zz48L3N2Zz4=">',
+        '<p style="background:u\\72l(https://evil.test/e)">x</p>',  # a CSS escape spelling url(
+        "<p style=\"background-image:image-set('https://evil.test/i.png' 1x)\">x</p>",
+        '<p style="width:expression(alert(1))">x</p>',
+        '<p style="background:#fff url(https://evil.test/b.png)">x</p>',
+        '<form action="https://evil.test/f"><input name=a><button formaction="https://evil.test/g">go</button></form>',
+        '<div><style>*{background:url(https://evil.test/s)}</style></div>',
+        '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>',  # mutation-XSS shape
+        '<noscript><p title="</noscript><img src=x onerror=alert(1)>">',
+        '<table background="https://evil.test/t.png"><tr><td>x</td></tr></table>',
+    ],
+)
+def test_inert_html_keeps_nothing_that_runs_or_loads(hostile: str) -> None:
+    html = make_inert(hostile).html
+    assert not re.search(r"(?i)javascript|evil\.test|onerror|alert|expression|href|<style|<form|<input|svg", html), html
+
+
+def test_inert_html_keeps_the_layout_of_a_newsletter() -> None:
+    inert = make_inert(
+        '<table width="100%" cellpadding="24" bgcolor="#9a3412" style="background:#9a3412;color:#fff"><tr>'
+        '<td align="center" valign="top"><h1 style="margin:0;font-size:28px">Sale</h1>'
+        '<font face="Georgia" color="#fff">20% off</font><img src="data:image/png;base64,AAAA" width="1" alt="dot">'
+        '<p style="color:rgb(120, 113, 108);font-family:Georgia, serif;background:#fff url(data:image/png;base64,AAAA)">Footer</p>'
+        "</td></tr></table>"
+    )
+    for kept in (
+        'width="100%"', 'cellpadding="24"', 'bgcolor="#9a3412"', "background:#9a3412", 'align="center"', 'valign="top"',
+        "font-size:28px", '<font face="Georgia" color="#fff">', 'src="data:image/png;base64,AAAA"', 'alt="dot"',
+        "color:rgb(120, 113, 108)", "font-family:Georgia, serif", "url(data:image/png;base64,AAAA)",
+    ):
+        assert kept in inert.html, kept
+    assert (inert.blocked, inert.scripts) == (0, 0)
 
 
 async def test_consent_lookup_shows_the_proof(ui: Browserless) -> None:
@@ -252,3 +293,18 @@ async def test_rule_filter_and_the_attachments_table(ui: Browserless) -> None:
     assert "&lt;b&gt;tools&lt;/b&gt;.zip" in attachments and "<b>tools" not in attachments
     assert "<code>application/zip</code>" in attachments and "⚠ executable in bin/setup.exe" in attachments
     assert "No attachments." in (await ui.text("/ui/quarantine/Q1")).split("<h2>Attachments</h2>", 1)[1]
+
+
+def test_inert_html_of_the_real_corpus_loads_nothing_and_lists_the_links() -> None:
+    from policies.message import parse_message
+
+    corpus = sorted((Path(__file__).parents[1] / "corpus").rglob("*.eml"))
+    documents = [m.html_parts for m in (parse_message(p.read_bytes()) for p in corpus) if m.html_parts]
+    assert len(documents) > 20
+    loading = re.compile(r"(?i)\b(src|href|srcset|background|action|poster)\s*=(?!\"data:image/)|url\((?!data:image/)|<(script|style|link|iframe|meta|base)\b|\son[a-z]+=")
+    listed = 0
+    for parts in documents:
+        inert = make_inert("\n".join(parts))
+        assert not loading.search(inert.html), loading.search(inert.html)
+        listed += len(inert.links)
+    assert listed > 100  # newsletters link a lot: their targets are listed, not followable

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts
+from policies.facts import ClientFacts, MessageFacts, RecipientFacts
 from policies.findings import Action, Finding, Outcome, Stage, Verdict
 from policies.profiles import Profile
 from policies.rule import Rule
@@ -27,8 +27,20 @@ class Engine:
     def rules(self, stage: Stage) -> tuple[Rule, ...]:
         return self._by_stage[stage]
 
+    def client(self, facts: ClientFacts, recipient: str) -> Verdict:
+        """RCPT TO (not one of the relay's own addresses): may this client relay to the recipient at all."""
+        findings: list[Finding] = []
+        misses: list[str] = []
+        for r in self._by_stage[Stage.CLIENT]:
+            hit = r.check(facts)
+            if hit is None:
+                misses.append(r.id)
+            else:
+                findings.append(Finding(r.id, self.profile.action(r.id), hit.detail, hit.evidence, recipient))
+        return _decide(findings, misses, (recipient,))
+
     def session(self, facts: MessageFacts) -> Verdict:
-        """MAIL FROM: relay permission, account state, envelope sender."""
+        """MAIL FROM: account state, envelope sender."""
         findings, misses = self._run(self._by_stage[Stage.SESSION], facts)
         return _decide(findings, misses, ())
 

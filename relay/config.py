@@ -545,6 +545,9 @@ def _actions(key: str, value: Any) -> dict[str, str]:
         if rule_id not in RULES_BY_ID and not rule_id.startswith("account."):
             raise ConfigError(k, "unknown rule id")
         out[rule_id] = _choice(*valid)(k, action)
+        fixed = RULES_BY_ID[rule_id].fixed_action if rule_id in RULES_BY_ID else None
+        if fixed is not None and out[rule_id] != fixed.value:
+            raise ConfigError(k, f"must be {fixed.value!r}: nothing may grant relay permission (docs/POLICY.md)")
     return out
 
 

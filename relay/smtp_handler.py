@@ -15,7 +15,8 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from policies.addresses import InvalidAddress, normalize_address
-from policies.findings import Action, Finding, Outcome
+from policies.facts import ClientFacts
+from policies.findings import Outcome
 from relay import replies
 from relay.config import AccountConfig
 from relay.errors import StoreUnavailable
@@ -163,12 +164,16 @@ class RelayHandler:
             txn.own_recipients.append((rcpt, own))
             envelope.rcpt_tos.append(address)
             return replies.OK_RCPT
-        if txn.account is None:
-            finding = Finding("relay.denied", Action.REJECT, "Relaying denied: authenticate or connect from a trusted network", recipient=rcpt)
+        client = ClientFacts(ip=txn.client_ip, account=txn.account.id if txn.account else None)
+        permission = self.services.engine.client(client, rcpt)
+        if permission.outcome is not Outcome.DELIVER:
+            assert permission.deciding is not None
+            finding = permission.deciding
             self.pipeline.count_rule(finding)
             self.pipeline.record_rcpt_refusal(txn, finding)
             self.log.info("relay_denied", relay_id=txn.relay_id, client=txn.client_ip, recipient=recipient_label(rcpt))
             return replies.policy_reply(finding)
+        assert txn.account is not None
         if not txn.session_checked:
             try:
                 session_verdict = await self.pipeline.at_mail(txn)

@@ -469,7 +469,7 @@ class Pipeline:
         by_kind: dict[str, list[str]] = {}
         for address, kind in txn.own_recipients:
             by_kind.setdefault(kind, []).append(address)
-        reply = "250 2.0.0 OK"
+        reply = replies.OK
         for kind, addresses in by_kind.items():
             reply = await self.own_mail[kind](txn, addresses, raw)
         return reply

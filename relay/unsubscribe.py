@@ -11,6 +11,7 @@ from aiohttp import web
 
 from policies.facts import MessageFacts, RecipientFacts, Suppression
 from policies.rules.consent import covering_consent
+from relay import replies
 from relay.config import Config
 from relay.log import get_logger, recipient_label
 from relay.services import Services
@@ -114,5 +115,5 @@ class UnsubscribeFeature:
             await unsubscribe(self.services, claims, method="mailto")
             done += 1
         if not done:
-            return "550 5.1.1 Unknown unsubscribe address"
-        return "250 2.0.0 Unsubscribed"
+            return replies.UNKNOWN_UNSUBSCRIBE_ADDRESS
+        return replies.UNSUBSCRIBED

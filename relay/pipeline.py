@@ -19,6 +19,7 @@ from relay.delivery import Copy, DeliveryReport, deliver
 from relay.errors import ScannerUnavailable, StoreUnavailable
 from relay.helper import Helper, HelperTimeout, HelperUnavailable
 from relay.log import get_logger
+from relay.metrics import NO_VALUE
 from relay.personalize import strip_header
 from relay.retry_memory import RetryMemory
 from relay.services import Services
@@ -510,13 +511,13 @@ class Pipeline:
             )
         )
         if txn.account is not None:
-            stream = txn.stream.id if txn.stream else ""
+            stream = txn.stream.id if txn.stream else UNKNOWN_STREAM
             self.services.metrics.recipients.labels(txn.account.id, stream, "rejected").inc()
 
     def record_refusal(self, txn: Transaction, verdict: Verdict, *, stage: str) -> None:
         assert txn.account is not None
         outcome = "tempfailed" if verdict.outcome is Outcome.TEMPFAIL else "rejected"
-        self.services.metrics.messages.labels(txn.account.id, "", outcome).inc()
+        self.services.metrics.messages.labels(txn.account.id, UNKNOWN_STREAM, outcome).inc()
         self.recorder.record(
             DecisionRecord(
                 relay_id=txn.relay_id,
@@ -604,7 +605,7 @@ class Pipeline:
         return out
 
 
-UNKNOWN_STREAM = "unknown"
+UNKNOWN_STREAM = NO_VALUE
 
 
 def null_sender_stream(account: AccountConfig) -> StreamConfig:

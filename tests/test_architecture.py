@@ -249,3 +249,35 @@ def test_the_reply_check_catches_literals_and_f_strings_but_not_docstrings() -> 
         '    c = "552 Error: Too much mail data"\n    d = "250-PIPELINING"\n    e = "404 not a reply"\n'
     )
     assert [line for line, _ in reply_literals(ast.parse(source))] == [3, 4, 5, 6]
+
+
+# --- one spelling of "no value" in a metric label: relay.metrics.NO_VALUE, never "" ---
+
+
+def empty_label_values(tree: ast.AST) -> list[int]:
+    """Lines of `.labels(...)` calls that could pass "": a "" anywhere in an argument (x or "", a if b else "")."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "labels"
+        for arg in [*node.args, *(k.value for k in node.keywords)]
+        if any(isinstance(part, ast.Constant) and part.value == "" for part in ast.walk(arg))
+    ]
+
+
+def test_metric_labels_never_spell_no_value_as_empty() -> None:
+    from relay.metrics import NO_VALUE
+    from relay.pipeline import UNKNOWN_STREAM
+
+    assert NO_VALUE == UNKNOWN_STREAM == "unknown"
+    bad = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in sorted((REPO / "relay").rglob("*.py"))
+        for line in empty_label_values(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert not bad, 'use relay.metrics.NO_VALUE ("unknown") for a label without a value: ' + ", ".join(bad)
+
+
+def test_the_label_check_catches_an_empty_string() -> None:
+    source = 'm.labels(a, "", o)\nm.labels(a or "", o)\nm.labels(x.id if x else "", o)\nm.labels(a or NO_VALUE, o)\n'
+    assert empty_label_values(ast.parse(source)) == [1, 2, 3]

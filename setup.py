@@ -1,7 +1,8 @@
 """The C passes of policies.message (HTML to text, word splitting): policies/_speedups.c.
 
-Everything else about the package is in pyproject.toml. Installing needs a C compiler and
-Python's headers (Debian: gcc, python3-dev).
+Everything else about the package is in pyproject.toml. The extension is optional: without a C
+compiler or Python's headers (Debian: gcc, python3-dev) the build prints a warning and the package
+installs without it, running the same passes in pure Python (policies/_passes_py.py), more slowly.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,7 @@ setup(
             sources=["policies/_speedups.c"],
             depends=["policies/_speedups_buf.h", "policies/_speedups_html.h", "policies/_speedups_kinds.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
         )
     ]
 )

@@ -35,7 +35,8 @@ def parse(argv: list[str]) -> Options:
     parser.add_argument("--recipients", type=_ints, default=(1, 10), help="recipients per message, e.g. 1,10")
     parser.add_argument(
         "--targets", type=_targets, default=DEFAULT_TARGETS,
-        help=f"default {','.join(DEFAULT_TARGETS)}; all: {','.join(ALL_TARGETS)}",
+        help=f"default {','.join(DEFAULT_TARGETS)}; all: {','.join(ALL_TARGETS)}; "
+        "a target listed again runs again, on its own (relay,relay-webhooks,relay,relay-webhooks: alternating pairs)",
     )
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured messages per target first (0: none)")
     parser.add_argument(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import contextlib
 import gc
 import io
@@ -22,7 +21,6 @@ import sys
 import time
 import tomllib
 import tracemalloc
-import types
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is on sys.path, the repository is not
     sys.path.insert(0, str(ROOT))
 
+import policies._passes_py  # noqa: E402
 import policies.message  # noqa: E402
 import policies.rules.content  # noqa: E402
 from policies.engine import Engine  # noqa: E402
@@ -201,22 +200,8 @@ def peak_memory(engine: Engine, raw: bytes, params: dict[str, object], *, clean:
 @contextlib.contextmanager
 def python_passes() -> Iterator[None]:
     """policies' C passes (policies/_speedups.c) swapped for the pure-Python passes they replaced,
-    kept as the tests' reference in tests/policies/speedups_reference.py: the same-run baseline."""
-    sys.path.insert(0, str(ROOT / "tests" / "policies"))
-    try:
-        import speedups_reference as ref
-    finally:
-        sys.path.pop(0)
-    shim = types.SimpleNamespace(
-        html_to_text=lambda page, offset=None: (
-            ref._html_to_text(page) if offset is None else ref.anchors_with_offset(page, offset)
-        ),
-        words=ref.split_words,
-        urls=ref._urls,
-        fold=lambda text, fold_run: fold_run(text),
-        qp_decode=lambda data: binascii.a2b_qp(bytes(data)),
-        number_windows=ref.number_windows,
-    )
+    the runtime fallback policies/_passes_py.py: the same-run baseline."""
+    shim = policies._passes_py
     users = (policies.message, policies.rules.content)
     kept = [module._speedups for module in users]
     for module in users:

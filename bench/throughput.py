@@ -10,13 +10,18 @@ relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature 
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 relay-webhooks (a webhook for every event type, `delivered` included: an event written with each
 copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 204),
-relay-webhooks-default (the same webhook with the default types: every one but `delivered`),
+relay-webhooks-default (the same webhook with the default types: every one but `delivered`; after the
+last row the run waits for the receiver and reports the events received of those the relay wrote),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
 scale-out pair (docs/SPEC.md §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
 a load balancer would; the load is split over two smtp-source processes, one per instance), compared
 with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,
 dropped when the run ends.
+
+A target may be listed again (`--targets relay,relay-webhooks,relay,relay-webhooks`): each listing is
+its own process with its own directory and store, labelled `relay (2)`…, and `relay-webhooks (2)`
+is compared with `relay (2)`: alternating pairs on a noisy machine.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from typing import IO, Any, Protocol
 
 from bench.postfix_relay import PostfixRelay
 from policies.registry import ALL_RULES
-from bench.relay_config import recipients, write_consent_csv, write_relay_config
-from relay.event_types import EVENT_TYPES
+from bench.relay_config import ACCOUNT, recipients, write_consent_csv, write_relay_config
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -68,6 +73,7 @@ POSTGRES_URL = os.environ.get("RELAY_BENCH_POSTGRES_URL", "postgresql://postgres
 TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 STALL_TIMEOUT = 30.0  # no new delivery at the sink for this long after the source finished
+WEBHOOK_CATCH_UP = 60.0  # after the last row: give up when the receiver gets no new event for this long
 POLL = 0.005
 
 
@@ -388,9 +394,13 @@ class Relay:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     command: str = ""
     load_before: str = ""
+    hook_port: int = 0  # bench/webhook_receiver.py, for the webhooks variants
+    hook_types: tuple[str, ...] = ()
+    first_event: int = 0  # the account's events before `serve` started (none reach a webhook)
+    home: Path = Path()
 
     def start(self) -> None:
-        home = self.workdir / self.name
+        home = self.home = self.workdir / self.name
         home.mkdir(parents=True, exist_ok=True)
         exe = str(REPO / ".venv" / "bin" / "consent-relay")
         configs: list[tuple[Path, Path]] = []
@@ -437,6 +447,7 @@ class Relay:
             if imported.returncode != 0:
                 raise RuntimeError(f"consent import: {(imported.stderr or imported.stdout).strip()}")
         self.command = "` and `".join(f"{exe} -c {config} serve" for _, config in configs)
+        self.first_event = self._last_event_seq()
         # All instances start at once, as a deployment's would (their migrations race on the store).
         for where, config in configs:
             self.procs.append(
@@ -453,6 +464,31 @@ class Relay:
 
     def roots(self) -> list[int]:
         return [proc.pid for proc in self.procs]
+
+    def _last_event_seq(self) -> int:
+        if self.store_url is not None or not (self.home / "relay.db").exists():
+            return 0
+        rows = self._query("SELECT last FROM event_seq WHERE account = ?", ACCOUNT)
+        return int(rows[0][0]) if rows else 0
+
+    def events_written(self, types: Sequence[str]) -> int:
+        """The account's events of these types since `serve` started (SQLite store only)."""
+        marks = ",".join("?" * len(types))
+        rows = self._query(
+            f"SELECT count(*) FROM events WHERE account = ? AND seq > ? AND type IN ({marks})",
+            ACCOUNT, self.first_event, *types,
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def _query(self, sql: str, *params: Any) -> list[Any]:
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(f"file:{self.home / 'relay.db'}?mode=ro", uri=True, timeout=10)) as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError:  # no such table yet
+                return []
 
 
 def target_ports(target: Target) -> list[int]:
@@ -684,20 +720,27 @@ def run(options: Options) -> list[Result]:
         stack.callback(_rmtree, sinkdir)
         sink = Sink(sinkdir, stack)
         targets: list[Target] = []
-        for name in options.targets:
+        dirs: dict[str, Path] = {}
+        labels = target_labels(options.targets)
+        for i, (name, label) in enumerate(zip(options.targets, labels)):
+            # A directory per target: one listed twice gets its own store, state lock and logs.
+            dirs[label] = workdir / f"{i + 1}-{name}"
+            dirs[label].mkdir()
+            os.chmod(dirs[label], 0o755)
             try:
-                target = _make_target(name, sink, stack, workdir, options)
+                target = _make_target(name, sink, stack, dirs[label], options)
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                print(f"# {name}: cannot start: {exc}", file=sys.stderr, flush=True)
-                options.notes.append(f"{name}: cannot start: {exc}")
+                print(f"# {label}: cannot start: {exc}", file=sys.stderr, flush=True)
+                options.notes.append(f"{label}: cannot start: {exc}")
                 for c in options.concurrency:
                     for r in options.rcpts:
-                        results.append(Result(name, c, r, options.messages, error="not started"))
+                        results.append(Result(label, c, r, options.messages, error="not started"))
                 continue
+            target.name = label
             if isinstance(target, Relay):
-                options.notes.append(f"{name}: `{target.command}` (work dir removed at exit unless --keep)")
+                options.notes.append(f"{label}: `{target.command}` (work dir removed at exit unless --keep)")
             if options.warmup:
-                warm = measure(target, sink, Load(options.warmup, 10, 1), stack, workdir)
+                warm = measure(target, sink, Load(options.warmup, 10, 1), stack, dirs[label])
                 wait_quiet(sink)
                 if warm.error:
                     print(f"# {name}: warm-up failed: {warm.error}", file=sys.stderr, flush=True)
@@ -707,14 +750,30 @@ def run(options: Options) -> list[Result]:
         for c in options.concurrency:
             for r in options.rcpts:
                 for target in targets:
-                    res = measure(target, sink, Load(options.messages, c, r), stack, workdir)
+                    res = measure(target, sink, Load(options.messages, c, r), stack, dirs[target.name])
                     results.append(res)
                     print(_progress(res), file=sys.stderr, flush=True)
                     if res.error:
                         wait_quiet(sink, seconds=1.0)
-    order = {name: i for i, name in enumerate(options.targets)}
+        last_row = time.monotonic()
+        for target in targets:
+            if isinstance(target, Relay) and target.hook_port:
+                note = f"{target.name}: {webhooks_caught_up(target, last_row)}"
+                print(f"# {note}", file=sys.stderr, flush=True)
+                options.notes.append(note)
+    order = {name: i for i, name in enumerate(labels)}
     results.sort(key=lambda r: (order[r.target], options.concurrency.index(r.concurrency), options.rcpts.index(r.rcpts)))
     return results
+
+
+def target_labels(names: Sequence[str]) -> list[str]:
+    """The row labels: a target listed again is `relay (2)`, `relay (3)`… (still compared with `relay`)."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return labels
 
 
 def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options: Options) -> Target:
@@ -750,11 +809,6 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             webhooks = [{"url": f"http://127.0.0.1:{hook_port}/hooks", "secret": WEBHOOK_SECRET}]
             if name == "relay-webhooks":
                 webhooks[0]["events"] = list(EVENT_TYPES)
-            options.notes.append(
-                f"{name}: webhook receiver http://127.0.0.1:{hook_port}/count (POSTs and distinct webhook-ids at the end: "
-                "see the line below)"
-            )
-            stack.callback(lambda: options.notes.append(f"{name}: receiver at the end: {_receiver_count(hook_port)}"))
         if name == "relay-noverp":
             overrides = {"bounces": {"verp": False}}
         store_url = postgres_schema(options.postgres_url, stack) if name in ("relay-pg", "relay-pg2") else None
@@ -784,18 +838,44 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             webhooks=webhooks,
         )
         relay.start()
+        if webhooks:
+            relay.hook_port = hook_port
+            relay.hook_types = tuple(webhooks[0].get("events", DEFAULT_WEBHOOK_EVENTS))
         return relay
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(ALL_TARGETS)}")
 
 
-def _receiver_count(port: int) -> str:
+def _receiver_count(port: int) -> dict[str, int]:
+    """{"posts": N, "ids": M} from bench/webhook_receiver.py; {} when it does not answer."""
+    import json
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as response:
-            return response.read().decode()
-    except OSError as exc:
-        return f"no answer ({exc})"
+            return dict(json.loads(response.read()))
+    except (OSError, ValueError):
+        return {}
+
+
+def webhooks_caught_up(relay: Relay, since: float, patience: float = WEBHOOK_CATCH_UP) -> str:
+    """Waits until the receiver holds every event the relay wrote for its webhook since it started
+    (or `patience` seconds pass without a new one), and says how many arrived of how many."""
+    expected, got, last_change, last_ids = 0, {}, time.monotonic(), -1
+    while True:
+        expected = relay.events_written(relay.hook_types)
+        got = _receiver_count(relay.hook_port)
+        ids = got.get("ids", 0)
+        if ids != last_ids:
+            last_ids, last_change = ids, time.monotonic()
+        if ids >= expected or time.monotonic() - last_change > patience:
+            break
+        time.sleep(0.1)
+    lag = time.monotonic() - since
+    verdict = "every event" if got.get("ids", 0) >= expected else "MISSING EVENTS"
+    return (
+        f"webhook receiver: {got.get('ids', 0)} of {expected} events received (distinct webhook-ids; "
+        f"{got.get('posts', 0)} POSTs), {verdict}, {lag:.1f} s after the last row"
+    )
 
 
 def dkim_key(workdir: Path) -> dict[str, str]:
@@ -830,7 +910,9 @@ def table(results: Sequence[Result]) -> str:
     by_key = {(r.target, r.concurrency, r.rcpts): r for r in results}
 
     def ratio(r: Result, base: str) -> str:
-        b = by_key.get((base, r.concurrency, r.rcpts))
+        # A target listed again, `relay-webhooks (2)`, is compared with the base of the same round, `relay (2)`.
+        suffix = r.target[r.target.rfind(" (") :] if r.target.endswith(")") and " (" in r.target else ""
+        b = by_key.get((base + suffix, r.concurrency, r.rcpts)) or by_key.get((base, r.concurrency, r.rcpts))
         if b is None or not b.complete or not r.complete or b.target == r.target:
             return "—"
         return f"{r.rate / b.rate:.2f}×"

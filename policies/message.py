@@ -20,7 +20,7 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from policies import _speedups
+from policies._passes import passes as _speedups
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 

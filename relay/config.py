@@ -1,6 +1,12 @@
-"""Load and validate the one TOML config file (docs/SPEC.md §12). Every error names its key."""
+"""Load and validate the one TOML config file (docs/SPEC.md §12). Every error names its key.
 
-from __future__ import annotations
+Each key is declared once, as a field of the tables below: its type, default, bounds, a `Check`
+for what its type cannot say, and (`doc`) the description of the few keys config.example.toml
+leaves out. msgspec converts the parsed TOML into these tables and refuses an unknown key, a
+missing one, a wrong type or a value out of bounds with the key's path; the checks then run with
+the same path, and a table's `checked()` relates its keys to each other. scripts/gen-docs.py reads
+the same declarations for docs/configuration.md.
+"""
 
 import base64
 import binascii
@@ -9,12 +15,14 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin
+
+import msgspec
+from msgspec import Meta
 
 from policies.addresses import InvalidAddress, normalize_address
-from policies.facts import MARKETING, TRANSACTIONAL, AccountFacts, StreamFacts
+from policies.facts import MARKETING, AccountFacts, StreamFacts
 from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
@@ -26,54 +34,375 @@ DEFAULT_CONFIG = "config.toml"
 EXAMPLE_CONFIG = "config.example.toml"  # the checkout's, used when there is no config.toml
 
 
-@dataclass(frozen=True)
+# --- how a key is declared -------------------------------------------------------------------
+
+
+class Refused(ValueError):
+    """A value a check refuses: `problem`, at the key plus `sub` (`[2]`, `.file`) when the check
+    looked inside the value. A ValueError, so that msgspec puts the path on it in a decoding hook."""
+
+    def __init__(self, problem: str, sub: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.sub = sub
+
+
+class Check:
+    """Field metadata (msgspec ignores it): `parse(value)`, or `parse(value, base)` with
+    `relative=True` (base: the config file's directory), returns the value kept or raises Refused."""
+
+    def __init__(self, parse: Callable[..., Any], *, relative: bool = False) -> None:
+        self.parse = parse
+        self.relative = relative
+
+    def __call__(self, value: Any, base: Path) -> Any:
+        return self.parse(value, base) if self.relative else self.parse(value)
+
+
+def doc(text: str = "", default: str = "") -> Meta:
+    """The reference's description of a key config.example.toml leaves out, and/or its default in words."""
+    return Meta(description=text or None, extra={"default": default} if default else None)
+
+
+Count = Annotated[int, Meta(ge=0)]
+Limit = Annotated[int, Meta(ge=1)]  # 0 would not be "unlimited" but "nothing passes": refused
+Amount = Annotated[float, Meta(ge=0)]
+Timeout = Annotated[float, Meta(gt=0)]  # 0 would give up on every client, upstream or store call at once
+
+
 class Listen:
-    host: str
-    port: int
+    """HOST:PORT in the file; `[::1]:25` for IPv6. Not a dataclass: msgspec would read a dataclass
+    from a table, and this comes from one string (see `_decode`)."""
+
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Listen) and (self.host, self.port) == (other.host, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port))
+
+    def __repr__(self) -> str:
+        return f"Listen({self.host!r}, {self.port})"
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Listen, (self.host, self.port))
 
-@dataclass(frozen=True)
-class SmtpConfig:
+
+class UnsubscribeSecret(bytes):
+    """An unsubscribe signing key: the UTF-8 of the configured text (env:NAME resolved)."""
+
+
+if TYPE_CHECKING:
+    Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+else:
+    Network = ipaddress._BaseNetwork  # msgspec decodes one custom type per union: both kinds derive from it
+
+
+class Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of the file: each field one key, its default the value when the key is left out."""
+
+    def checked(self, key: str) -> Any:
+        """After the keys' own checks: relate them, fill in derived defaults; raise ConfigError."""
+        return self
+
+
+# --- checks: each takes the value (already of its declared type) and raises Refused ----------
+
+
+def _type_name(value: object) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _env(text: str) -> str:
+    """`env:NAME` reads the environment; anything else is taken literally."""
+    if text.startswith("env:"):
+        name = text[4:]
+        if not name or name not in os.environ:
+            raise Refused(f"environment variable {name or '(empty)'} is not set")
+        return os.environ[name]
+    return text
+
+
+def _hash(value: str) -> str:
+    text = _env(value)
+    if not is_password_hash(text):
+        raise Refused("expected a hash from `consent-relay hash-password` (scrypt$…), not a plain secret")
+    return text
+
+
+def _readable(path: Path, base: Path) -> Path:
+    if not path.is_absolute():
+        path = base / path
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise Refused(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _store_url(value: str, base: Path) -> str:
+    url = _env(value)  # a PostgreSQL URL may carry a password: env:NAME
+    if url.startswith("sqlite:////"):
+        return url
+    if url.startswith("sqlite:///"):
+        return "sqlite:///" + str((base / url[len("sqlite:///"):]).resolve())
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise Refused("expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
+
+
+def sqlite_path(url: str) -> Path:
+    """sqlite:////abs/path -> /abs/path (relative URLs were made absolute at load)."""
+    return Path("/" + url[len("sqlite:///"):].lstrip("/"))
+
+
+def _address(value: str) -> str:
+    try:
+        return normalize_address(value)
+    except InvalidAddress as exc:
+        raise Refused(str(exc)) from exc
+
+
+def _address_or_empty(value: str) -> str:
+    return _address(value) if value else value
+
+
+def _domain(value: str) -> str:
+    try:
+        return value.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise Refused(f"invalid domain {value!r}") from exc
+
+
+def _iban(value: str) -> str:
+    compact = "".join(value.split()).upper()
+    if not iban_valid(compact):
+        raise Refused(f"not a valid IBAN {value!r}")
+    return compact
+
+
+# The broadest trusted network accepted (docs/SPEC.md §12): a trusted client sends without AUTH, so a
+# network covering a large part of the internet makes the relay an open relay for that account.
+# IPv4: /8 (10.0.0.0/8 is the broadest private range). IPv6: /32 (one provider's allocation),
+# except inside the private fc00::/7. IPv4 embedded in IPv6 (::ffff:0:0/96, 64:ff9b::/96) is
+# held to the IPv4 bound, since a dual-stack listener sees IPv4 clients that way.
+MIN_TRUSTED_PREFIX_V4 = 8
+MIN_TRUSTED_PREFIX_V6 = 32
+_EMBEDDED_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")
+
+
+def _too_broad(net: Network) -> str | None:
+    if isinstance(net, ipaddress.IPv4Network):
+        if net.prefixlen < MIN_TRUSTED_PREFIX_V4:
+            return f"/{MIN_TRUSTED_PREFIX_V4}"
+        return None
+    for embedded in _EMBEDDED_V4:
+        if net.subnet_of(embedded) and net.prefixlen - 96 < MIN_TRUSTED_PREFIX_V4:
+            return f"/{96 + MIN_TRUSTED_PREFIX_V4} (IPv4 /{MIN_TRUSTED_PREFIX_V4} inside {embedded})"
+    if net.prefixlen < MIN_TRUSTED_PREFIX_V6 and not net.subnet_of(_PRIVATE_V6):
+        return f"/{MIN_TRUSTED_PREFIX_V6}"
+    return None
+
+
+def _trusted(net: Network) -> Network:
+    bound = _too_broad(net)
+    if bound is not None:
+        raise Refused(
+            f"{str(net)!r} is too broad: trusted clients send without AUTH, so this would make an open relay "
+            f"(the broadest accepted is {bound}; list the application servers' networks)"
+        )
+    return net
+
+
+def _actions(value: dict[str, Any]) -> dict[str, str]:
+    from policies.registry import RULES_BY_ID
+
+    valid = [a.value for a in Action]
+    for rule_id, action in value.items():
+        sub = f'."{rule_id}"'
+        if rule_id not in RULES_BY_ID and not rule_id.startswith("account."):
+            raise Refused("unknown rule id", sub)
+        if not isinstance(action, str):
+            raise Refused(f"expected a string, got {_type_name(action)}", sub)
+        if action not in valid:
+            raise Refused(f"expected one of {', '.join(valid)}, got {action!r}", sub)
+        fixed = RULES_BY_ID[rule_id].fixed_action if rule_id in RULES_BY_ID else None
+        if fixed is not None and action != fixed.value:
+            raise Refused(f"must be {fixed.value!r}: nothing may grant relay permission (docs/POLICY.md)", sub)
+    return dict(value)
+
+
+def _str_list(value: Any, sub: str) -> list[str]:
+    if not isinstance(value, list):
+        raise Refused(f"expected a list of strings, got {_type_name(value)}", sub)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise Refused(f"expected a string, got {_type_name(item)}", f"{sub}[{i}]")
+    return value
+
+
+def _wordlists(value: dict[str, Any], base: Path) -> dict[str, tuple[str, ...]]:
+    """`name = ["term", …]`, or `name = { file = "extra.txt", terms = [...] }` with one term a line
+    (`#` comments) in a file relative to the config; only the shipped list names are accepted."""
+    from policies.wordlists import parse_terms, shipped_names
+
+    known = shipped_names()
+    lists: dict[str, tuple[str, ...]] = {}
+    for name, spec in value.items():
+        sub = f".{name}"
+        if name not in known:
+            raise Refused(f"unknown word list (known: {', '.join(sorted(known))})", sub)
+        if not isinstance(spec, dict):
+            lists[name] = tuple(_str_list(spec, sub))
+            continue
+        for field in spec:
+            if field not in ("file", "terms"):
+                raise Refused("unknown key (known: file, terms)", f"{sub}.{field}")
+        terms = list(_str_list(spec.get("terms", []), f"{sub}.terms"))
+        if "file" in spec:
+            if not isinstance(spec["file"], str):
+                raise Refused(f"expected a string, got {_type_name(spec['file'])}", f"{sub}.file")
+            path = Path(spec["file"])
+            path = path if path.is_absolute() else base / path
+            try:
+                terms += parse_terms(path.read_bytes().decode("utf-8"))
+            except OSError as exc:
+                raise Refused(f"cannot read {path}: {exc.strerror or exc}", f"{sub}.file") from exc
+            except UnicodeDecodeError as exc:
+                raise Refused(f"{path} is not UTF-8", f"{sub}.file") from exc
+        lists[name] = tuple(dict.fromkeys(terms))
+    return lists
+
+
+def _page_asset_url(text: str) -> str:
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("https", "http") or not rest or any(c.isspace() or c in "\"'<>" for c in text):
+        raise Refused(f"expected an https:// (or http://) URL of an image, got {text!r}")
+    return text
+
+
+def _hex_colour(text: str) -> str:
+    if re.fullmatch(r"#[0-9a-fA-F]{6}", text):
+        return text.lower()
+    if re.fullmatch(r"#[0-9a-fA-F]{3}", text):
+        return "#" + "".join(c * 2 for c in text[1:]).lower()
+    raise Refused(f"expected a colour as #rrggbb, got {text!r}")
+
+
+def _webhook_secret(value: str) -> str:
+    secret = _env(value)
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if not secret.startswith("whsec_") or len(raw) < 16:
+        raise Refused("expected whsec_ and at least 16 base64 bytes (or env:NAME holding one)")
+    return secret
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("https://", "http://")):
+        raise Refused("expected an http:// or https:// URL")
+    return text
+
+
+def _event_types(types: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown:
+        raise Refused(f"unknown event type {unknown[0]!r} (known: {', '.join(EVENT_TYPES)})")
+    return types or DEFAULT_WEBHOOK_EVENTS
+
+
+def _clamd_address(text: str) -> str:
+    kind, _, where = text.partition(":")
+    if kind == "unix" and where.startswith("/"):
+        return text
+    if kind == "tcp" and where.rpartition(":")[2].isascii() and where.rpartition(":")[2].isdigit():
+        return text
+    raise Refused(f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
+
+
+def _tokens(items: "tuple[str | AdminToken, ...]") -> "tuple[AdminToken, ...]":
+    """A bare string is a hash; a token without a label is named by its place: token1, token2, …"""
+    tokens = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            try:
+                item = AdminToken(hash=_hash(item))
+            except Refused as exc:
+                raise Refused(exc.problem, f"[{i}]") from exc
+        tokens.append(item if item.label else msgspec.structs.replace(item, label=f"token{i + 1}"))
+    return tuple(tokens)
+
+
+Address = Annotated[str, Check(_address)]
+Domains = tuple[Annotated[str, Check(_domain)], ...]
+Secret = Annotated[str, Check(_env)]  # env:NAME reads the environment
+Hash = Annotated[str, Check(_hash)]
+ReadablePath = Annotated[Path, Check(_readable, relative=True)]
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+
+class SmtpConfig(Table, frozen=True):
     listen: Listen = Listen("127.0.0.1", 2525)
     tls_listen: Listen | None = None
     hostname: str = "localhost"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: Annotated[ReadablePath | None, doc("PEM certificate chain: STARTTLS on `listen`, and `tls_listen`")] = None
+    tls_key: Annotated[ReadablePath | None, doc("its PEM private key (tls_cert and tls_key go together)")] = None
     auth_require_tls: bool = True
-    max_message_size: int = 26214400
-    max_recipients: int = 1000
-    workers: int = 1
+    max_message_size: Limit = 26214400
+    max_recipients: Limit = 1000
+    workers: Limit = 1
     # Policy evaluation and DKIM's private-key step in a helper process per worker: a spare core
     # for the CPU-bound part, the event loop kept for sessions. "auto": when workers leave a core.
-    helper_process: str = "auto"  # auto | on | off
-    idle_timeout: float = 300  # per command, and per read while DATA flows (RFC 5321 4.5.3.2)
-    data_timeout: float = 3600  # the whole DATA phase, 354 to the final dot, however the data trickles
-    shutdown_grace: float = 30
-    max_connections: int = 1000
-    max_connections_per_ip: int = 50
-    auth_max_failures: int = 5
-    auth_lockout_seconds: float = 900
+    helper_process: bool | Literal["auto"] = "auto"
+    idle_timeout: Timeout = 300  # per command, and per read while DATA flows (RFC 5321 4.5.3.2)
+    data_timeout: Timeout = 3600  # the whole DATA phase, 354 to the final dot, however the data trickles
+    shutdown_grace: Amount = 30
+    max_connections: Limit = 1000
+    max_connections_per_ip: Limit = 50
+    auth_max_failures: Count = 5
+    auth_lockout_seconds: Amount = 900
 
 
-@dataclass(frozen=True)
-class UpstreamConfig:
+def helper_enabled(smtp: SmtpConfig) -> bool:
+    """Whether each relay process gets a helper: "auto" when the workers leave a core free (with a
+    worker per core, a helper only adds hand-offs: measured slower)."""
+    if smtp.helper_process == "auto":
+        return smtp.workers < len(os.sched_getaffinity(0))
+    return smtp.helper_process is True
+
+
+class UpstreamConfig(Table, frozen=True):
     host: str = "127.0.0.1"
-    port: int = 25
-    starttls: str = "opportunistic"
+    port: Count = 25
+    starttls: Literal["off", "opportunistic", "required"] = "opportunistic"
     username: str | None = None
-    password: str | None = None
-    timeout: float = 30
-    pool_size: int = 8
+    password: Secret | None = None
+    timeout: Timeout = 30
+    pool_size: Count = 8
     tls_verify: bool = True
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    url: str = "sqlite:///var/relay.db"
-    timeout: float = 5.0
+class StoreConfig(Table, frozen=True):
+    url: Annotated[str, Check(_store_url, relative=True), doc(default='`"sqlite:///var/relay.db"` (next to the config file)')] = (
+        "sqlite:///var/relay.db"
+    )
+    timeout: Timeout = 5.0
     # True: this relay is one of several instances (hosts) of one PostgreSQL deployment. Otherwise
     # `serve` holds a lock and a second `serve` on the same store refuses to start.
     shared: bool = False
@@ -83,61 +412,64 @@ class StoreConfig:
         return self.url.startswith("sqlite://")
 
 
-@dataclass(frozen=True)
-class AdminToken:
-    label: str
-    hash: str
+class AdminToken(Table, frozen=True, kw_only=True):
+    label: Annotated[
+        str, doc("a name for the token, shown in the audit log (who released, who deleted)", default="`token1`, `token2`, … by place")
+    ] = ""
+    hash: Annotated[Hash, doc("the token's hash from `consent-relay hash-password`")]
 
 
-@dataclass(frozen=True)
-class HttpConfig:
+Tokens = Annotated[tuple[str | AdminToken, ...], Check(_tokens)]  # each a hash, or { label, hash }
+
+
+class HttpConfig(Table, frozen=True):
     admin_listen: Listen | None = Listen("127.0.0.1", 8025)
     public_listen: Listen | None = None
     public_base_url: str = "http://127.0.0.1:8080"
-    admin_tokens: tuple[AdminToken, ...] = ()
+    admin_tokens: Tokens = ()
     metrics_require_token: bool = False
 
 
-@dataclass(frozen=True)
-class UnsubscribeConfig:
-    secrets: tuple[bytes, ...] = ()
+class UnsubscribeConfig(Table, frozen=True):
+    secrets: tuple[UnsubscribeSecret, ...] = ()
     mailto_domain: str = "localhost"
     placeholder: str = "{{unsubscribe_url}}"
-    csa_complaints: str | None = None
+    csa_complaints: Address | None = None
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
-    profile: str = "strict"
-    mode: str = "enforce"
-    actions: Mapping[str, str] = field(default_factory=dict)
-    wordlists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+class PolicyConfig(Table, frozen=True):
+    profile: Literal[tuple(PROFILE_NAMES)] = "strict"  # type: ignore[valid-type]
+    mode: Literal["enforce", "monitor"] = "enforce"
+    # Free tables (rule ids, word list names): their checks name the inner keys.
+    actions: Annotated[Mapping[str, Any], Check(_actions), doc("per-rule action overrides: the `[policy.actions]` table below")] = {}
+    wordlists: Annotated[
+        Mapping[str, Any],
+        Check(_wordlists, relative=True),
+        doc("extra terms for the shipped word lists: the `[policy.wordlists]` table below"),
+    ] = {}
 
 
-@dataclass(frozen=True)
-class QuarantineConfig:
-    retention_days: float = 30
+class QuarantineConfig(Table, frozen=True):
+    retention_days: Amount = 30
 
 
-@dataclass(frozen=True)
-class OutboxConfig:
-    retry_initial_seconds: float = 60
-    retry_max_seconds: float = 3600
-    give_up_after_hours: float = 120
-    poll_seconds: float = 1.0
+class OutboxConfig(Table, frozen=True):
+    retry_initial_seconds: Amount = 60
+    retry_max_seconds: Amount = 3600
+    give_up_after_hours: Amount = 120
+    poll_seconds: Annotated[Amount, doc("how often the outbox looks for copies due for a retry")] = 1.0
     # A claimed copy is leased for this long, renewed every third of it while its holder works;
     # after a crash its copies wait at most this long for another process.
-    lease_seconds: float = 15.0
+    lease_seconds: Timeout = 15.0
 
 
-@dataclass(frozen=True)
-class ComplaintSource:
+class ComplaintSource(Table, frozen=True):
     """A feedback loop the operator signed up for (docs/SPEC.md §16): its reports are verified."""
 
-    name: str
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    dkim_domains: tuple[str, ...] = ()
-    spamtrap: bool = False  # every abuse report from it is a spam-trap hit
+    name: Annotated[str, doc("a name for the source, shown with its reports")]
+    networks: Annotated[tuple[Network, ...], doc("a report from a client inside these networks is verified")] = ()
+    dkim_domains: Annotated[Domains, doc("a report DKIM-signed by one of these domains is verified")] = ()
+    spamtrap: Annotated[bool, doc("true: every abuse report from it is a spam-trap hit (pauses the account at once)")] = False
 
     def covers(self, ip: str) -> bool:
         try:
@@ -146,14 +478,32 @@ class ComplaintSource:
             return False
         return any(address in net for net in self.networks)
 
+    def checked(self, key: str) -> "ComplaintSource":
+        if not self.name:
+            raise ConfigError(f"{key}.name", "missing")
+        if not self.networks and not self.dkim_domains:
+            raise ConfigError(key, "a source needs networks or dkim_domains: how else would a report be verified?")
+        for j, net in enumerate(self.networks):
+            if net.prefixlen == 0:
+                raise ConfigError(f"{key}.networks[{j}]", f"{net} covers every address: anyone could verify reports")
+        return self
 
-@dataclass(frozen=True)
-class ComplaintsConfig:
-    ack_deadline_hours: float = 24
-    rate_threshold: float = 0.003
-    rate_min_complaints: int = 3
-    rate_window_hours: float = 24
-    sources: tuple[ComplaintSource, ...] = ()
+
+class ComplaintsConfig(Table, frozen=True):
+    ack_deadline_hours: Amount = 24
+    rate_threshold: Amount = 0.003
+    rate_min_complaints: Count = 3
+    rate_window_hours: Amount = 24
+    sources: Annotated[
+        tuple[ComplaintSource, ...],
+        doc("the feedback loops you signed up for: `[complaints] sources` below (docs/feedback-loop.md)"),
+    ] = ()
+
+    def checked(self, key: str) -> "ComplaintsConfig":
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key}.sources", "source names must be unique")
+        return self
 
     def source_for_client(self, ip: str) -> ComplaintSource | None:
         return next((s for s in self.sources if s.covers(ip)), None)
@@ -163,62 +513,71 @@ class ComplaintsConfig:
         return next((s for s in self.sources if signed & set(s.dkim_domains)), None)
 
 
-@dataclass(frozen=True)
-class BouncesConfig:
+class BouncesConfig(Table, frozen=True):
     """docs/SPEC.md §15: VERP envelope senders and what a DSN does."""
 
     verp: bool = True  # marketing copies get bounce+ID@mailto_domain
-    verp_transactional: bool = False
-    hard_limit: int = 3  # other permanent failures within window_days before suppression.bounced
-    window_days: float = 30
+    verp_transactional: Annotated[
+        bool, doc("transactional copies get a VERP envelope sender too (one upstream transaction per recipient)")
+    ] = False
+    hard_limit: Count = 3  # other permanent failures within window_days before suppression.bounced
+    window_days: Annotated[Amount, doc("the window of hard_limit")] = 30
 
 
-@dataclass(frozen=True)
-class SignupsConfig:
+class SignupsConfig(Table, frozen=True):
     """[signups] (docs/SPEC.md §18): hosted double opt-in."""
 
-    confirm_ttl_hours: float = 72
-    resend_after_hours: float = 24
-    client_rate_per_hour: int = 10  # signups per client address (the form filler's IP) and account
+    confirm_ttl_hours: Timeout = 72
+    resend_after_hours: Amount = 24
+    client_rate_per_hour: Limit = 10  # signups per client address (the form filler's IP) and account
 
 
-@dataclass(frozen=True)
-class ConfirmationTemplate:
+class ConfirmationTemplate(Table, frozen=True):
     """[[accounts]] confirmation: the account's own confirmation mail; {{confirm_url}} is the link."""
 
-    sender: str = ""  # `from` in the file
+    sender: Annotated[str, Check(_address_or_empty)] = msgspec.field(default="", name="from")
     subject: str = ""
     text: str = ""
     html: str = ""
 
+    def checked(self, key: str) -> "ConfirmationTemplate":
+        for body in ("text", "html"):
+            value = getattr(self, body)
+            if value and "{{confirm_url}}" not in value:
+                raise ConfigError(f"{key}.{body}", "must contain {{confirm_url}}, the link that confirms")
+        return self
 
-@dataclass(frozen=True)
-class MalwareConfig:
-    clamd: str | None = None
-    clamd_unavailable: str = "tempfail"
-    clamd_timeout: float = 30
+
+class MalwareConfig(Table, frozen=True):
+    clamd: Annotated[str, Check(_clamd_address)] | None = None
+    clamd_unavailable: Literal["tempfail", "pass"] = "tempfail"
+    clamd_timeout: Annotated[Timeout, doc("seconds for one clamd scan before it counts as unavailable")] = 30
 
 
-@dataclass(frozen=True)
-class DkimKeyConfig:
-    domain: str
+class DkimKeyConfig(Table, frozen=True):
+    domain: Annotated[str, Check(str.lower)]
     selector: str
-    private_key: Path
+    private_key: ReadablePath
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"
-    log_recipients: str = "hashed"
+class DkimConfig(Table, frozen=True):
+    keys: tuple[DkimKeyConfig, ...] = ()
 
 
-@dataclass(frozen=True)
-class StreamConfig:
+class LoggingConfig(Table, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    log_recipients: Literal["hashed", "plain"] = "hashed"
+
+
+class StreamConfig(Table, frozen=True):
     id: str
-    kind: str
-    topic: str
-    envelope_from: tuple[str, ...] = ()
+    kind: Literal["marketing", "transactional"]
+    topic: Annotated[str, doc(default="the stream's id")] = ""  # the loader fills in the id
+    envelope_from: tuple[Address, ...] = ()
     title: str = ""  # the topic in words on the recipient's pages; the loader fills in the id
+
+    def checked(self, key: str) -> "StreamConfig":
+        return msgspec.structs.replace(self, topic=self.topic or self.id, title=self.title or self.id)
 
     @property
     def display_title(self) -> str:
@@ -229,21 +588,22 @@ class StreamConfig:
         return StreamFacts(self.id, self.kind, self.topic)
 
 
-@dataclass(frozen=True)
-class EventsConfig:
-    retention_days: float = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
-    webhook_timeout: float = 10.0  # one POST
-    webhook_retry_initial_seconds: float = 5.0  # backoff doubles from here, with jitter…
-    webhook_retry_max_seconds: float = 3600.0  # …up to this
-    webhook_give_up_hours: float = 24.0  # an endpoint failing this long is disabled
-    webhook_poll_seconds: float = 1.0
+class EventsConfig(Table, frozen=True):
+    retention_days: Timeout = 30.0  # the event feed keeps this long (docs/SPEC.md §17)
+    webhook_timeout: Annotated[Amount, doc("seconds for one webhook POST")] = 10.0
+    webhook_concurrency: Limit = 4  # POSTs in flight at once to one endpoint (1: strictly one after another)
+    webhook_retry_initial_seconds: Annotated[
+        Amount, doc("the first retry of a failed webhook POST; the back-off doubles from here, with jitter")
+    ] = 5.0
+    webhook_retry_max_seconds: Annotated[Amount, doc("the back-off of webhook retries stops doubling here")] = 3600.0
+    webhook_give_up_hours: Amount = 24.0  # an endpoint failing this long is disabled
+    webhook_poll_seconds: Annotated[Amount, doc("how often due webhook deliveries are looked for")] = 1.0
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
-    url: str
-    secret: str  # whsec_BASE64 (Standard Webhooks)
-    events: tuple[str, ...]
+class WebhookConfig(Table, frozen=True):
+    url: Annotated[str, Check(_http_url)]
+    secret: Annotated[str, Check(_webhook_secret)]  # whsec_BASE64 (Standard Webhooks)
+    events: Annotated[tuple[str, ...], Check(_event_types), doc(default="every type but `delivered`")] = ()
 
     @property
     def endpoint(self) -> str:
@@ -251,32 +611,57 @@ class WebhookConfig:
         return hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class AccountConfig:
+class AccountConfig(Table, frozen=True):
     id: str
     name: str = ""
-    password_hash: str | None = None
-    domains: tuple[str, ...] = ()
-    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    password_hash: Hash | None = None
+    domains: Annotated[Domains, doc(default="*required* (at least one)")] = ()
+    trusted_networks: tuple[Annotated[Network, Check(_trusted)], ...] = ()
     legal_name: str = ""
     postal_address: str = ""
     registration_number: str = ""
     parent: str | None = None
-    abuse_contact: str | None = None
+    abuse_contact: Address | None = None
     allow_adult: bool = False
     default_stream: str | None = None
-    rate_limit_per_minute: int = 0
-    streams: tuple[StreamConfig, ...] = ()
-    bounce_forward: str | None = None  # docs/SPEC.md §15: DSNs about this account's mail are forwarded here
-    own_ibans: tuple[str, ...] = ()
-    tracking_hosts: tuple[str, ...] = ()
-    api_keys: tuple[AdminToken, ...] = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
-    webhooks: tuple[WebhookConfig, ...] = ()
-    confirmation: ConfirmationTemplate | None = None
+    rate_limit_per_minute: Count = 0
+    bounce_forward: Address | None = None  # docs/SPEC.md §15: DSNs about this account's mail are forwarded here
+    own_ibans: tuple[Annotated[str, Check(_iban)], ...] = ()
+    tracking_hosts: Domains = ()
+    api_keys: Tokens = ()  # bearer keys acting for this account only (docs/SPEC.md §17)
+    webhooks: Annotated[
+        tuple[WebhookConfig, ...],
+        doc("the account's webhook endpoints: `[[accounts.webhooks]]` below (docs/events-and-webhooks.md)"),
+    ] = ()
+    streams: Annotated[tuple[StreamConfig, ...], doc("the account's streams: `[[accounts.streams]]` below")] = ()
+    confirmation: Annotated[
+        ConfirmationTemplate | None,
+        doc(
+            "the double opt-in mail: `{ from, subject, text, html }`, text and html with `{{confirm_url}}`; "
+            "default: built-in nl/en/de (docs/double-opt-in.md)"
+        ),
+    ] = None
     # The recipient's pages (docs/SPEC.md §6): the parent organisation's name, the account's logo and colour.
     parent_name: str = ""
-    logo_url: str | None = None
-    accent_color: str | None = None
+    logo_url: Annotated[str, Check(_page_asset_url)] | None = None
+    accent_color: Annotated[str, Check(_hex_colour)] | None = None
+
+    def checked(self, key: str) -> "AccountConfig":
+        if not self.domains:
+            raise ConfigError(f"{key}.domains", "an account needs at least one sender domain")
+        ids = [s.id for s in self.streams]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"{key}.streams", "stream ids must be unique")
+        if self.default_stream is not None and self.stream(self.default_stream) is None:
+            raise ConfigError(f"{key}.default_stream", f"no stream {self.default_stream!r} in this account")
+        labels = [t.label for t in self.api_keys]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{key}.api_keys", "key labels must be unique within an account (the audit log names them)")
+        if len({h.url for h in self.webhooks}) != len(self.webhooks):
+            raise ConfigError(f"{key}.webhooks", "webhook URLs must be unique within an account")
+        if self.parent_name and not self.parent:
+            raise ConfigError(f"{key}.parent_name", "needs parent: it names the parent organisation")
+        return self
 
     @property
     def display_name(self) -> str:
@@ -318,25 +703,30 @@ class AccountConfig:
         )
 
 
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    smtp: SmtpConfig
-    upstream: UpstreamConfig
-    store: StoreConfig
-    http: HttpConfig
-    unsubscribe: UnsubscribeConfig
-    policy: PolicyConfig
-    quarantine: QuarantineConfig
-    outbox: OutboxConfig
-    complaints: ComplaintsConfig
-    malware: MalwareConfig
-    dkim_keys: tuple[DkimKeyConfig, ...]
-    logging: LoggingConfig
-    accounts: tuple[AccountConfig, ...]
-    events: EventsConfig = EventsConfig()
+class Config(Table, frozen=True):
+    """The file's tables, in the order of docs/configuration.md; `path` is where it was read from."""
+
+    smtp: SmtpConfig = SmtpConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    store: StoreConfig = StoreConfig()
+    http: HttpConfig = HttpConfig()
+    unsubscribe: UnsubscribeConfig = UnsubscribeConfig()
+    policy: PolicyConfig = PolicyConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    complaints: ComplaintsConfig = ComplaintsConfig()
     bounces: BouncesConfig = BouncesConfig()
+    events: EventsConfig = EventsConfig()
     signups: SignupsConfig = SignupsConfig()
+    malware: MalwareConfig = MalwareConfig()
+    logging: LoggingConfig = LoggingConfig()
+    dkim: DkimConfig = DkimConfig()
+    accounts: tuple[AccountConfig, ...] = ()
+    path: Path = Path(DEFAULT_CONFIG)  # where the file was read from: not a key of it
+
+    @property
+    def dkim_keys(self) -> tuple[DkimKeyConfig, ...]:
+        return self.dkim.keys
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)
@@ -347,490 +737,47 @@ class Config:
     def accounts_under(self, scope: str) -> tuple[AccountConfig, ...]:
         return tuple(a for a in self.accounts if a.id == scope or a.parent == scope)
 
-
-# --- value parsers: each takes (key, raw value) and raises ConfigError naming the key ---
-
-
-def _type_name(value: object) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {_type_name(value)}")
-    return value
-
-
-def _int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {_type_name(value)}")
-    if value < 0:
-        raise ConfigError(key, "must not be negative")
-    return value
-
-
-def _positive_int(key: str, value: Any) -> int:
-    """A limit where 0 is not "unlimited" but "nothing passes": refused (docs/SPEC.md §12)."""
-    number = _int(key, value)
-    if number == 0:
-        raise ConfigError(key, "must be at least 1 (0 would refuse every transaction)")
-    return number
-
-
-def _num(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"expected a number, got {_type_name(value)}")
-    if value < 0:
-        raise ConfigError(key, "must not be negative")
-    return float(value)
-
-
-def _positive_num(key: str, value: Any) -> float:
-    """A timeout: 0 would give up on every client, upstream or store call at once."""
-    number = _num(key, value)
-    if number == 0:
-        raise ConfigError(key, "must be greater than 0")
-    return number
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"expected true or false, got {_type_name(value)}")
-    return value
-
-
-def _on_off_auto(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value == "auto":
-        return "auto"
-    raise ConfigError(key, f"expected true, false or \"auto\", got {value!r}")
-
-
-def helper_enabled(smtp: SmtpConfig) -> bool:
-    """Whether each relay process gets a helper: "auto" when the workers leave a core free (with a
-    worker per core, a helper only adds hand-offs: measured slower)."""
-    if smtp.helper_process != "auto":
-        return smtp.helper_process == "on"
-    return smtp.workers < len(os.sched_getaffinity(0))
-
-
-def _choice(*choices: str) -> Callable[[str, Any], str]:
-    def parse(key: str, value: Any) -> str:
-        text = _str(key, value)
-        if text not in choices:
-            raise ConfigError(key, f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return parse
-
-
-def _str_list(key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list of strings, got {_type_name(value)}")
-    return tuple(_str(f"{key}[{i}]", v) for i, v in enumerate(value))
-
-
-def _listen(key: str, value: Any) -> Listen:
-    text = _str(key, value)
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ConfigError(key, f"expected HOST:PORT, got {text!r}")
-    return Listen(host, int(port))
-
-
-def resolve_secret(key: str, value: Any) -> str:
-    """`env:NAME` reads the environment; anything else is taken literally."""
-    text = _str(key, value)
-    if text.startswith("env:"):
-        name = text[4:]
-        if not name or name not in os.environ:
-            raise ConfigError(key, f"environment variable {name or '(empty)'} is not set")
-        return os.environ[name]
-    return text
-
-
-def _hash(key: str, value: Any) -> str:
-    text = resolve_secret(key, value)
-    if not is_password_hash(text):
-        raise ConfigError(key, "expected a hash from `consent-relay hash-password` (scrypt$…), not a plain secret")
-    return text
-
-
-def _readable(base: Path) -> Callable[[str, Any], Path]:
-    def parse(key: str, value: Any) -> Path:
-        path = Path(_str(key, value))
-        if not path.is_absolute():
-            path = base / path
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from exc
-        return path
-
-    return parse
-
-
-def _section(key: str, data: Any, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(key, f"expected a table, got {_type_name(data)}")
-    out: dict[str, Any] = {}
-    for name, value in data.items():
-        full = f"{key}.{name}" if key else name
-        if name not in fields:
-            raise ConfigError(full, f"unknown key (known: {', '.join(sorted(fields))})")
-        out[name] = fields[name](full, value)
-    return out
-
-
-def _store_url(base: Path) -> Callable[[str, Any], str]:
-    def parse(key: str, value: Any) -> str:
-        url = resolve_secret(key, value)  # a PostgreSQL URL may carry a password: env:NAME
-        if url.startswith("sqlite:////"):
-            return url
-        if url.startswith("sqlite:///"):
-            return "sqlite:///" + str((base / url[len("sqlite:///"):]).resolve())
-        if url.startswith(("postgresql://", "postgres://")):
-            return url
-        raise ConfigError(key, "expected sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
-
-    return parse
-
-
-def sqlite_path(url: str) -> Path:
-    """sqlite:////abs/path -> /abs/path (relative URLs were made absolute at load)."""
-    return Path("/" + url[len("sqlite:///"):].lstrip("/"))
-
-
-def _admin_tokens(key: str, value: Any) -> tuple[AdminToken, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list, got {_type_name(value)}")
-    tokens = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        if isinstance(item, str):
-            tokens.append(AdminToken(label=f"token{i + 1}", hash=_hash(k, item)))
-        else:
-            parsed = _section(k, item, {"label": _str, "hash": _hash})
-            if "hash" not in parsed:
-                raise ConfigError(f"{k}.hash", "missing")
-            tokens.append(AdminToken(label=parsed.get("label", f"token{i + 1}"), hash=parsed["hash"]))
-    return tuple(tokens)
-
-
-def _secrets(key: str, value: Any) -> tuple[bytes, ...]:
-    items = _str_list(key, value)
-    out = []
-    for i, item in enumerate(items):
-        secret = resolve_secret(f"{key}[{i}]", item)
-        if len(secret) < 16:
-            raise ConfigError(f"{key}[{i}]", "an unsubscribe secret needs at least 16 characters")
-        out.append(secret.encode("utf-8"))
-    return tuple(out)
-
-
-def _actions(key: str, value: Any) -> dict[str, str]:
-    from policies.registry import RULES_BY_ID
-
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a table, got {_type_name(value)}")
-    out = {}
-    valid = [a.value for a in Action]
-    for rule_id, action in value.items():
-        k = f'{key}."{rule_id}"'
-        if rule_id not in RULES_BY_ID and not rule_id.startswith("account."):
-            raise ConfigError(k, "unknown rule id")
-        out[rule_id] = _choice(*valid)(k, action)
-        fixed = RULES_BY_ID[rule_id].fixed_action if rule_id in RULES_BY_ID else None
-        if fixed is not None and out[rule_id] != fixed.value:
-            raise ConfigError(k, f"must be {fixed.value!r}: nothing may grant relay permission (docs/POLICY.md)")
-    return out
-
-
-def _wordlists(base: Path) -> Callable[[str, Any], dict[str, tuple[str, ...]]]:
-    """`name = ["term", …]`, or `name = { file = "extra.txt", terms = [...] }` with one term a line
-    (`#` comments) in a file relative to the config; only the shipped list names are accepted."""
-
-    def parse(key: str, value: Any) -> dict[str, tuple[str, ...]]:
-        from policies.wordlists import parse_terms, shipped_names
-
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a table of lists, got {_type_name(value)}")
-        known = shipped_names()
-        lists: dict[str, tuple[str, ...]] = {}
-        for name, spec in value.items():
-            k = f"{key}.{name}"
-            if name not in known:
-                raise ConfigError(k, f"unknown word list (known: {', '.join(sorted(known))})")
-            if not isinstance(spec, dict):
-                lists[name] = _str_list(k, spec)
-                continue
-            parsed = _section(k, spec, {"terms": _str_list, "file": _str})
-            terms = list(parsed.get("terms", ()))
-            if "file" in parsed:
-                path = Path(parsed["file"])
-                path = path if path.is_absolute() else base / path
-                try:
-                    terms += parse_terms(path.read_bytes().decode("utf-8"))
-                except OSError as exc:
-                    raise ConfigError(f"{k}.file", f"cannot read {path}: {exc.strerror or exc}") from exc
-                except UnicodeDecodeError as exc:
-                    raise ConfigError(f"{k}.file", f"{path} is not UTF-8") from exc
-            lists[name] = tuple(dict.fromkeys(terms))
-        return lists
-
-    return parse
-
-
-# The broadest trusted network accepted (docs/SPEC.md §12): a trusted client sends without AUTH, so a
-# network covering a large part of the internet makes the relay an open relay for that account.
-# IPv4: /8 (10.0.0.0/8 is the broadest private range). IPv6: /32 (one provider's allocation),
-# except inside the private fc00::/7. IPv4 embedded in IPv6 (::ffff:0:0/96, 64:ff9b::/96) is
-# held to the IPv4 bound, since a dual-stack listener sees IPv4 clients that way.
-MIN_TRUSTED_PREFIX_V4 = 8
-MIN_TRUSTED_PREFIX_V6 = 32
-_EMBEDDED_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
-_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")
-
-
-def _too_broad(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
-    if isinstance(net, ipaddress.IPv4Network):
-        if net.prefixlen < MIN_TRUSTED_PREFIX_V4:
-            return f"/{MIN_TRUSTED_PREFIX_V4}"
-        return None
-    for embedded in _EMBEDDED_V4:
-        if net.subnet_of(embedded) and net.prefixlen - 96 < MIN_TRUSTED_PREFIX_V4:
-            return f"/{96 + MIN_TRUSTED_PREFIX_V4} (IPv4 /{MIN_TRUSTED_PREFIX_V4} inside {embedded})"
-    if net.prefixlen < MIN_TRUSTED_PREFIX_V6 and not net.subnet_of(_PRIVATE_V6):
-        return f"/{MIN_TRUSTED_PREFIX_V6}"
-    return None
-
-
-def _networks(key: str, value: Any) -> tuple[Any, ...]:
-    nets = []
-    for i, text in enumerate(_str_list(key, value)):
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError as exc:
-            raise ConfigError(f"{key}[{i}]", f"not a network: {text!r}") from exc
-        bound = _too_broad(net)
-        if bound is not None:
-            raise ConfigError(
-                f"{key}[{i}]",
-                f"{text!r} is too broad: trusted clients send without AUTH, so this would make an open relay "
-                f"(the broadest accepted is {bound}; list the application servers' networks)",
-            )
-        nets.append(net)
-    return tuple(nets)
-
-
-def _complaint_sources(key: str, value: Any) -> tuple[ComplaintSource, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list of tables, got {_type_name(value)}")
-    sources = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        data = _section(
-            k, item, {"name": _str, "networks": _networks, "dkim_domains": _domains, "spamtrap": _bool}
-        )
-        if not data.get("name"):
-            raise ConfigError(f"{k}.name", "missing")
-        if not data.get("networks") and not data.get("dkim_domains"):
-            raise ConfigError(k, "a source needs networks or dkim_domains: how else would a report be verified?")
-        for j, net in enumerate(data.get("networks", ())):
-            if net.prefixlen == 0:
-                raise ConfigError(f"{k}.networks[{j}]", f"{net} covers every address: anyone could verify reports")
-        sources.append(ComplaintSource(**data))
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise ConfigError(key, "source names must be unique")
-    return tuple(sources)
-
-
-def _address(key: str, value: Any) -> str:
-    try:
-        return normalize_address(_str(key, value))
-    except InvalidAddress as exc:
-        raise ConfigError(key, str(exc)) from exc
-
-
-def _domains(key: str, value: Any) -> tuple[str, ...]:
-    out = []
-    for i, d in enumerate(_str_list(key, value)):
-        try:
-            out.append(d.strip().rstrip(".").encode("idna").decode("ascii").lower())
-        except UnicodeError as exc:
-            raise ConfigError(f"{key}[{i}]", f"invalid domain {d!r}") from exc
-    return tuple(out)
-
-
-def _ibans(key: str, value: Any) -> tuple[str, ...]:
-    out = []
-    for i, iban in enumerate(_str_list(key, value)):
-        compact = "".join(iban.split()).upper()
-        if not iban_valid(compact):
-            raise ConfigError(f"{key}[{i}]", f"not a valid IBAN {iban!r}")
-        out.append(compact)
-    return tuple(out)
-
-
-def _streams(key: str, value: Any) -> tuple[StreamConfig, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list of tables ([[{key}]]), got {_type_name(value)}")
-    streams = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        data = _section(
-            k,
-            item,
-            {
-                "id": _str,
-                "kind": _choice(MARKETING, TRANSACTIONAL),
-                "topic": _str,
-                "title": _str,
-                "envelope_from": lambda kk, v: tuple(_address(f"{kk}[{j}]", x) for j, x in enumerate(_str_list(kk, v))),
-            },
-        )
-        for required in ("id", "kind"):
-            if required not in data:
-                raise ConfigError(f"{k}.{required}", "missing")
-        data.setdefault("topic", data["id"])
-        data.setdefault("title", data["id"])
-        streams.append(StreamConfig(**data))
-    ids = [s.id for s in streams]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(key, "stream ids must be unique")
-    return tuple(streams)
-
-
-def _page_asset_url(key: str, value: Any) -> str:
-    text = _str(key, value)
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in ("https", "http") or not rest or any(c.isspace() or c in "\"'<>" for c in text):
-        raise ConfigError(key, f"expected an https:// (or http://) URL of an image, got {text!r}")
-    return text
-
-
-def _hex_colour(key: str, value: Any) -> str:
-    text = _str(key, value)
-    if re.fullmatch(r"#[0-9a-fA-F]{6}", text):
-        return text.lower()
-    if re.fullmatch(r"#[0-9a-fA-F]{3}", text):
-        return "#" + "".join(c * 2 for c in text[1:]).lower()
-    raise ConfigError(key, f"expected a colour as #rrggbb, got {text!r}")
-
-
-def _webhook_secret(key: str, value: Any) -> str:
-    secret = resolve_secret(key, value)
-    try:
-        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (ValueError, binascii.Error):
-        raw = b""
-    if not secret.startswith("whsec_") or len(raw) < 16:
-        raise ConfigError(key, "expected whsec_ and at least 16 base64 bytes (or env:NAME holding one)")
-    return secret
-
-
-def _webhooks(key: str, value: Any) -> tuple[WebhookConfig, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list of tables ([[accounts.webhooks]]), got {_type_name(value)}")
-    hooks = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        data = _section(k, item, {"url": _str, "secret": _webhook_secret, "events": _str_list})
-        for name in ("url", "secret"):
-            if name not in data:
-                raise ConfigError(f"{k}.{name}", "missing")
-        if not data["url"].startswith(("https://", "http://")):
-            raise ConfigError(f"{k}.url", "expected an http:// or https:// URL")
-        unknown = [t for t in data.get("events", ()) if t not in EVENT_TYPES]
-        if unknown:
-            raise ConfigError(f"{k}.events", f"unknown event type {unknown[0]!r} (known: {', '.join(EVENT_TYPES)})")
-        hooks.append(WebhookConfig(data["url"], data["secret"], tuple(data.get("events") or DEFAULT_WEBHOOK_EVENTS)))
-    if len({h.url for h in hooks}) != len(hooks):
-        raise ConfigError(key, "webhook URLs must be unique within an account")
-    return tuple(hooks)
-
-
-def _confirmation(key: str, value: Any) -> ConfirmationTemplate:
-    data = _section(key, value, {"from": _address, "subject": _str, "text": _str, "html": _str})
-    if "from" in data:
-        data["sender"] = data.pop("from")
-    for body in ("text", "html"):
-        if body in data and "{{confirm_url}}" not in data[body]:
-            raise ConfigError(f"{key}.{body}", "must contain {{confirm_url}}, the link that confirms")
-    return ConfirmationTemplate(**data)
-
-
-def _accounts(key: str, value: Any) -> tuple[AccountConfig, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected a list of tables ([[accounts]]), got {_type_name(value)}")
-    accounts = []
-    for i, item in enumerate(value):
-        k = f"{key}[{i}]"
-        data = _section(
-            k,
-            item,
-            {
-                "id": _str,
-                "name": _str,
-                "password_hash": _hash,
-                "domains": _domains,
-                "trusted_networks": _networks,
-                "legal_name": _str,
-                "postal_address": _str,
-                "registration_number": _str,
-                "parent": _str,
-                "abuse_contact": _address,
-                "allow_adult": _bool,
-                "default_stream": _str,
-                "rate_limit_per_minute": _int,
-                "streams": _streams,
-                "bounce_forward": _address,
-                "own_ibans": _ibans,
-                "tracking_hosts": _domains,
-                "api_keys": _admin_tokens,
-                "webhooks": _webhooks,
-                "confirmation": _confirmation,
-                "parent_name": _str,
-                "logo_url": _page_asset_url,
-                "accent_color": _hex_colour,
-            },
-        )
-        if "id" not in data:
-            raise ConfigError(f"{k}.id", "missing")
-        account = AccountConfig(**data)
-        if not account.domains:
-            raise ConfigError(f"{k}.domains", "an account needs at least one sender domain")
-        if account.default_stream is not None and account.stream(account.default_stream) is None:
-            raise ConfigError(f"{k}.default_stream", f"no stream {account.default_stream!r} in this account")
-        labels = [t.label for t in account.api_keys]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"{k}.api_keys", "key labels must be unique within an account (the audit log names them)")
-        accounts.append(account)
-    ids = [a.id for a in accounts]
-    dupes = {x for x in ids if ids.count(x) > 1}
-    if dupes:
-        raise ConfigError(key, f"duplicate account id {sorted(dupes)[0]!r}")
-    named: dict[str, str] = {}
-    for i, account in enumerate(accounts):
-        if account.parent_name and not account.parent:
-            raise ConfigError(f"{key}[{i}].parent_name", "needs parent: it names the parent organisation")
-        if account.parent and account.parent_name:
-            if named.setdefault(account.parent, account.parent_name) != account.parent_name:
+    def checked(self, key: str) -> "Config":
+        self._check_accounts()
+        smtp = self.smtp
+        if (smtp.tls_cert is None) != (smtp.tls_key is None):
+            raise ConfigError("smtp.tls_key" if smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
+        if smtp.tls_listen is not None and smtp.tls_cert is None:
+            raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
+        if self.store.shared and self.store.is_sqlite:
+            raise ConfigError("store.shared", "only a PostgreSQL store can be shared by several instances")
+        if self.http.public_listen is not None and not self.unsubscribe.secrets:
+            raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
+        if not self.unsubscribe.secrets:
+            # Without a secret no copy can carry List-Unsubscribe: marketing would leave without one.
+            marketing = next(((a.id, s.id) for a in self.accounts for s in a.streams if s.kind == MARKETING), None)
+            if marketing is not None:
                 raise ConfigError(
-                    f"{key}[{i}].parent_name",
-                    f"parent {account.parent!r} is already named {named[account.parent]!r} by another account",
+                    "unsubscribe.secrets",
+                    f"needed for marketing streams (account {marketing[0]!r} stream {marketing[1]!r}): "
+                    "every marketing copy carries a signed List-Unsubscribe",
                 )
-    parents = {a.parent for a in accounts if a.parent}
-    clash = parents & set(ids)
-    if clash:
-        raise ConfigError(key, f"{sorted(clash)[0]!r} is both an account id and a parent scope")
-    return tuple(accounts)
+        return self
+
+    def _check_accounts(self) -> None:
+        ids = [a.id for a in self.accounts]
+        dupes = {x for x in ids if ids.count(x) > 1}
+        if dupes:
+            raise ConfigError("accounts", f"duplicate account id {sorted(dupes)[0]!r}")
+        named: dict[str, str] = {}
+        for i, account in enumerate(self.accounts):
+            if account.parent and account.parent_name:
+                if named.setdefault(account.parent, account.parent_name) != account.parent_name:
+                    raise ConfigError(
+                        f"accounts[{i}].parent_name",
+                        f"parent {account.parent!r} is already named {named[account.parent]!r} by another account",
+                    )
+        clash = {a.parent for a in self.accounts if a.parent} & set(ids)
+        if clash:
+            raise ConfigError("accounts", f"{sorted(clash)[0]!r} is both an account id and a parent scope")
+
+
+# --- loading ----------------------------------------------------------------------------------
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -852,199 +799,160 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def build_config(data: Mapping[str, Any], path: Path) -> Config:
-    base = path.parent
-    readable = _readable(base)
-    sections: dict[str, Callable[[str, Any], Any]] = {
-        "smtp": lambda k, v: SmtpConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "listen": _listen,
-                    "tls_listen": _listen,
-                    "hostname": _str,
-                    "tls_cert": readable,
-                    "tls_key": readable,
-                    "auth_require_tls": _bool,
-                    "max_message_size": _positive_int,
-                    "max_recipients": _positive_int,
-                    "workers": _int,
-                    "helper_process": _on_off_auto,
-                    "idle_timeout": _positive_num,
-                    "data_timeout": _positive_num,
-                    "shutdown_grace": _num,
-                    "max_connections": _positive_int,
-                    "max_connections_per_ip": _positive_int,
-                    "auth_max_failures": _int,
-                    "auth_lockout_seconds": _num,
-                },
-            )
-        ),
-        "upstream": lambda k, v: UpstreamConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "host": _str,
-                    "port": _int,
-                    "starttls": _choice("off", "opportunistic", "required"),
-                    "username": _str,
-                    "password": resolve_secret,
-                    "timeout": _positive_num,
-                    "pool_size": _int,
-                    "tls_verify": _bool,
-                },
-            )
-        ),
-        "store": lambda k, v: StoreConfig(
-            **_section(k, v, {"url": _store_url(base), "timeout": _positive_num, "shared": _bool})
-        ),
-        "http": lambda k, v: HttpConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "admin_listen": _listen,
-                    "public_listen": _listen,
-                    "public_base_url": _str,
-                    "admin_tokens": _admin_tokens,
-                    "metrics_require_token": _bool,
-                },
-            )
-        ),
-        "unsubscribe": lambda k, v: UnsubscribeConfig(
-            **_section(
-                k,
-                v,
-                {"secrets": _secrets, "mailto_domain": _str, "placeholder": _str, "csa_complaints": _address},
-            )
-        ),
-        "policy": lambda k, v: PolicyConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "profile": _choice(*PROFILE_NAMES),
-                    "mode": _choice("enforce", "monitor"),
-                    "actions": _actions,
-                    "wordlists": _wordlists(base),
-                },
-            )
-        ),
-        "quarantine": lambda k, v: QuarantineConfig(**_section(k, v, {"retention_days": _num})),
-        "outbox": lambda k, v: OutboxConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "retry_initial_seconds": _num,
-                    "retry_max_seconds": _num,
-                    "give_up_after_hours": _num,
-                    "poll_seconds": _num,
-                    "lease_seconds": _num,
-                },
-            )
-        ),
-        "complaints": lambda k, v: ComplaintsConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "ack_deadline_hours": _num,
-                    "rate_threshold": _num,
-                    "rate_min_complaints": _int,
-                    "rate_window_hours": _num,
-                    "sources": _complaint_sources,
-                },
-            )
-        ),
-        "bounces": lambda k, v: BouncesConfig(
-            **_section(
-                k, v, {"verp": _bool, "verp_transactional": _bool, "hard_limit": _int, "window_days": _num}
-            )
-        ),
-        "malware": lambda k, v: MalwareConfig(
-            **_section(
-                k,
-                v,
-                {"clamd": _clamd_address, "clamd_unavailable": _choice("tempfail", "pass"), "clamd_timeout": _positive_num},
-            )
-        ),
-        "dkim": lambda k, v: _section(k, v, {"keys": _dkim_keys(readable)}).get("keys", ()),
-        "logging": lambda k, v: LoggingConfig(
-            **_section(
-                k,
-                v,
-                {"level": _choice("debug", "info", "warning", "error"), "log_recipients": _choice("hashed", "plain")},
-            )
-        ),
-        "accounts": _accounts,
-        "events": lambda k, v: EventsConfig(
-            **_section(
-                k,
-                v,
-                {
-                    "retention_days": _num,
-                    "webhook_timeout": _num,
-                    "webhook_retry_initial_seconds": _num,
-                    "webhook_retry_max_seconds": _num,
-                    "webhook_give_up_hours": _num,
-                    "webhook_poll_seconds": _num,
-                },
-            )
-        ),
-        "signups": lambda k, v: SignupsConfig(
-            **_section(
-                k,
-                v,
-                {"confirm_ttl_hours": _positive_num, "resend_after_hours": _num, "client_rate_per_hour": _positive_int},
-            )
-        ),
-    }
-    parsed = _section("", dict(data), sections)
-    config = Config(
-        path=path,
-        smtp=parsed.get("smtp", SmtpConfig()),
-        upstream=parsed.get("upstream", UpstreamConfig()),
-        store=parsed.get("store", StoreConfig(url="sqlite:///" + str(base / "var" / "relay.db"))),
-        http=parsed.get("http", HttpConfig()),
-        unsubscribe=parsed.get("unsubscribe", UnsubscribeConfig()),
-        policy=parsed.get("policy", PolicyConfig()),
-        quarantine=parsed.get("quarantine", QuarantineConfig()),
-        outbox=parsed.get("outbox", OutboxConfig()),
-        complaints=parsed.get("complaints", ComplaintsConfig()),
-        malware=parsed.get("malware", MalwareConfig()),
-        dkim_keys=parsed.get("dkim", ()),
-        logging=parsed.get("logging", LoggingConfig()),
-        accounts=parsed.get("accounts", ()),
-        events=parsed.get("events", EventsConfig()),
-        bounces=parsed.get("bounces", BouncesConfig()),
-        signups=parsed.get("signups", SignupsConfig()),
-    )
-    if (config.smtp.tls_cert is None) != (config.smtp.tls_key is None):
-        raise ConfigError("smtp.tls_key" if config.smtp.tls_key is None else "smtp.tls_cert", "tls_cert and tls_key go together")
-    if config.smtp.tls_listen is not None and config.smtp.tls_cert is None:
-        raise ConfigError("smtp.tls_listen", "needs smtp.tls_cert and smtp.tls_key")
-    if config.events.retention_days <= 0:
-        raise ConfigError("events.retention_days", "must be more than 0")
-    if config.smtp.workers < 1:
-        raise ConfigError("smtp.workers", "must be at least 1")
-    if config.store.shared and config.store.is_sqlite:
-        raise ConfigError("store.shared", "only a PostgreSQL store can be shared by several instances")
-    if config.outbox.lease_seconds <= 0:
-        raise ConfigError("outbox.lease_seconds", "must be more than 0")
-    if config.http.public_listen is not None and not config.unsubscribe.secrets:
-        raise ConfigError("unsubscribe.secrets", "needed when http.public_listen is set")
-    if not config.unsubscribe.secrets:
-        # Without a secret no copy can carry List-Unsubscribe: marketing would leave without one.
-        marketing = next(((a.id, s.id) for a in config.accounts for s in a.streams if s.kind == MARKETING), None)
-        if marketing is not None:
-            raise ConfigError(
-                "unsubscribe.secrets",
-                f"needed for marketing streams (account {marketing[0]!r} stream {marketing[1]!r}): "
-                "every marketing copy carries a signed List-Unsubscribe",
-            )
-    return config
+    """The parsed TOML of the file at `path` (relative paths are relative to its directory) -> Config."""
+    if "path" in data:
+        raise ConfigError("path", f"unknown key (known: {', '.join(known_keys(Config))})")
+    try:
+        config = msgspec.convert(dict(data), Config, strict=True, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        raise _translate(str(exc)) from None
+    config = _finish(config, Config, "", path.parent)
+    return msgspec.structs.replace(config, path=path)
+
+
+def known_keys(table: type[Table]) -> list[str]:
+    """The keys of one table as the file spells them, sorted."""
+    return sorted(spelled for name, spelled in zip(table.__struct_fields__, table.__struct_encode_fields__) if (table, name) != (Config, "path"))
+
+
+def _decode(kind: type, value: Any) -> Any:
+    """Values msgspec has no type for, from the TOML string; msgspec adds the key to a refusal."""
+    if not isinstance(value, str):
+        raise Refused(f"expected a string, got {_type_name(value)}")
+    if kind is Listen:
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+            raise Refused(f"expected HOST:PORT, got {value!r}")
+        return Listen(host, int(port))
+    if kind is Network:
+        try:
+            return ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise Refused(f"not a network: {value!r}") from exc
+    if kind is Path:
+        return Path(value)
+    if kind is UnsubscribeSecret:
+        secret = _env(value)
+        if len(secret) < 16:
+            raise Refused("an unsubscribe secret needs at least 16 characters")
+        return UnsubscribeSecret(secret.encode("utf-8"))
+    raise NotImplementedError(kind)
+
+
+def _finish(value: Any, kind: Any, key: str, base: Path) -> Any:
+    """Run the checks of `kind`'s declaration on a converted `value`, innermost first, naming `key`."""
+    checks: list[Check] = []
+    while get_origin(kind) is Annotated:
+        kind, *meta = get_args(kind)
+        checks = [m for m in meta if isinstance(m, Check)] + checks
+    if value is None:
+        return None
+    if isinstance(value, Table):
+        types, changes = field_types(type(value)), {}
+        for name, spelled in zip(value.__struct_fields__, value.__struct_encode_fields__):
+            old = getattr(value, name)
+            new = _finish(old, types[name], f"{key}.{spelled}" if key else spelled, base)
+            if new is not old:
+                changes[name] = new
+        value = msgspec.structs.replace(value, **changes).checked(key)
+    elif isinstance(value, tuple) and get_origin(kind) is tuple:
+        value = tuple(_finish(v, get_args(kind)[0], f"{key}[{i}]", base) for i, v in enumerate(value))
+    elif get_origin(kind) in (Union, type(int | None)):
+        arms = [a for a in get_args(kind) if a is not type(None)]
+        if len(arms) == 1:
+            value = _finish(value, arms[0], key, base)
+    for check in checks:
+        try:
+            value = check(value, base)
+        except Refused as exc:
+            raise ConfigError(key + exc.sub, exc.problem) from exc
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def field_types(table: type) -> dict[str, Any]:
+    """The declared type of each field, with its Annotated metadata (scripts/gen-docs.py reads them too)."""
+    if table not in _HINTS:
+        _HINTS[table] = {name: kind for base in reversed(table.__mro__) for name, kind in vars(base).get("__annotations__", {}).items()}
+    return _HINTS[table]
+
+
+_BOUNDS = {
+    ">= 0": "must not be negative",
+    ">= 1": "must be at least 1 (0 would refuse every transaction)",
+    "> 0": "must be greater than 0",
+}
+_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "array": "a list", "object": "a table"}
+
+
+def _translate(message: str) -> ConfigError:
+    """msgspec's refusal -> ConfigError(key, problem) in the words of the rest of the loader."""
+    match = re.fullmatch(r"(.*?)(?: - at `\$\.?(.*)`)?", message, re.S)
+    assert match is not None
+    problem, key = match[1], match[2] or ""
+    kind = _type_at(key)
+    if found := re.fullmatch(r"Object contains unknown field `(.*)`", problem):
+        tables = [k for k in (get_args(kind) or (kind,)) if isinstance(k, type) and issubclass(k, Table)]
+        known = known_keys(tables[0]) if tables else []
+        return ConfigError(f"{key}.{found[1]}" if key else found[1], f"unknown key (known: {', '.join(known)})")
+    if found := re.fullmatch(r"Object missing required field `(.*)`", problem):
+        return ConfigError(f"{key}.{found[1]}" if key else found[1], "missing")
+    if found := re.fullmatch(r"Expected `(\w+)` (>=? [\d.]+)", problem):
+        return ConfigError(key, _BOUNDS.get(found[2].removesuffix(".0"), f"must be {found[2]}"))
+    if found := re.fullmatch(r"Expected `(.*)`, got `(\w+)`", problem):
+        wanted = [_NAMES.get(w, w) for w in found[1].split(" | ") if w != "null"]
+        if wanted == ["a list"] and get_origin(kind) is tuple:
+            item = _plain(get_args(kind)[0])
+            wanted = ["a list of strings" if item is str else "a list of tables" if isinstance(item, type) and issubclass(item, Table) else "a list"]
+        return ConfigError(key, f"expected {' or '.join(wanted)}, got {_NAMES.get(found[2], found[2])}")
+    if found := re.fullmatch(r"Invalid enum value (.*)", problem):
+        choices = _choices(kind)
+        if bool in choices:  # true, false or a word: `helper_process`
+            words = ", ".join(f'"{c}"' for c in choices if c is not bool)
+            return ConfigError(key, f"expected true, false or {words}, got {found[1]}")
+        return ConfigError(key, f"expected one of {', '.join(map(str, choices))}, got {found[1]}")
+    return ConfigError(key, problem)
+
+
+def _plain(kind: Any) -> Any:
+    """The type without Annotated metadata and without `| None`."""
+    while True:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+        elif get_origin(kind) in (Union, type(int | None)) and type(None) in get_args(kind):
+            arms = [a for a in get_args(kind) if a is not type(None)]
+            kind = arms[0] if len(arms) == 1 else Union[tuple(arms)]
+        else:
+            return kind
+
+
+def _choices(kind: Any) -> list[Any]:
+    """The values of a Literal (and `bool` when the union takes true and false too)."""
+    kind = _plain(kind)
+    if get_origin(kind) is Literal:
+        return list(get_args(kind))
+    out: list[Any] = []
+    for arm in get_args(kind):
+        out += [bool] if arm is bool else _choices(arm)
+    return out
+
+
+def _type_at(key: str) -> Any:
+    """The declared type of the key `a.b[0].c` (Config's for the file itself)."""
+    kind: Any = Config
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+|\.\.\.)\]", key):
+        kind = _plain(kind)
+        if name and isinstance(kind, type) and issubclass(kind, Table):
+            by_name = dict(zip(kind.__struct_encode_fields__, kind.__struct_fields__))
+            kind = field_types(kind).get(by_name.get(name, ""), Any)
+        elif index and get_origin(kind) is tuple:
+            kind = get_args(kind)[0]
+        else:
+            return Any
+    return _plain(kind)
 
 
 def config_warnings(config: Config) -> list[tuple[str, str]]:
@@ -1061,33 +969,6 @@ def config_warnings(config: Config) -> list[tuple[str, str]]:
             "RFC 8058 one-click unsubscribe",
         ))
     return warnings
-
-
-def _clamd_address(key: str, value: Any) -> str:
-    text = _str(key, value)
-    kind, _, where = text.partition(":")
-    if kind == "unix" and where.startswith("/"):
-        return text
-    if kind == "tcp" and where.rpartition(":")[2].isascii() and where.rpartition(":")[2].isdigit():
-        return text
-    raise ConfigError(key, f"expected unix:/path/to/clamd.ctl or tcp:host:port, got {text!r}")
-
-
-def _dkim_keys(readable: Callable[[str, Any], Path]) -> Callable[[str, Any], tuple[DkimKeyConfig, ...]]:
-    def parse(key: str, value: Any) -> tuple[DkimKeyConfig, ...]:
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list of tables ([[dkim.keys]]), got {_type_name(value)}")
-        keys = []
-        for i, item in enumerate(value):
-            k = f"{key}[{i}]"
-            data = _section(k, item, {"domain": _str, "selector": _str, "private_key": readable})
-            for required in ("domain", "selector", "private_key"):
-                if required not in data:
-                    raise ConfigError(f"{k}.{required}", "missing")
-            keys.append(DkimKeyConfig(data["domain"].lower(), data["selector"], data["private_key"]))
-        return tuple(keys)
-
-    return parse
 
 
 def config_path_from(argument: str | None) -> Path:

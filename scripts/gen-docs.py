@@ -5,13 +5,11 @@ docs/configuration.md (relay/config.py), docs/metrics.md (relay/metrics.py), doc
 argparse tree of relay/cli.py) and docs/replies.md (relay/replies.py, the rule registry and the
 shipped profiles).
 
-For the configuration:
-- the keys are the ones relay.config's loader accepts (asked from the loader itself: an unknown
-  key makes it list the known ones), section by section;
-- type and default come from the dataclasses of relay/config.py, allowed values from the loader's
-  own refusal of a wrong one;
-- the description is the comment next to the key in config.example.toml (the file users copy),
-  or, for the few keys the example leaves out, the line in EXTRA below.
+For the configuration, everything but the wording comes from the one declaration of each key in
+relay/config.py (the tables from `Config` down): the tables and their keys, type, bounds, allowed
+values (a Literal), default (or `doc(default=…)` in words), whether the key is required. The
+description is the comment next to the key in config.example.toml (the file users copy), or, for
+the few keys the example leaves out, the key's `doc(…)` in the declaration.
 
     python scripts/gen-docs.py           # rewrite them
     python scripts/gen-docs.py --check   # exit 1 when one is stale
@@ -21,15 +19,17 @@ For the configuration:
 
 from __future__ import annotations
 
-import dataclasses
+import collections.abc
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import msgspec  # noqa: E402
 
 from relay import config as model  # noqa: E402
 from relay.errors import ConfigError  # noqa: E402
@@ -37,32 +37,9 @@ from relay.errors import ConfigError  # noqa: E402
 DOCS = REPO / "docs"
 EXAMPLE = REPO / "config.example.toml"
 
-# Where each table of the file lives: (TOML table, how to reach it in a config dict, its dataclass).
-TABLES: list[tuple[str, Any, type | None]] = [
-    ("smtp", lambda v: {"smtp": v}, model.SmtpConfig),
-    ("upstream", lambda v: {"upstream": v}, model.UpstreamConfig),
-    ("store", lambda v: {"store": v}, model.StoreConfig),
-    ("http", lambda v: {"http": v}, model.HttpConfig),
-    ("http.admin_tokens", lambda v: {"http": {"admin_tokens": [v]}}, model.AdminToken),
-    ("unsubscribe", lambda v: {"unsubscribe": v}, model.UnsubscribeConfig),
-    ("policy", lambda v: {"policy": v}, model.PolicyConfig),
-    ("quarantine", lambda v: {"quarantine": v}, model.QuarantineConfig),
-    ("outbox", lambda v: {"outbox": v}, model.OutboxConfig),
-    ("complaints", lambda v: {"complaints": v}, model.ComplaintsConfig),
-    ("complaints.sources", lambda v: {"complaints": {"sources": [v]}}, model.ComplaintSource),
-    ("bounces", lambda v: {"bounces": v}, model.BouncesConfig),
-    ("events", lambda v: {"events": v}, model.EventsConfig),
-    ("signups", lambda v: {"signups": v}, model.SignupsConfig),
-    ("malware", lambda v: {"malware": v}, model.MalwareConfig),
-    ("logging", lambda v: {"logging": v}, model.LoggingConfig),
-    ("dkim.keys", lambda v: {"dkim": {"keys": [v]}}, model.DkimKeyConfig),
-    ("accounts", lambda v: {"accounts": [v]}, model.AccountConfig),
-    ("accounts.webhooks", lambda v: {"accounts": [{"id": "a", "domains": ["a.example"], "webhooks": [v]}]}, model.WebhookConfig),
-    ("accounts.streams", lambda v: {"accounts": [{"id": "a", "domains": ["a.example"], "streams": [v]}]}, model.StreamConfig),
-]
-# Tables written [[…]] (arrays of tables) in TOML.
+# How a table is written in TOML, where that is not `[table]`: arrays of tables, and lists of
+# inline tables in their parent (`key = [{ … }, …]`).
 ARRAYS = {"dkim.keys", "accounts", "accounts.streams", "accounts.webhooks"}
-# Tables written inline as a list of tables in their parent: `key = [{ … }, …]`.
 INLINE_LISTS = {"http.admin_tokens": "[http] admin_tokens = [{ label, hash }, …]", "complaints.sources": "[complaints] sources = [{ name, … }, …]"}
 # Tables whose keys are free (rule ids, word list names): described, not listed key by key.
 FREE_TABLES = {
@@ -71,37 +48,74 @@ FREE_TABLES = {
     "policy.wordlists": "Extra terms for a shipped word list, by its name: `name = [\"term\", …]` or "
     "`name = { file = \"extra.txt\", terms = [...] }` (one term a line, `#` comments, path relative to the config).",
 }
-# Keys config.example.toml leaves out (tuning knobs): their description here.
-EXTRA = {
-    "smtp.tls_cert": "PEM certificate chain: STARTTLS on `listen`, and `tls_listen`",
-    "smtp.tls_key": "its PEM private key (tls_cert and tls_key go together)",
-    "outbox.poll_seconds": "how often the outbox looks for copies due for a retry",
-    "malware.clamd_timeout": "seconds for one clamd scan before it counts as unavailable",
-    "http.admin_tokens.label": "a name for the token, shown in the audit log (who released, who deleted)",
-    "http.admin_tokens.hash": "the token's hash from `consent-relay hash-password`",
-    "complaints.sources": "the feedback loops you signed up for: `[complaints] sources` below (docs/feedback-loop.md)",
-    "complaints.sources.name": "a name for the source, shown with its reports",
-    "complaints.sources.networks": "a report from a client inside these networks is verified",
-    "complaints.sources.dkim_domains": "a report DKIM-signed by one of these domains is verified",
-    "complaints.sources.spamtrap": "true: every abuse report from it is a spam-trap hit (pauses the account at once)",
-    "bounces.verp_transactional": "transactional copies get a VERP envelope sender too (one upstream transaction per recipient)",
-    "bounces.window_days": "the window of hard_limit",
-    "events.webhook_poll_seconds": "how often due webhook deliveries are looked for",
-    "events.webhook_retry_initial_seconds": "the first retry of a failed webhook POST; the back-off doubles from here, with jitter",
-    "events.webhook_retry_max_seconds": "the back-off of webhook retries stops doubling here",
-    "events.webhook_timeout": "seconds for one webhook POST",
-    "accounts.webhooks": "the account's webhook endpoints: `[[accounts.webhooks]]` below (docs/events-and-webhooks.md)",
-    "policy.actions": "per-rule action overrides: the `[policy.actions]` table below",
-    "policy.wordlists": "extra terms for the shipped word lists: the `[policy.wordlists]` table below",
-    "accounts.streams": "the account's streams: `[[accounts.streams]]` below",
-    "accounts.confirmation": "the double opt-in mail: `{ from, subject, text, html }`, text and html with `{{confirm_url}}`; default: built-in nl/en/de (docs/double-opt-in.md)",
-}
 
 
-def accepted_keys(wrap: Any) -> list[str]:
-    """The keys the loader accepts in one table: it names them when it refuses an unknown one."""
+def _unwrap(kind: Any) -> tuple[Any, list[msgspec.Meta]]:
+    """(the type without Annotated and `| None`, the Meta of every layer)."""
+    metas: list[msgspec.Meta] = []
+    while True:
+        if get_origin(kind) is Annotated:
+            kind, *meta = get_args(kind)
+            metas += [m for m in meta if isinstance(m, msgspec.Meta)]
+        elif get_origin(kind) in (Union, type(int | None)) and type(None) in get_args(kind):
+            arms = [a for a in get_args(kind) if a is not type(None)]
+            kind = arms[0] if len(arms) == 1 else Union[tuple(arms)]
+        else:
+            return kind, metas
+
+
+def _is_table(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, model.Table)
+
+
+def _sub_table(kind: Any) -> type | None:
+    """The table a key opens as its own section: a table, or a list of tables (or of hashes and tables)."""
+    if get_origin(_unwrap(kind)[0]) is tuple:
+        kind = _unwrap(get_args(_unwrap(kind)[0])[0])[0]
+        arms = get_args(kind) if get_origin(kind) in (Union, type(int | None)) else (kind,)
+        return next((a for a in arms if _is_table(a)), None)
+    if get_origin(kind) is not Annotated and _is_table(kind):  # an optional table is an inline-table key
+        return kind
+    return None
+
+
+def tables() -> list[tuple[str, type]]:
+    """(TOML name, table) for each section of the reference: `Config`'s tables in declaration order,
+    each followed by its own; a table holding nothing but tables (`[dkim]`) has no section itself,
+    and one met again (`{ label, hash }` of accounts.api_keys) is described where it came first."""
+    out: list[tuple[str, type]] = []
+    seen: set[type] = set()
+
+    def walk(name: str, table: type) -> None:
+        if table in seen:
+            return
+        seen.add(table)
+        hints = model.field_types(table)
+        subs = [(f"{name}.{f.encode_name}" if name else f.encode_name, _sub_table(hints[f.name])) for f in _fields(table)]
+        if name and not all(sub for _, sub in subs):
+            out.append((name, table))
+        for sub_name, sub in subs:
+            if sub is not None:
+                walk(sub_name, sub)
+
+    walk("", model.Config)
+    return out
+
+
+def _fields(table: type) -> list[Any]:
+    return [f for f in msgspec.structs.fields(table) if f.encode_name in model.known_keys(table)]
+
+
+def accepted_keys(table: str) -> list[str]:
+    """The keys the loader accepts in one table, asked from the loader: it names them when it
+    refuses an unknown one (tests/test_docs.py holds the reference to them)."""
+    probe: Any = {"zz_unknown_key": 1}
+    parts = table.split(".")
+    for depth in range(len(parts), 0, -1):
+        listed = ".".join(parts[:depth]) in ARRAYS or ".".join(parts[:depth]) in INLINE_LISTS
+        probe = {parts[depth - 1]: [probe] if listed else probe}
     try:
-        model.build_config(wrap({"zz_unknown_key": 1}), REPO / "probe.toml")
+        model.build_config(probe, REPO / "probe.toml")
     except ConfigError as exc:
         known = re.search(r"unknown key \(known: ([^)]*)\)", str(exc))
         assert known, str(exc)
@@ -109,54 +123,45 @@ def accepted_keys(wrap: Any) -> list[str]:
     raise AssertionError("the loader accepted an unknown key")
 
 
-def allowed_values(wrap: Any, key: str) -> list[str] | None:
-    """The loader's own list of allowed values for a string key, when it has one."""
-    try:
-        model.build_config(wrap({key: "zz-not-a-value"}), REPO / "probe.toml")
-    except ConfigError as exc:
-        choices = re.search(r"expected one of (.*), got", str(exc))
-        if choices:
-            return [c.strip() for c in choices[1].split(",")]
-        if re.search(r'expected true, false or "auto"', str(exc)):
-            return ["true", "false", '"auto"']
-    except Exception:
-        return None
-    return None
+NAMED_TYPES = {model.Listen: "HOST:PORT", Path: "path (relative to the config file)", bool: "boolean", str: "string"}
+LIST_TYPES = {str: "list of strings", model.UnsubscribeSecret: "list of strings (`env:NAME` allowed)", model.Network: "list of networks (CIDR)"}
 
 
-TYPE_NAMES = [
-    (r"^Listen( \| None)?$", "HOST:PORT"),
-    (r"^Path( \| None)?$", "path (relative to the config file)"),
-    (r"^ConfirmationTemplate \| None$", "inline table"),
-    (r"^bool$", "boolean"),
-    (r"^int$", "integer ≥ 0"),
-    (r"^float$", "number ≥ 0"),
-    (r"^str( \| None)?$", "string"),
-    (r"^tuple\[str, \.\.\.\]$", "list of strings"),
-    (r"^tuple\[bytes, \.\.\.\]$", "list of strings (`env:NAME` allowed)"),
-    (r"^tuple\[ipaddress.*\]$", "list of networks (CIDR)"),
-    (r"^tuple\[AdminToken, \.\.\.\]$", "list of `{ label, hash }` tables"),
-    (r"^tuple\[StreamConfig, \.\.\.\]$", "`[[accounts.streams]]` tables"),
-    (r"^tuple\[WebhookConfig, \.\.\.\]$", "`[[accounts.webhooks]]` tables"),
-    (r"^tuple\[ComplaintSource, \.\.\.\]$", "list of `{ name, networks, dkim_domains, spamtrap }` tables"),
-    (r"^Mapping\[.*\]$", "table"),
-]
+def type_name(table: str, kind: Any) -> str:
+    kind, metas = _unwrap(kind)
+    bounds = {b: getattr(m, b) for m in metas for b in ("ge", "gt") if getattr(m, b) is not None}
+    if kind in (int, float):
+        word = "integer" if kind is int else "number"
+        return f"{word} > {bounds['gt']}" if "gt" in bounds else f"{word} ≥ {bounds.get('ge', 0)}"
+    if get_origin(kind) is Literal:
+        return " \\| ".join(f"`{v}`" for v in get_args(kind))
+    if get_origin(kind) in (Union, type(int | None)):  # true, false or a word
+        return " \\| ".join("`true` \\| `false`" if a is bool else type_name(table, a) for a in get_args(kind)).replace("`auto`", '`"auto"`')
+    if get_origin(kind) is tuple:
+        sub = _sub_table(kind)
+        if sub is not None and table in ARRAYS:
+            return f"`[[{table}]]` tables"
+        if sub is not None:
+            return f"list of `{{ {', '.join(f.encode_name for f in _fields(sub))} }}` tables"
+        item = _unwrap(get_args(kind)[0])[0]
+        return LIST_TYPES.get(item, f"list of {item.__name__}")
+    if _is_table(kind):
+        return "inline table"
+    if get_origin(kind) in (dict, collections.abc.Mapping):
+        return "table"
+    return NAMED_TYPES.get(kind, getattr(kind, "__name__", str(kind)))
 
 
-def type_name(annotation: str) -> str:
-    for pattern, name in TYPE_NAMES:
-        if re.match(pattern, annotation):
-            return name
-    return annotation
-
-
-def default_text(f: dataclasses.Field[Any]) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
+def default_text(field: Any, kind: Any) -> str:
+    words = next((m.extra["default"] for m in _unwrap(kind)[1] if m.extra and "default" in m.extra), None)
+    if words:
+        return words
+    if field.default is not msgspec.NODEFAULT:
+        value = field.default
+    elif field.default_factory is not msgspec.NODEFAULT:
+        value = field.default_factory()
     else:
-        return "required"
+        return "*required*"
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -170,6 +175,10 @@ def default_text(f: dataclasses.Field[Any]) -> str:
     if value in ((), {}):
         return "empty"
     return f"`{value}`"
+
+
+def declared_description(kind: Any) -> str:
+    return next((m.description for m in _unwrap(kind)[1] if m.description), "")
 
 
 def example_comments() -> dict[str, str]:
@@ -226,50 +235,26 @@ def render_configuration() -> str:
         "",
     ]
     undescribed: list[str] = []
-    documented_tables = {t.split(".")[0] for t, _, _ in TABLES}
-    new_tables = [t for t in accepted_keys(lambda v: v) if t not in documented_tables]
-    if new_tables:
-        raise SystemExit(f"gen-docs: the loader accepts tables this script does not know: {', '.join(new_tables)}: add them to TABLES")
-    for table, wrap, cls in TABLES:
-        keys = accepted_keys(wrap)
-        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
-        brackets = f"[[{table}]]" if table in ARRAYS else f"[{table}]"
-        if table in INLINE_LISTS:
-            brackets = INLINE_LISTS[table]
+    for table, cls in tables():
+        hints = model.field_types(cls)
+        brackets = INLINE_LISTS.get(table) or (f"[[{table}]]" if table in ARRAYS else f"[{table}]")
         lines += [f"## `{brackets}`", "", "| key | type | default | description |", "|---|---|---|---|"]
-        for key in keys:
+        for field in sorted(_fields(cls), key=lambda f: f.encode_name):
+            key, kind = field.encode_name, hints[field.name]
             full = f"{table}.{key}"
-            f = fields.get(key)
-            annotation = str(f.type) if f else "?"
-            kind = type_name(annotation)
-            values = allowed_values(wrap, key) if "string" in kind or kind == "?" or annotation == "str" else None
-            if table == "smtp" and key == "helper_process":
-                values = allowed_values(wrap, key)
-                kind = "boolean or string"
-            if values:
-                kind = " \\| ".join(f"`{v}`" if not v.startswith('"') else f"`{v}`" for v in values)
-            default = default_text(f) if f else "required"
-            if table == "store" and key == "url":
-                default = '`"sqlite:///var/relay.db"` (next to the config file)'
-            if table in ARRAYS and key in ("id", "domain", "selector", "private_key", "kind"):
-                default = "*required*"
-            if table == "accounts" and key == "domains":
-                default = "*required* (at least one)"
-            if table == "accounts.webhooks" and key == "events":
-                default = "every type but `delivered`"
-            if table == "accounts.streams" and key == "topic":
-                default = "the stream's id"
-            description = comments.get(full) or EXTRA.get(full, "")
+            sub = _sub_table(kind)
+            shown = type_name(f"{table}.{key}" if sub is not None else table, kind)
+            description = comments.get(full) or declared_description(kind)
             if not description:
                 undescribed.append(full)
-            lines.append(f"| `{key}` | {kind} | {default} | {_cell(description)} |")
+            lines.append(f"| `{key}` | {shown} | {default_text(field, kind)} | {_cell(description)} |")
         lines.append("")
         for free, text in FREE_TABLES.items():
             if free.rpartition(".")[0] == table:
                 lines += [f"### `[{free}]`", "", text, ""]
     if undescribed:
         raise SystemExit(
-            f"gen-docs: no description for {', '.join(undescribed)}: comment them in config.example.toml or add them to EXTRA"
+            f"gen-docs: no description for {', '.join(undescribed)}: comment them in config.example.toml or give them a doc(…) in relay/config.py"
         )
     return "\n".join(lines).rstrip() + "\n"
 

@@ -139,3 +139,32 @@ def test_install_prints_no_packaging_warnings(tmp_path: Path) -> None:
         if re.search(r"BuildBackendWarning|Setuptools\w*Warning|InformationOnly|is deprecated", line)
     ]
     assert warnings == []
+
+
+def test_the_core_installs_and_runs_without_a_c_compiler(tmp_path: Path) -> None:
+    """The C passes are optional (issue 17): with no working compiler (CC=/bin/false) the build
+    warns and goes on, the wheel carries no extension, and the core runs on the pure-Python passes."""
+    clone = _fresh_clone(tmp_path)
+    wheels = tmp_path / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(wheels), str(clone)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CC": "/bin/false"},
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = wheels.glob("consent_relay-*.whl")
+    unpacked = tmp_path / "unpacked"
+    shutil.unpack_archive(wheel, unpacked, "zip")
+    assert not list(unpacked.glob("policies/_speedups*.so")), "the compiler failed: no extension"
+    assert (unpacked / "policies" / "_passes_py.py").is_file()
+    code = (
+        f"import sys; sys.path.insert(0, {str(unpacked)!r})\n"
+        "import policies.registry, policies.message\n"
+        "from policies import _passes\n"
+        "assert policies.message.__file__.startswith(sys.path[0]) and not _passes.NATIVE\n"
+        "print(sorted(policies.message.parse_message(b'Subject: Hi\\r\\n\\r\\nBuy now').words))\n"
+    )
+    ran = run_tool([sys.executable, "-I", "-c", code], timeout=60)
+    assert ran.stdout.decode().strip() == "['buy', 'hi', 'now']"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import re
 from typing import Any, Iterable, Iterator, Mapping
+from email.utils import getaddresses
 from urllib.parse import urlsplit
 
-from policies import _speedups
+from policies._passes import passes as _speedups
 from policies.domains import ip_literal, lookalike, normalise_host, registrable, under
 from policies.facts import MessageFacts
 from policies.findings import Hit, Stage
@@ -702,9 +703,38 @@ def _allowed_numbers(facts: MessageFacts) -> frozenset[str]:
     return frozenset(re.sub(r"[\s.\-]", "", str(v)).upper() for v in own)
 
 
+# A marketing message goes to each recipient alone (or to a list address, the recipients in Bcc):
+# To/Cc naming this many addresses outside the sender's own domains show recipients each other's.
+DISCLOSED_RECIPIENTS_MIN = 2
+
+
+def disclosed_recipients(message: ParsedMessage, own: frozenset[str]) -> tuple[str, ...]:
+    """The distinct addresses in To and Cc outside the sender's own domains (`own`), lower-cased."""
+    values = [str(v) for name in ("To", "Cc") for v in message.headers.get_all(name) or ()]
+    if sum(v.count("@") for v in values) < DISCLOSED_RECIPIENTS_MIN:
+        return ()  # one address (nearly every message): no need to parse the header
+    try:
+        pairs = getaddresses(values)
+    except Exception:  # getaddresses can trip on pathological input: no address then
+        return ()
+    found: dict[str, None] = {}
+    for _, address in pairs:
+        local, at, domain = address.strip().lower().rpartition("@")
+        if at and local and domain and not under(domain, own):
+            found[f"{local}@{domain}"] = None
+    return tuple(found)
+
+
+def mask_address(address: str) -> str:
+    """"webmaster@odyssea.com" -> "w…@odyssea.com": the evidence shows whose domain, not whom."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}\u2026@{domain}"
+
+
 @rule(
     "content.personal_data",
-    "A marketing message exposes third parties' personal data (BSN, IBAN, payment card number).",
+    "A marketing message exposes third parties' personal data (BSN, IBAN, payment card number, "
+    "other recipients' addresses).",
     clauses=("M-code-of-conduct",),
     stage=Stage.MESSAGE,
     marketing_only=True,
@@ -713,7 +743,11 @@ def personal_data(facts: MessageFacts) -> Hit | None:
     """Third parties' BSNs, IBANs and card numbers in the visible or hidden text of a marketing
     message (personal_numbers says how each is told apart). The sender's own numbers are not a third
     party's: the account's `own_ibans`, params["personal_data_allow"], and an IBAN in a donation or
-    payment context or next to the account's legal name. Evidence is masked."""
+    payment context or next to the account's legal name. Evidence is masked.
+
+    And the recipients' own addresses: a marketing message whose To/Cc name two or more addresses
+    outside the account's domains shows every recipient the others' e-mail addresses (Cc instead of
+    Bcc), "de verspreiding van de persoonlijke informatie van derden zonder toestemming"."""
     message = facts.message
     if message is None:
         return None
@@ -721,6 +755,13 @@ def personal_data(facts: MessageFacts) -> Hit | None:
     for text in (message.text, message.hidden_text):
         for kind, masked in personal_numbers(text, allowed, facts.account.legal_name):
             return Hit(f"The message shows a third party's {kind}", evidence=masked)
+    recipients = disclosed_recipients(message, facts.account.domains)
+    if len(recipients) >= DISCLOSED_RECIPIENTS_MIN:
+        shown = ", ".join(mask_address(a) for a in recipients[:3]) + (" …" if len(recipients) > 3 else "")
+        return Hit(
+            f"To/Cc show {len(recipients)} recipients each other's e-mail addresses (Bcc or one message each)",
+            evidence=shown,
+        )
     return None
 
 

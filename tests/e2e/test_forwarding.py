@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from msgspec.structs import replace
 
 from conftest import RecordingUpstream, asend, make_config, message, send, until
 

@@ -168,7 +168,8 @@ async def test_one_click_unsubscribe_an_arf_complaint_and_a_dsn_hard_bounce_arri
 async def test_receiver_down_and_relay_restarted_every_event_arrives_under_one_id(
     tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayFactory, receiver: Receiver
 ) -> None:
-    config = load_config(hook_config(tmp_path, upstream, receiver))
+    # One POST at a time: the account's order exactly (a window may reorder events of different recipients).
+    config = load_config(hook_config(tmp_path, upstream, receiver, webhook_concurrency=1))
     first = await start_relay(config, background=True)
     for i in range(3):
         await suppress(first, f"early{i}@example.nl")
@@ -240,8 +241,9 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_the_account_page_say
     # Disabled means no more attempts, even with the receiver back.
     await receiver.up()
     attempts = states[0].attempts
-    async with aiohttp.ClientSession() as http:
-        await WebhookSender(relay.services, owner="test").send_once(http)
+    sender = WebhookSender(relay.services, owner="test")
+    await sender.send_once()
+    sender.close()
     assert (await relay.services.store.webhooks.states())[0].attempts == attempts
     assert receiver.received == []
 
@@ -292,3 +294,69 @@ async def test_an_endpoint_that_never_answers_does_not_hold_up_mail(
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_window_of_posts_keeps_each_recipients_order_and_retries_from_the_first_failure(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayFactory
+) -> None:
+    # Events of several recipients; three about one recipient (added, removed, added again); one
+    # the endpoint refuses once. The sender has a window of three POSTs; the endpoint is slow.
+    in_flight: list[str] = []
+    most = 0
+    answered: list[tuple[str, int, int]] = []  # (recipient, seq, status) in the order of the answers
+    spans: dict[str, list[tuple[int, str]]] = defaultdict(list)  # recipient → (seq, "start"/"end") in time order
+    refused: set[str] = set()
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal most
+        payload = Webhook(SECRET).verify(await request.read(), dict(request.headers))
+        recipient, seq = payload["recipient"], int(payload["cursor"])
+        in_flight.append(recipient)
+        most = max(most, len(in_flight))
+        spans[recipient].append((seq, "start"))
+        await asyncio.sleep(0.1)
+        in_flight.remove(recipient)
+        spans[recipient].append((seq, "end"))
+        status = 204
+        if recipient == "refuse@example.nl" and payload["id"] not in refused:
+            refused.add(payload["id"])
+            status = 503
+        answered.append((recipient, seq, status))
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/hooks", slow)
+    runner = web.AppRunner(app)
+    receiver = Receiver()
+    config = load_config(hook_config(tmp_path, upstream, receiver, webhook_concurrency=3))
+    relay = await start_relay(config, background=True)
+    for i in range(5):
+        await suppress(relay, f"a{i}@example.nl")
+    await suppress(relay, "same@example.nl")
+    status, body = await admin(relay, "DELETE", "/api/suppressions", params={"account": "shop", "email": "same@example.nl"})
+    assert status == 200, body
+    await suppress(relay, "same@example.nl")
+    await suppress(relay, "refuse@example.nl")
+    for i in range(4):
+        await suppress(relay, f"b{i}@example.nl")
+    last = 13
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", receiver.port, reuse_address=True).start()
+    try:
+        async def caught_up() -> bool:
+            (state,) = await relay.services.store.webhooks.states()
+            return state.cursor == last and state.attempts == 0
+
+        await until(caught_up, timeout=30, what="every event answered 2xx")
+    finally:
+        await runner.cleanup()
+    assert most == 3  # three POSTs at once, never more
+    ok = {(r, seq) for r, seq, status in answered if status == 204}
+    assert {seq for _, seq in ok} == set(range(1, last + 1))  # every event, the refused one included
+    # The refused event came back: the cursor stayed before it, whatever later events had got meanwhile.
+    assert [s for r, _, s in answered if r == "refuse@example.nl"][:2] == [503, 204]
+    # One recipient's events: one POST at a time, in the account's order.
+    same = spans["same@example.nl"]
+    assert [kind for _, kind in same] == ["start", "end"] * (len(same) // 2)
+    first_time = list(dict.fromkeys(seq for seq, _ in same))
+    assert first_time == sorted(first_time) and len(first_time) == 3

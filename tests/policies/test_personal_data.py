@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import FOOTER_TEXT, SHOP, facts, mail
+from factories import FOOTER_TEXT, ORDERS, SHOP, evaluate, facts, mail
 from policies.rules.content import bsn_valid, iban_valid, luhn_valid, personal_data
 
 UNSUB = "\nAfmelden: {{unsubscribe_url}}\n"
@@ -134,3 +134,45 @@ def test_a_label_inside_a_longer_word_is_no_label() -> None:
     # policy: mailpro M-code-of-conduct — "Mart" is a name, not "art."; "Casino" is not "no"
     assert check("Gegevens van Mart: 111222333") is not None
     assert check("Winnaar Casino-actie, Jan: 111222333") is not None
+
+
+# --- other recipients' addresses in To/Cc (Cc instead of Bcc) ------------------------------------
+
+
+def addressed(to: str, cc: str = "") -> bytes:
+    raw = mail().replace(b"To: anna@example.nl", f"To: {to}".encode())
+    return raw.replace(b"Subject:", f"Cc: {cc}\nSubject:".encode(), 1) if cc else raw
+
+
+@pytest.mark.parametrize(("to", "cc", "count"), [
+    ("webmaster@nuhxirc.com, webmaster@odyssea.com, webmaster@obsceniebaby.com", "", 3),
+    ("Anna <anna@example.nl>", "Bert <bert@voorbeeld.nl>", 2),
+    ("cvs@bruce-guenter.example, rait@bruce-guenter.example", "", 2),
+])
+def test_a_marketing_mail_showing_its_recipients_each_others_addresses_hits(to: str, cc: str, count: int) -> None:
+    # policy: mailpro M-code-of-conduct ("de verspreiding van de persoonlijke informatie van derden zonder
+    # toestemming") — a mailing with its recipients in To/Cc instead of Bcc hands each one the others' addresses
+    hit = personal_data.check(facts(addressed(to, cc)))
+    assert hit is not None and f"show {count} recipients" in hit.detail
+    assert "@" in hit.evidence and not any(a.split("@")[0] in hit.evidence for a in ("webmaster@", "anna@", "bert@"))
+
+
+@pytest.mark.parametrize(("to", "cc"), [
+    ("anna@example.nl", ""),  # one recipient: the normal case
+    ("Nieuwsbrief <nieuws@shop.example>", "anna@example.nl"),  # the sender's own list address and one reader
+    ("undisclosed-recipients:;", ""),  # every recipient in Bcc
+    ("anna@example.nl, Anna <ANNA@example.nl>", ""),  # one person named twice
+])
+def test_one_recipient_or_the_senders_own_list_address_passes(to: str, cc: str) -> None:
+    # policy: mailpro M-code-of-conduct (privacy van derden) — near misses: nobody else's address is shown
+    assert personal_data.check(facts(addressed(to, cc))) is None
+
+
+def test_recipients_shown_to_each_other_count_only_on_a_marketing_stream() -> None:
+    # policy: mailpro M-code-of-conduct — a transactional notice copied to a colleague (a bug tracker's
+    # "Processed: …" to the submitter, the package and the list) is not a mailing
+    raw = addressed("cjwatson@debian.example, debian-cd@lists.debian.example", "unknown-package@qa.debian.example")
+    marketing = evaluate(facts(raw))
+    transactional = evaluate(facts(raw, stream=ORDERS))
+    assert "content.personal_data" in marketing.rule_ids
+    assert "content.personal_data" not in transactional.rule_ids

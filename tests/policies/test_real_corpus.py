@@ -13,7 +13,7 @@ SAMPLES = load_samples()
 LEGIT = [s for s in SAMPLES if s.kind == "legit"]
 SPAM = [s for s in SAMPLES if s.kind == "spam"]
 # The floor this suite holds the spam set to; docs/corpus-results.md reports the figure itself.
-RECALL_FLOOR = 0.77
+RECALL_FLOOR = 0.8
 FOOTER_RULES = (
     "identity.sender_not_authorized",
     "identity.from_name_mismatch",

@@ -70,6 +70,32 @@ def test_bad_value_names_its_key(tmp_path: Path, overrides: dict[str, Any], key:
     assert "\n" not in str(error)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "text"),
+    [
+        ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients: expected an integer, got a string"),
+        ({"smtp": {"max_recipients": 0}}, "smtp.max_recipients: must be at least 1 (0 would refuse every transaction)"),
+        ({"smtp": {"idle_timeout": 0}}, "smtp.idle_timeout: must be greater than 0"),
+        ({"bounces": {"hard_limit": -1}}, "bounces.hard_limit: must not be negative"),
+        ({"bounces": {"verp": "yes"}}, "bounces.verp: expected true or false, got a string"),
+        ({"upstream": {"starttls": "sometimes"}}, "upstream.starttls: expected one of off, opportunistic, required, got 'sometimes'"),
+        ({"account": {"domains": "shop.example"}}, "accounts[0].domains: expected a list of strings, got a string"),
+        ({"account": {"streams": [{"kind": "marketing"}]}}, "accounts[0].streams[0].id: missing"),
+        ({"dkim": {"keyz": []}}, "dkim.keyz: unknown key (known: keys)"),
+        ({"http": {"admin_tokens": [{"hash": "x", "labels": "y"}]}}, "http.admin_tokens[0].labels: unknown key (known: hash, label)"),
+    ],
+)
+def test_refusals_keep_their_words(tmp_path: Path, overrides: dict[str, Any], text: str) -> None:
+    # the library's own wording is translated: one vocabulary for every refusal of the loader
+    assert str(error_for(tmp_path, **overrides)) == text
+
+
+def test_a_store_table_without_url_keeps_the_database_next_to_the_file(tmp_path: Path) -> None:
+    data = config_dict(tmp_path, 2525, store={"timeout": 2})
+    del data["store"]["url"]
+    assert sqlite_path(build_config(data, tmp_path / "relay.toml").store.url) == tmp_path / "var" / "relay.db"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")

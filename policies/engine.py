@@ -39,6 +39,17 @@ class Engine:
                 findings.append(Finding(r.id, self.profile.action(r.id), hit.detail, hit.evidence, recipient))
         return _decide(findings, misses, (recipient,))
 
+    def account(self, rule: Rule, facts: object) -> Finding | None:
+        """Outside a transaction: one account rule (complaint enforcement) on its own facts; the profile
+        gives the action (suspend, pause, monitor, ...). None when it misses or the profile turns it off."""
+        if rule.stage is not Stage.ACCOUNT:
+            raise ValueError(f"{rule.id} is not an account rule")
+        action = self.profile.action(rule.id)
+        if action is Action.OFF:
+            return None
+        hit = rule.check(facts)
+        return None if hit is None else Finding(rule.id, action, hit.detail, hit.evidence)
+
     def session(self, facts: MessageFacts) -> Verdict:
         """MAIL FROM: account state, envelope sender."""
         findings, misses = self._run(self._by_stage[Stage.SESSION], facts)

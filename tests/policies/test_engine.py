@@ -194,3 +194,22 @@ def test_unknown_stream() -> None:
     assert "stream.unknown" in verdict.rule_ids
     finding = next(f for f in verdict.findings if f.rule == "stream.unknown")
     assert finding.action is Action.REJECT and "promo" in finding.detail
+
+
+# --- account rules (complaint enforcement): decided by the engine, their action from the profile ---
+
+
+def test_account_rules_take_their_action_from_the_profile() -> None:
+    from policies.rules.complaints import ComplaintRateFacts, complaint_rate
+
+    over = ComplaintRateFacts(account="shop", complaints=5, delivered=100, threshold=0.003, min_complaints=3, window_hours=24, spam_trap_hits=0)
+    under = ComplaintRateFacts(account="shop", complaints=0, delivered=100, threshold=0.003, min_complaints=3, window_hours=24, spam_trap_hits=0)
+    finding = REAL.account(complaint_rate, over)
+    assert finding is not None and finding.rule == "account.complaint_rate" and finding.action is Action.PAUSE
+    assert REAL.account(complaint_rate, under) is None
+    monitored = load_profile("strict").with_site_config({"account.complaint_rate": "monitor"})
+    assert Engine(ALL_RULES, monitored).account(complaint_rate, over).action is Action.MONITOR  # type: ignore[union-attr]
+    off = load_profile("strict").with_site_config({"account.complaint_rate": "off"})
+    assert Engine(ALL_RULES, off).account(complaint_rate, over) is None  # off: not run
+    with pytest.raises(ValueError, match="not an account rule"):
+        REAL.account(ALL_RULES[0], over)

@@ -23,7 +23,7 @@ from relay.events import Event
 from relay.http_admin import build_admin_app
 from relay.passwords import hash_password
 from relay.services import Services
-from relay.store.events_store import append_postgres, append_sqlite
+from relay.store.events_store import append_events
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 TOKEN = "bench-admin-token-0123456789"
@@ -51,10 +51,7 @@ async def fill(services: Services, count: int) -> float:
             for i in range(first, min(count, first + BATCH))
         ]
         async with store.db.transaction() as tx:
-            if services.config.store.is_sqlite:
-                await append_sqlite(tx, events)
-            else:
-                await append_postgres(tx, events)
+            await append_events(tx, events)
     return time.perf_counter() - started
 
 

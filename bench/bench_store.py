@@ -95,9 +95,7 @@ def _operations(store: Store, consents: int, rcpts: int) -> dict[str, Callable[[
     ids = IdAllocator(store.decisions.reserve_ids, "deliveries")
 
     async def next_id() -> int:
-        while (value := ids.next()) is None:
-            await ids.refill()
-        return value
+        return await ids.take()
 
     async def record(n: int) -> None:
         addresses = emails(n)

@@ -6,10 +6,11 @@ Pure parsing and classification; anything unreadable raises MalformedDsn(reason)
 from __future__ import annotations
 
 import email
-import email.message
+import itertools
 import re
 from dataclasses import dataclass
 
+from policies import mime
 from policies.addresses import InvalidAddress, normalize_address
 
 __all__ = ["DeliveryStatus", "DsnReport", "MalformedDsn", "classify", "parse_dsn", "MAX_DSN_BYTES", "HARD", "FAILED", "SOFT"]
@@ -29,6 +30,7 @@ _NO_MAILBOX = re.compile(
     re.IGNORECASE,
 )
 _MAX_TEXT = 200_000
+_MAX_PARTS = 200
 
 
 class MalformedDsn(ValueError):
@@ -91,13 +93,15 @@ def parse_dsn(raw: bytes, *, max_bytes: int = MAX_DSN_BYTES) -> DsnReport:
         raise MalformedDsn("empty message")
     if len(raw) > max_bytes:
         raise MalformedDsn(f"message is {len(raw)} bytes, more than the limit of {max_bytes}")
+    raw = bytes(raw)
     try:
-        message = email.message_from_bytes(bytes(raw))
-        if not message.keys():
+        head = mime.read_head(raw)
+        if not any(f.name for f in head.fields):
             raise MalformedDsn("no header fields: not a mail message")
-        standard = _standard(message)
-        recipients = standard if standard else _non_standard(message)
-        subject = str(message.get("Subject", ""))[:300]
+        parts = list(itertools.islice(mime.walk(raw), _MAX_PARTS))
+        standard = _standard(parts)
+        recipients = standard if standard else _non_standard(raw, parts)
+        subject = mime.as_text(head.value(raw, "subject") or "")[:300]
     except MalformedDsn:
         raise
     except (RecursionError, ValueError, IndexError, TypeError, LookupError, AttributeError, UnicodeError) as exc:
@@ -105,28 +109,41 @@ def parse_dsn(raw: bytes, *, max_bytes: int = MAX_DSN_BYTES) -> DsnReport:
     return DsnReport(tuple(recipients), bool(standard), subject)
 
 
-def _standard(message: email.message.Message) -> list[DeliveryStatus]:
+def _blocks(data: bytes) -> list[dict[str, str]]:
+    """The groups of fields of a message/delivery-status body, each ended by an empty line."""
+    blocks = []
+    pos = 0
+    while pos < len(data):
+        while data.startswith((b"\r\n", b"\n"), pos):
+            pos += 2 if data[pos] == 0x0D else 1
+        if pos >= len(data):
+            break
+        head = mime.read_head(data, pos)
+        fields: dict[str, str] = {}
+        for name, value in head.values(data):
+            fields.setdefault(name.decode("ascii").lower(), mime.as_text(value))
+        blocks.append(fields)
+        pos = max(head.body_start, pos + 1)
+    return blocks
+
+
+def _standard(parts: list[mime.Part]) -> list[DeliveryStatus]:
     """RFC 3464: the per-recipient blocks of the message/delivery-status part."""
-    for part in _walk(message):
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        blocks = part.get_payload()
-        if not isinstance(blocks, list):
+    for part in parts:
+        if part.content_type != "message/delivery-status":
             continue
         out = []
-        for block in blocks[1:]:  # the first block is about the message, the others about recipients
-            if not isinstance(block, email.message.Message):
-                continue
-            address = _address(str(block.get("Final-Recipient", "") or block.get("Original-Recipient", "")))
-            status = _STATUS.search(str(block.get("Status", "")))
-            if not address and not status and not block.get("Action"):
+        for block in _blocks(part.decoded())[1:]:  # the first block is about the message, the others about recipients
+            address = _address(block.get("final-recipient", "") or block.get("original-recipient", ""))
+            status = _STATUS.search(block.get("status", ""))
+            if not address and not status and not block.get("action"):
                 continue
             out.append(
                 DeliveryStatus(
                     address=address,
-                    action=str(block.get("Action", "")).strip().lower()[:20],
+                    action=block.get("action", "").strip().lower()[:20],
                     status=".".join(status.groups()) if status else "",
-                    diagnostic=_one_line(str(block.get("Diagnostic-Code", ""))),
+                    diagnostic=_one_line(block.get("diagnostic-code", "")),
                 )
             )
         if out:
@@ -134,15 +151,15 @@ def _standard(message: email.message.Message) -> list[DeliveryStatus]:
     return []
 
 
-def _non_standard(message: email.message.Message) -> list[DeliveryStatus]:
+def _non_standard(raw: bytes, parts: list[mime.Part]) -> list[DeliveryStatus]:
     """The detectors of flufl.bounce (Mailman's) find the address; the text around says how bad."""
     from flufl.bounce import all_failures
 
     try:
-        temporary, permanent = all_failures(message)
+        temporary, permanent = all_failures(email.message_from_bytes(raw))
     except Exception:  # noqa: BLE001 - a third-party detector choking on hostile input finds nothing
         temporary, permanent = set(), set()
-    text = _text(message)
+    text = _text(parts)
     out = []
     for found, kind in ((permanent, "failed"), (temporary, "delayed")):
         for value in sorted(found):
@@ -167,29 +184,15 @@ def _status_near(text: str, address: str) -> tuple[str, str]:
     return "", _one_line(line)
 
 
-def _walk(message: email.message.Message, limit: int = 200) -> list[email.message.Message]:
-    out: list[email.message.Message] = []
-    stack = [message]
-    while stack and len(out) < limit:
-        part = stack.pop(0)
-        out.append(part)
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list):
-            stack.extend(p for p in payload if isinstance(p, email.message.Message))
-    return out
-
-
-def _text(message: email.message.Message) -> str:
+def _text(parts: list[mime.Part]) -> str:
     chunks = []
     size = 0
-    for part in _walk(message):
-        if part.get_content_maintype() != "text":
+    for part in parts:
+        if not part.content_type.startswith("text/"):
             continue
-        data = part.get_payload(decode=True)
-        if isinstance(data, bytes):
-            chunk = data[: _MAX_TEXT - size].decode("utf-8", "replace")
-            chunks.append(chunk)
-            size += len(chunk)
+        chunk = part.decoded()[: _MAX_TEXT - size].decode("utf-8", "replace")
+        chunks.append(chunk)
+        size += len(chunk)
         if size >= _MAX_TEXT:
             break
     return "\n".join(chunks)

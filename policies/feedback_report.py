@@ -3,14 +3,13 @@ the original message or its headers. Pure parsing; anything else raises Malforme
 
 from __future__ import annotations
 
-import base64
 import binascii
-import quopri
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
+from policies import mime
 from policies.addresses import InvalidAddress, normalize_address
 
 __all__ = ["FeedbackReport", "MalformedReport", "parse_feedback_report", "NON_COMPLAINT_TYPES", "MAX_REPORT_BYTES"]
@@ -82,6 +81,7 @@ class FeedbackReport:
 class _Part:
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    body_start: int
 
     def header(self, name: str) -> str:
         wanted = name.lower()
@@ -89,7 +89,7 @@ class _Part:
 
     @property
     def content_type(self) -> str:
-        return _media_type(self.header("Content-Type")) or "text/plain"
+        return mime.parse_params(self.header("Content-Type"))[0] or "text/plain"
 
 
 def parse_feedback_report(raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> FeedbackReport:
@@ -110,21 +110,24 @@ def parse_feedback_report(raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> F
 
 
 def _parse(raw: bytes) -> FeedbackReport:
-    top = _split_entity(raw)
+    top = _entity(raw, 0, len(raw))
     content_type = top.header("Content-Type")
-    media = _media_type(content_type)
+    media, params = mime.parse_params(content_type)
     if not media:
         raise MalformedReport("no Content-Type header: not a MIME multipart/report")
     if not media.startswith("multipart/"):
         raise MalformedReport(f"Content-Type is {media}, expected multipart/report")
-    report_type = (_param(content_type, "report-type") or "").lower()
+    report_type = (mime.param(params, "report-type") or "").lower()
     if media == "multipart/report" and report_type not in ("feedback-report", ""):
         # A missing report-type is let through: its message/feedback-report part decides below.
         raise MalformedReport(f"report-type is {report_type}, expected feedback-report")
-    boundary = _param(content_type, "boundary")
+    boundary = mime.param(params, "boundary")
     if not boundary:
         raise MalformedReport(f"{media} without a boundary parameter")
-    parts = [_split_entity(chunk) for chunk in _split_multipart(top.body, boundary)]
+    spans = mime.split_multipart(raw, top.body_start, len(raw), boundary.encode("latin-1"))
+    if not spans:
+        raise MalformedReport(f"no body part delimited by the boundary {boundary[:70]!r}")
+    parts = [_entity(raw, start, end) for start, end in spans]
     feedback = [p for p in parts if p.content_type == "message/feedback-report"]
     if len(feedback) > 1:
         raise MalformedReport("more than one message/feedback-report part")
@@ -217,80 +220,40 @@ def _report(
     )
 
 
-# --- MIME, just as much as ARF needs -----------------------------------------------------------
+# --- MIME: policies.mime's reading, the one the rules and the relay's rewriter use ------------------
 
 
-def _split_entity(data: bytes) -> _Part:
-    """Header block and body of one entity; no blank line means headers only."""
-    if data.startswith((b"\r\n", b"\n")):
-        # No header fields at all: the entity defaults to text/plain.
-        return _Part((), data[2:] if data.startswith(b"\r\n") else data[1:])
-    found = [(data.find(sep), sep) for sep in (b"\r\n\r\n", b"\n\n") if data.find(sep) >= 0]
-    if found:
-        at, sep = min(found)
-        head, body = data[:at], data[at + len(sep) :]
-    else:
-        head, body = data, b""
-    return _Part(tuple(_unfold(head.decode("utf-8", "replace"), strict=False)), body)
-
-
-def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
-    """The body parts between `--boundary` delimiter lines (RFC 2046 §5.1.1)."""
-    delimiter = b"--" + boundary.encode("utf-8", "replace")
-    lines = body.split(b"\n")
-    parts: list[bytes] = []
-    current: list[bytes] | None = None
-    closed = False
-    for line in lines:
-        bare = line.rstrip(b"\r").rstrip(b" \t")
-        if bare == delimiter or bare == delimiter + b"--":
-            if current is not None:
-                parts.append(b"\n".join(current).rstrip(b"\r"))
-            if bare != delimiter:
-                closed = True
-                break
-            current = []
-            continue
-        if current is not None:
-            current.append(line)
-    if current is not None and not closed:
-        parts.append(b"\n".join(current))  # an unterminated last part is still read
-    if not parts:
-        raise MalformedReport(f"no body part delimited by the boundary {boundary[:70]!r}")
-    return parts
+def _entity(buf: bytes, start: int, end: int) -> _Part:
+    """Header fields and body of one entity; no empty line means headers only."""
+    head = mime.read_head(buf, start, end)
+    fields = tuple((name.decode("ascii"), mime.as_text(value)) for name, value in head.values(buf))
+    return _Part(fields, buf[head.body_start : end], head.body_start)
 
 
 def _decoded(part: _Part) -> bytes:
     encoding = part.header("Content-Transfer-Encoding").strip().lower()
-    if encoding == "base64":
-        try:
-            return base64.b64decode(re.sub(rb"\s+", b"", part.body), validate=True)
-        except (binascii.Error, ValueError):
-            raise MalformedReport(f"a {part.content_type} part has invalid base64") from None
-    if encoding == "quoted-printable":
-        return quopri.decodestring(part.body)
-    return part.body
+    try:
+        return mime.transfer_decode(part.body, encoding, strict=True)
+    except ValueError:
+        raise MalformedReport(f"a {part.content_type} part has invalid base64") from None
 
 
-def _unfold(text: str, *, strict: bool) -> list[tuple[str, str]]:
-    """Header fields with continuation lines joined; strict refuses a line that is not a field."""
+def _unfold(text: str) -> list[tuple[str, str]]:
+    """The report's fields with continuation lines joined; a line that is not a field is refused."""
     out: list[tuple[str, str]] = []
     for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
         if line[0] in " \t":
-            if out:
-                name, value = out[-1]
-                out[-1] = (name, f"{value} {line.strip()}".strip())
-            elif strict:
+            if not out:
                 raise MalformedReport(f"line {number} of the feedback report continues no field")
+            name, value = out[-1]
+            out[-1] = (name, f"{value} {line.strip()}".strip())
             continue
         name, colon, value = line.partition(":")
         if not colon or not _FIELD_NAME.fullmatch(name):
-            if strict:
-                raise MalformedReport(f"line {number} of the feedback report is not a 'Name: value' field")
-            continue
+            raise MalformedReport(f"line {number} of the feedback report is not a 'Name: value' field")
         out.append((name, value.strip()))
     return out
 
@@ -298,26 +261,12 @@ def _unfold(text: str, *, strict: bool) -> list[tuple[str, str]]:
 def _parse_fields(text: str) -> list[tuple[str, str]]:
     # The fields end at the first blank line; anything after it is not part of the report.
     block = re.split(r"\r?\n[ \t]*\r?\n", text.lstrip("\r\n"), maxsplit=1)[0]
-    return _unfold(block, strict=True)
+    return _unfold(block)
 
 
 def _original_headers(data: bytes) -> list[tuple[str, str]]:
-    text = data.decode("utf-8", "replace").lstrip("\r\n")
-    block = re.split(r"\r?\n\r?\n", text, maxsplit=1)[0]
-    return _unfold(block, strict=False)
-
-
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def _param(content_type: str, name: str) -> str | None:
-    """One parameter of a Content-Type value (quoted or token), case-insensitive name."""
-    for match in re.finditer(r';\s*([A-Za-z0-9*._-]+)\s*=\s*("((?:[^"\\]|\\.)*)"|[^;\s]*)', content_type):
-        if match.group(1).lower() == name:
-            quoted = match.group(3)
-            return re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(2)
-    return None
+    data = data.lstrip(b"\r\n")
+    return list(_entity(data, 0, len(data)).headers)
 
 
 def _bare(value: str) -> str:

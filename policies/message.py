@@ -5,8 +5,6 @@ Nothing here raises on garbage: broken MIME, charsets, base64 or archives degrad
 
 from __future__ import annotations
 
-import binascii
-import codecs
 import email.header
 import email.parser
 import email.policy
@@ -20,14 +18,15 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import Any, Iterable, Iterator, NamedTuple
 
+from policies import mime
 from policies._passes import passes as _speedups
 
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
-# Bounds that keep a hostile message cheap: MIME nesting, number of leaf parts, archive
+# Bounds that keep a hostile message cheap: MIME nesting and number of parts (policies.mime), archive
 # nesting and the total bytes we are willing to decompress out of archives.
-MAX_MIME_DEPTH = 12
-MAX_PARTS = 1000
+MAX_MIME_DEPTH = mime.MAX_MIME_DEPTH
+MAX_PARTS = mime.MAX_PARTS
 MAX_ARCHIVE_DEPTH = 3
 MAX_ARCHIVE_MEMBERS = 2000
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
@@ -160,7 +159,7 @@ class ParsedMessage:
         init(self, "reply_to", reply_to)
         init(self, "in_reply_to", in_reply_to)
         init(self, "references", references)
-        init(self, "_body_offset", _body_start(raw) if body_offset is None else body_offset)
+        init(self, "_body_offset", mime.split_head(raw)[1] if body_offset is None else body_offset)
         init(self, "_body", None)
         init(self, "_folded", None)
         init(self, "_folded_visible", None)
@@ -191,7 +190,7 @@ class ParsedMessage:
     def _walked(self) -> _Body:
         body = self._body
         if body is None:
-            body = _walk_body(self.headers, self.raw, self._body_offset)
+            body = _walk_body(self.raw, self._body_offset)
             object.__setattr__(self, "_body", body)
         return body
 
@@ -323,18 +322,7 @@ def split_words(folded: str) -> frozenset[str]:
 
 # --- headers ----------------------------------------------------------------------------------
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _MSG_ID = re.compile(r"<[^<>\s]*>")
-
-
-def _body_start(raw: bytes | memoryview) -> int:
-    """Offset of the body: after the first empty line (or 0 when the message starts with one)."""
-    if raw[:1] == b"\n":
-        return 1
-    if raw[:2] == b"\r\n":
-        return 2
-    match = _HEAD_END.search(raw)
-    return match.end() if match else len(raw)
 
 
 def _decoded(value: object) -> str:
@@ -359,7 +347,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse headers now and the body lazily. Never raises, whatever the bytes."""
     if not isinstance(raw, bytes):
         raw = bytes(raw)
-    offset = _body_start(raw)
+    offset = mime.split_head(raw)[1]
     try:
         headers = _HEADER_PARSER.parsebytes(raw[:offset])
     except Exception:  # the compat32 parser is lenient; this is a last resort
@@ -384,164 +372,8 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 # --- MIME walk --------------------------------------------------------------------------------
-
-_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M)
-_PARAM = re.compile(r";\s*([^\s;=]+)\s*=\s*(\"(?:[^\"\\]|\\.)*\"?|[^;]*)")
-
-
-@dataclass(frozen=True)
-class _PartHead:
-    content_type: str
-    params: dict[str, str]
-    encoding: str
-    disposition: str
-    disposition_params: dict[str, str]
-
-
-def _params(value: str) -> tuple[str, dict[str, str]]:
-    main, _, rest = value.partition(";")
-    params: dict[str, str] = {}
-    for key, val in _PARAM.findall(";" + rest):
-        val = val.strip()
-        if val.startswith('"'):
-            val = val[1:-1] if val.endswith('"') and len(val) > 1 else val[1:]
-            val = val.replace('\\"', '"').replace("\\\\", "\\")
-        params.setdefault(key.lower(), val)
-    return main.strip().lower(), params
-
-
-def _part_head(block: bytes) -> _PartHead:
-    """The few MIME headers of a part, parsed by hand: email.parser costs 10x more per part."""
-    fields: dict[str, str] = {}
-    for name, value in _HEADER_LINE.findall(block):
-        key = name.decode("ascii", "replace").lower()
-        if key not in fields:
-            fields[key] = re.sub(r"\r?\n[ \t]", " ", value.decode("utf-8", "replace")).strip()
-    ctype, params = _params(fields.get("content-type", ""))
-    disposition, dparams = _params(fields.get("content-disposition", ""))
-    return _PartHead(
-        content_type=ctype if "/" in ctype else "",
-        params=params,
-        encoding=fields.get("content-transfer-encoding", "").strip().lower(),
-        disposition=disposition,
-        disposition_params=dparams,
-    )
-
-
-def _head_from_message(headers: Message) -> _PartHead:
-    """The top-level headers were parsed by email.parser already; reuse them."""
-    try:
-        ctype, params = _params(str(headers.get("Content-Type", "")))
-        disposition, dparams = _params(str(headers.get("Content-Disposition", "")))
-        encoding = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
-    except Exception:  # headers holding undecodable values: treat as plain text
-        return _PartHead("", {}, "", "", {})
-    return _PartHead(ctype if "/" in ctype else "", params, encoding, disposition, dparams)
-
-
-def _filename(head: _PartHead) -> str:
-    for params in (head.disposition_params, head.params):
-        for key in ("filename", "name"):
-            if key in params:
-                return _decoded(params[key])
-        # RFC 2231: filename*=utf-8''a%20b.exe, or continuations filename*0*=, filename*1=
-        for key in ("filename", "name"):
-            pieces = sorted(
-                (k for k in params if k.startswith(key + "*")),
-                key=lambda k: int(re.sub(r"\D", "", k) or 0),
-            )
-            if pieces:
-                return _rfc2231(pieces, params)
-    return ""
-
-
-def _rfc2231(keys: list[str], params: dict[str, str]) -> str:
-    try:
-        encoded = any(k.endswith("*") for k in keys)
-        value = "".join(params[k] for k in keys)
-        if not encoded:
-            return value
-        charset, _, rest = value.partition("'")
-        _, _, text = rest.partition("'")
-        if not rest:
-            text = value
-        from urllib.parse import unquote_to_bytes
-
-        return _decode_bytes(unquote_to_bytes(text), charset or "utf-8")
-    except Exception:  # a broken RFC 2231 value: its raw characters are still a name
-        return "".join(params.get(k, "") for k in keys)
-
-
-def _transfer_decode(data: memoryview | bytes, encoding: str) -> bytes:
-    try:
-        if encoding == "base64":
-            try:
-                return binascii.a2b_base64(data)
-            except binascii.Error:
-                cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", bytes(data))
-                return binascii.a2b_base64(cleaned[: len(cleaned) - len(cleaned) % 4])
-        if encoding == "quoted-printable":
-            return _speedups.qp_decode(data)  # binascii.a2b_qp's bytes
-    except (binascii.Error, ValueError):
-        return bytes(data)
-    return bytes(data)
-
-
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([\w.:-]+)""", re.I)
-
-
-def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Declared charset if Python knows it as a text codec; else UTF-8, else Windows-1252."""
-    if charset:
-        name = charset.strip().strip("\"'").lower()
-        if name in ("us-ascii", "ascii", "7bit", "unknown-8bit", "x-unknown"):
-            name = ""  # mislabelled 8-bit text is common; UTF-8 first then
-        if name:
-            try:
-                if codecs.lookup(name)._is_text_encoding:  # type: ignore[attr-defined]
-                    return data.decode(name, "replace")
-            except Exception:  # unknown or broken codec: fall through to the guesses
-                pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", "replace")
-
-
-def _split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """(start, end) of the parts between `--boundary` lines; preamble and epilogue dropped.
-
-    bytes.find over the buffer: no copy of a 20 MB body, and far faster than a regex.
-    """
-    delimiter = b"--" + boundary
-    parts: list[tuple[int, int]] = []
-    part_start: int | None = None
-    pos = start
-    while len(parts) < MAX_PARTS:
-        at = buf.find(delimiter, pos, end)
-        if at < 0:
-            break
-        after = at + len(delimiter)
-        pos = after
-        if at != start and buf[at - 1 : at] != b"\n":
-            continue  # not at the start of a line
-        closing = buf[after : after + 2] == b"--"
-        line_end = buf.find(b"\n", after, end)
-        line_end = end if line_end < 0 else line_end
-        if not closing and buf[after:line_end].strip():
-            continue  # a longer boundary that merely starts with ours
-        if part_start is not None:
-            part_end = at - 1 if at > part_start else at
-            if part_end > part_start and buf[part_end - 1 : part_end] == b"\r":
-                part_end -= 1
-            parts.append((part_start, max(part_start, part_end)))
-        if closing:
-            return parts
-        part_start = min(line_end + 1, end)
-        pos = part_start
-    if part_start is not None and len(parts) < MAX_PARTS:  # no closing delimiter: runs to the end
-        parts.append((part_start, end))
-    return parts
+# The structure is policies.mime's, the one the relay's rewriter reads too; here only what the
+# rules make of each leaf.
 
 
 class _Collector:
@@ -551,13 +383,13 @@ class _Collector:
         self.html: list[str] = []
         self.attachments: list[Attachment] = []
         self.eicar = False
-        self.parts = 0
 
 
-def _walk_body(headers: Message, raw: bytes, offset: int) -> _Body:
+def _walk_body(raw: bytes, offset: int) -> _Body:
     out = _Collector(archive_budget(len(raw)))
     try:
-        _walk(_head_from_message(headers), raw, offset, len(raw), 0, out)
+        for part in mime.walk(raw):
+            _read(part, out)
     except Exception:  # a bug or a pathological input must not stop delivery decisions
         pass
     text, hidden, links = _render(out.plain, out.html)
@@ -572,64 +404,25 @@ def _walk_body(headers: Message, raw: bytes, offset: int) -> _Body:
     )
 
 
-def _head_end(buf: bytes, start: int, end: int) -> int:
-    """Offset of a part's body within buf[start:end] (after its header block)."""
-    if buf[start : start + 1] == b"\n":
-        return start + 1
-    if buf[start : start + 2] == b"\r\n":
-        return start + 2
-    match = _HEAD_END.search(buf, start, end)
-    return match.end() if match else end
-
-
-def _walk(head: _PartHead, buf: bytes, start: int, end: int, depth: int, out: _Collector) -> None:
-    out.parts += 1
-    if out.parts > MAX_PARTS:
-        return
-    ctype = head.content_type or "text/plain"
-    main = ctype.partition("/")[0]
-    if main == "multipart" and depth < MAX_MIME_DEPTH:
-        boundary = head.params.get("boundary", "")
-        if boundary:
-            for part_start, part_end in _split_multipart(buf, start, end, boundary[:200].encode("utf-8", "replace")):
-                body_at = _head_end(buf, part_start, part_end)
-                _walk(_part_head(buf[part_start:body_at]), buf, body_at, part_end, depth + 1, out)
-            return
-    body = memoryview(buf)[start:end]
-    if ctype == "message/rfc822" and depth < MAX_MIME_DEPTH:
-        inner = _transfer_decode(body, head.encoding)
-        offset = _body_start(inner)
-        try:
-            inner_headers = _HEADER_PARSER.parsebytes(inner[:offset])
-        except Exception:
-            inner_headers = Message()
-        _walk(_head_from_message(inner_headers), inner, offset, len(inner), depth + 1, out)
-        if EICAR_MARK in inner:
+def _read(part: mime.Part, out: _Collector) -> None:
+    kind = part.kind
+    if kind == mime.MESSAGE:
+        if part.inner is not None and EICAR_MARK in part.inner:
             out.eicar = True
         return
-    filename = _filename(head)
-    inline = head.disposition != "attachment" and not filename
-    if (main in ("text", "multipart") and inline) or (ctype in ("text/plain", "text/html") and head.disposition == "inline"):
-        data = _transfer_decode(body, head.encoding)
-        charset = head.params.get("charset")
-        if ctype == "text/html":
-            if not charset:
-                meta = _META_CHARSET.search(data[:4096])
-                charset = meta.group(1).decode("ascii", "replace") if meta else None
-            text = _decode_bytes(data, charset)
-            out.html.append(text)
-        elif ctype in ("text/plain", "text/enriched") or main == "multipart":
-            text = _decode_bytes(data, charset)
-            out.plain.append(text)
-        else:  # text/calendar, text/css…: not shown as body text, but may carry EICAR
-            text = ""
-            out.eicar = out.eicar or EICAR_MARK in data
-        if _EICAR_TEXT in text:
-            out.eicar = True
+    data = part.decoded()
+    if kind == mime.ATTACHMENT:
+        filename = part.head.filename
+        found, found_in = _inspect(data, filename, 0, out.archive_budget)
+        out.attachments.append(Attachment(filename, part.content_type, len(data), found, found_in))
         return
-    data = _transfer_decode(body, head.encoding)
-    kind, found_in = _inspect(data, filename, 0, out.archive_budget)
-    out.attachments.append(Attachment(filename, ctype, len(data), kind, found_in))
+    if kind == mime.OTHER_TEXT:  # text/calendar, text/css…: not shown as body text, but may carry EICAR
+        out.eicar = out.eicar or EICAR_MARK in data
+        return
+    text = part.text(data)
+    (out.html if kind == mime.HTML else out.plain).append(text)
+    if _EICAR_TEXT in text:
+        out.eicar = True
 
 
 # --- attachment inspection -----------------------------------------------------------------

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from policies.mime import split_head
 from relay import quarantine_service as qs
 from relay.cli import EXIT_OK, EXIT_USAGE, add_command, print_json
 from relay.services import Services
@@ -94,9 +95,7 @@ async def _show(services: Services, args: argparse.Namespace) -> int:
         lines.append(f"  [{view['rule']}] {view['action']}{who}: {view['detail']}")
         if view["evidence"]:
             lines.append(f"      evidence: {view['evidence']}")
-    head, _, _ = item.content.partition(b"\r\n\r\n")
-    if head == item.content:
-        head = item.content.partition(b"\n\n")[0]
+    head = item.content[: split_head(item.content)[0]]
     lines += ["headers:", *("  " + line for line in head.decode("utf-8", "replace").splitlines())]
     print("\n".join(lines))
     return EXIT_OK

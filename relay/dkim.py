@@ -20,6 +20,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
+from policies import mime
+
 __all__ = [
     "DkimKey",
     "DkimKeyError",
@@ -231,40 +233,11 @@ def _domain_key(domain: str) -> str:
 
 
 def _split(message: bytes) -> tuple[list[_Field], int, bytes]:
-    """Header fields, offset of the body, and the message's line ending."""
-    first_lf = message.find(b"\n")
-    eol = b"\r\n" if first_lf > 0 and message[first_lf - 1 : first_lf] == b"\r" else b"\n"
-    if message.startswith((b"\r\n", b"\n")):
-        return [], (2 if message.startswith(b"\r\n") else 1), eol
-    # bytes.find, not a regex: sre scanning a whole message costs as much as signing.
-    crlf_blank = message.find(b"\n\r\n")
-    lf_blank = message.find(b"\n\n", 0, crlf_blank + 2 if crlf_blank >= 0 else len(message))
-    blank = min((i for i in (crlf_blank, lf_blank) if i >= 0), default=-1)
-    if blank < 0:
-        header_end = body_start = len(message)
-    else:
-        header_end = blank + 1
-        body_start = header_end + (2 if message[header_end] == 0x0D else 1)
-    fields: list[_Field] = []
-    start = -1
-    pos = 0
-    while pos < header_end:
-        lf = message.find(b"\n", pos, header_end)
-        line_end = header_end if lf < 0 else lf + 1
-        if message[pos] not in (0x20, 0x09) or start < 0:
-            if start >= 0:
-                fields.append(_field(message[start:pos]))
-            start = pos
-        pos = line_end
-    if start >= 0:
-        fields.append(_field(message[start:header_end]))
-    return [f for f in fields if f.name], body_start, eol
-
-
-def _field(raw: bytes) -> _Field:
-    colon = raw.find(b":")
-    name = raw[:colon].strip(b" \t").decode("ascii", "replace").lower() if colon > 0 else ""
-    return _Field(name, raw)
+    """Header fields, offset of the body, and the message's line ending: the split of policies.mime,
+    the one the rules and the rewriter read."""
+    head = mime.read_head(message)
+    fields = [_Field(f.name, message[f.start : f.end]) for f in head.fields if f.name]
+    return fields, head.body_start, mime.eol_of(message)
 
 
 def _from_domain(fields: list[_Field]) -> str | None:

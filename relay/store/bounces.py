@@ -1,19 +1,15 @@
 """Bounces (docs/SPEC.md §15): every DSN that reached bounce+ID@, what it said about its recipient, and the
-count of permanent failures that turns an address into a hard bounce. One query set; the two
-backends differ only in how they pass parameters."""
+count of permanent failures that turns an address into a hard bounce. One query set for both stores."""
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay.store.records import iso, parse_iso
-
-if TYPE_CHECKING:
-    from relay.store.postgres import PostgresDatabase
-    from relay.store.sqlite import SqliteDatabase
+from relay.store.sql import Database
 
 KINDS = ("hard", "soft", "unknown")  # the metric's and the API's kinds
 
@@ -73,35 +69,25 @@ class BounceStore(abc.ABC):
 
 
 _SELECT = "SELECT id, " + ", ".join(_COLUMNS) + " FROM bounces"
+_INSERT = (
+    f"INSERT INTO bounces ({', '.join(_COLUMNS)}, report) VALUES ({','.join('?' * (len(_COLUMNS) + 1))}) RETURNING id"
+)
 
 
-def _where(account: str | None, kind: str | None, email: str | None, mark: Any) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    for column, value in (("account", account), ("kind", kind), ("email", email)):
-        if value is not None:
-            params.append(value)
-            clauses.append(f"{column}={mark(len(params))}")
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-class SqliteBounces(BounceStore):
-    def __init__(self, db: SqliteDatabase) -> None:
+class SqlBounces(BounceStore):
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     async def add(self, bounce: Bounce, report: bytes) -> Bounce:
-        marks = ",".join("?" * (len(_COLUMNS) + 1))
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                f"INSERT INTO bounces ({', '.join(_COLUMNS)}, report) VALUES ({marks})", (*_row(bounce), report)
-            )
-            new_id = int(cursor.lastrowid or 0)
-        return Bounce(**{**{n: getattr(bounce, n) for n in _COLUMNS}, "id": new_id})
+        (row,) = await self.db.write_returning(_INSERT, (*_row(bounce), report))
+        return Bounce(**{**{n: getattr(bounce, n) for n in _COLUMNS}, "id": int(row[0])})
 
     async def list(
         self, *, account: str | None = None, kind: str | None = None, email: str | None = None, limit: int = 1000
     ) -> list[Bounce]:
-        where, params = _where(account, kind, email, lambda i: "?")
-        rows = await self.db.fetchall(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        given = {c: v for c, v in (("account", account), ("kind", kind), ("email", email)) if v is not None}
+        where = (" WHERE " + " AND ".join(f"{c}=?" for c in given)) if given else ""
+        rows = await self.db.fetchall(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", (*given.values(), limit))
         return [_from_row(r) for r in rows]
 
     async def report(self, bounce_id: int) -> bytes | None:
@@ -114,33 +100,3 @@ class SqliteBounces(BounceStore):
             (account, email, iso(since)),
         )
         return int(row[0]) if row else 0
-
-
-class PostgresBounces(BounceStore):
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
-
-    async def add(self, bounce: Bounce, report: bytes) -> Bounce:
-        marks = ",".join(f"${i}" for i in range(1, len(_COLUMNS) + 2))
-        new_id = await self.db.fetchval(
-            f"INSERT INTO bounces ({', '.join(_COLUMNS)}, report) VALUES ({marks}) RETURNING id", *_row(bounce), report
-        )
-        return Bounce(**{**{n: getattr(bounce, n) for n in _COLUMNS}, "id": int(new_id)})
-
-    async def list(
-        self, *, account: str | None = None, kind: str | None = None, email: str | None = None, limit: int = 1000
-    ) -> list[Bounce]:
-        where, params = _where(account, kind, email, lambda i: f"${i}")
-        rows = await self.db.fetch(f"{_SELECT}{where} ORDER BY id DESC LIMIT ${len(params) + 1}", *params, limit)
-        return [_from_row(r) for r in rows]
-
-    async def report(self, bounce_id: int) -> bytes | None:
-        row = await self.db.fetchrow("SELECT report FROM bounces WHERE id=$1", bounce_id)
-        return bytes(row["report"]) if row else None
-
-    async def permanent_since(self, account: str, email: str, since: datetime) -> int:
-        value = await self.db.fetchval(
-            "SELECT count(*) FROM bounces WHERE account=$1 AND email=$2 AND permanent=1 AND received_at >= $3",
-            account, email, iso(since),
-        )
-        return int(value or 0)

@@ -1,5 +1,5 @@
 """The event store (docs/SPEC.md §17): events numbered per account, written inside the transaction of the
-decision they tell about (`append_sqlite` / `append_postgres`), read in order after a cursor.
+decision they tell about (`append_events`), read in order after a cursor.
 
 Per-account numbering takes the account's row of `event_seq` with an UPDATE: a second writer of
 the same account waits for the first to commit, so seq order is commit order and a reader that
@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import abc
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from relay.store.records import Event, event_from_row, iso, parse_iso
-
-if TYPE_CHECKING:
-    import aiosqlite
-
-    from relay.store.postgres import PgTransaction, PostgresDatabase
-    from relay.store.sqlite import SqliteDatabase
+from relay.store.sql import Database, Transaction
 
 MAX_PAGE = 1000
 _NEXT_SEQ = (
-    "INSERT INTO event_seq (account, last) VALUES ({0}, {1}) "
-    "ON CONFLICT (account) DO UPDATE SET last = event_seq.last + {1} RETURNING last"
+    "INSERT INTO event_seq (account, last) VALUES (?, ?) "
+    "ON CONFLICT (account) DO UPDATE SET last = event_seq.last + ? RETURNING last"
 )
-_INSERT = "INSERT INTO events (account, seq, type, at, body) VALUES ({0}, {1}, {2}, {3}, {4})"
-_AFTER = "SELECT account, seq, type, at, body FROM events WHERE account = {0} AND seq > {1} ORDER BY seq LIMIT {2}"
+_INSERT = "INSERT INTO events (account, seq, type, at, body) VALUES (?, ?, ?, ?, ?)"
+_AFTER = "SELECT account, seq, type, at, body FROM events WHERE account = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 
 class EventStore(abc.ABC):
@@ -49,19 +44,12 @@ def _row(event: Event, seq: int) -> tuple[Any, ...]:
     return (event.account, seq, event.type, iso(event.at), event.body())
 
 
-async def append_sqlite(conn: aiosqlite.Connection, events: Sequence[Event]) -> None:
-    for account, items in sorted(_by_account(events).items()):
-        rows = list(await conn.execute_fetchall(_NEXT_SEQ.format("?", "?"), (account, len(items), len(items))))
-        first = int(rows[0][0]) - len(items) + 1
-        await conn.executemany(_INSERT.format(*"?????"), [_row(e, first + i) for i, e in enumerate(items)])
-
-
-async def append_postgres(tx: PgTransaction, events: Sequence[Event]) -> None:
+async def append_events(tx: Transaction, events: Sequence[Event]) -> None:
     # Accounts in one order in every transaction: two writers never wait on each other in a cycle.
     for account, items in sorted(_by_account(events).items()):
-        last = int(await tx.fetchval(_NEXT_SEQ.format("$1", "$2"), account, len(items)))
-        first = last - len(items) + 1
-        await tx.executemany(_INSERT.format("$1", "$2", "$3", "$4", "$5"), [_row(e, first + i) for i, e in enumerate(items)])
+        rows = await tx.fetchall(_NEXT_SEQ, (account, len(items), len(items)))
+        first = int(rows[0][0]) - len(items) + 1
+        await tx.executemany(_INSERT, [_row(e, first + i) for i, e in enumerate(items)])
 
 
 def _event(row: Any) -> Event:
@@ -70,25 +58,13 @@ def _event(row: Any) -> Event:
     return event_from_row(row["account"], int(row["seq"]), row["type"], at, row["body"])
 
 
-class SqliteEvents(EventStore):
-    def __init__(self, db: SqliteDatabase) -> None:
+class SqlEvents(EventStore):
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     async def after(self, account: str, cursor: int, limit: int = 100) -> list[Event]:
-        rows = await self.db.fetchall(_AFTER.format("?", "?", "?"), (account, cursor, min(limit, MAX_PAGE)))
+        rows = await self.db.fetchall(_AFTER, (account, cursor, min(limit, MAX_PAGE)))
         return [_event(r) for r in rows]
 
     async def purge_older_than(self, when: datetime) -> int:
         return await self.db.write("DELETE FROM events WHERE at < ?", (iso(when),))
-
-
-class PostgresEvents(EventStore):
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
-
-    async def after(self, account: str, cursor: int, limit: int = 100) -> list[Event]:
-        rows = await self.db.fetch(_AFTER.format("$1", "$2", "$3"), account, cursor, min(limit, MAX_PAGE))
-        return [_event(r) for r in rows]
-
-    async def purge_older_than(self, when: datetime) -> int:
-        return await self.db.write("DELETE FROM events WHERE at < $1", iso(when))

@@ -200,6 +200,20 @@ def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
     )
 
 
+OUTBOX_INSERT = (
+    "INSERT INTO outbox (relay_id, account, stream, mail_from, rcpt_tos, content, attempts, next_attempt_at, "
+    "created_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id"
+)
+
+
+def outbox_to_row(item: OutboxItem, now: float) -> tuple[Any, ...]:
+    """OUTBOX_INSERT's parameters; `now` where the item has no times yet."""
+    return (
+        item.relay_id, item.account, item.stream, item.mail_from, json.dumps(list(item.rcpt_tos)), item.content,
+        item.attempts, float(item.next_attempt_at or now), float(item.created_at or now), item.last_error,
+    )
+
+
 def outbox_from_row(row: Mapping[str, Any]) -> OutboxItem:
     return OutboxItem(
         id=row["id"],

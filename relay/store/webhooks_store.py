@@ -10,13 +10,10 @@ and the next owner sends from the cursor again (at least once, never a new id).
 from __future__ import annotations
 
 import abc
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from relay.store.postgres import PostgresDatabase
-    from relay.store.sqlite import SqliteDatabase
+from relay.store.sql import Database
 
 _COLUMNS = "account, endpoint, url, cursor, attempts, next_attempt_at, failing_since, last_error, disabled_at"
 
@@ -41,7 +38,7 @@ def _state(row: Any) -> WebhookState:
     )
 
 
-# One set of statements; PostgreSQL gets them with $n placeholders (_numbered).
+# One set of statements for both stores (relay/store/sql.py).
 _ENSURE = (
     "INSERT INTO webhook_state (account, endpoint, url, cursor) "
     "VALUES (?, ?, ?, COALESCE((SELECT last FROM event_seq WHERE account = ?), 0)) "
@@ -72,11 +69,6 @@ _OLDEST = (
     "SELECT w.account, min(e.at) AS oldest FROM webhook_state w JOIN events e "
     "ON e.account = w.account AND e.seq > w.cursor GROUP BY w.account"
 )
-
-
-def _numbered(sql: str) -> str:
-    counter = iter(range(1, 1000))
-    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
 class WebhookStateStore(abc.ABC):
@@ -119,29 +111,14 @@ class WebhookStateStore(abc.ABC):
         return {r["account"]: r["oldest"] for r in await self._rows(_OLDEST, ())}
 
 
-class SqliteWebhookStates(WebhookStateStore):
-    def __init__(self, db: SqliteDatabase) -> None:
+class SqlWebhookStates(WebhookStateStore):
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         if sql.lstrip().startswith("SELECT"):
             return list(await self.db.fetchall(sql, params))
-        async with self.db.transaction() as conn:
-            return list(await conn.execute_fetchall(sql, params))
+        return await self.db.write_returning(sql, params)
 
     async def _write(self, sql: str, params: Sequence[Any]) -> int:
         return await self.db.write(sql, params)
-
-
-class PostgresWebhookStates(WebhookStateStore):
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
-
-    async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        if sql.lstrip().startswith("SELECT"):
-            return list(await self.db.fetch(_numbered(sql), *params))
-        async with self.db.transaction() as tx:
-            return list(await tx.fetch(_numbered(sql), *params))
-
-    async def _write(self, sql: str, params: Sequence[Any]) -> int:
-        return await self.db.write(_numbered(sql), *params)

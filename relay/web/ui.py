@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from policies.message import parse_message
+from policies.mime import split_head
 from relay import quarantine_service as qs
 from relay.accounts import change_account_state
 from relay.errors import RelayError, UsageError
@@ -244,16 +245,8 @@ async def quarantine_message(request: web.Request, session: Session) -> web.Stre
         item=item, findings=[qs.finding_view(f) for f in item.findings],
         text=message.text.strip() or "(no visible text)", inert=inert, inert_note=inert_note,
         attachments=message.attachments,
-        headers=item.content[: _header_end(item.content)].decode("utf-8", "replace"),
+        headers=item.content[: split_head(item.content)[0]].rstrip(b"\r\n").decode("utf-8", "replace"),
     )
-
-
-def _header_end(raw: bytes) -> int:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = raw.find(sep)
-        if at >= 0:
-            return at
-    return len(raw)
 
 
 async def _held(services: Services, item_id: str, session: Session) -> QuarantineItem:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from factories import evaluate, facts
 from policies.findings import Outcome
-from policies import message as mime
+from policies import message as parsed
+from policies import mime
 from policies.message import parse_message
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,9 +82,10 @@ def check(raw: bytes) -> None:
     message = parse_message(raw)
     # parse_message keeps a last-resort except around the walk; call the walk itself so
     # the fuzzer sees any exception that safety net would hide.
-    collector = mime._Collector()
-    mime._walk(mime._head_from_message(message.headers), raw, mime._body_start(raw), len(raw), 0, collector)
-    mime._render(collector.plain, collector.html)
+    collector = parsed._Collector()
+    for part in mime.walk(raw):
+        parsed._read(part, collector)
+    parsed._render(collector.plain, collector.html)
     for value in (message.text, message.hidden_text, message.folded_text, message.subject, message.from_name):
         assert isinstance(value, str)
     assert isinstance(message.words, frozenset)

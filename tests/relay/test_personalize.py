@@ -328,3 +328,19 @@ def test_malformed_input_never_raises(raw: bytes) -> None:
 def test_nothing_to_do_means_identical_bytes(raw: bytes) -> None:
     raw = raw.replace(PLACEHOLDER.encode(), b"").replace(b"List-Id", b"X-Id")
     assert personalize(raw, headers=[], placeholder=PLACEHOLDER, url=URL) == raw
+
+
+def test_reencoded_quoted_printable_never_writes_a_delimiter_line() -> None:
+    # "=2D-b" is text, not a delimiter; written back as "--b" it would end the part and start one
+    # the rules never read. Lines starting with "-" are written "=2D…", still at most 76 long.
+    body = b"Afmelden: " + PLACEHOLDER.encode() + b"\r\n=2D-b\r\nContent-Type: text/html\r\n\r\n<a href=3D\"https://evil.example\">x</a>\r\n=2D" + b"-" * 80
+    raw = (
+        b"From: a@shop.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + body + b"\r\n--b--\r\n"
+    )
+    out = personalize(raw, headers=[], placeholder=PLACEHOLDER, url=URL)
+    qp = out.split(b"quoted-printable\r\n\r\n", 1)[1].split(b"\r\n--b--", 1)[0]
+    assert quopri.decodestring(qp) == quopri.decodestring(body).replace(PLACEHOLDER.encode(), URL.encode())
+    assert not any(line.startswith(b"-") for line in qp.split(b"\r\n"))
+    assert all(len(line) <= 76 for line in qp.split(b"\r\n"))
+    assert [p.get_content_type() for p in parse(out).walk()] == ["multipart/mixed", "text/plain"]

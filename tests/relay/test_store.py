@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -11,14 +12,14 @@ import sys
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import asyncpg
 import pytest
 
 from policies.facts import ConsentRecord, Suppression
 from relay.errors import StoreUnavailable
-from relay.store import postgres_schema, schema
+from relay.store import schema
 from relay.store.base import Store
 from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, RejectedReport
 from relay.store.postgres import PostgresStore
@@ -30,6 +31,7 @@ from relay.store.records import (
     OutboxItem,
     QuarantineItem,
 )
+from relay.store.sql import POSTGRES, SQLITE
 from relay.store.sqlite import SqliteStore
 
 # CI and this machine run PostgreSQL at 127.0.0.1:5432 with trust auth and a database `test`.
@@ -44,6 +46,7 @@ class Backend:
     kind: str
     make: Callable[[], Store]
     version: Callable[[], Awaitable[int]]  # schema_version as the database has it
+    run: Callable[[Sequence[str]], Awaitable[None]]  # raw statements, as an older release's store ran them
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,7 +58,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             with sqlite3.connect(path) as conn:
                 return int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
 
-        yield Backend("sqlite", lambda: SqliteStore(path, 5.0), sqlite_version)
+        async def sqlite_run(statements: Sequence[str]) -> None:
+            with sqlite3.connect(path) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+
+        yield Backend("sqlite", lambda: SqliteStore(path, 5.0), sqlite_version, sqlite_run)
         return
     name = f"t_{secrets.token_hex(6)}"
     admin = await asyncpg.connect(PG_URL)
@@ -66,7 +74,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async def pg_version() -> int:
             return int(await admin.fetchval(f'SELECT version FROM "{name}".schema_version'))
 
-        yield Backend("postgresql", lambda: PostgresStore(url, 5.0), pg_version)
+        async def pg_run(statements: Sequence[str]) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                async with conn.transaction():
+                    for statement in statements:
+                        await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        yield Backend("postgresql", lambda: PostgresStore(url, 5.0), pg_version, pg_run)
     finally:
         await admin.execute(f'DROP SCHEMA "{name}" CASCADE')
         await admin.close()
@@ -726,6 +743,47 @@ async def test_reopening_migrates_nothing_and_keeps_data(backend: Backend) -> No
         await again.close()
 
 
+RELEASED = json.loads((Path(__file__).parent / "data" / "released_migrations.json").read_text())
+
+
+def test_released_migrations_render_as_they_were_released() -> None:
+    """Databases in use were made by these statements: the one schema renders them unchanged in both dialects."""
+    for dialect in (SQLITE, POSTGRES):
+        released = [tuple(m) for m in RELEASED[dialect.name]]
+        assert list(schema.migrations(dialect)[: len(released)]) == released
+
+
+async def test_a_database_of_an_older_release_opens_and_is_upgraded(backend: Backend) -> None:
+    """Made at version 5 by that release's statements, with rows in it: the store migrates it on open and
+    reads and writes the old rows, with the columns added since."""
+    blob = "x'6d7367'" if backend.kind == "sqlite" else "decode('6d7367', 'hex')"
+    await backend.run([
+        *(statement for migration in RELEASED[backend.kind][:5] for statement in migration),
+        "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+        "INSERT INTO schema_version (version) VALUES (5)",
+        "INSERT INTO account_state (account, state, reason, paused_streams, updated_at) "
+        "VALUES ('acme', 'paused', 'old', 'news', '2024-03-01T12:00:00.000000+00:00')",
+        "INSERT INTO outbox (relay_id, account, stream, mail_from, rcpt_tos, content, next_attempt_at, created_at) "
+        f"VALUES ('r1', 'acme', 'news', 'o@acme.example', '[\"a@x.nl\"]', {blob}, 100, 100)",
+    ])
+    store = backend.make()
+    await store.open()
+    try:
+        assert await backend.version() == len(schema.MIGRATIONS)
+        state = await store.accounts.get("acme")
+        assert (state.state, state.reason, state.paused_streams) == ("paused", "old", frozenset({"news"}))
+        (item,) = await store.outbox.claim_due(now=200.0, owner="A", lease_seconds=60, limit=10)  # migration 8's columns
+        assert (item.relay_id, item.rcpt_tos, item.content, item.uncertain, item.interrupted_send) == (
+            "r1", ("a@x.nl",), b"msg", 0, False,
+        )
+        added, created = await store.complaints.add(complaint("k1"), b"report")  # migration 6's columns
+        assert created and added.verified and not added.spam_trap
+        await store.accounts.set(AccountState("acme"), actor="ops", note="resumed")  # migration 7's events
+        assert [e.type for e in await store.events.after("acme", 0)] == ["complained", "account_state"]
+    finally:
+        await store.close()
+
+
 # One relay process's store start-up, as `[smtp] workers = N` runs it: a line on stdin names a fresh
 # store to open (every process gets the same line at once), one line on stdout answers how it went.
 _OPENER = """
@@ -849,8 +907,8 @@ async def test_unreachable_postgres_is_unavailable() -> None:
 
 
 async def test_postgres_schema_mirrors_sqlite_schema(tmp_path: Path) -> None:
-    """Every table and column of schema.py exists in postgres_schema.py, migration by migration."""
-    assert len(postgres_schema.MIGRATIONS) == len(schema.MIGRATIONS)
+    """Every table and column of schema.py exists in both dialects' DDL, migration by migration."""
+    assert len(schema.migrations(POSTGRES)) == len(schema.migrations(SQLITE)) == len(schema.MIGRATIONS)
     sqlite_store = SqliteStore(tmp_path / "s.db", 5.0)
     await sqlite_store.open()
     await sqlite_store.close()

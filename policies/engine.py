@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts
+from policies.facts import ClientFacts, MessageFacts, RecipientFacts
 from policies.findings import Action, Finding, Outcome, Stage, Verdict
 from policies.profiles import Profile
 from policies.rule import Rule
@@ -27,8 +27,31 @@ class Engine:
     def rules(self, stage: Stage) -> tuple[Rule, ...]:
         return self._by_stage[stage]
 
+    def client(self, facts: ClientFacts, recipient: str) -> Verdict:
+        """RCPT TO (not one of the relay's own addresses): may this client relay to the recipient at all."""
+        findings: list[Finding] = []
+        misses: list[str] = []
+        for r in self._by_stage[Stage.CLIENT]:
+            hit = r.check(facts)
+            if hit is None:
+                misses.append(r.id)
+            else:
+                findings.append(Finding(r.id, self.profile.action(r.id), hit.detail, hit.evidence, recipient))
+        return _decide(findings, misses, (recipient,))
+
+    def account(self, rule: Rule, facts: object) -> Finding | None:
+        """Outside a transaction: one account rule (complaint enforcement) on its own facts; the profile
+        gives the action (suspend, pause, monitor, ...). None when it misses or the profile turns it off."""
+        if rule.stage is not Stage.ACCOUNT:
+            raise ValueError(f"{rule.id} is not an account rule")
+        action = self.profile.action(rule.id)
+        if action is Action.OFF:
+            return None
+        hit = rule.check(facts)
+        return None if hit is None else Finding(rule.id, action, hit.detail, hit.evidence)
+
     def session(self, facts: MessageFacts) -> Verdict:
-        """MAIL FROM: relay permission, account state, envelope sender."""
+        """MAIL FROM: account state, envelope sender."""
         findings, misses = self._run(self._by_stage[Stage.SESSION], facts)
         return _decide(findings, misses, ())
 

@@ -25,6 +25,15 @@ class StreamFacts:
 
 
 @dataclass(frozen=True)
+class ClientFacts:
+    """The SMTP client as the relay knows it before any account applies (relay permission)."""
+
+    ip: str
+    # the account the client authenticated as, or whose trusted_networks hold its address; None: neither
+    account: str | None = None
+
+
+@dataclass(frozen=True)
 class AccountFacts:
     id: str
     name: str = ""
@@ -125,7 +134,6 @@ class MessageFacts:
     stream: StreamFacts | None = None
     stream_requested: str | None = None  # the X-Relay-Stream value, if it named an unknown one
     message: ParsedMessage | None = None
-    client_permitted: bool = True  # authenticated or inside trusted_networks
     # MAIL FROM:<> from an account: a delivery status notification its own MTA generated (docs/SPEC.md §15)
     null_sender: bool = False
     shell: ShellFacts = NOTHING_FOUND

@@ -22,6 +22,7 @@ class Action(str, Enum):
 class Stage(str, Enum):
     """When a rule can be evaluated in an SMTP transaction."""
 
+    CLIENT = "client"  # at RCPT, before any account applies: may this client relay at all
     SESSION = "session"  # at MAIL FROM: account state
     RECIPIENT = "recipient"  # per recipient: consent, suppression
     MESSAGE = "message"  # at end of DATA: identity, content, opt-out

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from relay.assembly import build_relay
 from relay.config import Config, config_warnings
+from relay import replies
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.http_admin import build_admin_app
 from relay.listeners import ListenError, Listeners, bind_listeners
@@ -269,7 +270,7 @@ class Relay:
         # Idle sessions are told to come back; sessions inside DATA may finish within the grace.
         for session in list(self.limits.sessions):
             if not session.busy:
-                session.close_with("421 4.3.2 Service shutting down; try again later")
+                session.close_with(replies.SHUTTING_DOWN)
         try:
             async with asyncio.timeout(grace):
                 while any(s.busy for s in self.limits.sessions):
@@ -277,7 +278,7 @@ class Relay:
         except TimeoutError:
             self.log.warning("shutdown_grace_expired", sessions=len(self.limits.sessions))
         for session in list(self.limits.sessions):
-            session.close_with("421 4.3.2 Service shutting down; try again later")
+            session.close_with(replies.SHUTTING_DOWN)
         for server in self._servers:
             await server.wait_closed()
         # The copy being sent finishes; the other claimed copies are given back at once, not when

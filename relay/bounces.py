@@ -15,6 +15,7 @@ from policies.dsn import FAILED, HARD, SOFT, MalformedDsn, parse_dsn
 from policies.facts import Suppression
 from relay.errors import UpstreamRejected, UpstreamUnavailable
 from relay.log import get_logger, recipient_label
+from relay.metrics import NO_VALUE
 from relay.services import Services
 from relay.store.bounces import Bounce
 from relay.store.records import DeliveryRecord, OutboxItem
@@ -76,7 +77,7 @@ class BounceService:
             ),
             raw,
         )
-        self.services.metrics.bounces.labels(account, kind).inc()
+        self.services.metrics.bounces.labels(account or NO_VALUE, kind).inc()
         log = self.log.warning if kind == "unknown" else self.log.info
         log("bounce_received", bounce=bounce.id, account=account, recipient=recipient_label(email) if email else None,
             kind=kind, status=bounce.status or None, relay_id=bounce.relay_id or None, detail=detail or None,

@@ -50,7 +50,7 @@ class BouncesFeature(Feature):
             self.log.error("store_unavailable", stage="bounce", error=str(exc))
             return replies.STORE_UNAVAILABLE
         first = bounces[0]
-        return replies.clean(f"250 2.0.0 Bounce {first.id} recorded ({first.kind})")
+        return replies.bounce_recorded(first.id, first.kind)
 
     def add_admin_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/bounces", list_bounces)

@@ -18,8 +18,7 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 from policies.addresses import InvalidAddress, normalize_address
 from policies.facts import Suppression
 from policies.feedback_report import NON_COMPLAINT_TYPES, FeedbackReport, MalformedReport, parse_feedback_report
-from policies.findings import Action, Hit
-from policies.rule import Rule
+from policies.findings import Action, Finding
 from policies.rules.complaints import (
     ComplaintRateFacts,
     OpenComplaint,
@@ -549,10 +548,10 @@ class ComplaintService:
             window_hours=cfg.rate_window_hours,
             spam_trap_hits=1 if spam_trap else 0,
         )
-        hit = complaint_rate.check(facts)
-        if hit is None:
+        finding = self.services.engine.account(complaint_rate, facts)
+        if finding is None:
             return False
-        return await self._enforce(complaint_rate, account_id, hit, actor="complaint-rate")
+        return await self._enforce(finding, account_id, actor="complaint-rate")
 
     async def enforce_deadlines(self) -> list[str]:
         """account.complaint_unanswered for every overdue complaint; the accounts it suspended."""
@@ -567,36 +566,37 @@ class ComplaintService:
                 tuple(OpenComplaint(str(c.id), c.received_at, c.deadline) for c in overdue if c.deadline),
                 now,
             )
-            hit = complaint_unanswered.check(facts)
-            if hit is None:
+            finding = self.services.engine.account(complaint_unanswered, facts)
+            if finding is None:
                 continue
             if self.config.account(account_id) is None:
                 self.log.warning("complaint_overdue_unknown_account", account=account_id, complaints=[c.id for c in overdue])
-            elif await self._enforce(complaint_unanswered, account_id, hit, actor="complaint-deadline"):
+            elif await self._enforce(finding, account_id, actor="complaint-deadline"):
                 suspended.append(account_id)
             # Escalated once: after an admin resumes the account, the same complaint does not suspend it again.
             await self.store.complaints.mark_escalated([c.id for c in overdue], at=now)
         return suspended
 
-    async def _enforce(self, rule: Rule, account_id: str, hit: Hit, *, actor: str) -> bool:
-        action = self.services.engine.profile.action(rule.id)
-        self.services.metrics.rule_hits.labels(rule.id, action.value).inc()
-        reason = f"{rule.id}: {hit.detail}"
+    async def _enforce(self, finding: Finding, account_id: str, *, actor: str) -> bool:
+        """Carry out the engine's decision on an account rule: its action came from the profile."""
+        action = finding.action
+        self.services.metrics.rule_hits.labels(finding.rule, action.value).inc()
+        reason = f"{finding.rule}: {finding.detail}"
         if action in (Action.SUSPEND, Action.REJECT):
             target, stronger = "suspend", ("suspended",)
         elif action in (Action.PAUSE, Action.TEMPFAIL):
             target, stronger = "pause", ("paused", "suspended")
         else:
             # monitor (or an override to another action): logged and counted, the account is left alone
-            self.log.info("rule_monitored", rule=rule.id, account=account_id, detail=hit.detail)
+            self.log.info("rule_monitored", rule=finding.rule, account=account_id, detail=finding.detail)
             return False
         state = await self.store.accounts.get(account_id)
         if state.state in stronger:
-            self.log.info("account_enforcement_skipped", rule=rule.id, account=account_id, state=state.state)
+            self.log.info("account_enforcement_skipped", rule=finding.rule, account=account_id, state=state.state)
             return False
         await change_account_state(self.services, account_id, target, reason=reason, actor=actor)
-        self.log.warning("account_enforced", rule=rule.id, account=account_id, action=target, detail=hit.detail,
-                         evidence=hit.evidence, alert=True)
+        self.log.warning("account_enforced", rule=finding.rule, account=account_id, action=target, detail=finding.detail,
+                         evidence=finding.evidence, alert=True)
         return True
 
     # --- the admin's side -----------------------------------------------------------------

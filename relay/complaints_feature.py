@@ -42,7 +42,7 @@ class ComplaintsFeature(Feature):
             client_ip = txn.client_ip
             result = await self.service.ingest_raw(raw, source="mail", actor=f"smtp:{client_ip}", client_ip=client_ip)
         except ComplaintRefused as exc:
-            return replies.clean(f"550 5.6.0 Feedback report refused: {exc.reason} (kept as reject {exc.reject_id})", 500)
+            return replies.feedback_refused(exc.reason, exc.reject_id)
         except StoreUnavailable as exc:
             self.log.error("store_unavailable", stage="complaint", error=str(exc))
             return replies.STORE_UNAVAILABLE
@@ -50,9 +50,8 @@ class ComplaintsFeature(Feature):
         state = "recorded" if result.created else "already recorded"
         verified = "" if complaint.verified else ", unverified"
         more = f"; and {len(result.more)} more recipient(s) of the same report" if result.more else ""
-        return replies.clean(
-            f"250 2.0.0 Complaint {complaint.id} {state} for account {complaint.account}, "
-            f"recipient {mask_address(complaint.email)}{more} ({complaint.status}{verified})"
+        return replies.complaint_recorded(
+            complaint.id, state, complaint.account, mask_address(complaint.email), more, f"{complaint.status}{verified}"
         )
 
     # --- the deadline ---------------------------------------------------------------------

@@ -238,6 +238,9 @@ def _actions(value: dict[str, Any]) -> dict[str, str]:
             raise Refused(f"expected a string, got {_type_name(action)}", sub)
         if action not in valid:
             raise Refused(f"expected one of {', '.join(valid)}, got {action!r}", sub)
+        fixed = RULES_BY_ID[rule_id].fixed_action if rule_id in RULES_BY_ID else None
+        if fixed is not None and action != fixed.value:
+            raise Refused(f"must be {fixed.value!r}: nothing may grant relay permission (docs/POLICY.md)", sub)
     return dict(value)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "consent_relay_"
+# The one spelling of "no value" in a label (a refusal before the stream is known, a bounce of no
+# known account): never "", which a dashboard cannot tell from a missing label.
+NO_VALUE = "unknown"
 
 
 class Metrics:
@@ -15,10 +18,10 @@ class Metrics:
         r = self.registry
         p = PREFIX
         self.messages = Counter(
-            p + "messages_total", "Messages by outcome", ["account", "stream", "outcome"], registry=r
+            p + "messages_total", "Messages by outcome (stream unknown: refused before one was known)", ["account", "stream", "outcome"], registry=r
         )
         self.recipients = Counter(
-            p + "recipients_total", "Recipients by outcome", ["account", "stream", "outcome"], registry=r
+            p + "recipients_total", "Recipients by outcome (stream unknown: refused before one was known)", ["account", "stream", "outcome"], registry=r
         )
         self.rule_hits = Counter(p + "rule_hits_total", "Rule hits by action", ["rule", "action"], registry=r)
         self.upstream_seconds = Histogram(

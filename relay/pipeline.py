@@ -20,6 +20,7 @@ from relay.errors import ScannerUnavailable, StoreUnavailable
 from relay.feature import Feature
 from relay.helper import Helper, HelperTimeout, HelperUnavailable, Offload
 from relay.log import get_logger
+from relay.metrics import NO_VALUE
 from relay.retry_memory import RetryMemory
 from relay.services import Services
 from relay.store.records import DecisionRecord, DeliveryRecord, QuarantineItem
@@ -467,7 +468,7 @@ class Pipeline:
         by_feature: dict[str, list[str]] = {}
         for address, name in txn.own_recipients:
             by_feature.setdefault(name, []).append(address)
-        reply = "250 2.0.0 OK"
+        reply = replies.OK
         for name, addresses in by_feature.items():
             reply = await self._feature_named[name].handle_mail(txn, addresses, raw)
         return reply
@@ -503,13 +504,13 @@ class Pipeline:
             )
         )
         if txn.account is not None:
-            stream = txn.stream.id if txn.stream else ""
+            stream = txn.stream.id if txn.stream else UNKNOWN_STREAM
             self.services.metrics.recipients.labels(txn.account.id, stream, "rejected").inc()
 
     def record_refusal(self, txn: Transaction, verdict: Verdict, *, stage: str) -> None:
         assert txn.account is not None
         outcome = "tempfailed" if verdict.outcome is Outcome.TEMPFAIL else "rejected"
-        self.services.metrics.messages.labels(txn.account.id, "", outcome).inc()
+        self.services.metrics.messages.labels(txn.account.id, UNKNOWN_STREAM, outcome).inc()
         self.recorder.record(
             DecisionRecord(
                 relay_id=txn.relay_id,
@@ -597,7 +598,7 @@ class Pipeline:
         return out
 
 
-UNKNOWN_STREAM = "unknown"
+UNKNOWN_STREAM = NO_VALUE
 
 
 def null_sender_stream(account: AccountConfig) -> StreamConfig:

@@ -27,6 +27,21 @@ POLICY_TIMEOUT = "451 4.3.0 Temporary local problem (policy check timed out); tr
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
 DATA_TIMEOUT = "421 4.4.2 Message transfer took too long; closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
+OK = "250 2.0.0 OK"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+BAD_BASE64 = "501 5.5.2 Cannot decode base64"
+BAD_AUTH_VALUE = "501 5.5.2 Cannot split auth value"
+UNKNOWN_UNSUBSCRIBE_ADDRESS = "550 5.1.1 Unknown unsubscribe address"
+UNSUBSCRIBED = "250 2.0.0 Unsubscribed"
+SMTPUTF8_UPSTREAM = "553 5.6.7 SMTPUTF8 not supported upstream"
+# EHLO lines the relay adds before aiosmtpd's last one
+EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")
+# RelaySMTP's DATA (aiosmtpd's wording, with the enhanced code push() used to add); 3xx has none (RFC 2034)
+DATA_WITHOUT_RCPT = "503 5.5.1 need RCPT command"
+DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
 
 _UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]")
 
@@ -46,6 +61,23 @@ def policy_reply(finding: Finding) -> str:
     if finding.rule == "suppression.bounced":
         return f"550 5.1.1 [{finding.rule}] {detail}"  # the mailbox does not exist (docs/SPEC.md §15)
     return f"550 5.7.1 [{finding.rule}] {detail}"
+
+
+def feedback_refused(reason: str, reject_id: str) -> str:
+    return clean(f"550 5.6.0 Feedback report refused: {reason} (kept as reject {reject_id})", 500)
+
+
+def complaint_recorded(complaint_id: str, state: str, account: str, masked_recipient: str, more: str, status: str) -> str:
+    return clean(f"250 2.0.0 Complaint {complaint_id} {state} for account {account}, recipient {masked_recipient}{more} ({status})")
+
+
+def bounce_recorded(bounce_id: str, kind: str) -> str:
+    return clean(f"250 2.0.0 Bounce {bounce_id} recorded ({kind})")
+
+
+def saved(where: str) -> str:
+    """The development sink's reply: where it wrote the message."""
+    return f"250 2.0.0 Saved as {where}"
 
 
 def quarantined(quarantine_id: str, rule: str) -> str:

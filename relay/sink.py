@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay import replies
+
 DELIVERED_DIR = "var/delivered"  # relative to the config file's directory, like the SQLite store
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -69,7 +71,7 @@ class CaptureHandler:
         )
         if self.on_copy is not None:
             self.on_copy(copy)
-        return f"250 2.0.0 Saved as {shown(path)}"
+        return replies.saved(shown(path))
 
 
 def _with_envelope(envelope: Envelope, content: bytes) -> bytes:

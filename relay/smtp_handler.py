@@ -15,7 +15,8 @@ from typing import Any
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from policies.addresses import InvalidAddress, normalize_address
-from policies.findings import Action, Finding, Outcome
+from policies.facts import ClientFacts
+from policies.findings import Outcome
 from relay import replies
 from relay.config import AccountConfig
 from relay.errors import StoreUnavailable
@@ -43,7 +44,7 @@ class RelayHandler:
     async def handle_EHLO(self, server: RelaySMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
         last = responses.pop()
-        responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        responses += [*replies.EHLO_EXTENSIONS, last]
         return responses
 
     # --- AUTH (async so scrypt runs off the event loop) --------------------------------
@@ -59,11 +60,11 @@ class RelayHandler:
             try:
                 blob = base64.b64decode(args[1].encode(), validate=True)
             except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
+                await server.push(replies.BAD_BASE64)
                 return AuthResult(success=False, handled=True)
         parts = blob.split(b"\x00")
         if len(parts) != 3:
-            await server.push("501 5.5.2 Cannot split auth value")
+            await server.push(replies.BAD_AUTH_VALUE)
             return AuthResult(success=False, handled=True)
         return await self._check_credentials(server, parts[1], parts[2])
 
@@ -78,7 +79,7 @@ class RelayHandler:
             try:
                 login = base64.b64decode(args[1].encode(), validate=True)
             except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
+                await server.push(replies.BAD_BASE64)
                 return AuthResult(success=False, handled=True)
         password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
         if not isinstance(password, bytes):
@@ -151,7 +152,7 @@ class RelayHandler:
     async def handle_RCPT(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         txn: Transaction | None = getattr(envelope, "txn", None)
         if txn is None:
-            return "503 5.5.1 Error: need MAIL command"
+            return replies.NEED_MAIL
         if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:
             return replies.TOO_MANY_RECIPIENTS
         try:
@@ -164,12 +165,16 @@ class RelayHandler:
             txn.own_recipients.append((rcpt, own))
             envelope.rcpt_tos.append(address)
             return replies.OK_RCPT
-        if txn.account is None:
-            finding = Finding("relay.denied", Action.REJECT, "Relaying denied: authenticate or connect from a trusted network", recipient=rcpt)
+        client = ClientFacts(ip=txn.client_ip, account=txn.account.id if txn.account else None)
+        permission = self.services.engine.client(client, rcpt)
+        if permission.outcome is not Outcome.DELIVER:
+            assert permission.deciding is not None
+            finding = permission.deciding
             self.pipeline.count_rule(finding)
             self.pipeline.record_rcpt_refusal(txn, finding)
             self.log.info("relay_denied", relay_id=txn.relay_id, client=txn.client_ip, recipient=recipient_label(rcpt))
             return replies.policy_reply(finding)
+        assert txn.account is not None
         if not txn.session_checked:
             try:
                 session_verdict = await self.pipeline.at_mail(txn)
@@ -205,7 +210,7 @@ class RelayHandler:
     async def handle_DATA(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
         txn: Transaction | None = getattr(envelope, "txn", None)
         if txn is None or not (txn.recipients or txn.own_recipients):
-            return "503 5.5.1 Error: need RCPT command"
+            return replies.NEED_RCPT
         content = envelope.original_content or b""
         server.busy = True
         try:
@@ -214,7 +219,7 @@ class RelayHandler:
             server.busy = False
 
     async def handle_RSET(self, server: RelaySMTP, session: Session, envelope: Envelope) -> str:
-        return "250 2.0.0 OK"
+        return replies.OK
 
     async def handle_exception(self, error: Exception) -> str:
         self.log.error("smtp_exception", error_type=type(error).__name__, error=str(error)[:500])

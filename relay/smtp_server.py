@@ -238,12 +238,12 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(replies.DATA_WITHOUT_RCPT)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.DATA_GO_AHEAD)
         try:
             # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and this bounds
             # the whole upload, so a client that never stops trickling cannot hold a session for ever.
@@ -269,7 +269,7 @@ class RelaySMTP(SMTP):
             if self.transport is not None:  # gone: connection_lost already cancelled the timer
                 self._reset_timeout()
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(replies.OK if status is MISSING else status)
 
     def _stop_idle_timer(self) -> None:
         if self._timeout_handle is not None:
@@ -303,10 +303,10 @@ class RelaySMTP(SMTP):
         if rest:
             reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands, read next
         if too_much or (limit and end > limit):
-            return b"", "552 Error: Too much mail data"
+            return b"", replies.TOO_BIG
         body = bytes(buf[: end + 2])
         if _LONG_LINE.search(body):
-            return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+            return b"", replies.LINE_TOO_LONG
         if b"\0" in body:
             # RFC 5322 has no place for NUL, and many receivers cut a message at the first one.
             return b"", replies.NUL_IN_MESSAGE

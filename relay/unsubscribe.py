@@ -11,6 +11,7 @@ from aiohttp import web
 
 from policies.facts import MessageFacts, RecipientFacts, Suppression
 from policies.rules.consent import covering_consent
+from relay import replies
 from relay.config import Config
 from relay.decisions import DecisionRecorder
 from relay.feature import Feature
@@ -117,5 +118,5 @@ class UnsubscribeFeature(Feature):
             await unsubscribe(self.services, claims, method="mailto")
             done += 1
         if not done:
-            return "550 5.1.1 Unknown unsubscribe address"
-        return "250 2.0.0 Unsubscribed"
+            return replies.UNKNOWN_UNSUBSCRIBE_ADDRESS
+        return replies.UNSUBSCRIBED

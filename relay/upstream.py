@@ -174,7 +174,7 @@ class Upstream:
             options.append("BODY=8BITMIME")
         if not (mail_from.isascii() and all(r.isascii() for r in recipients)):
             if not client.supports_extension("smtputf8"):
-                raise UpstreamRejected("upstream does not support SMTPUTF8 addresses", 553, "553 5.6.7 SMTPUTF8 not supported upstream")
+                raise UpstreamRejected("upstream does not support SMTPUTF8 addresses", 553, replies.SMTPUTF8_UPSTREAM)
             options.append("SMTPUTF8")
             encoding = "utf-8"
         try:

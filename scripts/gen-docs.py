@@ -383,7 +383,7 @@ def render_replies() -> str:
         "suspend": "the account is suspended: later MAIL FROM get `554 5.7.1 [account.suspended]`",
         "pause": "the account is paused: later MAIL FROM get `451 4.7.1 [account.paused]`",
     }
-    when = {"session": "MAIL FROM", "recipient": "RCPT", "message": "end of DATA", "account": "outside a transaction"}
+    when = {"client": "RCPT", "session": "MAIL FROM", "recipient": "RCPT", "message": "end of DATA", "account": "outside a transaction"}
     lines = [
         "# SMTP replies and rule ids",
         "",
@@ -425,8 +425,6 @@ def render_replies() -> str:
         stage = when.get(rule.stage.value, rule.stage.value)
         if rule.stage.value == "recipient" and not rule.before_data:
             stage = "end of DATA (per recipient)"
-        if rule.id == "relay.denied":
-            stage = "RCPT"  # a session fact, refused per recipient (the relay's own addresses stay open)
         actions = " | ".join(profiles[p].actions.get(rule.id).value if rule.id in profiles[p].actions else "off" for p in PROFILE_NAMES)
         lines.append(f"| `{rule.id}` | {stage} | {'yes' if rule.marketing_only else ''} | {actions} |")
     lines += ["", "What each action replies: " + "; ".join(f"{k} → {v}" for k, v in reply_of.items()) + "."]

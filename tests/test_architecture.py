@@ -425,3 +425,85 @@ def test_the_circle_check_finds_a_circle_through_a_function_import() -> None:
         "relay.store.c": "def f():\n    from relay.store.a import x\n",
     }
     assert cycles(import_graph(sources)) == [["relay.store.a", "relay.store.b", "relay.store.c", "relay.store.a"]]
+
+# --- every SMTP reply the relay sends is a named constant or renderer in relay/replies.py ---
+
+RELAY_FILES = sorted(p for p in (REPO / "relay").rglob("*.py") if p.name != "replies.py")
+# an SMTP reply line: a code, then a space or a hyphen, then an enhanced code or aiosmtpd's capitalised wording
+SMTP_REPLY = re.compile(r"^[2345]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\b|[A-Z<])")
+
+
+def reply_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    """String constants (and the literal start of f-strings) shaped like an SMTP reply, docstrings left out."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    docstrings |= {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            text = node.values[0].value
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+        else:
+            continue
+        if isinstance(text, str) and SMTP_REPLY.match(text):
+            found.append((node.lineno, text))
+    return found
+
+
+def test_there_are_relay_modules() -> None:
+    assert len(RELAY_FILES) > 20
+
+
+def test_smtp_replies_live_only_in_relay_replies() -> None:
+    bad = [
+        f"{path.relative_to(REPO)}:{line} {text!r}"
+        for path in RELAY_FILES
+        for line, text in reply_literals(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert not bad, "move these into relay/replies.py as named constants: " + "; ".join(bad)
+
+
+def test_the_reply_check_catches_literals_and_f_strings_but_not_docstrings() -> None:
+    source = (
+        'def f(x):\n    """250 2.0.0 in a docstring is prose."""\n'
+        '    a = "503 5.5.1 Error: need MAIL command"\n    b = f"250 2.0.0 Saved as {x}"\n'
+        '    c = "552 Error: Too much mail data"\n    d = "250-PIPELINING"\n    e = "404 not a reply"\n'
+    )
+    assert [line for line, _ in reply_literals(ast.parse(source))] == [3, 4, 5, 6]
+
+
+# --- one spelling of "no value" in a metric label: relay.metrics.NO_VALUE, never "" ---
+
+
+def empty_label_values(tree: ast.AST) -> list[int]:
+    """Lines of `.labels(...)` calls that could pass "": a "" anywhere in an argument (x or "", a if b else "")."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "labels"
+        for arg in [*node.args, *(k.value for k in node.keywords)]
+        if any(isinstance(part, ast.Constant) and part.value == "" for part in ast.walk(arg))
+    ]
+
+
+def test_metric_labels_never_spell_no_value_as_empty() -> None:
+    from relay.metrics import NO_VALUE
+    from relay.pipeline import UNKNOWN_STREAM
+
+    assert NO_VALUE == UNKNOWN_STREAM == "unknown"
+    bad = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in sorted((REPO / "relay").rglob("*.py"))
+        for line in empty_label_values(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert not bad, 'use relay.metrics.NO_VALUE ("unknown") for a label without a value: ' + ", ".join(bad)
+
+
+def test_the_label_check_catches_an_empty_string() -> None:
+    source = 'm.labels(a, "", o)\nm.labels(a or "", o)\nm.labels(x.id if x else "", o)\nm.labels(a or NO_VALUE, o)\n'
+    assert empty_label_values(ast.parse(source)) == [1, 2, 3]

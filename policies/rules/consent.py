@@ -8,11 +8,11 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from policies.facts import ConsentRecord, MessageFacts, RecipientFacts, Suppression
 from policies.findings import Hit, Stage
-from policies.rule import rule
+from policies.rule import Rule, rule
 
 # A stream topic of '*' in MessageFacts means "marketing, topic not known yet" (RCPT time on an
 # all-marketing account): any consent of the scope counts, only scope-wide suppressions apply.
@@ -355,7 +355,7 @@ def _record_rule(rule_id: str, description: str, clauses: tuple[str, ...]) -> An
         return _record_rule_hit(rule_id, facts, rcpt)
 
     check.__name__ = rule_id.replace(".", "_")
-    return rule(rule_id, description, clauses=clauses, stage=Stage.RECIPIENT, marketing_only=True)(check)
+    return rule(rule_id, description, clauses=clauses, stage=Stage.RECIPIENT, marketing_only=True, from_record=True)(check)
 
 
 third_party = _record_rule(
@@ -481,4 +481,11 @@ RULES = (
     business_card_unannounced,
 )
 
-RECORD_RULE_IDS = tuple(r.id for r in RULES[5:])
+
+
+def record_rule_ids(rules: Iterable[Rule]) -> tuple[str, ...]:
+    """The rules the importer checks per row: those that decide from the consent record alone."""
+    return tuple(r.id for r in rules if r.from_record)
+
+
+RECORD_RULE_IDS = record_rule_ids(RULES)

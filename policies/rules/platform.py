@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from policies.facts import MessageFacts
-from policies.findings import Hit, Stage
+from policies.facts import ClientFacts, MessageFacts
+from policies.findings import Action, Hit, Stage
 from policies.rule import rule
 
 
@@ -11,10 +11,11 @@ from policies.rule import rule
     "relay.denied",
     "The client is neither authenticated nor inside an account's trusted networks.",
     clauses=("platform",),
-    stage=Stage.SESSION,
+    stage=Stage.CLIENT,
+    fixed_action=Action.REJECT,  # POLICY.md: nothing can override it (never an open relay)
 )
-def relay_denied(facts: MessageFacts) -> Hit | None:
-    if facts.client_permitted:
+def relay_denied(facts: ClientFacts) -> Hit | None:
+    if facts.account is not None:
         return None
     return Hit("Relaying denied: authenticate or connect from a trusted network")
 

@@ -128,6 +128,7 @@ async def test_metrics_have_spec_names_and_bounded_labels(relay: Any, upstream: 
     # A stream name a client wrote in X-Relay-Stream is not a label value: only configured ids are.
     assert 'stream="nope"' not in text
     assert 'consent_relay_messages_total{account="shop",outcome="rejected",stream="unknown"} 1.0' in text
+    assert '=""' not in text  # "no value" is spelled "unknown" (relay.metrics.NO_VALUE), never ""
 
 
 async def test_healthz_and_readyz(relay: Any, upstream: RecordingUpstream) -> None:

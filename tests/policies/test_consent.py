@@ -533,3 +533,20 @@ def test_record_findings_key_decides_findings(a: ConsentRecord, b: ConsentRecord
     )
     assert consent.record_findings_key(same_shape) == consent.record_findings_key(a)
     assert record_findings(same_shape, params) == record_findings(a, params)
+
+
+# --- which rules the importer checks per row: a property of the rule, not a position in RULES ---
+
+
+def test_record_rule_ids_are_the_rules_record_findings_decides() -> None:
+    bad = [
+        good(source="purchased"), good(source="harvested"), good(prechecked=True), good(source="terms_and_conditions"),
+        good(source_url="", source_ip="", statement_text=""), customer(objection_offered=False),
+        good(frequency_disclosed=False), good(basis="business_card", source="business_card"),
+    ]
+    decided = {rule_id for record in bad for rule_id, _ in record_findings(record, {})}
+    assert set(consent.RECORD_RULE_IDS) == decided
+    assert not {"consent.missing", "consent.stale", "suppression.unsubscribed"} & set(consent.RECORD_RULE_IDS)
+    # reordering the rules (suppressions, then consent, then anything new) keeps the set and its order
+    assert consent.record_rule_ids(reversed(consent.RULES)) == tuple(reversed(consent.RECORD_RULE_IDS))
+    assert consent.record_rule_ids(consent.RULES[3:] + consent.RULES[:3]) == consent.RECORD_RULE_IDS

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import pytest
 
 from policies.engine import Engine
-from policies.facts import AccountFacts, MessageFacts, RecipientFacts, StreamFacts
+from policies.facts import AccountFacts, ClientFacts, MessageFacts, RecipientFacts, StreamFacts
 from policies.findings import Action, Hit, Outcome, Stage
 from policies.message import parse_message
-from policies.profiles import PROFILE_NAMES, Profile, load_profile
+from policies.profiles import ENFORCED_IN_MONITOR_MODE, PROFILE_NAMES, Profile, ProfileError, fixed_action_errors, load_profile
 from policies.registry import ALL_RULES
 from policies.rule import rule
 
@@ -127,8 +127,43 @@ REAL = Engine(ALL_RULES, load_profile("strict"))
 
 def test_relay_denied_when_client_not_permitted() -> None:
     # policy: platform (relay.denied: decided first, nothing overrides it)
-    verdict = REAL.session(facts(client_permitted=False))
+    verdict = REAL.client(ClientFacts(ip="192.0.2.9"), "anna@example.nl")
     assert verdict.outcome is Outcome.REJECT and verdict.deciding.rule == "relay.denied"
+    assert verdict.refused == {"anna@example.nl": verdict.deciding}
+    permitted = REAL.client(ClientFacts(ip="192.0.2.9", account="shop"), "anna@example.nl")
+    assert permitted.outcome is Outcome.DELIVER and permitted.misses == ("relay.denied",)
+
+
+def test_relay_denied_takes_its_action_from_the_profile() -> None:
+    # policy: platform (relay.denied): the engine asks the profile, like for every rule
+    marked = Profile("marked", {"relay.denied": Action.TEMPFAIL})  # built directly: not a loadable profile
+    verdict = Engine(ALL_RULES, marked).client(ClientFacts(ip="192.0.2.9"), "anna@example.nl")
+    assert verdict.outcome is Outcome.TEMPFAIL and verdict.deciding.action is Action.TEMPFAIL
+
+
+@pytest.mark.parametrize("value", ["monitor", "off", "quarantine", "tempfail"])
+def test_no_profile_override_grants_relay_permission(value: str) -> None:
+    # policy: platform (relay.denied: nothing can override it): refused loudly, never ignored
+    with pytest.raises(ProfileError, match=r"relay\.denied must be 'reject'"):
+        load_profile("strict").with_site_config({"relay.denied": value})
+    assert load_profile("strict").with_site_config({"relay.denied": "reject"}).action("relay.denied") is Action.REJECT
+
+
+def test_monitor_mode_keeps_relay_denied_enforced() -> None:
+    # policy: platform (relay.denied): the monitor roll-out never opens the relay
+    monitored = load_profile("strict").with_site_config({}, mode="monitor")
+    verdict = Engine(ALL_RULES, monitored).client(ClientFacts(ip="192.0.2.9"), "anna@example.nl")
+    assert verdict.outcome is Outcome.REJECT
+
+
+def test_every_fixed_action_is_enforced_in_monitor_mode_and_set_by_every_shipped_profile() -> None:
+    fixed = [r for r in ALL_RULES if r.fixed_action is not None]
+    assert [r.id for r in fixed] == ["relay.denied"]
+    for r in fixed:
+        assert r.id in ENFORCED_IN_MONITOR_MODE
+        for name in PROFILE_NAMES:
+            assert load_profile(name).actions[r.id] is r.fixed_action
+    assert fixed_action_errors({}) == ["relay.denied must be 'reject', not 'off': nothing may grant relay permission (docs/POLICY.md, platform rules)"]
 
 
 def test_account_suspended_and_paused() -> None:
@@ -159,3 +194,22 @@ def test_unknown_stream() -> None:
     assert "stream.unknown" in verdict.rule_ids
     finding = next(f for f in verdict.findings if f.rule == "stream.unknown")
     assert finding.action is Action.REJECT and "promo" in finding.detail
+
+
+# --- account rules (complaint enforcement): decided by the engine, their action from the profile ---
+
+
+def test_account_rules_take_their_action_from_the_profile() -> None:
+    from policies.rules.complaints import ComplaintRateFacts, complaint_rate
+
+    over = ComplaintRateFacts(account="shop", complaints=5, delivered=100, threshold=0.003, min_complaints=3, window_hours=24, spam_trap_hits=0)
+    under = ComplaintRateFacts(account="shop", complaints=0, delivered=100, threshold=0.003, min_complaints=3, window_hours=24, spam_trap_hits=0)
+    finding = REAL.account(complaint_rate, over)
+    assert finding is not None and finding.rule == "account.complaint_rate" and finding.action is Action.PAUSE
+    assert REAL.account(complaint_rate, under) is None
+    monitored = load_profile("strict").with_site_config({"account.complaint_rate": "monitor"})
+    assert Engine(ALL_RULES, monitored).account(complaint_rate, over).action is Action.MONITOR  # type: ignore[union-attr]
+    off = load_profile("strict").with_site_config({"account.complaint_rate": "off"})
+    assert Engine(ALL_RULES, off).account(complaint_rate, over) is None  # off: not run
+    with pytest.raises(ValueError, match="not an account rule"):
+        REAL.account(ALL_RULES[0], over)

@@ -206,3 +206,12 @@ def test_own_ibans_and_tracking_hosts_reach_the_account_facts(tmp_path: Path) ->
     facts = config.accounts[0].facts()
     assert facts.own_ibans == frozenset({"NL91ABNA0417164300"})
     assert facts.tracking_hosts == frozenset({"click.mailer.example"})
+
+
+@pytest.mark.parametrize("value", ["off", "monitor", "quarantine", "tempfail"])
+def test_relay_denied_cannot_be_overridden(tmp_path: Path, value: str) -> None:
+    # policy: platform (relay.denied: nothing can override it): a config error, never silently ignored
+    error = error_for(tmp_path, policy={"actions": {"relay.denied": value}})
+    assert 'policy.actions."relay.denied"' in str(error) and "must be 'reject'" in str(error), str(error)
+    config = make_config(tmp_path, 2525, policy={"actions": {"relay.denied": "reject"}})
+    assert config.policy.actions == {"relay.denied": "reject"}

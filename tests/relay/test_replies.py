@@ -17,7 +17,7 @@ def test_every_constant_has_an_enhanced_code() -> None:
     constants = [v for k, v in vars(replies).items() if k.isupper() and isinstance(v, str) and v[:3].isdigit()]
     assert len(constants) > 10
     for text in constants:
-        assert ENHANCED.match(text), text
+        assert ENHANCED.match(text) or text.startswith("3"), text  # RFC 2034: 3xx replies carry none
 
 
 @pytest.mark.parametrize(

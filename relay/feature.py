@@ -11,6 +11,7 @@ from aiohttp import web
 
 from policies.facts import ShellFacts
 from policies.message import ParsedMessage
+from relay import replies
 from relay.transaction import Transaction
 
 Task = Coroutine[Any, Any, None]
@@ -29,7 +30,7 @@ class Feature(Protocol):
     async def handle_mail(self, txn: Transaction, addresses: Sequence[str], raw: bytes) -> str:
         """Mail to the addresses own_address claimed: the SMTP reply (never asked of a feature
         that claims none)."""
-        return "550 5.1.1 No such address"
+        return replies.NO_SUCH_ADDRESS
 
     async def message_facts(self, txn: Transaction, message: ParsedMessage, shell: ShellFacts) -> ShellFacts:
         """What this feature finds out about a message before the policy decides (end of DATA).

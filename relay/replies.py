@@ -33,6 +33,8 @@ NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 BAD_AUTH_VALUE = "501 5.5.2 Cannot split auth value"
 UNKNOWN_UNSUBSCRIBE_ADDRESS = "550 5.1.1 Unknown unsubscribe address"
+# A feature asked for mail to an address it does not claim (never happens: the pipeline asks only the claimant).
+NO_SUCH_ADDRESS = "550 5.1.1 No such address"
 UNSUBSCRIBED = "250 2.0.0 Unsubscribed"
 SMTPUTF8_UPSTREAM = "553 5.6.7 SMTPUTF8 not supported upstream"
 # EHLO lines the relay adds before aiosmtpd's last one

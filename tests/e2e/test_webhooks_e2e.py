@@ -196,7 +196,13 @@ async def test_receiver_down_and_relay_restarted_every_event_arrives_under_one_i
     order = [int(p["cursor"]) for _, p in receiver.received]
     assert order == sorted(order)  # in the account's order
     assert receiver.forged == []
-    # Caught up: nothing pending, the failures forgotten.
+    # Caught up: nothing pending, the failures forgotten (written once the last answer is in,
+    # a moment after the receiver has the event).
+    async def caught_up() -> bool:
+        (state,) = await second.services.store.webhooks.states()
+        return state.attempts == 0
+
+    await until(caught_up, what="the endpoint's failures forgotten")
     (state,) = await second.services.store.webhooks.states()
     assert state.attempts == 0 and state.disabled_at is None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import build_config
-from relay.consent_import import import_consents
+from relay.consent.imports import import_consents
 from relay.services import Clock, Services
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)

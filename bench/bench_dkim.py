@@ -1,4 +1,4 @@
-"""DKIM signing cost per copy: relay.dkim (cryptography) against dkimpy's dkim.sign.
+"""DKIM signing cost per copy: relay.delivery.dkim (cryptography) against dkimpy's dkim.sign.
 
 `python -m bench.bench_dkim [--count 2000] [--dkimpy-count 1000]` prints median and
 p99 per signature of a ~5 KB marketing message, plus the whole per-copy step
@@ -21,10 +21,10 @@ import dkim as dkimpy
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from relay.dkim import DkimKey, DkimSigner, dkim_dns_record, load_dkim_key
-from relay.helper import Helper
-from relay.personalize import personalize, prepare
-from relay.signing import CopySigner
+from relay.delivery.dkim import DkimKey, DkimSigner, dkim_dns_record, load_dkim_key
+from relay.delivery.personalize import personalize, prepare
+from relay.engine.helper import Helper
+from relay.engine.signing import CopySigner
 
 TARGET_MS = 1.0
 VERIFIER = Path(__file__).resolve().parent.parent / "tests" / "relay" / "dkim_verify.pl"
@@ -94,7 +94,7 @@ def row(name: str, samples: list[float]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_dkim", description=__doc__)
-    parser.add_argument("--count", type=int, default=2000, help="signatures per relay.dkim row")
+    parser.add_argument("--count", type=int, default=2000, help="signatures per relay.delivery.dkim row")
     parser.add_argument("--dkimpy-count", type=int, default=1000, help="signatures for the dkimpy row")
     args = parser.parse_args(argv)
 
@@ -132,9 +132,9 @@ def main(argv: list[str]) -> int:
                 "floor: one RSA-2048 operation (cryptography)",
                 timings(lambda: rsa_private.sign(copy[:600], padding.PKCS1v15(), hashes.SHA256()), args.count),
             ),
-            row("relay.dkim RSA-2048", timings(lambda: rsa_signer.sign(copy), args.count)),
-            row("relay.dkim Ed25519", timings(lambda: ed_signer.sign(copy), args.count)),
-            row("relay.dkim RSA-2048 + Ed25519", timings(lambda: both.sign(copy), args.count)),
+            row("relay.delivery.dkim RSA-2048", timings(lambda: rsa_signer.sign(copy), args.count)),
+            row("relay.delivery.dkim Ed25519", timings(lambda: ed_signer.sign(copy), args.count)),
+            row("relay.delivery.dkim RSA-2048 + Ed25519", timings(lambda: both.sign(copy), args.count)),
             row(
                 "personalize + RSA-2048 sign (whole copy)",
                 timings(

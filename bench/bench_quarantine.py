@@ -19,9 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -29,11 +29,11 @@ from aiohttp import web
 
 from policies.engine import Engine
 from policies.registry import ALL_RULES
-from relay import quarantine_service as qs
 from relay.config import build_config
-from relay.http_admin import build_admin_app
+from relay.http.admin import build_admin_app
 from relay.metrics import Metrics
 from relay.passwords import hash_password
+from relay.quarantine import service as qs
 from relay.services import Clock, Services, build_profile
 from relay.store.records import QuarantineItem
 from relay.store.sqlite import SqliteStore

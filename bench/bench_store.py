@@ -23,7 +23,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 import asyncpg
 
 from policies.facts import ConsentRecord, Suppression
-from relay.pipeline import IdAllocator
+from relay.engine.pipeline import IdAllocator
 from relay.store.base import Store
 from relay.store.postgres import PostgresStore
 from relay.store.records import AccountState, DecisionRecord, DeliveryRecord

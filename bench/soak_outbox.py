@@ -133,7 +133,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     )
     sink.start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "serve", "-c", str(config)], cwd=work,
+        [sys.executable, "-m", "relay.cli.main", "serve", "-c", str(config)], cwd=work,
         stdout=subprocess.DEVNULL, stderr=open(work / "relay.log", "wb"),
     )
     sender = Sender(smtp, args.client_timeout)

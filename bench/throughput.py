@@ -26,6 +26,7 @@ is compared with `relay (2)`: alternating pairs on a noisy machine.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import re
@@ -36,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from bench.postfix_relay import PostfixRelay
-from policies.registry import ALL_RULES
 from bench.relay_config import ACCOUNT, recipients, write_consent_csv, write_relay_config
-from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
+from policies.registry import ALL_RULES
+from relay.events.types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

@@ -1,6 +1,6 @@
 """Wire one relay process together (store, upstream, SMTP, HTTP, background tasks), and `serve`
 with signal handling, a drain on SIGTERM, and `[smtp] workers = N` processes on one port
-(relay.supervisor). Start-up binds every listener first and undoes whatever it started when a
+(relay.process.supervisor). Start-up binds every listener first and undoes whatever it started when a
 later step fails."""
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
+from relay import replies
 from relay.assembly import build_relay
 from relay.config import Config, config_warnings
-from relay import replies
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
-from relay.http_admin import build_admin_app
-from relay.listeners import ListenError, Listeners, bind_listeners
+from relay.http.admin import build_admin_app
 from relay.log import configure_logging, get_logger
-from relay.memory import give_back_free_memory
 from relay.metrics import Metrics
+from relay.process.listeners import ListenError, Listeners, bind_listeners
+from relay.process.memory import give_back_free_memory
 from relay.services import Clock
-from relay.smtp_handler import RelayHandler
-from relay.smtp_server import AuthLockout, ConnectionLimits, RelaySMTP
+from relay.smtp.handler import RelayHandler
+from relay.smtp.server import AuthLockout, ConnectionLimits, RelaySMTP
 
 T = TypeVar("T")
 
@@ -311,14 +311,14 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
     if worker_index is None:  # the process started by hand, not each of its workers
         for key, problem in config_warnings(config):
             get_logger().warning("config_warning", key=key, detail=problem)
-    from relay.state_lock import StateLocked, acquire_state_lock
+    from relay.process.state_lock import StateLocked, acquire_state_lock
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if worker_index is not None:
-        from relay.supervisor import WorkerLink
+        from relay.process.supervisor import WorkerLink
 
         link = WorkerLink.from_spec(inherited or "{}")
         link.watch_parent(stop.set)
@@ -340,7 +340,7 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
             print(f"consent-relay: error: {exc}", file=sys.stderr)
             return 1
         if config.smtp.workers > 1:
-            from relay.supervisor import Supervisor
+            from relay.process.supervisor import Supervisor
 
             return await Supervisor(config, listeners, lock, stop).run()
         return await _serve_one(config, listeners, stop, http=True)

@@ -16,31 +16,31 @@ from typing import AsyncIterator
 from policies.engine import Engine
 from policies.registry import ALL_RULES
 from policies.rules.consent import covering_consent
-from relay.bounces_feature import BouncesFeature
-from relay.complaints_feature import ComplaintsFeature
 from relay.config import Config, helper_enabled
-from relay.copies import CopyMaker
-from relay.decisions import DecisionRecorder
-from relay.dkim import DkimSigner
-from relay.dkim_keys import load_configured_keys
+from relay.consent.signups import ConfirmTokens, SignupService
+from relay.delivery.dkim import DkimSigner
+from relay.delivery.dkim_keys import load_configured_keys
+from relay.delivery.outbox import DeliveredHook, OutboxBell, OutboxWorker
+from relay.delivery.upstream import Upstream
+from relay.engine.copies import CopyMaker
+from relay.engine.decisions import DecisionRecorder
+from relay.engine.helper import Helper, Offload
+from relay.engine.malware_scan import MalwareScan
+from relay.engine.pipeline import IdAllocator, Pipeline, new_relay_id
+from relay.engine.signing import CopySigner
+from relay.events.webhooks import WebhooksFeature
 from relay.feature import Feature
-from relay.helper import Helper, Offload
-from relay.http_events import EventsFeature
-from relay.http_signups import SignupsFeature
-from relay.malware_scan import MalwareScan
+from relay.feedback.bounces_feature import BouncesFeature
+from relay.feedback.complaints_feature import ComplaintsFeature
+from relay.http.events import EventsFeature
+from relay.http.signups import SignupsFeature
 from relay.metrics import Metrics
-from relay.outbox import DeliveredHook, OutboxBell, OutboxWorker
 from relay.outgoing import Outgoing
-from relay.pipeline import IdAllocator, Pipeline, new_relay_id
-from relay.quarantine_service import QuarantineFeature
+from relay.quarantine.service import QuarantineFeature
 from relay.services import Clock, Services, build_profile
-from relay.signing import CopySigner
-from relay.signups import ConfirmTokens, SignupService
 from relay.store import open_store_for
-from relay.unsubscribe import UnsubscribeFeature
-from relay.unsubscribe_tokens import TokenCodec
-from relay.upstream import Upstream
-from relay.webhooks import WebhooksFeature
+from relay.unsubscribe.feature import UnsubscribeFeature
+from relay.unsubscribe.tokens import TokenCodec
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def build_relay(
     dkim = DkimSigner(load_configured_keys(config))
     helper = None
     if helper_enabled(config.smtp):
-        # The helper names DKIM keys by their position in this list (relay.signing).
+        # The helper names DKIM keys by their position in this list (relay.engine.signing).
         setup = {"profile": engine.profile, "dkim_keys": [k.pem() for k in dkim.keys]}
         helper = Helper(setup, on_restart=metrics.helper_restarts.inc)
     offload = Offload(helper)

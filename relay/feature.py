@@ -12,7 +12,7 @@ from aiohttp import web
 from policies.facts import ShellFacts
 from policies.message import ParsedMessage
 from relay import replies
-from relay.transaction import Transaction
+from relay.engine.transaction import Transaction
 
 Task = Coroutine[Any, Any, None]
 

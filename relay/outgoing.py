@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from relay.decisions import DecisionRecorder
-from relay.signing import CopySigner
-from relay.upstream import Upstream
+from relay.delivery.upstream import Upstream
+from relay.engine.decisions import DecisionRecorder
+from relay.engine.signing import CopySigner
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 """Write the reference docs that the code itself defines, so they cannot drift from it:
 
 docs/configuration.md (relay/config.py), docs/metrics.md (relay/metrics.py), docs/cli.md (the
-argparse tree of relay/cli.py) and docs/replies.md (relay/replies.py, the rule registry and the
+argparse tree of relay/cli/main.py) and docs/replies.md (relay/replies.py, the rule registry and the
 shipped profiles).
 
 For the configuration, everything but the wording comes from the one declaration of each key in
@@ -308,13 +308,13 @@ def render_metrics() -> str:
 def render_cli() -> str:
     import argparse
 
-    from relay.cli import build_parser
+    from relay.cli.main import build_parser
 
     parser = build_parser()
     lines = [
         "# Command line: `consent-relay`",
         "",
-        GENERATED_NOTE.format(source="the argument parser of relay/cli.py"),
+        GENERATED_NOTE.format(source="the argument parser of relay/cli/main.py"),
         "",
         "From the checkout the command is `.venv/bin/consent-relay`. Every command takes `-c FILE`",
         "(default: `$CONSENT_RELAY_CONFIG`, else `./config.toml`, else `./config.example.toml`).",

@@ -10,8 +10,8 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import signal
 import secrets
+import signal
 import smtplib
 import socket
 import ssl
@@ -50,7 +50,7 @@ UNSUBSCRIBE_SECRET = "unsubscribe-secret-for-tests-0123456789"
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on uvloop, the loop `consent-relay serve` runs on (relay/cli.py)."""
+    """Every async test runs on uvloop, the loop `consent-relay serve` runs on (relay/cli/main.py)."""
     import uvloop
 
     return {"uvloop": uvloop.new_event_loop}
@@ -526,7 +526,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 def cli_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """`consent-relay ARGV` in this process: (exit code, stdout, stderr)."""
-    from relay import cli
+    from relay.cli import main as cli
 
     try:
         code = cli.main(argv)
@@ -617,7 +617,7 @@ class ServeProcess:
     async def start(self, *, started: int = 1) -> list[dict[str, Any]]:
         """Start it; return the `relay_started` lines once `started` processes (workers) logged one."""
         script = Path(sys.executable).parent / "consent-relay"
-        argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli"]
+        argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli.main"]
         self.proc = await asyncio.create_subprocess_exec(
             *argv, "serve", "-c", str(self.config), *self.serve_args,
             cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

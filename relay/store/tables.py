@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from policies.facts import ConsentRecord, Suppression
-from relay import events as ev
+from relay.events import feed as ev
 from relay.store import base
 from relay.store.events_store import append_events
 from relay.store.records import (
@@ -26,9 +26,9 @@ from relay.store.records import (
 )
 from relay.store.rows import (
     CONSENT_BOOL_FIELDS,
-    OUTBOX_INSERT,
     CONSENT_COLUMNS,
     CONSENT_CONTENT_COLUMNS,
+    OUTBOX_INSERT,
     abandoned_release_audit,
     audit_from_row,
     claimed_outbox,

@@ -16,11 +16,11 @@ from markupsafe import Markup, escape
 
 from policies.facts import TRANSACTIONAL
 from relay.config import Config
-from relay.http_common import form_body
+from relay.http.common import form_body
 from relay.services import Services
 from relay.store.records import AuditEntry
-from relay.subscriptions import EVERY_TOPIC, Describer, Entry, Reach, Sender, mask_address
-from relay.unsubscribe_tokens import TokenClaims, TokenCodec
+from relay.unsubscribe.subscriptions import EVERY_TOPIC, Describer, Entry, Reach, Sender, mask_address
+from relay.unsubscribe.tokens import TokenClaims, TokenCodec
 from relay.web.contrast import accessible_accent
 from relay.web.recipient_texts import LANGUAGE_NAMES, TEXTS, negotiate
 
@@ -31,7 +31,7 @@ STOP_ALL = "all"
 
 
 class Withdraw(Protocol):
-    """relay.unsubscribe.unsubscribe: suppress and revoke at the claims' scope and topic."""
+    """relay.unsubscribe.feature.unsubscribe: suppress and revoke at the claims' scope and topic."""
 
     def __call__(self, services: Services, claims: TokenClaims, *, method: str) -> Awaitable[int]: ...
 
@@ -177,7 +177,7 @@ class RecipientPages:
     # --- shared ----------------------------------------------------------------------------
 
     async def _claims(self, request: web.Request) -> TokenClaims | None:
-        """The one place the pages read a token (relay/unsubscribe_tokens.py decides its format)."""
+        """The one place the pages read a token (relay/unsubscribe/tokens.py decides its format)."""
         return self.codec.verify(request.match_info["token"])
 
     async def _visit(self, request: web.Request, claims: TokenClaims | None = None) -> _Visit | None:

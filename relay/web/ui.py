@@ -20,11 +20,12 @@ from aiohttp import web
 
 from policies.message import parse_message
 from policies.mime import split_head
-from relay import quarantine_service as qs
 from relay.accounts import change_account_state
-from relay.admin_auth import CHECKER, GUARD
 from relay.errors import RelayError, UsageError
-from relay.http_common import form_body, pipeline_of, services_of
+from relay.events.webhooks import disabled_notes
+from relay.http.admin_auth import CHECKER, GUARD
+from relay.http.common import form_body, pipeline_of, services_of
+from relay.quarantine import service as qs
 from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web import ui_complaints
@@ -46,7 +47,6 @@ from relay.web.ui_base import (
     secure_headers,
     signed_in,
 )
-from relay.webhooks import disabled_notes
 
 __all__ = ["MESSAGE_CSP", "PAGE_CSP", "SESSION_COOKIE", "SESSIONS", "Session", "Sessions", "add_routes"]
 
@@ -395,7 +395,7 @@ async def consent_page(request: web.Request, session: Session) -> web.Response:
     found: dict[str, Any] = {"unavailable": False, "error": "", "proof": None, "proof_text": ""}
     if email:
         try:
-            from relay.proof import build_proof, render_proof_text
+            from relay.consent.proof import build_proof, render_proof_text
         except ImportError:  # the proof module ships with the consent feature
             found["unavailable"] = True
         else:

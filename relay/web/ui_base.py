@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from relay.errors import NotFound, UsageError
-from relay.http_common import form_body
+from relay.http.common import form_body
 from relay.web.templating import render
 
 SESSION_COOKIE = "relay_session"

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.complaints import ComplaintNotOpen, ComplaintService
 from relay.errors import NotFound, UsageError
-from relay.http_common import form_body, services_of
+from relay.feedback.complaints import ComplaintNotOpen, ComplaintService
+from relay.http.common import form_body, services_of
 from relay.store.complaints_base import ACKNOWLEDGED, OPEN, Complaint
 from relay.web.ui_base import MAX_NOTE, Session, page, query, redirect, same_ui_path, signed_in
 

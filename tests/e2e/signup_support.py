@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.config import Config
-from relay.dkim import dkim_dns_record, load_dkim_key
+from relay.delivery.dkim import dkim_dns_record, load_dkim_key
 from relay.passwords import hash_password
 from tests.conftest import make_config
 

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from conftest import RecordingUpstream, asend, make_config, message, until
 
-from relay import cli
+from relay.cli import main as cli
 
 
 async def run_cli(*args: str) -> int:

@@ -9,11 +9,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from conftest import RecordingUpstream, asend, make_config, message, send, until
 from msgspec.structs import replace
 
-from conftest import RecordingUpstream, asend, make_config, message, send, until
-
-from relay.delivery import Copy
+from relay.delivery.carrier import Copy
 
 
 def relay_id_of(text: str) -> str:

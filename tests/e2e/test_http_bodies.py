@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import RecordingUpstream, make_config
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from conftest import RecordingUpstream, make_config
 
 from relay.passwords import hash_password
-from relay.unsubscribe_tokens import TokenCodec
+from relay.unsubscribe.tokens import TokenCodec
 from relay.web.ui import SESSION_COOKIE, SESSIONS
 
 TOKEN = "admin-token-for-body-tests"

@@ -190,7 +190,7 @@ async def test_check_config_rejects_bad_file_without_starting(tmp_path: Path) ->
     shutil.copy(REPO / "config.example.toml", config)
     config.write_text(config.read_text().replace("max_recipients = 1000", 'max_recipients = "many"'))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "serve", "-c", str(config),
+        sys.executable, "-m", "relay.cli.main", "serve", "-c", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env={**os.environ},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)

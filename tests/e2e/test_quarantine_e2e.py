@@ -17,17 +17,17 @@ import pytest
 from conftest import RecordingUpstream, asend, config_dict, run_tool, until, write_config
 
 from policies.facts import ConsentRecord, Suppression
-from relay import quarantine_service as qs
 from relay.config import load_config
 from relay.errors import StoreUnavailable
 from relay.passwords import hash_password
+from relay.quarantine import service as qs
 
 TOKEN = "alice-admin-token-0123456789"
 TOKEN_HASH = hash_password(TOKEN)
 RCPTS = ["anna@example.nl", "bob@example.nl", "carl@example.nl"]
 SECRET = "unsubscribe-secret-for-tests-0123456789"
 
-# relay/http_admin.py stores the admin label under a str key, which aiohttp 3.14 warns about; until it
+# relay/http/admin.py stores the admin label under a str key, which aiohttp 3.14 warns about; until it
 # uses a web.RequestKey the warning must not turn every authenticated request into a 500.
 
 
@@ -283,7 +283,7 @@ async def _count_zero(relay: Any) -> bool:
 async def cli(config_path: Path, *argv: str) -> tuple[int, str, str]:
     """`consent-relay …` as a separate process, as an admin runs it from a shell."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", *argv, "-c", str(config_path),
+        sys.executable, "-m", "relay.cli.main", *argv, "-c", str(config_path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
@@ -339,7 +339,7 @@ async def test_release_signs_every_copy_with_dkim(tmp_path: Path, upstream: Reco
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from relay.dkim import dkim_dns_record, load_dkim_key
+    from relay.delivery.dkim import dkim_dns_record, load_dkim_key
 
     key_path = tmp_path / "dkim.pem"
     key_path.write_bytes(

@@ -16,8 +16,16 @@ import pytest
 from policies.facts import Suppression
 from tests.conftest import Clocked, asend, cli_run, message, until
 from tests.e2e.signup_support import (
+    SIGNUP,
     cli_json,
-    SIGNUP, confirm_link, dkim_records, local_url, parsed, perl_verify, post_signup, signup_config, text_part,
+    confirm_link,
+    dkim_records,
+    local_url,
+    parsed,
+    perl_verify,
+    post_signup,
+    signup_config,
+    text_part,
 )
 
 START = dt.datetime(2026, 3, 16, 9, 0, tzinfo=dt.timezone.utc)
@@ -156,7 +164,7 @@ async def test_expired_and_forged_tokens_are_404_and_record_nothing(tmp_path: Pa
 async def test_a_token_signed_with_another_secret_is_forged_and_rotation_keeps_old_links(
     tmp_path: Path, upstream: Any, start_relay: Any
 ) -> None:
-    from relay.signups import ConfirmTokens
+    from relay.consent.signups import ConfirmTokens
 
     relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
     link = await _signed_up(relay, upstream)
@@ -338,14 +346,14 @@ async def test_the_public_page_answers_503_when_the_store_cannot(tmp_path: Path,
 def _validate(instance: Any, name: str) -> None:
     import jsonschema
 
-    from relay.openapi_signups import SCHEMAS
+    from relay.http.openapi_signups import SCHEMAS
 
     schema = {"components": {"schemas": SCHEMAS}, "$ref": f"#/components/schemas/{name}"}
     jsonschema.Draft202012Validator(schema).validate(instance)
 
 
 async def test_answers_match_the_openapi_fragment(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
-    from relay.proof import build_proof
+    from relay.consent.proof import build_proof
 
     relay = await start_relay(signup_config(tmp_path, upstream.port), background=True)
     status, sent = await post_signup(relay.admin_port, SIGNUP)
@@ -391,7 +399,7 @@ async def test_a_paused_or_suspended_account_sends_no_confirmation(tmp_path: Pat
 
 
 async def test_the_whole_flow_on_either_store(tmp_path: Path, upstream: Any, start_relay: Any, store_url: str) -> None:
-    from relay.proof import build_proof
+    from relay.consent.proof import build_proof
 
     relay = await start_relay(signup_config(tmp_path, upstream.port, store={"url": store_url}), background=True)
     link = await _signed_up(relay, upstream)

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from relay.supervisor import BACKOFF_FIRST, backoff
+from relay.process.supervisor import BACKOFF_FIRST, backoff
 from tests.conftest import RecordingUpstream, ServeProcess, asend, free_port, pg_schema, until
 from tests.relay.test_multi_instance import instance_config
 
@@ -54,7 +54,7 @@ async def run_to_exit(config: Path, timeout: float = START_FAILS_WITHIN) -> tupl
     """`serve` expected to fail: (exit code, stderr, seconds it took)."""
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "serve", "-c", str(config),
+        sys.executable, "-m", "relay.cli.main", "serve", "-c", str(config),
         cwd=config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -215,7 +215,7 @@ async def test_ctrl_c_in_the_first_second_prints_no_traceback(tmp_path: Path, up
     while delays:
         delay = delays.pop(0)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "relay.cli", "serve", "-c", str(config),
+            sys.executable, "-m", "relay.cli.main", "serve", "-c", str(config),
             cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
         await asyncio.sleep(delay)  # the fault is the timing itself: a Ctrl-C this long after the start

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from policies.facts import ConsentRecord
-from relay.dkim import dkim_dns_record, load_dkim_key
 from relay.config import load_config
+from relay.delivery.dkim import dkim_dns_record, load_dkim_key
 from tests.conftest import PASSWORD, asend, base_account, config_dict, make_config, message, run_tool, write_config
 
 VERIFIER = Path(__file__).parents[1] / "relay" / "dkim_verify.pl"
@@ -411,7 +411,7 @@ async def test_relayed_copies_verify_with_mail_dkim(tmp_path: Path, upstream: An
 
 
 async def test_proof_shows_when_and_how_the_address_unsubscribed(tmp_path: Path, upstream: Any, start_relay: Any) -> None:
-    from relay.proof import build_proof
+    from relay.consent.proof import build_proof
 
     relay = await start_relay(relay_config(tmp_path, upstream.port))
     await relay.services.store.consent.upsert_consents([consent("anna@example.nl")], now=datetime.now(timezone.utc))

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 
 from policies.facts import ConsentRecord
-from tests.conftest import UNSUBSCRIBE_SECRET as SECRET, asend, make_config, message
+from tests.conftest import UNSUBSCRIBE_SECRET as SECRET
+from tests.conftest import asend, make_config, message
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
@@ -60,7 +61,7 @@ def legacy_token(secret: bytes, scope: str, topic: str, recipient: str, issued_a
 
 
 def test_the_legacy_helper_makes_what_the_old_relay_issued() -> None:
-    # Issued by relay.unsubscribe_tokens before issue 15 (tests/relay/test_unsubscribe_tokens.py).
+    # Issued by relay.unsubscribe.tokens before issue 15 (tests/relay/test_unsubscribe_tokens.py).
     token = legacy_token(b"old-secret-0123456789abcdef", "shop", "newsletter", "anna@example.nl", 1764892800)
     assert token == "AQBpMiCABHNob3AKbmV3c2xldHRlcmFubmFAZXhhbXBsZS5ubNBjlB8xKIaS_ALLe9mTZXc"
 

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from relay.config import load_config
+from relay.events.webhooks import WebhookSender, disabled_notes
 from relay.passwords import hash_password
-from relay.webhooks import WebhookSender, disabled_notes
 from tests.conftest import (
     RecordingUpstream,
     RelayFactory,
@@ -35,9 +35,9 @@ from tests.conftest import (
     write_config,
 )
 from tests.e2e.test_unsubscribe_e2e import consent, list_unsubscribe, newsletter, public_url
-from tests.relay.test_complaints import arf
-from tests.relay.test_web_ui import TOKEN as UI_TOKEN
-from tests.relay.test_web_ui import Browserless
+from tests.relay.feedback.test_complaints import arf
+from tests.relay.web.test_web_ui import TOKEN as UI_TOKEN
+from tests.relay.web.test_web_ui import Browserless
 
 DSN_POSTFIX = Path(__file__).parents[1] / "corpus" / "feedback" / "dsn" / "flufl-postfix_01.eml"
 SECRET = "whsec_" + base64.b64encode(b"webhook-secret-for-the-e2e-tests").decode()

@@ -164,7 +164,7 @@ def test_transactional_only_config_needs_no_unsubscribe_secret(tmp_path: Path) -
 def test_check_config_refuses_marketing_without_secrets_in_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from relay import cli
+    from relay.cli import main as cli
 
     path = write_config(tmp_path, _without_unsubscribe_secrets(tmp_path))
     with pytest.raises(SystemExit) as exited:

@@ -102,7 +102,7 @@ def test_bad_wordlists_name_the_key(tmp_path: Path, wordlists: dict[str, Any], k
 def test_check_config_refuses_an_unknown_list_in_one_line_exit_2(tmp_path: Path) -> None:
     path = write_config(tmp_path, config_dict(tmp_path, 2525, policy={"wordlists": {"swearing": ["x"]}}))
     done = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "check-config", "-c", str(path)],
+        [sys.executable, "-m", "relay.cli.main", "check-config", "-c", str(path)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )
     assert done.returncode == 2 and done.stdout == ""

@@ -148,7 +148,7 @@ async def counter(instance: Instance, name: str, **labels: str) -> float:
 
 async def cli(config: Path, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", *args, "-c", str(config),
+        sys.executable, "-m", "relay.cli.main", *args, "-c", str(config),
         cwd=config.parent, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -1,0 +1,1 @@
+"""The one entry point, `consent-relay`, and its command groups."""

@@ -1,0 +1,1 @@
+"""Carrying copies upstream, never losing one: personalisation, DKIM canonicalisation, the upstream client, the outbox."""

@@ -1,0 +1,105 @@
+"""Carry copies to the upstream, never losing one: 250 only after the upstream accepted, or after
+the rest went durably into the outbox (docs/SPEC.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from relay.delivery.upstream import Upstream
+from relay.errors import StoreUnavailable, UpstreamRejected, UpstreamUnavailable
+from relay.store.base import OutboxStore
+from relay.store.records import OutboxItem
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One upstream transaction: the recipients that get these exact bytes."""
+
+    recipients: tuple[str, ...]
+    content: bytes
+    mail_from: str | None = None  # its own envelope sender (VERP, docs/SPEC.md §15); None: the transaction's
+
+
+@dataclass
+class DeliveryReport:
+    delivered: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)  # in the outbox, retried later
+    refused: dict[str, str] = field(default_factory=dict)  # recipient -> upstream reply (5xx)
+    tempfailed: bool = False  # the client must retry (nothing accepted, or the rest not kept)
+    tempfail_reason: str = ""
+    store_failed: bool = False  # the tempfail is the store's (the outbox could not keep the rest)
+    earlier: list[str] = field(default_factory=list)  # delivered by an earlier attempt, skipped now
+    upstream_reply: str = ""  # the last DATA reply (queue id)
+    rejected_code: int = 0  # every recipient refused with this 5xx code
+    rejected_reply: str = ""
+
+
+async def deliver(
+    upstream: Upstream,
+    outbox: OutboxStore,
+    *,
+    relay_id: str,
+    account: str,
+    stream: str,
+    mail_from: str,
+    copies: Sequence[Copy],
+    now: float,
+) -> DeliveryReport:
+    report = DeliveryReport()
+    pending: list[Copy] = []
+    for index, copy in enumerate(copies):
+        if pending:
+            pending.append(copy)
+            continue
+        try:
+            result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
+        except UpstreamUnavailable as exc:
+            if not report.delivered:
+                # Nothing was accepted yet: tell the client to keep its mail.
+                report.tempfailed = True
+                report.tempfail_reason = str(exc)
+                return report
+            pending.append(copy)
+            continue
+        except UpstreamRejected as exc:
+            for rcpt in copy.recipients:
+                report.refused[rcpt] = exc.reply or str(exc)
+            report.rejected_code, report.rejected_reply = exc.code, exc.reply or str(exc)
+            continue
+        report.delivered += result.accepted
+        report.upstream_reply = result.reply
+        for rcpt in result.permanently_refused:
+            code, text = result.refused[rcpt]
+            report.refused[rcpt] = f"{code} {text}"
+        later = result.temporarily_refused
+        if later:
+            pending.append(Copy(later, copy.content, copy.mail_from))
+    if pending:
+        if not report.delivered:
+            report.tempfailed = True
+            report.tempfail_reason = "upstream deferred every recipient"
+            return report
+        items = [
+            OutboxItem(relay_id, account, stream, _sender(copy, mail_from), copy.recipients, copy.content)
+            for copy in pending
+        ]
+        try:
+            await outbox.enqueue(items, now=now)
+        except StoreUnavailable as exc:
+            # Part was delivered but the rest cannot be kept: a 4xx makes the client retry
+            # (duplicates for some) rather than lose the rest.
+            report.tempfailed = True
+            report.store_failed = True
+            report.tempfail_reason = f"outbox unavailable: {exc}"
+            return report
+        report.queued = [r for copy in pending for r in copy.recipients]
+    if report.refused and not report.delivered and not report.queued:
+        code = report.rejected_code or int(next(iter(report.refused.values()))[:3] or 550)
+        report.rejected_code = code
+        report.rejected_reply = report.rejected_reply or next(iter(report.refused.values()))
+    return report
+
+
+def _sender(copy: Copy, mail_from: str) -> str:
+    return copy.mail_from if copy.mail_from is not None else mail_from

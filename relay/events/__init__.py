@@ -1,0 +1,1 @@
+"""Account events and the signed webhooks that carry them."""

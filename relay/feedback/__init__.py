@@ -1,0 +1,1 @@
+"""Mail that flows back: feedback reports (complaints) and delivery status notifications (bounces)."""

@@ -1,0 +1,1 @@
+"""The admin HTTP listener: its JSON API, authentication and the OpenAPI document."""

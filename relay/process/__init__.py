@@ -1,0 +1,1 @@
+"""The process around the relay: supervisor, listening sockets, the state lock, memory."""

@@ -1,0 +1,1 @@
+"""Quarantine review and release, shared by the CLI, the API and the web UI."""

@@ -1,0 +1,1 @@
+"""The SMTP edge: aiosmtpd's protocol with limits, the session handler, the capture sink for trying the relay out."""

@@ -1,0 +1,1 @@
+"""One-click unsubscribe: tokens, what they stand for, the list headers and the public pages."""

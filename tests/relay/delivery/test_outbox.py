@@ -1,0 +1,183 @@
+"""The outbox worker: due copies delivered, back-off doubling to a cap, give-up after the limit,
+upstream 5xx recorded as failed, partial 4xx re-queued for the rest only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import structlog.testing
+
+from relay.config import OutboxConfig, StoreConfig, UpstreamConfig
+from relay.delivery.outbox import OutboxWorker, backoff_seconds
+from relay.delivery.upstream import Upstream, UpstreamResult
+from relay.errors import UpstreamRejected, UpstreamUnavailable
+from relay.metrics import Metrics
+from relay.services import Clock
+from relay.store import open_store_for
+from relay.store.base import Store
+from relay.store.records import OutboxItem
+from tests.conftest import RecordingHandler, RecordingUpstream
+
+CONFIG = OutboxConfig(retry_initial_seconds=60, retry_max_seconds=600, give_up_after_hours=2, poll_seconds=0.1)
+
+
+@dataclass
+class FakeUpstream:
+    """Answers from a script: an UpstreamResult, or an exception to raise."""
+
+    answers: list[Any] = field(default_factory=list)
+    sent: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    config: UpstreamConfig = field(default_factory=lambda: UpstreamConfig(timeout=5))
+
+    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes, fence: Any = None) -> UpstreamResult:
+        if fence is not None:  # as relay.delivery.upstream does: confirmed before DATA, checked before the message
+            await fence.confirm()
+            fence.check()
+        self.sent.append((mail_from, tuple(recipients)))
+        answer = self.answers.pop(0) if self.answers else UpstreamResult(tuple(recipients), {}, "250 ok")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Clocked:
+    def __init__(self, start: float) -> None:
+        self.t = start
+
+    def clock(self) -> Clock:
+        return Clock(now=lambda: datetime.fromtimestamp(self.t, timezone.utc))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store_for(StoreConfig(url=f"sqlite:///{tmp_path}/relay.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+def worker(store: Store, upstream: FakeUpstream, time: Clocked) -> OutboxWorker:
+    return OutboxWorker(store.outbox, upstream, CONFIG, Metrics(), time.clock())  # type: ignore[arg-type]
+
+
+def copy(rcpts: tuple[str, ...] = ("a@x.nl",)) -> OutboxItem:
+    return OutboxItem("r1", "shop", "orders", "o@shop.example", rcpts, b"message\r\n")
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_seconds(CONFIG, n) for n in range(1, 7)] == [60, 120, 240, 480, 600, 600]
+
+
+async def test_due_copy_is_delivered_and_removed(store: Store) -> None:
+    time, up = Clocked(10_000), FakeUpstream()
+    await store.outbox.enqueue([copy()], now=time.t)
+    assert await worker(store, up, time).run_once() == 1
+    assert up.sent == [("o@shop.example", ("a@x.nl",))]
+    assert await store.outbox.depth() == 0
+
+
+async def test_unavailable_upstream_backs_off_then_delivers(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("down"), UpstreamUnavailable("down")])
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy()], now=time.t)
+    assert await w.run_once() == 1  # attempt 1 fails: next in 60 s
+    time.t += 59
+    assert await w.run_once() == 0
+    time.t += 1
+    assert await w.run_once() == 1  # attempt 2 fails: next in 120 s
+    time.t += 119
+    assert await w.run_once() == 0
+    time.t += 1
+    assert await w.run_once() == 1
+    assert len(up.sent) == 3 and await store.outbox.depth() == 0
+
+
+async def test_gives_up_after_the_limit(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("down")] * 50)
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy()], now=time.t)
+    for _ in range(30):
+        await w.run_once()
+        time.t += 600
+    assert await store.outbox.depth() == 0  # recorded as failed, not retried forever
+    assert len(up.sent) <= 2 * 3600 / 600 + 2
+
+
+async def test_upstream_5xx_is_recorded_as_failed(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamRejected("no", 550, "550 5.1.1 no such user")])
+    await store.outbox.enqueue([copy()], now=time.t)
+    await worker(store, up, time).run_once()
+    assert await store.outbox.depth() == 0 and len(up.sent) == 1
+
+
+async def test_partial_4xx_requeues_only_the_rest(store: Store) -> None:
+    time = Clocked(10_000)
+    partial = UpstreamResult(("a@x.nl",), {"b@x.nl": (450, "busy"), "c@x.nl": (550, "gone")}, "250 ok")
+    up = FakeUpstream([partial])
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy(("a@x.nl", "b@x.nl", "c@x.nl"))], now=time.t)
+    await w.run_once()
+    assert await store.outbox.depth() == 1
+    time.t += 60
+    await w.run_once()
+    assert up.sent[-1] == ("o@shop.example", ("b@x.nl",))
+    assert await store.outbox.depth() == 0
+
+
+async def test_a_second_worker_does_not_take_leased_copies(store: Store) -> None:
+    time = Clocked(10_000)
+    await store.outbox.enqueue([copy()], now=time.t)
+    claimed = await store.outbox.claim_due(now=time.t, owner="other-process", lease_seconds=60, limit=10)
+    assert len(claimed) == 1
+    up = FakeUpstream()
+    assert await worker(store, up, time).run_once() == 0 and up.sent == []
+
+
+# --- a real upstream that loses the connection after the message was sent ------------------------
+
+
+@dataclass
+class HangUpAfterData(RecordingHandler):
+    """Takes the message (the sink counts it), then drops the connection before answering."""
+
+    hang_ups: int = 1
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        if self.hang_ups:
+            self.hang_ups -= 1
+            server.transport.abort()
+        return reply
+
+
+async def test_connection_lost_after_the_message_is_counted_and_the_redelivery_says_maybe_twice(store: Store) -> None:
+    sink = RecordingUpstream()
+    sink.handler = HangUpAfterData()
+    sink.start()
+    try:
+        time, metrics = Clocked(10_000), Metrics()
+        upstream = Upstream(UpstreamConfig(host="127.0.0.1", port=sink.port, starttls="off", timeout=5))
+        w = OutboxWorker(store.outbox, upstream, CONFIG, metrics, time.clock())
+        await store.outbox.enqueue([copy()], now=time.t)
+        with structlog.testing.capture_logs() as logs:
+            assert await w.run_once() == 1
+            assert len(sink.messages) == 1 and await store.outbox.depth() == 1  # sent, but not known to be
+            assert metrics.registry.get_sample_value("consent_relay_outbox_uncertain_total") == 1
+            time.t += 60
+            assert await w.run_once() == 1
+        await upstream.close()
+    finally:
+        sink.stop()
+    assert len(sink.messages) == 2 and await store.outbox.depth() == 0
+    (maybe,) = [e for e in logs if e["event"] == "outbox_maybe_delivered"]
+    assert "after the message was sent" in maybe["reason"]
+    (delivered,) = [e for e in logs if e["event"] == "outbox_delivered"]
+    assert delivered["maybe_twice"] is True and delivered["uncertain_attempts"] == 1
+    assert metrics.registry.get_sample_value("consent_relay_outbox_attempts_total", {"outcome": "uncertain"}) == 1

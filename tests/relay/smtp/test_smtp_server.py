@@ -1,0 +1,166 @@
+"""The SMTP edge's own DATA reader (chunked instead of one readuntil per line) keeps aiosmtpd's
+semantics: transparency dots removed (RFC 5321 4.5.2), commands pipelined after the dot served
+(RFC 2920), an end marker split across TCP segments found, oversize bodies and lines refused; and
+its fast path for plain MAIL/RCPT addresses answers exactly as aiosmtpd's parser does."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+from conftest import SENDER, RecordingUpstream, make_config, message, until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.smtp.server import AuthLockout, ConnectionLimits, RelaySMTP
+
+_LOOP = asyncio.new_event_loop()  # the protocol object only needs one to exist; nothing runs on it
+
+
+def _read_reply(reader: Any) -> bytes:
+    line = reader.readline()
+    while line[3:4] == b"-":
+        line = reader.readline()
+    return line.rstrip(b"\r\n")
+
+
+def _session(port: int, writes: list[bytes], replies: int) -> list[bytes]:
+    """Write each chunk as it is (with a short pause between, so they arrive as separate segments)
+    and then collect `replies` replies after the greeting."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        for chunk in writes:
+            sock.sendall(chunk)
+            time.sleep(0.01)  # separate segments, not synchronisation: the replies are awaited below
+        return [_read_reply(reader) for _ in range(replies)]
+
+
+def _envelope(rcpt: str = "anna@example.nl") -> bytes:
+    return f"EHLO client.test\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+
+
+async def test_dots_are_unstuffed_and_pipelined_commands_served(relay: Any, upstream: RecordingUpstream) -> None:
+    original = message(body=".leading dot\r\n.\r\n..\r\nend")
+    stuffed = original.replace(b"\r\n.", b"\r\n..")  # what a client puts on the wire
+    first = message(subject="first")
+    # Two whole transactions and QUIT in one write, as a pipelining client may send them.
+    burst = _envelope() + first + b".\r\n"
+    burst += b"MAIL FROM:<%s>\r\nRCPT TO:<anna@example.nl>\r\nDATA\r\n" % SENDER.encode()
+    burst += stuffed + b".\r\nQUIT\r\n"
+    replies = await asyncio.to_thread(_session, relay.smtp_port, [burst], 9)
+    codes = [r[:3] for r in replies]
+    assert codes == [b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354", b"250"], replies
+    await until(lambda: len(upstream.messages) == 2, what="both messages upstream")
+    assert b"\r\n.leading dot\r\n.\r\n..\r\nend\r\n" in upstream.messages[1].content
+    assert b"...\r\n" not in upstream.messages[1].content
+
+
+async def test_end_marker_split_across_segments(relay: Any, upstream: RecordingUpstream) -> None:
+    raw = message(subject="split") + b".\r\n"
+    cut = len(raw) - 3  # "\r\n." in one segment, "\r\n" in the next
+    writes = [_envelope(), raw[:cut], raw[cut:], b"QUIT\r\n"]
+    replies = await asyncio.to_thread(_session, relay.smtp_port, writes, 6)
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354", b"250", b"221"], replies
+    await until(lambda: len(upstream.messages) == 1, what="message upstream")
+    assert upstream.messages[0].content.endswith(b"KvK 12345678\r\n")
+
+
+async def test_empty_body_is_read_like_any_other(relay: Any, upstream: RecordingUpstream) -> None:
+    replies = await asyncio.to_thread(_session, relay.smtp_port, [_envelope() + b".\r\nQUIT\r\n"], 6)
+    # No From header at all: refused by policy, but read and answered, and the session goes on.
+    assert replies[3][:3] == b"354" and replies[4][:1] in (b"5", b"2") and replies[5][:3] == b"221", replies
+
+
+async def test_oversize_body_is_refused_after_the_end_and_session_goes_on(
+    start_relay: Any, tmp_path: Any, upstream: RecordingUpstream
+) -> None:
+    relay = await start_relay(make_config(tmp_path, upstream.port, smtp={"max_message_size": 20000}))
+    big = message(body="x" * 70 + ("\r\n" + "y" * 70) * 2000) + b".\r\n"
+    writes = [_envelope(), big, b"NOOP\r\nQUIT\r\n"]
+    replies = await asyncio.to_thread(_session, relay.smtp_port, writes, 7)
+    assert replies[4].startswith(b"552 5.3.4"), replies
+    assert replies[5].startswith(b"250") and replies[6].startswith(b"221"), replies
+    assert upstream.messages == []
+
+
+async def test_overlong_line_is_refused(relay: Any, upstream: RecordingUpstream) -> None:
+    writes = [_envelope(), message(body="z" * 1000) + b".\r\n", b"QUIT\r\n"]
+    replies = await asyncio.to_thread(_session, relay.smtp_port, writes, 6)
+    assert replies[4].startswith(b"500 5.5."), replies
+    assert upstream.messages == []
+    ok = await asyncio.to_thread(_session, relay.smtp_port, [_envelope(), message(body="z" * 990) + b".\r\n"], 5)
+    assert ok[4].startswith(b"250"), ok
+
+
+@given(
+    st.one_of(
+        st.from_regex(r"\A<[A-Za-z0-9.+_-]{1,12}@[A-Za-z0-9.-]{1,12}>[ \t]*(SIZE=\d+|BODY=8BITMIME|\(c\)|x)?\Z"),
+        st.text(alphabet="<>@.\"() \t[]:aZ0+-", max_size=20),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_fast_address_parse_agrees_with_aiosmtpd(arg: str) -> None:
+    server = RelaySMTP(object(), limits=ConnectionLimits(1, 1), hostname="relay.test", loop=_LOOP)
+    if arg.lstrip().startswith("<") and ">" not in arg:
+        # aiosmtpd forgives the missing ">"; the relay answers 501 5.5.4 (issue 15 item 9).
+        assert server._getaddr(arg) == ("", "")
+        return
+    assert _outcome(server._getaddr, arg) == _outcome(lambda a: SMTP._getaddr(server, a), arg)
+
+
+def _outcome(parse: Any, arg: str) -> Any:
+    try:
+        return parse(arg)
+    except Exception as exc:  # aiosmtpd's parser trips on some garbage ("0@"): the same either way
+        return type(exc)
+
+
+async def test_tests_run_on_the_loop_the_relay_serves_on() -> None:
+    import uvloop
+
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_every_handler_hook_is_one_aiosmtpd_calls() -> None:
+    """aiosmtpd looks hooks up by name and silently ignores a misspelled one (docs/STYLE.md)."""
+    import re as _re
+    from pathlib import Path
+
+    import aiosmtpd.smtp as aiosmtpd_smtp
+
+    from relay.smtp.handler import RelayHandler
+
+    source = Path(aiosmtpd_smtp.__file__).read_text()
+    called = set(_re.findall(r"_call_handler_hook\(\s*['\"](\w+)['\"]", source)) | {"exception"}
+    ours = {name[len("handle_") :] for name in vars(RelayHandler) if name.startswith("handle_")}
+    assert ours and ours <= called, ours - called
+    assert {"MAIL", "RCPT", "DATA", "exception"} <= ours
+
+
+async def test_a_permitted_recipient_reaches_the_envelope(relay: Any, upstream: RecordingUpstream) -> None:
+    """aiosmtpd drops a recipient that a RCPT hook forgets to append: every accepted one must arrive."""
+    rcpts = ["anna@example.nl", "bob@example.nl", "carl@example.nl"]
+    writes = [
+        b"EHLO client.test\r\nMAIL FROM:<%s>\r\n" % SENDER.encode()
+        + b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts)
+        + b"DATA\r\n",
+        message() + b".\r\nQUIT\r\n",
+    ]
+    replies = await asyncio.to_thread(_session, relay.smtp_port, writes, 8)
+    assert [r[:3] for r in replies] == [b"250"] * 5 + [b"354", b"250", b"221"], replies
+    await until(lambda: len(upstream.messages) == 1, what="message upstream")
+    assert sorted(upstream.messages[0].rcpt_tos) == rcpts
+
+
+def test_lockout_lasts_its_window_and_then_ends() -> None:
+    lockout = AuthLockout(max_failures=3, lockout_seconds=900)
+    assert not lockout.failed("192.0.2.7", now=0) and not lockout.failed("192.0.2.7", now=1)
+    assert lockout.failed("192.0.2.7", now=2)  # the third failure locks the address out
+    assert lockout.locked("192.0.2.7", now=901) and not lockout.locked("192.0.2.8", now=901)
+    assert not lockout.locked("192.0.2.7", now=902)  # 900 s after the lock-out
+    assert not lockout.failed("192.0.2.7", now=903)  # counting starts again

@@ -11,7 +11,6 @@ from typing import Any, Awaitable, Protocol
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
 from policies.facts import TRANSACTIONAL
@@ -23,6 +22,7 @@ from relay.unsubscribe.subscriptions import EVERY_TOPIC, Describer, Entry, Reach
 from relay.unsubscribe.tokens import TokenClaims, TokenCodec
 from relay.web.contrast import accessible_accent
 from relay.web.recipient_texts import LANGUAGE_NAMES, TEXTS, negotiate
+from relay.web.templating import environment
 
 PREFERENCES_METHOD = "preferences"
 AUDIT_ACTION = "unsubscribe.preferences"
@@ -42,13 +42,7 @@ def _fill(text: str, **values: Any) -> Markup:
     return Markup(escape(text)).format(**values)
 
 
-_ENV = Environment(
-    loader=PackageLoader("relay.web", "templates/recipient"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = environment("templates/recipient")
 _ENV.filters["fill"] = _fill
 
 

@@ -7,14 +7,20 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-ENV = Environment(
-    loader=PackageLoader("relay.web", "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+def environment(folder: str = "templates", **options: Any) -> Environment:
+    """One way to build a page environment (the admin UI and signup pages here, the recipient's
+    pages in relay/web/recipient.py): autoescaping everywhere, a missing value an error."""
+    return Environment(
+        loader=PackageLoader("relay.web", folder),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        **options,
+    )
+
+
+ENV = environment(keep_trailing_newline=True)
 
 
 def render(template: str, **values: Any) -> str:

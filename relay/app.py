@@ -79,7 +79,10 @@ class Relay:
         self.outbox = parts.outbox
         self.features = parts.features
         self.helper = parts.helper
-        self.limits = ConnectionLimits(config.smtp.max_connections, config.smtp.max_connections_per_ip, self.services.metrics)
+        # max_connections is the relay's total: with `workers = N` each process takes its share
+        # (rounded up). The per-address limit holds in each process (docs/SPEC.md §12).
+        share = -(-config.smtp.max_connections // config.smtp.workers)
+        self.limits = ConnectionLimits(share, config.smtp.max_connections_per_ip, self.services.metrics)
         self.lockout = AuthLockout(config.smtp.auth_max_failures, config.smtp.auth_lockout_seconds)
         self.handler = RelayHandler(self.pipeline, self.lockout)
         self.listeners = listeners  # bound by the caller (serve, a supervisor); else by start()

@@ -268,6 +268,23 @@ async def test_total_connection_limit(tmp_path: Path, upstream: RecordingUpstrea
     assert out.code == 250
 
 
+async def test_the_total_connection_limit_is_shared_by_the_workers(
+    tmp_path: Path, upstream: RecordingUpstream, start_relay: Any
+) -> None:
+    """max_connections is the relay's total: with workers = 2 each process admits its half
+    (rounded up), so two workers never admit twice the configured total (issue 21)."""
+    relay = await start_relay(
+        make_config(tmp_path, upstream.port, smtp={"max_connections_per_ip": 10, "max_connections": 3, "workers": 2})
+    )
+    assert relay.limits.max_total == 2 and relay.limits.max_per_ip == 10
+    socks = [await asyncio.to_thread(_connect_from, f"127.0.0.{i}", relay.smtp_port) for i in (1, 2, 3)]
+    try:
+        assert [s[1][:3] for s in socks] == [b"220", b"220", b"421"], [s[1] for s in socks]
+    finally:
+        for sock, _ in socks:
+            sock.close()
+
+
 async def test_stop_tells_idle_sessions_to_come_back(relay: Any) -> None:
     sock, greeting = await asyncio.to_thread(_connect_from, "127.0.0.1", relay.smtp_port)
     try:

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -32,6 +32,8 @@ import policies.message  # noqa: E402
 import policies.rules.content  # noqa: E402
 from policies import _passes_py  # noqa: E402
 from policies._passes import NATIVE, passes  # noqa: E402
+
+from bench.bench_policy import passes_swapped  # noqa: E402
 
 _DROP = ("script", "style", "head", "title", "noscript", "template", "object", "iframe")
 _BLOCK = frozenset(
@@ -212,22 +214,13 @@ def with_offset(convert: Callable[[str], tuple[str, str, list[tuple[str, int, in
     return html_to_text
 
 
-@contextlib.contextmanager
-def core_on(convert: Callable[[str], Any]) -> Iterator[None]:
+def core_on(convert: Callable[[str], Any]) -> contextlib.AbstractContextManager[None]:
     """The whole core with `convert` as its HTML pass (the other passes stay)."""
     shim = type(sys)("shim")
     for name in ("words", "urls", "fold", "qp_decode", "number_windows"):
         setattr(shim, name, getattr(passes, name))
     shim.html_to_text = with_offset(convert)  # type: ignore[attr-defined]
-    users = (policies.message, policies.rules.content)
-    kept = [module._speedups for module in users]
-    for module in users:
-        module._speedups = shim  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for module, original in zip(users, kept):
-            module._speedups = original
+    return passes_swapped(shim)
 
 
 def corpus_messages() -> list[tuple[str, bytes]]:

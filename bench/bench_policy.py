@@ -24,7 +24,7 @@ import tracemalloc
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: bench/ is on sys.path, the repository is not
@@ -198,10 +198,9 @@ def peak_memory(engine: Engine, raw: bytes, params: dict[str, object], *, clean:
 
 
 @contextlib.contextmanager
-def python_passes() -> Iterator[None]:
-    """policies' C passes (policies/_speedups.c) swapped for the pure-Python passes they replaced,
-    the runtime fallback policies/_passes_py.py: the same-run baseline."""
-    shim = policies._passes_py
+def passes_swapped(shim: Any) -> Iterator[None]:
+    """policies' text passes (the C module or its fallback, as policies._passes chose) swapped for
+    `shim`, a module or object with the same functions, in every core module that calls them."""
     users = (policies.message, policies.rules.content)
     kept = [module._speedups for module in users]
     for module in users:
@@ -211,6 +210,12 @@ def python_passes() -> Iterator[None]:
     finally:
         for module, original in zip(users, kept):
             module._speedups = original
+
+
+def python_passes() -> contextlib.AbstractContextManager[None]:
+    """policies' C passes (policies/_speedups.c) swapped for the pure-Python passes they replaced,
+    the runtime fallback policies/_passes_py.py: the same-run baseline."""
+    return passes_swapped(policies._passes_py)
 
 
 def interleaved(

@@ -19,8 +19,6 @@ from relay.store.records import AuditEntry, QuarantineItem, iso
 
 PURGE_INTERVAL_SECONDS = 3600.0
 MAX_PAGE = 500
-# Counting walks the list when the store has no aggregate query; past this it says "at least".
-COUNT_SCAN_LIMIT = 5_000
 RETENTION_ACTOR = "retention"
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
@@ -129,31 +127,12 @@ class Counts:
     total: int
     by_rule: dict[str, int]
     by_account: dict[str, int]
-    complete: bool  # False when the scan stopped at COUNT_SCAN_LIMIT
 
 
 async def counts(services: Services, *, since: datetime | None = None, before: datetime | None = None) -> Counts:
     """Held items per rule and per account, received in [since, before)."""
-    store = services.store.quarantine
-    aggregate = getattr(store, "counts", None)
-    if aggregate is not None:
-        # A store with GROUP BY queries: counts(since=, before=) -> (by_rule, by_account).
-        rules, accounts = await aggregate(since=since, before=before)
-        return Counts(sum(accounts.values()), dict(rules), dict(accounts), complete=True)
-    by_rule: dict[str, int] = {}
-    by_account: dict[str, int] = {}
-    total = 0
-    cursor: str | None = None
-    while True:
-        page, cursor = await store.list(since=since, before=before, cursor=cursor, limit=MAX_PAGE)
-        for item in page:
-            total += 1
-            by_account[item.account] = by_account.get(item.account, 0) + 1
-            for r in item.rules:
-                by_rule[r] = by_rule.get(r, 0) + 1
-        if cursor is None or total >= COUNT_SCAN_LIMIT:
-            break
-    return Counts(total, by_rule, by_account, complete=cursor is None)
+    rules, accounts = await services.store.quarantine.counts(since=since, before=before)
+    return Counts(sum(accounts.values()), dict(rules), dict(accounts))
 
 
 async def audit_entries(services: Services, *, limit: int = 100, target: str | None = None) -> list[AuditEntry]:

@@ -204,21 +204,11 @@ class QuarantineStore(abc.ABC):
         """Give back to held, audited, the messages a release claimed before `claimed_before` and never
         finished (its process was killed): held mail is never stuck out of sight."""
 
+    @abc.abstractmethod
     async def counts(
         self, *, since: datetime | None = None, before: datetime | None = None
     ) -> tuple[dict[str, int], dict[str, int]]:
-        """Held messages by rule and by account. Backends override this with GROUP BY queries."""
-        by_rule: dict[str, int] = {}
-        by_account: dict[str, int] = {}
-        cursor: str | None = None
-        while True:
-            items, cursor = await self.list(since=since, before=before, cursor=cursor, limit=500)
-            for item in items:
-                by_account[item.account] = by_account.get(item.account, 0) + 1
-                for rule in item.rules:
-                    by_rule[rule] = by_rule.get(rule, 0) + 1
-            if cursor is None:
-                return by_rule, by_account
+        """Held messages received in [since, before), by rule and by account (GROUP BY queries)."""
 
 
 class AuditStore(abc.ABC):

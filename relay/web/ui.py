@@ -163,7 +163,7 @@ async def quarantine_list(request: web.Request, session: Session) -> web.Respons
     )
     counts = await qs.counts(services, since=since, before=before)
     rules = sorted(set(counts.by_rule) | ({rule} if rule else set()))
-    held = f"{counts.total}{'' if counts.complete else '+'} held" + ("" if not age else f" ({AGES[age][0].lower()})")
+    held = f"{counts.total} held" + ("" if not age else f" ({AGES[age][0].lower()})")
 
     def chips(key: str, by_value: dict[str, int], chosen: str) -> list[dict[str, Any]]:
         return [

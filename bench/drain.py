@@ -391,6 +391,8 @@ class Sample:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="drain-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     exe = str(REPO / ".venv" / "bin" / "consent-relay")
     sink = Sink()
     smtp = free_port()
@@ -511,7 +513,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             profile = subprocess.Popen(
                 [PY_SPY, "record", "--pid", str(proc.pid), "--subprocesses", "--rate", "100", "--duration", str(args.profile),
-                 "--nonblocking", "--output", str(Path(args.out) / "drain-profile.svg")],
+                 "--nonblocking", "--output", str(out / "drain-profile.svg")],
                 stdout=subprocess.DEVNULL, stderr=open(work / "py-spy.log", "wb"),
             )
         phase = "drain+load"
@@ -611,19 +613,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "drain_with_load_copies_s": round(drain_with_load, 1), "drain_with_load_window_s": round(with_load_seconds, 1),
         "outbox_depth_at_load_stop": depth_at_load_stop,
         "drain_after_load_copies_s": round(drain_after_stop, 1), "drain_after_load_window_s": round(after_stop_seconds, 1),
-        "drain_overall_copies_s": round(outage_promised / drain_total_seconds, 1) if drain_total_seconds else None,
+        "drain_overall_copies_s": round(queued_copies / drain_total_seconds, 1) if drain_total_seconds else None,
         "drained_in_s": round(drain_total_seconds, 1) if drain_total_seconds else None,
         "ratio_after_load": round(drain_after_stop / live_rate, 2),
         "ratio_with_load": round(drain_with_load / live_rate, 2),
-        "ratio_overall": round(outage_promised / drain_total_seconds / live_rate, 2) if drain_total_seconds else None,
+        "ratio_overall": round(queued_copies / drain_total_seconds / live_rate, 2) if drain_total_seconds else None,
         "rss_mib": {k: mib(v) for k, v in rss.items()},
         "promised_copies": len(load.promised), "copies_at_sink": sum(counts.values()),
         "lost": lost, "duplicated": duplicated, "unpromised_at_sink": unpromised, "reported_uncertain": uncertain,
         "silent_duplicates": max(0, duplicated - uncertain), "answers": dict(load.answers),
         "marks_s": {k: round(v, 1) for k, v in marks.items()}, "work": str(work),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with (out / "drain.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seconds", "phase", "rss_kib", "outbox_depth", "copies_at_sink", "outage_copies_at_sink", "promised", "cpu_ticks"])

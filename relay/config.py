@@ -461,6 +461,9 @@ class OutboxConfig(Table, frozen=True):
     # A claimed copy is leased for this long, renewed every third of it while its holder works;
     # after a crash its copies wait at most this long for another process.
     lease_seconds: Timeout = 15.0
+    # After the upstream deferred 10 attempts in a row, one copy is tried this often regardless of
+    # its back-off; once one is taken, every queued copy is sent without waiting out its back-off.
+    probe_seconds: Annotated[Amount, doc("how often the outbox tries one copy early while the upstream is away")] = 5.0
 
 
 class ComplaintSource(Table, frozen=True):

@@ -1,5 +1,10 @@
 """The outbox worker: retries queued copies with exponential back-off until delivered or given up.
 
+It sends as many copies at once as the upstream pool has connections. After the upstream was away
+(deferred attempts in a row), it tries one copy early every `probe_seconds`, and once the upstream
+answers again it sends every queued copy without waiting out its back-off (issue 20: a drain at the
+upstream's rate, not at the back-off's).
+
 No copy is sent twice by two holders: a copy is claimed under a short lease, renewed by a
 heartbeat while its holder works, confirmed in the store (fenced) just before DATA and checked
 against its deadline just before the message goes out. Claims are small batches that fit in one
@@ -25,17 +30,21 @@ from relay.services import Clock
 from relay.store.base import OutboxStore
 from relay.store.records import OutboxItem
 
-_MAX_BATCH = 10
+_MAX_BATCH = 10  # copies a lane may hold before it starts them
+# Deferred attempts in a row after which the upstream is taken as away: fewer are the copies'
+# own (a busy mailbox), and they keep their back-off.
+AWAY_AFTER = 10
+_DEPTH_EVERY = 5.0  # seconds between two counts of the outbox while it drains (a count reads every row)
 
 
 def backoff_seconds(config: OutboxConfig, attempts: int) -> float:
     return min(config.retry_max_seconds, config.retry_initial_seconds * (2 ** max(0, attempts - 1)))
 
 
-def batch_size(lease_seconds: float, upstream_timeout: float) -> int:
-    """As many copies as fit in one lease if each took the whole upstream timeout: a copy claimed
-    and not yet started waits at most one lease for another process when this one dies."""
-    return max(1, min(_MAX_BATCH, math.floor(lease_seconds / max(upstream_timeout, 0.001))))
+def batch_size(lease_seconds: float, upstream_timeout: float, lanes: int = 1) -> int:
+    """As many copies as fit in one lease for each lane if each took the whole upstream timeout: a
+    copy claimed and not yet started waits at most one lease for another process when this one dies."""
+    return max(1, lanes) * max(1, min(_MAX_BATCH, math.floor(lease_seconds / max(upstream_timeout, 0.001))))
 
 
 class _CopyFence:
@@ -101,7 +110,14 @@ class OutboxWorker:
         self.clock = clock
         # Unique per process and start, so a lease of a killed process is never mistaken for ours.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.batch = batch_size(config.lease_seconds, upstream.config.timeout)
+        # One lane per pooled upstream connection: the copies of a claim are sent side by side.
+        self.lanes = max(1, upstream.config.pool_size)
+        self.batch = batch_size(config.lease_seconds, upstream.config.timeout, self.lanes)
+        self.deferred_in_a_row = 0
+        self._probed_at = -math.inf
+        self._probe_after = 0  # the id after which the next probe looks (each probe tries another copy)
+        self._catch_up_after: int | None = None  # after the upstream came back: the early claims' cursor
+        self._depth_at = -math.inf
         self.held: dict[int, float] = {}  # copy id -> lease deadline, for the copies of the current claim
         self._wake = (bell or OutboxBell()).event
         self._stopping = False
@@ -143,32 +159,86 @@ class OutboxWorker:
         except Exception:  # the loop's own failure was logged where it happened
             pass
 
+    @property
+    def upstream_away(self) -> bool:
+        return self.deferred_in_a_row >= AWAY_AFTER
+
+    async def _claim(self, now: float) -> list[OutboxItem]:
+        lease = self.config.lease_seconds
+        items = await self.store.claim_due(now=now, owner=self.owner, lease_seconds=lease, limit=self.batch)
+        if items:
+            return items
+        if self._catch_up_after is not None:
+            items = await self.store.claim_early(
+                now=now, owner=self.owner, lease_seconds=lease, limit=self.batch, after_id=self._catch_up_after
+            )
+            if items:
+                self._catch_up_after = max(item.id for item in items)
+                return items
+            self._catch_up_after = None
+            self.log.info("outbox_caught_up")
+        if self.upstream_away and now - self._probed_at >= self.config.probe_seconds:
+            # Nothing due: the back-off would leave the upstream idle long after it came back.
+            self._probed_at = now
+            for after in (self._probe_after, 0):
+                items = await self.store.claim_early(now=now, owner=self.owner, lease_seconds=lease, limit=1, after_id=after)
+                if items:
+                    self._probe_after = items[0].id
+                    return items
+        return []
+
     async def run_once(self) -> int:
         now = self.clock.timestamp()
-        items = await self.store.claim_due(now=now, owner=self.owner, lease_seconds=self.config.lease_seconds, limit=self.batch)
+        items = await self._claim(now)
         if not items:
-            self.metrics.outbox_messages.set(await self.store.depth())
+            await self._count(now, force=True)
             return 0
         self.held = {item.id: now + self.config.lease_seconds for item in items}
         heartbeat = asyncio.create_task(self._heartbeat(), name="outbox-heartbeat")
-        unsent = [item.id for item in items]
-        try:
-            for item in items:
-                if self._stopping:
-                    break
-                unsent.remove(item.id)
+        todo = list(reversed(items))
+        unsent = {item.id for item in items}
+
+        async def lane() -> None:
+            while todo and not self._stopping:
+                item = todo.pop()
+                unsent.discard(item.id)
                 if item.id not in self.held:
                     continue  # the heartbeat found it taken: its lease ran out while we waited
                 await self._attempt(item)
                 self.held.pop(item.id, None)
+
+        try:
+            # Each lane finishes its copy in flight even when another failed (a store error): the
+            # first error is raised once all have stopped, and what no lane started is given back.
+            outcomes = await asyncio.gather(*(lane() for _ in range(min(self.lanes, len(items)))), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             if unsent:
-                await self._release(unsent)
+                await self._release(list(unsent))
             self.held = {}
-        self.metrics.outbox_messages.set(await self.store.depth())
+        await self._count(now)
         return len(items)
+
+    async def _count(self, now: float, *, force: bool = False) -> None:
+        if force or now - self._depth_at >= _DEPTH_EVERY:
+            self._depth_at = now
+            self.metrics.outbox_messages.set(await self.store.depth())
+
+    def _deferred(self) -> None:
+        self.deferred_in_a_row += 1
+        if self.deferred_in_a_row == AWAY_AFTER:
+            self._catch_up_after = None  # away again: the copies wait for their back-off, or a probe
+            self.log.warning("outbox_upstream_away", deferred_in_a_row=AWAY_AFTER)
+
+    def _answered(self) -> None:
+        if self.upstream_away:
+            self._catch_up_after = 0
+            self.log.info("outbox_upstream_back", after_deferred=self.deferred_in_a_row)
+        self.deferred_in_a_row = 0
 
     async def _heartbeat(self) -> None:
         interval = self.config.lease_seconds / 3
@@ -228,10 +298,12 @@ class OutboxWorker:
             return
         except UpstreamUnavailable as exc:
             self.metrics.outbox_attempts.labels("deferred").inc()
+            self._deferred()
             await self._later(item, str(exc), now, uncertain=False)
             return
         except UpstreamRejected as exc:
             self.metrics.outbox_attempts.labels("refused").inc()
+            self._answered()
             await self.store.give_up(item.id, self.owner, error=exc.reply or str(exc))
             self.log.warning(
                 "outbox_refused", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(item.rcpt_tos),
@@ -239,6 +311,7 @@ class OutboxWorker:
             )
             return
         self.metrics.outbox_attempts.labels("delivered").inc()
+        self._answered()
         later = result.temporarily_refused
         if later:
             # One statement: the copy keeps only the recipients still to do (a crash here loses none).

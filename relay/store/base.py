@@ -122,6 +122,11 @@ class OutboxStore(abc.ABC):
         (and one more `uncertain`)."""
 
     @abc.abstractmethod
+    async def claim_early(self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int) -> list[OutboxItem]:
+        """As `claim_due`, but copies whose retry is not due yet, in id order after `after_id`: the
+        upstream is back after an outage, and its copies need not wait out their back-off."""
+
+    @abc.abstractmethod
     async def renew(self, item_ids: Sequence[int], owner: str, *, lease_until: float) -> set[int]:
         """Extend the leases `owner` still holds; returns the ids still held."""
 

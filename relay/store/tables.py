@@ -314,13 +314,26 @@ class SqlOutbox(base.OutboxStore):
             return [int((await tx.fetchall(OUTBOX_INSERT, outbox_to_row(item, now)))[0][0]) for item in items]
 
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
+        return await self._claim(
+            "next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at, id", (float(now), float(now)),
+            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
+        )
+
+    async def claim_early(self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int) -> list[OutboxItem]:
+        return await self._claim(
+            "id > ? AND lease_until <= ? ORDER BY id", (int(after_id), float(now)),
+            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
+        )
+
+    async def _claim(
+        self, where: str, params: tuple[Any, ...], *, now: float, owner: str, lease_seconds: float, limit: int
+    ) -> list[OutboxItem]:
         # A racing instance passes over rows another is leasing (SKIP LOCKED, on PostgreSQL; SQLite's
         # BEGIN IMMEDIATE lets one writer at a time), and a locked row's WHERE is checked again.
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at <= ? AND lease_until <= ? "
-                f"ORDER BY next_attempt_at, id LIMIT ?{self.db.dialect.skip_locked}",
-                (float(now), float(now), limit),
+                f"SELECT * FROM outbox WHERE status='pending' AND {where} LIMIT ?{self.db.dialect.skip_locked}",
+                (*params, limit),
             )
             if rows:
                 await tx.executemany(

@@ -3,6 +3,7 @@ upstream 5xx recorded as failed, partial 4xx re-queued for the rest only."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import structlog.testing
 
 from relay.config import OutboxConfig, StoreConfig, UpstreamConfig
-from relay.delivery.outbox import OutboxWorker, backoff_seconds
+from relay.delivery.outbox import AWAY_AFTER, OutboxWorker, backoff_seconds
 from relay.delivery.upstream import Upstream, UpstreamResult
 from relay.errors import UpstreamRejected, UpstreamUnavailable
 from relay.metrics import Metrics
@@ -138,6 +139,77 @@ async def test_a_second_worker_does_not_take_leased_copies(store: Store) -> None
     assert len(claimed) == 1
     up = FakeUpstream()
     assert await worker(store, up, time).run_once() == 0 and up.sent == []
+
+
+# --- after an outage (issue 20): probes, the catch-up, copies side by side ----------------------
+
+
+async def test_after_the_upstream_was_away_a_probe_finds_it_back_and_every_copy_goes_without_its_back_off(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("down")] * (AWAY_AFTER + 2) + [UpstreamUnavailable("still down")])
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(AWAY_AFTER + 2)], now=time.t)
+    assert await w.run_once() == AWAY_AFTER + 2  # every one deferred: next attempts in 60 s
+    assert w.upstream_away
+    time.t += CONFIG.probe_seconds
+    with structlog.testing.capture_logs() as logs:
+        assert await w.run_once() == 1  # one copy early, to see whether the upstream is back: not yet
+        assert up.sent[-1] == ("o@shop.example", ("r0@x.nl",))
+        assert await w.run_once() == 0  # the next probe waits probe_seconds
+        time.t += CONFIG.probe_seconds
+        assert await w.run_once() == 1  # another copy this time: it is taken
+        assert up.sent[-1] == ("o@shop.example", ("r1@x.nl",))
+        assert not w.upstream_away
+        # Every other copy at once (the first probe's too), 10 s after their last attempt rather than 60.
+        assert await w.run_once() == AWAY_AFTER + 1
+    assert await store.outbox.depth() == 0
+    assert len(up.sent) == 2 * (AWAY_AFTER + 2) + 1
+    assert [e["event"] for e in logs if e["event"].startswith("outbox_upstream") or e["event"] == "outbox_caught_up"] == [
+        "outbox_upstream_back"
+    ]
+
+
+async def test_a_few_deferred_copies_keep_their_back_off(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("mailbox busy")] * (AWAY_AFTER - 1))
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(AWAY_AFTER - 1)], now=time.t)
+    assert await w.run_once() == AWAY_AFTER - 1
+    time.t += 59
+    assert await w.run_once() == 0 and len(up.sent) == AWAY_AFTER - 1  # no probe: the upstream answers
+    time.t += 1
+    assert await w.run_once() == AWAY_AFTER - 1
+
+
+@dataclass
+class GatedUpstream(FakeUpstream):
+    """Holds every send until `gate` opens; `all_in` is set once `pool_size` sends wait at once."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0
+
+    async def send(self, mail_from: str, recipients: tuple[str, ...], content: bytes, fence: Any = None) -> UpstreamResult:
+        self.waiting += 1
+        if self.waiting == self.config.pool_size:
+            self.all_in.set()
+        await self.gate.wait()
+        self.waiting -= 1
+        return await super().send(mail_from, recipients, content, fence)
+
+
+async def test_the_copies_of_a_claim_go_side_by_side_one_per_pooled_connection(store: Store) -> None:
+    time = Clocked(10_000)
+    up = GatedUpstream(config=UpstreamConfig(timeout=5, pool_size=4))
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(6)], now=time.t)
+    run = asyncio.create_task(w.run_once())
+    await asyncio.wait_for(up.all_in.wait(), 10)  # four sends at once (one at a time never gets there)
+    assert up.waiting == 4 and up.sent == []
+    up.gate.set()
+    assert await run == 6
+    assert sorted(r for _, (r,) in up.sent) == sorted(f"r{i}@x.nl" for i in range(6))
+    assert await store.outbox.depth() == 0
 
 
 # --- a real upstream that loses the connection after the message was sent ------------------------

@@ -441,6 +441,22 @@ async def test_outbox_racing_owners_get_disjoint_copies(store: Store, second: St
     assert await store.outbox.depth() == 30
 
 
+async def test_outbox_early_claims_take_copies_not_due_in_id_order_and_respect_leases(store: Store, second: Store) -> None:
+    ids = await store.outbox.enqueue([copy(i, next_attempt_at=1000.0 + i) for i in range(5)], now=10.0)
+    assert await store.outbox.claim_due(now=20.0, owner="h1", lease_seconds=60, limit=10) == []  # none is due
+    (leased,) = await second.outbox.claim_early(now=20.0, owner="h2", lease_seconds=60, limit=1, after_id=ids[1])
+    assert leased.id == ids[2]
+    early = await store.outbox.claim_early(now=20.0, owner="h1", lease_seconds=60, limit=10, after_id=ids[0])
+    assert [c.id for c in early] == [ids[1], ids[3], ids[4]]  # after ids[0], and not h2's copy
+    assert await store.outbox.claim_early(now=30.0, owner="h2", lease_seconds=60, limit=10, after_id=0) == [
+        replace(copy(0, next_attempt_at=1000.0), id=ids[0], created_at=10.0)
+    ]
+    await store.outbox.give_up(ids[1], "h1", error="550 no such user")
+    # Once the leases ran out: every pending copy again, never a failed one.
+    again = await store.outbox.claim_early(now=400.0, owner="h1", lease_seconds=60, limit=10, after_id=0)
+    assert [c.id for c in again] == [ids[0], ids[2], ids[3], ids[4]]
+
+
 # --- quarantine ------------------------------------------------------------------------------
 
 

@@ -135,6 +135,13 @@ class OutboxStore(abc.ABC):
         """True when `owner` still holds the copy: its lease is extended and its send marked begun."""
 
     @abc.abstractmethod
+    async def settle(
+        self, owner: str, *, delivered: Sequence[int], fence: Sequence[int], now: float, lease_until: float
+    ) -> set[int]:
+        """`delivered` for each of the first ids and `fence` for each of the others, in one
+        transaction (one commit for the copies of several lanes); returns the fenced ids still held."""
+
+    @abc.abstractmethod
     async def release(self, item_ids: Sequence[int], owner: str) -> None:
         """Give back leases whose copies were not sent (a graceful stop)."""
 

@@ -361,6 +361,24 @@ class SqlOutbox(base.OutboxStore):
         )
         return changed == 1
 
+    async def settle(
+        self, owner: str, *, delivered: Sequence[int], fence: Sequence[int], now: float, lease_until: float
+    ) -> set[int]:
+        held: set[int] = set()
+        async with self.db.transaction() as tx:
+            for ids in self.db.dialect.chunks(list(delivered)):
+                in_ids, params = self.db.dialect.any_of("id", ids, "bigint")
+                await tx.execute(f"DELETE FROM outbox WHERE lease_owner=? AND {in_ids}", (owner, *params))
+            for ids in self.db.dialect.chunks(list(fence)):
+                in_ids, params = self.db.dialect.any_of("id", ids, "bigint")
+                rows = await tx.fetchall(
+                    f"UPDATE outbox SET lease_until=?, sending_since=? WHERE lease_owner=? AND status='pending' AND {in_ids} "
+                    "RETURNING id",
+                    (float(lease_until), float(now), owner, *params),
+                )
+                held.update(int(r[0]) for r in rows)
+        return held
+
     async def release(self, item_ids: Sequence[int], owner: str) -> None:
         if item_ids:
             in_ids, params = self.db.dialect.any_of("id", item_ids, "bigint")

@@ -212,6 +212,27 @@ async def test_the_copies_of_a_claim_go_side_by_side_one_per_pooled_connection(s
     assert await store.outbox.depth() == 0
 
 
+async def test_the_fences_of_lanes_sending_at_once_share_one_commit(store: Store) -> None:
+    time = Clocked(10_000)
+    up = GatedUpstream(config=UpstreamConfig(timeout=5, pool_size=4))
+    w = worker(store, up, time)
+    settled: list[tuple[list[int], list[int]]] = []
+    settle = store.outbox.settle
+
+    async def counting(owner: str, *, delivered: Any, fence: Any, now: float, lease_until: float) -> set[int]:
+        settled.append((list(delivered), list(fence)))
+        return await settle(owner, delivered=delivered, fence=fence, now=now, lease_until=lease_until)
+
+    store.outbox.settle = counting  # type: ignore[method-assign]
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(4)], now=time.t)
+    run = asyncio.create_task(w.run_once())
+    await asyncio.wait_for(up.all_in.wait(), 10)
+    up.gate.set()
+    assert await run == 4 and len(up.sent) == 4 and await store.outbox.depth() == 0
+    # Four fences in the first commit, four deliveries in the next: 2 commits for 4 copies, not 8.
+    assert [(len(d), len(f)) for d, f in settled] == [(0, 4), (4, 0)]
+
+
 # --- a real upstream that loses the connection after the message was sent ------------------------
 
 

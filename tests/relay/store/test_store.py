@@ -457,6 +457,22 @@ async def test_outbox_early_claims_take_copies_not_due_in_id_order_and_respect_l
     assert [c.id for c in again] == [ids[0], ids[2], ids[3], ids[4]]
 
 
+async def test_outbox_settle_delivers_and_fences_in_one_go_for_the_owner_only(store: Store, second: Store) -> None:
+    ids = await store.outbox.enqueue([copy(i) for i in range(4)], now=10.0)
+    assert len(await store.outbox.claim_due(now=20.0, owner="h1", lease_seconds=5, limit=3)) == 3
+    assert len(await second.outbox.claim_due(now=20.0, owner="h2", lease_seconds=5, limit=3)) == 1
+    held = await store.outbox.settle("h1", delivered=[ids[0], ids[3]], fence=[ids[1], ids[2], ids[3]], now=21.0, lease_until=40.0)
+    assert held == {ids[1], ids[2]}  # h2's copy is neither removed nor fenced by h1
+    assert await store.outbox.depth() == 3
+    # The fence holds h1's leases until 40 (h2's ran out at 25) and marks the sends begun: the next holder is told.
+    (first,) = await second.outbox.claim_due(now=39.0, owner="h2", lease_seconds=5, limit=10)
+    taken = await second.outbox.claim_due(now=40.0, owner="h2", lease_seconds=5, limit=10)
+    assert (first.id, first.interrupted_send) == (ids[3], False)
+    assert sorted((c.id, c.interrupted_send) for c in taken) == [(ids[1], True), (ids[2], True)]
+    assert await second.outbox.settle("h2", delivered=ids[1:], fence=[], now=41.0, lease_until=46.0) == set()
+    assert await store.outbox.depth() == 0
+
+
 # --- quarantine ------------------------------------------------------------------------------
 
 

@@ -509,7 +509,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sink.call("mode", "up")
         back = time.monotonic()
         marks["upstream_back"] = back - start
-        from_outage_at_back = stats()[1]
+        sink_at_back, from_outage_at_back = stats()
         if args.profile:
             profile = subprocess.Popen(
                 [PY_SPY, "record", "--pid", str(proc.pid), "--subprocesses", "--rate", "100", "--duration", str(args.profile),
@@ -523,7 +523,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         await drain_load
         with_load_seconds = time.monotonic() - back
-        from_outage_with_load = stats()[1] - from_outage_at_back
+        sink_at_load_stop, from_outage_at_load_stop = stats()
+        from_outage_with_load = from_outage_at_load_stop - from_outage_at_back
+        all_with_load = sink_at_load_stop - sink_at_back
         depth_at_load_stop = outbox_depth(db)
         phase = "drain"
         load_stopped = time.monotonic()
@@ -611,6 +613,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "live_copies_s": round(live_rate, 1),
         "queued_copies": queued_copies, "outbox_depth_peak": peak_depth, "outbox_depth_at_upstream_back": queued_at_end,
         "drain_with_load_copies_s": round(drain_with_load, 1), "drain_with_load_window_s": round(with_load_seconds, 1),
+        "sink_with_load_copies_s": round(all_with_load / with_load_seconds, 1),  # the outbox's and the new mail's
         "outbox_depth_at_load_stop": depth_at_load_stop,
         "drain_after_load_copies_s": round(drain_after_stop, 1), "drain_after_load_window_s": round(after_stop_seconds, 1),
         "drain_overall_copies_s": round(queued_copies / drain_total_seconds, 1) if drain_total_seconds else None,

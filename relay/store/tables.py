@@ -315,13 +315,15 @@ class SqlOutbox(base.OutboxStore):
 
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
         return await self._claim(
-            "next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at, id", (float(now), float(now)),
-            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
+            "status='pending' AND next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at, id",
+            (float(now), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
         )
 
     async def claim_early(self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int) -> list[OutboxItem]:
+        # The status as an expression: an index on it would have the planner read every pending
+        # row and sort them (SQLite, 0.8 s with 57,000 queued); the primary key reads `limit` rows.
         return await self._claim(
-            "id > ? AND lease_until <= ? ORDER BY id", (int(after_id), float(now)),
+            "coalesce(status, '')='pending' AND id > ? AND lease_until <= ? ORDER BY id", (int(after_id), float(now)),
             now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
         )
 
@@ -332,7 +334,7 @@ class SqlOutbox(base.OutboxStore):
         # BEGIN IMMEDIATE lets one writer at a time), and a locked row's WHERE is checked again.
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(
-                f"SELECT * FROM outbox WHERE status='pending' AND {where} LIMIT ?{self.db.dialect.skip_locked}",
+                f"SELECT * FROM outbox WHERE {where} LIMIT ?{self.db.dialect.skip_locked}",
                 (*params, limit),
             )
             if rows:

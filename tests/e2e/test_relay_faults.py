@@ -56,11 +56,16 @@ async def test_kill_9_of_a_worker_mid_drain_loses_nothing_and_its_copies_wait_on
             return await depth(url) == 0
 
         await until(drained, timeout=20, what="an empty outbox")
+        # The drain may end before the replacement has started (lanes): its start is awaited, not assumed.
+        await until(lambda: len(worker_pids(relay)) == 3, timeout=30, what="the killed worker replaced")
         admin = max(e["admin"] for e in started)  # worker 0's, the same socket after a replacement
         uncertain = await counter(Instance(relay, 0, admin, 0), "consent_relay_outbox_uncertain_total")
         assert await relay.stop() == 0
     finally:
         await relay.ensure_stopped()
+        import json as _j
+        open("/tmp/kill9-lines.json", "w").write("\n".join(_j.dumps(x, default=str) for x in relay.lines))
+        open("/tmp/kill9-sink.json", "w").write(_j.dumps([list(expected), upstream.recipients()]))
     counts = Counter(upstream.recipients())
     assert set(counts) == expected  # 0 lost
     twice = {r for r, n in counts.items() if n > 1}

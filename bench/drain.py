@@ -410,6 +410,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proc = subprocess.Popen([exe, "-c", str(config), "serve"], cwd=work, stdout=subprocess.DEVNULL, stderr=relay_log, start_new_session=True)
     load = Load(smtp, rcpts)
     samples: list[Sample] = []
+    backlog: dict[str, int] = {}  # per paced phase: the most messages waiting for a client
     marks: dict[str, float] = {}
     phase = "start"
     profile: subprocess.Popen[bytes] | None = None
@@ -468,8 +469,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     batch, load.retry = load.retry, []
                     for bench_id in batch:
                         ids.put_nowait(bench_id)
-                if ids.qsize() > rate * 30:
-                    raise RuntimeError(f"the relay does not keep up with {rate} msg/s: {ids.qsize()} messages waiting")
+                backlog[letter] = max(backlog.get(letter, 0), ids.qsize())  # the relay fell behind the rate
                 try:
                     await asyncio.wait_for(stop.wait(), 0.05)
                 except TimeoutError:
@@ -625,6 +625,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "promised_copies": len(load.promised), "copies_at_sink": sum(counts.values()),
         "lost": lost, "duplicated": duplicated, "unpromised_at_sink": unpromised, "reported_uncertain": uncertain,
         "silent_duplicates": max(0, duplicated - uncertain), "answers": dict(load.answers),
+        "outage_messages_sent": sum(1 for _ in {key for key, _ in load.promised if key.startswith("o")}),
+        "paced_backlog_max": backlog,
         "marks_s": {k: round(v, 1) for k, v in marks.items()}, "work": str(work),
     }
     with (out / "drain.csv").open("w", newline="") as f:

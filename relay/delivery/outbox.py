@@ -1,9 +1,9 @@
 """The outbox worker: retries queued copies with exponential back-off until delivered or given up.
 
-It sends as many copies at once as the upstream pool has connections. After the upstream was away
-(deferred attempts in a row), it tries one copy early every `probe_seconds`, and once the upstream
-answers again it sends every queued copy without waiting out its back-off (issue 20: a drain at the
-upstream's rate, not at the back-off's).
+It sends as many copies at once as the upstream pool has connections. While the upstream is away
+(deferred attempts in a row) it tries only one copy every `probe_seconds`, early if need be, and
+once the upstream answers again it sends every queued copy without waiting out its back-off
+(issue 20: a drain at the upstream's rate, not at the back-off's).
 
 No copy is sent twice by two holders: a copy is claimed under a short lease, renewed by a
 heartbeat while its holder works, confirmed in the store (fenced) just before DATA and checked
@@ -214,6 +214,18 @@ class OutboxWorker:
 
     async def _claim(self, now: float) -> list[OutboxItem]:
         lease = self.config.lease_seconds
+        if self.upstream_away:
+            # One copy every probe_seconds, early if need be: retrying every due copy would only
+            # be deferred too, and the back-off would leave the upstream idle long after it came back.
+            if now - self._probed_at < self.config.probe_seconds:
+                return []
+            self._probed_at = now
+            for after in (self._probe_after, 0):
+                items = await self.store.claim_early(now=now, owner=self.owner, lease_seconds=lease, limit=1, after_id=after)
+                if items:
+                    self._probe_after = items[0].id
+                    return items
+            return []
         items = await self.store.claim_due(now=now, owner=self.owner, lease_seconds=lease, limit=self.batch)
         if items:
             return items
@@ -226,14 +238,6 @@ class OutboxWorker:
                 return items
             self._catch_up_after = None
             self.log.info("outbox_caught_up")
-        if self.upstream_away and now - self._probed_at >= self.config.probe_seconds:
-            # Nothing due: the back-off would leave the upstream idle long after it came back.
-            self._probed_at = now
-            for after in (self._probe_after, 0):
-                items = await self.store.claim_early(now=now, owner=self.owner, lease_seconds=lease, limit=1, after_id=after)
-                if items:
-                    self._probe_after = items[0].id
-                    return items
         return []
 
     async def run_once(self) -> int:
@@ -281,6 +285,7 @@ class OutboxWorker:
         self.deferred_in_a_row += 1
         if self.deferred_in_a_row == AWAY_AFTER:
             self._catch_up_after = None  # away again: the copies wait for their back-off, or a probe
+            self._probed_at = self.clock.timestamp()  # the first probe in probe_seconds
             self.log.warning("outbox_upstream_away", deferred_in_a_row=AWAY_AFTER)
 
     def _answered(self) -> None:

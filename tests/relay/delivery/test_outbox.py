@@ -169,6 +169,19 @@ async def test_after_the_upstream_was_away_a_probe_finds_it_back_and_every_copy_
     ]
 
 
+async def test_while_the_upstream_is_away_new_copies_wait_for_the_probe_instead_of_each_being_tried(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("down")] * (AWAY_AFTER + 1))
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(AWAY_AFTER)], now=time.t)
+    assert await w.run_once() == AWAY_AFTER and w.upstream_away
+    await store.outbox.enqueue([copy((f"new{i}@x.nl",)) for i in range(5)], now=time.t)  # due at once
+    time.t += 1
+    assert await w.run_once() == 0 and len(up.sent) == AWAY_AFTER  # not tried: they would be deferred too
+    time.t += CONFIG.probe_seconds
+    assert await w.run_once() == 1 and len(up.sent) == AWAY_AFTER + 1  # the probe, one copy
+
+
 async def test_a_few_deferred_copies_keep_their_back_off(store: Store) -> None:
     time = Clocked(10_000)
     up = FakeUpstream([UpstreamUnavailable("mailbox busy")] * (AWAY_AFTER - 1))

@@ -255,6 +255,7 @@ class Load:
         self.promised: set[tuple[str, str]] = set()
         self.answers: Counter[str] = Counter()  # 2xx / 4xx / 5xx / error
         self.retry: list[str] = []
+        self.tempfailed: set[str] = set()  # ids answered 4xx at least once (sent again later)
         self.seq = 0
         self.envelope = (f"MAIL FROM:<{SENDER}>\r\n" + "".join(f"RCPT TO:<{r}>\r\n" for r in rcpts) + "DATA\r\n").encode()
 
@@ -310,6 +311,7 @@ class Load:
             elif 400 <= code < 500:
                 self.answers["4xx"] += 1
                 self.retry.append(bench_id)
+                self.tempfailed.add(bench_id)
             else:
                 self.answers["5xx"] += 1
         if writer is not None:
@@ -575,6 +577,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sink.stop()
     lost = sum(1 for key in load.promised if counts[key] == 0)
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
+    # A 451 after part of the message went upstream and the rest could not be kept (the store's write
+    # lock timed out): the client sends it again, and the part already delivered arrives twice. The
+    # relay logs it (store_unavailable, stage outbox) and docs/faults-smtp.md names it.
+    after_451 = sum(n - 1 for (key, _), n in counts.items() if n > 1 and key in load.tempfailed)
     unpromised = sum(1 for key in counts if key not in load.promised)
     uncertain = 0
     for line in (work / "relay.log").read_text(errors="replace").splitlines():
@@ -624,7 +630,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib": {k: mib(v) for k, v in rss.items()},
         "promised_copies": len(load.promised), "copies_at_sink": sum(counts.values()),
         "lost": lost, "duplicated": duplicated, "unpromised_at_sink": unpromised, "reported_uncertain": uncertain,
-        "silent_duplicates": max(0, duplicated - uncertain), "answers": dict(load.answers),
+        "duplicated_after_a_451": after_451,
+        "silent_duplicates": max(0, duplicated - uncertain - after_451), "answers": dict(load.answers),
         "outage_messages_sent": sum(1 for _ in {key for key, _ in load.promised if key.startswith("o")}),
         "paced_backlog_max": backlog,
         "marks_s": {k: round(v, 1) for k, v in marks.items()}, "work": str(work),

@@ -144,8 +144,14 @@ class Connection:
 
     @property
     def is_connected(self) -> bool:
-        transport = self.protocol.transport
-        return transport is not None and not transport.is_closing() and self.protocol.lost is None
+        """Open, and nothing said that no command asked for: an idle connection with an unsolicited
+        reply (a 421 before the server hangs up) would pair it with the next command."""
+        protocol = self.protocol
+        transport = protocol.transport
+        return (
+            transport is not None and not transport.is_closing() and protocol.lost is None
+            and not protocol.replies and not protocol._buffer and not protocol._lines
+        )
 
     def supports(self, keyword: str) -> bool:
         return keyword.lower() in self.extensions

@@ -182,3 +182,26 @@ def test_a_control_character_in_an_address_is_refused() -> None:
     assert smtp_client.address_command(b"MAIL FROM:", "a@example.net", ["BODY=8BITMIME"], "ascii") == (
         b"MAIL FROM:<a@example.net> BODY=8BITMIME\r\n"
     )
+
+
+async def test_a_pooled_connection_that_spoke_unasked_is_not_used_again() -> None:
+    """An upstream that says 421 on an idle connection and keeps it open: the next copy goes over a
+    new connection, so no reply is paired with the wrong command."""
+    sessions: list[int] = []
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions.append(1)
+        await greet(reader, writer)
+        for line in (b"MAIL", b"RCPT", b"DATA"):
+            assert (await reader.readline()).startswith(line)
+            writer.write(b"354 go on\r\n" if line == b"DATA" else b"250 ok\r\n")
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 queued\r\n421 4.4.2 idle too long\r\n")  # one segment: the 421 is there at once
+        await reader.read(1)
+
+    async with scripted(server) as port:
+        up = Upstream(UpstreamConfig(host="127.0.0.1", port=port, starttls="off", timeout=2), local_hostname="relay.test")
+        await up.send("news@shop.example", ["a@example.net"], b"Subject: 1\r\n\r\nx\r\n")
+        result = await up.send("news@shop.example", ["a@example.net"], b"Subject: 2\r\n\r\nx\r\n")
+        await up.close()
+    assert result.reply == "250 queued" and len(sessions) == 2

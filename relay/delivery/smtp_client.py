@@ -187,9 +187,10 @@ class Connection:
             self.close()
 
     async def greet(self, local_hostname: str) -> None:
-        reply = await self.command(b"EHLO " + local_hostname.encode("ascii"))
+        name = local_hostname.encode("ascii") if local_hostname.isascii() else local_hostname.encode("idna")
+        reply = await self.command(b"EHLO " + name)
         if reply.code != 250:
-            reply = await self.command(b"HELO " + local_hostname.encode("ascii"))
+            reply = await self.command(b"HELO " + name)
             if reply.code != 250:
                 raise ReplyError(reply, "HELO")
             self.extensions, self.auth_methods = {}, ()

@@ -65,11 +65,13 @@ class Upstream:
         self._slots = asyncio.Semaphore(max(1, config.pool_size))
         self.last_error: str = ""
         self._closed = False
+        # One context for every connection (loading the CA store per connection costs milliseconds).
         self._tls_context: ssl.SSLContext | None = None
-        if not config.tls_verify:
+        if config.starttls != "off":
             self._tls_context = ssl.create_default_context()
-            self._tls_context.check_hostname = False
-            self._tls_context.verify_mode = ssl.CERT_NONE
+            if not config.tls_verify:
+                self._tls_context.check_hostname = False
+                self._tls_context.verify_mode = ssl.CERT_NONE
 
     async def _connect(self) -> Connection:
         c = self.config

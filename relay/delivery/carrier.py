@@ -3,8 +3,9 @@ the rest went durably into the outbox (docs/SPEC.md §3)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import AsyncIterator
 
 from relay.delivery.upstream import Upstream
 from relay.errors import StoreUnavailable, UpstreamRejected, UpstreamUnavailable
@@ -43,38 +44,41 @@ async def deliver(
     account: str,
     stream: str,
     mail_from: str,
-    copies: Sequence[Copy],
+    copies: AsyncIterator[Copy],
     now: float,
 ) -> DeliveryReport:
+    """Carry `copies` as they are made (relay.engine.copies: a window at a time), so a message's
+    copies are not all in memory at once; only those kept for the outbox are."""
     report = DeliveryReport()
     pending: list[Copy] = []
-    for index, copy in enumerate(copies):
-        if pending:
-            pending.append(copy)
-            continue
-        try:
-            result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
-        except UpstreamUnavailable as exc:
-            if not report.delivered:
-                # Nothing was accepted yet: tell the client to keep its mail.
-                report.tempfailed = True
-                report.tempfail_reason = str(exc)
-                return report
-            pending.append(copy)
-            continue
-        except UpstreamRejected as exc:
-            for rcpt in copy.recipients:
-                report.refused[rcpt] = exc.reply or str(exc)
-            report.rejected_code, report.rejected_reply = exc.code, exc.reply or str(exc)
-            continue
-        report.delivered += result.accepted
-        report.upstream_reply = result.reply
-        for rcpt in result.permanently_refused:
-            code, text = result.refused[rcpt]
-            report.refused[rcpt] = f"{code} {text}"
-        later = result.temporarily_refused
-        if later:
-            pending.append(Copy(later, copy.content, copy.mail_from))
+    async with contextlib.aclosing(copies):  # ends the maker when we stop early
+        async for copy in copies:
+            if pending:
+                pending.append(copy)
+                continue
+            try:
+                result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
+            except UpstreamUnavailable as exc:
+                if not report.delivered:
+                    # Nothing was accepted yet: tell the client to keep its mail.
+                    report.tempfailed = True
+                    report.tempfail_reason = str(exc)
+                    return report
+                pending.append(copy)
+                continue
+            except UpstreamRejected as exc:
+                for rcpt in copy.recipients:
+                    report.refused[rcpt] = exc.reply or str(exc)
+                report.rejected_code, report.rejected_reply = exc.code, exc.reply or str(exc)
+                continue
+            report.delivered += result.accepted
+            report.upstream_reply = result.reply
+            for rcpt in result.permanently_refused:
+                code, text = result.refused[rcpt]
+                report.refused[rcpt] = f"{code} {text}"
+            later = result.temporarily_refused
+            if later:
+                pending.append(Copy(later, copy.content, copy.mail_from))
     if pending:
         if not report.delivered:
             report.tempfailed = True

@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from policies.facts import TRANSACTIONAL, ConsentRecord, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, Verdict
@@ -33,8 +33,9 @@ _PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 # Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
-# relay.engine.copies.CopyMaker: per-recipient marketing copies, the stream header removed, DKIM last.
-CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], Awaitable[list[Copy]]]
+# relay.engine.copies.CopyMaker: per-recipient marketing copies, the stream header removed, DKIM last;
+# made as deliver() takes them, so memory follows the message's size, not its recipients.
+CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], AsyncIterator[Copy]]
 # The consent a delivered copy relied on (policies.rules.consent.covering_consent), kept in its record.
 CoveringConsent = Callable[[MessageFacts, RecipientFacts], ConsentRecord | None]
 
@@ -341,7 +342,7 @@ class Pipeline:
             self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
-        copies = await self.copies(txn, facts, rfacts, raw, permitted)
+        copies = self.copies(txn, facts, rfacts, raw, permitted)
         report = await deliver(
             self.upstream,
             self.services.store.outbox,

@@ -5,9 +5,10 @@ recipients holds COPY_WINDOW copies in memory, not 1,000."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts
+from policies.facts import MessageFacts
+from policies.findings import ReliedConsent
 from relay.config import Config
 from relay.delivery.carrier import Copy
 from relay.delivery.personalize import prepare, prepend_header, strip_header
@@ -43,7 +44,7 @@ class CopyMaker:
         self,
         txn: Transaction,
         facts: MessageFacts,
-        rfacts: Sequence[RecipientFacts],
+        relied_on: Mapping[str, ReliedConsent],
         raw: bytes,
         recipients: Sequence[str],
     ) -> AsyncIterator[Copy]:
@@ -59,7 +60,6 @@ class CopyMaker:
             for rcpt in recipients:
                 yield Copy((rcpt,), signed, await self._verp(txn, rcpt))
             return
-        by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
         verp = self.config.bounces.verp
@@ -69,7 +69,7 @@ class CopyMaker:
             rendered = []
             senders: list[str | None] = []
             for rcpt in window:
-                sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
+                sub = subscription_for(facts, relied_on.get(rcpt))
                 delivery_id = await self._delivery_id(txn, rcpt)
                 url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
                 headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))

@@ -314,11 +314,6 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
     if worker_index is None:  # the process started by hand, not each of its workers
         for key, problem in config_warnings(config):
             get_logger().warning("config_warning", key=key, detail=problem)
-        # `workers = "auto"` was resolved when the config was loaded: say to what.
-        get_logger().info(
-            "relay_workers", workers=config.smtp.worker_count, usable_cores=usable_cores(),
-            helper_process=helper_enabled(config.smtp),
-        )
     from relay.process.state_lock import StateLocked, acquire_state_lock
 
     stop = asyncio.Event()
@@ -347,6 +342,12 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
         except ListenError as exc:
             print(f"consent-relay: error: {exc}", file=sys.stderr)
             return 1
+        # `workers = "auto"` was resolved when the config was loaded: say to what (once the relay
+        # can start, so that a refusal stays one line).
+        get_logger().info(
+            "relay_workers", workers=config.smtp.worker_count, usable_cores=usable_cores(),
+            helper_process=helper_enabled(config.smtp),
+        )
         if config.smtp.worker_count > 1:
             from relay.process.supervisor import Supervisor
 

@@ -93,7 +93,7 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
     txn.recipients = recipients
     if permitted:
         await pipeline.reserve_delivery_ids(txn, permitted)
-        copies = await pipeline.copies(txn, facts, verdict.relied_on, item.content, permitted)
+        copies = pipeline.copies(txn, facts, verdict.relied_on, item.content, permitted)
         report = await deliver(
             pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,
             stream=stream_cfg.id, mail_from=item.mail_from, copies=copies, now=services.clock.timestamp(),

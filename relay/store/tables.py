@@ -130,7 +130,7 @@ _RECIPIENT_LOOKUP = (
     f"SELECT 'c' AS kind, {', '.join(CONSENT_SELECT)}, NULL AS reason, NULL AS via FROM consents {{where}} "
     "UNION ALL SELECT 's', "
     + ", ".join(c if c in SUPPRESSION_LOOKUP else "NULL" for c in CONSENT_SELECT)
-    + " , reason, via FROM suppressions {where} ORDER BY kind, id"
+    + ", reason, via FROM suppressions {where} ORDER BY kind, id"
 )
 # A message's recipients (RCPT by RCPT, or those left at DATA) are a few index lookups, answered from
 # pages in memory; a longer list (an import's batch, a very long envelope) reads the ordinary way.

@@ -108,10 +108,7 @@ class Pipeline:
 
     async def recipient_facts(self, account: AccountConfig, emails: Sequence[str]) -> list[RecipientFacts]:
         scopes = (account.id, account.parent) if account.parent else (account.id,)
-        consent = self.services.store.consent
-        consents, suppressions = await asyncio.gather(
-            consent.find_consents(scopes, emails), consent.find_suppressions(scopes, emails)
-        )
+        consents, suppressions = await self.services.store.consent.find_consents_and_suppressions(scopes, emails)
         return [
             RecipientFacts(e, tuple(consents.get(e, ())), tuple(suppressions.get(e, ()))) for e in emails
         ]

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 
 from relay.config import build_config
-from relay.events.feed import Event
+from relay.store.account_events import Event
 from relay.http.admin import build_admin_app
 from relay.passwords import hash_password
 from relay.services import Services

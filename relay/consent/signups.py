@@ -23,7 +23,7 @@ from relay.consent.imports import ConsentRefused, active_record_rules, check_rec
 from relay.engine.copies import BOUNCE_PREFIX
 from relay.engine.signing import CopySigner
 from relay.errors import NotFound
-from relay.events.types import SIGNUP_CONFIRMED
+from relay.event_types import SIGNUP_CONFIRMED
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.store.records import DeliveryRecord, Event, OutboxItem, iso

@@ -4,7 +4,7 @@ DKIM-signed last."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from policies.facts import MessageFacts, RecipientFacts
 from relay.config import Config
@@ -13,8 +13,6 @@ from relay.delivery.personalize import prepare, prepend_header, strip_header
 from relay.engine.pipeline import STREAM_HEADER, IdAllocator
 from relay.engine.signing import CopySigner
 from relay.engine.transaction import Transaction
-from relay.unsubscribe.feature import list_headers, subscription_for
-from relay.unsubscribe.tokens import TokenCodec
 
 # Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
 RELAY_ID_HEADER = "X-Relay-Id"
@@ -27,13 +25,28 @@ def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
     return prepend_header(strip_header(raw, RELAY_ID_HEADER, *drop), RELAY_ID_HEADER, relay_id)
 
 
+class CopyLinks(Protocol):
+    """What a copy carries of the unsubscribe machinery (relay.unsubscribe.links.CopyLinks, handed in by
+    relay.assembly when [unsubscribe] has secrets): the engine never imports the feature, which records
+    through the engine."""
+
+    def unsubscribe(
+        self, facts: MessageFacts, rcpt: RecipientFacts, delivery_id: int, issued: int
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """A marketing copy's one-click URL (/u/TOKEN) and its list headers."""
+        ...
+
+    def bounce_token(self, delivery_id: int) -> str:
+        """The token of a copy's VERP envelope sender, bounce+TOKEN@mailto_domain."""
+        ...
+
+
 class CopyMaker:
-    def __init__(self, config: Config, codec: TokenCodec | None, signer: CopySigner, ids: IdAllocator) -> None:
+    def __init__(self, config: Config, links: CopyLinks | None, signer: CopySigner, ids: IdAllocator) -> None:
         self.config = config
-        self.codec = codec
+        self.links = links
         self.signer = signer
         self.ids = ids
-        self.base_url = config.http.public_base_url.rstrip("/")
 
     async def __call__(
         self,
@@ -45,9 +58,9 @@ class CopyMaker:
     ) -> list[Copy]:
         raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
-        if stream is None or not stream.is_marketing or self.codec is None:
+        if stream is None or not stream.is_marketing or self.links is None:
             (signed,) = await self.signer.sign([raw])
-            if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
+            if self.links is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
                 return [Copy(tuple(recipients), signed)]
             # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
             return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
@@ -59,13 +72,11 @@ class CopyMaker:
         verp = self.config.bounces.verp
         domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
-            sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
             delivery_id = await self._delivery_id(txn, rcpt)
-            url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
-            headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
+            url, headers = self.links.unsubscribe(facts, by_address.get(rcpt) or RecipientFacts(rcpt), delivery_id, issued)
             rendered.append(template.render(headers=headers, url=url))
             # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
-            senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
+            senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)
         signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
         return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]
 
@@ -75,6 +86,6 @@ class CopyMaker:
         return delivery_id
 
     async def _verp(self, txn: Transaction, rcpt: str) -> str:
-        assert self.codec is not None
-        token = self.codec.issue_bounce(await self._delivery_id(txn, rcpt))
+        assert self.links is not None
+        token = self.links.bounce_token(await self._delivery_id(txn, rcpt))
         return f"{BOUNCE_PREFIX}{token}@{self.config.unsubscribe.mailto_domain}"

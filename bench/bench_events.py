@@ -20,7 +20,7 @@ import asyncpg
 
 from relay.config import build_config
 from relay.store.account_events import Event
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.passwords import hash_password
 from relay.services import Services
 from relay.store.events_store import append_events

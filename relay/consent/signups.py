@@ -29,7 +29,7 @@ from relay.services import Services
 from relay.store.records import DeliveryRecord, Event, OutboxItem, iso
 from relay.store.signups import Signup
 from relay.unsubscribe.tokens import TokenCodec
-from relay.web.templating import render
+from relay.templating import render
 
 LANGUAGES = ("nl", "en", "de")
 RELAY_ID_PREFIX = "signup-"  # the relay ids of confirmation mails: the outbox hook knows its own

@@ -4,9 +4,10 @@ DKIM-signed last."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts
+from policies.facts import MessageFacts
+from policies.findings import ReliedConsent
 from relay.config import Config
 from relay.delivery.carrier import Copy
 from relay.delivery.personalize import prepare, prepend_header, strip_header
@@ -31,9 +32,10 @@ class CopyLinks(Protocol):
     through the engine."""
 
     def unsubscribe(
-        self, facts: MessageFacts, rcpt: RecipientFacts, delivery_id: int, issued: int
+        self, facts: MessageFacts, rcpt: str, relied: ReliedConsent | None, delivery_id: int, issued: int
     ) -> tuple[str, list[tuple[str, str]]]:
-        """A marketing copy's one-click URL (/u/TOKEN) and its list headers."""
+        """A marketing copy's one-click URL (/u/TOKEN, withdrawing the consent `relied` on) and its
+        list headers."""
         ...
 
     def bounce_token(self, delivery_id: int) -> str:
@@ -52,7 +54,7 @@ class CopyMaker:
         self,
         txn: Transaction,
         facts: MessageFacts,
-        rfacts: Sequence[RecipientFacts],
+        relied_on: Mapping[str, ReliedConsent],
         raw: bytes,
         recipients: Sequence[str],
     ) -> list[Copy]:
@@ -64,7 +66,6 @@ class CopyMaker:
                 return [Copy(tuple(recipients), signed)]
             # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
             return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
-        by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
         rendered = []
@@ -73,7 +74,7 @@ class CopyMaker:
         domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
             delivery_id = await self._delivery_id(txn, rcpt)
-            url, headers = self.links.unsubscribe(facts, by_address.get(rcpt) or RecipientFacts(rcpt), delivery_id, issued)
+            url, headers = self.links.unsubscribe(facts, rcpt, relied_on.get(rcpt), delivery_id, issued)
             rendered.append(template.render(headers=headers, url=url))
             # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
             senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)

@@ -85,7 +85,7 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
     txn.recipients = recipients
     if permitted:
         await pipeline.reserve_delivery_ids(txn, permitted)
-        copies = await pipeline.copies(txn, facts, rfacts, item.content, permitted)
+        copies = await pipeline.copies(txn, facts, verdict.relied_on, item.content, permitted)
         report = await deliver(
             pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,
             stream=stream_cfg.id, mail_from=item.mail_from, copies=copies, now=services.clock.timestamp(),
@@ -99,7 +99,7 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
             pipeline.wake_outbox()
         pipeline.record(
             txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
-            delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
-            misses=verdict.misses,
+            delivered=report.delivered + report.queued, relied_on=verdict.relied_on, facts=facts,
+            queued=set(report.queued), misses=verdict.misses,
         )
     return result

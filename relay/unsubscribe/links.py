@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.facts import MessageFacts, RecipientFacts
-from policies.rules.consent import covering_consent
+from policies.facts import MessageFacts
+from policies.findings import ReliedConsent
 from relay.config import Config
 from relay.unsubscribe.tokens import MAILTO_PREFIX, TokenCodec
 
@@ -20,10 +20,11 @@ class Subscription:
     topic: str
 
 
-def subscription_for(facts: MessageFacts, rcpt: RecipientFacts) -> Subscription:
-    record = covering_consent(facts, rcpt)
-    if record is not None:
-        return Subscription(record.scope, record.topic)
+def subscription_for(facts: MessageFacts, relied: ReliedConsent | None) -> Subscription:
+    """The consent the engine relied on for the copy (Verdict.relied_on), else the account's own
+    scope and the stream's topic (no consent covered: a consent rule off or in monitor mode)."""
+    if relied is not None:
+        return Subscription(relied.scope, relied.topic)
     assert facts.stream is not None
     return Subscription(facts.account.id, facts.stream.topic)
 
@@ -55,11 +56,11 @@ class CopyLinks:
         self.base_url = config.http.public_base_url.rstrip("/")
 
     def unsubscribe(
-        self, facts: MessageFacts, rcpt: RecipientFacts, delivery_id: int, issued: int
+        self, facts: MessageFacts, rcpt: str, relied: ReliedConsent | None, delivery_id: int, issued: int
     ) -> tuple[str, list[tuple[str, str]]]:
         assert facts.stream is not None
-        sub = subscription_for(facts, rcpt)
-        url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt.address, issued)}"
+        sub = subscription_for(facts, relied)
+        url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
         return url, list_headers(self.config, facts.stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
 
     def bounce_token(self, delivery_id: int) -> str:

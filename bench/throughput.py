@@ -49,7 +49,7 @@ from typing import IO, Any, Protocol
 from bench.postfix_relay import PostfixRelay
 from bench.relay_config import ACCOUNT, recipients, write_consent_csv, write_relay_config
 from policies.registry import ALL_RULES
-from relay.events.types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent

@@ -19,7 +19,7 @@ from relay import replies
 from relay.assembly import build_relay
 from relay.config import Config, config_warnings, helper_enabled, usable_cores
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.log import configure_logging, get_logger
 from relay.metrics import Metrics
 from relay.process.listeners import ListenError, Listeners, bind_listeners

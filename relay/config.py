@@ -27,7 +27,7 @@ from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
 from relay.errors import ConfigError
-from relay.events.types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"

@@ -5,7 +5,7 @@ recipients holds COPY_WINDOW copies in memory, not 1,000."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Mapping, Sequence
+from typing import AsyncIterator, Mapping, Protocol, Sequence
 
 from policies.facts import MessageFacts
 from policies.findings import ReliedConsent
@@ -15,8 +15,6 @@ from relay.delivery.personalize import prepare, prepend_header, strip_header
 from relay.engine.pipeline import STREAM_HEADER, IdAllocator
 from relay.engine.signing import CopySigner
 from relay.engine.transaction import Transaction
-from relay.unsubscribe.feature import list_headers, subscription_for
-from relay.unsubscribe.tokens import TokenCodec
 
 # Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
 RELAY_ID_HEADER = "X-Relay-Id"
@@ -32,13 +30,29 @@ def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
     return prepend_header(strip_header(raw, RELAY_ID_HEADER, *drop), RELAY_ID_HEADER, relay_id)
 
 
+class CopyLinks(Protocol):
+    """What a copy carries of the unsubscribe machinery (relay.unsubscribe.links.CopyLinks, handed in by
+    relay.assembly when [unsubscribe] has secrets): the engine never imports the feature, which records
+    through the engine."""
+
+    def unsubscribe(
+        self, facts: MessageFacts, rcpt: str, relied: ReliedConsent | None, delivery_id: int, issued: int
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """A marketing copy's one-click URL (/u/TOKEN, withdrawing the consent `relied` on) and its
+        list headers."""
+        ...
+
+    def bounce_token(self, delivery_id: int) -> str:
+        """The token of a copy's VERP envelope sender, bounce+TOKEN@mailto_domain."""
+        ...
+
+
 class CopyMaker:
-    def __init__(self, config: Config, codec: TokenCodec | None, signer: CopySigner, ids: IdAllocator) -> None:
+    def __init__(self, config: Config, links: CopyLinks | None, signer: CopySigner, ids: IdAllocator) -> None:
         self.config = config
-        self.codec = codec
+        self.links = links
         self.signer = signer
         self.ids = ids
-        self.base_url = config.http.public_base_url.rstrip("/")
 
     async def __call__(
         self,
@@ -51,9 +65,9 @@ class CopyMaker:
         """The copies, made as the caller takes them (relay.delivery.carrier.deliver)."""
         raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
-        if stream is None or not stream.is_marketing or self.codec is None:
+        if stream is None or not stream.is_marketing or self.links is None:
             (signed,) = await self.signer.sign([raw])
-            if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
+            if self.links is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
                 yield Copy(tuple(recipients), signed)
                 return
             # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
@@ -69,13 +83,11 @@ class CopyMaker:
             rendered = []
             senders: list[str | None] = []
             for rcpt in window:
-                sub = subscription_for(facts, relied_on.get(rcpt))
                 delivery_id = await self._delivery_id(txn, rcpt)
-                url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
-                headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
+                url, headers = self.links.unsubscribe(facts, rcpt, relied_on.get(rcpt), delivery_id, issued)
                 rendered.append(template.render(headers=headers, url=url))
                 # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
-                senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
+                senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)
             signed = await self.signer.sign(rendered)  # the window's copies in one trip to the helper
             del rendered
             for rcpt, copy, sender in zip(window, signed, senders):
@@ -87,6 +99,6 @@ class CopyMaker:
         return delivery_id
 
     async def _verp(self, txn: Transaction, rcpt: str) -> str:
-        assert self.codec is not None
-        token = self.codec.issue_bounce(await self._delivery_id(txn, rcpt))
+        assert self.links is not None
+        token = self.links.bounce_token(await self._delivery_id(txn, rcpt))
         return f"{BOUNCE_PREFIX}{token}@{self.config.unsubscribe.mailto_domain}"

@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from policies.facts import ConsentRecord, Suppression
-from relay.events import feed as ev
+from relay.store import account_events as ev
 from relay.store import base
 from relay.store.events_store import append_events
 from relay.store.records import (

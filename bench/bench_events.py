@@ -19,8 +19,8 @@ import aiohttp
 import asyncpg
 
 from relay.config import build_config
-from relay.events.feed import Event
-from relay.http.admin import build_admin_app
+from relay.store.account_events import Event
+from relay.routes import build_admin_app
 from relay.passwords import hash_password
 from relay.services import Services
 from relay.store.events_store import append_events

@@ -30,7 +30,7 @@ from aiohttp import web
 from policies.engine import Engine
 from policies.registry import ALL_RULES
 from relay.config import build_config
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.metrics import Metrics
 from relay.passwords import hash_password
 from relay.quarantine import service as qs

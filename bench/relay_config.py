@@ -23,7 +23,7 @@ def relay_config(
     public_port: int,
     store_path: Path | None = None,
     store_url: str | None = None,
-    workers: int = 1,
+    workers: int | str | None = None,
     stream_kind: str = "transactional",
     profile: str = "strict",
     mode: str = "enforce",
@@ -32,6 +32,7 @@ def relay_config(
     webhooks: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The config as a dict (docs/SPEC.md §12 shape); `overrides` is deep-merged over it last.
+    `workers` None leaves `[smtp] workers` out: the relay's default ("auto", one per usable core).
 
     The store is the SQLite file `store_path`, or `store_url` (a postgresql:// URL) when given."""
     if store_url is None:
@@ -43,7 +44,7 @@ def relay_config(
             "listen": f"127.0.0.1:{smtp_port}",
             "hostname": "relay.bench",
             "auth_require_tls": False,
-            "workers": workers,
+            **({"workers": workers} if workers is not None else {}),
             # smtp-source opens a new connection per message; closing ones still count briefly.
             "max_connections": 10000,
             "max_connections_per_ip": 10000,

@@ -1,11 +1,14 @@
 """Runs one smtp-source load against each target and measures end-to-end msg/s, CPU and peak RSS.
 
 Targets: direct (source → sink), forwarder (bench/forwarder.py), postfix (private instance),
-relay / relay2 (consent-relay with 1 or 2 SMTP workers). The sink is Postfix's smtp-sink.
+relay (consent-relay's default config: `[smtp] workers = "auto"`, one worker per usable core, and so
+no helper process), relay1 (`workers = 1` with the helper process "auto" gives when a core is spare:
+the default before issue 20) and relay2 (`workers = 2`). The sink is Postfix's smtp-sink.
 
-Variants of `relay`, each compared with `relay` in the same run (column "vs relay"):
-relay-inline and relay2-inline (`[smtp] helper_process = false`: policy and signing on the event
-loop of each worker),
+Variants of `relay`, each compared with `relay` in the same run (column "vs relay"); the feature
+variants run the default config plus their feature:
+relay-inline and relay2-inline (`[smtp] helper_process = false` with 1 and 2 workers: policy and
+signing on the event loop of each worker),
 relay-nocontent (every content.* rule off), relay-dkim (RSA-2048 DKIM signature on every copy),
 relay-1m (1,000,000 consent records in the store; implies a marketing stream with consent),
 relay-webhooks (a webhook for every event type, `delivered` included: an event written with each
@@ -13,7 +16,7 @@ copy's decision and POSTed to bench/webhook_receiver.py on 127.0.0.1, answering 
 relay-webhooks-default (the same webhook with the default types: every one but `delivered`; after the
 last row the run waits for the receiver and reports the events received of those the relay wrote),
 forwarder-uvloop (the baseline forwarder on uvloop, the event loop consent-relay runs on), and the
-scale-out pair (docs/SPEC.md §14): relay-pg (one instance on PostgreSQL instead of the SQLite file) and
+scale-out pair (docs/SPEC.md §14), one worker each: relay-pg (one instance on PostgreSQL instead of the SQLite file) and
 relay-pg2 (two relay processes on their own ports sharing one PostgreSQL schema, as two hosts behind
 a load balancer would; the load is split over two smtp-source processes, one per instance), compared
 with relay-pg in the same run (column "vs relay-pg"). Each PostgreSQL target gets a fresh schema,
@@ -46,7 +49,7 @@ from typing import IO, Any, Protocol
 from bench.postfix_relay import PostfixRelay
 from bench.relay_config import ACCOUNT, recipients, write_consent_csv, write_relay_config
 from policies.registry import ALL_RULES
-from relay.events.types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -56,12 +59,14 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SENDER = "news@shop.example"
 RECIPIENT = "rcpt@example.net"
-DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay2")
+DEFAULT_TARGETS = ("direct", "forwarder", "postfix", "relay", "relay1", "relay2")
 VARIANTS = (
     "relay-inline", "relay2-inline", "relay-nocontent", "relay-dkim", "relay-1m", "forwarder-uvloop", "relay-pg", "relay-pg2",
     "relay-webhooks", "relay-webhooks-default",
     "relay-noverp",  # [bounces] verp = false: with --consent, VERP on (relay) / off (this) in the same run
 )
+# Targets with a fixed number of workers; every other relay target runs the default ("auto").
+FIXED_WORKERS = {"relay1": 1, "relay2": 2, "relay-inline": 1, "relay2-inline": 2, "relay-pg": 1, "relay-pg2": 1}
 # relay-webhooks: a webhook asking for every event type, `delivered` included (one POST per copy).
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTAx"
 ALL_TARGETS = DEFAULT_TARGETS + VARIANTS
@@ -152,17 +157,22 @@ def cpu_ticks(pids: Sequence[int]) -> int:
 
 
 def hwm_kb(pids: Sequence[int]) -> int:
-    total = 0
+    return sum(hwm_each_kb(pids).values())
+
+
+def hwm_each_kb(pids: Sequence[int]) -> dict[int, int]:
+    """pid → VmHWM (peak RSS, kB) of each live process."""
+    out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"VmHWM:"):
-                        total += int(line.split()[1])
+                        out[pid] = int(line.split()[1])
                         break
         except OSError:
             continue
-    return total
+    return out
 
 
 def reset_hwm(pids: Sequence[int]) -> None:
@@ -378,7 +388,7 @@ class Relay:
     sink: Sink
     stack: ExitStack
     workdir: Path
-    workers: int
+    workers: int | None  # None: the relay's default ("auto")
     name: str
     consent: bool = False
     consent_csv: Path | None = None
@@ -534,7 +544,8 @@ class Result:
     transactions: int = 0
     recipients: int = 0
     cpu_s: float | None = None
-    rss_mb: float | None = None
+    rss_mb: float | None = None  # the tree's: the largest sum over its live processes
+    rss_process_mb: float | None = None  # the largest of one process (a relay worker: issue 20's ≤ 120 MB)
     error: str = ""
 
     @property
@@ -593,7 +604,8 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
     tree = process_tree(target.roots())
     reset_hwm(tree)
     cpu0 = cpu_ticks(tree)
-    peak_kb = hwm_kb(tree)
+    each = hwm_each_kb(tree)
+    peak_kb, peak_one_kb = sum(each.values()), max(each.values(), default=0)
     ports = target_ports(target)
     parts = list(zip(load.split(len(ports)), ports))
     stem = f"source-{target.name}-{load.concurrency}-{load.rcpts}"
@@ -619,7 +631,8 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
         if now >= next_sample:
             # Postfix forks and reaps workers as it goes: sample the live tree, keep the peak.
             tree = process_tree(target.roots())
-            peak_kb = max(peak_kb, hwm_kb(tree))
+            each = hwm_each_kb(tree)
+            peak_kb, peak_one_kb = max(peak_kb, sum(each.values())), max(peak_one_kb, *each.values(), 0)
             next_sample = now + 0.25
         if result.error and now - last_progress > 2:
             break
@@ -631,11 +644,13 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
             break
         time.sleep(POLL)
     tree = process_tree(target.roots()) or tree
-    peak_kb = max(peak_kb, hwm_kb(tree))
+    each = hwm_each_kb(tree)
+    peak_kb, peak_one_kb = max(peak_kb, sum(each.values())), max(peak_one_kb, *each.values(), 0)
     if target.roots():
         # Reaped children are in their parent's cutime/cstime; exited roots are gone (None).
         result.cpu_s = (cpu_ticks(tree) - cpu0) / TICKS
         result.rss_mb = peak_kb / 1024
+        result.rss_process_mb = peak_one_kb / 1024
     for source, err_path in zip(sources, err_paths):
         try:
             # The sink has everything; the source may still be saying QUIT.
@@ -791,7 +806,7 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
         fwd = Forwarder(sink, stack, workdir, name=name, uvloop=True)
         fwd.start()
         return fwd
-    if name in ("relay", "relay2") or name.startswith(("relay-", "relay2-")):
+    if name in ("relay", "relay1", "relay2") or name.startswith(("relay-", "relay2-")):
         overrides: dict[str, Any] = {}
         if name in ("relay-inline", "relay2-inline"):
             overrides = {"smtp": {"helper_process": False}}
@@ -826,7 +841,7 @@ def _make_target(name: str, sink: Sink, stack: ExitStack, workdir: Path, options
             sink,
             stack,
             workdir,
-            workers=2 if name in ("relay2", "relay2-inline") else 1,
+            workers=FIXED_WORKERS.get(name),
             name=name,
             consent=options.consent or name == "relay-1m",
             consent_csv=options.consent_csv,
@@ -922,18 +937,19 @@ def table(results: Sequence[Result]) -> str:
     rows = [
         "| target | concurrency | rcpts | msg/s | vs forwarder | vs postfix | vs relay |"
         + (" vs relay-pg |" if pg else "")
-        + " CPU s | peak RSS MB | sink txn / rcpts |",
-        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if pg else "") + "---:|---:|---:|",
+        + " CPU s | peak RSS MB | max RSS/process MB | sink txn / rcpts |",
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if pg else "") + "---:|---:|---:|---:|",
     ]
     for r in results:
         rate = f"{r.rate:.0f}" if r.complete else f"failed: {r.error}".replace("|", "/")
         cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else "—"
         rss = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
+        rss_one = f"{r.rss_process_mb:.0f}" if r.rss_process_mb is not None else "—"
         vs_pg = (f" {ratio(r, 'relay-pg') if r.target.startswith('relay') else '—'} |") if pg else ""
         rows.append(
             f"| {r.target} | {r.concurrency} | {r.rcpts} | {rate} | {ratio(r, 'forwarder')} | "
             f"{ratio(r, 'postfix')} | {ratio(r, 'relay') if r.target.startswith('relay') else '—'} |{vs_pg} "
-            f"{cpu} | {rss} | {r.transactions} / {r.recipients} |"
+            f"{cpu} | {rss} | {rss_one} | {r.transactions} / {r.recipients} |"
         )
     return "\n".join(rows)
 
@@ -967,7 +983,8 @@ def report(results: Sequence[Result], options: Options) -> str:
         "msg/s = messages submitted / seconds from the start of smtp-source until the sink "
         "holds every recipient of every message. CPU s = user+sys of the middle process tree "
         "during the row; peak RSS = the largest sum of VmHWM over its live processes "
-        "(reset before each row; shared pages count again in every process, which inflates Postfix's many-process figure). "
+        "(reset before each row; shared pages count again in every process, which inflates Postfix's many-process figure); "
+        "max RSS/process = the largest VmHWM of any one of its processes (for the relay: a worker, its helper or the supervisor). "
         "Rows run interleaved (each load against every target in turn), so ratios compare "
         "runs made close together in time.",
         f"Machine: {machine()}; source, middle process and sink share these CPUs. "

@@ -130,9 +130,10 @@ class Engine:
 def _relied_on(
     facts: MessageFacts, recipients: Sequence[RecipientFacts], refused: Mapping[str, Finding]
 ) -> dict[str, ReliedConsent]:
-    """Recipient -> the consent that covers it (policies.rules.consent.covering_consent, the record
-    the consent rules judged), for the recipients not refused. Marketing only: transactional mail
-    relies on no consent. Whichever consent rules the profile runs, as a delivery record always had."""
+    """Recipient -> the consent that covers it (policies.rules.consent.covering_consent: the record
+    the consent rules judged, picked once per recipient and these facts, not ranked again here), for
+    the recipients not refused. Marketing only: transactional mail relies on no consent. Whichever
+    consent rules the profile runs, as a delivery record always had."""
     if facts.stream is None or not facts.stream.is_marketing:
         return {}
     relied: dict[str, ReliedConsent] = {}

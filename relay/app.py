@@ -17,9 +17,9 @@ from aiohttp import web
 
 from relay import replies
 from relay.assembly import build_relay
-from relay.config import Config, config_warnings
+from relay.config import Config, config_warnings, helper_enabled, usable_cores
 from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.log import configure_logging, get_logger
 from relay.metrics import Metrics
 from relay.process.listeners import ListenError, Listeners, bind_listeners
@@ -81,7 +81,7 @@ class Relay:
         self.helper = parts.helper
         # max_connections is the relay's total: with `workers = N` each process takes its share
         # (rounded up). The per-address limit holds in each process (docs/SPEC.md §12).
-        share = -(-config.smtp.max_connections // config.smtp.workers)
+        share = -(-config.smtp.max_connections // config.smtp.worker_count)
         self.limits = ConnectionLimits(share, config.smtp.max_connections_per_ip, self.services.metrics)
         self.lockout = AuthLockout(config.smtp.auth_max_failures, config.smtp.auth_lockout_seconds)
         self.handler = RelayHandler(self.pipeline, self.lockout)
@@ -342,7 +342,13 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
         except ListenError as exc:
             print(f"consent-relay: error: {exc}", file=sys.stderr)
             return 1
-        if config.smtp.workers > 1:
+        # `workers = "auto"` was resolved when the config was loaded: say to what (once the relay
+        # can start, so that a refusal stays one line).
+        get_logger().info(
+            "relay_workers", workers=config.smtp.worker_count, usable_cores=usable_cores(),
+            helper_process=helper_enabled(config.smtp),
+        )
+        if config.smtp.worker_count > 1:
             from relay.process.supervisor import Supervisor
 
             return await Supervisor(config, listeners, lock, stop).run()

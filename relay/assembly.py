@@ -38,8 +38,10 @@ from relay.outgoing import Outgoing
 from relay.quarantine.service import QuarantineFeature
 from relay.services import Clock, Services, build_profile
 from relay.store import open_store_for
-from relay.unsubscribe.feature import UnsubscribeFeature
+from relay.unsubscribe.feature import UnsubscribeFeature, unsubscribe
+from relay.unsubscribe.links import CopyLinks
 from relay.unsubscribe.tokens import TokenCodec
+from relay.web.recipient import RecipientPages
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def build_relay(
     secrets = config.unsubscribe.secrets
     codec = TokenCodec(secrets) if secrets else None
     if codec is not None:
-        features.append(UnsubscribeFeature(services, codec, recorder))
+        features.append(UnsubscribeFeature(services, codec, recorder, RecipientPages(services, codec, unsubscribe)))
         features.append(BouncesFeature(services, codec))
         signups = SignupService(
             services, ConfirmTokens(secrets), signer, new_relay_id=new_relay_id, wake_outbox=bell.ring,
@@ -115,7 +117,7 @@ def build_relay(
     outbox = OutboxWorker(store.outbox, upstream, config.outbox, metrics, clock, bell=bell, on_delivered=on_delivered)
     pipeline = Pipeline(
         services, upstream, recorder,
-        copies=CopyMaker(config, codec, signer, delivery_ids),
+        copies=CopyMaker(config, CopyLinks(config, codec) if codec else None, signer, delivery_ids),
         delivery_ids=delivery_ids,
         wake_outbox=bell.ring,
         offload=offload,

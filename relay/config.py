@@ -27,7 +27,7 @@ from policies.findings import Action
 from policies.profiles import PROFILE_NAMES
 from policies.rules.content import iban_valid
 from relay.errors import ConfigError
-from relay.events.types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS, EVENT_TYPES
 from relay.passwords import is_password_hash
 
 DEFAULT_CONFIG = "config.toml"
@@ -347,6 +347,19 @@ def _tokens(items: "tuple[str | AdminToken, ...]") -> "tuple[AdminToken, ...]":
     return tuple(tokens)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset), which the
+    workers inherit; the machine's count where the platform has no affinity."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _per_core(workers: int | str) -> int:
+    return usable_cores() if workers == "auto" else int(workers)
+
+
 Address = Annotated[str, Check(_address)]
 Domains = tuple[Annotated[str, Check(_domain)], ...]
 Secret = Annotated[str, Check(_env)]  # env:NAME reads the environment
@@ -366,9 +379,11 @@ class SmtpConfig(Table, frozen=True):
     auth_require_tls: bool = True
     max_message_size: Limit = 26214400
     max_recipients: Limit = 1000
-    workers: Limit = 1
+    # "auto": one worker per usable core, counted at load; the key then holds that number.
+    workers: Annotated[Limit | Literal["auto"], Check(_per_core)] = "auto"
     # Policy evaluation and DKIM's private-key step in a helper process per worker: a spare core
-    # for the CPU-bound part, the event loop kept for sessions. "auto": when workers leave a core.
+    # for the CPU-bound part, the event loop kept for sessions. "auto": when workers leave a core
+    # (with the default workers = "auto" they leave none).
     helper_process: bool | Literal["auto"] = "auto"
     idle_timeout: Timeout = 300  # per command, and per read while DATA flows (RFC 5321 4.5.3.2)
     data_timeout: Timeout = 3600  # the whole DATA phase, 354 to the final dot, however the data trickles
@@ -378,12 +393,18 @@ class SmtpConfig(Table, frozen=True):
     auth_max_failures: Count = 5
     auth_lockout_seconds: Amount = 900
 
+    @property
+    def worker_count(self) -> int:
+        """The worker processes: `workers` as resolved at load (a table built without the loader
+        still says "auto")."""
+        return self.workers if isinstance(self.workers, int) else usable_cores()
+
 
 def helper_enabled(smtp: SmtpConfig) -> bool:
     """Whether each relay process gets a helper: "auto" when the workers leave a core free (with a
     worker per core, a helper only adds hand-offs: measured slower)."""
     if smtp.helper_process == "auto":
-        return smtp.workers < len(os.sched_getaffinity(0))
+        return smtp.worker_count < usable_cores()
     return smtp.helper_process is True
 
 
@@ -897,6 +918,14 @@ def _translate(message: str) -> ConfigError:
     assert match is not None
     problem, key = match[1], match[2] or ""
     kind = _type_at(key)
+    if wanted := _number_or_words(kind):  # `workers`: one clear line whichever way the value is wrong
+        if found := re.fullmatch(r"Expected `\w+` (>=? [\d.]+)", problem):
+            return ConfigError(key, f"expected {wanted}, got a number {found[1].replace('>=', '<').replace('>', '<=')}")
+        if found := re.fullmatch(r"Invalid enum value (.*)", problem):
+            return ConfigError(key, f"expected {wanted}, got {found[1]}")
+        if found := re.fullmatch(r"Expected `.*`, got `(\w+)`", problem):
+            got = "a boolean" if found[1] == "bool" else _NAMES.get(found[1], found[1])
+            return ConfigError(key, f"expected {wanted}, got {got}")
     if found := re.fullmatch(r"Object contains unknown field `(.*)`", problem):
         tables = [k for k in (get_args(kind) or (kind,)) if isinstance(k, type) and issubclass(k, Table)]
         known = known_keys(tables[0]) if tables else []
@@ -918,6 +947,19 @@ def _translate(message: str) -> ConfigError:
             return ConfigError(key, f"expected true, false or {words}, got {found[1]}")
         return ConfigError(key, f"expected one of {', '.join(map(str, choices))}, got {found[1]}")
     return ConfigError(key, problem)
+
+
+def _number_or_words(kind: Any) -> str:
+    """`an integer ≥ 1 or "auto"` for a key that takes a number or a word, else ""."""
+    if get_origin(kind) not in (Union, type(int | None)):
+        return ""
+    numbers = [arm for arm in get_args(kind) if _plain(arm) is int]
+    words = [c for arm in get_args(kind) for c in _choices(arm) if isinstance(c, str)]
+    if not numbers or not words:
+        return ""
+    least = next((m.ge for m in get_args(numbers[0])[1:] if isinstance(m, Meta) and m.ge is not None), None)
+    number = "an integer" if least is None else f"an integer ≥ {least}"
+    return " or ".join([number, *(f'"{w}"' for w in words)])
 
 
 def _plain(kind: Any) -> Any:

@@ -325,6 +325,9 @@ def config_dict(tmp_path: Path, upstream_port: int, **overrides: Any) -> dict[st
             "hostname": "relay.test",
             "idle_timeout": 30,
             "shutdown_grace": 5,
+            # One process, whatever the machine's cores (the default is "auto": one per core); a
+            # test that needs workers says how many.
+            "workers": 1,
         },
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 5, "pool_size": 4},
         "store": {"url": "sqlite:///var/relay.db"},
@@ -606,9 +609,10 @@ class ServeProcess:
     Separate ServeProcess objects on one shared store stand in for separate hosts; one with
     `[smtp] workers = N` is a supervisor whose N workers log to the same stderr."""
 
-    def __init__(self, config: Path, *serve_args: str) -> None:
+    def __init__(self, config: Path, *serve_args: str, cpus: set[int] | None = None) -> None:
         self.config = config
         self.serve_args = serve_args  # e.g. "--sink"
+        self.cpus = cpus  # the CPUs it may run on (its affinity), when not the test's own
         self.lines: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -618,9 +622,11 @@ class ServeProcess:
         """Start it; return the `relay_started` lines once `started` processes (workers) logged one."""
         script = Path(sys.executable).parent / "consent-relay"
         argv = [str(script)] if script.exists() else [sys.executable, "-m", "relay.cli.main"]
+        cpus = self.cpus
         self.proc = await asyncio.create_subprocess_exec(
             *argv, "serve", "-c", str(self.config), *self.serve_args,
             cwd=self.config.parent, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
         )
         self._reader = asyncio.create_task(self._read())
 

@@ -200,7 +200,8 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def relay_graph() -> dict[str, set[str]]:
-    return relay_import_graph({module_name(p): p.read_text(encoding="utf-8") for p in RELAY_FILES})
+    # every module: RELAY_FILES is redefined further down without replies.py
+    return relay_import_graph({module_name(p): p.read_text(encoding="utf-8") for p in (REPO / "relay").rglob("*.py")})
 
 
 def test_no_import_circles_among_relay_modules() -> None:
@@ -239,6 +240,93 @@ def test_the_circle_check_sees_every_kind_of_import() -> None:
     del files["relay.c"]
     assert circles(relay_import_graph(files)) == []
 
+
+
+# --- one-way arrows between relay/ packages ---------------------------------------------------------
+#
+# The same imports, read one level up: relay/store, relay/http, relay/web… are the nodes; a package
+# imports another when any of its modules does (at module level, in a function, under TYPE_CHECKING).
+# Two packages that import each other through different modules have no module circle, yet neither
+# can be understood, tested or moved without the other. The top-level modules (relay/assembly.py,
+# relay/routes.py, relay/config.py…) are not packages: wiring at the top, tools at the bottom.
+
+ALLOWED_TWO_WAY_PACKAGES: set[frozenset[str]] = set()  # empty since branch `arrows`: keep it so
+
+
+_RELAY_PACKAGES = {module_name(p) for p in RELAY_FILES if p.name == "__init__.py"}
+
+
+def package_graph(graph: dict[str, set[str]], packages: set[str] | None = None) -> dict[str, dict[str, set[str]]]:
+    """package -> package it imports -> the module imports ("a -> b") that make that arrow."""
+    known = _RELAY_PACKAGES if packages is None else packages
+
+    def of(module: str) -> str | None:
+        parts = module.split(".")
+        if len(parts) >= 3 or (len(parts) == 2 and module in known):  # relay/__init__.py is the root, no node
+            return ".".join(parts[:2])
+        return None
+
+    arrows: dict[str, dict[str, set[str]]] = {}
+    for importer, imported in graph.items():
+        source = of(importer)
+        if source is None:
+            continue
+        arrows.setdefault(source, {})
+        for target in imported:
+            dest = of(target)
+            if dest is not None and dest != source:
+                arrows[source].setdefault(dest, set()).add(f"{importer} -> {target}")
+    return arrows
+
+
+def two_way_pairs(arrows: dict[str, dict[str, set[str]]]) -> list[str]:
+    found = []
+    for a in sorted(arrows):
+        for b in sorted(arrows[a]):
+            if a < b and a in arrows.get(b, {}) and frozenset((a, b)) not in ALLOWED_TWO_WAY_PACKAGES:
+                found.append(f"{a} <-> {b}: {sorted(arrows[a][b])} / {sorted(arrows[b][a])}")
+    return found
+
+
+def test_relay_packages_import_each_other_one_way() -> None:
+    """The package graph of relay/ is a DAG: no two packages import each other, no longer cycle either."""
+    arrows = package_graph(relay_graph())
+    assert {"relay.store", "relay.http", "relay.web", "relay.engine"} <= arrows.keys()
+    assert "relay.store" in arrows["relay.engine"]  # the walk sees arrows at all
+    pairs = two_way_pairs(arrows)
+    assert not pairs, "packages that import each other:\n" + "\n".join(pairs)
+    nodes = {a: set(b) for a, b in arrows.items()}
+    for pair in ALLOWED_TWO_WAY_PACKAGES:
+        a, b = sorted(pair)
+        nodes[a].discard(b)
+    assert circles(nodes) == [], f"package cycles: {circles(nodes)}"
+
+
+def test_the_allowed_two_way_packages_only_shrink() -> None:
+    arrows = package_graph(relay_graph())
+    stale = [sorted(p) for p in ALLOWED_TWO_WAY_PACKAGES if not all(b in arrows.get(a, {}) for a, b in (sorted(p), sorted(p)[::-1]))]
+    assert not stale, f"remove from ALLOWED_TWO_WAY_PACKAGES: {stale}"
+
+
+def test_the_package_check_sees_pairs_and_cycles_through_any_import() -> None:
+    files = {
+        "relay": "",
+        "relay.config": "import relay.a.x\n",  # a top-level module: no node
+        "relay.a": "", "relay.a.x": "from relay.b import y\n",
+        "relay.b": "", "relay.b.y": "", "relay.b.z": "def late():\n    from relay.a.x import thing\n",
+        "relay.c": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from relay.a import x\n",
+        "relay.d": "", "relay.d.w": "from relay.c import C\n",
+    }
+    packages = {"relay.a", "relay.b", "relay.c", "relay.d"}
+    arrows = package_graph(relay_import_graph(files), packages)
+    assert {a: sorted(b) for a, b in arrows.items()} == {
+        "relay.a": ["relay.b"], "relay.b": ["relay.a"], "relay.c": ["relay.a"], "relay.d": ["relay.c"],
+    }
+    assert two_way_pairs(arrows) == ["relay.a <-> relay.b: ['relay.a.x -> relay.b.y'] / ['relay.b.z -> relay.a.x']"]
+    files["relay.b.z"] = "from relay.d import w\n"  # a -> b -> d -> c -> a: no pair, one cycle
+    arrows = package_graph(relay_import_graph(files), packages)
+    assert two_way_pairs(arrows) == []
+    assert circles({a: set(b) for a, b in arrows.items()}) == [["relay.a", "relay.b", "relay.c", "relay.d"]]
 
 # --- explicit wiring (relay/assembly.py) ------------------------------------------------------------
 

@@ -23,13 +23,13 @@ from relay.consent.imports import ConsentRefused, active_record_rules, check_rec
 from relay.engine.copies import BOUNCE_PREFIX
 from relay.engine.signing import CopySigner
 from relay.errors import NotFound
-from relay.events.types import SIGNUP_CONFIRMED
+from relay.event_types import SIGNUP_CONFIRMED
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.store.records import DeliveryRecord, Event, OutboxItem, iso
 from relay.store.signups import Signup
 from relay.unsubscribe.tokens import TokenCodec
-from relay.web.templating import render
+from relay.templating import render
 
 LANGUAGES = ("nl", "en", "de")
 RELAY_ID_PREFIX = "signup-"  # the relay ids of confirmation mails: the outbox hook knows its own

@@ -3,8 +3,10 @@ the rest went durably into the outbox (docs/SPEC.md §3)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import AsyncIterator
 
 from relay.delivery.upstream import Upstream
 from relay.errors import StoreUnavailable, UpstreamRejected, UpstreamUnavailable
@@ -35,6 +37,12 @@ class DeliveryReport:
     rejected_reply: str = ""
 
 
+# Upstream transactions one message keeps in flight once the upstream has taken one of its copies:
+# a message to 1,000 recipients is not 1,000 round trips end to end (the upstream pool, shared by
+# every message of the process, still bounds the total).
+PARALLEL_COPIES = 4
+
+
 async def deliver(
     upstream: Upstream,
     outbox: OutboxStore,
@@ -43,38 +51,40 @@ async def deliver(
     account: str,
     stream: str,
     mail_from: str,
-    copies: Sequence[Copy],
+    copies: AsyncIterator[Copy],
     now: float,
 ) -> DeliveryReport:
+    """Carry `copies` as they are made (relay.engine.copies: a window at a time), so a message's
+    copies are not all in memory at once; only those kept for the outbox are. One at a time until
+    the upstream accepts one (a down upstream: a 4xx with nothing sent), then PARALLEL_COPIES at once."""
     report = DeliveryReport()
     pending: list[Copy] = []
-    for index, copy in enumerate(copies):
-        if pending:
-            pending.append(copy)
-            continue
-        try:
-            result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
-        except UpstreamUnavailable as exc:
-            if not report.delivered:
-                # Nothing was accepted yet: tell the client to keep its mail.
-                report.tempfailed = True
-                report.tempfail_reason = str(exc)
-                return report
-            pending.append(copy)
-            continue
-        except UpstreamRejected as exc:
-            for rcpt in copy.recipients:
-                report.refused[rcpt] = exc.reply or str(exc)
-            report.rejected_code, report.rejected_reply = exc.code, exc.reply or str(exc)
-            continue
-        report.delivered += result.accepted
-        report.upstream_reply = result.reply
-        for rcpt in result.permanently_refused:
-            code, text = result.refused[rcpt]
-            report.refused[rcpt] = f"{code} {text}"
-        later = result.temporarily_refused
-        if later:
-            pending.append(Copy(later, copy.content, copy.mail_from))
+    flying: set[asyncio.Task[bool]] = set()
+    try:
+        async with contextlib.aclosing(copies):  # ends the maker when we stop early
+            async for copy in copies:
+                if not pending and not report.delivered:
+                    if not await _carry(upstream, copy, mail_from, report, pending) and not report.delivered:
+                        # Nothing was accepted yet: tell the client to keep its mail.
+                        return report
+                    continue
+                while len(flying) >= PARALLEL_COPIES:
+                    done, flying = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                if pending:  # the upstream failed a copy: the rest go to the outbox untried
+                    pending.append(copy)
+                    continue
+                flying.add(asyncio.create_task(_carry(upstream, copy, mail_from, report, pending, keep=True)))
+        while flying:
+            done, flying = await asyncio.wait(flying)
+            for task in done:
+                task.result()
+    finally:
+        for task in flying:
+            task.cancel()
+        if flying:
+            await asyncio.gather(*flying, return_exceptions=True)
     if pending:
         if not report.delivered:
             report.tempfailed = True
@@ -99,6 +109,37 @@ async def deliver(
         report.rejected_code = code
         report.rejected_reply = report.rejected_reply or next(iter(report.refused.values()))
     return report
+
+
+async def _carry(
+    upstream: Upstream, copy: Copy, mail_from: str, report: DeliveryReport, pending: list[Copy], *, keep: bool = False
+) -> bool:
+    """Send one copy and put what came of it in `report`; False when the upstream was unavailable:
+    the copy joins `pending` when `keep` or when something was delivered already, else `report`
+    says to tempfail."""
+    try:
+        result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
+    except UpstreamUnavailable as exc:
+        if keep or report.delivered:
+            pending.append(copy)
+        else:
+            report.tempfailed = True
+            report.tempfail_reason = str(exc)
+        return False
+    except UpstreamRejected as exc:
+        for rcpt in copy.recipients:
+            report.refused[rcpt] = exc.reply or str(exc)
+        report.rejected_code, report.rejected_reply = exc.code, exc.reply or str(exc)
+        return True
+    report.delivered += result.accepted
+    report.upstream_reply = result.reply
+    for rcpt in result.permanently_refused:
+        code, text = result.refused[rcpt]
+        report.refused[rcpt] = f"{code} {text}"
+    later = result.temporarily_refused
+    if later:
+        pending.append(Copy(later, copy.content, copy.mail_from))
+    return True
 
 
 def _sender(copy: Copy, mail_from: str) -> str:

@@ -1,10 +1,11 @@
 """Build what goes upstream: per-recipient marketing copies (list headers, unsubscribe URL in the
 body), one copy for transactional mail; the stream header removed, the relay id added; every copy
-DKIM-signed last."""
+DKIM-signed last. Copies are made as they are carried, a window at a time: a message to 1,000
+recipients holds COPY_WINDOW copies in memory, not 1,000."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import AsyncIterator, Mapping, Protocol, Sequence
 
 from policies.facts import MessageFacts
 from policies.findings import ReliedConsent
@@ -14,12 +15,13 @@ from relay.delivery.personalize import prepare, prepend_header, strip_header
 from relay.engine.pipeline import STREAM_HEADER, IdAllocator
 from relay.engine.signing import CopySigner
 from relay.engine.transaction import Transaction
-from relay.unsubscribe.feature import list_headers, subscription_for
-from relay.unsubscribe.tokens import TokenCodec
 
 # Names the transaction a copy came from: a feedback report quoting it maps back to the delivery.
 RELAY_ID_HEADER = "X-Relay-Id"
 BOUNCE_PREFIX = "bounce+"  # the local part of a VERP envelope sender: bounce+ID@mailto_domain
+# Per-recipient copies rendered and signed together (one trip to the helper) before they are
+# carried: enough to amortise the trip, few enough that memory follows the message's size.
+COPY_WINDOW = 32
 
 
 def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
@@ -28,13 +30,29 @@ def with_relay_id(raw: bytes, relay_id: str, *drop: str) -> bytes:
     return prepend_header(strip_header(raw, RELAY_ID_HEADER, *drop), RELAY_ID_HEADER, relay_id)
 
 
+class CopyLinks(Protocol):
+    """What a copy carries of the unsubscribe machinery (relay.unsubscribe.links.CopyLinks, handed in by
+    relay.assembly when [unsubscribe] has secrets): the engine never imports the feature, which records
+    through the engine."""
+
+    def unsubscribe(
+        self, facts: MessageFacts, rcpt: str, relied: ReliedConsent | None, delivery_id: int, issued: int
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """A marketing copy's one-click URL (/u/TOKEN, withdrawing the consent `relied` on) and its
+        list headers."""
+        ...
+
+    def bounce_token(self, delivery_id: int) -> str:
+        """The token of a copy's VERP envelope sender, bounce+TOKEN@mailto_domain."""
+        ...
+
+
 class CopyMaker:
-    def __init__(self, config: Config, codec: TokenCodec | None, signer: CopySigner, ids: IdAllocator) -> None:
+    def __init__(self, config: Config, links: CopyLinks | None, signer: CopySigner, ids: IdAllocator) -> None:
         self.config = config
-        self.codec = codec
+        self.links = links
         self.signer = signer
         self.ids = ids
-        self.base_url = config.http.public_base_url.rstrip("/")
 
     async def __call__(
         self,
@@ -43,31 +61,37 @@ class CopyMaker:
         relied_on: Mapping[str, ReliedConsent],
         raw: bytes,
         recipients: Sequence[str],
-    ) -> list[Copy]:
+    ) -> AsyncIterator[Copy]:
+        """The copies, made as the caller takes them (relay.delivery.carrier.deliver)."""
         raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
-        if stream is None or not stream.is_marketing or self.codec is None:
+        if stream is None or not stream.is_marketing or self.links is None:
             (signed,) = await self.signer.sign([raw])
-            if self.codec is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
-                return [Copy(tuple(recipients), signed)]
+            if self.links is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
+                yield Copy(tuple(recipients), signed)
+                return
             # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
-            return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
+            for rcpt in recipients:
+                yield Copy((rcpt,), signed, await self._verp(txn, rcpt))
+            return
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
-        rendered = []
-        senders: list[str | None] = []
         verp = self.config.bounces.verp
         domain = self.config.unsubscribe.mailto_domain
-        for rcpt in recipients:
-            sub = subscription_for(facts, relied_on.get(rcpt))
-            delivery_id = await self._delivery_id(txn, rcpt)
-            url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
-            headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))
-            rendered.append(template.render(headers=headers, url=url))
-            # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
-            senders.append(f"{BOUNCE_PREFIX}{self.codec.issue_bounce(delivery_id)}@{domain}" if verp else None)
-        signed = await self.signer.sign(rendered)  # all copies in one trip to the helper
-        return [Copy((rcpt,), copy, sender) for rcpt, copy, sender in zip(recipients, signed, senders)]
+        for start in range(0, len(recipients), COPY_WINDOW):
+            window = recipients[start : start + COPY_WINDOW]
+            rendered = []
+            senders: list[str | None] = []
+            for rcpt in window:
+                delivery_id = await self._delivery_id(txn, rcpt)
+                url, headers = self.links.unsubscribe(facts, rcpt, relied_on.get(rcpt), delivery_id, issued)
+                rendered.append(template.render(headers=headers, url=url))
+                # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
+                senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)
+            signed = await self.signer.sign(rendered)  # the window's copies in one trip to the helper
+            del rendered
+            for rcpt, copy, sender in zip(window, signed, senders):
+                yield Copy((rcpt,), copy, sender)
 
     async def _delivery_id(self, txn: Transaction, rcpt: str) -> int:
         delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()
@@ -75,6 +99,6 @@ class CopyMaker:
         return delivery_id
 
     async def _verp(self, txn: Transaction, rcpt: str) -> str:
-        assert self.codec is not None
-        token = self.codec.issue_bounce(await self._delivery_id(txn, rcpt))
+        assert self.links is not None
+        token = self.links.bounce_token(await self._delivery_id(txn, rcpt))
         return f"{BOUNCE_PREFIX}{token}@{self.config.unsubscribe.mailto_domain}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.errors import StoreUnavailable
-from relay.events.feed import decision_events
+from relay.store.account_events import decision_events
 from relay.log import get_logger, recipient_labels
 from relay.store.base import DecisionStore
 from relay.store.records import DecisionRecord, DeliveryRecord

@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, ReliedConsent, Verdict
@@ -34,9 +34,10 @@ _PARSE_IN_THREAD_BYTES = 1 << 20
 
 # Builds the upstream copies of a message that passed: (txn, facts, the verdict's relied_on, raw,
 # recipients). relay.engine.copies.CopyMaker: per-recipient marketing copies (each unsubscribe withdraws
-# the consent the engine relied on), the stream header removed, DKIM last.
+# the consent the engine relied on), the stream header removed, DKIM last; made as deliver() takes
+# them, so memory follows the message's size, not its recipients.
 CopyBuilder = Callable[
-    [Transaction, MessageFacts, Mapping[str, ReliedConsent], bytes, Sequence[str]], Awaitable[list[Copy]]
+    [Transaction, MessageFacts, Mapping[str, ReliedConsent], bytes, Sequence[str]], AsyncIterator[Copy]
 ]
 
 
@@ -107,10 +108,7 @@ class Pipeline:
 
     async def recipient_facts(self, account: AccountConfig, emails: Sequence[str]) -> list[RecipientFacts]:
         scopes = (account.id, account.parent) if account.parent else (account.id,)
-        consent = self.services.store.consent
-        consents, suppressions = await asyncio.gather(
-            consent.find_consents(scopes, emails), consent.find_suppressions(scopes, emails)
-        )
+        consents, suppressions = await self.services.store.consent.find_consents_and_suppressions(scopes, emails)
         return [
             RecipientFacts(e, tuple(consents.get(e, ())), tuple(suppressions.get(e, ()))) for e in emails
         ]
@@ -339,7 +337,7 @@ class Pipeline:
             self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
-        copies = await self.copies(txn, facts, verdict.relied_on, raw, permitted)
+        copies = self.copies(txn, facts, verdict.relied_on, raw, permitted)
         report = await deliver(
             self.upstream,
             self.services.store.outbox,

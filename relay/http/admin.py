@@ -1,9 +1,11 @@
-"""The admin HTTP listener: /metrics, /healthz, /readyz, and the bearer-protected /api/… of features."""
+"""The admin HTTP listener: /metrics, /healthz, /readyz, and the bearer-protected /api/… of features.
+Which routes it serves is handed in (relay/routes.py mounts them): the packages whose pages and API it
+serves import relay/http for its auth and JSON helpers, and relay/http imports none of them."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -11,22 +13,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from relay.engine.pipeline import Pipeline
 from relay.errors import StoreUnavailable
-from relay.feedback import complaints_http as http_complaints
-from relay.http import consent as http_consent
-from relay.http import events as http_events
-from relay.http import openapi
-from relay.http import quarantine as http_quarantine
 from relay.http.admin_auth import CHECKER, GUARD, AuthGuard, TokenChecker
 from relay.http.api_keys import ACCOUNT_KEYS, KEY, AccountKeys, check_route
 from relay.http.common import ADMIN, PIPELINE, SERVICES, json_error, json_response
 from relay.services import Services
-from relay.web import ui
 
-# The bearer-protected API and the web UI, in the order their routes are added.
-ROUTES = (
-    http_consent.add_routes, http_quarantine.add_routes, http_complaints.add_routes, http_events.add_routes,
-    ui.add_routes, openapi.add_routes,
-)
+AddRoutes = Callable[[web.Application], None]
 # The API's description is public: it names no secret, and a client reads it before it has a token.
 OPEN_PATHS = frozenset({"/api/openapi.json"})
 
@@ -99,8 +91,11 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ready": ready, **status}, status=200 if ready else 503)
 
 
-def build_admin_app(services: Services, readiness: Readiness, pipeline: Pipeline | None = None) -> web.Application:
-    """`pipeline`: the relay's, which quarantine releases deliver through (none: they answer 503)."""
+def admin_app(
+    services: Services, readiness: Readiness, routes: Sequence[AddRoutes], pipeline: Pipeline | None = None
+) -> web.Application:
+    """`routes`: added in this order after /metrics, /healthz and /readyz. `pipeline`: the relay's, which
+    quarantine releases deliver through (none: they answer 503)."""
     app = web.Application(middlewares=[json_errors, api_auth], client_max_size=64 * 1024 * 1024)
     app[SERVICES] = services
     if pipeline is not None:
@@ -112,6 +107,6 @@ def build_admin_app(services: Services, readiness: Readiness, pipeline: Pipeline
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    for add_routes in ROUTES:
+    for add_routes in routes:
         add_routes(app)
     return app

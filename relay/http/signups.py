@@ -22,7 +22,7 @@ from relay.feature import Feature
 from relay.http.api_keys import KEY, scoped_account
 from relay.http.common import admin_label, form_body, json_body, json_error, json_response
 from relay.store.signups import Signup
-from relay.web.templating import render
+from relay.templating import render
 
 _PAGE = {
     "nl": {

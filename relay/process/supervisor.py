@@ -1,5 +1,6 @@
-"""`[smtp] workers = N`: a parent that holds the listening sockets and the state lock, and keeps N
-worker processes serving on them, as Postfix's master or gunicorn's arbiter do.
+"""`[smtp] workers = N` (default "auto": one per usable core): a parent that holds the listening
+sockets and the state lock, and keeps N worker processes serving on them, as Postfix's master or
+gunicorn's arbiter do.
 
 - A worker that dies is replaced (same index: worker 0 also serves HTTP), with a growing pause
   when workers die soon after starting, so a crash loop does not spin.
@@ -102,7 +103,7 @@ class Supervisor:
         self.failed: int | None = None
 
     async def run(self) -> int:
-        n = self.config.smtp.workers
+        n = self.config.smtp.worker_count
         slots = [asyncio.create_task(self._keep(i), name=f"worker-{i}") for i in range(n)]
         try:
             await self.stop.wait()
@@ -191,7 +192,7 @@ class Supervisor:
             return False
         index = next(i for i, p in self.procs.items() if p is proc)
         self._ready.add(index)
-        if len(self._ready) == self.config.smtp.workers and not self.all_started.is_set():
+        if len(self._ready) == self.config.smtp.worker_count and not self.all_started.is_set():
             self.all_started.set()
             self.log.info("workers_started", pids=[p.pid for p in self.procs.values()])
         return True

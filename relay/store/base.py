@@ -58,6 +58,13 @@ class ConsentStore(abc.ABC):
     @abc.abstractmethod
     async def find_suppressions(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[Suppression]]: ...
 
+    async def find_consents_and_suppressions(
+        self, scopes: Sequence[str], emails: Sequence[str]
+    ) -> tuple[dict[str, list[ConsentRecord]], dict[str, list[Suppression]]]:
+        """Both of the above, as the relay reads them for a message's recipients (at RCPT, or at
+        DATA for those not read yet). A store may answer them at once."""
+        return await self.find_consents(scopes, emails), await self.find_suppressions(scopes, emails)
+
     @abc.abstractmethod
     async def upsert_consents(self, records: Iterable[ConsentRecord], *, now: datetime) -> tuple[int, int]:
         """Insert or update in one transaction; returns (written, unchanged)."""

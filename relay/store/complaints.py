@@ -7,7 +7,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from relay.events.feed import complaint_event
+from relay.store.account_events import complaint_event
 from relay.store.complaints_base import ACKNOWLEDGED, INFORMATIONAL, OPEN, Complaint, ComplaintStore, RejectedReport
 from relay.store.events_store import append_events
 from relay.store.records import AuditEntry, DeliveryRecord, iso, parse_iso

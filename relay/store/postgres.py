@@ -163,6 +163,7 @@ class PostgresDatabase:
             return await pool.fetchrow(numbered(sql), *params)
 
     fetch_point = fetchone
+    fetch_indexed = fetchall
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in its own (implicit) transaction; returns the rows it affected."""

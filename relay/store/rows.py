@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from policies.facts import ConsentRecord, Suppression
 from relay.store.records import (
@@ -113,16 +113,48 @@ def consent_row_unchanged(stored: list[Any], merged: list[Any]) -> bool:
     return all(stored[i] == merged[i] for i in _CONTENT_INDEXES)
 
 
+# A consent's columns as the recipients' lookup selects them: id, then the record's fields in order.
+CONSENT_SELECT = ("id", *CONSENT_COLUMNS)
+_SELECT_TIMES = tuple(i for i, c in enumerate(CONSENT_SELECT) if c in CONSENT_TIME_FIELDS)
+_SELECT_BOOLS = tuple(i for i, c in enumerate(CONSENT_SELECT) if c in CONSENT_BOOL_FIELDS)
+if fields(ConsentRecord)[-1].name != "id":  # consent_from_values passes the other fields by position
+    raise TypeError("ConsentRecord.id must be its last field")
+
+
+def consent_from_values(values: Sequence[Any]) -> ConsentRecord:
+    """A consent from its columns in CONSENT_SELECT order. By position: on the path of every
+    recipient, where looking up two dozen columns by name cost more than the query."""
+    v = list(values)
+    for i in _SELECT_TIMES:
+        v[i] = parse_iso(v[i])
+    for i in _SELECT_BOOLS:
+        v[i] = bool(v[i])
+    return ConsentRecord(*v[1:], id=str(v[0]))
+
+
 def consent_from_row(row: Mapping[str, Any]) -> ConsentRecord:
-    values: dict[str, Any] = {}
-    for name in CONSENT_COLUMNS:
-        value = row[name]
-        if name in CONSENT_TIME_FIELDS:
-            value = parse_iso(value)
-        elif name in CONSENT_BOOL_FIELDS:
-            value = bool(value)
-        values[name] = value
-    return ConsentRecord(id=str(row["id"]), **values)
+    return consent_from_values([row[name] for name in CONSENT_SELECT])
+
+
+# The suppression columns the recipients' lookup (relay/store/tables.py) puts in consent columns of
+# the same name; reason and via follow the consent columns.
+SUPPRESSION_LOOKUP = ("id", "email", "scope", "topic", "created_at")
+_LOOKUP_EMAIL, _LOOKUP_SCOPE, _LOOKUP_TOPIC, _LOOKUP_CREATED = (
+    1 + CONSENT_SELECT.index(c) for c in ("email", "scope", "topic", "created_at")
+)
+_LOOKUP_REASON = 1 + len(CONSENT_SELECT)
+
+
+def suppression_from_lookup(row: Sequence[Any]) -> Suppression:
+    """A suppression row of the recipients' lookup (kind, CONSENT_SELECT columns, reason, via)."""
+    return Suppression(
+        email=row[_LOOKUP_EMAIL],
+        scope=row[_LOOKUP_SCOPE],
+        topic=row[_LOOKUP_TOPIC],
+        reason=row[_LOOKUP_REASON],
+        via=row[_LOOKUP_REASON + 1],
+        created_at=parse_iso(row[_LOOKUP_CREATED]),
+    )
 
 
 def suppression_from_row(row: Mapping[str, Any]) -> Suppression:

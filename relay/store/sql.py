@@ -149,6 +149,9 @@ class Database(Protocol):
     async def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         """fetchone for a lookup by primary key, on the path of every message."""
 
+    async def fetch_indexed(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """fetchall for a few rows found through an index, on the path of every recipient."""
+
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in a transaction of its own; the number of rows it changed."""
 

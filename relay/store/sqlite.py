@@ -141,14 +141,16 @@ class SqliteDatabase:
             raise
 
     def _connect_point_reader(self) -> sqlite3.Connection:
-        """A read-only connection used on the event loop itself, for reads by primary key.
+        """A read-only connection used on the event loop itself, for reads through an index.
 
         aiosqlite hands every query to its thread and back: for a one-row lookup on every MAIL
         FROM the hand-offs cost far more than the lookup (an A/B in one benchmark run, two workers
-        on two cores: +2-4% msg/s at concurrency 10, +9-10% at 50). The account_state table is a
-        few pages, always in SQLite's and the OS's cache, so the read does not wait on the disk;
-        WAL readers never wait for writers, and with busy_timeout 0 anything unusual fails at
-        once and goes the threaded way instead. Only primary-key reads may come here."""
+        on two cores: +2-4% msg/s at concurrency 10, +9-10% at 50), and the same holds for the
+        consent lookup of every recipient (docs/benchmarks.md, issue 20). Such a read touches a
+        few pages (the account_state table; a few index and table pages per recipient) that the
+        OS keeps cached, so it does not wait on the disk; WAL readers never wait for writers, and
+        with busy_timeout 0 anything unusual fails at once and goes the threaded way instead.
+        Only primary-key reads and indexed lookups of a few rows may come here."""
         conn = sqlite3.connect(
             f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
         )
@@ -182,17 +184,28 @@ class SqliteDatabase:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        """fetchone for a lookup by primary key: on the loop, no thread hand-off (see
-        _connect_point_reader); the threaded reader when that fails."""
+    def _read_on_loop(self, sql: str, params: Sequence[Any]) -> list[Row] | None:
+        """The rows read on the loop, no thread hand-off (see _connect_point_reader); None when
+        that failed, for the threaded reader to try (and report a real failure)."""
         conn = self._point
-        if conn is not None:
-            try:
-                row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
-                return row
-            except sqlite3.Error:
-                pass
-        return await self.fetchone(sql, params)
+        if conn is None:
+            return None
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
+
+    async def fetch_point(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """fetchone for a lookup by primary key, on the loop."""
+        rows = self._read_on_loop(sql, params)
+        if rows is None:
+            return await self.fetchone(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_indexed(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """fetchall for a few rows found through an index, on the loop."""
+        rows = self._read_on_loop(sql, params)
+        return rows if rows is not None else await self.fetchall(sql, params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:

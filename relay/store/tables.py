@@ -10,7 +10,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from policies.facts import ConsentRecord, Suppression
-from relay.events import feed as ev
+from relay.store import account_events as ev
 from relay.store import base
 from relay.store.events_store import append_events
 from relay.store.records import (
@@ -28,11 +28,14 @@ from relay.store.rows import (
     CONSENT_BOOL_FIELDS,
     CONSENT_COLUMNS,
     CONSENT_CONTENT_COLUMNS,
+    CONSENT_SELECT,
+    SUPPRESSION_LOOKUP,
     OUTBOX_INSERT,
     abandoned_release_audit,
     audit_from_row,
     claimed_outbox,
     consent_from_row,
+    consent_from_values,
     consent_merge_expression,
     consent_to_row,
     decision_from_row,
@@ -42,6 +45,7 @@ from relay.store.rows import (
     outbox_to_row,
     quarantine_from_row,
     split_quarantine_counts,
+    suppression_from_lookup,
     suppression_from_row,
 )
 from relay.store.sql import Database, Dialect, Row, Transaction
@@ -118,6 +122,21 @@ def _consent_batches(records: Iterable[ConsentRecord], stamp: str) -> Iterator[l
         yield batch
 
 
+# A consent row (kind 'c': CONSENT_SELECT) or a suppression row (kind 's': SUPPRESSION_LOOKUP) of the
+# recipients' lookup, in one result: the columns of both tables side by side, NULL where the row's
+# table has none. Each branch reads its table's unique index (email, scope, …).
+_LOOKUP_WIDTH = 1 + len(CONSENT_SELECT)
+_RECIPIENT_LOOKUP = (
+    f"SELECT 'c' AS kind, {', '.join(CONSENT_SELECT)}, NULL AS reason, NULL AS via FROM consents {{where}} "
+    "UNION ALL SELECT 's', "
+    + ", ".join(c if c in SUPPRESSION_LOOKUP else "NULL" for c in CONSENT_SELECT)
+    + ", reason, via FROM suppressions {where} ORDER BY kind, id"
+)
+# A message's recipients (RCPT by RCPT, or those left at DATA) are a few index lookups, answered from
+# pages in memory; a longer list (an import's batch, a very long envelope) reads the ordinary way.
+_INDEXED_LOOKUP_MAX = 64
+
+
 class SqlConsents(base.ConsentStore):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -140,6 +159,30 @@ class SqlConsents(base.ConsentStore):
 
     async def find_consents(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[ConsentRecord]]:
         return await self._by_email("consents", scopes, emails, consent_from_row)
+
+    async def find_consents_and_suppressions(
+        self, scopes: Sequence[str], emails: Sequence[str]
+    ) -> tuple[dict[str, list[ConsentRecord]], dict[str, list[Suppression]]]:
+        """One statement for both tables (one round trip); a message's few recipients through
+        `fetch_indexed`, which SQLite answers on the loop without a thread hand-off."""
+        consents: dict[str, list[ConsentRecord]] = {}
+        suppressions: dict[str, list[Suppression]] = {}
+        dialect = self.db.dialect
+        in_scopes, scope_params = dialect.any_of("scope", scopes)
+        for chunk in dialect.chunks(list(dict.fromkeys(emails))):
+            in_emails, email_params = dialect.any_of("email", chunk)
+            where = f"WHERE {in_emails} AND {in_scopes}"
+            params = (*email_params, *scope_params)
+            fetch = self.db.fetch_indexed if len(chunk) <= _INDEXED_LOOKUP_MAX else self.db.fetchall
+            for row in await fetch(_RECIPIENT_LOOKUP.format(where=where), params + params):
+                values = tuple(row)
+                if values[0] == "c":
+                    record = consent_from_values(values[1:_LOOKUP_WIDTH])
+                    consents.setdefault(record.email, []).append(record)
+                else:
+                    suppression = suppression_from_lookup(values)
+                    suppressions.setdefault(suppression.email, []).append(suppression)
+        return consents, suppressions
 
     async def find_suppressions(self, scopes: Sequence[str], emails: Sequence[str]) -> dict[str, list[Suppression]]:
         return await self._by_email("suppressions", scopes, emails, suppression_from_row)

@@ -1,62 +1,23 @@
-"""One-click unsubscribe (docs/SPEC.md §6): per-recipient list headers and URL, the public /u/TOKEN
-pages (relay/web/recipient.py), the unsubscribe+TOKEN@ mail address, and withdrawing consent at
-the level it was given."""
+"""One-click unsubscribe (docs/SPEC.md §6): the public /u/TOKEN pages (relay/web/recipient.py, handed in),
+the unsubscribe+TOKEN@ mail address, and withdrawing consent at the level it was given. The copies'
+list headers and URL are relay/unsubscribe/links.py's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from aiohttp import web
 
-from policies.facts import MessageFacts, Suppression
-from policies.findings import ReliedConsent
+from policies.facts import Suppression
 from relay import replies
-from relay.config import Config
 from relay.engine.decisions import DecisionRecorder
 from relay.engine.transaction import Transaction
 from relay.feature import Feature
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.unsubscribe.tokens import MAILTO_PREFIX, TokenClaims, TokenCodec
-from relay.web.recipient import RecipientPages
 
 UNSUBSCRIBED = "suppression.unsubscribed"
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """Where a recipient's consent for this copy lives: what an unsubscribe withdraws."""
-
-    scope: str
-    topic: str
-
-
-def subscription_for(facts: MessageFacts, relied: ReliedConsent | None) -> Subscription:
-    """The consent the engine relied on for the copy (Verdict.relied_on), else the account's own
-    scope and the stream's topic (no consent covered: a consent rule off or in monitor mode)."""
-    if relied is not None:
-        return Subscription(relied.scope, relied.topic)
-    assert facts.stream is not None
-    return Subscription(facts.account.id, facts.stream.topic)
-
-
-def list_headers(config: Config, topic: str, account: str, url: str, mailto_token: str) -> list[tuple[str, str]]:
-    """The list headers of one marketing copy; List-Id names the stream's topic (one per subscription)."""
-    domain = config.unsubscribe.mailto_domain
-    headers = [
-        ("List-Unsubscribe", f"<{url}>, <mailto:{MAILTO_PREFIX}{mailto_token}@{domain}>"),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-        ("List-Id", f"<{_label(topic)}.{_label(account)}.{domain}>"),
-    ]
-    if config.unsubscribe.csa_complaints:
-        headers.append(("X-CSA-Complaints", config.unsubscribe.csa_complaints))
-    return headers
-
-
-def _label(text: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower()).strip("-")
-    return cleaned or "all"
 
 
 async def unsubscribe(services: Services, claims: TokenClaims, *, method: str) -> int:
@@ -79,18 +40,25 @@ async def unsubscribe(services: Services, claims: TokenClaims, *, method: str) -
     return revoked
 
 
+class PublicPages(Protocol):
+    """The recipient's /u/TOKEN pages (relay.web.recipient.RecipientPages, built by relay.assembly with
+    `unsubscribe` below): web imports this package, never the other way."""
+
+    def add_routes(self, app: web.Application) -> None: ...
+
+
 class UnsubscribeFeature(Feature):
     """The unsubscribe machinery's public pages and its mailto address (the copies' list headers
-    are relay.engine.copies')."""
+    are relay.unsubscribe.links')."""
 
     name = "unsubscribe"
 
-    def __init__(self, services: Services, codec: TokenCodec, recorder: DecisionRecorder) -> None:
+    def __init__(self, services: Services, codec: TokenCodec, recorder: DecisionRecorder, pages: PublicPages) -> None:
         self.services = services
         self.config = services.config
         self.codec = codec
         self.recorder = recorder
-        self.public = RecipientPages(self.services, codec, unsubscribe)
+        self.public = pages
 
     def add_public_routes(self, app: web.Application) -> None:
         self.public.add_routes(app)

@@ -22,7 +22,7 @@ from relay.unsubscribe.subscriptions import EVERY_TOPIC, Describer, Entry, Reach
 from relay.unsubscribe.tokens import TokenClaims, TokenCodec
 from relay.web.contrast import accessible_accent
 from relay.web.recipient_texts import LANGUAGE_NAMES, TEXTS, negotiate
-from relay.web.templating import environment
+from relay.templating import environment
 
 PREFERENCES_METHOD = "preferences"
 AUDIT_ACTION = "unsubscribe.preferences"
@@ -42,7 +42,7 @@ def _fill(text: str, **values: Any) -> Markup:
     return Markup(escape(text)).format(**values)
 
 
-_ENV = environment("templates/recipient")
+_ENV = environment("web/templates/recipient")
 _ENV.filters["fill"] = _fill
 
 

@@ -30,7 +30,7 @@ from relay.services import Services
 from relay.store.records import AuditEntry, QuarantineItem
 from relay.web import ui_complaints
 from relay.web.safe_html import make_inert
-from relay.web.templating import render
+from relay.templating import render
 from relay.web.ui_base import (
     LOGIN_COOKIE,
     MAX_NOTE,

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from relay.errors import NotFound, UsageError
 from relay.http.common import form_body
-from relay.web.templating import render
+from relay.templating import render
 
 SESSION_COOKIE = "relay_session"
 LOGIN_COOKIE = "relay_login"

@@ -7,7 +7,7 @@ import asyncio
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from conftest import RecordingUpstream, asend, make_config, message, send, until
 from msgspec.structs import replace
@@ -25,9 +25,10 @@ def per_recipient_copies(relay: Any) -> None:
     """What the unsubscribe feature does for marketing: one upstream transaction per recipient."""
     original = relay.pipeline.copies
 
-    async def build(*args: Any) -> list[Copy]:
-        copies = await original(*args)
-        return [Copy((r,), c.content) for c in copies for r in c.recipients]
+    async def build(*args: Any) -> AsyncIterator[Copy]:
+        async for c in original(*args):
+            for r in c.recipients:
+                yield Copy((r,), c.content)
 
     relay.pipeline.copies = build  # the test's fault injection, not wiring
 

@@ -141,8 +141,7 @@ async def test_consent_lookup_failure_is_tempfail_not_pass(
     async def unavailable(*args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("store read failed: timeout")
 
-    monkeypatch.setattr(relay.services.store.consent, "find_consents", unavailable)
-    monkeypatch.setattr(relay.services.store.consent, "find_suppressions", unavailable)
+    monkeypatch.setattr(relay.services.store.consent, "find_consents_and_suppressions", unavailable)
     # Stream known at MAIL (envelope_from): the consent lookup happens at RCPT.
     out = await asend(relay.smtp_port, message(sender="news@shop.example"), mail_from="news@shop.example")
     assert out.rcpts and out.rcpts[0][0] == 451 and out.rcpts[0][1].startswith("4.3.0"), out

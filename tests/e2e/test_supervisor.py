@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -239,3 +240,53 @@ async def test_ctrl_c_in_the_first_second_prints_no_traceback(tmp_path: Path, up
         # (the interpreter was still starting on a loaded machine), which a user sees as a clean stop.
         assert proc.returncode in (0, 130) or (proc.returncode == -signal.SIGINT and not text.strip()), (
             delay, proc.returncode, text)
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+async def test_the_default_config_serves_with_one_worker_per_usable_core(
+    cores: int, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    """Issue 20: `[smtp] workers` left out is "auto", one worker process per core `serve` may run
+    on (its CPU affinity, here narrowed to `cores`), and no helper processes beside them."""
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < cores:
+        pytest.skip(f"needs {cores} usable cores; this test process may use {len(usable)}")
+    port = free_port()
+    config = two_workers(tmp_path, upstream, port)
+    config.write_text(re.sub(r'^"?workers"? = \d+\n', "", config.read_text(), flags=re.M))  # the default
+    assert "workers" not in config.read_text()
+    relay = ServeProcess(config, cpus=set(usable[:cores]))
+    try:
+        started = await relay.start(started=cores)
+        (said,) = relay.events("relay_workers")
+        assert (said["workers"], said["usable_cores"], said["helper_process"]) == (cores, cores, False), said
+        pids = {int(e["pid"]) for e in started}
+        assert relay.proc is not None and len(pids) == cores
+        if cores == 1:
+            assert pids == {relay.proc.pid} and children(relay.proc.pid) == set()  # it serves itself, no helper
+        else:
+            assert children(relay.proc.pid) == pids  # a supervisor of `cores` workers, no helper
+            assert all(children(p) == set() for p in pids)
+        rcpts = [f"r{i}@example.nl" for i in range(4)]
+        outcomes = [await asend(port, rcpts=[r]) for r in rcpts]
+        assert [o.code for o in outcomes] == [250] * len(rcpts), outcomes
+        assert sorted(upstream.recipients()) == sorted(rcpts)
+        assert len(relay.events("relay_started")) == cores  # no worker was replaced
+        assert await relay.stop() == 0
+    finally:
+        await relay.ensure_stopped()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CertFiles, config_dict, make_config, write_config
 
-from relay.config import build_config, load_config, sqlite_path
+from relay.config import build_config, helper_enabled, load_config, sqlite_path, usable_cores
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +77,10 @@ def test_bad_value_names_its_key(tmp_path: Path, overrides: dict[str, Any], key:
     [
         ({"smtp": {"max_recipients": "many"}}, "smtp.max_recipients: expected an integer, got a string"),
         ({"smtp": {"max_recipients": 0}}, "smtp.max_recipients: must be at least 1 (0 would refuse every transaction)"),
+        ({"smtp": {"workers": 0}}, 'smtp.workers: expected an integer ≥ 1 or "auto", got a number < 1'),
+        ({"smtp": {"workers": "many"}}, 'smtp.workers: expected an integer ≥ 1 or "auto", got \'many\''),
+        ({"smtp": {"workers": 1.5}}, 'smtp.workers: expected an integer ≥ 1 or "auto", got a number'),
+        ({"smtp": {"workers": True}}, 'smtp.workers: expected an integer ≥ 1 or "auto", got a boolean'),
         ({"smtp": {"idle_timeout": 0}}, "smtp.idle_timeout: must be greater than 0"),
         ({"bounces": {"hard_limit": -1}}, "bounces.hard_limit: must not be negative"),
         ({"bounces": {"verp": "yes"}}, "bounces.verp: expected true or false, got a string"),
@@ -215,3 +221,40 @@ def test_relay_denied_cannot_be_overridden(tmp_path: Path, value: str) -> None:
     assert 'policy.actions."relay.denied"' in str(error) and "must be 'reject'" in str(error), str(error)
     config = make_config(tmp_path, 2525, policy={"actions": {"relay.denied": "reject"}})
     assert config.policy.actions == {"relay.denied": "reject"}
+
+
+@pytest.mark.parametrize(("value", "cores", "workers", "helper"), [("auto", 1, 1, False), ("auto", 3, 3, False), (None, 4, 4, False), (2, 8, 2, True), (1, 1, 1, False)])
+def test_workers_auto_is_one_per_usable_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: Any, cores: int, workers: int, helper: bool
+) -> None:
+    """Issue 20: `[smtp] workers` defaults to "auto", resolved at load to the CPUs the process may
+    run on; helper_process "auto" then finds no spare core."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    data = config_dict(tmp_path, 2525)
+    if value is None:
+        del data["smtp"]["workers"]  # left out: the default
+    else:
+        data["smtp"]["workers"] = value
+    smtp = build_config(data, tmp_path / "relay.toml").smtp
+    assert (smtp.workers, smtp.worker_count, helper_enabled(smtp)) == (workers, workers, helper)
+
+
+def test_workers_auto_without_affinity_counts_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert build_config(config_dict(tmp_path, 2525, smtp={"workers": "auto"}), tmp_path / "relay.toml").smtp.workers == 6
+    assert usable_cores() == 6
+
+
+@pytest.mark.parametrize("value", ["0", '"many"'])
+def test_check_config_refuses_bad_workers_in_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    from relay.cli import main as cli
+
+    path = write_config(tmp_path, config_dict(tmp_path, 2525))
+    path.write_text(re.sub(r'^"?workers"? = .*$', f"workers = {value}", path.read_text(), count=1, flags=re.M))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check-config", "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert "smtp.workers" in line and '"auto"' in line and "Traceback" not in err, err

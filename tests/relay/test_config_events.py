@@ -10,7 +10,7 @@ import pytest
 
 from relay.config import build_config
 from relay.errors import ConfigError
-from relay.events.types import DEFAULT_WEBHOOK_EVENTS
+from relay.event_types import DEFAULT_WEBHOOK_EVENTS
 from tests.conftest import config_dict
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123").decode()

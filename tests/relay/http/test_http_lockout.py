@@ -14,7 +14,7 @@ import pytest
 from conftest import no_readiness, serving
 
 from relay.config import build_config
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.http.lockout import MAX_FAILURES, MAX_TRACKED, FailedAttempts, client_key
 from relay.passwords import hash_password
 from relay.services import Clock, Services

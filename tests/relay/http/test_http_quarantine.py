@@ -13,7 +13,7 @@ import pytest
 from conftest import no_readiness, serving
 
 from relay.config import build_config
-from relay.http.admin import build_admin_app
+from relay.routes import build_admin_app
 from relay.passwords import hash_password
 from relay.services import Clock, Services
 from relay.store.records import QuarantineItem

@@ -166,6 +166,30 @@ async def test_find_consents_by_scopes_and_many_emails(store: Store) -> None:
     assert await store.consent.count() == len(records)
 
 
+@pytest.mark.parametrize("bulk", [3, 600])  # a message's few recipients; a list longer than one read on the loop
+async def test_consents_and_suppressions_in_one_lookup_answer_as_the_two_finds(store: Store, bulk: int) -> None:
+    records = [
+        consent("a@x.nl", "shop", confirmed_at=T0, last_purchase_at=T0 + timedelta(1), prechecked=True),
+        consent("a@x.nl", "group", "news", frequency_disclosed=True),
+        consent("a@x.nl", "other"),
+        consent("b@x.nl", "shop", revoked_at=T0, revoked_via="page"),
+    ] + [consent(f"bulk{i}@x.nl") for i in range(bulk)]
+    await store.consent.upsert_consents(records, now=T0)
+    await store.consent.add_suppression(Suppression("a@x.nl", "shop", "*", "suppression.unsubscribed", "one_click", T0))
+    await store.consent.add_suppression(Suppression("a@x.nl", "group", "news", "suppression.complaint", "complaint", T0))
+    await store.consent.add_suppression(Suppression("c@x.nl", "shop", "*", "suppression.bounced", "", T0))
+    await store.consent.add_suppression(Suppression("bulk1@x.nl", "other", "*", "suppression.unsubscribed", "page", T0))
+    scopes = ["shop", "group"]
+    emails = ["a@x.nl", "b@x.nl", "c@x.nl", "a@x.nl", "nobody@x.nl"] + [f"bulk{i}@x.nl" for i in range(bulk)]
+    consents, suppressions = await store.consent.find_consents_and_suppressions(scopes, emails)
+    assert consents == await store.consent.find_consents(scopes, emails)
+    assert suppressions == await store.consent.find_suppressions(scopes, emails)
+    assert [(r.scope, r.prechecked, r.last_purchase_at) for r in consents["a@x.nl"]] == [("shop", True, T0 + timedelta(1)), ("group", False, None)]
+    assert sorted(s.reason for s in suppressions["a@x.nl"]) == ["suppression.complaint", "suppression.unsubscribed"]
+    assert set(suppressions) == {"a@x.nl", "c@x.nl"} and len(consents) == 2 + bulk
+    assert await store.consent.find_consents_and_suppressions(scopes, []) == ({}, {})
+
+
 async def test_upsert_counts_written_and_unchanged_and_keeps_created_at(store: Store) -> None:
     first = [consent("a@x.nl"), consent("b@x.nl", prechecked=True), consent("c@x.nl", "shop", "news")]
     assert await store.consent.upsert_consents(first, now=T0) == (3, 0)

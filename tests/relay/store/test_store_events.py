@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 from policies.facts import Suppression
-from relay.events.feed import decision_events, suppression_event
+from relay.store.account_events import decision_events, suppression_event
 from relay.store.base import Store
 from relay.store.records import AccountState, AuditEntry, DecisionRecord, DeliveryRecord
 from tests.relay.store.test_store import T0, backend, complaint, held, second, store  # noqa: F401  (fixtures)

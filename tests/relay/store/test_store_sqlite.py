@@ -107,6 +107,44 @@ async def test_account_state_read_on_the_loop_sees_every_commit_at_once(tmp_path
         await other_process.close()
 
 
+async def test_recipient_lookup_reads_on_the_loop_sees_every_commit_and_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lookup of every recipient skips aiosqlite's thread too (issue 20): an unsubscribe written by
+    # another process counts on the very next RCPT, and a broken loop reader costs speed, not answers.
+    url = f"sqlite:///{tmp_path}/relay.db"
+    relay_side, other_process = open_store_for(StoreConfig(url=url)), open_store_for(StoreConfig(url=url))
+    await relay_side.open()
+    await other_process.open()
+    db = relay_side.db  # type: ignore[attr-defined]
+    threaded: list[str] = []
+    real = db._reader.execute_fetchall
+
+    async def counted(sql: str, params: Any = ()) -> Any:
+        threaded.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(db._reader, "execute_fetchall", counted)
+    try:
+        record = ConsentRecord(email="a@x.nl", scope="shop", basis="double_opt_in", collected_at=NOW)
+        await other_process.consent.upsert_consents([record], now=NOW)
+        consents, suppressions = await relay_side.consent.find_consents_and_suppressions(["shop"], ["a@x.nl"])
+        assert [r.basis for r in consents["a@x.nl"]] == ["double_opt_in"] and suppressions == {}
+        await other_process.consent.add_suppression(Suppression("a@x.nl", "shop", "*", "suppression.unsubscribed", "page", NOW))
+        _, suppressions = await relay_side.consent.find_consents_and_suppressions(["shop"], ["a@x.nl"])
+        assert [s.via for s in suppressions["a@x.nl"]] == ["page"]
+        assert threaded == []  # both answered on the loop
+        many = [f"u{i}@x.nl" for i in range(100)]  # longer than a message's few recipients: the thread reads
+        assert await relay_side.consent.find_consents_and_suppressions(["shop"], many) == ({}, {})
+        assert len(threaded) == 1
+        db._point.close()  # a broken loop reader: the threaded reader answers instead
+        consents, suppressions = await relay_side.consent.find_consents_and_suppressions(["shop"], ["a@x.nl"])
+        assert list(consents) == list(suppressions) == ["a@x.nl"] and len(threaded) == 2
+    finally:
+        await relay_side.close()
+        await other_process.close()
+
+
 async def test_unwritable_location_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -2,7 +2,8 @@
 
 The store writes them in the same transaction as the decision itself, numbered per account
 (`seq` 1, 2, 3 … in commit order), so the feed's cursor — the last seq seen — is stable.
-This module only builds them from the records the store writes; it does no I/O.
+This module only builds them from the records the store writes; it does no I/O. It is the store's
+(the names are relay/event_types.py's): relay/events reads the events, the store never imports it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any, Container, Iterable, Sequence
 
 from policies.facts import Suppression
-from relay.events.types import (
+from relay.event_types import (
     ACCOUNT_STATE,
     BOUNCED,
     COMPLAINED,

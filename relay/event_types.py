@@ -1,4 +1,5 @@
-"""The names of account events (docs/SPEC.md §17), apart so relay/config.py can check `[[accounts.webhooks]] events`."""
+"""The names of account events (docs/SPEC.md §17), one vocabulary below the packages: relay/config.py checks
+`[[accounts.webhooks]] events` with it, relay/store writes the events, relay/events serves them."""
 
 from __future__ import annotations
 

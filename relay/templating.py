@@ -1,5 +1,7 @@
 """The Jinja2 environment of the admin UI, the signup pages and the confirmation mail: every value is
-escaped unless a template marks it otherwise, and a missing value is an error, not an empty string."""
+escaped unless a template marks it otherwise, and a missing value is an error, not an empty string.
+The templates are relay/web/templates; this module sits below the packages, so that relay/consent and
+relay/http render their pages and mail without importing relay/web (which imports them)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-def environment(folder: str = "templates", **options: Any) -> Environment:
+def environment(folder: str = "web/templates", **options: Any) -> Environment:
     """One way to build a page environment (the admin UI and signup pages here, the recipient's
     pages in relay/web/recipient.py): autoescaping everywhere, a missing value an error."""
     return Environment(
-        loader=PackageLoader("relay.web", folder),
+        loader=PackageLoader("relay", folder),
         autoescape=select_autoescape(default=True, default_for_string=True),
         undefined=StrictUndefined,
         trim_blocks=True,

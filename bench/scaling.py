@@ -1,0 +1,192 @@
+"""Cost as work grows (issue 20): the marketing message to 1, 10, 100 and 1,000 recipients per
+message, consent imported for every one, through consent-relay's default config (`workers =
+"auto"`), and per row the copies per second and the relay's peak RSS per process.
+
+    .venv/bin/python -m bench.scaling                         # 1,10,100,1000 recipients, 10,000 copies a row
+    .venv/bin/python -m bench.scaling --copies 2000 --recipients 1,1000 --target relay-dkim
+
+The goal: copies/s flat (±15 %) from 1 to 1,000 recipients, and memory bounded by the message's
+size, not by its recipients. Each row sends the same number of copies (`--copies`), as
+`--copies / recipients` messages (at least `--concurrency`) over `--concurrency` smtp-source
+sessions, so the rows differ in how the work is cut, not in how much there is. The load, sink and
+accounting are bench/throughput.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from bench.throughput import (
+    MESSAGE,
+    OUT_DIR,
+    Load,
+    Options,
+    Relay,
+    Result,
+    Sink,
+    _make_target,
+    _rmtree,
+    _terminate_on_signals,
+    check_tools,
+    load_average,
+    machine,
+    measure,
+    wait_quiet,
+)
+
+FLAT = 0.15  # the goal: every row's copies/s within ±15 % of the 1-recipient row
+
+
+@dataclass
+class Row:
+    result: Result
+    workers: int  # the relay's worker processes during the row
+
+    @property
+    def copies_per_s(self) -> float:
+        r = self.result
+        return r.recipients / r.seconds if r.complete and r.seconds > 0 else 0.0
+
+
+def run(target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool) -> list[Row]:
+    check_tools()
+    rows: list[Row] = []
+    with _terminate_on_signals(), ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="consent-relay-scaling-"))
+        if keep:
+            print(f"# keeping {workdir}", file=sys.stderr, flush=True)
+        else:
+            stack.callback(_rmtree, workdir)
+        sink = Sink(Path(tempfile.mkdtemp(prefix="consent-relay-scaling-sink-", dir="/dev/shm")), stack)
+        stack.callback(_rmtree, sink.dir)
+        options = Options(rcpts=tuple(recipients), consent=True)
+        target = _make_target(target_name, sink, stack, workdir, options)
+        assert isinstance(target, Relay)
+        if warmup:
+            measure(target, sink, Load(warmup, concurrency, 1), stack, workdir)
+            wait_quiet(sink)
+        for r in recipients:
+            messages = max(concurrency, copies // r)
+            result = measure(target, sink, Load(messages, concurrency, r), stack, workdir)
+            rows.append(Row(result, workers_logged(target)))
+            print(_progress(rows[-1]), file=sys.stderr, flush=True)
+            if result.error:
+                wait_quiet(sink, seconds=1.0)
+    return rows
+
+
+def workers_logged(relay: Relay) -> int:
+    """The worker count `serve` logged at start (`relay_workers`); 0 when it said nothing."""
+    for line in (relay.home / "relay.err").read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "relay_workers":
+            return int(event["workers"])
+    return 0
+
+
+def _progress(row: Row) -> str:
+    r = row.result
+    status = f"{row.copies_per_s:7.0f} copies/s" if r.complete else f"FAILED ({r.error})"
+    return f"# r={r.rcpts:<5} messages={r.messages:<6} {status}  max RSS/process {r.rss_process_mb or 0:.0f} MB"
+
+
+def table(rows: Sequence[Row]) -> str:
+    base = rows[0].copies_per_s if rows and rows[0].result.rcpts == 1 else 0.0
+    lines = [
+        "| recipients / message | messages | copies | copies/s | vs 1 recipient | CPU s per 1,000 copies "
+        "| peak RSS MB, largest process | peak RSS MB, whole relay |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        r = row.result
+        rate = f"{row.copies_per_s:.0f}" if r.complete else f"failed: {r.error}".replace("|", "/")
+        ratio = f"{row.copies_per_s / base:.2f}×" if base and r.complete else "—"
+        cpu = f"{r.cpu_s / r.recipients * 1000:.2f}" if r.cpu_s is not None and r.recipients else "—"
+        one = f"{r.rss_process_mb:.0f}" if r.rss_process_mb is not None else "—"
+        tree = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
+        lines.append(f"| {r.rcpts} | {r.messages} | {r.recipients} | {rate} | {ratio} | {cpu} | {one} | {tree} |")
+    return "\n".join(lines)
+
+
+def verdict(rows: Sequence[Row]) -> str:
+    done = [row for row in rows if row.result.complete]
+    if not done or done[0].result.rcpts != 1 or len(done) != len(rows):
+        return "incomplete: no verdict"
+    base = done[0].copies_per_s
+    worst = max(done, key=lambda row: abs(row.copies_per_s / base - 1))
+    flat = abs(worst.copies_per_s / base - 1) <= FLAT
+    peaks = [row.result.rss_process_mb or 0 for row in done]
+    return (
+        f"copies/s {'flat' if flat else 'NOT flat'} within ±{FLAT:.0%} of the 1-recipient row "
+        f"(furthest: {worst.result.rcpts} recipients at {worst.copies_per_s / base:.2f}×); "
+        f"largest process peak RSS {min(peaks):.0f}–{max(peaks):.0f} MB across the rows"
+    )
+
+
+def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str) -> str:
+    size = len(MESSAGE.read_bytes().replace(b"\n", b"\r\n"))
+    workers = sorted({row.workers for row in rows})
+    return "\n".join([
+        "# Cost as work grows",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Target `{target}` ({', '.join(map(str, workers))} worker process(es)), marketing stream with consent for every "
+        f"recipient; the {size}-byte bench/message.eml; {concurrency} smtp-source sessions, a new connection per message; "
+        "smtp-sink as the upstream. copies/s = recipients at the sink / seconds from the start of smtp-source until the sink "
+        "holds them all. CPU s = user+sys of the relay's process tree. Peak RSS = VmHWM, reset before each row: of the "
+        "largest single process (a worker), and summed over the tree (supervisor, workers, helpers).",
+        f"Machine: {machine()}; load average before: {load_before}, after: {load_average()}.",
+        "",
+        table(rows),
+        "",
+        verdict(rows),
+        "",
+    ])
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(x) for x in text.split(",") if x.strip())
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("need positive integers, e.g. 1,10,100,1000")
+    return values
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipients", type=_ints, default=(1, 10, 100, 1000), help="recipients per message, one row each")
+    parser.add_argument("--copies", type=int, default=10000, help="copies per row (default 10000)")
+    parser.add_argument("--concurrency", type=int, default=10, help="smtp-source sessions (default 10)")
+    parser.add_argument("--target", default="relay", help="a relay target of bench/throughput.py (default relay: the default config)")
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured 1-recipient messages first")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "scaling.md")
+    args = parser.parse_args(argv)
+    if args.target != "relay" and not args.target.startswith(("relay1", "relay2", "relay-")):
+        parser.error("--target must be a relay target")
+    load_before = load_average()
+    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep)
+    command = " ".join([".venv/bin/python -m bench.scaling", *(shlex.quote(a) for a in argv)])
+    text = report(rows, command, args.target, args.concurrency, load_before)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    return 0 if all(row.result.complete for row in rows) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)

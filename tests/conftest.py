@@ -325,6 +325,12 @@ def config_dict(tmp_path: Path, upstream_port: int, **overrides: Any) -> dict[st
             "hostname": "relay.test",
             "idle_timeout": 30,
             "shutdown_grace": 5,
+            # Off, not "auto": "auto" starts a helper child per relay on a machine with 2+ cores, and
+            # every relay stop then waits for that child to finish importing (policies, dkim,
+            # cryptography): about 0.5 s of CPU per relay a test starts, hundreds of times, and a
+            # suite that covered different paths on 1 and 2+ cores. The helper's own tests
+            # (tests/relay/engine/test_helper.py, the supervisor's) turn it on explicitly.
+            "helper_process": False,
         },
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 5, "pool_size": 4},
         "store": {"url": "sqlite:///var/relay.db"},

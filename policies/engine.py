@@ -1,17 +1,20 @@
 """The one engine: run rules for a stage, map hits to actions through the profile, pick the outcome.
 
 Detection (rules) is separate from decision (profile). Every hit and every miss is
-returned so the shell can record the whole evaluation.
+returned so the shell can record the whole evaluation, and with the end-of-DATA outcome the
+consent each permitted recipient's copy relies on (the shell records it, never recomputes it).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import replace
+from typing import Iterable, Mapping, Sequence
 
 from policies.facts import ClientFacts, MessageFacts, RecipientFacts
-from policies.findings import Action, Finding, Outcome, Stage, Verdict
+from policies.findings import Action, Finding, Outcome, ReliedConsent, Stage, Verdict
 from policies.profiles import Profile
 from policies.rule import Rule
+from policies.rules.consent import covering_consent
 
 _ACTIVE = (Action.REJECT, Action.QUARANTINE, Action.TEMPFAIL, Action.MONITOR)
 
@@ -68,7 +71,8 @@ class Engine:
         *,
         skip: Iterable[str] = (),
     ) -> Verdict:
-        """End of DATA: every rule, session ones again (state may have changed), then per recipient."""
+        """End of DATA: every rule, session ones again (state may have changed), then per recipient;
+        the verdict names the consent each recipient it permits relies on (`Verdict.relied_on`)."""
         skipped = frozenset(skip)
         findings: list[Finding] = []
         misses: list[str] = []
@@ -82,7 +86,9 @@ class Engine:
             hit, miss = self._run_recipient(rcpt_rules, facts, rcpt)
             findings += hit
             misses += miss
-        return _decide(findings, misses, tuple(r.address for r in recipients))
+        verdict = _decide(findings, misses, tuple(r.address for r in recipients))
+        relied = _relied_on(facts, recipients, verdict.refused)
+        return replace(verdict, relied_on=relied) if relied else verdict
 
     def _applies(self, rule: Rule, facts: MessageFacts) -> bool:
         if facts.null_sender and rule.skip_for_null_sender:
@@ -117,8 +123,27 @@ class Engine:
                 misses.append(r.id)
             else:
                 action = self.profile.action(r.id)
-                findings.append(Finding(r.id, action, hit.detail, hit.evidence, rcpt.address))
+                findings.append(Finding(r.id, action, hit.detail, hit.evidence, rcpt.address, hit.consent_id))
         return findings, misses
+
+
+def _relied_on(
+    facts: MessageFacts, recipients: Sequence[RecipientFacts], refused: Mapping[str, Finding]
+) -> dict[str, ReliedConsent]:
+    """Recipient -> the consent that covers it (policies.rules.consent.covering_consent: the record
+    the consent rules judged, picked once per recipient and these facts, not ranked again here), for
+    the recipients not refused. Marketing only: transactional mail relies on no consent. Whichever
+    consent rules the profile runs, as a delivery record always had."""
+    if facts.stream is None or not facts.stream.is_marketing:
+        return {}
+    relied: dict[str, ReliedConsent] = {}
+    for rcpt in recipients:
+        if rcpt.address in refused:
+            continue
+        record = covering_consent(facts, rcpt)
+        if record is not None:
+            relied[rcpt.address] = ReliedConsent(record.id or None, record.scope, record.topic)
+    return relied
 
 
 def _decide(findings: list[Finding], misses: list[str], recipients: tuple[str, ...]) -> Verdict:

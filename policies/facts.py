@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 if TYPE_CHECKING:
     from policies.message import ParsedMessage
+
+_T = TypeVar("_T")
 
 MARKETING = "marketing"
 TRANSACTIONAL = "transactional"
@@ -108,6 +111,29 @@ class RecipientFacts:
     address: str
     consents: tuple[ConsentRecord, ...] = ()
     suppressions: tuple[Suppression, ...] = ()
+
+    def derived(self, facts: MessageFacts, compute: Callable[[MessageFacts, RecipientFacts], _T]) -> _T:
+        """`compute(facts, self)`, computed once per evaluation: the first rule that asks computes it,
+        the other rules and the engine reuse it (the consent the consent rules pick, issue 20).
+
+        Kept per `compute` for one MessageFacts object, held weakly: the shell reuses a recipient's
+        facts from RCPT (stream topic maybe '*') at end of DATA with other MessageFacts, which never
+        see the RCPT value; the memo keeps no message alive, and is neither compared nor pickled.
+        """
+        memo: dict[object, tuple[weakref.ref[MessageFacts], Any]] | None = self.__dict__.get("_derived")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_derived", memo)
+        kept = memo.get(compute)
+        if kept is not None and kept[0]() is facts:
+            return kept[1]  # type: ignore[no-any-return]
+        value = compute(facts, self)
+        memo[compute] = (weakref.ref(facts), value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The memo holds weak references (which cannot be pickled) and is only good in this process.
+        return {k: v for k, v in self.__dict__.items() if k != "_derived"}
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,9 @@ class Finding:
     detail: str
     evidence: str = ""
     recipient: str | None = None
+    # The consent record the rule looked at (Hit.consent_id), for recipient rules that read one.
+    # Not in as_dict: the evidence names it already, and the stored findings keep their shape.
+    consent_id: str | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {
@@ -64,6 +67,16 @@ class Finding:
             "evidence": self.evidence,
             "recipient": self.recipient,
         }
+
+
+@dataclass(frozen=True)
+class ReliedConsent:
+    """The consent a permitted recipient's copy relies on: the id the proof of consent names, and
+    the scope and topic its unsubscribe withdraws."""
+
+    id: str | None
+    scope: str
+    topic: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,10 @@ class Verdict:
     refused: dict[str, Finding] = field(default_factory=dict)
     # the finding that decided a message-level outcome (reject/quarantine/tempfail)
     deciding: Finding | None = None
+    # recipient -> the consent the engine relied on to permit it (end of DATA, marketing streams):
+    # every recipient not refused that a consent covers; none for a refused one, none on a
+    # transactional stream, none where no consent covers (a consent rule off or in monitor mode).
+    relied_on: dict[str, ReliedConsent] = field(default_factory=dict)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

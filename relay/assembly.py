@@ -15,7 +15,6 @@ from typing import AsyncIterator
 
 from policies.engine import Engine
 from policies.registry import ALL_RULES
-from policies.rules.consent import covering_consent
 from relay.config import Config, helper_enabled
 from relay.consent.signups import ConfirmTokens, SignupService
 from relay.delivery.dkim import DkimSigner
@@ -118,7 +117,6 @@ def build_relay(
         services, upstream, recorder,
         copies=CopyMaker(config, codec, signer, delivery_ids),
         delivery_ids=delivery_ids,
-        covering_consent=covering_consent,
         wake_outbox=bell.ring,
         offload=offload,
         features=features,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
@@ -266,37 +267,64 @@ def _is_stale(record: ConsentRecord, facts: MessageFacts) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Picked:
+    """The consent the relay relies on for one recipient of one message, with what the record rules
+    and `stale` find about it."""
+
+    record: ConsentRecord | None
+    findings: tuple[tuple[str, str], ...] = ()
+    stale: str | None = None
+
+
+def _pick(facts: MessageFacts, rcpt: RecipientFacts) -> _Picked:
+    """`covering_consent`'s choice (its docstring gives the order), each candidate judged once."""
+    candidates = covering_consents(facts, rcpt)
+    if not candidates:
+        return _Picked(None)
+    judged = [
+        _Picked(c, tuple(record_findings(c, facts.params, now=facts.now)), _is_stale(c, facts)) for c in candidates
+    ]
+    if len(judged) == 1:
+        return judged[0]
+    topic = _topic(facts)
+
+    def rank(p: _Picked) -> tuple[int, int, int, float]:
+        c = p.record
+        assert c is not None
+        last = last_sign_of_life(c)
+        return (
+            len(p.findings) + (1 if p.stale else 0),
+            0 if c.scope == facts.account.id else 1,
+            0 if c.topic == topic else 1,
+            -(last.timestamp() if last else float("-inf")),
+        )
+
+    return min(judged, key=rank)
+
+
+def _picked(facts: MessageFacts, rcpt: RecipientFacts) -> _Picked:
+    # Once per recipient and message: `stale`, the eight record rules and the engine's
+    # Verdict.relied_on all judge this one pick (issue 20: it was ranked again for each of them).
+    return rcpt.derived(facts, _pick)
+
+
 def covering_consent(facts: MessageFacts, rcpt: RecipientFacts) -> ConsentRecord | None:
     """The consent the relay relies on for this recipient (recorded with the delivery for the proof).
 
     Among the covering consents: the one with fewest problems, then the most specific (the
     account's own scope before the parent's, the stream's topic before '*'), then the freshest.
     """
-    candidates = covering_consents(facts, rcpt)
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
-    topic = _topic(facts)
-
-    def rank(c: ConsentRecord) -> tuple[int, int, int, float]:
-        problems = len(record_findings(c, facts.params, now=facts.now)) + (1 if _is_stale(c, facts) else 0)
-        last = last_sign_of_life(c)
-        return (
-            problems,
-            0 if c.scope == facts.account.id else 1,
-            0 if c.topic == topic else 1,
-            -(last.timestamp() if last else float("-inf")),
-        )
-
-    return min(candidates, key=rank)
+    return _picked(facts, rcpt).record
 
 
 def _record_rule_hit(rule_id: str, facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
-    record = covering_consent(facts, rcpt)
-    if record is None:
+    picked = _picked(facts, rcpt)
+    if picked.record is None:
         return None
-    for found_id, detail in record_findings(record, facts.params, now=facts.now):
+    for found_id, detail in picked.findings:
         if found_id == rule_id:
-            return Hit(detail, evidence=_evidence(record), consent_id=record.id or None)
+            return Hit(detail, evidence=_evidence(picked.record), consent_id=picked.record.id or None)
     return None
 
 
@@ -343,11 +371,10 @@ def missing(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
     marketing_only=True,
 )
 def stale(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
-    record = covering_consent(facts, rcpt)
-    if record is None:
+    picked = _picked(facts, rcpt)
+    if picked.record is None or not picked.stale:
         return None
-    detail = _is_stale(record, facts)
-    return Hit(detail, evidence=_evidence(record), consent_id=record.id or None) if detail else None
+    return Hit(picked.stale, evidence=_evidence(picked.record), consent_id=picked.record.id or None)
 
 
 def _record_rule(rule_id: str, description: str, clauses: tuple[str, ...]) -> Any:

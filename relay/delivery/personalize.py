@@ -48,6 +48,9 @@ class _Slot:
     trailing_eol: bool
     original: bytes  # the part's body as it came
     delimiters: tuple[tuple[bytes, int], ...]  # the enclosing "--boundary" lines, each with its count in `original`
+    # Quoted-printable only, when the pieces allow it (_qp_lines): the part's lines encoded once,
+    # a tuple of raw pieces for each line the URL goes into (joined by it and encoded per copy).
+    qp_lines: tuple[bytes | tuple[bytes, ...], ...] | None = None
 
     def render(self, url: str) -> bytes:
         out = self._encode(url)
@@ -71,8 +74,16 @@ class _Slot:
             body = self.eol.join(encoded[i : i + n] for i in range(0, len(encoded), n))
             return body + self.eol if self.trailing_eol else body
         if self.transfer_encoding == "quoted-printable":
-            lf = data.replace(b"\r\n", b"\n")
-            encoded = binascii.b2a_qp(lf, istext=True)
+            if self.qp_lines is not None and "\r" not in value and "\n" not in value:
+                # The lines without the URL were encoded once (b2a_qp encodes each line on its own).
+                url_bytes = value.encode(self.charset, "strict")
+                encoded = b"".join(
+                    line if isinstance(line, bytes) else binascii.b2a_qp(url_bytes.join(line), istext=True)
+                    for line in self.qp_lines
+                )
+            else:
+                lf = data.replace(b"\r\n", b"\n")
+                encoded = binascii.b2a_qp(lf, istext=True)
             if any(delimiter in encoded for delimiter, _ in self.delimiters):
                 encoded = _no_leading_dashes(encoded)
             return encoded.replace(b"\n", self.eol)
@@ -187,7 +198,45 @@ def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
         trailing_eol=body.endswith(b"\n"),
         original=body,
         delimiters=tuple((d, body.count(d)) for d in part.delimiters) if encoding != "base64" else (),
+        qp_lines=_qp_lines(pieces) if encoding == "quoted-printable" else None,
     )
+
+
+def _qp_lines(pieces: tuple[bytes, ...] | tuple[str, ...]) -> tuple[bytes | tuple[bytes, ...], ...] | None:
+    """The text `url.join(pieces)` as _Slot._encode writes it in quoted-printable, in lines: every
+    line without the URL encoded now, each line with it as the raw pieces around it.
+
+    binascii.b2a_qp(a + b) == b2a_qp(a) + b2a_qp(b) when `a` ends with a line feed and there is no
+    CR anywhere (with none, it writes LF line ends throughout; it reads past a character only to
+    see whether a line ends there): so each copy encodes only the lines the URL is on. None when the
+    pieces are text (a charset that needs decoding) or hold a CR once CRLFs are made LFs."""
+    if not pieces or not isinstance(pieces[0], bytes):
+        return None
+    lf = [piece.replace(b"\r\n", b"\n") for piece in pieces]  # type: ignore[union-attr]
+    if any(b"\r" in piece for piece in lf):
+        return None
+    lines: list[bytes | tuple[bytes, ...]] = []
+    open_line: list[bytes] = []  # the pieces of the line the URL is on, so far
+    last = len(lf) - 1
+    for i, piece in enumerate(lf):
+        if i > 0:  # the URL stands right before this piece: its line goes on
+            newline = piece.find(b"\n")
+            if newline < 0:
+                open_line.append(piece)
+                if i == last:
+                    lines.append(tuple(open_line))
+                continue
+            open_line.append(piece[: newline + 1])
+            lines.append(tuple(open_line))
+            piece = piece[newline + 1 :]
+        if i < last:  # the URL follows: this piece's last line is the URL's
+            newline = piece.rfind(b"\n")
+            if newline >= 0:
+                lines.append(binascii.b2a_qp(piece[: newline + 1], istext=True))
+            open_line = [piece[newline + 1 :]]
+        elif piece:
+            lines.append(binascii.b2a_qp(piece, istext=True))
+    return tuple(lines)
 
 
 def _no_leading_dashes(encoded: bytes) -> bytes:

@@ -1,18 +1,19 @@
-"""The upstream MTA client: pooled aiosmtplib connections, STARTTLS and AUTH, errors translated here."""
+"""The upstream MTA client: pooled connections (relay.delivery.smtp_client), one pipelined write per
+transaction when the upstream offers PIPELINING, STARTTLS and AUTH, errors translated here."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-import aiosmtplib
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
-
 from relay import replies
 from relay.config import UpstreamConfig
+from relay.delivery import smtp_client
+from relay.delivery.smtp_client import Broken, ClientError, Connection, Reply, ReplyError
 from relay.errors import LeaseLost, UpstreamRejected, UpstreamUnavailable, UpstreamUncertain
 from relay.log import get_logger
 from relay.metrics import Metrics
@@ -47,12 +48,12 @@ class Fence(Protocol):
 
 @dataclass
 class _Connection:
-    client: aiosmtplib.SMTP
+    client: Connection
     last_used: float
 
 
-def _message_of(exc: aiosmtplib.SMTPResponseException) -> str:
-    return f"{exc.code} {exc.message}".strip()
+# What a connection that fails this way leaves behind cannot be used again.
+_IO_ERRORS = (ClientError, OSError, TimeoutError)
 
 
 class Upstream:
@@ -64,38 +65,36 @@ class Upstream:
         self._slots = asyncio.Semaphore(max(1, config.pool_size))
         self.last_error: str = ""
         self._closed = False
+        # One context for every connection (loading the CA store per connection costs milliseconds).
+        self._tls_context: ssl.SSLContext | None = None
+        if config.starttls != "off":
+            self._tls_context = ssl.create_default_context()
+            if not config.tls_verify:
+                self._tls_context.check_hostname = False
+                self._tls_context.verify_mode = ssl.CERT_NONE
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> Connection:
         c = self.config
         start_tls: bool | None = {"off": False, "opportunistic": None, "required": True}[c.starttls]
-        tls_context = None
-        if not c.tls_verify:
-            tls_context = ssl.create_default_context()
-            tls_context.check_hostname = False
-            tls_context.verify_mode = ssl.CERT_NONE
-        client = aiosmtplib.SMTP(
-            hostname=c.host,
-            port=c.port,
-            timeout=c.timeout,
-            start_tls=start_tls,
-            validate_certs=c.tls_verify,
-            tls_context=tls_context,
-            local_hostname=self.local_hostname,
-        )
+        if self.local_hostname is None:
+            self.local_hostname = await asyncio.to_thread(socket.getfqdn)  # once, not per connection
         try:
-            await client.connect()
-            if c.username:
-                await client.login(c.username, c.password or "")
-        except aiosmtplib.SMTPAuthenticationError as exc:
-            client.close()
-            raise UpstreamUnavailable(f"upstream refused our credentials: {_message_of(exc)}", 451) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            client.close()
-            raise UpstreamUnavailable(f"upstream refused the connection: {_message_of(exc)}", 451) from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-            client.close()
+            return await smtp_client.connect(
+                c.host,
+                c.port,
+                timeout=c.timeout,
+                local_hostname=self.local_hostname,
+                starttls=start_tls,
+                tls_context=self._tls_context,
+                username=c.username,
+                password=c.password,
+            )
+        except smtp_client.AuthFailed as exc:
+            raise UpstreamUnavailable(f"upstream refused our credentials: {exc.reply}", 451) from exc
+        except ReplyError as exc:
+            raise UpstreamUnavailable(f"upstream refused the connection: {exc.reply}", 451) from exc
+        except _IO_ERRORS as exc:
             raise UpstreamUnavailable(f"cannot connect to upstream {c.host}:{c.port}: {exc}", 451) from exc
-        return client
 
     async def _acquire(self) -> tuple[_Connection, bool]:
         """A pooled connection (reused=True) or a new one."""
@@ -150,108 +149,114 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def _transaction(
-        self, client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str], content: bytes, fence: Fence | None
+        self, client: Connection, mail_from: str, recipients: Sequence[str], content: bytes, fence: Fence | None
     ) -> UpstreamResult:
         options: list[str] = []
         encoding = "ascii"
-        needs_extensions = not (content.isascii() and mail_from.isascii() and all(r.isascii() for r in recipients))
-        if needs_extensions and client.is_ehlo_or_helo_needed:
-            # aiosmtplib greets lazily (at MAIL): on a fresh connection without STARTTLS its list of
-            # extensions is still empty here.
-            try:
-                try:
-                    await client.ehlo()
-                except aiosmtplib.SMTPHeloError:
-                    await client.helo()  # no ESMTP: no extensions
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-                raise _StaleConnection(f"upstream failed at EHLO: {exc}") from exc
         if not content.isascii():
             # RFC 6152: 8-bit content goes only to a server that offers 8BITMIME, declared as such
             # (whether or not our client declared it). No 7-bit downgrade: it would change the bytes
             # the policy checked and break the DKIM signature.
-            if not client.supports_extension("8bitmime"):
+            if not client.supports("8bitmime"):
                 raise UpstreamRejected("upstream does not support 8BITMIME", 554, replies.EIGHT_BIT_UPSTREAM)
             options.append("BODY=8BITMIME")
         if not (mail_from.isascii() and all(r.isascii() for r in recipients)):
-            if not client.supports_extension("smtputf8"):
+            if not client.supports("smtputf8"):
                 raise UpstreamRejected("upstream does not support SMTPUTF8 addresses", 553, replies.SMTPUTF8_UPSTREAM)
             options.append("SMTPUTF8")
             encoding = "utf-8"
+        mail = smtp_client.address_command(b"MAIL FROM:", mail_from, options, encoding)
+        rcpts = [smtp_client.address_command(b"RCPT TO:", r, [], encoding) for r in recipients]
+        # RFC 2920: MAIL, every RCPT and DATA in one write, their replies read in order. With a fence
+        # DATA waits for its confirmation, so the group ends at the last RCPT.
+        data_in_group = client.pipelining and fence is None
+        got: list[Reply] = []
         try:
-            await client.mail(mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPServerDisconnected as exc:
-            raise _StaleConnection(f"upstream closed the connection: {exc}") from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            await _reset(client)
-            raise _translate(exc, "MAIL FROM") from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
-            raise _StaleConnection(f"upstream failed at MAIL FROM: {exc}") from exc
-        accepted: list[str] = []
-        refused: dict[str, tuple[int, str]] = {}
-        try:
-            for rcpt in recipients:
-                try:
-                    await client.rcpt(rcpt, encoding=encoding)
-                    accepted.append(rcpt)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    refused[rcpt] = (exc.code, exc.message)
-            if not accepted:
-                await _reset(client)
-                codes = [code for code, _ in refused.values()]
-                first = next(iter(refused.values()))
-                if all(code >= 500 for code in codes):
-                    raise UpstreamRejected(f"upstream refused every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
-                raise UpstreamUnavailable(f"upstream deferred every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
-            if fence is not None:
-                try:
-                    await fence.confirm()
-                except BaseException:
-                    await _reset(client)
-                    raise
-            response = await self._data(client, content, fence)
-        except (UpstreamRejected, UpstreamUnavailable, LeaseLost):
-            raise
-        except aiosmtplib.SMTPResponseException as exc:
-            await _reset(client)
-            raise _translate(exc, "DATA") from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            if client.pipelining:
+                client.write(mail + b"".join(rcpts) + (b"DATA\r\n" if data_in_group else b""))
+                for _ in range(1 + len(rcpts) + data_in_group):
+                    got.append(await client.reply())
+            else:
+                got.append(await client.command(mail[:-2]))
+                if got[0].code == 250:
+                    for line in rcpts:
+                        got.append(await client.command(line[:-2]))
+        except _IO_ERRORS as exc:
+            if not got:
+                raise _StaleConnection(f"upstream failed at MAIL FROM: {exc}") from exc
+            if got[0].code != 250:
+                client.close()
+                raise _translate(got[0], "MAIL FROM") from exc
             # The connection broke mid-transaction: the upstream has not confirmed acceptance.
             raise UpstreamUnavailable(f"upstream failed during the transaction: {exc}", 451) from exc
-        return UpstreamResult(tuple(accepted), refused, f"{response.code} {response.message}")
-
-    async def _data(self, client: aiosmtplib.SMTP, content: bytes, fence: Fence | None) -> aiosmtplib.SMTPResponse:
-        """DATA in its two steps (aiosmtplib's `data` does both in one), so that a failure before the
-        message went out (nothing delivered) is told from one after it (maybe delivered)."""
-        start = await client.execute_command(b"DATA")
+        if got[0].code != 250:
+            await _reset(client)
+            raise _translate(got[0], "MAIL FROM")
+        accepted: list[str] = []
+        refused: dict[str, tuple[int, str]] = {}
+        for rcpt, reply in zip(recipients, got[1 : 1 + len(rcpts)]):
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                refused[rcpt] = (reply.code, reply.text)
+        start = got[-1] if data_in_group else None
+        if not accepted:
+            if start is not None and start.code == 354:
+                client.close()  # a server that takes DATA without a recipient: only a hang-up ends it
+            else:
+                await _reset(client)
+            codes = [code for code, _ in refused.values()]
+            first = next(iter(refused.values()))
+            if all(code >= 500 for code in codes):
+                raise UpstreamRejected(f"upstream refused every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
+            raise UpstreamUnavailable(f"upstream deferred every recipient: {first[1]}", first[0], f"{first[0]} {first[1]}")
+        try:
+            if start is None:
+                if fence is not None:
+                    try:
+                        await fence.confirm()
+                    except BaseException:
+                        await _reset(client)
+                        raise
+                start = await client.command(b"DATA")
+        except _IO_ERRORS as exc:
+            raise UpstreamUnavailable(f"upstream failed during the transaction: {exc}", 451) from exc
         if start.code != 354:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
-        protocol = client.protocol
+            await _reset(client)
+            raise _translate(start, "DATA")
+        response = await self._data(client, content, fence)
+        return UpstreamResult(tuple(accepted), refused, str(response))
+
+    async def _data(self, client: Connection, content: bytes, fence: Fence | None) -> Reply:
+        """After the 354: the message, then its reply. A failure before the message went out (nothing
+        delivered) is told from one after it (maybe delivered)."""
         if fence is not None:
             try:
                 fence.check()
             except LeaseLost:
                 client.close()  # inside DATA: only a dropped connection is sure to discard the message
                 raise
-        payload = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
-        if protocol is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message was sent")
-        protocol.write(payload)
         try:
-            response = await protocol.read_response(timeout=self.config.timeout)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            client.write(smtp_client.dot_stuffed(content))
+        except _IO_ERRORS as exc:
+            raise UpstreamUnavailable(f"upstream failed during the transaction: {exc}", 451) from exc
+        try:
+            response = await client.reply()
+        except _IO_ERRORS as exc:
             client.close()
             raise UpstreamUncertain(f"no answer from the upstream after the message was sent: {exc}", 451) from exc
         if response.code != 250:
-            raise aiosmtplib.SMTPDataError(response.code, response.message)
+            await _reset(client)
+            raise _translate(response, "DATA")
         return response
 
     async def probe(self) -> None:
         """Connect, NOOP, QUIT: raises UpstreamUnavailable when the upstream cannot be reached."""
         client = await self._connect()
         try:
-            await client.noop()
+            await client.command(b"NOOP")
             await client.quit()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except _IO_ERRORS as exc:
             raise UpstreamUnavailable(f"upstream probe failed: {exc}") from exc
         finally:
             client.close()
@@ -262,7 +267,7 @@ class Upstream:
         for conn in idle:
             try:
                 await asyncio.wait_for(conn.client.quit(), 2)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except _IO_ERRORS:
                 pass
             conn.client.close()
 
@@ -271,15 +276,18 @@ class _StaleConnection(Exception):
     """The connection failed before the upstream accepted anything; safe to retry elsewhere."""
 
 
-async def _reset(client: aiosmtplib.SMTP) -> None:
+async def _reset(client: Connection) -> None:
     try:
-        await client.rset()
-    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        reply = await client.command(b"RSET")
+    except _IO_ERRORS:
+        client.close()
+        return
+    if reply.code != 250:
         client.close()
 
 
-def _translate(exc: aiosmtplib.SMTPResponseException, stage: str) -> Exception:
-    text = f"upstream answered {exc.code} at {stage}: {exc.message}"
-    if exc.code >= 500:
-        return UpstreamRejected(text, exc.code, f"{exc.code} {exc.message}")
-    return UpstreamUnavailable(text, exc.code, f"{exc.code} {exc.message}")
+def _translate(reply: Reply, stage: str) -> Exception:
+    text = f"upstream answered {reply.code} at {stage}: {reply.text}"
+    if reply.code >= 500:
+        return UpstreamRejected(text, reply.code, str(reply))
+    return UpstreamUnavailable(text, reply.code, str(reply))

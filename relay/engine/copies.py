@@ -4,9 +4,10 @@ DKIM-signed last."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from policies.facts import MessageFacts, RecipientFacts
+from policies.facts import MessageFacts
+from policies.findings import ReliedConsent
 from relay.config import Config
 from relay.delivery.carrier import Copy
 from relay.delivery.personalize import prepare, prepend_header, strip_header
@@ -39,7 +40,7 @@ class CopyMaker:
         self,
         txn: Transaction,
         facts: MessageFacts,
-        rfacts: Sequence[RecipientFacts],
+        relied_on: Mapping[str, ReliedConsent],
         raw: bytes,
         recipients: Sequence[str],
     ) -> list[Copy]:
@@ -51,7 +52,6 @@ class CopyMaker:
                 return [Copy(tuple(recipients), signed)]
             # verp_transactional: the same bytes, one envelope sender per recipient (docs/SPEC.md §15).
             return [Copy((rcpt,), signed, await self._verp(txn, rcpt)) for rcpt in recipients]
-        by_address = {r.address: r for r in rfacts}
         issued = int(facts.now.timestamp())
         template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
         rendered = []
@@ -59,7 +59,7 @@ class CopyMaker:
         verp = self.config.bounces.verp
         domain = self.config.unsubscribe.mailto_domain
         for rcpt in recipients:
-            sub = subscription_for(facts, by_address.get(rcpt) or RecipientFacts(rcpt))
+            sub = subscription_for(facts, relied_on.get(rcpt))
             delivery_id = await self._delivery_id(txn, rcpt)
             url = f"{self.base_url}/u/{self.codec.issue(sub.scope, sub.topic, rcpt, issued)}"
             headers = list_headers(self.config, stream.topic, facts.account.id, url, self.codec.issue_mailto(delivery_id))

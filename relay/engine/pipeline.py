@@ -7,10 +7,10 @@ import asyncio
 import secrets
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
-from policies.facts import TRANSACTIONAL, ConsentRecord, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
-from policies.findings import Action, Finding, Outcome, Verdict
+from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
+from policies.findings import Action, Finding, Outcome, ReliedConsent, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
 from relay.config import AccountConfig, StreamConfig
@@ -32,11 +32,12 @@ NULL_SENDER_STREAM = "dsn"  # the stream of an account's bounces when it has no 
 _PARSE_IN_THREAD_BYTES = 1 << 20
 
 
-# Builds the upstream copies of a message that passed: (txn, facts, recipient facts, raw, recipients).
-# relay.engine.copies.CopyMaker: per-recipient marketing copies, the stream header removed, DKIM last.
-CopyBuilder = Callable[[Transaction, MessageFacts, Sequence[RecipientFacts], bytes, Sequence[str]], Awaitable[list[Copy]]]
-# The consent a delivered copy relied on (policies.rules.consent.covering_consent), kept in its record.
-CoveringConsent = Callable[[MessageFacts, RecipientFacts], ConsentRecord | None]
+# Builds the upstream copies of a message that passed: (txn, facts, the verdict's relied_on, raw,
+# recipients). relay.engine.copies.CopyMaker: per-recipient marketing copies (each unsubscribe withdraws
+# the consent the engine relied on), the stream header removed, DKIM last.
+CopyBuilder = Callable[
+    [Transaction, MessageFacts, Mapping[str, ReliedConsent], bytes, Sequence[str]], Awaitable[list[Copy]]
+]
 
 
 def new_relay_id() -> str:
@@ -55,7 +56,6 @@ class Pipeline:
         *,
         copies: CopyBuilder,
         delivery_ids: IdAllocator,
-        covering_consent: CoveringConsent,
         wake_outbox: Callable[[], None],
         offload: Offload,
         features: Sequence[Feature] = (),
@@ -67,7 +67,6 @@ class Pipeline:
         self.log = get_logger()
         self.copies = copies
         self.delivery_ids = delivery_ids
-        self.covering_consent = covering_consent
         self.wake_outbox = wake_outbox
         self.offload = offload
         self.features = tuple(features)
@@ -265,7 +264,7 @@ class Pipeline:
         for finding in verdict.findings:
             self.count_rule(finding)
         findings = list(verdict.findings)  # RCPT-time refusals were recorded when they happened
-        return await self._carry_out(txn, message, raw, stream_cfg, stream_name, verdict, findings, rfacts, facts)
+        return await self._carry_out(txn, message, raw, stream_cfg, stream_name, verdict, findings, facts)
 
     async def evaluate(self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]) -> Verdict:
         """The end-of-DATA verdict: in the helper process when there is one, else on the loop
@@ -295,7 +294,6 @@ class Pipeline:
         stream_name: str,
         verdict: Verdict,
         findings: list[Finding],
-        rfacts: list[RecipientFacts],
         facts: MessageFacts,
     ) -> str:
         assert txn.account is not None
@@ -341,7 +339,7 @@ class Pipeline:
             self.record(txn, message, stream_name, "tempfailed", findings, all_rcpts, misses=verdict.misses)
             metrics.messages.labels(account_id, label, "tempfailed").inc()
             return replies.STORE_UNAVAILABLE
-        copies = await self.copies(txn, facts, rfacts, raw, permitted)
+        copies = await self.copies(txn, facts, verdict.relied_on, raw, permitted)
         report = await deliver(
             self.upstream,
             self.services.store.outbox,
@@ -353,7 +351,7 @@ class Pipeline:
             now=self.services.clock.timestamp(),
         )
         report.earlier = skipped
-        return await self._delivery_reply(txn, message, raw, stream_cfg, verdict, findings, rfacts, facts, report)
+        return await self._delivery_reply(txn, message, raw, stream_cfg, verdict, findings, facts, report)
 
     async def _delivery_reply(
         self,
@@ -363,7 +361,6 @@ class Pipeline:
         stream_cfg: StreamConfig,
         verdict: Verdict,
         findings: list[Finding],
-        rfacts: list[RecipientFacts],
         facts: MessageFacts,
         report: DeliveryReport,
     ) -> str:
@@ -385,7 +382,7 @@ class Pipeline:
             self.retries.remember(account_id, txn.mail_from, raw, report.delivered)
             self.record(
                 txn, message, stream_id, "tempfailed", findings, txn.recipients, delivered=report.delivered,
-                rfacts=rfacts, facts=facts, misses=verdict.misses,
+                relied_on=verdict.relied_on, facts=facts, misses=verdict.misses,
             )
             metrics.recipients.labels(account_id, stream_id, "delivered").inc(len(report.delivered))
             await self.recorder.flush()
@@ -400,8 +397,8 @@ class Pipeline:
         ok = report.delivered + report.queued
         outcome = "delivered" if report.delivered and not report.queued else ("deferred" if report.queued else "rejected")
         self.record(
-            txn, message, stream_id, outcome, findings, txn.recipients, delivered=ok, rfacts=rfacts, facts=facts,
-            queued=set(report.queued), misses=verdict.misses,
+            txn, message, stream_id, outcome, findings, txn.recipients, delivered=ok, relied_on=verdict.relied_on,
+            facts=facts, queued=set(report.queued), misses=verdict.misses,
         )
         metrics.messages.labels(account_id, stream_id, outcome).inc()
         if report.delivered:
@@ -534,7 +531,7 @@ class Pipeline:
         recipients: Sequence[str],
         *,
         delivered: Sequence[str] = (),
-        rfacts: Sequence[RecipientFacts] = (),
+        relied_on: Mapping[str, ReliedConsent] | None = None,
         facts: MessageFacts | None = None,
         queued: set[str] | None = None,
         misses: Sequence[str] = (),
@@ -544,11 +541,14 @@ class Pipeline:
         message_id = message.header("Message-ID").strip()[:300]
         deliveries = []
         if delivered:
-            consents = self._consents_relied_on(facts, rfacts) if facts is not None else {}
+            relied_on = relied_on or {}
             stream_topic = facts.stream.topic if facts is not None and facts.stream is not None else ""
             for rcpt in delivered:
-                # The subscription this copy's unsubscribe withdraws: its consent's scope and topic.
-                scope, topic, consent_id = consents.get(rcpt, ("", stream_topic, None))
+                # The consent the engine relied on for this copy (the proof of consent names it), and
+                # the subscription its unsubscribe withdraws: that consent's scope and topic.
+                relied = relied_on.get(rcpt)
+                scope, topic = (relied.scope, relied.topic) if relied is not None else ("", stream_topic)
+                consent_id = int(relied.id) if relied is not None and relied.id else None
                 delivery_id = txn.delivery_ids[rcpt]  # reserved before the copy left (reserve_delivery_ids)
                 deliveries.append(
                     DeliveryRecord(
@@ -582,20 +582,6 @@ class Pipeline:
             ),
             deliveries,
         )
-
-    def _consents_relied_on(
-        self, facts: MessageFacts, rfacts: Sequence[RecipientFacts]
-    ) -> dict[str, tuple[str, str, int | None]]:
-        """Recipient -> (scope, topic, id) of the consent that permitted the copy."""
-        covering = self.covering_consent
-        if facts.stream is None or not facts.stream.is_marketing:
-            return {}
-        out: dict[str, tuple[str, str, int | None]] = {}
-        for r in rfacts:
-            record = covering(facts, r)
-            if record is not None:
-                out[r.address] = (record.scope, record.topic, int(record.id) if record.id else None)
-        return out
 
 
 UNKNOWN_STREAM = NO_VALUE

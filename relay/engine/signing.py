@@ -27,7 +27,7 @@ class CopySigner:
         return self.signer.keys
 
     async def sign(self, messages: Sequence[bytes]) -> list[bytes]:
-        jobs = [self.signer.prepare(m) for m in messages]
+        jobs = self.signer.prepare_all(messages)  # copies of one message: what they share, once
         work = [job for job in jobs if job is not None]
         if not work:
             return list(messages)

@@ -19,7 +19,8 @@ from relay.store.records import AuditEntry, QuarantineItem
 @dataclass
 class ReleaseResult:
     delivered: list[str] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)  # (recipient, rule or upstream reply)
+    # (recipient, rule or upstream reply); a message-level reject's rule, then the recipient's own if it has one
+    refused: list[tuple[str, str]] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
 
 
@@ -75,8 +76,15 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
     if verdict.outcome is Outcome.TEMPFAIL and verdict.deciding is not None:
         # e.g. the account is paused now: not refused for good, so the message stays held.
         raise UsageError(f"{item.id} still held: [{verdict.deciding.rule}] {verdict.deciding.detail}")
-    if verdict.outcome is Outcome.REJECT and verdict.deciding is not None and not verdict.refused:
-        result.refused = [(r, verdict.deciding.rule) for r in recipients]
+    deciding = verdict.deciding
+    if verdict.outcome is Outcome.REJECT and deciding is not None and deciding.recipient is None:
+        # A message-level reject (the account suspended since the hold, say) refuses every copy, as it
+        # refuses the whole message at SMTP time, also when some recipients are refused on their own
+        # as well: those are reported with their own rule after the message's.
+        result.refused = [
+            (r, f"{deciding.rule}, {verdict.refused[r].rule}" if r in verdict.refused else deciding.rule)
+            for r in recipients
+        ]
         permitted: list[str] = []
     else:
         result.refused = [(r, verdict.refused[r].rule) for r in recipients if r in verdict.refused]
@@ -85,7 +93,7 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
     txn.recipients = recipients
     if permitted:
         await pipeline.reserve_delivery_ids(txn, permitted)
-        copies = await pipeline.copies(txn, facts, rfacts, item.content, permitted)
+        copies = await pipeline.copies(txn, facts, verdict.relied_on, item.content, permitted)
         report = await deliver(
             pipeline.upstream, services.store.outbox, relay_id=item.relay_id, account=account.id,
             stream=stream_cfg.id, mail_from=item.mail_from, copies=copies, now=services.clock.timestamp(),
@@ -99,7 +107,7 @@ async def _deliver(pipeline: Pipeline, item: QuarantineItem, account: AccountCon
             pipeline.wake_outbox()
         pipeline.record(
             txn, message, stream_cfg.id, "delivered", list(verdict.findings), recipients,
-            delivered=report.delivered + report.queued, rfacts=rfacts, facts=facts, queued=set(report.queued),
-            misses=verdict.misses,
+            delivered=report.delivered + report.queued, relied_on=verdict.relied_on, facts=facts,
+            queued=set(report.queued), misses=verdict.misses,
         )
     return result

@@ -9,8 +9,8 @@ from typing import Sequence
 
 from aiohttp import web
 
-from policies.facts import MessageFacts, RecipientFacts, Suppression
-from policies.rules.consent import covering_consent
+from policies.facts import MessageFacts, Suppression
+from policies.findings import ReliedConsent
 from relay import replies
 from relay.config import Config
 from relay.engine.decisions import DecisionRecorder
@@ -32,10 +32,11 @@ class Subscription:
     topic: str
 
 
-def subscription_for(facts: MessageFacts, rcpt: RecipientFacts) -> Subscription:
-    record = covering_consent(facts, rcpt)
-    if record is not None:
-        return Subscription(record.scope, record.topic)
+def subscription_for(facts: MessageFacts, relied: ReliedConsent | None) -> Subscription:
+    """The consent the engine relied on for the copy (Verdict.relied_on), else the account's own
+    scope and the stream's topic (no consent covered: a consent rule off or in monitor mode)."""
+    if relied is not None:
+        return Subscription(relied.scope, relied.topic)
     assert facts.stream is not None
     return Subscription(facts.account.id, facts.stream.topic)
 

@@ -3,14 +3,21 @@ at end of DATA otherwise, with the partial-delivery reply; parent scopes; addres
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from policies.engine import Engine
 from policies.facts import ConsentRecord, Suppression
+from policies.findings import ReliedConsent, Verdict
+from policies.registry import ALL_RULES
+from relay.consent.proof import build_proof
 from relay.passwords import hash_password
+from relay.unsubscribe.tokens import TokenCodec
 from tests.conftest import RecordingUpstream, asend, make_config, message
 
 SECRET = "unsubscribe-secret-for-tests-0123456789"
@@ -212,3 +219,59 @@ async def test_transactional_mail_needs_no_consent(tmp_path: Path, upstream: Any
     relay = await start_relay(config(tmp_path, upstream.port))
     out = await asend(relay.smtp_port, message(stream="orders"), rcpts=["stranger@example.org"])
     assert out.code == 250, out.text
+
+
+class RelyingOnTheWidestConsent(Engine):
+    """The relay's engine, but its outcome names, for each permitted recipient, the recipient's
+    every-topic consent rather than the one covering_consent picks (the stream's own topic)."""
+
+    def __init__(self, profile: Any, widest: dict[str, ReliedConsent]) -> None:
+        super().__init__(ALL_RULES, profile)
+        self.widest = widest
+
+    def message(self, facts: Any, recipients: Any, *, skip: Any = ()) -> Verdict:
+        verdict = super().message(facts, recipients, skip=skip)
+        return replace(verdict, relied_on={r: self.widest[r] for r in verdict.relied_on})
+
+
+async def test_the_delivery_record_and_the_copy_take_the_consent_from_the_engines_outcome(
+    tmp_path: Path, upstream: Any, start_relay: Any
+) -> None:
+    # policy: mailpro M-aantoonbaar (the proof names the consent the decision relied on)
+    relay = await start_relay(make_config(
+        tmp_path, upstream.port, smtp={"helper_process": False},  # the verdict comes from services.engine
+        unsubscribe={"secrets": [SECRET], "mailto_domain": "relay.test"}, account={"streams": STREAMS},
+    ))
+    for address in ("anna@example.nl", "bob@example.nl"):
+        await seed(relay, consent(address, topic="newsletter"), consent(address, topic="*"))
+    found = await relay.services.store.consent.find_consents(["shop"], ["anna@example.nl", "bob@example.nl"])
+    ids = {(c.email, c.topic): c.id for rows in found.values() for c in rows}
+    codec = TokenCodec(relay.services.config.unsubscribe.secrets)
+
+    def unsubscribe_claims(address: str) -> tuple[str, str]:
+        (copy,) = [m for m in upstream.messages if m.rcpt_tos == [address]]
+        value = " ".join(str(message_from_bytes(copy.content)["List-Unsubscribe"]).split())
+        claims = codec.verify(value.split("/u/", 1)[1].split(">", 1)[0])
+        assert claims is not None
+        return claims.scope, claims.topic
+
+    # The engine's own outcome: the consent for the stream's topic, as the record always showed.
+    out = await asend(relay.smtp_port, newsletter(to="anna@example.nl"), mail_from="news@shop.example", rcpts=["anna@example.nl"])
+    assert out.code == 250, out.text
+    await relay.recorder.flush()
+    (delivery,) = await relay.services.store.decisions.deliveries_to("anna@example.nl", ["shop"])
+    assert (delivery.consent_id, delivery.scope, delivery.topic) == (int(ids["anna@example.nl", "newsletter"]), "shop", "newsletter")
+    assert unsubscribe_claims("anna@example.nl") == ("shop", "newsletter")
+
+    # An outcome naming another consent: the record, the proof and the unsubscribe follow it (the
+    # shell no longer picks a consent of its own).
+    widest = {"bob@example.nl": ReliedConsent(ids["bob@example.nl", "*"], "shop", "*")}
+    relay.services.engine = RelyingOnTheWidestConsent(relay.services.engine.profile, widest)
+    out = await asend(relay.smtp_port, newsletter(to="bob@example.nl"), mail_from="news@shop.example", rcpts=["bob@example.nl"])
+    assert out.code == 250, out.text
+    await relay.recorder.flush()
+    (delivery,) = await relay.services.store.decisions.deliveries_to("bob@example.nl", ["shop"])
+    assert (delivery.consent_id, delivery.scope, delivery.topic) == (int(ids["bob@example.nl", "*"]), "shop", "*")
+    proof = await build_proof(relay.services, "bob@example.nl", "shop")
+    assert [d["consent_id"] for d in proof["deliveries"]] == [ids["bob@example.nl", "*"]]
+    assert unsubscribe_claims("bob@example.nl") == ("shop", "*")

@@ -429,6 +429,31 @@ async def test_release_skips_only_the_rules_that_held_it(relay: Any, admin: Admi
     assert status == 200 and sorted(body["delivered"]) == ["anna@example.nl", "carl@example.nl"], body
 
 
+async def test_a_message_level_reject_on_release_refuses_every_recipient_also_when_one_is_refused_alone(
+    relay: Any, admin: Admin, upstream: RecordingUpstream
+) -> None:
+    from relay.accounts import change_account_state
+
+    # policy: mailpro M-violation — the account suspended since the hold refuses the whole message,
+    # even though bob is also refused on his own (consent revoked since): nobody gets a copy
+    qid = await hold(relay)
+    assert await relay.services.store.consent.revoke("shop", "bob@example.nl", None, via="admin", at=datetime.now(timezone.utc))
+    await change_account_state(relay.services, "shop", "suspend", reason="complaints", actor="test")
+    status, body = await admin.call("POST", f"/api/quarantine/{qid}/release", json={"note": "looks fine"})
+    assert status == 200 and body["status"] == "released", body
+    assert body["delivered"] == [] and "queued" not in body, body
+    assert body["refused"] == [
+        {"recipient": "anna@example.nl", "reason": "account.suspended"},
+        {"recipient": "bob@example.nl", "reason": "account.suspended, consent.missing"},
+        {"recipient": "carl@example.nl", "reason": "account.suspended"},
+    ]
+    assert upstream.messages == [] and await relay.services.store.outbox.depth() == 0
+    # Refused for good, as a release the account's suspension refuses outright: out of the queue, audited.
+    assert await relay.services.store.quarantine.get(qid) is None
+    (entry,) = await relay.services.store.audit.list(target=qid)
+    assert entry.detail["delivered"] == [] and len(entry.detail["refused"]) == 3  # type: ignore[arg-type]
+
+
 async def test_two_releases_at_once_deliver_once(relay: Any, admin: Admin, upstream: RecordingUpstream) -> None:
     qid = await hold(relay, rcpts=["anna@example.nl"])
     (first, body1), (second, body2) = await asyncio.gather(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from policies.engine import Engine
 from policies.facts import AccountFacts, ConsentRecord, MessageFacts, RecipientFacts, StreamFacts, Suppression
-from policies.findings import Action, Outcome
+from policies.findings import Action, Outcome, ReliedConsent
 from policies.profiles import load_profile
 from policies.rules import consent
 from policies.rules.consent import covering_consent, record_findings
@@ -478,6 +478,51 @@ def test_hit_names_the_consent_record() -> None:
     assert verdict.outcome is Outcome.REJECT
     assert "42" in verdict.refused[ADDR].evidence
     assert consent.third_party.check(facts(), RecipientFacts(ADDR, (good(id="42", source="rented"),))).consent_id == "42"
+
+
+def test_a_finding_carries_the_consent_id_of_its_hit() -> None:
+    # policy: mailpro M-aantoonbaar
+    engine = Engine(consent.RULES, load_profile("strict"))
+    verdict = engine.recipient(facts(), RecipientFacts(ADDR, (good(id="42", source="rented"),)), before_data=False)
+    assert verdict.refused[ADDR].consent_id == "42"
+    assert "consent_id" not in verdict.refused[ADDR].as_dict()  # the stored findings keep their shape
+
+
+def test_the_outcome_names_the_consent_each_permitted_recipient_relies_on() -> None:
+    # policy: mailpro M-aantoonbaar (the relay records the consent it relied on, from the engine's outcome)
+    engine = Engine(consent.RULES, load_profile("strict"))
+    own = good(id="7", topic="newsletter")
+    parent = good(id="8", scope="holding")
+    long_ago = NOW - timedelta(days=800)
+    carol = good(id="9", email="carol@example.nl", collected_at=long_ago, confirmed_at=long_ago)
+    recipients = [
+        RecipientFacts(ADDR, (parent, own)),
+        RecipientFacts("bob@example.nl"),  # no consent: refused
+        RecipientFacts("carol@example.nl", (carol,)),  # covered, but stale: refused
+        RecipientFacts("dirk@example.nl", (good(id="10", email="dirk@example.nl", scope="holding"),)),
+    ]
+    verdict = engine.message(facts(), recipients)
+    assert verdict.outcome is Outcome.DELIVER
+    assert set(verdict.refused) == {"bob@example.nl", "carol@example.nl"}
+    assert verdict.relied_on == {
+        ADDR: ReliedConsent("7", "shop", "newsletter"),  # covering_consent's pick: own scope, own topic
+        "dirk@example.nl": ReliedConsent("10", "holding", "*"),
+    }
+    # Transactional mail relies on no consent, though one covers the recipient.
+    orders = StreamFacts("orders", "transactional", "orders")
+    assert engine.message(facts(stream=orders), recipients[:1]).relied_on == {}
+    # Every recipient refused: none relied on.
+    assert engine.message(facts(), recipients[1:3]).relied_on == {}
+
+
+def test_in_monitor_mode_the_outcome_names_the_consent_a_delivered_stale_copy_relied_on() -> None:
+    # policy: clang E-24-maanden (monitor mode delivers, and the record still names the consent)
+    engine = Engine(consent.RULES, load_profile("strict").with_site_config({}, "monitor"))
+    long_ago = NOW - timedelta(days=800)
+    verdict = engine.message(facts(), [RecipientFacts(ADDR, (good(id="9", collected_at=long_ago, confirmed_at=long_ago),))])
+    assert verdict.outcome is Outcome.DELIVER and not verdict.refused
+    assert [(f.rule, f.consent_id) for f in verdict.findings] == [("consent.stale", "9")]
+    assert verdict.relied_on == {ADDR: ReliedConsent("9", "shop", "*")}
 
 
 def test_months_before_clamps_day() -> None:

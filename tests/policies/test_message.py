@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import gc
+import pickle
 import tracemalloc
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from policies.message import (
     KIND_ARCHIVE,
@@ -26,7 +31,9 @@ from policies.message import (
 )
 
 from conftest import zipped
-from factories import mail
+from factories import CORPUS, mail
+from policies import message as parsed_module
+from policies import mime
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -61,6 +68,54 @@ def test_headers_reply_to_threading_and_encoded_subject() -> None:
     assert message.references == ("<q0@example.nl>", "<q1@example.nl>")
     assert message.header("Message-ID") == "<1@shop.example>"
     assert message.header("X-Missing") == ""
+
+
+# Lines a header block is made of, plain and broken: the fast path must read the plain ones exactly as
+# the stdlib's parser does and leave every other block to it.
+HEADER_LINES = st.sampled_from(
+    [b"From: Shop <news@shop.example>", b"Subject: =?utf-8?q?caf=C3=A9?=", b"Subject:no space", b"To:\t a@b",
+     b"X-Empty:", b"X-Trail: x  ", b" folded", b"\tfolded tab", b"   ", b"Subject : spaced name", b":no name",
+     b"From me", b"From nobody Mon Jan 1", b"no colon", b"X-8bit: caf\xc3\xa9", b"X-CR: a\rb", b"X-Ctl: a\x0bb\x1cc",
+     b"Ref: <a@b>\r", b"X-Weird!#$%&'*+-.^_`|~: v"]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(HEADER_LINES, max_size=8), st.sampled_from([b"\r\n", b"\n"]), st.sampled_from([b"\r\n", b"\n", b""]),
+       st.binary(max_size=20))
+def test_headers_read_as_the_stdlib_parser_reads_them(lines: list[bytes], eol: bytes, blank: bytes, body: bytes) -> None:
+    raw = eol.join(lines) + (eol if lines else b"") + blank + body
+    block_end, body_start = mime.split_head(raw)
+    fast = parsed_module._plain_headers(raw, block_end, body_start)
+    if fast is not None:
+        stdlib = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[:body_start])
+        assert fast.__dict__ == stdlib.__dict__
+
+
+def test_plain_header_blocks_take_the_fast_path_in_the_corpus() -> None:
+    raws = [path.read_bytes() for path in sorted(CORPUS.glob("*.eml"))]
+    fast = [raw for raw in raws if parsed_module._plain_headers(raw, *mime.split_head(raw)) is not None]
+    assert len(fast) >= len(raws) // 2
+    for raw in fast:
+        stdlib = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw[: mime.split_head(raw)[1]])
+        assert parse_message(raw).headers.__dict__ == stdlib.__dict__
+
+
+def test_a_pickled_message_keeps_its_parse_and_needs_no_second() -> None:
+    message = parse_message(mail(headers={"Reply-To": "Service <service@shop.example>"}))
+    again = pickle.loads(pickle.dumps(message))
+    assert again.headers.__dict__ == message.headers.__dict__
+    assert (again.from_addresses, again.from_name, again.subject, again.reply_to, again.text) == (
+        message.from_addresses, message.from_name, message.subject, message.reply_to, message.text,
+    )
+    calls = []
+    original = parsed_module.parse_message
+    parsed_module.parse_message = lambda raw: calls.append(raw) or original(raw)  # type: ignore[assignment]
+    try:
+        pickle.loads(pickle.dumps(message))
+    finally:
+        parsed_module.parse_message = original  # type: ignore[assignment]
+    assert calls == []
 
 
 def test_is_immutable_from_outside() -> None:

@@ -344,3 +344,30 @@ def test_reencoded_quoted_printable_never_writes_a_delimiter_line() -> None:
     assert not any(line.startswith(b"-") for line in qp.split(b"\r\n"))
     assert all(len(line) <= 76 for line in qp.split(b"\r\n"))
     assert [p.get_content_type() for p in parse(out).walk()] == ["multipart/mixed", "text/plain"]
+
+
+# Bytes that make quoted-printable interesting: blanks before a line end or the end, a lone dot,
+# "=", 8-bit, CR and LF in every combination, and lines long enough for soft line breaks.
+_qp_bits = st.sampled_from(
+    [b" ", b"\t", b".", b"=", b"-", b"\xc3\xa9", b"\r\n", b"\n", b"\r", b"a", b"x" * 40, b"y" * 73, b"\x00", b"\x7f"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    pieces=st.lists(st.lists(_qp_bits, max_size=12).map(b"".join), min_size=2, max_size=5),
+    url=st.sampled_from([URL, URL_HTML, "https://r.example/u/" + "A" * 90, " ", "."]),
+)
+def test_quoted_printable_copies_encode_only_the_url_lines_and_match_one_pass(pieces: list[bytes], url: str) -> None:
+    """A copy's quoted-printable part is the line-by-line encoding made once per message plus the
+    lines the URL is on: byte for byte what encoding the whole part per copy gives."""
+    import binascii
+
+    from relay.delivery.personalize import _Slot, _qp_lines
+
+    whole = binascii.b2a_qp(url.encode().join(pieces).replace(b"\r\n", b"\n"), istext=True)
+    lines = _qp_lines(tuple(pieces))
+    slot = _Slot(0, 0, False, tuple(pieces), "utf-8", "quoted-printable", b"\n", 76, False, b"", (), lines)
+    assert slot._encode(url) == whole
+    if not any(b"\r" in piece.replace(b"\r\n", b"\n") for piece in pieces):
+        assert lines is not None  # the common case takes the line-by-line path

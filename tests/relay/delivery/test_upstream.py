@@ -1,5 +1,5 @@
-"""The pooled aiosmtplib client against a real aiosmtpd upstream: replies classified, connections
-reused and replaced when stale, STARTTLS and AUTH towards the upstream."""
+"""The pooled upstream client against a real aiosmtpd upstream, with and without PIPELINING: replies
+classified, connections reused and replaced when stale, STARTTLS and AUTH towards the upstream."""
 
 from __future__ import annotations
 
@@ -8,12 +8,33 @@ from typing import Any, Iterator
 
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import CertFiles, RecordingUpstream, free_port, message
+from conftest import CertFiles, RecordingHandler, RecordingUpstream, free_port, message
 
 from relay.config import UpstreamConfig
 from relay.delivery.upstream import Upstream
 from relay.errors import UpstreamRejected, UpstreamUnavailable
 from relay.metrics import Metrics
+
+
+class PipeliningHandler(RecordingHandler):
+    """aiosmtpd reads pipelined commands fine but does not announce PIPELINING; this one does."""
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+@pytest.fixture(params=["one-by-one", "pipelining"])
+def upstream(request: pytest.FixtureRequest) -> Iterator[RecordingUpstream]:
+    """Every test here runs against an upstream that offers PIPELINING and one that does not."""
+    up = RecordingUpstream()
+    if request.param == "pipelining":
+        up.handler = PipeliningHandler()
+    up.start()
+    try:
+        yield up
+    finally:
+        up.stop()
 
 
 def client(up: RecordingUpstream | int, **changes: Any) -> Upstream:

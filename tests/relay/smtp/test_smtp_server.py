@@ -164,3 +164,52 @@ def test_lockout_lasts_its_window_and_then_ends() -> None:
     assert lockout.locked("192.0.2.7", now=901) and not lockout.locked("192.0.2.8", now=901)
     assert not lockout.locked("192.0.2.7", now=902)  # 900 s after the lock-out
     assert not lockout.failed("192.0.2.7", now=903)  # counting starts again
+
+
+class _RecordingTransport(asyncio.Transport):
+    """Each write the session makes, as it made it: a reply split over writes shows here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.9", 40000) if name == "peername" else default
+
+
+async def test_replies_to_a_pipelined_group_go_out_in_one_write() -> None:
+    """EHLO's lines in one write, not one each; the replies to a pipelined group (RFC 2920) held
+    until its last command, as Postfix sends them; a command on its own answered at once."""
+    server = RelaySMTP(object(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=asyncio.get_running_loop())
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    try:
+        await until(lambda: len(transport.writes) == 1, what="the greeting")
+        server.data_received(b"EHLO client.test\r\n")
+        await until(lambda: len(transport.writes) == 2, what="the EHLO reply")
+        assert transport.writes[1].startswith(b"250-relay.test\r\n") and transport.writes[1].endswith(b"250 HELP\r\n")
+        server.data_received(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n")
+        await until(lambda: len(transport.writes) == 3, what="the group's replies")
+        group = transport.writes[2].split(b"\r\n")[:-1]
+        assert [line[:3] for line in group] == [b"250", b"250", b"250", b"354"], group
+        server.data_received(b"Subject: x\r\n\r\nhi\r\n.\r\nNOOP\r\n")
+        await until(lambda: len(transport.writes) == 4, what="the DATA and NOOP replies")
+        assert [line[:3] for line in transport.writes[3].split(b"\r\n")[:-1]] == [b"250", b"250"], transport.writes
+        server.data_received(b"HELP\r\n")
+        await until(lambda: len(transport.writes) == 5, what="the HELP reply")
+        assert transport.writes[4].startswith(b"250 ")
+        server.data_received(b"RSET\r\nQUIT\r\n")
+        await until(lambda: len(transport.writes) == 6, what="the RSET and QUIT replies")
+        assert transport.writes[5].startswith(b"250 ") and b"\r\n221 " in transport.writes[5]
+    finally:
+        server.connection_lost(None)

@@ -64,6 +64,16 @@ BODY_FOOTER = "Shop B.V., Keizersgracht 1, 1015 AA Amsterdam, KvK 12345678"
 UNSUBSCRIBE_SECRET = "unsubscribe-secret-for-tests-0123456789"
 
 
+# --- hypothesis: no per-example deadline -------------------------------------------------------
+# Hypothesis' default 200 ms deadline is a timed assertion: on a loaded 2-core machine a single
+# example (first call, cold caches) can take longer and fail the run as "flaky" with nothing wrong.
+# Tests that set their own @settings inherit this for whatever they leave unset.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("consent-relay", deadline=None)
+_hypothesis_settings.load_profile("consent-relay")
+
+
 # --- the event loop ----------------------------------------------------------------------------
 
 

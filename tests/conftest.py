@@ -38,12 +38,40 @@ if _ROOT not in sys.path:
 sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 sys.modules.setdefault("conftest", sys.modules[__name__])
 
+def cheap_hash(secret: str) -> str:
+    """`secret` hashed in relay.passwords' own format (`scrypt$n$r$p$salt$hash`) at a test cost of
+    n = 16 instead of hash_password's 2**14. The relay verifies with the n, r, p the hash carries,
+    so the same code checks it; what changes is the ~50 ms of scrypt per check, which tests that
+    try hundreds of tokens and logins paid every time. hash_password itself has its own tests."""
+    import base64
+    import hashlib
+
+    from relay.passwords import verify_password
+
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=16, r=8, p=1, dklen=32)
+    b64 = lambda data: base64.b64encode(data).decode("ascii").rstrip("=")  # noqa: E731
+    hashed = f"scrypt$16$8$1${b64(salt)}${b64(digest)}"
+    assert verify_password(secret, hashed) and not verify_password(secret + "x", hashed)
+    return hashed
+
+
 PASSWORD = "correct horse battery"
-PASSWORD_HASH = hash_password(PASSWORD)
+PASSWORD_HASH = cheap_hash(PASSWORD)
 SENDER = "orders@shop.example"
 BODY_FOOTER = "Shop B.V., Keizersgracht 1, 1015 AA Amsterdam, KvK 12345678"
 # The base account has a marketing stream, and the loader refuses marketing without a secret.
 UNSUBSCRIBE_SECRET = "unsubscribe-secret-for-tests-0123456789"
+
+
+# --- hypothesis: no per-example deadline -------------------------------------------------------
+# Hypothesis' default 200 ms deadline is a timed assertion: on a loaded 2-core machine a single
+# example (first call, cold caches) can take longer and fail the run as "flaky" with nothing wrong.
+# Tests that set their own @settings inherit this for whatever they leave unset.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("consent-relay", deadline=None)
+_hypothesis_settings.load_profile("consent-relay")
 
 
 # --- the event loop ----------------------------------------------------------------------------
@@ -328,6 +356,12 @@ def config_dict(tmp_path: Path, upstream_port: int, **overrides: Any) -> dict[st
             # One process, whatever the machine's cores (the default is "auto": one per core); a
             # test that needs workers says how many.
             "workers": 1,
+            # Off, not "auto": "auto" starts a helper child per relay on a machine with 2+ cores, and
+            # every relay stop then waits for that child to finish importing (policies, dkim,
+            # cryptography): about 0.5 s of CPU per relay a test starts, hundreds of times, and a
+            # suite that covered different paths on 1 and 2+ cores. The helper's own tests
+            # (tests/relay/engine/test_helper.py, the supervisor's) turn it on explicitly.
+            "helper_process": False,
         },
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "starttls": "off", "timeout": 5, "pool_size": 4},
         "store": {"url": "sqlite:///var/relay.db"},

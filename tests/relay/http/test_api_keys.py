@@ -20,7 +20,7 @@ from relay.config import build_config, load_config
 from relay.errors import ConfigError
 from relay.passwords import hash_password
 from relay.store.records import QuarantineItem
-from tests.conftest import RecordingUpstream, RelayFactory, config_dict, write_config
+from tests.conftest import RecordingUpstream, RelayFactory, cheap_hash, config_dict, write_config
 
 ADMIN = "admin-token-0123456789abcdef"
 KEYS = {"shop": "shop-app-key-0123456789abcdef", "other": "other-app-key-0123456789abcdef"}
@@ -42,7 +42,7 @@ def other_account() -> dict[str, Any]:
         "registration_number": "87654321",
         "default_stream": "orders",
         "streams": [{"id": "orders", "kind": "transactional"}],
-        "api_keys": [{"label": "crm", "hash": hash_password(KEYS["other"])}],
+        "api_keys": [{"label": "crm", "hash": cheap_hash(KEYS["other"])}],
     }
 
 
@@ -67,8 +67,8 @@ async def world(tmp_path: Path, upstream: RecordingUpstream, start_relay: RelayF
     data = config_dict(
         tmp_path,
         upstream.port,
-        http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "ops", "hash": hash_password(ADMIN)}]},
-        account={"parent": "holding", "api_keys": [{"label": "app", "hash": hash_password(KEYS["shop"])}]},
+        http={"admin_listen": "127.0.0.1:0", "admin_tokens": [{"label": "ops", "hash": cheap_hash(ADMIN)}]},
+        account={"parent": "holding", "api_keys": [{"label": "app", "hash": cheap_hash(KEYS["shop"])}]},
     )
     data["accounts"].append(other_account())
     config = load_config(write_config(tmp_path, data))

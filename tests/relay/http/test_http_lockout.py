@@ -11,12 +11,11 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
-from conftest import no_readiness, serving
+from conftest import cheap_hash, no_readiness, serving
 
 from relay.config import build_config
 from relay.routes import build_admin_app
 from relay.http.lockout import MAX_FAILURES, MAX_TRACKED, FailedAttempts, client_key
-from relay.passwords import hash_password
 from relay.services import Clock, Services
 
 TOKEN = "the-right-admin-token"
@@ -45,12 +44,12 @@ class Admin:
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/relay.db"},
-        "http": {"admin_tokens": [{"label": "ops", "hash": hash_password(TOKEN)}]},
+        "http": {"admin_tokens": [{"label": "ops", "hash": cheap_hash(TOKEN)}]},
         "unsubscribe": {"secrets": ["unsubscribe-secret-for-tests-0123456789"]},
         "accounts": [{
             "id": "shop", "domains": ["shop.example"], "default_stream": "news",
             "streams": [{"id": "news", "kind": "marketing"}],
-            "api_keys": [{"label": "app", "hash": hash_password(ACCOUNT_KEY)}],
+            "api_keys": [{"label": "app", "hash": cheap_hash(ACCOUNT_KEY)}],
         }],
     }
     now = [1000.0]

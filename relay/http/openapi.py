@@ -397,6 +397,26 @@ _COMMON = (401, 503)
 _ACCOUNT = _query("account", "the account id", required=True)
 
 
+# A request that is not valid HTTP (a Content-Length that is not a number, a header line without a
+# colon) is answered 400 by the HTTP parser before any route or middleware sees it, as text/plain;
+# every operation documents that answer (_document_malformed_http, once PATHS is complete).
+_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+_MALFORMED_HTTP = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _document_malformed_http(paths: dict[str, Any]) -> None:
+    for item in paths.values():
+        for method, op in item.items():
+            if method not in _METHODS:
+                continue  # a path item's shared "parameters"
+            responses = op["responses"]
+            bad = responses.get("400")
+            if bad is None:
+                responses["400"] = {"description": "the request is not valid HTTP (the HTTP parser's answer)", "content": _MALFORMED_HTTP}
+            else:
+                responses["400"] = {**bad, "content": {**bad.get("content", {}), **_MALFORMED_HTTP}}
+
+
 def _op(summary: str, responses: dict[str, Any], *, tag: str, auth: bool = True, **extra: Any) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     op["security"] = _AUTH if auth else []
@@ -710,6 +730,7 @@ PATHS: dict[str, Any] = {
     },
 }
 PATHS.update(signups_api.PATHS)
+_document_malformed_http(PATHS)
 
 
 def build_document() -> dict[str, Any]:

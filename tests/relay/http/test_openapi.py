@@ -138,6 +138,25 @@ def test_the_document_is_served_without_a_token(live: RelayUnderTest) -> None:
     assert requests.get(live.base + "/api/quarantine", timeout=10).status_code == 401  # the rest still needs one
 
 
+def test_a_request_that_is_not_valid_http_gets_the_documented_400(live: RelayUnderTest) -> None:
+    """A Content-Length that is no number (schemathesis sends such headers) is answered by the HTTP
+    parser before any route: 400 text/plain, documented for every operation so a client generated
+    from the document knows it."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(live.base)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/quarantine HTTP/1.1\r\nHost: relay\r\nContent-Length: >K\r\n\r\n")
+        head = sock.recv(4096).split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    assert head.startswith("http/1.0 400") or head.startswith("http/1.1 400"), head
+    assert "content-type: text/plain" in head, head
+    for item in build_document()["paths"].values():
+        for method, op in item.items():
+            if method != "parameters":
+                assert "text/plain" in op["responses"]["400"]["content"], op["operationId"]
+
+
 def test_a_walk_through_every_operation_matches_the_document(live: RelayUnderTest) -> None:
     """Real requests with real data (a held message, consent, a suppression, a complaint); each
     response validated against the document by openapi-core; every operation answered 2xx once."""

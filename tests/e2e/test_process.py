@@ -64,12 +64,15 @@ async def test_fresh_start_from_example_config_without_upstream(tmp_path: Path) 
     config = tmp_path / "config.example.toml"
     config.write_text(text)
     relay = RelayProcess(config)
+    workers = len(os.sched_getaffinity(0))  # the example's `workers = "auto"`: one per usable core
     try:
-        started = await relay.start()
-        assert started["smtp"] == smtp and started["admin"] == admin
+        started = await ServeProcess.start(relay, started=workers)
+        assert {line["smtp"] for line in started} == {smtp}  # every worker serves the SMTP port
+        assert [line["admin"] for line in started if line["admin"]] == [admin]  # one serves the admin listener
         assert (tmp_path / "var" / "relay.db").exists()  # SQLite store under ./var, created on first start
-        (warning,) = relay.events("upstream_unreachable")  # warned once
-        assert warning["level"] == "warning" and str(dead) in warning["error"]
+        warnings = relay.events("upstream_unreachable")  # warned once per worker
+        assert len(warnings) == workers, warnings
+        assert all(w["level"] == "warning" and str(dead) in w["error"] for w in warnings)
 
         out = await asend(smtp)  # 127.0.0.1 is trusted for account "shop" in the example
         assert out.code == 451 and out.text.startswith("4.4.1"), out
@@ -78,7 +81,7 @@ async def test_fresh_start_from_example_config_without_upstream(tmp_path: Path) 
         ready = json.loads(body)
         assert ready["ready"] is False and ready["store"]["ok"] is True
         assert ready["upstream"]["ok"] is False and str(dead) in ready["upstream"]["detail"]
-        assert len(relay.events("upstream_unreachable")) == 1  # not once per message or probe
+        assert len(relay.events("upstream_unreachable")) == workers  # not once per message or probe
 
         relay.signal(signal.SIGTERM)
         assert await relay.wait() == 0

@@ -231,6 +231,7 @@ def test_workers_auto_is_one_per_usable_core(
     run on; helper_process "auto" then finds no spare core."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     data = config_dict(tmp_path, 2525)
+    data["smtp"]["helper_process"] = "auto"  # conftest turns it off for speed; its default is the question here
     if value is None:
         del data["smtp"]["workers"]  # left out: the default
     else:

@@ -25,7 +25,7 @@ for _ in $(seq 1 60); do
 done
 [ -n "$pid" ] || { echo "bench/flame.sh: no relay process for $target (see $log)" >&2; kill $bench; exit 1; }
 sleep 8  # past the warm-up
-"$spy" record --pid "$pid" --subprocesses --duration 20 --rate 200 --nonblocking --format flamegraph -o "$out"
+"$spy" record --pid "$pid" --subprocesses --duration 20 --rate 200 --nonblocking --format "${SPY_FORMAT:-flamegraph}" -o "$out"
 pkill -P $bench || true; kill $bench 2>/dev/null || true
 wait $bench 2>/dev/null || true
 echo "bench/flame.sh: wrote $out"

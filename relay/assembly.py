@@ -28,7 +28,7 @@ from relay.engine.malware_scan import MalwareScan
 from relay.engine.pipeline import IdAllocator, Pipeline, new_relay_id
 from relay.engine.signing import CopySigner
 from relay.events.webhooks import WebhooksFeature
-from relay.feature import Feature
+from relay.engine.feature import Feature
 from relay.feedback.bounces_feature import BouncesFeature
 from relay.feedback.complaints_feature import ComplaintsFeature
 from relay.http.events import EventsFeature

@@ -21,7 +21,7 @@ from relay.engine.helper import Helper, HelperTimeout, HelperUnavailable, Offloa
 from relay.engine.retry_memory import RetryMemory
 from relay.engine.transaction import Transaction
 from relay.errors import ScannerUnavailable, StoreUnavailable
-from relay.feature import Feature
+from relay.engine.feature import Feature
 from relay.log import get_logger
 from relay.metrics import NO_VALUE
 from relay.services import Services

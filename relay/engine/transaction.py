@@ -18,7 +18,7 @@ class Transaction:
     stream: StreamConfig | None = None  # known before DATA when envelope_from selects it
     facts: MessageFacts | None = None
     recipients: list[str] = field(default_factory=list)
-    own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, name of its relay.feature.Feature)
+    own_recipients: list[tuple[str, str]] = field(default_factory=list)  # (address, name of its relay.engine.feature.Feature)
     rcpt_refusals: list[Finding] = field(default_factory=list)
     delivery_ids: dict[str, int] = field(default_factory=dict)  # recipient -> id used in its copy
     # Consent and suppressions read at RCPT (marketing known before DATA), reused at end of DATA.

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from relay.config import AccountConfig, WebhookConfig
 from relay.errors import StoreUnavailable
 from relay.events.webhook_http import EndpointClient, HttpError
-from relay.feature import Feature, Task
+from relay.engine.feature import Feature, Task
 from relay.log import get_logger
 from relay.services import Services
 from relay.store.records import Event

@@ -11,7 +11,7 @@ from relay import replies
 from relay.engine.copies import BOUNCE_PREFIX
 from relay.engine.transaction import Transaction
 from relay.errors import StoreUnavailable
-from relay.feature import Feature
+from relay.engine.feature import Feature
 from relay.feedback.bounces import BounceService, bounce_as_dict
 from relay.http.api_keys import scoped_account
 from relay.http.common import json_error, json_response, services_of

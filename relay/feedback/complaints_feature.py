@@ -9,7 +9,7 @@ from typing import Sequence
 from relay import replies
 from relay.engine.transaction import Transaction
 from relay.errors import StoreUnavailable
-from relay.feature import Feature, Task
+from relay.engine.feature import Feature, Task
 from relay.feedback.complaints import ComplaintRefused, ComplaintService, mask_address
 from relay.log import get_logger
 from relay.services import Services

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from relay.config import AccountConfig
 from relay.errors import NotFound, StoreUnavailable
-from relay.feature import Feature, Task
+from relay.engine.feature import Feature, Task
 from relay.http.api_keys import key_account, scoped_account
 from relay.http.common import json_error, json_response, services_of
 from relay.log import get_logger

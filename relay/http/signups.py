@@ -18,7 +18,7 @@ from relay.consent.signups import (
     parse_signup,
 )
 from relay.errors import NotFound, StoreUnavailable
-from relay.feature import Feature
+from relay.engine.feature import Feature
 from relay.http.api_keys import KEY, scoped_account
 from relay.http.common import admin_label, form_body, json_body, json_error, json_response
 from relay.store.signups import Signup

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from relay.engine.pipeline import Pipeline
 from relay.errors import NotFound, RelayError, UpstreamUnavailable, UsageError
-from relay.feature import Feature, Task
+from relay.engine.feature import Feature, Task
 from relay.log import get_logger
 from relay.quarantine.release import release_message
 from relay.services import Services

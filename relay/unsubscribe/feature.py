@@ -12,7 +12,7 @@ from policies.facts import Suppression
 from relay import replies
 from relay.engine.decisions import DecisionRecorder
 from relay.engine.transaction import Transaction
-from relay.feature import Feature
+from relay.engine.feature import Feature
 from relay.log import get_logger, recipient_label
 from relay.services import Services
 from relay.unsubscribe.tokens import MAILTO_PREFIX, TokenClaims, TokenCodec

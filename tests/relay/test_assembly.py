@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import make_config
 
 from relay.assembly import build_relay, opened_relay
-from relay.feature import Feature
+from relay.engine.feature import Feature
 
 
 def names(features: tuple[Feature, ...]) -> list[str]:

@@ -31,6 +31,7 @@ from relay.config import AccountConfig, ComplaintSource
 from relay.delivery.upstream import Upstream
 from relay.errors import NotFound, UpstreamRejected, UpstreamUnavailable, UsageError
 from relay.log import get_logger, recipient_label
+from relay.outgoing import Sender
 from relay.services import Services
 from relay.store.complaints_base import INFORMATIONAL, OPEN, Complaint
 from relay.store.records import DeliveryRecord, OutboxItem
@@ -470,7 +471,7 @@ class ComplaintService:
             self.services.outgoing.wake_outbox()
         return f"queued for retry ({why})"
 
-    def _upstream_client(self) -> Upstream:
+    def _upstream_client(self) -> Sender:
         if self._upstream is not None:
             return self._upstream
         outgoing = self.services.outgoing

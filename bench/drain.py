@@ -49,7 +49,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.relay_config import recipients, write_consent_csv, write_relay_config
+from bench.relay_config import recipients, uncertain_copies, write_consent_csv, write_relay_config
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGE = REPO / "bench" / "message.eml"
@@ -582,16 +582,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # relay logs it (store_unavailable, stage outbox) and docs/faults-smtp.md names it.
     after_451 = sum(n - 1 for (key, _), n in counts.items() if n > 1 and key in load.tempfailed)
     unpromised = sum(1 for key in counts if key not in load.promised)
-    uncertain = 0
-    for line in (work / "relay.log").read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "upstream_uncertain":
-            uncertain += int(event.get("recipients", 0))
-        elif event.get("event") == "outbox_maybe_delivered":
-            uncertain += len(event.get("recipients", ()))
+    uncertain = uncertain_copies(work / "relay.log")
 
     def median(values: list[int]) -> float:
         return sorted(values)[len(values) // 2] if values else float("nan")

@@ -170,3 +170,20 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def uncertain_copies(log: Path) -> int:
+    """Copies a relay's JSON log announced as maybe delivered (`upstream_uncertain`: sent, then no
+    answer; `outbox_maybe_delivered`): a second copy of those is announced, not silent."""
+    count = 0
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "upstream_uncertain":
+            count += int(event.get("recipients", 0))
+        elif event.get("event") == "outbox_maybe_delivered":
+            count += len(event.get("recipients", ()))
+    return count
+

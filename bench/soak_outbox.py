@@ -33,7 +33,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
-from bench.relay_config import write_relay_config
+from bench.relay_config import uncertain_copies, write_relay_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -201,16 +201,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
     # Copies the relay itself reported as maybe delivered (the sink went away after the message and
     # before its answer): a second copy of those is announced, not silent.
-    uncertain = 0
-    for line in (work / "relay.log").read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "upstream_uncertain":
-            uncertain += int(event.get("recipients", 0))
-        elif event.get("event") == "outbox_maybe_delivered":
-            uncertain += len(event.get("recipients", ()))
+    uncertain = uncertain_copies(work / "relay.log")
     base = [rss for t, rss, *_ in samples if 10 <= t < 10 + args.baseline] or [samples[0][1]]
     # After each recovery: the steady rate again, the retries done and the sink caught up, plus
     # `settle` seconds (one malloc_trim period), up to the next outage or the end of the run.
@@ -246,7 +237,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         writer = csv.writer(f)
         writer.writerow(["seconds", "rss_kib", "promised_copies", "copies_at_sink", "client_sessions"])
         writer.writerows(samples)
-    plot(samples, outages, summary, Path(args.plot))
+    try:
+        plot(samples, outages, summary, Path(args.plot))
+    except ImportError:  # matplotlib is not a dependency: the CSV holds the same samples
+        print(f"# no plot (matplotlib is not installed; `.venv/bin/pip install matplotlib`): {out / 'soak.csv'}", file=sys.stderr)
     return summary
 
 

@@ -20,7 +20,12 @@ bench=$!
 pid=""
 for _ in $(seq 1 60); do
   sleep 1
-  pid=$(pgrep -f "/$target/relay.toml serve" | head -1 || true)
+  # this bench's relay only: another checkout's bench may run the same target at the same time
+  for candidate in $(pgrep -f "/$target/relay.toml serve" || true); do
+    up=$candidate
+    while [ "$up" -gt 1 ] && [ "$up" != "$bench" ]; do up=$(ps -o ppid= -p "$up" | tr -d ' '); [ -n "$up" ] || up=1; done
+    [ "$up" = "$bench" ] && { pid=$candidate; break; }
+  done
   [ -n "$pid" ] && break
 done
 [ -n "$pid" ] || { echo "bench/flame.sh: no relay process for $target (see $log)" >&2; kill $bench; exit 1; }

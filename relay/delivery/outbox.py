@@ -6,10 +6,16 @@ once the upstream answers again it sends every queued copy without waiting out i
 (issue 20: a drain at the upstream's rate, not at the back-off's).
 
 No copy is sent twice by two holders: a copy is claimed under a short lease, renewed by a
-heartbeat while its holder works, confirmed in the store (fenced) just before DATA and checked
-against its deadline just before the message goes out. Claims are small batches that fit in one
-lease. A send whose outcome is unknown (sent, then no answer) is logged and counted as uncertain,
-so a later delivery of it reads "maybe twice", never a silent duplicate.
+heartbeat while its holder works, confirmed in the store (fenced) before DATA and checked against
+its deadline just before the message goes out. Claims are small batches that fit in one lease. A
+send whose outcome is unknown (sent, then no answer) is logged and counted as uncertain, so a later
+delivery of it reads "maybe twice", never a silent duplicate.
+
+The store is paid per claim, not per copy (issue 20): the copies of a claim are fenced together in
+one write before the first of them is sent, and a lane goes on to its next copy while the last one's
+delivery is being committed. A holder that dies after the fence leaves every copy of the claim
+marked as begun, so each comes back counted as uncertain, as a copy cut off in the middle of its
+send does; a copy that was fenced and not sent (a graceful stop) is given back unmarked.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import asyncio
 import math
 import os
 import socket
+import time
 import uuid
 from typing import Awaitable, Callable, Sequence
 
 from relay.config import OutboxConfig
-from relay.delivery.upstream import Upstream
+from relay.delivery.upstream import Upstream, UpstreamResult
 from relay.errors import LeaseLost, StoreUnavailable, UpstreamRejected, UpstreamUnavailable, UpstreamUncertain
 from relay.log import get_logger, recipient_labels
 from relay.metrics import Metrics
@@ -41,24 +48,34 @@ def backoff_seconds(config: OutboxConfig, attempts: int) -> float:
     return min(config.retry_max_seconds, config.retry_initial_seconds * (2 ** max(0, attempts - 1)))
 
 
-def batch_size(lease_seconds: float, upstream_timeout: float, lanes: int = 1) -> int:
+def batch_size(lease_seconds: float, upstream_timeout: float, lanes: int = 1, pace: float | None = None) -> int:
     """As many copies as fit in one lease for each lane if each took the whole upstream timeout: a
-    copy claimed and not yet started waits at most one lease for another process when this one dies."""
-    return max(1, lanes) * max(1, min(_MAX_BATCH, math.floor(lease_seconds / max(upstream_timeout, 0.001))))
+    copy claimed and not yet started waits at most one lease for another process when this one dies.
+    While the upstream answers every copy (`pace`: seconds a copy took each lane in the last claim),
+    as many as a lane sends in a third of a lease at that pace, up to the same cap: the claim, its
+    fence and its last commit are paid for more copies."""
+    per_lane = math.floor(lease_seconds / max(upstream_timeout, 0.001))
+    if pace is not None:
+        per_lane = max(per_lane, math.floor(lease_seconds / 3 / max(pace, 0.001)))
+    return max(1, lanes) * max(1, min(_MAX_BATCH, per_lane))
 
 
 class _CopyFence:
-    """One copy's proof of ownership, handed to Upstream.send (relay.delivery.upstream.Fence)."""
+    """One copy's proof of ownership, handed to Upstream.send (relay.delivery.upstream.Fence). The
+    claim's fence was committed before the send began (`fenced_until`, its lease deadline), so the
+    confirmation before DATA costs no store write; without it the copy is fenced on its own."""
 
-    def __init__(self, worker: OutboxWorker, item: OutboxItem) -> None:
+    def __init__(self, worker: OutboxWorker, item: OutboxItem, fenced_until: float = 0.0) -> None:
         self.worker = worker
         self.item = item
-        self.deadline = 0.0
-        self.confirmed = False
+        self.deadline = fenced_until
+        self.confirmed = fenced_until > 0
 
     async def confirm(self) -> None:
+        if self.confirmed:
+            return
         try:
-            until = await self.worker.settler.fence(self.item.id)
+            until = (await self.worker.settler.fence([self.item.id])).get(self.item.id, 0.0)
         except StoreUnavailable as exc:
             raise LeaseLost(f"cannot confirm the lease: {exc}") from exc
         if not until:
@@ -74,29 +91,37 @@ class _CopyFence:
 
 
 class _Settler:
-    """The lanes' fences and deliveries that meet while a commit is under way go into the next one
-    together: one commit (one fsync on SQLite) for the copies of several lanes, where each copy took
-    two. Each caller still returns only once its own write is committed."""
+    """The fences and deliveries that meet while a commit is under way go into the next one together:
+    one commit (one fsync on SQLite) for the copies of several lanes and claims. A caller goes on
+    only once its own write is committed; a delivery may be awaited later (`deliver`), so that its
+    lane sends its next copy meanwhile."""
 
     def __init__(self, worker: OutboxWorker) -> None:
         self.worker = worker
         self._delivered: list[tuple[int, asyncio.Future[float]]] = []
-        self._fences: list[tuple[int, asyncio.Future[float]]] = []
+        self._fences: list[tuple[Sequence[int], asyncio.Future[dict[int, float]]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def fence(self, item_id: int) -> float:
-        """The copy's new lease deadline, its send marked begun; 0 when it is no longer ours."""
-        return await self._add(self._fences, item_id)
+    async def fence(self, item_ids: Sequence[int]) -> dict[int, float]:
+        """The new lease deadline of each copy still ours, its send marked begun (the others: gone)."""
+        done: asyncio.Future[dict[int, float]] = asyncio.get_running_loop().create_future()
+        self._fences.append((item_ids, done))
+        self._start()
+        return await done
+
+    def deliver(self, item_id: int) -> asyncio.Future[float]:
+        """The copy's delivery, to be committed with the next write: resolved once it is."""
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._delivered.append((item_id, done))
+        self._start()
+        return done
 
     async def delivered(self, item_id: int) -> None:
-        await self._add(self._delivered, item_id)
+        await self.deliver(item_id)
 
-    async def _add(self, queue: list[tuple[int, asyncio.Future[float]]], item_id: int) -> float:
-        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        queue.append((item_id, done))
+    def _start(self) -> None:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush(), name="outbox-settle")
-        return await done
 
     async def _flush(self) -> None:
         w = self.worker
@@ -107,21 +132,26 @@ class _Settler:
             until = now + w.config.lease_seconds
             try:
                 held = await w.store.settle(
-                    w.owner, delivered=[i for i, _ in delivered], fence=[i for i, _ in fences], now=now, lease_until=until
+                    w.owner, delivered=[i for i, _ in delivered], fence=[i for ids, _ in fences for i in ids], now=now,
+                    lease_until=until,
                 )
             except BaseException as exc:
-                for _, done in delivered + fences:
+                failure = exc if isinstance(exc, Exception) else StoreUnavailable("outbox write cancelled")
+                for _, done in delivered:
                     if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("outbox write cancelled"))
+                        done.set_exception(failure)
+                for _, fenced in fences:
+                    if not fenced.done():
+                        fenced.set_exception(failure)
                 if not isinstance(exc, Exception):
                     raise
                 continue
             for _, done in delivered:
                 if not done.done():
                     done.set_result(0.0)
-            for item_id, done in fences:
-                if not done.done():
-                    done.set_result(until if item_id in held else 0.0)
+            for ids, fenced in fences:
+                if not fenced.done():
+                    fenced.set_result({i: until for i in ids if i in held})
 
 
 class OutboxBell:
@@ -161,7 +191,10 @@ class OutboxWorker:
         # One lane per pooled upstream connection: the copies of a claim are sent side by side.
         self.lanes = max(1, upstream.config.pool_size)
         self.batch = batch_size(config.lease_seconds, upstream.config.timeout, self.lanes)
+        # Copies of a claim that go even while the upstream is away (the rest is given back then).
+        self._base_batch = self.batch
         self.deferred_in_a_row = 0
+        self._deferrals = 0  # deferred attempts in all (a claim with one is not a pace to size the next by)
         self._probed_at = -math.inf
         self._probe_after = 0  # the id after which the next probe looks (each probe tries another copy)
         self._catch_up_after: int | None = None  # after the upstream came back: the early claims' cursor
@@ -250,17 +283,31 @@ class OutboxWorker:
         heartbeat = asyncio.create_task(self._heartbeat(), name="outbox-heartbeat")
         todo = list(reversed(items))
         unsent = {item.id for item in items}
+        fenced: dict[int, float] = {}
+        not_fenced = ""
+        started, deferrals = time.perf_counter(), self._deferrals
 
         async def lane() -> None:
-            while todo and not self._stopping:
-                item = todo.pop()
-                unsent.discard(item.id)
-                if item.id not in self.held:
-                    continue  # the heartbeat found it taken: its lease ran out while we waited
-                await self._attempt(item)
-                self.held.pop(item.id, None)
+            pending: list[tuple[OutboxItem, UpstreamResult, asyncio.Future[float]]] = []
+            try:
+                while todo and not self._stopping:
+                    if self.upstream_away and len(items) - len(todo) >= self._base_batch:
+                        break  # away again: the copies beyond a small claim are given back, not deferred
+                    item = todo.pop()
+                    unsent.discard(item.id)
+                    if item.id not in self.held:
+                        continue  # the heartbeat found it taken: its lease ran out while we waited
+                    delivered = await self._attempt(item, fenced.get(item.id, 0.0), not_fenced)
+                    if delivered is not None:
+                        pending.append((item, delivered, self.settler.deliver(item.id)))
+                    self.held.pop(item.id, None)
+            finally:
+                # The deliveries of this lane, committed while it sent its next copies.
+                await self._delivered(pending)
 
         try:
+            # One fence for the whole claim, committed before the first copy is sent.
+            fenced, not_fenced = await self._fence(items)
             # Each lane finishes its copy in flight even when another failed (a store error): the
             # first error is raised once all have stopped, and what no lane started is given back.
             outcomes = await asyncio.gather(*(lane() for _ in range(min(self.lanes, len(items)))), return_exceptions=True)
@@ -273,8 +320,43 @@ class OutboxWorker:
             if unsent:
                 await self._release(list(unsent))
             self.held = {}
+        if self._deferrals == deferrals and not self.upstream_away:
+            # Every copy answered: the next claim is sized by this one's pace.
+            per_lane = math.ceil(len(items) / min(self.lanes, len(items)))
+            pace = (time.perf_counter() - started) / per_lane
+            self.batch = batch_size(self.config.lease_seconds, self.upstream.config.timeout, self.lanes, pace)
+        else:
+            self.batch = self._base_batch
         await self._count(now)
         return len(items)
+
+    async def _fence(self, items: Sequence[OutboxItem]) -> tuple[dict[int, float], str]:
+        """The claim's copies marked as begun in one write: the lease deadline of each copy still
+        ours, and why the others are not (they are not sent)."""
+        try:
+            return await self.settler.fence([item.id for item in items]), "the lease passed to another process"
+        except StoreUnavailable as exc:
+            return {}, f"cannot confirm the lease: {exc}"
+
+    async def _delivered(self, pending: Sequence[tuple[OutboxItem, UpstreamResult, asyncio.Future[float]]]) -> None:
+        """Once each delivery is committed: the hooks and the log line. The first store error is
+        raised once every commit has ended (an uncommitted delivery comes back as uncertain)."""
+        failure: BaseException | None = None
+        for item, result, done in pending:
+            try:
+                await done
+            except BaseException as exc:
+                failure = failure or exc
+                continue
+            for hook in self.on_delivered:
+                await hook(item)
+            self.log.info(
+                "outbox_delivered", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(result.accepted),
+                attempts=item.attempts + 1,
+                **({"maybe_twice": True, "uncertain_attempts": item.uncertain} if item.uncertain else {}),
+            )
+        if failure is not None:
+            raise failure
 
     async def _count(self, now: float, *, force: bool = False) -> None:
         if force or now - self._depth_at >= _DEPTH_EVERY:
@@ -282,6 +364,7 @@ class OutboxWorker:
             self.metrics.outbox_messages.set(await self.store.depth())
 
     def _deferred(self) -> None:
+        self._deferrals += 1
         self.deferred_in_a_row += 1
         if self.deferred_in_a_row == AWAY_AFTER:
             self._catch_up_after = None  # away again: the copies wait for their back-off, or a probe
@@ -322,7 +405,10 @@ class OutboxWorker:
         else:
             self.log.info("outbox_released", copies=len(item_ids))
 
-    async def _attempt(self, item: OutboxItem) -> None:
+    async def _attempt(self, item: OutboxItem, fenced_until: float, not_fenced: str = "") -> UpstreamResult | None:
+        """One send of a copy whose claim was fenced (`fenced_until`: its lease deadline, 0 when the
+        fence did not hold it, for the reason `not_fenced`). The result of a full delivery, for the
+        caller to commit with others; None otherwise."""
         now = self.clock.timestamp()
         if item.interrupted_send:
             self.metrics.outbox_uncertain.inc()
@@ -330,8 +416,10 @@ class OutboxWorker:
                 "outbox_maybe_delivered", relay_id=item.relay_id, account=item.account,
                 recipients=recipient_labels(item.rcpt_tos), reason="its previous holder stopped during a send",
             )
-        fence = _CopyFence(self, item)
+        fence = _CopyFence(self, item, fenced_until)
         try:
+            if not fenced_until:
+                raise LeaseLost(not_fenced or "the lease passed to another process")
             result = await self.upstream.send(item.mail_from, item.rcpt_tos, item.content, fence=fence)
         except LeaseLost as exc:
             self.metrics.outbox_attempts.labels("lease_lost").inc()
@@ -367,20 +455,15 @@ class OutboxWorker:
         self.metrics.outbox_attempts.labels("delivered").inc()
         self._answered()
         later = result.temporarily_refused
-        if later:
-            # One statement: the copy keeps only the recipients still to do (a crash here loses none).
-            await self.store.retry_later(
-                item.id, self.owner, next_attempt_at=now + backoff_seconds(self.config, item.attempts + 1),
-                error=result.reply, rcpt_tos=later,
-            )
-        else:
-            await self.settler.delivered(item.id)
-        for hook in self.on_delivered:
-            await hook(item)
-        self.log.info(
-            "outbox_delivered", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(result.accepted),
-            attempts=item.attempts + 1, **({"maybe_twice": True, "uncertain_attempts": item.uncertain} if item.uncertain else {}),
+        if not later:
+            return result  # committed by the caller, with other copies'
+        # One statement: the copy keeps only the recipients still to do (a crash here loses none).
+        await self.store.retry_later(
+            item.id, self.owner, next_attempt_at=now + backoff_seconds(self.config, item.attempts + 1),
+            error=result.reply, rcpt_tos=later,
         )
+        await self._delivered([(item, result, _done())])
+        return None
 
     async def _later(self, item: OutboxItem, error: str, now: float, *, uncertain: bool) -> None:
         age_hours = (now - item.created_at) / 3600.0
@@ -390,3 +473,9 @@ class OutboxWorker:
             return
         next_at = now + backoff_seconds(self.config, item.attempts + 1)
         await self.store.retry_later(item.id, self.owner, next_attempt_at=next_at, error=error, uncertain=uncertain)
+
+
+def _done() -> asyncio.Future[float]:
+    done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    done.set_result(0.0)
+    return done

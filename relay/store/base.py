@@ -150,7 +150,8 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, item_ids: Sequence[int], owner: str) -> None:
-        """Give back leases whose copies were not sent (a graceful stop)."""
+        """Give back leases whose copies were not sent (a graceful stop): fenced or not, their send
+        is not marked as begun any more."""
 
     @abc.abstractmethod
     async def delivered(self, item_id: int, owner: str) -> None: ...

@@ -428,7 +428,8 @@ class SqlOutbox(base.OutboxStore):
         if item_ids:
             in_ids, params = self.db.dialect.any_of("id", item_ids, "bigint")
             await self.db.write(
-                f"UPDATE outbox SET lease_owner='', lease_until=0 WHERE lease_owner=? AND {in_ids}", (owner, *params)
+                f"UPDATE outbox SET lease_owner='', lease_until=0, sending_since=0 WHERE lease_owner=? AND {in_ids}",
+                (owner, *params),
             )
 
     async def delivered(self, item_id: int, owner: str) -> None:

@@ -497,6 +497,22 @@ async def test_outbox_settle_delivers_and_fences_in_one_go_for_the_owner_only(st
     assert await store.outbox.depth() == 0
 
 
+
+async def test_outbox_release_gives_back_fenced_copies_unmarked_for_the_owner_only(store: Store, second: Store) -> None:
+    # A claim's copies are fenced together before the first is sent (relay.delivery.outbox): those a
+    # graceful stop never sent go back as not begun, so the next holder does not count them uncertain.
+    ids = await store.outbox.enqueue([copy(i) for i in range(3)], now=10.0)
+    assert len(await store.outbox.claim_due(now=20.0, owner="h1", lease_seconds=5, limit=10)) == 3
+    assert await store.outbox.settle("h1", delivered=[], fence=ids, now=21.0, lease_until=40.0) == set(ids)
+    await second.outbox.release(ids, "h2")  # not its copies: nothing changes
+    await store.outbox.release(ids[1:], "h1")
+    taken = await second.outbox.claim_due(now=22.0, owner="h2", lease_seconds=5, limit=10)
+    assert sorted((c.id, c.interrupted_send, c.uncertain) for c in taken) == [(ids[1], False, 0), (ids[2], False, 0)]
+    await second.outbox.settle("h2", delivered=ids[1:], fence=[], now=23.0, lease_until=28.0)
+    (cut,) = await second.outbox.claim_due(now=40.0, owner="h2", lease_seconds=5, limit=10)
+    assert (cut.id, cut.interrupted_send, cut.uncertain) == (ids[0], True, 1)  # fenced, never given back
+
+
 # --- quarantine ------------------------------------------------------------------------------
 
 

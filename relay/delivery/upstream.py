@@ -39,6 +39,8 @@ class UpstreamResult:
 class Fence(Protocol):
     """The outbox's proof that a copy is still its own to send (relay.delivery.outbox)."""
 
+    confirmed: bool  # already confirmed in the store before the send began: DATA need not wait for it
+
     async def confirm(self) -> None:
         """Just before DATA: raises LeaseLost when the copy is no longer ours (checked in the store)."""
 
@@ -168,8 +170,8 @@ class Upstream:
         mail = smtp_client.address_command(b"MAIL FROM:", mail_from, options, encoding)
         rcpts = [smtp_client.address_command(b"RCPT TO:", r, [], encoding) for r in recipients]
         # RFC 2920: MAIL, every RCPT and DATA in one write, their replies read in order. With a fence
-        # DATA waits for its confirmation, so the group ends at the last RCPT.
-        data_in_group = client.pipelining and fence is None
+        # not yet confirmed DATA waits for its confirmation, so the group ends at the last RCPT.
+        data_in_group = client.pipelining and (fence is None or fence.confirmed)
         got: list[Reply] = []
         try:
             if client.pipelining:

@@ -11,6 +11,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import CertFiles, RecordingHandler, RecordingUpstream, free_port, message
 
 from relay.config import UpstreamConfig
+from relay.delivery import smtp_client
 from relay.delivery.upstream import Upstream
 from relay.errors import UpstreamRejected, UpstreamUnavailable
 from relay.metrics import Metrics
@@ -175,3 +176,47 @@ async def test_required_starttls_without_offer_is_unavailable(upstream: Recordin
         await up.send("orders@shop.example", ["a@example.nl"], message())
     await up.close()
     assert upstream.messages == []
+
+
+class CountingFence:
+    """An outbox copy's fence (relay.delivery.outbox): confirmed in the store before the send, or not yet."""
+
+    def __init__(self, confirmed: bool) -> None:
+        self.confirmed = confirmed
+        self.confirms = 0
+        self.checks = 0
+
+    async def confirm(self) -> None:
+        self.confirms += 1
+        self.confirmed = True
+
+    def check(self) -> None:
+        self.checks += 1
+
+
+async def test_a_fence_confirmed_before_the_send_lets_data_go_in_the_pipelined_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = RecordingUpstream()
+    sink.handler = PipeliningHandler()
+    sink.start()
+    up = client(sink)
+    writes: list[bytes] = []
+    write = smtp_client.Connection.write
+
+    def counted(self: smtp_client.Connection, data: bytes) -> None:
+        writes.append(data)
+        write(self, data)
+
+    try:
+        await up.send("orders@shop.example", ["warm@example.nl"], message())  # the pooled connection, greeted
+        monkeypatch.setattr(smtp_client.Connection, "write", counted)
+        later, ahead = CountingFence(confirmed=False), CountingFence(confirmed=True)
+        await up.send("orders@shop.example", ["a@example.nl"], message(), fence=later)
+        assert len(writes) == 3 and later.confirms == 1  # MAIL+RCPT, then DATA once confirmed, then the message
+        writes.clear()
+        await up.send("orders@shop.example", ["b@example.nl"], message(), fence=ahead)
+        assert len(writes) == 2 and writes[0].endswith(b"DATA\r\n")  # MAIL+RCPT+DATA, then the message
+        assert ahead.confirms == 0 and ahead.checks == 1  # its deadline is still checked before the message
+    finally:
+        await up.close()
+        sink.stop()
+    assert [m.rcpt_tos for m in sink.messages] == [["warm@example.nl"], ["a@example.nl"], ["b@example.nl"]]

@@ -116,9 +116,6 @@ class _Settler:
         self._start()
         return done
 
-    async def delivered(self, item_id: int) -> None:
-        await self.deliver(item_id)
-
     def _start(self) -> None:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush(), name="outbox-settle")

@@ -397,3 +397,21 @@ async def test_a_graceful_stop_gives_back_the_fenced_copies_it_did_not_send_as_n
     assert [r for _, (r,) in heir_up.sent] == ["r1@x.nl", "r2@x.nl"]
     assert not [e for e in logs if e["event"] == "outbox_maybe_delivered" or e.get("maybe_twice")]
     assert metrics.registry.get_sample_value("consent_relay_outbox_uncertain_total") == 0
+
+
+async def test_when_the_upstream_goes_away_during_a_large_claim_the_rest_is_given_back_not_deferred(store: Store) -> None:
+    time = Clocked(10_000)
+    up = FakeUpstream(config=UpstreamConfig(timeout=5, pool_size=2))  # 3 copies a lane at the 5 s timeout
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(40)], now=time.t)
+    assert await w.run_once() == 6  # delivered at once: the next claim takes 10 copies a lane
+    up.answers = [UpstreamUnavailable("down")] * 40
+    with structlog.testing.capture_logs() as logs:
+        assert await w.run_once() == 20
+    assert w.upstream_away and len(up.sent) == 6 + AWAY_AFTER  # away after 10: the other 10 were not tried
+    assert [e["copies"] for e in logs if e["event"] == "outbox_released"] == [20 - AWAY_AFTER]
+    # Given back at once and not marked as begun: another holder may take them, none of them uncertain.
+    again = await store.outbox.claim_due(now=time.t, owner="other", lease_seconds=15, limit=100)
+    assert len(again) == 40 - 6 - AWAY_AFTER and not any(c.interrupted_send for c in again)
+    assert sum(c.attempts for c in again) == 0  # the 10 deferred ones wait for their back-off
+    assert w.batch == 6  # and the next claim is a small one again

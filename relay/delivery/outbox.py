@@ -198,6 +198,7 @@ class OutboxWorker:
         self._depth_at = -math.inf
         self.settler = _Settler(self)
         self.held: dict[int, float] = {}  # copy id -> lease deadline, for the copies of the current claim
+        self._give_back: set[int] = set()  # copies of the current claim not sent, whose own write failed
         self._wake = (bell or OutboxBell()).event
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
@@ -314,6 +315,8 @@ class OutboxWorker:
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
+            unsent |= self._give_back
+            self._give_back = set()
             if unsent:
                 await self._release(list(unsent))
             self.held = {}
@@ -443,7 +446,7 @@ class OutboxWorker:
         except UpstreamRejected as exc:
             self.metrics.outbox_attempts.labels("refused").inc()
             self._answered()
-            await self.store.give_up(item.id, self.owner, error=exc.reply or str(exc))
+            await self._not_sent(item, self.store.give_up(item.id, self.owner, error=exc.reply or str(exc)))
             self.log.warning(
                 "outbox_refused", relay_id=item.relay_id, account=item.account, recipients=recipient_labels(item.rcpt_tos),
                 reply=exc.reply,
@@ -465,11 +468,22 @@ class OutboxWorker:
     async def _later(self, item: OutboxItem, error: str, now: float, *, uncertain: bool) -> None:
         age_hours = (now - item.created_at) / 3600.0
         if age_hours >= self.config.give_up_after_hours:
-            await self.store.give_up(item.id, self.owner, error=f"gave up after {age_hours:.0f} h: {error}")
+            write = self.store.give_up(item.id, self.owner, error=f"gave up after {age_hours:.0f} h: {error}")
+            await (write if uncertain else self._not_sent(item, write))
             self.log.error("outbox_gave_up", relay_id=item.relay_id, account=item.account, error=error)
             return
         next_at = now + backoff_seconds(self.config, item.attempts + 1)
-        await self.store.retry_later(item.id, self.owner, next_attempt_at=next_at, error=error, uncertain=uncertain)
+        write = self.store.retry_later(item.id, self.owner, next_attempt_at=next_at, error=error, uncertain=uncertain)
+        await (write if uncertain else self._not_sent(item, write))
+
+    async def _not_sent(self, item: OutboxItem, write: Awaitable[None]) -> None:
+        """The write for a copy that surely did not go out. When it fails, the copy is given back with
+        the claim's unsent copies, its fence undone: the claim's fence must not make it look begun."""
+        try:
+            await write
+        except StoreUnavailable:
+            self._give_back.add(item.id)
+            raise
 
 
 def _done() -> asyncio.Future[float]:

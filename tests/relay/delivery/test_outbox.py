@@ -15,7 +15,7 @@ import structlog.testing
 from relay.config import OutboxConfig, StoreConfig, UpstreamConfig
 from relay.delivery.outbox import AWAY_AFTER, OutboxWorker, backoff_seconds
 from relay.delivery.upstream import Upstream, UpstreamResult
-from relay.errors import UpstreamRejected, UpstreamUnavailable
+from relay.errors import StoreUnavailable, UpstreamRejected, UpstreamUnavailable
 from relay.metrics import Metrics
 from relay.services import Clock
 from relay.store import open_store_for
@@ -415,3 +415,24 @@ async def test_when_the_upstream_goes_away_during_a_large_claim_the_rest_is_give
     assert len(again) == 40 - 6 - AWAY_AFTER and not any(c.interrupted_send for c in again)
     assert sum(c.attempts for c in again) == 0  # the 10 deferred ones wait for their back-off
     assert w.batch == 6  # and the next claim is a small one again
+
+
+async def test_a_copy_not_sent_whose_write_failed_is_given_back_as_not_begun(store: Store) -> None:
+    # The claim's fence marked it begun; it was deferred at RCPT, and the store refused the write
+    # that says so. Its claim gives it back with its fence undone: no "maybe delivered" later.
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("450 mailbox busy")])
+    w = worker(store, up, time)
+    await store.outbox.enqueue([copy()], now=time.t)
+    retry_later = store.outbox.retry_later
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("store write lock timed out")
+
+    store.outbox.retry_later = failing  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await w.run_once()
+    store.outbox.retry_later = retry_later  # type: ignore[method-assign]
+    time.t += CONFIG.lease_seconds  # whether given back at once or after its lease
+    (again,) = await store.outbox.claim_due(now=time.t, owner="other", lease_seconds=15, limit=10)
+    assert not again.interrupted_send and again.uncertain == 0

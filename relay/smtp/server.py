@@ -163,8 +163,24 @@ def _has_long_line(body: bytes) -> bool:
 
 _log = aiosmtpd.smtp.log
 _SMTP_FUNCTIONS: dict[type, dict[str, Any]] = {}
-_ASCII_REPLIES: dict[str, bytes] = {}
-_UTF8_REPLIES: dict[str, bytes] = {}
+# A reply ready to send: its bytes, and whether push() holds it back: a line of a multi-line reply
+# waits for its last line, a 250 waits while the client's next command is already in the buffer.
+_SEND, _HOLD, _HOLD_IF_PIPELINED = "send", "hold", "hold if pipelined"
+
+
+def _reply(line: bytes) -> tuple[bytes, str]:
+    last = line[line.rfind(b"\n", 0, -1) + 1 :]
+    if last[3:4] == b"-":
+        return line, _HOLD
+    return line, _HOLD_IF_PIPELINED if last[:4] == b"250 " else _SEND
+
+
+def _encoded(status: str, encoding: str) -> tuple[bytes, str]:
+    return _reply(replies.with_enhanced_code(status).encode(encoding) + b"\r\n")
+
+
+_ASCII_REPLIES: dict[str, tuple[bytes, str]] = {}
+_UTF8_REPLIES: dict[str, tuple[bytes, str]] = {}
 
 
 # An address in angle brackets whose local part is a dot-atom and whose domain is a plain host name:
@@ -534,22 +550,28 @@ class RelaySMTP(SMTP):
         at once, with whatever waited before it."""
         if isinstance(status, str):
             cache = _UTF8_REPLIES if self.enable_SMTPUTF8 else _ASCII_REPLIES
-            line = cache.get(status)
-            if line is None:
-                line = replies.with_enhanced_code(status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+            reply = cache.get(status)
+            if reply is None:
+                reply = _encoded(status, "utf-8" if self.enable_SMTPUTF8 else "ascii")
                 if len(cache) >= _MAX_CACHED_REPLIES:
                     cache.clear()
-                cache[status] = line
+                cache[status] = reply
         else:
             assert isinstance(status, bytes)
-            line = status + b"\r\n"
-        self._unsent += line
-        last = line[line.rfind(b"\n", 0, -1) + 1 :]
-        if last[3:4] == b"-" or (last[:4] == b"250 " and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            reply = _reply(status + b"\r\n")
+        line, hold = reply
+        if hold is _HOLD or (hold is _HOLD_IF_PIPELINED and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            self._unsent += line
             return
-        self._flush()
-        # StreamWriter.drain() returns at once unless writing is paused or the connection is going
+        unsent = self._unsent
+        if unsent:
+            unsent += line
+            line = unsent
+            self._unsent = bytearray()
         transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(line)  # type: ignore[attr-defined]
+        # StreamWriter.drain() returns at once unless writing is paused or the connection is going
         if self._paused or self._connection_lost or transport is None or transport.is_closing():
             await self._writer.drain()
 
@@ -560,6 +582,26 @@ class RelaySMTP(SMTP):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(unsent)  # type: ignore[attr-defined]
 
+    def data_received(self, data: bytes) -> None:
+        """StreamReaderProtocol.data_received and StreamReader.feed_data in one call (once per segment)."""
+        reader = self.__dict__.get("_reader")
+        if reader is None or reader._eof or not data:
+            super().data_received(data)  # a refused connection's reader; the assertion after EOF
+            return
+        buffer = reader._buffer
+        buffer += data
+        waiter = reader._waiter
+        if waiter is not None:
+            reader._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if len(buffer) > 2 * reader._limit and not reader._paused and reader._transport is not None:
+            try:
+                reader._transport.pause_reading()
+            except NotImplementedError:  # the transport cannot pause: buffer everything
+                reader._transport = None
+            else:
+                reader._paused = True
 
     def eof_received(self) -> bool | None:
         self._flush()  # the client half-closed after a pipelined group: it may still read the replies

@@ -437,20 +437,20 @@ class RelaySMTP(SMTP):
                             except asyncio.LimitOverrunError as e:
                                 await reader.read(e.consumed)
                                 continue
-                        await self.push("500 Command line too long")
+                        await self.push(replies.COMMAND_TOO_LONG)
                         continue
                 if verbose:
                     aiosmtpd.smtp.sanitized_log(_log.debug, "_handle_client readline: %r", line)
                     aiosmtpd.smtp.sanitized_log(_log.info, "%r >> %r", self.session.peer, line.rstrip(b"\r\n"))
                 line = line.rstrip(b"\r\n")
                 if not line:
-                    await self.push("500 Error: bad syntax")
+                    await self.push(replies.COMMAND_BAD_SYNTAX)
                     continue
                 command_bytes, _, arg_bytes = line.partition(b" ")
                 try:
                     command = command_bytes.upper().decode("ascii")
                 except UnicodeDecodeError:
-                    await self.push("500 Error: bad syntax")
+                    await self.push(replies.COMMAND_BAD_SYNTAX)
                     continue
                 arg: str | None
                 if not arg_bytes:
@@ -463,23 +463,23 @@ class RelaySMTP(SMTP):
                         try:
                             arg = str(arg_bytes, encoding="ascii", errors="strict")
                         except UnicodeDecodeError:
-                            await self.push("500 Error: strict ASCII mode")
+                            await self.push(replies.COMMAND_NOT_ASCII)
                             continue
                 max_sz = self.command_size_limits[command] if self.session.extended_smtp else self.command_size_limit
                 if len(line) > max_sz:
-                    await self.push("500 Command line too long")
+                    await self.push(replies.COMMAND_TOO_LONG)
                     continue
                 if not self._tls_handshake_okay and command != "QUIT":
-                    await self.push("554 Command refused due to lack of security")
+                    await self.push(replies.COMMAND_AFTER_FAILED_TLS)
                     continue
                 if self.require_starttls and not self._tls_protocol and command not in aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS:
-                    await self.push("530 Must issue a STARTTLS command first")
+                    await self.push(replies.COMMAND_BEFORE_STARTTLS)
                     continue
                 if self._enforce_call_limit:
                     budget = call_limit[command]
                     if budget < 1:
                         _log.warning("%r over limit for %s", self.session.peer, command)
-                        await self.push(f"421 4.7.0 {command} sent too many times")
+                        await self.push(replies.command_over_call_limit(command))
                         self.transport.close()
                         continue
                     call_limit[command] = budget - 1
@@ -489,10 +489,10 @@ class RelaySMTP(SMTP):
                     bogus_budget -= 1
                     if bogus_budget < 1:
                         _log.warning("%r too many bogus commands", self.session.peer)
-                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        await self.push(replies.TOO_MANY_UNKNOWN_COMMANDS)
                         self.transport.close()
                         continue
-                    await self.push(f'500 Error: command "{command}" not recognized')
+                    await self.push(replies.unknown_command(command))
                     continue
                 self._reset_timeout()  # a valid command
                 await method(self, arg)
@@ -511,9 +511,9 @@ class RelaySMTP(SMTP):
                 except Exception as inner_error:
                     try:
                         _log.exception("%r Exception in handle_exception()", self.session.peer)
-                        status = f"500 Error: ({inner_error.__class__.__name__}) {inner_error}"
+                        status = replies.session_error(inner_error)
                     except Exception:
-                        status = "500 Error: Cannot describe error"
+                        status = replies.UNDESCRIBABLE_ERROR
                 finally:
                     if isinstance(error, aiosmtpd.smtp.TLSSetupException):
                         self.transport.close()

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import BOGUS_LIMIT, MISSING, SMTP, _AuthMechAttr, syntax
@@ -211,20 +211,44 @@ def _command_size_limit() -> int:
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> None:
+    @classmethod
+    def factory(cls, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> Callable[[], RelaySMTP]:
+        """A listener's protocol factory: SMTP.__init__'s work on `kwargs` is done here, once, and each
+        connection's session starts from it (see __init__)."""
+        template = cls._template(handler, kwargs)
+        return lambda: cls(handler, limits=limits, data_timeout=data_timeout, template=template)
+
+    @classmethod
+    def _template(cls, handler: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What SMTP.__init__ sets from the listener's settings (a first session's attributes less what
+        belongs to its connection), with the member names the lazily bound tables need."""
+        first = cls.__new__(cls)
+        SMTP.__init__(first, handler, **kwargs)
+        first._note_member_names(handler)
+        return {k: v for k, v in first.__dict__.items() if k not in _PER_CONNECTION}
+
+    def __init__(
+        self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0,
+        template: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
         """aiosmtpd's SMTP.__init__ derives the same tables, warnings and log line for every connection
-        of a listener (its own share of a short session's CPU): done once per listener settings, and
-        each connection copies the result. Its per-connection state is made fresh, as SMTP.__init__
-        makes it; the handler's hooks are read from the handler each time, as aiosmtpd reads them."""
-        template = None
-        key: tuple[Any, ...] | None = None
-        if kwargs.get("loop") is not None:  # without one, SMTP.__init__ picks the current loop: not cacheable
-            key = (type(self), id(handler), *sorted(kwargs.items()))
+        of a listener (its own share of a short session's CPU): done once per listener settings
+        (`factory`, or a cache of the settings seen), and each connection copies the result. Its
+        per-connection state is made fresh, as SMTP.__init__ makes it; the handler's hooks are read
+        from the handler each time, as aiosmtpd reads them."""
+        if template is None and kwargs.get("loop") is not None:  # without a loop SMTP.__init__ picks one
+            key = (type(self), id(handler), *kwargs.items())
             try:
                 template = _TEMPLATES.get(key)
             except TypeError:  # an unhashable setting (a dict of call limits, a list of mechanisms)
-                key = None
-        if template is not None and template["event_handler"] is handler:
+                pass
+            else:
+                if template is None or template["event_handler"] is not handler:
+                    if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                        _TEMPLATES.clear()
+                    template = _TEMPLATES[key] = self._template(handler, kwargs)
+        if template is not None:
+            assert template["event_handler"] is handler
             loop = template["loop"]
             asyncio.StreamReaderProtocol.__init__(
                 self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
@@ -242,13 +266,7 @@ class RelaySMTP(SMTP):
             self._handle_hooks = {m.replace("handle_", ""): getattr(handler, m) for m in template["_hook_names"]}
         else:
             super().__init__(handler, **kwargs)
-            self._smtp_names = tuple(self.__dict__["_smtp_bound"])
-            self._auth_names = self._auth_members(handler)
-            self._hook_names = tuple(m for m in _MEMBERS.names(handler) if m.startswith("handle_"))
-            if key is not None:
-                if len(_TEMPLATES) >= _MAX_TEMPLATES:
-                    _TEMPLATES.clear()
-                _TEMPLATES[key] = {k: v for k, v in self.__dict__.items() if k not in _PER_CONNECTION}
+            self._note_member_names(handler)
         # SMTP keeps these on the class: every new connection cleared them, every EHLO (of any
         # session) raised MAIL's. Each session has its own: 512 octets, MAIL's raised by its EHLO.
         self.command_size_limits = collections.defaultdict(_command_size_limit)
@@ -262,6 +280,11 @@ class RelaySMTP(SMTP):
         self._deadline: float | None = None
         self._data_deadline: float | None = None
         self._timer_at: float | None = None
+
+    def _note_member_names(self, handler: Any) -> None:
+        self._smtp_names = tuple(self.__dict__["_smtp_bound"])
+        self._auth_names = self._auth_members(handler)
+        self._hook_names = tuple(m for m in _MEMBERS.names(handler) if m.startswith("handle_"))
 
     def _auth_members(self, handler: Any) -> tuple[tuple[str, str, bool], ...]:
         """(mechanism, member name, built in) for each entry of the AUTH table SMTP.__init__ made,

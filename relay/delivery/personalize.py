@@ -16,10 +16,11 @@ import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from policies import mime
 
-__all__ = ["LIST_HEADERS", "CopyTemplate", "personalize", "prepare", "strip_header"]
+__all__ = ["LIST_HEADERS", "CopyTemplate", "CopyTemplates", "Rendered", "personalize", "prepare", "strip_header"]
 
 # An application's own copies of these are dropped; the relay sets exactly one each.
 LIST_HEADERS: frozenset[str] = frozenset(
@@ -90,29 +91,94 @@ class _Slot:
         return data
 
 
-@dataclass(frozen=True)
+class Rendered(NamedTuple):
+    """A copy as CopyTemplate.render_split makes it: its bytes and, without a second parse, what a
+    reader of its header block finds (policies.mime.read_head): every named field in order as (lower-case
+    name, its bytes with line ends), and where its body starts. `fields` is None when the template
+    cannot vouch for that (a header block without a line end at its end)."""
+
+    message: bytes
+    fields: list[tuple[str, bytes]] | None
+    body_start: int
+    eol: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What a message holds from the end of its header block on, parsed: the blank line and body as
+    constant segments around the slots (offsets from the end of the header block). The same for
+    every message with the same MIME fields and body, so CopyTemplates parses it once for them all."""
+
+    segments: tuple[bytes, ...]  # one more than slots: the bytes before, between and after them
+    slots: tuple[_Slot, ...]
+    blank: int  # length of the empty line that ends the header block
+
+
+@dataclass(frozen=True, slots=True)
 class CopyTemplate:
     """A message parsed once; `render` makes each recipient's copy."""
 
     head: bytes  # header fields without the list headers
     needs_eol: bool  # the header block did not end with a line end
     eol: bytes
-    raw: bytes
-    rest_start: int  # the blank line and body follow from here
-    slots: tuple[_Slot, ...]
+    body: _Body
+    fields: tuple[tuple[str, bytes], ...]  # the named fields of `head`: (lower-case name, bytes)
 
     def render(self, *, headers: Sequence[tuple[str, str]], url: str) -> bytes:
+        return self.render_split(headers=headers, url=url).message
+
+    def render_split(self, *, headers: Sequence[tuple[str, str]], url: str) -> Rendered:
+        formatted = [_format_header(name, value, self.eol) for name, value in headers]
         out = [self.head]
         if self.needs_eol and headers:
             out.append(self.eol)
-        out.extend(_format_header(name, value, self.eol) for name, value in headers)
-        pos = self.rest_start
-        for slot in self.slots:
-            out.append(self.raw[pos : slot.start])
+        out.extend(formatted)
+        body = self.body
+        segments = body.segments
+        out.append(segments[0])
+        for slot, after in zip(body.slots, segments[1:]):
             out.append(slot.render(url))
-            pos = slot.end
-        out.append(self.raw[pos:])
-        return b"".join(out)
+            out.append(after)
+        message = b"".join(out)
+        if self.needs_eol:
+            return Rendered(message, None, 0, self.eol)
+        fields = list(self.fields)
+        fields.extend((name.lower(), field) for (name, _), field in zip(headers, formatted))
+        body_start = len(self.head) + sum(map(len, formatted)) + body.blank
+        return Rendered(message, fields, body_start, self.eol)
+
+
+class CopyTemplates:
+    """prepare() for the messages of one relay: the body's parse (its text parts, their pieces and
+    quoted-printable lines) is kept for the last few bodies, so a campaign's messages, the same body
+    for thousands of messages, parse it once. Only bodies up to MAX_BODY bytes are kept."""
+
+    MAX_BODY = 256 * 1024
+    MAX_ENTRIES = 16
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, bytes, tuple[bytes, ...], bytes], _Body] = {}
+
+    def prepare(self, raw: bytes, *, placeholder: str) -> CopyTemplate:
+        return prepare(raw, placeholder=placeholder, bodies=self)
+
+    def _body(self, raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Body:
+        rest = raw[top.end :]
+        if len(rest) > self.MAX_BODY:
+            return _parse_body(raw, top, placeholder, eol)
+        # What the parse reads: the body, and of the header block only its MIME fields (part_head).
+        mime_fields = tuple(raw[f.start : f.end] for f in top.fields if f.name in _MIME_FIELDS)
+        key = (placeholder, eol, mime_fields, rest)
+        body = self._bodies.pop(key, None)
+        if body is None:
+            body = _parse_body(raw, top, placeholder, eol)
+            if len(self._bodies) >= self.MAX_ENTRIES:
+                del self._bodies[next(iter(self._bodies))]  # the least recently used
+        self._bodies[key] = body
+        return body
+
+
+_MIME_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
 
 
 def personalize(
@@ -122,25 +188,36 @@ def personalize(
     return prepare(raw, placeholder=placeholder).render(headers=headers, url=url)
 
 
-def prepare(raw: bytes, *, placeholder: str) -> CopyTemplate:
+def prepare(raw: bytes, *, placeholder: str, bodies: CopyTemplates | None = None) -> CopyTemplate:
     eol = mime.eol_of(raw)
     top = mime.read_head(raw)
-    head = b"".join(raw[f.start : f.end] for f in top.fields if f.name not in LIST_HEADERS)
-    slots: list[_Slot] = []
-    if placeholder:
-        for part in mime.walk(raw, into_messages=False):
-            if part.kind in (mime.PLAIN, mime.HTML) and not part.attached:
-                slot = _text_slot(part, placeholder, eol)
-                if slot is not None:
-                    slots.append(slot)
+    kept = [f for f in top.fields if f.name not in LIST_HEADERS]
+    head = b"".join(raw[f.start : f.end] for f in kept)
+    body = _parse_body(raw, top, placeholder, eol) if bodies is None else bodies._body(raw, top, placeholder, eol)
     return CopyTemplate(
         head=head,
         needs_eol=bool(head) and not head.endswith(b"\n"),
         eol=eol,
-        raw=raw,
-        rest_start=top.end,
-        slots=tuple(slots),
+        body=body,
+        fields=tuple((f.name, raw[f.start : f.end]) for f in kept if f.name),
     )
+
+
+def _parse_body(raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Body:
+    slots: list[_Slot] = []
+    if placeholder:
+        for part in mime.walk(raw, into_messages=False):
+            if part.kind in (mime.PLAIN, mime.HTML) and not part.attached:
+                slot = _text_slot(part, placeholder, eol, top.end)
+                if slot is not None:
+                    slots.append(slot)
+    segments = []
+    pos = top.end
+    for slot in slots:
+        segments.append(raw[pos : slot.start + top.end])
+        pos = slot.end + top.end
+    segments.append(raw[pos:])
+    return _Body(tuple(segments), tuple(slots), top.body_start - top.end)
 
 
 def strip_header(raw: bytes, name: str, *more: str) -> bytes:
@@ -158,7 +235,8 @@ def prepend_header(raw: bytes, name: str, value: str) -> bytes:
     return f"{name}: {value}".encode("ascii") + mime.eol_of(raw) + raw
 
 
-def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
+def _text_slot(part: mime.Part, placeholder: str, eol: bytes, offset: int = 0) -> _Slot | None:
+    """The slot of a text part holding the placeholder, its offsets made relative to `offset`."""
     body = part.buf[part.start : part.end]
     line_length = 76
     encoding = part.head.encoding
@@ -187,8 +265,8 @@ def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
             return None
         pieces = tuple(text.split(placeholder))
     return _Slot(
-        start=part.start,
-        end=part.end,
+        start=part.start - offset,
+        end=part.end - offset,
         html=part.kind == mime.HTML,
         pieces=pieces,
         charset=codec,

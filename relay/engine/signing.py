@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from relay.delivery.dkim import DkimKey, DkimSigner, SigningJob
+from relay.delivery.dkim import DkimKey, DkimSigner, SigningJob, SplitMessage
 from relay.engine.helper import Helper, HelperJobFailed, HelperUnavailable
 from relay.metrics import Metrics
 
@@ -26,16 +26,17 @@ class CopySigner:
         """In the order the helper's setup lists them: jobs name keys by position."""
         return self.signer.keys
 
-    async def sign(self, messages: Sequence[bytes]) -> list[bytes]:
+    async def sign(self, messages: Sequence[bytes | SplitMessage]) -> list[bytes]:
+        """The messages signed; a SplitMessage (a copy whose fields its template knows) is not read again."""
         jobs = self.signer.prepare_all(messages)  # copies of one message: what they share, once
         work = [job for job in jobs if job is not None]
         if not work:
-            return list(messages)
+            return [m.message if isinstance(m, SplitMessage) else m for m in messages]
         signatures = await self._signatures(work)
         out, at = [], 0
         for message, job in zip(messages, jobs):
             if job is None:
-                out.append(message)
+                out.append(message.message if isinstance(message, SplitMessage) else message)
                 continue
             n = len(job.digests)
             out.append(job.finish(signatures[at : at + n]))

@@ -14,7 +14,7 @@ import base64
 import binascii
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -159,8 +159,10 @@ class CopyTemplates:
     def __init__(self) -> None:
         self._bodies: dict[tuple[str, bytes, tuple[bytes, ...], bytes], _Body] = {}
 
-    def prepare(self, raw: bytes, *, placeholder: str) -> CopyTemplate:
-        return prepare(raw, placeholder=placeholder, bodies=self)
+    def prepare(
+        self, raw: bytes, *, placeholder: str, first: tuple[str, str] | None = None, drop: Collection[str] = ()
+    ) -> CopyTemplate:
+        return prepare(raw, placeholder=placeholder, bodies=self, first=first, drop=drop)
 
     def _body(self, raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Body:
         rest = raw[top.end :]
@@ -188,18 +190,44 @@ def personalize(
     return prepare(raw, placeholder=placeholder).render(headers=headers, url=url)
 
 
-def prepare(raw: bytes, *, placeholder: str, bodies: CopyTemplates | None = None) -> CopyTemplate:
-    eol = mime.eol_of(raw)
+def prepare(
+    raw: bytes,
+    *,
+    placeholder: str,
+    bodies: CopyTemplates | None = None,
+    first: tuple[str, str] | None = None,
+    drop: Collection[str] = (),
+) -> CopyTemplate:
+    """The template of `raw`; with `drop` and `first`, of prepend_header(strip_header(raw, *drop),
+    *first) (the relay id of relay.engine.copies.with_relay_id), from one reading of the header block."""
     top = mime.read_head(raw)
-    kept = [f for f in top.fields if f.name not in LIST_HEADERS]
+    fields = top.fields
+    wanted = {name.lower() for name in drop}
+    if wanted:
+        if wanted & _MIME_FIELDS:
+            raise ValueError("the MIME fields of a template's message cannot be dropped")
+        fields = tuple(f for f in fields if f.name not in wanted)
+    if len(fields) == len(top.fields):
+        eol = mime.eol_of(raw)
+    else:  # strip_header's message starts with its first field kept, or with the empty line
+        eol = mime.eol_of(b"".join(raw[f.start : f.end] for f in fields[:1]) + raw[top.end : top.end + 2])
+    kept = [f for f in fields if f.name not in LIST_HEADERS]
     head = b"".join(raw[f.start : f.end] for f in kept)
+    named = [(f.name, raw[f.start : f.end]) for f in kept if f.name]
+    if first is not None:
+        name, value = first
+        if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid header field {name!r}")
+        line = f"{name}: {value}".encode("ascii") + eol
+        head = line + head
+        named.insert(0, (name.lower(), line))
     body = _parse_body(raw, top, placeholder, eol) if bodies is None else bodies._body(raw, top, placeholder, eol)
     return CopyTemplate(
         head=head,
         needs_eol=bool(head) and not head.endswith(b"\n"),
         eol=eol,
         body=body,
-        fields=tuple((f.name, raw[f.start : f.end]) for f in kept if f.name),
+        fields=tuple(named),
     )
 
 

@@ -65,9 +65,9 @@ class CopyMaker:
         recipients: Sequence[str],
     ) -> AsyncIterator[Copy]:
         """The copies, made as the caller takes them (relay.delivery.carrier.deliver)."""
-        raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.links is None:
+            raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
             (signed,) = await self.signer.sign([raw])
             if self.links is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
                 yield Copy(tuple(recipients), signed)
@@ -77,7 +77,13 @@ class CopyMaker:
                 yield Copy((rcpt,), signed, await self._verp(txn, rcpt))
             return
         issued = int(facts.now.timestamp())
-        template = self.templates.prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # render per recipient
+        # Parsed once (the body once for a campaign), rendered per recipient: with_relay_id's message.
+        template = self.templates.prepare(
+            raw,
+            placeholder=self.config.unsubscribe.placeholder,
+            first=(RELAY_ID_HEADER, txn.relay_id),
+            drop=(RELAY_ID_HEADER, STREAM_HEADER),
+        )
         verp = self.config.bounces.verp
         domain = self.config.unsubscribe.mailto_domain
         for start in range(0, len(recipients), COPY_WINDOW):

@@ -229,8 +229,8 @@ class DkimSigner:
             if body_hash is None:
                 body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
                 shared.body_hashes[body] = body_hash
-            names = shared.names(fields)
-            signed = _signed_header_data(fields, names, shared.canonical)
+            names, picks = shared.names(fields)
+            signed = _signed_header_data(fields, picks, shared.canonical)
             unsigned = [shared.fold_start(key, timestamp, names).finish(body_hash, eol) for key in keys]
             digests = [hashlib.sha256(signed + _relaxed_header(field)).digest() for field in unsigned]
             jobs.append(SigningJob(message, keys, unsigned, digests, eol))
@@ -311,26 +311,32 @@ def _relaxed_header(raw: bytes) -> bytes:
     return name.rstrip(b" \t").lower() + b":" + value
 
 
-def _signed_header_data(fields: Fields, names: list[str], canonical: dict[bytes, bytes] | None = None) -> bytes:
-    # RFC 6376 §5.4.2: repeated names take instances from the bottom up; a name with
-    # no instance left contributes nothing (that is what makes over-signing work).
-    # `canonical`: the relaxed form (with CRLF) of fields already seen, by their bytes.
-    signed = set(names)
-    remaining: dict[str, list[bytes]] = {}
-    for name, raw in fields:
-        if name in signed:
-            remaining.setdefault(name, []).append(raw)
-    out: list[bytes] = []
+def _picks(fields: Fields, names: list[str]) -> tuple[int, ...]:
+    """Which field each name of h= signs, by its index in `fields`: RFC 6376 §5.4.2, repeated names
+    take instances from the bottom up; a name with no instance left signs nothing (that is what
+    makes over-signing work). The same for every message with the same field names."""
+    remaining: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(fields):
+        remaining.setdefault(name, []).append(i)
+    picks = []
     for name in names:
         stack = remaining.get(name)
         if stack:
-            raw = stack.pop()
-            line = None if canonical is None else canonical.get(raw)
-            if line is None:
-                line = _relaxed_header(raw) + b"\r\n"
-                if canonical is not None and len(raw) <= _MEMO_FIELD_BYTES:
-                    canonical[raw] = line
-            out.append(line)
+            picks.append(stack.pop())
+    return tuple(picks)
+
+
+def _signed_header_data(fields: Fields, picks: tuple[int, ...], canonical: dict[bytes, bytes]) -> bytes:
+    # `canonical`: the relaxed form (with CRLF) of fields already seen, by their bytes.
+    out: list[bytes] = []
+    for i in picks:
+        raw = fields[i][1]
+        line = canonical.get(raw)
+        if line is None:
+            line = _relaxed_header(raw) + b"\r\n"
+            if len(raw) <= _MEMO_FIELD_BYTES:
+                canonical[raw] = line
+        out.append(line)
     return b"".join(out)
 
 
@@ -344,7 +350,7 @@ class _Shared:
         self.from_keys: dict[bytes | None, tuple[DkimKey, ...]] = {}
         self.canonical: dict[bytes, bytes] = {}
         self.body_hashes: dict[bytes, str] = {}
-        self.names_by: dict[tuple[str, ...], list[str]] = {}
+        self.names_by: dict[tuple[str, ...], tuple[list[str], tuple[int, ...]]] = {}
         self.starts: dict[tuple[int, int, tuple[str, ...]], _FoldStart] = {}
         self.timestamp: int | None = None
 
@@ -372,12 +378,14 @@ class _Shared:
                 self.from_keys[first_from] = keys
         return keys
 
-    def names(self, fields: Fields) -> list[str]:
+    def names(self, fields: Fields) -> tuple[list[str], tuple[int, ...]]:
+        """The h= list of a message with these fields, and the field each name signs (_picks)."""
         present = tuple([name for name, _ in fields])
-        names = self.names_by.get(present)
-        if names is None:
-            names = self.names_by[present] = _header_names(fields)
-        return names
+        found = self.names_by.get(present)
+        if found is None:
+            names = _header_names(fields)
+            found = self.names_by[present] = (names, _picks(fields, names))
+        return found
 
     def fold_start(self, key: DkimKey, timestamp: int, names: list[str]) -> _FoldStart:
         memo = (id(key), timestamp, tuple(names))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import html
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from policies import mime
@@ -52,6 +53,17 @@ class _Slot:
     # Quoted-printable only, when the pieces allow it (_qp_lines): the part's lines encoded once,
     # a tuple of raw pieces for each line the URL goes into (joined by it and encoded per copy).
     qp_lines: tuple[bytes | tuple[bytes, ...], ...] | None = None
+    # qp_lines with the message's line ends, when no line without the URL holds a delimiter (else
+    # _no_leading_dashes must see the whole part): a copy joins them as they are.
+    qp_wire: tuple[bytes | tuple[bytes, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.qp_lines is None or self.transfer_encoding != "quoted-printable":
+            return
+        fixed = [line for line in self.qp_lines if isinstance(line, bytes)]
+        if not any(delimiter in line for line in fixed for delimiter, _ in self.delimiters):
+            wire = tuple(line.replace(b"\n", self.eol) if isinstance(line, bytes) else line for line in self.qp_lines)
+            object.__setattr__(self, "qp_wire", wire)
 
     def render(self, url: str) -> bytes:
         out = self._encode(url)
@@ -65,6 +77,21 @@ class _Slot:
 
     def _encode(self, url: str) -> bytes:
         value = html.escape(url, quote=True) if self.html else url
+        if self.qp_wire is not None and "\r" not in value and "\n" not in value:
+            # What _encode_whole gives: a delimiter never spans lines, so only the URL's lines need a look.
+            url_bytes = value.encode(self.charset, "strict")
+            out = []
+            for line in self.qp_wire:
+                if not isinstance(line, bytes):
+                    line = binascii.b2a_qp(url_bytes.join(line), istext=True)
+                    if any(delimiter in line for delimiter, _ in self.delimiters):
+                        return self._encode_whole(value)
+                    line = line.replace(b"\n", self.eol)
+                out.append(line)
+            return b"".join(out)
+        return self._encode_whole(value)
+
+    def _encode_whole(self, value: str) -> bytes:
         if self.pieces and isinstance(self.pieces[0], str):
             data = value.join(self.pieces).encode(self.charset)  # type: ignore[arg-type]
         else:
@@ -143,7 +170,7 @@ class CopyTemplate:
         if self.needs_eol:
             return Rendered(message, None, 0, self.eol)
         fields = list(self.fields)
-        fields.extend((name.lower(), field) for (name, _), field in zip(headers, formatted))
+        fields.extend((name.lower(), line) for (name, _), line in zip(headers, formatted))
         body_start = len(self.head) + sum(map(len, formatted)) + body.blank
         return Rendered(message, fields, body_start, self.eol)
 
@@ -373,6 +400,7 @@ def _no_leading_dash(line: bytes) -> bytes:
     return b"\n".join(out)
 
 
+@functools.lru_cache(maxsize=256)  # List-Id, List-Unsubscribe-Post: the same in every copy
 def _format_header(name: str, value: str, eol: bytes) -> bytes:
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"invalid header name {name!r}")

@@ -249,3 +249,13 @@ def test_id_tokens_are_base32_of_the_id_and_a_truncated_hmac_sha256() -> None:
         id_bytes = delivery_id.to_bytes(max(1, (delivery_id.bit_length() + 7) // 8), "big")
         mac = hmac.new(NEW, context + id_bytes, hashlib.sha256).digest()[:16]
         assert issue(delivery_id) == base64.b32encode(id_bytes + mac).rstrip(b"=").decode().lower()
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=80))
+def test_id_tokens_base32_is_the_standard_librarys(data: bytes) -> None:
+    import base64
+
+    from relay.unsubscribe.tokens import _b32_lower
+
+    assert _b32_lower(data) == base64.b32encode(data).rstrip(b"=").decode("ascii").lower()

@@ -28,6 +28,7 @@ __all__ = [
     "DkimSigner",
     "OVERSIGNED_HEADERS",
     "SIGNED_HEADERS",
+    "SplitMessage",
     "dkim_dns_record",
     "load_dkim_key",
 ]
@@ -161,17 +162,17 @@ class _Field(NamedTuple):  # a tuple: built for every header of every copy
     raw: bytes  # the whole field with its continuation lines and line ends
 
 
+Fields = Sequence[tuple[str, bytes]]  # (lower-case name, the field's bytes with line ends), in order
+
+
 class SplitMessage(NamedTuple):
     """A message whose header block is read already, as _split reads it (relay.delivery.personalize
     renders copies from one parse of their message): prepare_all takes its fields as they are."""
 
     message: bytes
-    fields: Sequence[tuple[str, bytes]]  # every named field, in order: (lower-case name, its bytes)
+    fields: Fields  # every named field
     body_start: int
     eol: bytes
-
-
-Fields = Sequence[tuple[str, bytes]]  # (lower-case name, the field's bytes with line ends), in order
 
 # Bounds of what a DkimSigner keeps from one message for the next (_Shared.renewed).
 _MEMO_ENTRIES = 1024

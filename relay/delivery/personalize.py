@@ -4,8 +4,8 @@ Works on byte ranges of the original message, so every byte outside the replaced
 headers and the text parts that contain the placeholder stays exactly as it was.
 The structure is policies.mime's, the one the rules read: the placeholder is filled in
 exactly the body text parts (plain and HTML) the rules saw, never inside an attached
-message or an attachment. `prepare()` parses once per message; `CopyTemplate.render()`
-is the cheap per-copy step.
+message or an attachment. `prepare()` parses once per message (CopyTemplates: the body once
+for the messages that share it); `CopyTemplate.render()` is the cheap per-copy step.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class CopyTemplates:
     quoted-printable lines) is kept for the last few bodies, so a campaign's messages, the same body
     for thousands of messages, parse it once. Only bodies up to MAX_BODY bytes are kept."""
 
-    MAX_BODY = 256 * 1024
+    MAX_BODY = 128 * 1024  # a newsletter's size (Gmail clips beyond 102 KB); a kept body holds a few times it
     MAX_ENTRIES = 16
 
     def __init__(self) -> None:

@@ -3,7 +3,7 @@ in one round trip to the helper process (inline when there is none or it is down
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from relay.delivery.dkim import DkimKey, DkimSigner, SigningJob, SplitMessage
 from relay.engine.helper import Helper, HelperJobFailed, HelperUnavailable
@@ -20,6 +20,7 @@ class CopySigner:
         # transaction and when [smtp] helper_process is off.
         self.helper_now = helper_now
         self._index = {id(key): i for i, key in enumerate(signer.keys)}
+        self._counters: dict[str, Any] = {}
 
     @property
     def keys(self) -> tuple[DkimKey, ...]:
@@ -59,4 +60,7 @@ class CopySigner:
 
     def _count(self, ran: str) -> None:
         if self.metrics is not None:
-            self.metrics.helper_jobs.labels("sign", ran).inc()
+            counter = self._counters.get(ran)
+            if counter is None:  # labels() takes a lock and builds its key each time: once per kind
+                counter = self._counters[ran] = self.metrics.helper_jobs.labels("sign", ran)
+            counter.inc()

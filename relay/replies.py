@@ -54,6 +54,12 @@ COMMAND_AFTER_FAILED_TLS = "554 5.3.0 Command refused due to lack of security"
 COMMAND_BEFORE_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
 TOO_MANY_UNKNOWN_COMMANDS = "502 5.5.1 Too many unrecognized commands, goodbye."
 UNDESCRIBABLE_ERROR = "500 5.5.2 Cannot describe error"
+QUIT_SYNTAX = "501 5.5.4 Syntax: QUIT"
+
+
+def bye() -> str:
+    """aiosmtpd's reply to QUIT, word for word: a 2xx, to which the relay never added an enhanced code."""
+    return "221 Bye"
 
 
 def command_over_call_limit(command: str) -> str:

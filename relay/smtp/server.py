@@ -275,6 +275,7 @@ class RelaySMTP(SMTP):
         self._admitted_ip: str | None = None
         self._unsent = bytearray()  # replies held back by push() until the group's last one
         self.busy = False  # inside a transaction's DATA processing
+        self._quit = False  # QUIT answered: the command loop ends
         # The idle and DATA timers: one TimerHandle, armed once and moved only when it fires early
         # (aiosmtpd cancelled and made one per command). _deadline None: the idle timer is stopped.
         self._deadline: float | None = None
@@ -435,7 +436,7 @@ class RelaySMTP(SMTP):
         commands = _SMTP_FUNCTIONS.get(type(self)) or self._command_table()
         reader = self._reader
         limit = reader._limit  # type: ignore[attr-defined]
-        while self.transport is not None:
+        while self.transport is not None and not self._quit:
             try:
                 buffer = reader._buffer  # type: ignore[attr-defined]
                 end = buffer.find(b"\n")
@@ -629,6 +630,20 @@ class RelaySMTP(SMTP):
     def eof_received(self) -> bool | None:
         self._flush()  # the client half-closed after a pipelined group: it may still read the replies
         return super().eof_received()
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd's QUIT, ending the command loop with a flag: it cancelled its own task instead, an
+        exception through the loop's frames once a session. Commands pipelined after QUIT are not
+        served (aiosmtpd served them until the loop next waited, with their replies unsent)."""
+        if arg:
+            await self.push(replies.QUIT_SYNTAX)
+            return
+        status = await self._call_handler_hook("QUIT")
+        await self.push(replies.bye() if status is MISSING else status)
+        self._quit = True
+        assert self.transport is not None
+        self.transport.close()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -100,6 +100,8 @@ def test_the_command_loop_replies_are_aiosmtpds_with_their_enhanced_codes() -> N
         (replies.command_over_call_limit("RCPT"), "421 4.7.0 RCPT sent too many times"),
         (replies.unknown_command("FOO"), '500 Error: command "FOO" not recognized'),
         (replies.session_error(error), "500 Error: (ValueError) broken"),
+        (replies.QUIT_SYNTAX, "501 Syntax: QUIT"),
+        (replies.bye(), "221 Bye"),
     ]
     for ours, aiosmtpds in pairs:
         assert ours == replies.with_enhanced_code(aiosmtpds)

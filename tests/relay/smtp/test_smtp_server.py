@@ -281,7 +281,7 @@ async def test_the_command_loop_answers_as_aiosmtpds_does() -> None:
         assert ours[1], "hung up after too many unknown commands"
     written, _ = await _dialogue(RelaySMTP, _ODD_INPUT)
     assert written.count(b"500 5.5.2 Command line too long\r\n") == 3, written
-    quit_mid = [b"HELO c\r\n", b"NOOP\r\nQUIT\r\nNOOP\r\n"]
+    quit_mid = [b"HELO c\r\n", b"NOOP\r\nQUIT x\r\nQUIT\r\nNOOP\r\n"]
     assert await _dialogue(RelaySMTP, quit_mid) == await _dialogue(_AiosmtpdLoop, quit_mid)
 
 
@@ -351,5 +351,31 @@ async def test_the_idle_timer_moves_with_each_command_and_ends_a_silent_session(
         await until(lambda: transport.closed, timeout=2, what="the idle timeout")
         assert loop.time() - last >= 0.25 and loop.time() - started >= 0.85
         assert transport.writes[-1] == (replies_module.IDLE_TIMEOUT + "\r\n").encode()
+    finally:
+        server.connection_lost(None)
+
+
+async def test_nothing_pipelined_after_quit_is_served() -> None:
+    """aiosmtpd's QUIT cancelled its own task, so the commands after it in the buffer ran (their hooks
+    called, their replies dropped) until the loop next waited; the relay's ends the loop at QUIT."""
+    served: list[str] = []
+
+    class Recording:
+        async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
+            served.append(arg)
+            return "250 OK"
+
+    loop = asyncio.get_running_loop()
+    server = RelaySMTP(Recording(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop)
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    try:
+        await until(lambda: transport.writes, what="the greeting")
+        server.data_received(b"NOOP first\r\nQUIT\r\nNOOP after\r\n")
+        await until(lambda: transport.closed, what="the hang-up")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert served == ["first"]
+        assert transport.writes[1:] == [b"250 OK\r\n221 Bye\r\n"], transport.writes
     finally:
         server.connection_lost(None)

@@ -49,10 +49,13 @@ def _domain(address: str) -> str:
 
 
 def _domain_allowed(domain: str, allowed: frozenset[str]) -> bool:
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
+    # The idna codec gives an ASCII name back unchanged (or raises on an empty or long label, which
+    # keeps it as it is too): only a non-ASCII name needs it, and the codec is slow Python.
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
     return domain in allowed
 
 
@@ -102,12 +105,16 @@ def null_sender(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
     )
 
 
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_NO_REPLY_INSIDE = re.compile("|".join(_NO_REPLY))  # any marker within the squashed local part
+
+
 def _is_no_reply(address: str) -> bool:
     local, _, domain = address.rpartition("@")
-    squashed = re.sub(r"[\W_]+", "", fold(local))
-    if any(marker in squashed for marker in _NO_REPLY):
+    squashed = _NOT_ALNUM.sub("", fold(local))
+    if _NO_REPLY_INSIDE.search(squashed):
         return True
-    labels = (re.sub(r"[\W_]+", "", label) for label in fold(domain).split("."))
+    labels = (_NOT_ALNUM.sub("", label) for label in fold(domain).split("."))
     return any(label in _NO_REPLY for label in labels)
 
 

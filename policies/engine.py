@@ -159,6 +159,8 @@ def _relied_on(
 
 def _decide(findings: list[Finding], misses: list[str], recipients: tuple[str, ...]) -> Verdict:
     """tempfail > reject of the message > quarantine > deliver; per-recipient rejects refuse that recipient."""
+    if not findings:  # nearly every message: nothing to rank
+        return Verdict(Outcome.DELIVER, (), tuple(misses), {}, None)
     message_level = [f for f in findings if f.recipient is None]
     refused: dict[str, Finding] = {}
     held: Finding | None = None

@@ -4,6 +4,7 @@ third parties' personal data and malware (POLICY.md, content rules)."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any, Iterable, Iterator, Mapping
 from email.utils import getaddresses
@@ -46,12 +47,17 @@ _FAKE_THREAD = re.compile(
 _PUNCTUATION_RUN = re.compile(r"[!?]{3,}")
 SHOUTING_MIN_LETTERS = 12
 SHOUTING_UPPER_SHARE = 0.7
+# Capitals a shouting subject has at least (70% of 12 letters: 8.4); taking the sender's names out
+# and counting letters only can only lower the count of the subject as written.
+_SHOUTING_MIN_UPPER = math.ceil(SHOUTING_MIN_LETTERS * SHOUTING_UPPER_SHARE)
 
 
 def shouting(subject: str, own: Iterable[str] = ()) -> bool:
     """Mostly capitals over enough letters: acronyms in a normal subject are not shouting. The
     sender's own name and domains (`own`), which mastheads write in capitals ("SOURCEFORGE.NET
     UPDATE: August 14, 2002"), are its brand, not raised voice, and are left out of the count."""
+    if sum(map(str.isupper, subject)) < _SHOUTING_MIN_UPPER:
+        return False  # most subjects: too few capitals, whatever the names take out
     lowered = subject.lower()
     for name in own:
         if name and name.lower() in lowered:

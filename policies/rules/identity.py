@@ -107,6 +107,7 @@ def null_sender(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
 
 _NOT_ALNUM = re.compile(r"[\W_]+")
 _NO_REPLY_INSIDE = re.compile("|".join(_NO_REPLY))  # any marker within the squashed local part
+_NO_REPLY_LABELS = frozenset(_NO_REPLY)
 
 
 def _is_no_reply(address: str) -> bool:
@@ -114,8 +115,7 @@ def _is_no_reply(address: str) -> bool:
     squashed = _NOT_ALNUM.sub("", fold(local))
     if _NO_REPLY_INSIDE.search(squashed):
         return True
-    labels = (_NOT_ALNUM.sub("", label) for label in fold(domain).split("."))
-    return any(label in _NO_REPLY for label in labels)
+    return any(_NOT_ALNUM.sub("", label) in _NO_REPLY_LABELS for label in fold(domain).split("."))
 
 
 @rule(

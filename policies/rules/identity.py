@@ -336,21 +336,23 @@ def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     if message is None:
         return None
     account = facts.account
-    missing_config = [
-        key for key in ("legal_name", "registration_number") if not getattr(account, key).strip()
-    ]
-    if missing_config:
+    if not account.legal_name.strip() or not account.registration_number.strip():
+        missing_config = [
+            key for key in ("legal_name", "registration_number") if not getattr(account, key).strip()
+        ]
         return Hit(f"account {account.id} has no {' and no '.join(missing_config)} configured")
     body = message.folded_visible
-    absent = []
     name_pattern = _cached("text", account.legal_name)
-    if name_pattern is None or not name_pattern.search(body):
-        absent.append(("legal name", account.legal_name))
+    name_shown = name_pattern is not None and name_pattern.search(body) is not None
     registration = registration_patterns(account.registration_number)
-    if not registration or not all(p.search(body) for p in registration):
-        absent.append(("registration number", account.registration_number))
-    if not absent:
+    number_shown = bool(registration) and all(p.search(body) for p in registration)
+    if name_shown and number_shown:  # the configured notice, shown: nearly every message
         return None
+    absent = []
+    if not name_shown:
+        absent.append(("legal name", account.legal_name))
+    if not number_shown:
+        absent.append(("registration number", account.registration_number))
     what = " and ".join(label for label, _ in absent)
     return Hit(f"The body does not show the sender's {what}", evidence="; ".join(v for _, v in absent))
 

@@ -22,6 +22,15 @@ from policies.wordlists import extra_terms, terms_for, wordlist
 # --- subjects ---------------------------------------------------------------------------------
 
 
+def subject_term(message: ParsedMessage, name: str, params: Mapping[str, Any]) -> str | None:
+    """The first term of word list `name` in the subject: WordList.search(message.subject), with the
+    subject folded and split once for every list. A list with terms of scripts without spaces looks
+    for those in the folded subject as a whole, as search() does (a term of two such words is
+    found there, never among the distinct words)."""
+    words = wordlist(name, params)
+    return words.search_folded(message.folded_subject, None if words.unspaced else message.subject_words)
+
+
 @rule(
     "content.offensive_subject",
     "Subject contains offensive terms (Dutch and English word lists).",
@@ -32,7 +41,7 @@ def offensive_subject(facts: MessageFacts) -> Hit | None:
     message = facts.message
     if message is None:
         return None
-    term = wordlist("offensive", facts.params).search_folded(message.folded_subject, message.subject_words)
+    term = subject_term(message, "offensive", facts.params)
     if term is None:
         return None
     return Hit("The subject contains an offensive term", evidence=term)
@@ -95,7 +104,7 @@ def misleading_subject(facts: MessageFacts) -> Hit | None:
     run = _PUNCTUATION_RUN.search(subject) if "!" in subject or "?" in subject else None
     if run is not None:
         return Hit("The subject shouts with a run of exclamation or question marks", evidence=run.group(0))
-    term = wordlist("urgency", facts.params).search_folded(message.folded_subject, message.subject_words)
+    term = subject_term(message, "urgency", facts.params)
     if term is not None:
         return Hit("The subject uses a fake-urgency or deceptive phrase", evidence=term)
     return None
@@ -160,7 +169,7 @@ _NAMING_SPAN = 5000
 def _passing_mention(message: ParsedMessage, params: Mapping[str, Any]) -> bool:
     words = wordlist("adult", params)
     terms = words.find_all(message.folded_text, message.words)
-    if not set(map(fold, terms)) <= _NAMING_ADULT or words.search_folded(message.folded_subject, message.subject_words) is not None:
+    if not set(map(fold, terms)) <= _NAMING_ADULT or subject_term(message, "adult", params) is not None:
         return False
     folded = message.folded_text
     mentions = len(re.findall(r"\b(?:%s)\b" % "|".join(map(re.escape, map(fold, terms))), folded))

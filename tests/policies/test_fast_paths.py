@@ -3,6 +3,7 @@ gives what the plain formula gives, on generated input (hypothesis), so no verdi
 
 from __future__ import annotations
 
+import base64
 import calendar
 import itertools
 import re
@@ -136,8 +137,25 @@ def test_the_subject_views_are_fold_and_split_words(subject: str) -> None:
     assert message.folded_subject == fold(message.subject)
     assert message.subject_words == split_words(fold(message.subject))
     for name in ("offensive", "urgency", "adult"):
-        words = wordlists.wordlist(name)
-        assert words.search_folded(message.folded_subject, message.subject_words) == words.search(message.subject)
+        assert content.subject_term(message, name, {}) == wordlists.wordlist(name).search(message.subject)
+
+
+def _encoded_word(text: str) -> bytes:
+    return b"=?utf-8?b?" + base64.b64encode(text.encode()) + b"?="
+
+
+def test_subject_terms_of_scripts_without_spaces_are_found_as_search_finds_them() -> None:
+    # a site term of two Chinese words stands in the subject as written, never among its words
+    params = {"wordlists": {name: ["\u6210\u4eba \u89c6\u9891", "\u7279\u4ef7"] for name in ("offensive", "urgency", "adult")}}
+    for subject in ("\u6210\u4eba \u89c6\u9891", "x \u6210\u4eba \u89c6\u9891 y", "\u6210\u4eba\u89c6\u9891", "\u7279\u4ef7!", "porn"):
+        message = parse_message(b"Subject: " + _encoded_word(subject) + b"\r\n\r\nbody")
+        assert message.subject == subject
+        for name in ("offensive", "urgency", "adult"):
+            expected = wordlists.wordlist(name, params).search(message.subject)
+            assert content.subject_term(message, name, params) == expected
+    message = parse_message(b"Subject: " + _encoded_word("\u6210\u4eba \u89c6\u9891") + b"\r\n\r\nbody")
+    assert content.subject_term(message, "offensive", {}) is None
+    assert content.subject_term(message, "offensive", params) == "\u6210\u4eba \u89c6\u9891"
 
 
 def _applies_before(rule: object, facts: MessageFacts) -> bool:

@@ -62,7 +62,7 @@ class Engine:
 
     def _applying_to(self, stage: Stage, facts: MessageFacts) -> tuple[Rule, ...]:
         stream = facts.stream
-        return self._applying[stage, bool(facts.null_sender), stream is not None and stream.is_marketing]
+        return self._applying[stage, bool(facts.null_sender), bool(stream is not None and stream.is_marketing)]
 
     def session(self, facts: MessageFacts) -> Verdict:
         """MAIL FROM: account state, envelope sender."""

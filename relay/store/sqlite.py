@@ -66,6 +66,9 @@ class SqliteDatabase:
         self._reader: aiosqlite.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        # Single-statement writes waiting for the next group commit, and the task committing them.
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -159,6 +162,9 @@ class SqliteDatabase:
         return conn
 
     async def close(self) -> None:
+        if self._committer is not None:  # the writes already waiting are committed first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._committer)
         if self._point is not None:
             self._point.close()
             self._point = None
@@ -235,18 +241,126 @@ class SqliteDatabase:
         finally:
             self._lock.release()
 
+    async def _grouped(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`work` (statements on the writer's own sqlite3 connection, run on its thread) committed
+        with the writes of every other caller waiting at that moment: one transaction, one fsync
+        and one hand-off to the thread for all of them (group commit). Returns when the caller's
+        rows are committed; raises StoreUnavailable when they are not (`_commit_group`)."""
+        conn = self._conn(True)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_queued(conn))
+        return await future
+
+    async def _commit_queued(self, conn: aiosqlite.Connection) -> None:
+        """Commit what waits, group after group, under the write lock (transaction() takes it too)."""
+        group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        try:
+            while self._queued:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self._lock.acquire()
+                except TimeoutError as exc:
+                    group, self._queued = self._queued, []
+                    _fail(group, "store write lock timed out", exc)
+                    continue
+                try:
+                    # Taken with the lock held: whatever arrived while it was busy joins this group.
+                    group = [(work, future) for work, future in self._queued if not future.done()]
+                    self._queued = []
+                    if group:
+                        outcomes = await conn._execute(_commit_group, conn._conn, [work for work, _ in group])
+                        for (_, future), (ok, value) in zip(group, outcomes):
+                            if future.done():
+                                continue  # its caller was cancelled
+                            if ok:
+                                future.set_result(value)
+                            elif isinstance(value, sqlite3.Error):
+                                _fail([(None, future)], f"store write failed: {value}", value)
+                            else:
+                                future.set_exception(value)
+                    group = []
+                finally:
+                    self._lock.release()
+        except asyncio.CancelledError as exc:  # with the loop: the waiting callers are told, not left hanging
+            _fail(group + self._queued, "store write interrupted", exc)
+            self._queued = []
+            raise
+        except Exception as exc:  # the connection closed under us (ValueError), or a bug of ours
+            _fail(group + self._queued, f"store write failed: {exc or type(exc).__name__}", exc)
+            self._queued = []
+        finally:
+            self._committer = None
+
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
+        return int(await self._grouped(lambda c: c.execute(sql, params).rowcount))
 
     async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self.transaction() as tx:
-            return await tx.fetchall(sql, params)
+        return list(await self._grouped(lambda c: c.execute(sql, params).fetchall()))
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         if batches:
-            async with self.transaction() as tx:
-                await tx.insert_at_once(batches)
+            await self._grouped(lambda c: _insert_all(c, batches))
+
+
+def _insert_all(conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+    for sql, rows in batches:
+        conn.executemany(sql, rows)
+
+
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], message: str, cause: BaseException) -> None:
+    for _, future in waiting:
+        if not future.done():
+            error = StoreUnavailable(message)  # one each: a raise writes its traceback into the exception
+            error.__cause__ = cause
+            future.set_exception(error)
+
+
+def _commit_group(conn: sqlite3.Connection, works: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+    """On the writer's thread: every work of a group in one BEGIN IMMEDIATE … COMMIT, each outcome
+    `(True, result)` or `(False, exception)`. A work that fails is dropped and the others run again
+    in a fresh transaction, so a caller's bad rows fail that caller alone; a BEGIN or COMMIT that
+    fails (the file busy beyond busy_timeout, the disk full, an I/O error) fails every work of
+    the transaction, none of whose rows were kept."""
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(works)
+    left = list(range(len(works)))
+    while left:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            for i in left:
+                outcomes[i] = (False, exc)
+            return outcomes
+        results: list[Any] = []
+        failed: tuple[int, Exception] | None = None
+        for i in left:
+            try:
+                results.append(works[i](conn))
+            except Exception as exc:
+                failed = i, exc
+                break
+        if failed is None:
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                _rollback(conn)
+                for i in left:
+                    outcomes[i] = (False, exc)
+                return outcomes
+            for i, result in zip(left, results):
+                outcomes[i] = (True, result)
+            return outcomes
+        _rollback(conn)
+        outcomes[failed[0]] = (False, failed[1])
+        left.remove(failed[0])
+    return outcomes
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class SqliteStore(SqlStore):

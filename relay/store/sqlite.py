@@ -25,33 +25,84 @@ MIN_FREE_BYTES = 1 << 20
 
 
 class SqliteTransaction:
-    """The writer connection inside BEGIN IMMEDIATE … COMMIT; its caller translates the errors."""
+    """The writer connection inside BEGIN IMMEDIATE … COMMIT; its caller translates the errors.
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    Each statement is one hand-off to the writer's thread, where it runs on the plain sqlite3
+    connection (no aiosqlite cursor proxies); the BEGIN IMMEDIATE goes with the first statement
+    rather than in a hand-off of its own (`begin`), and a transaction that ran no statement has
+    nothing to commit."""
+
+    def __init__(self, conn: aiosqlite.Connection, *, begin: bool = False) -> None:
         self.conn = conn
+        self._begin = begin  # BEGIN IMMEDIATE is still to be sent, with the first statement
+        self.begun = not begin
+        self._failed_begin: BaseException | None = None
+
+    async def _run(self, work: Callable[..., Any], *args: Any) -> Any:
+        if self._failed_begin is not None:  # never run a statement of this transaction outside it
+            raise self._failed_begin
+        begin, self._begin = self._begin, False
+        try:
+            return await self.conn._execute(_statement, self.conn._conn, begin, work, args)
+        except _BeginFailed as failed:
+            self._failed_begin = failed.error
+            raise failed.error from None
+        finally:
+            if begin and self._failed_begin is None:
+                self.begun = True
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(await self.conn.execute_fetchall(sql, params))
+        return list(await self._run(_fetchall, sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self.conn.execute(sql, params)
-        return int(cursor.rowcount)
+        return int(await self._run(_rowcount, sql, params))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+        await self._run(sqlite3.Connection.executemany, sql, rows)
 
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        before = self.conn.total_changes
-        await self.conn.executemany(sql, rows)
-        return int(self.conn.total_changes - before)
+        return int(await self._run(_insert_rows, sql, rows))
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        for sql, rows in batches:
-            await self.insert_rows(sql, rows)
+        await self._run(_insert_all, batches)
+
+
+class _BeginFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _statement(conn: sqlite3.Connection, begin: bool, work: Callable[..., Any], args: Sequence[Any]) -> Any:
+    """On the writer's thread: `work(conn, *args)`, after BEGIN IMMEDIATE when `begin`."""
+    if begin:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout here, off the event loop
+        except sqlite3.Error as exc:
+            raise _BeginFailed(exc) from exc
+    return work(conn, *args)
+
+
+def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _rowcount(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    before = conn.total_changes
+    conn.executemany(sql, rows)
+    return conn.total_changes - before
+
+
+def _insert_all(conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+    for sql, rows in batches:
+        conn.executemany(sql, rows)
 
 
 class SqliteDatabase:
@@ -223,18 +274,14 @@ class SqliteDatabase:
         except TimeoutError as exc:
             raise StoreUnavailable("store write lock timed out") from exc
         try:
+            tx = SqliteTransaction(conn, begin=True)
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store write failed: {exc}") from exc
-            try:
-                yield SqliteTransaction(conn)
-                await conn.execute("COMMIT")
+                yield tx
+                if tx.begun:
+                    await conn._execute(_commit, conn._conn)
             except BaseException as exc:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                if tx.begun:
+                    await conn._execute(_rollback, conn._conn)
                 if isinstance(exc, sqlite3.Error):
                     raise StoreUnavailable(f"store write failed: {exc}") from exc
                 raise
@@ -304,11 +351,6 @@ class SqliteDatabase:
             await self._grouped(lambda c: _insert_all(c, batches))
 
 
-def _insert_all(conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-    for sql, rows in batches:
-        conn.executemany(sql, rows)
-
-
 def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], message: str, cause: BaseException) -> None:
     for _, future in waiting:
         if not future.done():
@@ -355,6 +397,10 @@ def _commit_group(conn: sqlite3.Connection, works: Sequence[Callable[[sqlite3.Co
         outcomes[failed[0]] = (False, failed[1])
         left.remove(failed[0])
     return outcomes
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

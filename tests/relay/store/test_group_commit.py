@@ -219,3 +219,45 @@ async def test_close_commits_the_writes_already_waiting(tmp_path: Path) -> None:
         assert len(await again.decisions.for_relay_id("r1")) == 1 and len(await again.decisions.for_relay_id("r2")) == 1
     finally:
         await again.close()
+
+
+# --- transactions with statements in between (`SqliteDatabase.transaction`) ----------------------
+
+
+async def test_a_transaction_sends_its_begin_with_its_first_statement(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted = await Counted.start(store, monkeypatch)
+    async with store.db.transaction() as tx:
+        await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('a', 1)")
+        assert [tuple(r) for r in await tx.fetchall("SELECT next_id FROM id_blocks WHERE name = 'a'")] == [(1,)]
+    assert counted.handoffs == 3 and counted.commits == 1  # statement + BEGIN, statement, COMMIT
+    async with store.db.transaction():
+        pass  # nothing to begin or commit
+    assert counted.handoffs == 3 and counted.commits == 1
+
+
+async def test_a_begin_that_fails_keeps_every_statement_of_the_transaction_out(store: SqliteStore, tmp_path: Path) -> None:
+    blocker = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            async with store.db.transaction() as tx:
+                try:
+                    await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('a', 1)")
+                except sqlite3.Error:
+                    pass  # a body that carries on must not write outside the transaction
+                await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('b', 1)")
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    assert await store.db.fetchall("SELECT name FROM id_blocks WHERE name IN ('a', 'b')") == []
+
+
+async def test_a_failing_statement_rolls_the_whole_transaction_back(store: SqliteStore) -> None:
+    with pytest.raises(StoreUnavailable, match="UNIQUE"):
+        async with store.db.transaction() as tx:
+            await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('a', 1)")
+            await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('a', 2)")
+    assert await store.db.fetchall("SELECT name FROM id_blocks WHERE name = 'a'") == []
+    async with store.db.transaction() as tx:  # the writer is usable again
+        await tx.execute("INSERT INTO id_blocks (name, next_id) VALUES ('a', 3)")
+    assert [tuple(r) for r in await store.db.fetchall("SELECT next_id FROM id_blocks WHERE name = 'a'")] == [(3,)]

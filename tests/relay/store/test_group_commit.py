@@ -1,10 +1,12 @@
-"""The SQLite store's group commit (relay/store/sqlite.py, `SqliteDatabase._grouped`): single-statement
-writes of concurrent callers share one transaction and one hand-off to the writer's thread, while each
-caller still waits for its own rows to be committed and gets its own error."""
+"""Group commit: single-statement writes of concurrent callers share one transaction (SQLite: and one
+hand-off to the writer's thread, `SqliteDatabase._grouped`; PostgreSQL: the rows of concurrent
+`insert_at_once` calls in one statement), while each caller still waits for its own rows to be
+committed and gets its own error."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from datetime import datetime, timezone
@@ -14,9 +16,13 @@ from typing import Any, AsyncIterator
 import aiosqlite.core
 import pytest
 
+from relay.config import StoreConfig
 from relay.errors import StoreUnavailable
+from relay.store import open_store_for
+from relay.store.base import Store
 from relay.store.records import DecisionRecord, DeliveryRecord
 from relay.store.sqlite import SqliteStore
+from tests.relay.store.test_store_sqlite import BACKENDS, _postgres_url
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 
@@ -29,6 +35,23 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    drop = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/relay.db"
+    else:
+        url, drop = await _postgres_url()
+    s = open_store_for(StoreConfig(url=url, timeout=5))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+        if drop is not None:
+            await drop()
 
 
 class Counted:
@@ -76,6 +99,37 @@ async def test_concurrent_records_share_one_transaction_and_one_handoff(
         assert [d.relay_id for d in await store.decisions.for_relay_id(f"r{n}")] == [f"r{n}"]
         assert (await store.decisions.delivery(n)) == message(n)[1][0]
     assert counted.commits == 1 and counted.handoffs == 1
+
+
+async def test_concurrent_records_are_each_committed_on_every_backend(any_store: Store) -> None:
+    await asyncio.gather(*(any_store.decisions.record(*message(n)) for n in range(1, 21)))
+    for n in range(1, 21):
+        assert [d.relay_id for d in await any_store.decisions.for_relay_id(f"r{n}")] == [f"r{n}"]
+        assert (await any_store.decisions.delivery(n)) == message(n)[1][0]
+
+
+async def test_a_bad_record_fails_its_caller_alone_on_every_backend(any_store: Store) -> None:
+    bad_decisions, bad_deliveries = message(2)
+    bad = [dataclasses.replace(bad_decisions[0], relay_id=None)]  # NOT NULL
+    results = await asyncio.gather(
+        any_store.decisions.record(*message(1)),
+        any_store.decisions.record(bad, bad_deliveries),
+        any_store.decisions.record(*message(3)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None and isinstance(results[1], StoreUnavailable), results
+    assert len(await any_store.decisions.for_relay_id("r1")) == 1 and len(await any_store.decisions.for_relay_id("r3")) == 1
+    assert await any_store.decisions.delivery(2) is None  # none of the failed caller's rows
+
+
+async def test_one_delivery_written_by_two_concurrent_callers_keeps_the_later(any_store: Store) -> None:
+    decisions, (first,) = message(1)
+    later = dataclasses.replace(first, status="deferred")
+    results = await asyncio.gather(
+        any_store.decisions.record(decisions, [first]), any_store.decisions.record([], [later]), return_exceptions=True
+    )
+    assert results == [None, None]
+    assert await any_store.decisions.delivery(1) == later
 
 
 async def test_a_lone_write_is_one_handoff(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,8 +117,9 @@ class SqliteDatabase:
         self._reader: aiosqlite.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        # Single-statement writes waiting for the next group commit, and the task committing them.
-        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        # Single-statement writes waiting for the next group commit (with when each began to
+        # wait), and the task committing them.
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], float]] = []
         self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -295,36 +296,39 @@ class SqliteDatabase:
         rows are committed; raises StoreUnavailable when they are not (`_commit_group`)."""
         conn = self._conn(True)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((work, future))
+        self._queued.append((work, future, time.monotonic()))
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_queued(conn))
         return await future
 
     async def _commit_queued(self, conn: aiosqlite.Connection) -> None:
-        """Commit what waits, group after group, under the write lock (transaction() takes it too)."""
-        group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        """Commit what waits, group after group, under the write lock (transaction() takes it too).
+        A write waits for the lock at most the store's timeout from its own call, as in transaction()."""
+        group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], float]] = []
         try:
             while self._queued:
                 try:
-                    async with asyncio.timeout(self.timeout):
+                    async with asyncio.timeout(self._queued[0][2] + self.timeout - time.monotonic()):
                         await self._lock.acquire()
                 except TimeoutError as exc:
-                    group, self._queued = self._queued, []
-                    _fail(group, "store write lock timed out", exc)
+                    now = time.monotonic()
+                    expired = [entry for entry in self._queued if entry[2] + self.timeout <= now]
+                    self._queued = [entry for entry in self._queued if entry[2] + self.timeout > now]
+                    _fail(expired, "store write lock timed out", exc)
                     continue
                 try:
                     # Taken with the lock held: whatever arrived while it was busy joins this group.
-                    group = [(work, future) for work, future in self._queued if not future.done()]
+                    group = [entry for entry in self._queued if not entry[1].done()]
                     self._queued = []
                     if group:
-                        outcomes = await conn._execute(_commit_group, conn._conn, [work for work, _ in group])
-                        for (_, future), (ok, value) in zip(group, outcomes):
+                        outcomes = await conn._execute(_commit_group, conn._conn, [work for work, _, _ in group])
+                        for (_, future, _), (ok, value) in zip(group, outcomes):
                             if future.done():
                                 continue  # its caller was cancelled
                             if ok:
                                 future.set_result(value)
                             elif isinstance(value, sqlite3.Error):
-                                _fail([(None, future)], f"store write failed: {value}", value)
+                                _fail([(None, future, 0.0)], f"store write failed: {value}", value)
                             else:
                                 future.set_exception(value)
                     group = []
@@ -351,8 +355,8 @@ class SqliteDatabase:
             await self._grouped(lambda c: _insert_all(c, batches))
 
 
-def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], message: str, cause: BaseException) -> None:
-    for _, future in waiting:
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any], float]], message: str, cause: BaseException) -> None:
+    for _, future, _ in waiting:
         if not future.done():
             error = StoreUnavailable(message)  # one each: a raise writes its traceback into the exception
             error.__cause__ = cause

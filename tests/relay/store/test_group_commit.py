@@ -210,6 +210,30 @@ async def test_a_held_write_lock_times_out_the_waiting_writes(store: SqliteStore
     assert await store.decisions.for_relay_id("r1") == [] and len(await store.decisions.for_relay_id("r3")) == 1
 
 
+async def test_each_write_waits_for_the_lock_its_own_timeout(store: SqliteStore) -> None:
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with store.db.transaction() as tx:
+            await tx.execute("UPDATE id_blocks SET next_id = next_id")
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    early = asyncio.create_task(store.decisions.record(*message(1)))
+    await asyncio.sleep(0.3)  # of the store's 0.5 s
+    late = asyncio.create_task(store.decisions.record(*message(2)))
+    with pytest.raises(StoreUnavailable, match="lock timed out"):
+        await early
+    assert not late.done()  # 0.2 s of its own wait left
+    release.set()
+    await holder
+    await late
+    assert await store.decisions.for_relay_id("r1") == [] and len(await store.decisions.for_relay_id("r2")) == 1
+
+
 async def test_another_process_holding_the_file_fails_the_group_without_blocking_the_loop(
     store: SqliteStore, tmp_path: Path
 ) -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 MAX_REPLY = 32 * 1024  # one reply, continuation lines included: a bound for a server that never stops
 _FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f]")  # in a command argument: CR/LF/NUL would inject commands
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 AUTH_PREFERENCE = ("CRAM-MD5", "PLAIN", "LOGIN")  # aiosmtplib's order, kept towards the same upstreams
 
 
@@ -116,16 +115,31 @@ class _Protocol(asyncio.Protocol):
 
     async def next_reply(self, timeout: float) -> Reply:
         while not self.replies:
-            if self.lost is not None:
-                raise self.lost
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._wait(timeout)
         return self.replies.popleft()
+
+    async def next_replies(self, got: list[Reply], count: int, timeout: float) -> None:
+        """The next `count` replies appended to `got` as they come (those of a pipelined group),
+        each wait bounded by `timeout` as next_reply's: on an error, `got` holds those that came."""
+        replies = self.replies
+        while count:
+            while not replies:
+                await self._wait(timeout)
+            while replies and count:
+                got.append(replies.popleft())
+                count -= 1
+
+    async def _wait(self, timeout: float) -> None:
+        """Until data or the end of the connection arrives (Broken when it has ended)."""
+        if self.lost is not None:
+            raise self.lost
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -168,6 +182,10 @@ class Connection:
 
     async def reply(self) -> Reply:
         return await self.protocol.next_reply(self.timeout)
+
+    async def replies(self, got: list[Reply], count: int) -> None:
+        """The replies to a pipelined group of `count` commands, appended to `got` as they come."""
+        await self.protocol.next_replies(got, count, self.timeout)
 
     async def command(self, line: bytes) -> Reply:
         self.write(line + b"\r\n")
@@ -305,6 +323,8 @@ def dot_stuffed(content: bytes) -> bytes:
         content = _LINE_ENDINGS.sub(b"\r\n", content)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
-    if content.startswith(b".") or b"\n." in content:
-        content = _LEADING_DOT.sub(b"..", content)
+    if b"\n." in content:  # every line starts after a \n but the first
+        content = content.replace(b"\n.", b"\n..")
+    if content.startswith(b"."):
+        content = b"." + content
     return content + b".\r\n"

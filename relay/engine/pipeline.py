@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
+from policies.facts import TRANSACTIONAL, AccountFacts, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, ReliedConsent, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
@@ -73,6 +73,7 @@ class Pipeline:
         self.features = tuple(features)
         self._feature_named = {f.name: f for f in self.features}
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
+        self._account_facts: dict[tuple[str, str, str, frozenset[str]], tuple[AccountConfig, AccountFacts]] = {}
 
     new_relay_id = staticmethod(new_relay_id)
 
@@ -98,13 +99,27 @@ class Pipeline:
     # --- facts ----------------------------------------------------------------------------
 
     async def account_facts(self, account: AccountConfig) -> MessageFacts:
-        state = await self.services.store.accounts.get(account.id)
         return MessageFacts(
-            account=account.facts(state.state, state.reason, state.paused_streams),
+            account=await self._account_state(account),
             mail_from="",
             now=self.services.clock.now(),
             params=self.services.engine.profile.params,
         )
+
+    async def _account_state(self, account: AccountConfig) -> AccountFacts:
+        """The account's facts in its current state (read from the store each transaction). The
+        facts of an (account, state) are made once: they are immutable, and the same for every
+        message until the state changes."""
+        state = await self.services.store.accounts.get(account.id)
+        key = (account.id, state.state, state.reason, state.paused_streams)
+        known = self._account_facts.get(key)
+        if known is not None and known[0] is account:
+            return known[1]
+        facts = account.facts(state.state, state.reason, state.paused_streams)
+        if len(self._account_facts) >= 1024:  # states and reasons an admin wrote: bounded anyway
+            self._account_facts.clear()
+        self._account_facts[key] = (account, facts)
+        return facts
 
     async def recipient_facts(self, account: AccountConfig, emails: Sequence[str]) -> list[RecipientFacts]:
         scopes = (account.id, account.parent) if account.parent else (account.id,)
@@ -126,15 +141,15 @@ class Pipeline:
 
     async def at_mail(self, txn: Transaction) -> Verdict:
         assert txn.account is not None
-        base = await self.account_facts(txn.account)
+        account = await self._account_state(txn.account)
         if txn.null_sender:
             txn.stream = null_sender_stream(txn.account)
         else:
             txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
         stream = txn.stream.facts if txn.stream else None
         txn.facts = MessageFacts(
-            account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream,
-            null_sender=txn.null_sender,
+            account=account, mail_from=txn.mail_from, now=self.services.clock.now(),
+            params=self.services.engine.profile.params, stream=stream, null_sender=txn.null_sender,
         )
         verdict = self.services.engine.session(txn.facts)
         if verdict.outcome is Outcome.DELIVER and txn.account.rate_limit_per_minute > 0:
@@ -170,10 +185,12 @@ class Pipeline:
         stream = self._kind_known_before_data(txn)
         if stream is None or not (stream.is_marketing or txn.null_sender):
             return None
-        facts = MessageFacts(
-            account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream,
-            null_sender=txn.null_sender,
-        )
+        facts = txn.facts
+        if facts.stream != stream:  # the stream was not known at MAIL FROM: the account's default
+            facts = MessageFacts(
+                account=facts.account, mail_from=txn.mail_from, now=facts.now, params=facts.params, stream=stream,
+                null_sender=txn.null_sender,
+            )
         if stream.is_marketing:
             (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
             txn.rcpt_facts[rcpt] = rfacts

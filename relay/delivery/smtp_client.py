@@ -80,9 +80,13 @@ class _Protocol(asyncio.Protocol):
             if len(code) != 3 or not code.isdigit() or line[3:4] not in (b"", b" ", b"-"):
                 self._fail(Broken(f"not an SMTP reply: {line[:80]!r}"))
                 return
-            self._lines.append(line)
-            if line[3:4] != b"-":
+            if line[3:4] == b"-":
+                self._lines.append(line)
+            elif not self._lines:  # a reply of one line, as nearly every reply is
+                self.replies.append(Reply(int(code), line[4:].strip(b" \t").decode("utf-8", "surrogateescape")))
+            else:
                 lines, self._lines = self._lines, []
+                lines.append(line)
                 text = "\n".join(part[4:].strip(b" \t").decode("utf-8", "surrogateescape") for part in lines)
                 self.replies.append(Reply(int(code), text))
         if start:

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-from policies.facts import TRANSACTIONAL, AccountFacts, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
+from policies.facts import NOTHING_FOUND, TRANSACTIONAL, AccountFacts, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, ReliedConsent, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
@@ -72,6 +72,9 @@ class Pipeline:
         self.offload = offload
         self.features = tuple(features)
         self._feature_named = {f.name: f for f in self.features}
+        # Only the features that bring addresses or facts are asked, per recipient and per message.
+        self._address_features = tuple(f for f in self.features if _overrides(f, "own_address"))
+        self._facts_features = tuple(f for f in self.features if _overrides(f, "message_facts"))
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
         self._account_facts: dict[tuple[str, str, str, frozenset[str]], tuple[AccountConfig, AccountFacts]] = {}
 
@@ -91,7 +94,7 @@ class Pipeline:
 
     def own_address(self, address: str) -> str | None:
         """The name of the feature whose address this is (unsubscribe, feedback reports, bounces)."""
-        for feature in self.features:
+        for feature in self._address_features:
             if feature.own_address(address):
                 return feature.name
         return None
@@ -242,8 +245,8 @@ class Pipeline:
                 rfacts = await self._recipient_facts_at_data(txn, account)
             else:
                 rfacts = [RecipientFacts(r) for r in txn.recipients]
-            shell = ShellFacts()
-            for feature in self.features:
+            shell = NOTHING_FOUND
+            for feature in self._facts_features:
                 shell = await feature.message_facts(txn, message, shell)
         except StoreUnavailable as exc:
             self.log.error("store_unavailable", stage="data", relay_id=txn.relay_id, error=str(exc))
@@ -610,6 +613,11 @@ def null_sender_stream(account: AccountConfig) -> StreamConfig:
         return default
     found = next((s for s in account.streams if s.kind == TRANSACTIONAL), None)
     return found or StreamConfig(NULL_SENDER_STREAM, TRANSACTIONAL, NULL_SENDER_STREAM)
+
+
+def _overrides(feature: Feature, method: str) -> bool:
+    """Whether `feature` has its own `method`, not the Feature protocol's default that adds nothing."""
+    return getattr(getattr(feature, method, None), "__func__", None) is not getattr(Feature, method)
 
 
 def metric_stream(stream_cfg: StreamConfig | None) -> str:

@@ -103,15 +103,16 @@ def _child(args: argparse.Namespace) -> None:
             if args.profile:
                 import cProfile
 
-                profile = cProfile.Profile(time.process_time)
+                profile = cProfile.Profile()
                 profile.enable()
             start = time.process_time()
-            await batch(args.messages)
+            if args.messages:
+                await batch(args.messages)
             await parts.recorder.flush()
             if profile is not None:
                 profile.disable()
                 profile.dump_stats(args.profile)
-            return (time.process_time() - start) / args.messages
+            return (time.process_time() - start) / max(1, args.messages)
         finally:
             await parts.recorder.close()
             await parts.upstream.close()
@@ -130,6 +131,43 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps({"us_per_message": per_message * 1e6}))
 
 
+def _child_argv(args: argparse.Namespace, checkout: Path, messages: int) -> list[str]:
+    return [
+        str(checkout / ".venv" / "bin" / "python"), str(HERE), "--child", "--messages", str(messages),
+        "--warmup", str(args.warmup), "--rcpts", str(args.rcpts), "--concurrency", str(args.concurrency),
+    ]
+
+
+def _callgrind(args: argparse.Namespace, checkouts: list[Path]) -> int:
+    """Instructions per message, counted by valgrind (callgrind): a figure the other jobs on a
+    shared machine do not move. Each checkout runs twice, with no measured message and with
+    `--messages`; the difference divided by the messages is the count per message (the setup,
+    imports and warm-up cancel out). All children run at once."""
+    runs = {}
+    for checkout in checkouts:
+        for messages in (0, args.messages):
+            argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *_child_argv(args, checkout, messages)]
+            runs[checkout, messages] = subprocess.Popen(
+                argv, cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+    collected = {}
+    for key, proc in runs.items():
+        out, err = proc.communicate()
+        found = [line for line in err.splitlines() if "Collected :" in line]
+        if proc.returncode != 0 or not found:
+            print(err[-3000:], file=sys.stderr)
+            return 1
+        collected[key] = int(found[-1].rsplit(":", 1)[1])
+    first = None
+    print(f"\n| checkout | instructions/message (callgrind, {args.messages} messages after {args.warmup}) | ratio |\n|---|---:|---:|")
+    for checkout in checkouts:
+        per = (collected[checkout, args.messages] - collected[checkout, 0]) / args.messages
+        first = first or per
+        print(f"| {checkout.name} | {per:,.0f} | {per / first:.3f} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", action="append", help="a checkout with its own .venv (default: ../base and this one)")
@@ -138,6 +176,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rcpts", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind instead of CPU time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="with --child: cProfile stats of the measured messages to this file")
     args = parser.parse_args()
@@ -145,13 +184,13 @@ def main() -> int:
         _child(args)
         return 0
     checkouts = [Path(c).resolve() for c in (args.checkout or [str(REPO.parent / "base"), str(REPO)])]
+    if args.callgrind:
+        return _callgrind(args, checkouts)
     results: dict[Path, list[float]] = {c: [] for c in checkouts}
     for round_ in range(args.rounds):
         for checkout in checkouts if round_ % 2 == 0 else reversed(checkouts):
             child = subprocess.run(
-                [str(checkout / ".venv" / "bin" / "python"), str(HERE), "--child", "--messages", str(args.messages),
-                 "--warmup", str(args.warmup), "--rcpts", str(args.rcpts), "--concurrency", str(args.concurrency)],
-                cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)), capture_output=True, text=True,
+                _child_argv(args, checkout, args.messages), cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)), capture_output=True, text=True,
             )
             if child.returncode != 0:
                 print(child.stderr, file=sys.stderr)

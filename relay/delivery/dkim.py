@@ -28,6 +28,7 @@ __all__ = [
     "DkimSigner",
     "OVERSIGNED_HEADERS",
     "SIGNED_HEADERS",
+    "SplitMessage",
     "dkim_dns_record",
     "load_dkim_key",
 ]
@@ -105,7 +106,12 @@ def sign_digest(private_key: PrivateKey, digest: bytes) -> bytes:
     digest, or Ed25519 over the digest itself (RFC 8463 §3: PureEdDSA over the SHA-256 hash)."""
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         return private_key.sign(digest)
-    return private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    return private_key.sign(digest, _PKCS1V15, _PREHASHED_SHA256)
+
+
+# Immutable: made once, not per signature.
+_PKCS1V15 = padding.PKCS1v15()
+_PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
 
 
 def load_dkim_key(domain: str, selector: str, path: str | Path) -> DkimKey:
@@ -156,6 +162,23 @@ class _Field(NamedTuple):  # a tuple: built for every header of every copy
     raw: bytes  # the whole field with its continuation lines and line ends
 
 
+Fields = Sequence[tuple[str, bytes]]  # (lower-case name, the field's bytes with line ends), in order
+
+
+class SplitMessage(NamedTuple):
+    """A message whose header block is read already, as _split reads it (relay.delivery.personalize
+    renders copies from one parse of their message): prepare_all takes its fields as they are."""
+
+    message: bytes
+    fields: Fields  # every named field
+    body_start: int
+    eol: bytes
+
+# Bounds of what a DkimSigner keeps from one message for the next (_Shared.renewed).
+_MEMO_ENTRIES = 1024
+_MEMO_FIELD_BYTES = 2048
+
+
 class DkimSigner:
     """Signs each copy once per configured key of its From domain."""
 
@@ -164,6 +187,7 @@ class DkimSigner:
         for key in keys:
             by_domain.setdefault(_domain_key(key.domain), []).append(key)
         self._by_domain = {d: tuple(ks) for d, ks in by_domain.items()}
+        self._shared = _Shared()
 
     def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
         return self._by_domain.get(_domain_key(domain), ())
@@ -180,17 +204,23 @@ class DkimSigner:
         in another process); None when no key covers the From domain."""
         return self.prepare_all((message,), now=now)[0]
 
-    def prepare_all(self, messages: Sequence[bytes], *, now: int | None = None) -> list[SigningJob | None]:
+    def prepare_all(self, messages: Sequence[bytes | SplitMessage], *, now: int | None = None) -> list[SigningJob | None]:
         """prepare() of each message, for the copies of one message: what they have in common (the
         From field and its keys, the canonical form of every field no copy changes, the start of the
-        signature field, a body that is the same in all) is worked out once, not per copy."""
+        signature field, a body that is the same in all) is worked out once, not per copy; and what
+        the messages of a campaign have in common (the From field's keys, the canonical form of
+        fields that repeat, the h= list) once for them all (_Shared.renewed)."""
         if not self._by_domain:
             return [None] * len(messages)
         timestamp = int(time.time()) if now is None else int(now)
-        shared = _Shared()
+        shared = self._shared.renewed(timestamp)
         jobs: list[SigningJob | None] = []
-        for message in messages:
-            fields, body_start, eol = _split(message)
+        for item in messages:
+            if isinstance(item, SplitMessage):
+                message, fields, body_start, eol = item
+            else:
+                message = item
+                fields, body_start, eol = _split(message)
             keys = shared.keys(self, fields)
             if not keys:
                 jobs.append(None)
@@ -200,8 +230,8 @@ class DkimSigner:
             if body_hash is None:
                 body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
                 shared.body_hashes[body] = body_hash
-            names = shared.names(fields)
-            signed = _signed_header_data(fields, names, shared.canonical)
+            names, picks = shared.names(fields)
+            signed = _signed_header_data(fields, picks, shared.canonical)
             unsigned = [shared.fold_start(key, timestamp, names).finish(body_hash, eol) for key in keys]
             digests = [hashlib.sha256(signed + _relaxed_header(field)).digest() for field in unsigned]
             jobs.append(SigningJob(message, keys, unsigned, digests, eol))
@@ -249,10 +279,10 @@ def _split(message: bytes) -> tuple[list[_Field], int, bytes]:
     return fields, head.body_start, mime.eol_of(message)
 
 
-def _from_domain(fields: list[_Field]) -> str | None:
-    for field in fields:
-        if field.name == "from":
-            value = _EOL.sub(b"", field.raw.split(b":", 1)[1]).decode("utf-8", "replace")
+def _from_domain(fields: Fields) -> str | None:
+    for name, raw in fields:
+        if name == "from":
+            value = _EOL.sub(b"", raw.split(b":", 1)[1]).decode("utf-8", "replace")
             for _, address in getaddresses([value]):
                 if "@" in address:
                     return address.rsplit("@", 1)[1].strip().rstrip(">").lower()
@@ -260,10 +290,10 @@ def _from_domain(fields: list[_Field]) -> str | None:
     return None
 
 
-def _header_names(fields: list[_Field]) -> list[str]:
+def _header_names(fields: Fields) -> list[str]:
     counts: dict[str, int] = {}
-    for field in fields:
-        counts[field.name] = counts.get(field.name, 0) + 1
+    for name, _ in fields:
+        counts[name] = counts.get(name, 0) + 1
     names: list[str] = []
     for name in SIGNED_HEADERS:
         n = counts.get(name, 0)
@@ -282,53 +312,81 @@ def _relaxed_header(raw: bytes) -> bytes:
     return name.rstrip(b" \t").lower() + b":" + value
 
 
-def _signed_header_data(fields: list[_Field], names: list[str], canonical: dict[bytes, bytes] | None = None) -> bytes:
-    # RFC 6376 §5.4.2: repeated names take instances from the bottom up; a name with
-    # no instance left contributes nothing (that is what makes over-signing work).
-    # `canonical`: the relaxed form (with CRLF) of fields already seen, by their bytes.
-    remaining: dict[str, list[_Field]] = {}
-    for field in fields:
-        remaining.setdefault(field.name, []).append(field)
-    out: list[bytes] = []
+def _picks(fields: Fields, names: list[str]) -> tuple[int, ...]:
+    """Which field each name of h= signs, by its index in `fields`: RFC 6376 §5.4.2, repeated names
+    take instances from the bottom up; a name with no instance left signs nothing (that is what
+    makes over-signing work). The same for every message with the same field names."""
+    remaining: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(fields):
+        remaining.setdefault(name, []).append(i)
+    picks = []
     for name in names:
         stack = remaining.get(name)
         if stack:
-            raw = stack.pop().raw
-            line = None if canonical is None else canonical.get(raw)
-            if line is None:
-                line = _relaxed_header(raw) + b"\r\n"
-                if canonical is not None:
-                    canonical[raw] = line
-            out.append(line)
+            picks.append(stack.pop())
+    return tuple(picks)
+
+
+def _signed_header_data(fields: Fields, picks: tuple[int, ...], canonical: dict[bytes, bytes]) -> bytes:
+    # `canonical`: the relaxed form (with CRLF) of fields already seen, by their bytes.
+    out: list[bytes] = []
+    for i in picks:
+        raw = fields[i][1]
+        line = canonical.get(raw)
+        if line is None:
+            line = _relaxed_header(raw) + b"\r\n"
+            if len(raw) <= _MEMO_FIELD_BYTES:
+                canonical[raw] = line
+        out.append(line)
     return b"".join(out)
 
 
 class _Shared:
-    """What the copies of one message have in common, found out once (DkimSigner.prepare_all)."""
+    """What the copies of one message have in common, found out once (DkimSigner.prepare_all); kept
+    by the signer for its next messages, all but the body hashes (renewed)."""
 
-    __slots__ = ("from_keys", "canonical", "body_hashes", "names_by", "starts")
+    __slots__ = ("from_keys", "canonical", "body_hashes", "names_by", "starts", "timestamp")
 
     def __init__(self) -> None:
         self.from_keys: dict[bytes | None, tuple[DkimKey, ...]] = {}
         self.canonical: dict[bytes, bytes] = {}
         self.body_hashes: dict[bytes, str] = {}
-        self.names_by: dict[tuple[str, ...], list[str]] = {}
+        self.names_by: dict[tuple[str, ...], tuple[list[str], tuple[int, ...]]] = {}
         self.starts: dict[tuple[int, int, tuple[str, ...]], _FoldStart] = {}
+        self.timestamp: int | None = None
 
-    def keys(self, signer: DkimSigner, fields: list[_Field]) -> tuple[DkimKey, ...]:
-        first_from = next((f.raw for f in fields if f.name == "from"), None)
+    def renewed(self, timestamp: int) -> _Shared:
+        """Ready for the next message signed at `timestamp`: the messages of a campaign share their
+        From field (and getaddresses is slow), most fields and their h= list. Each table is bounded
+        (emptied when it reaches _MEMO_ENTRIES); the fold starts last a second (t= changes), the
+        body hashes one message."""
+        self.body_hashes = {}
+        for table in (self.from_keys, self.canonical, self.names_by, self.starts):
+            if len(table) >= _MEMO_ENTRIES:
+                table.clear()
+        if timestamp != self.timestamp:
+            self.starts.clear()
+            self.timestamp = timestamp
+        return self
+
+    def keys(self, signer: DkimSigner, fields: Fields) -> tuple[DkimKey, ...]:
+        first_from = next((raw for name, raw in fields if name == "from"), None)
         keys = self.from_keys.get(first_from)
         if keys is None:
             domain = _from_domain(fields)
-            keys = self.from_keys[first_from] = signer.keys_for(domain) if domain else ()
+            keys = signer.keys_for(domain) if domain else ()
+            if first_from is None or len(first_from) <= _MEMO_FIELD_BYTES:
+                self.from_keys[first_from] = keys
         return keys
 
-    def names(self, fields: list[_Field]) -> list[str]:
-        present = tuple(f.name for f in fields)
-        names = self.names_by.get(present)
-        if names is None:
-            names = self.names_by[present] = _header_names(fields)
-        return names
+    def names(self, fields: Fields) -> tuple[list[str], tuple[int, ...]]:
+        """The h= list of a message with these fields, and the field each name signs (_picks)."""
+        present = tuple([name for name, _ in fields])
+        found = self.names_by.get(present)
+        if found is None:
+            names = _header_names(fields)
+            found = self.names_by[present] = (names, _picks(fields, names))
+        return found
 
     def fold_start(self, key: DkimKey, timestamp: int, names: list[str]) -> _FoldStart:
         memo = (id(key), timestamp, tuple(names))
@@ -354,6 +412,8 @@ def _relaxed_body(body: bytes) -> bytes:
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2
+    if end and end == len(body) - 2:
+        return body  # one line end at the end already: the common case, without two copies
     return body[:end] + b"\r\n" if end else b""
 
 

@@ -4,22 +4,24 @@ Works on byte ranges of the original message, so every byte outside the replaced
 headers and the text parts that contain the placeholder stays exactly as it was.
 The structure is policies.mime's, the one the rules read: the placeholder is filled in
 exactly the body text parts (plain and HTML) the rules saw, never inside an attached
-message or an attachment. `prepare()` parses once per message; `CopyTemplate.render()`
-is the cheap per-copy step.
+message or an attachment. `prepare()` parses once per message (CopyTemplates: the body once
+for the messages that share it); `CopyTemplate.render()` is the cheap per-copy step.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import html
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from policies import mime
 
-__all__ = ["LIST_HEADERS", "CopyTemplate", "personalize", "prepare", "strip_header"]
+__all__ = ["LIST_HEADERS", "CopyTemplate", "CopyTemplates", "Rendered", "personalize", "prepare", "strip_header"]
 
 # An application's own copies of these are dropped; the relay sets exactly one each.
 LIST_HEADERS: frozenset[str] = frozenset(
@@ -51,6 +53,17 @@ class _Slot:
     # Quoted-printable only, when the pieces allow it (_qp_lines): the part's lines encoded once,
     # a tuple of raw pieces for each line the URL goes into (joined by it and encoded per copy).
     qp_lines: tuple[bytes | tuple[bytes, ...], ...] | None = None
+    # qp_lines with the message's line ends, when no line without the URL holds a delimiter (else
+    # _no_leading_dashes must see the whole part): a copy joins them as they are.
+    qp_wire: tuple[bytes | tuple[bytes, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.qp_lines is None or self.transfer_encoding != "quoted-printable":
+            return
+        fixed = [line for line in self.qp_lines if isinstance(line, bytes)]
+        if not any(delimiter in line for line in fixed for delimiter, _ in self.delimiters):
+            wire = tuple(line.replace(b"\n", self.eol) if isinstance(line, bytes) else line for line in self.qp_lines)
+            object.__setattr__(self, "qp_wire", wire)
 
     def render(self, url: str) -> bytes:
         out = self._encode(url)
@@ -64,6 +77,21 @@ class _Slot:
 
     def _encode(self, url: str) -> bytes:
         value = html.escape(url, quote=True) if self.html else url
+        if self.qp_wire is not None and "\r" not in value and "\n" not in value:
+            # What _encode_whole gives: a delimiter never spans lines, so only the URL's lines need a look.
+            url_bytes = value.encode(self.charset, "strict")
+            out = []
+            for line in self.qp_wire:
+                if not isinstance(line, bytes):
+                    line = binascii.b2a_qp(url_bytes.join(line), istext=True)
+                    if any(delimiter in line for delimiter, _ in self.delimiters):
+                        return self._encode_whole(value)
+                    line = line.replace(b"\n", self.eol)
+                out.append(line)
+            return b"".join(out)
+        return self._encode_whole(value)
+
+    def _encode_whole(self, value: str) -> bytes:
         if self.pieces and isinstance(self.pieces[0], str):
             data = value.join(self.pieces).encode(self.charset)  # type: ignore[arg-type]
         else:
@@ -90,29 +118,96 @@ class _Slot:
         return data
 
 
-@dataclass(frozen=True)
+class Rendered(NamedTuple):
+    """A copy as CopyTemplate.render_split makes it: its bytes and, without a second parse, what a
+    reader of its header block finds (policies.mime.read_head): every named field in order as (lower-case
+    name, its bytes with line ends), and where its body starts. `fields` is None when the template
+    cannot vouch for that (a header block without a line end at its end)."""
+
+    message: bytes
+    fields: list[tuple[str, bytes]] | None
+    body_start: int
+    eol: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What a message holds from the end of its header block on, parsed: the blank line and body as
+    constant segments around the slots (offsets from the end of the header block). The same for
+    every message with the same MIME fields and body, so CopyTemplates parses it once for them all."""
+
+    segments: tuple[bytes, ...]  # one more than slots: the bytes before, between and after them
+    slots: tuple[_Slot, ...]
+    blank: int  # length of the empty line that ends the header block
+
+
+@dataclass(frozen=True, slots=True)
 class CopyTemplate:
     """A message parsed once; `render` makes each recipient's copy."""
 
     head: bytes  # header fields without the list headers
     needs_eol: bool  # the header block did not end with a line end
     eol: bytes
-    raw: bytes
-    rest_start: int  # the blank line and body follow from here
-    slots: tuple[_Slot, ...]
+    body: _Body
+    fields: tuple[tuple[str, bytes], ...]  # the named fields of `head`: (lower-case name, bytes)
 
     def render(self, *, headers: Sequence[tuple[str, str]], url: str) -> bytes:
+        return self.render_split(headers=headers, url=url).message
+
+    def render_split(self, *, headers: Sequence[tuple[str, str]], url: str) -> Rendered:
+        formatted = [_format_header(name, value, self.eol) for name, value in headers]
         out = [self.head]
         if self.needs_eol and headers:
             out.append(self.eol)
-        out.extend(_format_header(name, value, self.eol) for name, value in headers)
-        pos = self.rest_start
-        for slot in self.slots:
-            out.append(self.raw[pos : slot.start])
+        out.extend(formatted)
+        body = self.body
+        segments = body.segments
+        out.append(segments[0])
+        for slot, after in zip(body.slots, segments[1:]):
             out.append(slot.render(url))
-            pos = slot.end
-        out.append(self.raw[pos:])
-        return b"".join(out)
+            out.append(after)
+        message = b"".join(out)
+        if self.needs_eol:
+            return Rendered(message, None, 0, self.eol)
+        fields = list(self.fields)
+        fields.extend((name.lower(), line) for (name, _), line in zip(headers, formatted))
+        body_start = len(self.head) + sum(map(len, formatted)) + body.blank
+        return Rendered(message, fields, body_start, self.eol)
+
+
+class CopyTemplates:
+    """prepare() for the messages of one relay: the body's parse (its text parts, their pieces and
+    quoted-printable lines) is kept for the last few bodies, so a campaign's messages, the same body
+    for thousands of messages, parse it once. Only bodies up to MAX_BODY bytes are kept."""
+
+    MAX_BODY = 128 * 1024  # a newsletter's size (Gmail clips beyond 102 KB); a kept body holds a few times it
+    MAX_ENTRIES = 16
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, bytes, tuple[bytes, ...], bytes], _Body] = {}
+
+    def prepare(
+        self, raw: bytes, *, placeholder: str, first: tuple[str, str] | None = None, drop: Collection[str] = ()
+    ) -> CopyTemplate:
+        return prepare(raw, placeholder=placeholder, bodies=self, first=first, drop=drop)
+
+    def _body(self, raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Body:
+        rest = raw[top.end :]
+        if len(rest) > self.MAX_BODY:
+            return _parse_body(raw, top, placeholder, eol)
+        # What the parse reads: the body, and of the header block only its MIME fields (part_head).
+        mime_fields = tuple(raw[f.start : f.end] for f in top.fields if f.name in _MIME_FIELDS)
+        key = (placeholder, eol, mime_fields, rest)
+        body = self._bodies.pop(key, None)
+        if body is None:
+            body = _parse_body(raw, top, placeholder, eol)
+            if len(self._bodies) >= self.MAX_ENTRIES:
+                del self._bodies[next(iter(self._bodies))]  # the least recently used
+        self._bodies[key] = body
+        return body
+
+
+_MIME_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
 
 
 def personalize(
@@ -122,25 +217,62 @@ def personalize(
     return prepare(raw, placeholder=placeholder).render(headers=headers, url=url)
 
 
-def prepare(raw: bytes, *, placeholder: str) -> CopyTemplate:
-    eol = mime.eol_of(raw)
+def prepare(
+    raw: bytes,
+    *,
+    placeholder: str,
+    bodies: CopyTemplates | None = None,
+    first: tuple[str, str] | None = None,
+    drop: Collection[str] = (),
+) -> CopyTemplate:
+    """The template of `raw`; with `drop` and `first`, of prepend_header(strip_header(raw, *drop),
+    *first) (the relay id of relay.engine.copies.with_relay_id), from one reading of the header block."""
     top = mime.read_head(raw)
-    head = b"".join(raw[f.start : f.end] for f in top.fields if f.name not in LIST_HEADERS)
-    slots: list[_Slot] = []
-    if placeholder:
-        for part in mime.walk(raw, into_messages=False):
-            if part.kind in (mime.PLAIN, mime.HTML) and not part.attached:
-                slot = _text_slot(part, placeholder, eol)
-                if slot is not None:
-                    slots.append(slot)
+    fields = top.fields
+    wanted = {name.lower() for name in drop}
+    if wanted:
+        if wanted & _MIME_FIELDS:
+            raise ValueError("the MIME fields of a template's message cannot be dropped")
+        fields = tuple(f for f in fields if f.name not in wanted)
+    if len(fields) == len(top.fields):
+        eol = mime.eol_of(raw)
+    else:  # strip_header's message starts with its first field kept, or with the empty line
+        eol = mime.eol_of(b"".join(raw[f.start : f.end] for f in fields[:1]) + raw[top.end : top.end + 2])
+    kept = [f for f in fields if f.name not in LIST_HEADERS]
+    head = b"".join(raw[f.start : f.end] for f in kept)
+    named = [(f.name, raw[f.start : f.end]) for f in kept if f.name]
+    if first is not None:
+        name, value = first
+        if not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"invalid header field {name!r}")
+        line = f"{name}: {value}".encode("ascii") + eol
+        head = line + head
+        named.insert(0, (name.lower(), line))
+    body = _parse_body(raw, top, placeholder, eol) if bodies is None else bodies._body(raw, top, placeholder, eol)
     return CopyTemplate(
         head=head,
         needs_eol=bool(head) and not head.endswith(b"\n"),
         eol=eol,
-        raw=raw,
-        rest_start=top.end,
-        slots=tuple(slots),
+        body=body,
+        fields=tuple(named),
     )
+
+
+def _parse_body(raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Body:
+    slots: list[_Slot] = []
+    if placeholder:
+        for part in mime.walk(raw, into_messages=False):
+            if part.kind in (mime.PLAIN, mime.HTML) and not part.attached:
+                slot = _text_slot(part, placeholder, eol, top.end)
+                if slot is not None:
+                    slots.append(slot)
+    segments = []
+    pos = top.end
+    for slot in slots:
+        segments.append(raw[pos : slot.start + top.end])
+        pos = slot.end + top.end
+    segments.append(raw[pos:])
+    return _Body(tuple(segments), tuple(slots), top.body_start - top.end)
 
 
 def strip_header(raw: bytes, name: str, *more: str) -> bytes:
@@ -158,7 +290,8 @@ def prepend_header(raw: bytes, name: str, value: str) -> bytes:
     return f"{name}: {value}".encode("ascii") + mime.eol_of(raw) + raw
 
 
-def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
+def _text_slot(part: mime.Part, placeholder: str, eol: bytes, offset: int = 0) -> _Slot | None:
+    """The slot of a text part holding the placeholder, its offsets made relative to `offset`."""
     body = part.buf[part.start : part.end]
     line_length = 76
     encoding = part.head.encoding
@@ -187,8 +320,8 @@ def _text_slot(part: mime.Part, placeholder: str, eol: bytes) -> _Slot | None:
             return None
         pieces = tuple(text.split(placeholder))
     return _Slot(
-        start=part.start,
-        end=part.end,
+        start=part.start - offset,
+        end=part.end - offset,
         html=part.kind == mime.HTML,
         pieces=pieces,
         charset=codec,
@@ -267,6 +400,7 @@ def _no_leading_dash(line: bytes) -> bytes:
     return b"\n".join(out)
 
 
+@functools.lru_cache(maxsize=256)  # List-Id, List-Unsubscribe-Post: the same in every copy
 def _format_header(name: str, value: str, eol: bytes) -> bytes:
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"invalid header name {name!r}")

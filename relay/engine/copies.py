@@ -11,7 +11,8 @@ from policies.facts import MessageFacts
 from policies.findings import ReliedConsent
 from relay.config import Config
 from relay.delivery.carrier import Copy
-from relay.delivery.personalize import prepare, prepend_header, strip_header
+from relay.delivery.dkim import SplitMessage
+from relay.delivery.personalize import CopyTemplates, prepend_header, strip_header
 from relay.engine.pipeline import STREAM_HEADER, IdAllocator
 from relay.engine.signing import CopySigner
 from relay.engine.transaction import Transaction
@@ -53,6 +54,7 @@ class CopyMaker:
         self.links = links
         self.signer = signer
         self.ids = ids
+        self.templates = CopyTemplates()  # a campaign's messages share their body: parsed once
 
     async def __call__(
         self,
@@ -63,9 +65,9 @@ class CopyMaker:
         recipients: Sequence[str],
     ) -> AsyncIterator[Copy]:
         """The copies, made as the caller takes them (relay.delivery.carrier.deliver)."""
-        raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
         stream = facts.stream
         if stream is None or not stream.is_marketing or self.links is None:
+            raw = with_relay_id(raw, txn.relay_id, STREAM_HEADER)
             (signed,) = await self.signer.sign([raw])
             if self.links is None or stream is None or not self.config.bounces.verp_transactional or facts.null_sender:
                 yield Copy(tuple(recipients), signed)
@@ -75,17 +77,25 @@ class CopyMaker:
                 yield Copy((rcpt,), signed, await self._verp(txn, rcpt))
             return
         issued = int(facts.now.timestamp())
-        template = prepare(raw, placeholder=self.config.unsubscribe.placeholder)  # parse once, render per recipient
+        # Parsed once (the body once for a campaign), rendered per recipient: with_relay_id's message.
+        template = self.templates.prepare(
+            raw,
+            placeholder=self.config.unsubscribe.placeholder,
+            first=(RELAY_ID_HEADER, txn.relay_id),
+            drop=(RELAY_ID_HEADER, STREAM_HEADER),
+        )
         verp = self.config.bounces.verp
         domain = self.config.unsubscribe.mailto_domain
         for start in range(0, len(recipients), COPY_WINDOW):
             window = recipients[start : start + COPY_WINDOW]
-            rendered = []
+            rendered: list[bytes | SplitMessage] = []
             senders: list[str | None] = []
             for rcpt in window:
                 delivery_id = await self._delivery_id(txn, rcpt)
                 url, headers = self.links.unsubscribe(facts, rcpt, relied_on.get(rcpt), delivery_id, issued)
-                rendered.append(template.render(headers=headers, url=url))
+                copy = template.render_split(headers=headers, url=url)
+                # The signer takes the copy's fields from the template instead of reading them again.
+                rendered.append(copy.message if copy.fields is None else SplitMessage(*copy))
                 # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
                 senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)
             signed = await self.signer.sign(rendered)  # the window's copies in one trip to the helper

@@ -4,6 +4,7 @@ token of its VERP bounce address. relay.engine.copies asks for them through its 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from policies.facts import MessageFacts
@@ -42,6 +43,7 @@ def list_headers(config: Config, topic: str, account: str, url: str, mailto_toke
     return headers
 
 
+@functools.lru_cache(maxsize=1024)  # a stream's topic and its account: the same for every copy
 def _label(text: str) -> str:
     cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in text.lower()).strip("-")
     return cleaned or "all"

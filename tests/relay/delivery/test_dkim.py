@@ -174,6 +174,46 @@ def test_a_body_all_copies_share_is_canonicalised_once(rsa_key: DkimKey, monkeyp
     assert len(calls) == 11
 
 
+def test_what_a_signer_keeps_from_one_message_signs_the_next_as_a_fresh_signer(
+    rsa_key: DkimKey, ed_key: DkimKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20: a signer keeps the From field's keys, canonical fields and h= lists of the messages
+    it prepared for the next (a campaign's messages share them); each still signs as if alone."""
+    import relay.delivery.dkim as dkim_module
+
+    calls: list[object] = []
+    original = dkim_module._from_domain
+    monkeypatch.setattr(dkim_module, "_from_domain", lambda fields: calls.append(fields) or original(fields))
+    kept = DkimSigner([rsa_key, ed_key])
+    messages = [
+        MESSAGE,
+        MESSAGE.replace(b"Message-ID: <m1@", b"Message-ID: <m2@"),
+        MESSAGE.replace(b"From: \"Nieuwsbrief, BV\" <news@Shop.Example>", b"From: x@other.example"),  # no key
+        MESSAGE.replace(b"Subject: Aanbieding", b"Subject: Andere"),
+        MESSAGE.replace(b"X-Mailer: shop 1.0\r\n", b"Cc: a@b.example\r\nCc: c@d.example\r\n"),  # other h=
+        MESSAGE,
+    ]
+    for now in (NOW, NOW, NOW + 1):
+        for message in messages:
+            ours, alone = kept.prepare(message, now=now), DkimSigner([rsa_key, ed_key]).prepare(message, now=now)
+            assert (ours is None) == (alone is None) == (b"other.example" in message)
+            if ours is not None and alone is not None:
+                assert (ours.keys, ours.unsigned, ours.digests) == (alone.keys, alone.unsigned, alone.digests)
+    assert len(calls) == 3 * len(messages) + 2  # the fresh signers' and two From fields read once by `kept`
+
+
+def test_rsa_signatures_are_deterministic_and_the_plain_cryptography_call(rsa_key: DkimKey) -> None:
+    """PKCS#1 v1.5 has no randomness: the padding objects made once give the bytes a fresh call gives."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    private = rsa_key.private_key
+    assert isinstance(private, rsa.RSAPrivateKey)
+    for digest in (bytes(32), bytes(range(32)), b"\xff" * 32):
+        expected = private.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        assert rsa_key.sign_digest(digest) == rsa_key.sign_digest(digest) == expected
+
+
 def test_wrong_public_key_fails(key_dir: Path, rsa_key: DkimKey, ed_key: DkimKey, tmp_path: Path) -> None:
     # The verifier must really check: the same selectors published with other keys fail.
     signed = DkimSigner([rsa_key, ed_key]).sign(MESSAGE, now=NOW)

@@ -371,3 +371,88 @@ def test_quoted_printable_copies_encode_only_the_url_lines_and_match_one_pass(pi
     assert slot._encode(url) == whole
     if not any(b"\r" in piece.replace(b"\r\n", b"\n") for piece in pieces):
         assert lines is not None  # the common case takes the line-by-line path
+
+
+# What CopyMaker does per message and per copy (issue 20): one reading of the header block instead of
+# with_relay_id's and prepare's, the body's parse kept for the next message with the same body, the
+# copy's fields handed to the signer instead of read again. Each must equal the two-step path.
+from hypothesis import HealthCheck  # noqa: E402
+
+from relay.delivery.dkim import DkimSigner, SplitMessage, _split  # noqa: E402
+from relay.delivery.personalize import CopyTemplates  # noqa: E402
+from relay.engine.copies import RELAY_ID_HEADER, with_relay_id  # noqa: E402
+from relay.engine.pipeline import STREAM_HEADER  # noqa: E402
+from tests.relay.delivery.test_mime_differential import PH, SIGNER, messages  # noqa: E402
+
+# The header blocks that a shortcut could read otherwise: a first line that continues nothing, no
+# header at all, no body (and no line end after the last field), only fields the copy drops, a
+# dropped field first in another line ending than the rest.
+_HEAD_EDGES = st.sampled_from([
+    lambda raw: raw,
+    lambda raw: b" folded first line\r\n" + raw,
+    lambda raw: b"\r\n" + raw,
+    lambda raw: b"\n" + raw,
+    lambda raw: re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0],
+    lambda raw: re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0] + b"\r\n",
+    lambda raw: b"X-Relay-Id: forged\n" + raw,
+    lambda raw: b"X-Relay-Stream: news\r\nList-Id: app\r\n\r\n" + raw,
+    lambda raw: b"Content-Type: text/plain\r\nX-Relay-Stream: news\r\n\r\nAfmelden: " + PH.encode() + b" \r\n",
+    lambda raw: raw.replace(b"Subject: Weekly", b"Subject: Weekly,\r\n\tfolded", 1),
+])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=messages(), edge=_HEAD_EDGES)
+def test_a_template_read_once_makes_the_copy_and_the_fields_of_the_two_step_path(case: tuple[bytes, object], edge) -> None:  # type: ignore[no-untyped-def]
+    raw = edge(case[0])
+    expected = prepare(with_relay_id(raw, "relay-1", STREAM_HEADER), placeholder=PH).render(headers=LIST_HEADERS, url=URL)
+    templates = CopyTemplates()
+    fresh = DkimSigner(SIGNER.keys)  # nothing kept from another message
+    for message in (raw, raw.replace(b"Subject: Weekly", b"Subject: Weekly too", 1), raw):  # the body kept, then reused
+        template = templates.prepare(message, placeholder=PH, first=(RELAY_ID_HEADER, "relay-1"), drop=(RELAY_ID_HEADER, STREAM_HEADER))
+        copy = template.render_split(headers=LIST_HEADERS, url=URL)
+        assert copy.message == prepare(with_relay_id(message, "relay-1", STREAM_HEADER), placeholder=PH).render(
+            headers=LIST_HEADERS, url=URL
+        )
+        assert template.render(headers=LIST_HEADERS, url=URL) == copy.message
+        if copy.fields is None:
+            continue
+        fields, body_start, eol = _split(copy.message)
+        assert (copy.body_start, copy.eol) == (body_start, eol)
+        assert [name for name, _ in copy.fields] == [f.name for f in fields]
+        if not raw.startswith((b" ", b"\t")):  # else the read joins that line to X-Relay-Id (never signed)
+            assert copy.fields == [(f.name, f.raw) for f in fields]
+        ours, theirs = SIGNER.prepare_all([SplitMessage(*copy)], now=1_700_000_000)[0], fresh.prepare(copy.message, now=1_700_000_000)
+        assert (ours is None) == (theirs is None)
+        if ours is not None and theirs is not None:
+            assert (ours.unsigned, ours.digests, ours.eol) == (theirs.unsigned, theirs.digests, theirs.eol)
+    assert copy.message == expected
+
+
+def test_a_campaigns_body_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import relay.delivery.personalize as personalize_module
+
+    expected = personalize(MIXED.replace(b"To: bob@", b"To: bob3@"), headers=LIST_HEADERS, placeholder=PLACEHOLDER, url=URL)
+    calls: list[bytes] = []
+    original = personalize_module._parse_body
+    monkeypatch.setattr(personalize_module, "_parse_body", lambda raw, *args: calls.append(raw) or original(raw, *args))
+    templates = CopyTemplates()
+    copies = [
+        templates.prepare(MIXED.replace(b"To: bob@", b"To: bob%d@" % i), placeholder=PLACEHOLDER).render(headers=LIST_HEADERS, url=URL)
+        for i in range(5)
+    ]
+    assert len(calls) == 1
+    assert copies[3] == expected
+    templates.prepare(MIXED.replace(b'boundary="outer"', b'boundary="outer"; x=1'), placeholder=PLACEHOLDER)  # other MIME fields
+    templates.prepare(MIXED, placeholder="{{other}}")
+    assert len(calls) == 3
+
+
+def test_a_template_keeps_few_bodies_and_not_a_large_one() -> None:
+    templates = CopyTemplates()
+    for i in range(CopyTemplates.MAX_ENTRIES + 5):
+        templates.prepare(MIXED + b"%d\r\n" % i, placeholder=PLACEHOLDER)
+    assert len(templates._bodies) == CopyTemplates.MAX_ENTRIES
+    templates.prepare(MIXED + b"x" * CopyTemplates.MAX_BODY, placeholder=PLACEHOLDER)
+    assert len(templates._bodies) == CopyTemplates.MAX_ENTRIES
+    assert not any(len(key[-1]) > CopyTemplates.MAX_BODY for key in templates._bodies)

@@ -232,3 +232,30 @@ def test_token_length_tells_the_address_length_only_in_steps_of_16_bytes() -> No
     lengths = {len(codec.issue("shop", "newsletter", "a" * n + "@example.nl", 1)) for n in range(1, 16)}
     assert len(lengths) <= 2  # 15 lengths fall into at most two 16-byte steps
     assert len(codec.issue("shop", "newsletter", "a@example.nl", 1)) == len(codec.issue("shop", "newsletter", "abcd@example.nl", 1))
+
+
+def test_id_tokens_are_base32_of_the_id_and_a_truncated_hmac_sha256() -> None:
+    """The mailto and bounce tokens of mail already sent must keep verifying: the bytes of the MAC do
+    not depend on how it is computed (issue 20 computes it in one call)."""
+    import base64
+    import hashlib
+    import hmac
+
+    for delivery_id, context, issue in (
+        (0, b"consent-relay unsubscribe mailto v1\x00", codec.issue_mailto),
+        (123_456_789, b"consent-relay unsubscribe mailto v1\x00", codec.issue_mailto),
+        (2**64 - 1, b"consent-relay bounce verp v1\x00", codec.issue_bounce),
+    ):
+        id_bytes = delivery_id.to_bytes(max(1, (delivery_id.bit_length() + 7) // 8), "big")
+        mac = hmac.new(NEW, context + id_bytes, hashlib.sha256).digest()[:16]
+        assert issue(delivery_id) == base64.b32encode(id_bytes + mac).rstrip(b"=").decode().lower()
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=80))
+def test_id_tokens_base32_is_the_standard_librarys(data: bytes) -> None:
+    import base64
+
+    from relay.unsubscribe.tokens import _b32_lower
+
+    assert _b32_lower(data) == base64.b32encode(data).rstrip(b"=").decode("ascii").lower()

@@ -16,6 +16,7 @@ import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Coroutine
 
 MAX_REPLY = 32 * 1024  # one reply, continuation lines included: a bound for a server that never stops
 _FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f]")  # in a command argument: CR/LF/NUL would inject commands
@@ -184,12 +185,13 @@ class Connection:
             raise self.protocol.lost or Broken("the connection is closed")
         transport.write(data)
 
-    async def reply(self) -> Reply:
-        return await self.protocol.next_reply(self.timeout)
+    # Not coroutines of their own: the protocol's, handed on, so that a wake-up resumes one frame less.
+    def reply(self) -> Coroutine[Any, Any, Reply]:
+        return self.protocol.next_reply(self.timeout)
 
-    async def replies(self, got: list[Reply], count: int) -> None:
+    def replies(self, got: list[Reply], count: int) -> Coroutine[Any, Any, None]:
         """The replies to a pipelined group of `count` commands, appended to `got` as they come."""
-        await self.protocol.next_replies(got, count, self.timeout)
+        return self.protocol.next_replies(got, count, self.timeout)
 
     async def command(self, line: bytes) -> Reply:
         self.write(line + b"\r\n")

@@ -7,7 +7,6 @@ consent each permitted recipient's copy relies on (the shell records it, never r
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
 from policies.facts import ClientFacts, MessageFacts, RecipientFacts
@@ -25,6 +24,14 @@ class Engine:
         self._by_stage: dict[Stage, tuple[Rule, ...]] = {
             stage: tuple(r for r in rules if r.stage is stage and profile.action(r.id) is not Action.OFF)
             for stage in Stage
+        }
+        # The rules of a stage that apply, by (null sender, marketing stream): _applies decided once
+        # per engine, not per rule and message.
+        self._applying: dict[tuple[Stage, bool, bool], tuple[Rule, ...]] = {
+            (stage, null, marketing): tuple(r for r in rules if _applies(r, null, marketing))
+            for stage, rules in self._by_stage.items()
+            for null in (False, True)
+            for marketing in (False, True)
         }
 
     def rules(self, stage: Stage) -> tuple[Rule, ...]:
@@ -53,14 +60,18 @@ class Engine:
         hit = rule.check(facts)
         return None if hit is None else Finding(rule.id, action, hit.detail, hit.evidence)
 
+    def _applying_to(self, stage: Stage, facts: MessageFacts) -> tuple[Rule, ...]:
+        stream = facts.stream
+        return self._applying[stage, bool(facts.null_sender), bool(stream is not None and stream.is_marketing)]
+
     def session(self, facts: MessageFacts) -> Verdict:
         """MAIL FROM: account state, envelope sender."""
-        findings, misses = self._run(self._by_stage[Stage.SESSION], facts)
+        findings, misses = self._run(self._applying_to(Stage.SESSION, facts), facts)
         return _decide(findings, misses, ())
 
     def recipient(self, facts: MessageFacts, rcpt: RecipientFacts, *, before_data: bool) -> Verdict:
         """RCPT TO: only the recipient rules that can be decided before DATA when before_data."""
-        rules = [r for r in self._by_stage[Stage.RECIPIENT] if r.before_data or not before_data]
+        rules = [r for r in self._applying_to(Stage.RECIPIENT, facts) if r.before_data or not before_data]
         findings, misses = self._run_recipient(rules, facts, rcpt)
         return _decide(findings, misses, (rcpt.address,))
 
@@ -77,32 +88,28 @@ class Engine:
         findings: list[Finding] = []
         misses: list[str] = []
         for stage in (Stage.SESSION, Stage.MESSAGE):
-            rules = [r for r in self._by_stage[stage] if r.id not in skipped]
-            hit, miss = self._run(rules, facts)
+            rules = self._applying_to(stage, facts)
+            hit, miss = self._run([r for r in rules if r.id not in skipped] if skipped else rules, facts)
             findings += hit
             misses += miss
-        rcpt_rules = [r for r in self._by_stage[Stage.RECIPIENT] if r.id not in skipped]
+        rcpt_rules = self._applying_to(Stage.RECIPIENT, facts)
+        if skipped:
+            rcpt_rules = tuple(r for r in rcpt_rules if r.id not in skipped)
         for rcpt in recipients:
             hit, miss = self._run_recipient(rcpt_rules, facts, rcpt)
             findings += hit
             misses += miss
         verdict = _decide(findings, misses, tuple(r.address for r in recipients))
         relied = _relied_on(facts, recipients, verdict.refused)
-        return replace(verdict, relied_on=relied) if relied else verdict
-
-    def _applies(self, rule: Rule, facts: MessageFacts) -> bool:
-        if facts.null_sender and rule.skip_for_null_sender:
-            return False
-        if rule.marketing_only:
-            return facts.stream is not None and facts.stream.is_marketing
-        return True
+        if not relied:
+            return verdict
+        return Verdict(verdict.outcome, verdict.findings, verdict.misses, verdict.refused, verdict.deciding, relied)
 
     def _run(self, rules: Iterable[Rule], facts: MessageFacts) -> tuple[list[Finding], list[str]]:
+        """The rules given, which apply to these facts (_applying_to)."""
         findings: list[Finding] = []
         misses: list[str] = []
         for r in rules:
-            if not self._applies(r, facts):
-                continue
             hit = r.check(facts)
             if hit is None:
                 misses.append(r.id)
@@ -116,8 +123,6 @@ class Engine:
         findings: list[Finding] = []
         misses: list[str] = []
         for r in rules:
-            if not self._applies(r, facts):
-                continue
             hit = r.check(facts, rcpt)
             if hit is None:
                 misses.append(r.id)
@@ -125,6 +130,12 @@ class Engine:
                 action = self.profile.action(r.id)
                 findings.append(Finding(r.id, action, hit.detail, hit.evidence, rcpt.address, hit.consent_id))
         return findings, misses
+
+
+def _applies(rule: Rule, null_sender: bool, marketing: bool) -> bool:
+    if null_sender and rule.skip_for_null_sender:
+        return False
+    return marketing or not rule.marketing_only
 
 
 def _relied_on(
@@ -148,6 +159,8 @@ def _relied_on(
 
 def _decide(findings: list[Finding], misses: list[str], recipients: tuple[str, ...]) -> Verdict:
     """tempfail > reject of the message > quarantine > deliver; per-recipient rejects refuse that recipient."""
+    if not findings:  # nearly every message: nothing to rank
+        return Verdict(Outcome.DELIVER, (), tuple(misses), {}, None)
     message_level = [f for f in findings if f.recipient is None]
     refused: dict[str, Finding] = {}
     held: Finding | None = None

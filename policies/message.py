@@ -123,6 +123,8 @@ class ParsedMessage:
         "_body",
         "_folded",
         "_folded_visible",
+        "_folded_subject",
+        "_subject_words",
         "_words",
         "_hrefs",
         "_hosts",
@@ -163,6 +165,8 @@ class ParsedMessage:
         init(self, "_body", None)
         init(self, "_folded", None)
         init(self, "_folded_visible", None)
+        init(self, "_folded_subject", None)
+        init(self, "_subject_words", None)
         init(self, "_words", None)
         init(self, "_hrefs", None)
         init(self, "_hosts", None)
@@ -241,11 +245,29 @@ class ParsedMessage:
         return folded
 
     @property
+    def folded_subject(self) -> str:
+        """The subject, case- and accent-folded: four subject rules read it."""
+        folded = self._folded_subject
+        if folded is None:
+            folded = fold(self.subject)
+            object.__setattr__(self, "_folded_subject", folded)
+        return folded
+
+    @property
+    def subject_words(self) -> frozenset[str]:
+        """The distinct words of folded_subject, for the word lists run against the subject alone."""
+        words = self._subject_words
+        if words is None:
+            words = split_words(self.folded_subject)
+            object.__setattr__(self, "_subject_words", words)
+        return words
+
+    @property
     def folded_text(self) -> str:
         """Subject, visible and hidden text, case- and accent-folded: the content word lists."""
         folded = self._folded
         if folded is None:
-            folded = "\n".join((fold(self.subject), self.folded_visible, fold(self.hidden_text)))
+            folded = "\n".join((self.folded_subject, self.folded_visible, fold(self.hidden_text)))
             object.__setattr__(self, "_folded", folded)
         return folded
 
@@ -291,7 +313,8 @@ _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\u
 # UTF-8 prefixes covering those ranges (U+0300-037F, U+1A80-1AFF, U+1DC0-1DFF, U+20C0-20FF,
 # U+FE00-FE3F): a superset, so finding none proves there is nothing to remove.
 _ASCII_BYTES = bytes(range(128))
-_COMBINING_UTF8_LEADS = (b"\xcc", b"\xcd", b"\xe1\xaa", b"\xe1\xab", b"\xe1\xb7", b"\xe2\x83", b"\xef\xb8")
+_COMBINING_UTF8_LEAD = re.compile(rb"[\xcc\xcd]|\xe1[\xaa\xab\xb7]|\xe2\x83|\xef\xb8")
+_SHORT_RUN = 32
 
 
 def fold(text: str) -> str:
@@ -309,12 +332,14 @@ def fold(text: str) -> str:
 def _fold_run(text: str) -> str:
     if not unicodedata.is_normalized("NFKD", text):  # the check is cheaper than normalizing
         text = unicodedata.normalize("NFKD", text)
-    # sre scans a wide string at ~8 ns a character even when nothing matches; the UTF-8 lead
-    # bytes of the combining ranges are found far faster, and most text has none.
-    # Only the non-ASCII bytes are searched (bytes.translate drops the rest in one C pass); a
-    # multi-byte character's bytes stay adjacent, so no false match and no missed one.
-    encoded = text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES)
-    if any(lead in encoded for lead in _COMBINING_UTF8_LEADS):
+    # A short run (an accented letter, a dash, a euro sign: what the C pass mostly hands over) is
+    # searched directly. On a long one sre costs ~8 ns a character even when nothing matches; the
+    # UTF-8 lead bytes of the combining ranges are found far faster, and most text has none. Only
+    # the non-ASCII bytes are searched (bytes.translate drops the rest in one C pass); a multi-byte
+    # character's bytes stay adjacent, so no false match and no missed one.
+    if len(text) <= _SHORT_RUN or _COMBINING_UTF8_LEAD.search(
+        text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES)
+    ):
         text = _COMBINING.sub("", text)
     return text.casefold()
 
@@ -618,7 +643,7 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
     for text in plain:
         text = text.replace("\r\n", "\n")
         for start, end in _urls(text):
-            links.append(Link(text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end))
+            links.append(_new_link((text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end)))
         chunks.append(text)
         offset += len(text) + 2
     for page in markup:
@@ -628,7 +653,7 @@ def _render(plain: list[str], markup: list[str]) -> tuple[str, str, tuple[Link, 
         # Bare URLs written as text in HTML (not inside an anchor) are links to the reader too.
         for start, end in _urls(text):
             if not any(s <= offset + start < e for _, _, s, e in anchors):
-                links.append(Link(text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end))
+                links.append(_new_link((text[start:end].rstrip(".,;:!?"), "", offset + start, offset + end)))
         chunks.append(text)
         if hidden_text:
             hidden.append(hidden_text)

@@ -226,6 +226,8 @@ class PartHead:
     def filename(self) -> str:
         """The declared file name, else "" (filename or name; RFC 2231 and RFC 2047 forms)."""
         for params in (self.disposition_params, self.params):
+            if not params:  # param() finds nothing in no parameters; every leaf asks
+                continue
             for key in ("filename", "name"):
                 value = param(params, key)
                 if value is not None:
@@ -412,6 +414,9 @@ class Part(NamedTuple):
         return decode_with(data, self.charset(data))
 
 
+_new_part = functools.partial(tuple.__new__, Part)  # Part(…) without NamedTuple's Python-level __new__
+
+
 def walk(raw: bytes, *, into_messages: bool = True) -> Iterator[Part]:
     """Every leaf of the message in order (multiparts opened; attached messages opened too unless
     `into_messages` is false), at most MAX_PARTS entities and MAX_MIME_DEPTH levels deep."""
@@ -471,4 +476,4 @@ def _walk(
             kind = OTHER_TEXT
     else:
         kind = ATTACHMENT
-    yield Part(head, ctype, kind, buf, start, end, depth, delimiters, attached)
+    yield _new_part((head, ctype, kind, buf, start, end, depth, delimiters, attached, None))

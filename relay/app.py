@@ -177,22 +177,20 @@ class Relay:
         smtp = self.config.smtp
         loop = asyncio.get_running_loop()
 
-        def factory() -> RelaySMTP:
-            return RelaySMTP(
-                self.handler,
-                limits=self.limits,
-                data_size_limit=smtp.max_message_size,
-                enable_SMTPUTF8=True,
-                hostname=smtp.hostname,
-                ident="consent-relay",
-                tls_context=None if implicit else tls_context,
-                timeout=smtp.idle_timeout,
-                data_timeout=smtp.data_timeout,
-                # On the implicit-TLS listener the connection is already encrypted.
-                auth_require_tls=False if implicit else smtp.auth_require_tls,
-                loop=loop,
-            )
-
+        factory = RelaySMTP.factory(
+            self.handler,
+            limits=self.limits,
+            data_size_limit=smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=smtp.hostname,
+            ident="consent-relay",
+            tls_context=None if implicit else tls_context,
+            timeout=smtp.idle_timeout,
+            data_timeout=smtp.data_timeout,
+            # On the implicit-TLS listener the connection is already encrypted.
+            auth_require_tls=False if implicit else smtp.auth_require_tls,
+            loop=loop,
+        )
         return await loop.create_server(factory, sock=sock, ssl=tls_context if implicit else None)
 
     async def _serve_http(self, app: web.Application, socks: list[socket.socket]) -> None:

@@ -45,6 +45,36 @@ DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 DATA_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
 
+# aiosmtpd's command-loop replies as they leave (its wording, the enhanced code push() used to add):
+# RelaySMTP runs its own copy of that loop
+COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
+COMMAND_BAD_SYNTAX = "500 5.5.2 bad syntax"
+COMMAND_NOT_ASCII = "500 5.5.2 strict ASCII mode"
+COMMAND_AFTER_FAILED_TLS = "554 5.3.0 Command refused due to lack of security"
+COMMAND_BEFORE_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+TOO_MANY_UNKNOWN_COMMANDS = "502 5.5.1 Too many unrecognized commands, goodbye."
+UNDESCRIBABLE_ERROR = "500 5.5.2 Cannot describe error"
+QUIT_SYNTAX = "501 5.5.4 Syntax: QUIT"
+
+
+def bye() -> str:
+    """aiosmtpd's reply to QUIT, word for word: a 2xx, to which the relay never added an enhanced code."""
+    return "221 Bye"
+
+
+def command_over_call_limit(command: str) -> str:
+    return f"421 4.7.0 {command} sent too many times"
+
+
+def unknown_command(command: str) -> str:
+    return f'500 5.5.2 command "{command}" not recognized'
+
+
+def session_error(error: BaseException) -> str:
+    """aiosmtpd's reply when handle_exception itself fails."""
+    return f"500 5.5.2 ({error.__class__.__name__}) {error}"
+
+
 _UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]")
 
 

@@ -68,7 +68,9 @@ def _months_before(moment: datetime, months: int) -> datetime:
     """The same wall time `months` calendar months earlier (day clamped to the month's length)."""
     index = moment.year * 12 + (moment.month - 1) - months
     year, month = divmod(index, 12)
-    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    day = moment.day
+    if day > 28:  # every month has 28 days: only a later day may need clamping
+        day = min(day, calendar.monthrange(year, month + 1)[1])
     return moment.replace(year=year, month=month + 1, day=day)
 
 

@@ -4,6 +4,7 @@ third parties' personal data and malware (POLICY.md, content rules)."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from typing import Any, Iterable, Iterator, Mapping
 from email.utils import getaddresses
@@ -21,6 +22,15 @@ from policies.wordlists import extra_terms, terms_for, wordlist
 # --- subjects ---------------------------------------------------------------------------------
 
 
+def subject_term(message: ParsedMessage, name: str, params: Mapping[str, Any]) -> str | None:
+    """The first term of word list `name` in the subject: WordList.search(message.subject), with the
+    subject folded and split once for every list. A list with terms of scripts without spaces looks
+    for those in the folded subject as a whole, as search() does (a term of two such words is
+    found there, never among the distinct words)."""
+    words = wordlist(name, params)
+    return words.search_folded(message.folded_subject, None if words.unspaced else message.subject_words)
+
+
 @rule(
     "content.offensive_subject",
     "Subject contains offensive terms (Dutch and English word lists).",
@@ -31,7 +41,7 @@ def offensive_subject(facts: MessageFacts) -> Hit | None:
     message = facts.message
     if message is None:
         return None
-    term = wordlist("offensive", facts.params).search(message.subject)
+    term = subject_term(message, "offensive", facts.params)
     if term is None:
         return None
     return Hit("The subject contains an offensive term", evidence=term)
@@ -46,19 +56,26 @@ _FAKE_THREAD = re.compile(
 _PUNCTUATION_RUN = re.compile(r"[!?]{3,}")
 SHOUTING_MIN_LETTERS = 12
 SHOUTING_UPPER_SHARE = 0.7
+# Capitals a shouting subject has at least (70% of 12 letters: 8.4); taking the sender's names out
+# and counting letters only can only lower the count of the subject as written.
+_SHOUTING_MIN_UPPER = math.ceil(SHOUTING_MIN_LETTERS * SHOUTING_UPPER_SHARE)
 
 
 def shouting(subject: str, own: Iterable[str] = ()) -> bool:
     """Mostly capitals over enough letters: acronyms in a normal subject are not shouting. The
     sender's own name and domains (`own`), which mastheads write in capitals ("SOURCEFORGE.NET
     UPDATE: August 14, 2002"), are its brand, not raised voice, and are left out of the count."""
+    if sum(map(str.isupper, subject)) < _SHOUTING_MIN_UPPER:
+        return False  # most subjects: too few capitals, whatever the names take out
+    lowered = subject.lower()
     for name in own:
-        if name and name.lower() in subject.lower():
+        if name and name.lower() in lowered:
             subject = re.sub(re.escape(name), " ", subject, flags=re.I)
-    letters = [c for c in subject if c.isalpha()]
+            lowered = subject.lower()
+    letters = "".join(filter(str.isalpha, subject))  # one C loop each, not a Python one a character
     if len(letters) < SHOUTING_MIN_LETTERS:
         return False
-    upper = sum(1 for c in letters if c.isupper())
+    upper = sum(map(str.isupper, letters))
     return upper / len(letters) >= SHOUTING_UPPER_SHARE
 
 
@@ -84,10 +101,10 @@ def misleading_subject(facts: MessageFacts) -> Hit | None:
     account = facts.account
     if shouting(subject, (*sorted(account.domains, key=len, reverse=True), account.name)):
         return Hit("The subject is shouting (mostly capitals)", evidence=subject[:80])
-    run = _PUNCTUATION_RUN.search(subject)
+    run = _PUNCTUATION_RUN.search(subject) if "!" in subject or "?" in subject else None
     if run is not None:
         return Hit("The subject shouts with a run of exclamation or question marks", evidence=run.group(0))
-    term = wordlist("urgency", facts.params).search(subject)
+    term = subject_term(message, "urgency", facts.params)
     if term is not None:
         return Hit("The subject uses a fake-urgency or deceptive phrase", evidence=term)
     return None
@@ -152,7 +169,7 @@ _NAMING_SPAN = 5000
 def _passing_mention(message: ParsedMessage, params: Mapping[str, Any]) -> bool:
     words = wordlist("adult", params)
     terms = words.find_all(message.folded_text, message.words)
-    if not set(map(fold, terms)) <= _NAMING_ADULT or words.search(message.subject) is not None:
+    if not set(map(fold, terms)) <= _NAMING_ADULT or subject_term(message, "adult", params) is not None:
         return False
     folded = message.folded_text
     mentions = len(re.findall(r"\b(?:%s)\b" % "|".join(map(re.escape, map(fold, terms))), folded))
@@ -286,7 +303,7 @@ def prescription_drugs(facts: MessageFacts) -> Hit | None:
     folded = message.folded_text
     words = message.words
     spellings, spelling_set, spaced = _drug_spellings(wordlist("prescription_drugs", facts.params).terms)
-    disguised = spaced.search(fold(message.subject))
+    disguised = spaced.search(message.folded_subject)
     if disguised is not None and disguised.group(0) not in spellings.values():
         return Hit("The message sells a prescription-only medicine under a disguised name", evidence=disguised.group(0))
     found = words & spelling_set  # a set with a set: the smaller one is walked
@@ -671,6 +688,10 @@ def personal_numbers(
             iban = match.group(1).replace(" ", "")
             if iban_valid(iban) and iban not in allowed and not own_account(text, match.start(1), legal_name):
                 yield "IBAN", mask_iban(iban)
+        # A card number has 13 digits or more and a BSN 9 (\d: str.isdecimal); most windows (a KvK
+        # number, a phone number, a date) have fewer, and two patterns are not run over them.
+        if sum(map(str.isdecimal, text[start:end])) < 9:
+            continue
         for match in _CARD.finditer(text, start, end):
             raw = match.group(1)
             digits = re.sub(r"\D", "", raw)
@@ -753,7 +774,7 @@ def personal_data(facts: MessageFacts) -> Hit | None:
         return None
     allowed = _allowed_numbers(facts)
     for text in (message.text, message.hidden_text):
-        for kind, masked in personal_numbers(text, allowed, facts.account.legal_name):
+        for kind, masked in personal_numbers(text, allowed, facts.account.legal_name) if text else ():
             return Hit(f"The message shows a third party's {kind}", evidence=masked)
     recipients = disclosed_recipients(message, facts.account.domains)
     if len(recipients) >= DISCLOSED_RECIPIENTS_MIN:

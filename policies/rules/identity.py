@@ -49,10 +49,13 @@ def _domain(address: str) -> str:
 
 
 def _domain_allowed(domain: str, allowed: frozenset[str]) -> bool:
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
+    # The idna codec gives an ASCII name back unchanged (or raises on an empty or long label, which
+    # keeps it as it is too): only a non-ASCII name needs it, and the codec is slow Python.
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
     return domain in allowed
 
 
@@ -102,13 +105,17 @@ def null_sender(facts: MessageFacts, rcpt: RecipientFacts) -> Hit | None:
     )
 
 
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_NO_REPLY_INSIDE = re.compile("|".join(_NO_REPLY))  # any marker within the squashed local part
+_NO_REPLY_LABELS = frozenset(_NO_REPLY)
+
+
 def _is_no_reply(address: str) -> bool:
     local, _, domain = address.rpartition("@")
-    squashed = re.sub(r"[\W_]+", "", fold(local))
-    if any(marker in squashed for marker in _NO_REPLY):
+    squashed = _NOT_ALNUM.sub("", fold(local))
+    if _NO_REPLY_INSIDE.search(squashed):
         return True
-    labels = (re.sub(r"[\W_]+", "", label) for label in fold(domain).split("."))
-    return any(label in _NO_REPLY for label in labels)
+    return any(_NOT_ALNUM.sub("", label) in _NO_REPLY_LABELS for label in fold(domain).split("."))
 
 
 @rule(
@@ -329,21 +336,23 @@ def legal_notice_missing(facts: MessageFacts) -> Hit | None:
     if message is None:
         return None
     account = facts.account
-    missing_config = [
-        key for key in ("legal_name", "registration_number") if not getattr(account, key).strip()
-    ]
-    if missing_config:
+    if not account.legal_name.strip() or not account.registration_number.strip():
+        missing_config = [
+            key for key in ("legal_name", "registration_number") if not getattr(account, key).strip()
+        ]
         return Hit(f"account {account.id} has no {' and no '.join(missing_config)} configured")
     body = message.folded_visible
-    absent = []
     name_pattern = _cached("text", account.legal_name)
-    if name_pattern is None or not name_pattern.search(body):
-        absent.append(("legal name", account.legal_name))
+    name_shown = name_pattern is not None and name_pattern.search(body) is not None
     registration = registration_patterns(account.registration_number)
-    if not registration or not all(p.search(body) for p in registration):
-        absent.append(("registration number", account.registration_number))
-    if not absent:
+    number_shown = bool(registration) and all(p.search(body) for p in registration)
+    if name_shown and number_shown:  # the configured notice, shown: nearly every message
         return None
+    absent = []
+    if not name_shown:
+        absent.append(("legal name", account.legal_name))
+    if not number_shown:
+        absent.append(("registration number", account.registration_number))
     what = " and ".join(label for label, _ in absent)
     return Hit(f"The body does not show the sender's {what}", evidence="; ".join(v for _, v in absent))
 

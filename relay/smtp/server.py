@@ -4,14 +4,16 @@ replies, and a lock-out for repeated bad passwords. Policy lives in the handler.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
+import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiosmtpd.smtp
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import BOGUS_LIMIT, MISSING, SMTP, _AuthMechAttr, syntax
 
 from relay import replies
 from relay.metrics import Metrics
@@ -150,8 +152,35 @@ aiosmtpd.smtp.inspect = _MEMBERS  # type: ignore[attr-defined]
 END_OF_DATA = b"\r\n.\r\n"
 READ_CHUNK = 256 * 1024
 # RFC 5321 4.5.3.1.6: 998 octets of text plus CRLF, one more for a transparent dot: a line of 1,000
-# octets before its CR is too long. Anchored at line starts, so the scan is linear in the body.
-_LONG_LINE = re.compile(rb"^[^\n]{1001}", re.MULTILINE)
+# octets before its CR (1,001 with it) is too long.
+_MAX_LINE = 1000
+
+
+def _has_long_line(body: bytes) -> bool:
+    """A line of more than _MAX_LINE octets before its LF (split: a third of a line-anchored regex)."""
+    return len(body) > _MAX_LINE and max(map(len, body.split(b"\n"))) > _MAX_LINE
+
+
+_log = aiosmtpd.smtp.log
+_SMTP_FUNCTIONS: dict[type, dict[str, Any]] = {}
+# A reply ready to send: its bytes, and whether push() holds it back: a line of a multi-line reply
+# waits for its last line, a 250 waits while the client's next command is already in the buffer.
+_SEND, _HOLD, _HOLD_IF_PIPELINED = "send", "hold", "hold if pipelined"
+
+
+def _reply(line: bytes) -> tuple[bytes, str]:
+    last = line[line.rfind(b"\n", 0, -1) + 1 :]
+    if last[3:4] == b"-":
+        return line, _HOLD
+    return line, _HOLD_IF_PIPELINED if last[:4] == b"250 " else _SEND
+
+
+def _encoded(status: str, encoding: str) -> tuple[bytes, str]:
+    return _reply(replies.with_enhanced_code(status).encode(encoding) + b"\r\n")
+
+
+_ASCII_REPLIES: dict[str, tuple[bytes, str]] = {}
+_UTF8_REPLIES: dict[str, tuple[bytes, str]] = {}
 
 
 # An address in angle brackets whose local part is a dot-atom and whose domain is a plain host name:
@@ -161,25 +190,165 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
+# What SMTP.__init__ sets that belongs to one connection; everything else it derives from the
+# listener's settings, the same for every connection (see RelaySMTP.__init__).
+_PER_CONNECTION = frozenset(
+    {
+        "_loop", "_paused", "_drain_waiters", "_connection_lost",  # FlowControlMixin
+        "_stream_reader_wr", "_source_traceback", "_strong_reader", "_reject_connection", "_stream_writer",
+        "_task", "_transport", "_client_connected_cb", "_over_ssl", "_closed",  # StreamReaderProtocol
+        "session", "envelope", "transport", "_handler_coroutine", "_timeout_handle", "_tls_handshake_okay",
+        "_tls_protocol", "_original_transport", "_handle_hooks", "_smtp_bound", "_auth_bound",
+    }
+)
+_TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
+_MAX_TEMPLATES = 64
+_MAX_CACHED_REPLIES = 1024
+
+
+def _command_size_limit() -> int:
+    return SMTP.command_size_limit
+
+
 class RelaySMTP(SMTP):
-    def __init__(self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    @classmethod
+    def factory(cls, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> Callable[[], RelaySMTP]:
+        """A listener's protocol factory: SMTP.__init__'s work on `kwargs` is done here, once, and each
+        connection's session starts from it (see __init__)."""
+        template = cls._template(handler, kwargs)
+        return lambda: cls(handler, limits=limits, data_timeout=data_timeout, template=template)
+
+    @classmethod
+    def _template(cls, handler: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """What SMTP.__init__ sets from the listener's settings (a first session's attributes less what
+        belongs to its connection), with the member names the lazily bound tables need."""
+        first = cls.__new__(cls)
+        SMTP.__init__(first, handler, **kwargs)
+        first._note_member_names(handler)
+        return {k: v for k, v in first.__dict__.items() if k not in _PER_CONNECTION}
+
+    def __init__(
+        self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0,
+        template: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
+        """aiosmtpd's SMTP.__init__ derives the same tables, warnings and log line for every connection
+        of a listener (its own share of a short session's CPU): done once per listener settings
+        (`factory`, or a cache of the settings seen), and each connection copies the result. Its
+        per-connection state is made fresh, as SMTP.__init__ makes it; the handler's hooks are read
+        from the handler each time, as aiosmtpd reads them."""
+        if template is None and kwargs.get("loop") is not None:  # without a loop SMTP.__init__ picks one
+            key = (type(self), id(handler), *kwargs.items())
+            try:
+                template = _TEMPLATES.get(key)
+            except TypeError:  # an unhashable setting (a dict of call limits, a list of mechanisms)
+                pass
+            else:
+                if template is None or template["event_handler"] is not handler:
+                    if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                        _TEMPLATES.clear()
+                    template = _TEMPLATES[key] = self._template(handler, kwargs)
+        if template is not None:
+            assert template["event_handler"] is handler
+            loop = template["loop"]
+            asyncio.StreamReaderProtocol.__init__(
+                self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+                client_connected_cb=self._cb_client_connected, loop=loop,
+            )
+            self.__dict__.update(template)
+            self.session = None
+            self.envelope = None
+            self.transport = None
+            self._handler_coroutine = None
+            self._timeout_handle = None
+            self._tls_handshake_okay = True
+            self._tls_protocol = None
+            self._original_transport = None
+            self._handle_hooks = {m.replace("handle_", ""): getattr(handler, m) for m in template["_hook_names"]}
+        else:
+            super().__init__(handler, **kwargs)
+            self._note_member_names(handler)
+        # SMTP keeps these on the class: every new connection cleared them, every EHLO (of any
+        # session) raised MAIL's. Each session has its own: 512 octets, MAIL's raised by its EHLO.
+        self.command_size_limits = collections.defaultdict(_command_size_limit)
         self._limits = limits
         self._data_timeout = data_timeout
         self._admitted_ip: str | None = None
         self._unsent = bytearray()  # replies held back by push() until the group's last one
         self.busy = False  # inside a transaction's DATA processing
+        self._quit = False  # QUIT answered: the command loop ends
+        # The idle and DATA timers: one TimerHandle, armed once and moved only when it fires early
+        # (aiosmtpd cancelled and made one per command). _deadline None: the idle timer is stopped.
+        self._deadline: float | None = None
+        self._data_deadline: float | None = None
+        self._timer_at: float | None = None
+
+    def _note_member_names(self, handler: Any) -> None:
+        self._smtp_names = tuple(self.__dict__["_smtp_bound"])
+        self._auth_names = self._auth_members(handler)
+        self._hook_names = tuple(m for m in _MEMBERS.names(handler) if m.startswith("handle_"))
+
+    def _auth_members(self, handler: Any) -> tuple[tuple[str, str, bool], ...]:
+        """(mechanism, member name, built in) for each entry of the AUTH table SMTP.__init__ made,
+        found the way it finds them: the session's auth_* members, then the handler's."""
+        found: dict[str, tuple[str, str, bool]] = {}
+        for obj, builtin in ((self, True), (handler, False)):
+            for name in _MEMBERS.names(obj):
+                if name.startswith("auth_"):
+                    member = getattr(obj, name)
+                    mechanism = getattr(member, "__auth_mechanism_name__", name.replace("auth_", "").replace("__", "-"))
+                    found[mechanism] = (mechanism, name, builtin)
+        return tuple(entry for mechanism, entry in found.items() if mechanism in self.__dict__["_auth_bound"])
+
+    # aiosmtpd binds every smtp_* method and its AUTH mechanisms to the session in SMTP.__init__; only
+    # HELP, EHLO and AUTH read these tables, so a session binds them when one of those asks.
+
+    @property
+    def _smtp_methods(self) -> dict[str, Any]:
+        bound = self.__dict__.get("_smtp_bound")
+        if bound is None:
+            bound = self.__dict__["_smtp_bound"] = {name: getattr(self, "smtp_" + name) for name in self._smtp_names}
+        return bound
+
+    @_smtp_methods.setter
+    def _smtp_methods(self, value: dict[str, Any]) -> None:
+        self.__dict__["_smtp_bound"] = value
+
+    @property
+    def _auth_methods(self) -> dict[str, Any]:
+        bound = self.__dict__.get("_auth_bound")
+        if bound is None:
+            bound = self.__dict__["_auth_bound"] = {
+                mechanism: _AuthMechAttr(getattr(self if builtin else self.event_handler, name), builtin)
+                for mechanism, name, builtin in self._auth_names
+            }
+        return bound
+
+    @_auth_methods.setter
+    def _auth_methods(self, value: dict[str, Any]) -> None:
+        self.__dict__["_auth_bound"] = value
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._admitted_ip is None and self.transport is None:
-            ip = peer_ip(transport.get_extra_info("peername"))
+            peer = transport.get_extra_info("peername")
+            ip = peer_ip(peer)
             if not self._limits.admit(ip):
                 transport.write((replies.TOO_MANY_CONNECTIONS + "\r\n").encode())
                 transport.close()
                 return
             self._admitted_ip = ip
             self._limits.sessions.add(self)
-        super().connection_made(transport)
+            # SMTP.connection_made for a new connection, with the peer looked up once
+            self._set_rset_state()
+            self.session = self._create_session()
+            self.session.peer = peer
+            self._reset_timeout()
+            asyncio.StreamReaderProtocol.connection_made(self, transport)
+            self.transport = transport
+            if _log.isEnabledFor(logging.INFO):
+                _log.info("Peer: %r", peer)
+            self._handler_coroutine = self.loop.create_task(self._handle_client())
+            return
+        super().connection_made(transport)  # STARTTLS: the encrypted transport
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted_ip is None:
@@ -207,6 +376,181 @@ class RelaySMTP(SMTP):
             closed.exception()  # what StreamReaderProtocol.__del__ does: a lost connection's error is no news
         self.__dict__.clear()
 
+    # --- timers ----------------------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer, restarted (per command, per chunk of a body) by moving its deadline."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        at = self._timer_at
+        if at is None or at > deadline:
+            self._arm(deadline)
+
+    def _stop_idle_timer(self) -> None:
+        self._deadline = None
+
+    def _arm(self, when: float) -> None:
+        handle = self._timeout_handle
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(when, self._on_timer)
+        self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer_at = None
+        if self.transport is None:
+            return
+        now = self.loop.time()
+        data_deadline = self._data_deadline
+        if data_deadline is not None and now >= data_deadline:
+            self._data_deadline = None
+            self.close_with(replies.DATA_TIMEOUT)
+            return
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            self._timeout_cb()
+            return
+        pending = [d for d in (deadline, data_deadline) if d is not None]
+        if pending:
+            self._arm(min(pending))
+
+    # --- the command loop ------------------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd's command loop with its replies, limits and checks in the same order, lighter per
+        command: a line already in the reader's buffer is taken without a readuntil() call, the
+        idle timer moves instead of being replaced, and the per-line log calls are skipped while
+        mail.log is quiet (the relay keeps it at WARNING)."""
+        if self._proxy_timeout is not None:
+            await super()._handle_client()  # the PROXY handshake first: aiosmtpd's own loop
+            return
+        assert self.session is not None
+        verbose = _log.isEnabledFor(logging.INFO)
+        if verbose:
+            _log.info("%r handling connection", self.session.peer)
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        call_limit: Any = (
+            collections.defaultdict(lambda: self._call_limit_default, self._call_limit_base) if self._enforce_call_limit else {}
+        )
+        bogus_budget = BOGUS_LIMIT
+        commands = _SMTP_FUNCTIONS.get(type(self)) or self._command_table()
+        reader = self._reader
+        limit = reader._limit  # type: ignore[attr-defined]
+        while self.transport is not None and not self._quit:
+            try:
+                buffer = reader._buffer  # type: ignore[attr-defined]
+                end = buffer.find(b"\n")
+                if 0 <= end <= limit and reader._exception is None:  # type: ignore[attr-defined]
+                    line = bytes(buffer[: end + 1])
+                    del buffer[: end + 1]
+                    if reader._paused and len(buffer) <= limit:  # type: ignore[attr-defined]
+                        reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                elif end < 0 and len(buffer) <= limit and not reader._eof and reader._exception is None:  # type: ignore[attr-defined]
+                    await reader._wait_for_data("readuntil")  # type: ignore[attr-defined]
+                    continue
+                else:
+                    try:
+                        line = await reader.readuntil()  # an error, the end, or a line over the limit
+                    except asyncio.LimitOverrunError as error:
+                        # Line too long. Read until end of line before sending 500.
+                        await reader.read(error.consumed)
+                        while True:
+                            try:
+                                await reader.readuntil()
+                                break
+                            except asyncio.LimitOverrunError as e:
+                                await reader.read(e.consumed)
+                                continue
+                        await self.push(replies.COMMAND_TOO_LONG)
+                        continue
+                if verbose:
+                    aiosmtpd.smtp.sanitized_log(_log.debug, "_handle_client readline: %r", line)
+                    aiosmtpd.smtp.sanitized_log(_log.info, "%r >> %r", self.session.peer, line.rstrip(b"\r\n"))
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push(replies.COMMAND_BAD_SYNTAX)
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push(replies.COMMAND_BAD_SYNTAX)
+                    continue
+                arg: str | None
+                if not arg_bytes:
+                    arg = None
+                else:
+                    arg_bytes = arg_bytes.strip()
+                    if self.enable_SMTPUTF8:
+                        arg = str(arg_bytes, encoding="utf-8", errors="surrogateescape")
+                    else:
+                        try:
+                            arg = str(arg_bytes, encoding="ascii", errors="strict")
+                        except UnicodeDecodeError:
+                            await self.push(replies.COMMAND_NOT_ASCII)
+                            continue
+                max_sz = self.command_size_limits[command] if self.session.extended_smtp else self.command_size_limit
+                if len(line) > max_sz:
+                    await self.push(replies.COMMAND_TOO_LONG)
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push(replies.COMMAND_AFTER_FAILED_TLS)
+                    continue
+                if self.require_starttls and not self._tls_protocol and command not in aiosmtpd.smtp.ALLOWED_BEFORE_STARTTLS:
+                    await self.push(replies.COMMAND_BEFORE_STARTTLS)
+                    continue
+                if self._enforce_call_limit:
+                    budget = call_limit[command]
+                    if budget < 1:
+                        _log.warning("%r over limit for %s", self.session.peer, command)
+                        await self.push(replies.command_over_call_limit(command))
+                        self.transport.close()
+                        continue
+                    call_limit[command] = budget - 1
+                method = commands.get(command)
+                if method is None:
+                    _log.warning("%r unrecognised: %s", self.session.peer, command)
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        _log.warning("%r too many bogus commands", self.session.peer)
+                        await self.push(replies.TOO_MANY_UNKNOWN_COMMANDS)
+                        self.transport.close()
+                        continue
+                    await self.push(replies.unknown_command(command))
+                    continue
+                self._reset_timeout()  # a valid command
+                await method(self, arg)
+            except asyncio.CancelledError:
+                _log.info("%r Connection lost during _handle_client()", self.session.peer)
+                self._writer.close()
+                raise
+            except ConnectionResetError:
+                _log.info("%r Connection lost during _handle_client()", self.session.peer)
+                self._writer.close()
+                raise
+            except Exception as error:
+                status = None
+                try:
+                    status = await self.handle_exception(error)
+                except Exception as inner_error:
+                    try:
+                        _log.exception("%r Exception in handle_exception()", self.session.peer)
+                        status = replies.session_error(inner_error)
+                    except Exception:
+                        status = replies.UNDESCRIBABLE_ERROR
+                finally:
+                    if isinstance(error, aiosmtpd.smtp.TLSSetupException):
+                        self.transport.close()
+                        self.connection_lost(error)
+                    else:
+                        await self.push(status)  # type: ignore[arg-type]
+
+    def _command_table(self) -> dict[str, Any]:
+        """The smtp_* functions by command, per class: the names SMTP.__init__ found for its table of
+        bound methods (called here with the session as their first argument)."""
+        table = _SMTP_FUNCTIONS[type(self)] = {name: getattr(type(self), "smtp_" + name) for name in self._smtp_names}
+        return table
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         if arg.lstrip().startswith("<") and ">" not in arg:
             # The e-mail header parser forgives a missing ">" (a defect, no error): RFC 5321 does not.
@@ -220,6 +564,8 @@ class RelaySMTP(SMTP):
                 return plain.group(1), rest
         return super()._getaddr(arg)
 
+    # --- replies ---------------------------------------------------------------------------
+
     async def push(self, status: Any) -> None:
         """aiosmtpd's push (one write and one drain per line) with the writes put together: a line of a
         multi-line reply waits for its last line (EHLO was eight writes), and a 250 waits while the
@@ -227,14 +573,31 @@ class RelaySMTP(SMTP):
         out together, as Postfix sends them). Every other reply, and the last of a group, is written
         at once, with whatever waited before it."""
         if isinstance(status, str):
-            status = replies.with_enhanced_code(status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        assert isinstance(status, bytes)
-        self._unsent += status + b"\r\n"
-        last = status[status.rfind(b"\n") + 1 :]
-        if last[3:4] == b"-" or (last[:4] == b"250 " and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            cache = _UTF8_REPLIES if self.enable_SMTPUTF8 else _ASCII_REPLIES
+            reply = cache.get(status)
+            if reply is None:
+                reply = _encoded(status, "utf-8" if self.enable_SMTPUTF8 else "ascii")
+                if len(cache) >= _MAX_CACHED_REPLIES:
+                    cache.clear()
+                cache[status] = reply
+        else:
+            assert isinstance(status, bytes)
+            reply = _reply(status + b"\r\n")
+        line, hold = reply
+        if hold is _HOLD or (hold is _HOLD_IF_PIPELINED and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+            self._unsent += line
             return
-        self._flush()
-        await self._writer.drain()
+        unsent = self._unsent
+        if unsent:
+            unsent += line
+            line = unsent
+            self._unsent = bytearray()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(line)  # type: ignore[attr-defined]
+        # StreamWriter.drain() returns at once unless writing is paused or the connection is going
+        if self._paused or self._connection_lost or transport is None or transport.is_closing():
+            await self._writer.drain()
 
     def _flush(self) -> None:
         unsent = self._unsent
@@ -243,9 +606,44 @@ class RelaySMTP(SMTP):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(unsent)  # type: ignore[attr-defined]
 
+    def data_received(self, data: bytes) -> None:
+        """StreamReaderProtocol.data_received and StreamReader.feed_data in one call (once per segment)."""
+        reader = self.__dict__.get("_reader")
+        if reader is None or reader._eof or not data:
+            super().data_received(data)  # a refused connection's reader; the assertion after EOF
+            return
+        buffer = reader._buffer
+        buffer += data
+        waiter = reader._waiter
+        if waiter is not None:
+            reader._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if len(buffer) > 2 * reader._limit and not reader._paused and reader._transport is not None:
+            try:
+                reader._transport.pause_reading()
+            except NotImplementedError:  # the transport cannot pause: buffer everything
+                reader._transport = None
+            else:
+                reader._paused = True
+
     def eof_received(self) -> bool | None:
         self._flush()  # the client half-closed after a pipelined group: it may still read the replies
         return super().eof_received()
+
+    @syntax("QUIT")
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd's QUIT, ending the command loop with a flag: it cancelled its own task instead, an
+        exception through the loop's frames once a session. Commands pipelined after QUIT are not
+        served (aiosmtpd served them until the loop next waited, with their replies unsent)."""
+        if arg:
+            await self.push(replies.QUIT_SYNTAX)
+            return
+        status = await self._call_handler_hook("QUIT")
+        await self.push(replies.bye() if status is MISSING else status)
+        self._quit = True
+        assert self.transport is not None
+        self.transport.close()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -272,14 +670,16 @@ class RelaySMTP(SMTP):
             await self.push(replies.DATA_SYNTAX)
             return
         await self.push(replies.DATA_GO_AHEAD)
+        # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and the DATA deadline
+        # bounds the whole upload, so a client that never stops trickling cannot hold a session for
+        # ever: past it, _on_timer answers DATA_TIMEOUT and hangs up, which ends this read.
+        deadline = self._data_deadline = self.loop.time() + self._data_timeout
+        if self._timer_at is None or self._timer_at > deadline:
+            self._arm(deadline)
         try:
-            # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and this bounds
-            # the whole upload, so a client that never stops trickling cannot hold a session for ever.
-            async with asyncio.timeout(self._data_timeout):
-                content, problem = await self._read_body()
-        except TimeoutError:
-            self.close_with(replies.DATA_TIMEOUT)
-            return
+            content, problem = await self._read_body()
+        finally:
+            self._data_deadline = None
         if content is None:
             return  # the connection went away mid-message
         if problem is not None:
@@ -298,10 +698,6 @@ class RelaySMTP(SMTP):
                 self._reset_timeout()
         self._set_post_data_state()
         await self.push(replies.OK if status is MISSING else status)
-
-    def _stop_idle_timer(self) -> None:
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
 
     async def _read_body(self) -> tuple[bytes | None, str | None]:
         """The de-dotted body up to the lone dot, and the reply for an oversize body or line.
@@ -333,7 +729,7 @@ class RelaySMTP(SMTP):
         if too_much or (limit and end > limit):
             return b"", replies.TOO_BIG
         body = bytes(buf[: end + 2])
-        if _LONG_LINE.search(body):
+        if _has_long_line(body):
             return b"", replies.LINE_TOO_LONG
         if b"\0" in body:
             # RFC 5322 has no place for NUL, and many receivers cut a message at the first one.

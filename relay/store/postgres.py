@@ -8,9 +8,10 @@ Server settings such as `?search_path=tenant` can ride on the URL's query string
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 import asyncpg
 
@@ -103,6 +104,26 @@ def _with_queries(statements: tuple[str, ...]) -> str:
     return f"WITH {', '.join(f'_w{i} AS ({sql})' for i, sql in enumerate(first))} {last}" if first else last
 
 
+def _merged(
+    groups: Iterable[Sequence[tuple[str, Sequence[Sequence[Any]]]]],
+) -> list[tuple[str, list[Sequence[Any]]]]:
+    """The batches of several insert_at_once calls as one: the rows of each statement together,
+    the statements in the order they first appear."""
+    merged: dict[str, list[Sequence[Any]]] = {}
+    for batches in groups:
+        for sql, rows in batches:
+            merged.setdefault(sql, []).extend(rows)
+    return list(merged.items())
+
+
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[None]]], error: StoreUnavailable) -> None:
+    for _, future in waiting:
+        if not future.done():
+            own = StoreUnavailable(str(error))  # one each: a raise writes its traceback into the exception
+            own.__cause__ = error.__cause__
+            future.set_exception(own)
+
+
 class PostgresDatabase:
     """An asyncpg pool; reads run on any pooled connection, writes in explicit transactions."""
 
@@ -114,6 +135,9 @@ class PostgresDatabase:
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        # insert_at_once calls waiting for the next group commit, and the task writing them.
+        self._queued: list[tuple[Sequence[tuple[str, Sequence[Sequence[Any]]]], asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -139,6 +163,9 @@ class PostgresDatabase:
             await migrate(PgTransaction(conn, _MIGRATION_TIMEOUT, "migration"), POSTGRES)
 
     async def close(self) -> None:
+        if self._committer is not None:  # the rows already waiting are written first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._committer)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -177,9 +204,63 @@ class PostgresDatabase:
             return list(await pool.fetch(numbered(sql), *params))
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """One statement, so one round trip and one (implicit) transaction."""
-        if batches:
-            await self.write(*_one_statement(batches))
+        """One statement, so one round trip and one (implicit) transaction, shared with the calls
+        waiting at that moment (group commit): their rows go in the same statement, one commit
+        for all of them. Returns when this caller's rows are committed."""
+        if not batches:
+            return
+        self._require()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((batches, future))
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._insert_queued())
+        await future
+
+    async def _insert_queued(self) -> None:
+        group: list[tuple[Sequence[tuple[str, Sequence[Sequence[Any]]]], asyncio.Future[None]]] = []
+        try:
+            while self._queued:
+                group = [(batches, future) for batches, future in self._queued if not future.done()]
+                self._queued = []
+                if len(group) > 1:
+                    try:
+                        await self.write(*_one_statement(_merged(batches for batches, _ in group)))
+                    except StoreUnavailable as exc:
+                        if not isinstance(exc.__cause__, asyncpg.PostgresError):
+                            _fail(group, exc)  # the database did not answer: nothing was written
+                            group = []
+                            continue
+                        # The database refused the rows (one caller's bad row, or two callers'
+                        # rows for one key): each caller's on their own, for their own answer.
+                        for batches, future in group:
+                            if future.done():
+                                continue
+                            try:
+                                await self.write(*_one_statement(batches))
+                            except StoreUnavailable as own:
+                                _fail([(batches, future)], own)
+                            else:
+                                future.set_result(None)
+                        group = []
+                        continue
+                elif group:
+                    try:
+                        await self.write(*_one_statement(group[0][0]))
+                    except StoreUnavailable as exc:
+                        _fail(group, exc)
+                        group = []
+                        continue
+                for _, future in group:
+                    if not future.done():
+                        future.set_result(None)
+                group = []
+        except BaseException as exc:  # cancelled with the loop, or a bug of ours: nobody is left waiting
+            _fail(group + self._queued, StoreUnavailable(f"store write interrupted: {exc!r}"))
+            self._queued = []
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._committer = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:

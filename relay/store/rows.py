@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import fields
+from functools import lru_cache
 from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Any, Iterable, Mapping, Sequence
@@ -168,6 +169,22 @@ def suppression_from_row(row: Mapping[str, Any]) -> Suppression:
     )
 
 
+@lru_cache(maxsize=512)
+def _json_names(names: tuple[str, ...]) -> str:
+    return json.dumps(list(names))
+
+
+def _json_list(values: Sequence[Any]) -> str:
+    """A decision's rule ids as JSON: the same few tuples on message after message (the rules a
+    profile ran and found nothing are most of a decision's row), so their text is kept."""
+    if not values:
+        return "[]"
+    try:
+        return _json_names(values)  # type: ignore[arg-type]
+    except TypeError:  # a list, not a tuple
+        return json.dumps(list(values))
+
+
 def decision_to_row(d: DecisionRecord) -> tuple[Any, ...]:
     return (
         d.relay_id,
@@ -177,10 +194,10 @@ def decision_to_row(d: DecisionRecord) -> tuple[Any, ...]:
         d.mail_from,
         json.dumps(list(d.recipients)),
         d.outcome,
-        json.dumps(list(d.rules)),
-        json.dumps(list(d.findings)),
+        _json_list(d.rules),
+        json.dumps(list(d.findings)) if d.findings else "[]",
         iso(d.created_at),
-        json.dumps(list(d.misses)),
+        _json_list(d.misses),
     )
 
 

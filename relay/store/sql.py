@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, AsyncContextManager, Iterator, Protocol, Sequence
+from typing import Any, AsyncContextManager, Protocol, Sequence
 
 Row = Any  # sqlite3.Row or asyncpg.Record: both index by column name and by position
 
@@ -33,6 +33,16 @@ def numbered(sql: str) -> str:
     return _MARK.sub(mark, sql)
 
 
+@lru_cache(maxsize=256)
+def _in_list(column: str, count: int) -> str:
+    return f"{column} IN ({','.join('?' * count)})"
+
+
+@lru_cache(maxsize=64)
+def _any_array(column: str, kind: str) -> str:
+    return f"{column} = ANY(CAST(? AS {kind}[]))"
+
+
 @dataclass(frozen=True, eq=False)  # two instances, SQLITE and POSTGRES, compared by identity
 class Dialect:
     name: str
@@ -49,14 +59,18 @@ class Dialect:
         """`column` equal to one of `values` (at most `max_in_list` of them): the SQL and its parameters.
         `kind` is the values' PostgreSQL type."""
         if self.arrays:
-            return f"{column} = ANY(CAST(? AS {kind}[]))", [list(values)]
-        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+            return _any_array(column, kind), [list(values)]
+        return _in_list(column, len(values)), list(values)
 
-    def chunks(self, values: Sequence[Any]) -> Iterator[Sequence[Any]]:
-        """`values` in pieces small enough for one `any_of`."""
-        size = len(values) if self.arrays else self.max_in_list
-        for i in range(0, len(values), max(1, size)):
-            yield values[i : i + size]
+    def chunks(self, values: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """`values` in pieces small enough for one `any_of` (on the path of every recipient: most
+        often one piece, the values themselves)."""
+        if not values:
+            return ()
+        if self.arrays or len(values) <= self.max_in_list:
+            return (values,)
+        size = self.max_in_list
+        return [values[i : i + size] for i in range(0, len(values), size)]
 
     def json_array_has(self, column: str) -> str:
         return self.json_array_has_template.format(column=column)

@@ -25,33 +25,84 @@ MIN_FREE_BYTES = 1 << 20
 
 
 class SqliteTransaction:
-    """The writer connection inside BEGIN IMMEDIATE … COMMIT; its caller translates the errors."""
+    """The writer connection inside BEGIN IMMEDIATE … COMMIT; its caller translates the errors.
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    Each statement is one hand-off to the writer's thread, where it runs on the plain sqlite3
+    connection (no aiosqlite cursor proxies); the BEGIN IMMEDIATE goes with the first statement
+    rather than in a hand-off of its own (`begin`), and a transaction that ran no statement has
+    nothing to commit."""
+
+    def __init__(self, conn: aiosqlite.Connection, *, begin: bool = False) -> None:
         self.conn = conn
+        self._begin = begin  # BEGIN IMMEDIATE is still to be sent, with the first statement
+        self.begun = not begin
+        self._failed_begin: BaseException | None = None
+
+    async def _run(self, work: Callable[..., Any], *args: Any) -> Any:
+        if self._failed_begin is not None:  # never run a statement of this transaction outside it
+            raise self._failed_begin
+        begin, self._begin = self._begin, False
+        try:
+            return await self.conn._execute(_statement, self.conn._conn, begin, work, args)
+        except _BeginFailed as failed:
+            self._failed_begin = failed.error
+            raise failed.error from None
+        finally:
+            if begin and self._failed_begin is None:
+                self.begun = True
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(await self.conn.execute_fetchall(sql, params))
+        return list(await self._run(_fetchall, sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self.conn.execute(sql, params)
-        return int(cursor.rowcount)
+        return int(await self._run(_rowcount, sql, params))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+        await self._run(sqlite3.Connection.executemany, sql, rows)
 
     async def insert_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        before = self.conn.total_changes
-        await self.conn.executemany(sql, rows)
-        return int(self.conn.total_changes - before)
+        return int(await self._run(_insert_rows, sql, rows))
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        for sql, rows in batches:
-            await self.insert_rows(sql, rows)
+        await self._run(_insert_all, batches)
+
+
+class _BeginFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _statement(conn: sqlite3.Connection, begin: bool, work: Callable[..., Any], args: Sequence[Any]) -> Any:
+    """On the writer's thread: `work(conn, *args)`, after BEGIN IMMEDIATE when `begin`."""
+    if begin:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout here, off the event loop
+        except sqlite3.Error as exc:
+            raise _BeginFailed(exc) from exc
+    return work(conn, *args)
+
+
+def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _rowcount(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    before = conn.total_changes
+    conn.executemany(sql, rows)
+    return conn.total_changes - before
+
+
+def _insert_all(conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+    for sql, rows in batches:
+        conn.executemany(sql, rows)
 
 
 class SqliteDatabase:
@@ -66,6 +117,10 @@ class SqliteDatabase:
         self._reader: aiosqlite.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        # Single-statement writes waiting for the next group commit (with when each began to
+        # wait), and the task committing them.
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], float]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -159,6 +214,9 @@ class SqliteDatabase:
         return conn
 
     async def close(self) -> None:
+        if self._committer is not None:  # the writes already waiting are committed first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._committer)
         if self._point is not None:
             self._point.close()
             self._point = None
@@ -217,36 +275,142 @@ class SqliteDatabase:
         except TimeoutError as exc:
             raise StoreUnavailable("store write lock timed out") from exc
         try:
+            tx = SqliteTransaction(conn, begin=True)
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store write failed: {exc}") from exc
-            try:
-                yield SqliteTransaction(conn)
-                await conn.execute("COMMIT")
+                yield tx
+                if tx.begun:
+                    await conn._execute(_commit, conn._conn)
             except BaseException as exc:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+                if tx.begun:
+                    await conn._execute(_rollback, conn._conn)
                 if isinstance(exc, sqlite3.Error):
                     raise StoreUnavailable(f"store write failed: {exc}") from exc
                 raise
         finally:
             self._lock.release()
 
+    async def _grouped(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`work` (statements on the writer's own sqlite3 connection, run on its thread) committed
+        with the writes of every other caller waiting at that moment: one transaction, one fsync
+        and one hand-off to the thread for all of them (group commit). Returns when the caller's
+        rows are committed; raises StoreUnavailable when they are not (`_commit_group`)."""
+        conn = self._conn(True)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future, time.monotonic()))
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_queued(conn))
+        return await future
+
+    async def _commit_queued(self, conn: aiosqlite.Connection) -> None:
+        """Commit what waits, group after group, under the write lock (transaction() takes it too).
+        A write waits for the lock at most the store's timeout from its own call, as in transaction()."""
+        group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], float]] = []
+        try:
+            while self._queued:
+                try:
+                    async with asyncio.timeout(self._queued[0][2] + self.timeout - time.monotonic()):
+                        await self._lock.acquire()
+                except TimeoutError as exc:
+                    now = time.monotonic()
+                    expired = [entry for entry in self._queued if entry[2] + self.timeout <= now]
+                    self._queued = [entry for entry in self._queued if entry[2] + self.timeout > now]
+                    _fail(expired, "store write lock timed out", exc)
+                    continue
+                try:
+                    # Taken with the lock held: whatever arrived while it was busy joins this group.
+                    group = [entry for entry in self._queued if not entry[1].done()]
+                    self._queued = []
+                    if group:
+                        outcomes = await conn._execute(_commit_group, conn._conn, [work for work, _, _ in group])
+                        for (_, future, _), (ok, value) in zip(group, outcomes):
+                            if future.done():
+                                continue  # its caller was cancelled
+                            if ok:
+                                future.set_result(value)
+                            elif isinstance(value, sqlite3.Error):
+                                _fail([(None, future, 0.0)], f"store write failed: {value}", value)
+                            else:
+                                future.set_exception(value)
+                    group = []
+                finally:
+                    self._lock.release()
+        except asyncio.CancelledError as exc:  # with the loop: the waiting callers are told, not left hanging
+            _fail(group + self._queued, "store write interrupted", exc)
+            self._queued = []
+            raise
+        except Exception as exc:  # the connection closed under us (ValueError), or a bug of ours
+            _fail(group + self._queued, f"store write failed: {exc or type(exc).__name__}", exc)
+            self._queued = []
+        finally:
+            self._committer = None
+
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
+        return int(await self._grouped(lambda c: c.execute(sql, params).rowcount))
 
     async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self.transaction() as tx:
-            return await tx.fetchall(sql, params)
+        return list(await self._grouped(lambda c: c.execute(sql, params).fetchall()))
 
     async def insert_at_once(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         if batches:
-            async with self.transaction() as tx:
-                await tx.insert_at_once(batches)
+            await self._grouped(lambda c: _insert_all(c, batches))
+
+
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any], float]], message: str, cause: BaseException) -> None:
+    for _, future, _ in waiting:
+        if not future.done():
+            error = StoreUnavailable(message)  # one each: a raise writes its traceback into the exception
+            error.__cause__ = cause
+            future.set_exception(error)
+
+
+def _commit_group(conn: sqlite3.Connection, works: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+    """On the writer's thread: every work of a group in one BEGIN IMMEDIATE … COMMIT, each outcome
+    `(True, result)` or `(False, exception)`. A work that fails is dropped and the others run again
+    in a fresh transaction, so a caller's bad rows fail that caller alone; a BEGIN or COMMIT that
+    fails (the file busy beyond busy_timeout, the disk full, an I/O error) fails every work of
+    the transaction, none of whose rows were kept."""
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(works)
+    left = list(range(len(works)))
+    while left:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            for i in left:
+                outcomes[i] = (False, exc)
+            return outcomes
+        results: list[Any] = []
+        failed: tuple[int, Exception] | None = None
+        for i in left:
+            try:
+                results.append(works[i](conn))
+            except Exception as exc:
+                failed = i, exc
+                break
+        if failed is None:
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                _rollback(conn)
+                for i in left:
+                    outcomes[i] = (False, exc)
+                return outcomes
+            for i, result in zip(left, results):
+                outcomes[i] = (True, result)
+            return outcomes
+        _rollback(conn)
+        outcomes[failed[0]] = (False, failed[1])
+        left.remove(failed[0])
+    return outcomes
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class SqliteStore(SqlStore):

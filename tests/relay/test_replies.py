@@ -84,3 +84,24 @@ def test_upstream_passthrough(code: int, message: str, expected: str) -> None:
 )
 def test_enhanced_codes_on_builtin_replies(builtin: str, expected: str) -> None:
     assert replies.with_enhanced_code(builtin) == expected
+
+
+def test_the_command_loop_replies_are_aiosmtpds_with_their_enhanced_codes() -> None:
+    """RelaySMTP's command loop answers as aiosmtpd's did once push() added the enhanced code."""
+    error = ValueError("broken")
+    pairs = [
+        (replies.COMMAND_TOO_LONG, "500 Command line too long"),
+        (replies.COMMAND_BAD_SYNTAX, "500 Error: bad syntax"),
+        (replies.COMMAND_NOT_ASCII, "500 Error: strict ASCII mode"),
+        (replies.COMMAND_AFTER_FAILED_TLS, "554 Command refused due to lack of security"),
+        (replies.COMMAND_BEFORE_STARTTLS, "530 Must issue a STARTTLS command first"),
+        (replies.TOO_MANY_UNKNOWN_COMMANDS, "502 5.5.1 Too many unrecognized commands, goodbye."),
+        (replies.UNDESCRIBABLE_ERROR, "500 Error: Cannot describe error"),
+        (replies.command_over_call_limit("RCPT"), "421 4.7.0 RCPT sent too many times"),
+        (replies.unknown_command("FOO"), '500 Error: command "FOO" not recognized'),
+        (replies.session_error(error), "500 Error: (ValueError) broken"),
+        (replies.QUIT_SYNTAX, "501 Syntax: QUIT"),
+        (replies.bye(), "221 Bye"),
+    ]
+    for ours, aiosmtpds in pairs:
+        assert ours == replies.with_enhanced_code(aiosmtpds)

@@ -15,6 +15,7 @@ from conftest import SENDER, RecordingUpstream, make_config, message, until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay import replies as replies_module
 from relay.smtp.server import AuthLockout, ConnectionLimits, RelaySMTP
 
 _LOOP = asyncio.new_event_loop()  # the protocol object only needs one to exist; nothing runs on it
@@ -211,5 +212,170 @@ async def test_replies_to_a_pipelined_group_go_out_in_one_write() -> None:
         server.data_received(b"RSET\r\nQUIT\r\n")
         await until(lambda: len(transport.writes) == 6, what="the RSET and QUIT replies")
         assert transport.writes[5].startswith(b"250 ") and b"\r\n221 " in transport.writes[5]
+    finally:
+        server.connection_lost(None)
+
+
+# --- the session's own command loop, set-up and timers (issue 20, session 16) ---------------------
+
+
+class _AiosmtpdLoop(RelaySMTP):
+    """The same session with aiosmtpd's own command loop: what the relay's loop must answer alike."""
+
+    _handle_client = SMTP._handle_client
+
+
+class _Hooks:
+    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
+        if arg == "boom":
+            raise ValueError("the handler failed")
+        return "250 OK"
+
+
+async def _dialogue(kind: type[RelaySMTP], chunks: list[bytes], **settings: Any) -> tuple[bytes, bool]:
+    """Everything the session wrote for `chunks` (each one delivered on its own), and whether it hung up."""
+    loop = asyncio.get_running_loop()
+    server = kind(_Hooks(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, **settings)
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    try:
+        for chunk in chunks:
+            for _ in range(20):  # nothing here waits on anything but the loop's turns
+                await asyncio.sleep(0)
+            if transport.closed:
+                break
+            server.data_received(chunk)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return b"".join(transport.writes), transport.closed
+    finally:
+        server.connection_lost(None)
+
+
+_ODD_INPUT = [
+    b"EHLO client.test\r\n",
+    b"\r\n",  # empty line
+    b"\xff\xfe\r\n",  # not ASCII
+    b"NOOP " + b"x" * 600 + b"\r\n",  # over 512 octets, within the reader's limit
+    b"NOOP " + b"y" * 1500 + b"\r\n",  # over the reader's limit, found in one piece
+    b"NOOP " + b"z" * 1200,  # over the reader's limit before its end arrives ...
+    b"z" * 3000,
+    b"z" * 100 + b"\r\nNOOP\r\n",  # ... and the command after it
+    b"NOOP boom\r\n",  # the handler raises: handle_exception's reply
+    b"MAIL FROM:<a@example.net> SIZE=100\r\nRCPT TO:<b@example.net>\r\n",
+    b"RCPT TO:<c@example.net> NOTIFY=NEVER\r\nMAIL FROM:<d@example.net>\r\nRSET\r\n",
+    b"HELP\r\nHELP MAIL\r\nVRFY <x@example.net>\r\nEXPN list\r\nnoop\r\n",
+    b"NOOP \xc3\xa9\r\n",  # 8-bit argument: strict ASCII without SMTPUTF8
+    b"DATA\r\n",
+    b"FOO\r\n",
+    b"BAR\r\nBAZ\r\n",
+    b"QUX\r\nQUUX\r\nNOOP\r\n",  # the fifth unknown command: 502 and hang up
+]
+
+
+async def test_the_command_loop_answers_as_aiosmtpds_does() -> None:
+    for settings in ({}, {"enable_SMTPUTF8": True}, {"auth_required": True}):
+        ours = await _dialogue(RelaySMTP, _ODD_INPUT, **settings)
+        theirs = await _dialogue(_AiosmtpdLoop, _ODD_INPUT, **settings)
+        assert ours == theirs, settings
+        assert ours[1], "hung up after too many unknown commands"
+    written, _ = await _dialogue(RelaySMTP, _ODD_INPUT)
+    assert written.count(b"500 5.5.2 Command line too long\r\n") == 3, written
+    quit_mid = [b"HELO c\r\n", b"NOOP\r\nQUIT x\r\nQUIT\r\nNOOP\r\n"]
+    assert await _dialogue(RelaySMTP, quit_mid) == await _dialogue(_AiosmtpdLoop, quit_mid)
+
+
+async def test_a_session_copied_from_the_listeners_first_has_its_own_state() -> None:
+    """Sessions after the first of a listener copy what SMTP.__init__ derived from its settings;
+    what belongs to one connection (reader, futures, tables bound to the session) is their own."""
+    loop = asyncio.get_running_loop()
+    handler = _Hooks()
+    first, second = (
+        RelaySMTP(handler, limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, auth_require_tls=False)
+        for _ in range(2)
+    )
+    fresh = SMTP(handler, hostname="relay.test", loop=loop, auth_require_tls=False)
+    assert set(vars(fresh)) - {"_smtp_methods", "_auth_methods"} <= set(vars(second))
+    for name, value in vars(fresh).items():
+        if name not in ("_smtp_methods", "_auth_methods", "_closed", "_drain_waiters", "_stream_reader_wr",
+                        "_strong_reader", "_client_connected_cb", "_handle_hooks"):
+            assert getattr(second, name) == value, name
+    assert second._handle_hooks == fresh._handle_hooks
+    assert second._closed is not first._closed and second._drain_waiters is not first._drain_waiters
+    assert second._stream_reader is not first._stream_reader
+    assert sorted(second._smtp_methods) == sorted(fresh._smtp_methods)
+    assert all(method.__self__ is second for method in second._smtp_methods.values())
+    assert sorted(second._auth_methods) == sorted(fresh._auth_methods) == ["LOGIN", "PLAIN"]
+    assert all(m.method.__self__ is second for m in second._auth_methods.values())
+
+
+async def test_one_sessions_ehlo_leaves_the_others_command_limits_alone() -> None:
+    """aiosmtpd kept the command limits on the class: any session's EHLO raised every session's
+    MAIL limit (by 36 octets with SIZE and SMTPUTF8) until the next connection cleared them."""
+    long_mail = b"MAIL FROM:<" + b"a" * 40 + b"@example.net> " + b"X" * (549 - 65) + b"\r\n"
+    assert len(long_mail) - 2 == 549  # one over an ESMTP session's MAIL limit (512 + 26 + 10)
+    loop = asyncio.get_running_loop()
+    limits = ConnectionLimits(5, 5)
+    sessions = [RelaySMTP(object(), limits=limits, hostname="relay.test", loop=loop, enable_SMTPUTF8=True) for _ in range(2)]
+    transports = [_RecordingTransport(), _RecordingTransport()]
+    for server, transport in zip(sessions, transports):
+        server.connection_made(transport)
+    try:
+        await until(lambda: all(t.writes for t in transports), what="the greetings")
+        for count in (2, 3):
+            sessions[0].data_received(b"EHLO one.test\r\n")
+            await until(lambda: len(transports[0].writes) == count, what="the EHLO reply")
+        sessions[1].data_received(b"EHLO two.test\r\n")
+        await until(lambda: len(transports[1].writes) == 2, what="the EHLO reply")
+        sessions[1].data_received(long_mail)
+        await until(lambda: len(transports[1].writes) == 3, what="the MAIL reply")
+        assert transports[1].writes[2] == b"500 5.5.2 Command line too long\r\n"
+    finally:
+        for server in sessions:
+            server.connection_lost(None)
+
+
+async def test_the_idle_timer_moves_with_each_command_and_ends_a_silent_session() -> None:
+    loop = asyncio.get_running_loop()
+    server = RelaySMTP(object(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, timeout=0.3)
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    try:
+        started = loop.time()
+        for _ in range(6):  # a command every 0.1 s for 0.6 s: twice the idle timeout, never idle that long
+            await asyncio.sleep(0.1)
+            server.data_received(b"NOOP\r\n")
+        await asyncio.sleep(0.05)
+        assert not transport.closed and len(transport.writes) == 7, transport.writes
+        last = loop.time()
+        await until(lambda: transport.closed, timeout=2, what="the idle timeout")
+        assert loop.time() - last >= 0.25 and loop.time() - started >= 0.85
+        assert transport.writes[-1] == (replies_module.IDLE_TIMEOUT + "\r\n").encode()
+    finally:
+        server.connection_lost(None)
+
+
+async def test_nothing_pipelined_after_quit_is_served() -> None:
+    """aiosmtpd's QUIT cancelled its own task, so the commands after it in the buffer ran (their hooks
+    called, their replies dropped) until the loop next waited; the relay's ends the loop at QUIT."""
+    served: list[str] = []
+
+    class Recording:
+        async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
+            served.append(arg)
+            return "250 OK"
+
+    loop = asyncio.get_running_loop()
+    server = RelaySMTP(Recording(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop)
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    try:
+        await until(lambda: transport.writes, what="the greeting")
+        server.data_received(b"NOOP first\r\nQUIT\r\nNOOP after\r\n")
+        await until(lambda: transport.closed, what="the hang-up")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert served == ["first"]
+        assert transport.writes[1:] == [b"250 OK\r\n221 Bye\r\n"], transport.writes
     finally:
         server.connection_lost(None)

@@ -1,0 +1,128 @@
+"""What the content rules add to Engine.message per marketing message, body walk included: bench/message.eml
+as the relay hands it over (a ParsedMessage unpickled, its body not yet walked), profile strict, one
+recipient with a covering consent; every rule, and every rule but the content ones.
+
+    .venv/bin/python -m bench.bench_content_share [--rounds 2000]
+    .venv/bin/python -m bench.bench_content_share --against ../base [--runs 3]
+
+With --against, the same measurement runs in that checkout (its own .venv) and in this one,
+alternating, one subprocess each; the table gives each tree's median CPU µs per message and this
+tree ÷ that one. "content share" is every rule minus no content rule: the words, the link hosts and
+the eleven content rules (issue 20: "content rules on ÷ off").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
+CASES = ("every rule", "no content rule", "content share")
+
+
+def measure(rounds: int) -> dict[str, float]:
+    """Median CPU µs of Engine.message per case, in the checkout whose `policies` is importable."""
+    from policies.engine import Engine
+    from policies.facts import AccountFacts, ConsentRecord, MessageFacts, RecipientFacts, StreamFacts
+    from policies.message import parse_message
+    from policies.profiles import load_profile
+    from policies.registry import ALL_RULES
+
+    raw = (ROOT / "bench" / "message.eml").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    blob = pickle.dumps(parse_message(raw), protocol=pickle.HIGHEST_PROTOCOL)
+    account = AccountFacts(
+        id="shop", name="Shop", domains=frozenset({"shop.example"}), legal_name="Shop B.V.",
+        postal_address="Keizersgracht 1, 1015 AA Amsterdam", registration_number="12345678",
+    )
+    stream = StreamFacts("newsletter", "marketing", "newsletter")
+    profile = load_profile("strict")
+    collected = NOW - timedelta(days=30)
+    rcpts = [
+        RecipientFacts("r@example.net", (ConsentRecord(
+            "r@example.net", "shop", "*", "double_opt_in", "signup_form", collected, "https://shop.example/nieuwsbrief",
+            "192.0.2.10", collected + timedelta(minutes=5), "Ja, ik wil de nieuwsbrief.", frequency_disclosed=True,
+        ),))
+    ]
+    engines = {
+        "every rule": Engine(ALL_RULES, profile),
+        "no content rule": Engine([r for r in ALL_RULES if not r.id.startswith("content.")], profile),
+    }
+
+    def once(engine: Engine) -> int:
+        facts = MessageFacts(account, "news@shop.example", NOW, profile.params, stream, message=pickle.loads(blob))
+        start = time.thread_time_ns()
+        verdict = engine.message(facts, rcpts)
+        elapsed = time.thread_time_ns() - start
+        assert verdict.outcome.value == "deliver", verdict.findings
+        return elapsed
+
+    samples: dict[str, list[int]] = {name: [] for name in engines}
+    for engine in engines.values():
+        for _ in range(50):
+            once(engine)  # warm caches (word lists, regexes)
+    for _ in range(rounds):  # round-robin, so a slow spell falls on both
+        for name, engine in engines.items():
+            samples[name].append(once(engine))
+    result = {name: statistics.median(values) / 1000 for name, values in samples.items()}
+    result["content share"] = result["every rule"] - result["no content rule"]
+    return result
+
+
+def in_tree(tree: Path, rounds: int) -> dict[str, float]:
+    """`measure` in a subprocess of `tree`'s own venv, with `tree` first on sys.path."""
+    code = (
+        f"import sys, json; sys.path.insert(0, {str(tree)!r}); sys.path.insert(0, {str(ROOT / 'bench')!r});"
+        f"import bench_content_share as b; print(json.dumps(b.measure({rounds})))"
+    )
+    out = subprocess.run(
+        [str(tree / ".venv" / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True, cwd=tree
+    )
+    return json.loads(out.stdout)
+
+
+def compare(base: Path, rounds: int, runs: int) -> None:
+    here: dict[str, list[float]] = {case: [] for case in CASES}
+    there: dict[str, list[float]] = {case: [] for case in CASES}
+    for run in range(runs):
+        order = ((base, there), (ROOT, here)) if run % 2 == 0 else ((ROOT, here), (base, there))
+        for tree, into in order:
+            result = in_tree(tree, rounds)
+            for case in CASES:
+                into[case].append(result[case])
+            print(f"run {run + 1} {tree.name}: " + ", ".join(f"{c} {result[c]:.1f} µs" for c in CASES), file=sys.stderr)
+    print(f"\n| case | {base.name} µs | {ROOT.name} µs | {ROOT.name} ÷ {base.name} |")
+    print("|---|---|---|---:|")
+    for case in CASES:
+        before, after = statistics.median(there[case]), statistics.median(here[case])
+        print(
+            f"| {case} | {', '.join(f'{v:.0f}' for v in there[case])} | {', '.join(f'{v:.0f}' for v in here[case])} "
+            f"| {after / before:.2f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_content_share", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--against", type=Path, help="another checkout with its own .venv: alternate with it")
+    parser.add_argument("--runs", type=int, default=3, help="with --against: runs per tree")
+    args = parser.parse_args(argv)
+    if args.against is not None:
+        compare(args.against.resolve(), args.rounds, args.runs)
+        return 0
+    for case, micros in measure(args.rounds).items():
+        print(f"{case}: {micros:.1f} µs CPU per message (median of {args.rounds})")
+    return 0
+
+
+if __name__ == "__main__":
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+from structlog._config import _CONFIG
 
 _PLAIN = False
 
@@ -81,4 +82,48 @@ def recipient_labels(addresses: Iterable[str]) -> list[str]:
 
 
 def get_logger(name: str = "consent_relay") -> Any:
-    return structlog.get_logger(name)
+    logger = _LOGGERS.get(name)
+    if logger is None:
+        logger = _LOGGERS[name] = _Logger(name)
+    return logger
+
+
+class _Logger:
+    """structlog's own proxy (`structlog.get_logger`) assembles a new bound logger, and a new
+    PrintLogger, on every call when loggers are not cached; caching them would keep a logger built
+    under an earlier configuration (tests configure again, capture_logs swaps the processors). This
+    one keeps the logger it built while structlog's configuration is the same objects, and builds
+    another when it changes: a line costs its rendering, not the assembly."""
+
+    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context")
+
+    def __init__(self, name: str) -> None:
+        self._proxy = structlog.get_logger(name)
+        self._bound: Any = None
+        self._wrapper: Any = None
+        self._factory: Any = None
+        self._processors: Any = None
+        self._context: Any = None
+
+    def _current(self) -> Any:
+        c = _CONFIG
+        if (
+            self._wrapper is not c.default_wrapper_class or self._factory is not c.logger_factory
+            or self._processors is not c.default_processors or self._context is not c.default_context_class
+            or self._bound is None
+        ):
+            self._bound = self._proxy.bind()
+            self._wrapper, self._factory = c.default_wrapper_class, c.logger_factory
+            self._processors, self._context = c.default_processors, c.default_context_class
+        return self._bound
+
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether a line at `level` would be written (True for a wrapper that cannot say)."""
+        check = getattr(self._current(), "is_enabled_for", None)
+        return True if check is None else bool(check(level))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
+_LOGGERS: dict[str, _Logger] = {}

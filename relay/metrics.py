@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
 
 PREFIX = "consent_relay_"
 # The one spelling of "no value" in a label (a refusal before the stream is known, a bounce of no
 # known account): never "", which a dashboard cannot tell from a missing label.
 NO_VALUE = "unknown"
+
+
+class _KnownChildren:
+    """`labels()` on the hot path: prometheus_client checks the names, turns each value into a str
+    and takes a lock on every call, though a label set's child, once made, stays in the metric's
+    own dict. A set seen before (values given as strs, positionally) is found there directly;
+    anything else (a new set, keywords, a wrong count) goes through prometheus_client as before."""
+
+    _metrics: dict[tuple[str, ...], Any]
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if not labelkwargs:
+            try:
+                return self._metrics[labelvalues]
+            except (AttributeError, KeyError, TypeError):
+                pass
+        return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+
+
+class Counter(_KnownChildren, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_KnownChildren, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_KnownChildren, prometheus_client.Histogram):
+    pass
 
 
 class Metrics:

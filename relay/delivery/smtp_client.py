@@ -16,11 +16,11 @@ import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Coroutine
 
 MAX_REPLY = 32 * 1024  # one reply, continuation lines included: a bound for a server that never stops
 _FORBIDDEN = re.compile(rb"[\x00-\x1f\x7f]")  # in a command argument: CR/LF/NUL would inject commands
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 AUTH_PREFERENCE = ("CRAM-MD5", "PLAIN", "LOGIN")  # aiosmtplib's order, kept towards the same upstreams
 
 
@@ -81,9 +81,13 @@ class _Protocol(asyncio.Protocol):
             if len(code) != 3 or not code.isdigit() or line[3:4] not in (b"", b" ", b"-"):
                 self._fail(Broken(f"not an SMTP reply: {line[:80]!r}"))
                 return
-            self._lines.append(line)
-            if line[3:4] != b"-":
+            if line[3:4] == b"-":
+                self._lines.append(line)
+            elif not self._lines:  # a reply of one line, as nearly every reply is
+                self.replies.append(Reply(int(code), line[4:].strip(b" \t").decode("utf-8", "surrogateescape")))
+            else:
                 lines, self._lines = self._lines, []
+                lines.append(line)
                 text = "\n".join(part[4:].strip(b" \t").decode("utf-8", "surrogateescape") for part in lines)
                 self.replies.append(Reply(int(code), text))
         if start:
@@ -116,16 +120,31 @@ class _Protocol(asyncio.Protocol):
 
     async def next_reply(self, timeout: float) -> Reply:
         while not self.replies:
-            if self.lost is not None:
-                raise self.lost
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, _expire, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._wait(timeout)
         return self.replies.popleft()
+
+    async def next_replies(self, got: list[Reply], count: int, timeout: float) -> None:
+        """The next `count` replies appended to `got` as they come (those of a pipelined group),
+        each wait bounded by `timeout` as next_reply's: on an error, `got` holds those that came."""
+        replies = self.replies
+        while count:
+            while not replies:
+                await self._wait(timeout)
+            while replies and count:
+                got.append(replies.popleft())
+                count -= 1
+
+    async def _wait(self, timeout: float) -> None:
+        """Until data or the end of the connection arrives (Broken when it has ended)."""
+        if self.lost is not None:
+            raise self.lost
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -166,8 +185,13 @@ class Connection:
             raise self.protocol.lost or Broken("the connection is closed")
         transport.write(data)
 
-    async def reply(self) -> Reply:
-        return await self.protocol.next_reply(self.timeout)
+    # Not coroutines of their own: the protocol's, handed on, so that a wake-up resumes one frame less.
+    def reply(self) -> Coroutine[Any, Any, Reply]:
+        return self.protocol.next_reply(self.timeout)
+
+    def replies(self, got: list[Reply], count: int) -> Coroutine[Any, Any, None]:
+        """The replies to a pipelined group of `count` commands, appended to `got` as they come."""
+        return self.protocol.next_replies(got, count, self.timeout)
 
     async def command(self, line: bytes) -> Reply:
         self.write(line + b"\r\n")
@@ -305,6 +329,8 @@ def dot_stuffed(content: bytes) -> bytes:
         content = _LINE_ENDINGS.sub(b"\r\n", content)
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
-    if content.startswith(b".") or b"\n." in content:
-        content = _LEADING_DOT.sub(b"..", content)
+    if b"\n." in content:  # every line starts after a \n but the first
+        content = content.replace(b"\n.", b"\n..")
+    if content.startswith(b"."):
+        content = b"." + content
     return content + b".\r\n"

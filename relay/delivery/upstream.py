@@ -176,8 +176,7 @@ class Upstream:
         try:
             if client.pipelining:
                 client.write(mail + b"".join(rcpts) + (b"DATA\r\n" if data_in_group else b""))
-                for _ in range(1 + len(rcpts) + data_in_group):
-                    got.append(await client.reply())
+                await client.replies(got, 1 + len(rcpts) + data_in_group)
             else:
                 got.append(await client.command(mail[:-2]))
                 if got[0].code == 250:

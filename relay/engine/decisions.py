@@ -4,6 +4,7 @@ to one JSON log line."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from relay.errors import StoreUnavailable
 from relay.store.account_events import decision_events
@@ -31,6 +32,12 @@ class DecisionRecorder:
         self._decisions.append(decision)
         if deliveries:
             self._deliveries.extend(deliveries)
+        if self.log.is_enabled_for(logging.INFO):  # the labels hash every recipient: not for nothing
+            self._log(decision)
+        if len(self._decisions) >= _MAX_BUFFER:
+            self._event.set()
+
+    def _log(self, decision: DecisionRecord) -> None:
         self.log.info(
             "decision",
             relay_id=decision.relay_id,
@@ -41,8 +48,6 @@ class DecisionRecorder:
             rules=list(decision.rules),
             recipients=recipient_labels(decision.recipients),
         )
-        if len(self._decisions) >= _MAX_BUFFER:
-            self._event.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="decision-recorder")

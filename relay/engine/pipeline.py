@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
-from policies.facts import TRANSACTIONAL, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
+from policies.facts import NOTHING_FOUND, TRANSACTIONAL, AccountFacts, MessageFacts, RecipientFacts, ShellFacts, StreamFacts
 from policies.findings import Action, Finding, Outcome, ReliedConsent, Verdict
 from policies.message import ParsedMessage, parse_message
 from relay import replies
@@ -72,7 +72,11 @@ class Pipeline:
         self.offload = offload
         self.features = tuple(features)
         self._feature_named = {f.name: f for f in self.features}
+        # Only the features that bring addresses or facts are asked, per recipient and per message.
+        self._address_features = tuple(f for f in self.features if _overrides(f, "own_address"))
+        self._facts_features = tuple(f for f in self.features if _overrides(f, "message_facts"))
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
+        self._account_facts: dict[tuple[str, str, str, frozenset[str]], tuple[AccountConfig, AccountFacts]] = {}
 
     new_relay_id = staticmethod(new_relay_id)
 
@@ -90,7 +94,7 @@ class Pipeline:
 
     def own_address(self, address: str) -> str | None:
         """The name of the feature whose address this is (unsubscribe, feedback reports, bounces)."""
-        for feature in self.features:
+        for feature in self._address_features:
             if feature.own_address(address):
                 return feature.name
         return None
@@ -98,13 +102,27 @@ class Pipeline:
     # --- facts ----------------------------------------------------------------------------
 
     async def account_facts(self, account: AccountConfig) -> MessageFacts:
-        state = await self.services.store.accounts.get(account.id)
         return MessageFacts(
-            account=account.facts(state.state, state.reason, state.paused_streams),
+            account=await self._account_state(account),
             mail_from="",
             now=self.services.clock.now(),
             params=self.services.engine.profile.params,
         )
+
+    async def _account_state(self, account: AccountConfig) -> AccountFacts:
+        """The account's facts in its current state (read from the store each transaction). The
+        facts of an (account, state) are made once: they are immutable, and the same for every
+        message until the state changes."""
+        state = await self.services.store.accounts.get(account.id)
+        key = (account.id, state.state, state.reason, state.paused_streams)
+        known = self._account_facts.get(key)
+        if known is not None and known[0] is account:
+            return known[1]
+        facts = account.facts(state.state, state.reason, state.paused_streams)
+        if len(self._account_facts) >= 1024:  # states and reasons an admin wrote: bounded anyway
+            self._account_facts.clear()
+        self._account_facts[key] = (account, facts)
+        return facts
 
     async def recipient_facts(self, account: AccountConfig, emails: Sequence[str]) -> list[RecipientFacts]:
         scopes = (account.id, account.parent) if account.parent else (account.id,)
@@ -126,15 +144,15 @@ class Pipeline:
 
     async def at_mail(self, txn: Transaction) -> Verdict:
         assert txn.account is not None
-        base = await self.account_facts(txn.account)
+        account = await self._account_state(txn.account)
         if txn.null_sender:
             txn.stream = null_sender_stream(txn.account)
         else:
             txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
         stream = txn.stream.facts if txn.stream else None
         txn.facts = MessageFacts(
-            account=base.account, mail_from=txn.mail_from, now=base.now, params=base.params, stream=stream,
-            null_sender=txn.null_sender,
+            account=account, mail_from=txn.mail_from, now=self.services.clock.now(),
+            params=self.services.engine.profile.params, stream=stream, null_sender=txn.null_sender,
         )
         verdict = self.services.engine.session(txn.facts)
         if verdict.outcome is Outcome.DELIVER and txn.account.rate_limit_per_minute > 0:
@@ -170,10 +188,12 @@ class Pipeline:
         stream = self._kind_known_before_data(txn)
         if stream is None or not (stream.is_marketing or txn.null_sender):
             return None
-        facts = MessageFacts(
-            account=txn.facts.account, mail_from=txn.mail_from, now=txn.facts.now, params=txn.facts.params, stream=stream,
-            null_sender=txn.null_sender,
-        )
+        facts = txn.facts
+        if facts.stream != stream:  # the stream was not known at MAIL FROM: the account's default
+            facts = MessageFacts(
+                account=facts.account, mail_from=txn.mail_from, now=facts.now, params=facts.params, stream=stream,
+                null_sender=txn.null_sender,
+            )
         if stream.is_marketing:
             (rfacts,) = await self.recipient_facts(txn.account, [rcpt])
             txn.rcpt_facts[rcpt] = rfacts
@@ -225,8 +245,8 @@ class Pipeline:
                 rfacts = await self._recipient_facts_at_data(txn, account)
             else:
                 rfacts = [RecipientFacts(r) for r in txn.recipients]
-            shell = ShellFacts()
-            for feature in self.features:
+            shell = NOTHING_FOUND
+            for feature in self._facts_features:
                 shell = await feature.message_facts(txn, message, shell)
         except StoreUnavailable as exc:
             self.log.error("store_unavailable", stage="data", relay_id=txn.relay_id, error=str(exc))
@@ -593,6 +613,11 @@ def null_sender_stream(account: AccountConfig) -> StreamConfig:
         return default
     found = next((s for s in account.streams if s.kind == TRANSACTIONAL), None)
     return found or StreamConfig(NULL_SENDER_STREAM, TRANSACTIONAL, NULL_SENDER_STREAM)
+
+
+def _overrides(feature: Feature, method: str) -> bool:
+    """Whether `feature` has its own `method`, not the Feature protocol's default that adds nothing."""
+    return getattr(getattr(feature, method, None), "__func__", None) is not getattr(Feature, method)
 
 
 def metric_stream(stream_cfg: StreamConfig | None) -> str:

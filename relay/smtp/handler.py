@@ -27,6 +27,8 @@ from relay.passwords import verify_password
 from relay.smtp.server import AuthLockout, RelaySMTP, peer_ip
 
 _AUTH_CACHE_SECONDS = 300.0
+_TRUSTING_CACHE_SIZE = 4096  # client addresses whose account is known; a full cache starts again
+_UNKNOWN = object()
 
 
 class RelayHandler:
@@ -38,6 +40,8 @@ class RelayHandler:
         self.log = get_logger()
         self._auth_cache: dict[bytes, float] = {}
         self._auth_key = os.urandom(32)
+        self._trusting: dict[str, AccountConfig | None] = {}
+        self._trusting_config = self.config
 
     # --- EHLO ---------------------------------------------------------------------------
 
@@ -128,7 +132,19 @@ class RelayHandler:
     def _account_of(self, session: Session) -> AccountConfig | None:
         if session.authenticated and isinstance(session.auth_data, str):
             return self.config.account(session.auth_data)
-        return self.config.account_trusting(peer_ip(session.peer))
+        return self._account_trusting(peer_ip(session.peer))
+
+    def _account_trusting(self, ip: str) -> AccountConfig | None:
+        """config.account_trusting (an address parsed and matched against every account's networks)
+        once per client address: the config does not change under a running handler."""
+        config = self.config
+        known = self._trusting.get(ip, _UNKNOWN)
+        if known is _UNKNOWN or self._trusting_config is not config:
+            if self._trusting_config is not config or len(self._trusting) >= _TRUSTING_CACHE_SIZE:
+                self._trusting.clear()
+                self._trusting_config = config
+            known = self._trusting[ip] = config.account_trusting(ip)
+        return known  # type: ignore[return-value]
 
     async def handle_MAIL(self, server: RelaySMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
         if address and address != "<>":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import datetime, timezone
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +45,41 @@ def test_recipients_hashed_unless_plain(buffer: io.StringIO) -> None:
     assert recipient_label("anna@example.nl") == recipient_label("ANNA@example.nl")
     configure_logging("info", "plain", stream=buffer)
     assert recipient_label("anna@example.nl") == "anna@example.nl"
+
+
+def test_a_logger_kept_from_before_follows_each_new_configuration(buffer: io.StringIO) -> None:
+    """get_logger's logger keeps what it built only while structlog's configuration stays: a logger
+    taken before a new configuration (a new stream, a level, capture_logs' processors) follows it."""
+    log = get_logger()
+    configure_logging("info", stream=buffer)
+    log.info("first")
+    other = io.StringIO()
+    configure_logging("warning", stream=other)
+    log.info("quiet")
+    log.warning("second")
+    assert [json.loads(line)["event"] for line in buffer.getvalue().splitlines()] == ["first"]
+    assert [json.loads(line)["event"] for line in other.getvalue().splitlines()] == ["second"]
+    assert not log.is_enabled_for(logging.INFO) and log.is_enabled_for(logging.WARNING)
+    with structlog.testing.capture_logs() as captured:
+        log.warning("captured", n=1)
+    assert captured == [{"event": "captured", "n": 1, "log_level": "warning"}]
+    structlog.reset_defaults()
+    with structlog.testing.capture_logs() as captured:
+        log.info("after_reset")
+    assert [c["event"] for c in captured] == ["after_reset"]
+
+
+def test_a_decision_filtered_out_hashes_no_recipient(buffer: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay.engine import decisions
+    from relay.store.records import DecisionRecord
+
+    hashed: list[str] = []
+    monkeypatch.setattr(decisions, "recipient_labels", lambda rcpts: hashed.extend(rcpts) or [])
+    recorder = decisions.DecisionRecorder(None)  # type: ignore[arg-type]
+    record = DecisionRecord(relay_id="r1", outcome="delivered", created_at=datetime.now(timezone.utc), account="shop", recipients=("a@example.nl",))
+    configure_logging("warning", stream=buffer)
+    recorder.record(record)
+    assert hashed == [] and buffer.getvalue() == ""
+    configure_logging("info", stream=buffer)
+    recorder.record(record)
+    assert hashed == ["a@example.nl"] and json.loads(buffer.getvalue())["event"] == "decision"

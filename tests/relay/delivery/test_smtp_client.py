@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import random
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from relay.config import UpstreamConfig
 from relay.delivery import smtp_client
 from relay.delivery.smtp_client import Broken, ClientError, Reply
 from relay.delivery.upstream import Upstream
+from relay.errors import UpstreamRejected, UpstreamUnavailable
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | object"]
 
@@ -79,6 +83,32 @@ async def test_a_pipelining_upstream_gets_mail_rcpt_and_data_as_one_group() -> N
     assert seen[1] == b"Subject: x\r\n\r\n..dot\r\n.\r\n"
     assert result.accepted == ("a@example.net",) and result.refused == {"gone@example.net": (550, "5.1.1 No such user")}
     assert result.reply == "250 2.0.0 Ok: queued as Q1"
+
+
+async def test_a_group_whose_replies_stop_part_way_keeps_those_that_came() -> None:
+    """The replies to a pipelined group arrive one by one, then the upstream hangs up: the reply to
+    MAIL FROM came (250), so this is a failure during the transaction, not a stale connection to
+    retry; a refused MAIL FROM that came first is reported as the refusal."""
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        await greet(reader, writer, "PIPELINING")
+        for _ in range(3):
+            await reader.readline()
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"250 2.1.5 Ok\r\n")
+        await writer.drain()
+
+    for first, error in ((b"250 2.1.0 Ok\r\n", UpstreamUnavailable), (b"553 5.7.1 Sender refused\r\n", UpstreamRejected)):
+        async with scripted(lambda r, w: server(r, w, first)) as port:
+            up = Upstream(UpstreamConfig(host="127.0.0.1", port=port, starttls="off", timeout=2), local_hostname="relay.test")
+            with pytest.raises(error) as raised:
+                await up.send("news@shop.example", ["a@example.net"], b"Subject: x\r\n\r\nhi\r\n")
+            await up.close()
+        if error is UpstreamUnavailable:
+            assert "during the transaction" in str(raised.value)
+        else:
+            assert raised.value.code == 553
 
 
 async def test_replies_split_anywhere_are_put_together() -> None:
@@ -174,6 +204,27 @@ def test_the_message_on_the_wire() -> None:
     assert smtp_client.dot_stuffed(b"a\r\n.b\r\n") == b"a\r\n..b\r\n.\r\n"
     assert smtp_client.dot_stuffed(b".a\nb\rc") == b"..a\r\nb\r\nc\r\n.\r\n"
     assert smtp_client.dot_stuffed(b"") == b"\r\n.\r\n"
+    assert smtp_client.dot_stuffed(b".") == b"..\r\n.\r\n"
+    assert smtp_client.dot_stuffed(b"a\n.\n..\r\n.") == b"a\r\n..\r\n...\r\n..\r\n.\r\n"
+
+
+def _dot_stuffed_by_regex(content: bytes) -> bytes:
+    """The stuffing as RFC 5321 4.5.2 words it (a line that starts with a dot gets another), by
+    regular expressions: what dot_stuffed did before its bytes.replace fast path."""
+    content = re.sub(rb"\r\n|\n|\r(?!\n)", b"\r\n", content)
+    if not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", content) + b".\r\n"
+
+
+def test_dot_stuffing_agrees_with_the_regex_on_random_messages() -> None:
+    rng = random.Random(20)
+    alphabet = [b".", b"\r", b"\n", b"\r\n", b"a", b" ", b".."]
+    for _ in range(5000):
+        content = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+        assert smtp_client.dot_stuffed(content) == _dot_stuffed_by_regex(content), content
+    message = (Path(__file__).parents[3] / "bench" / "message.eml").read_bytes()
+    assert smtp_client.dot_stuffed(message) == _dot_stuffed_by_regex(message)
 
 
 def test_a_control_character_in_an_address_is_refused() -> None:

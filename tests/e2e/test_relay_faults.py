@@ -63,9 +63,6 @@ async def test_kill_9_of_a_worker_mid_drain_loses_nothing_and_its_copies_wait_on
         assert await relay.stop() == 0
     finally:
         await relay.ensure_stopped()
-        import json as _j
-        open("/tmp/kill9-lines.json", "w").write("\n".join(_j.dumps(x, default=str) for x in relay.lines))
-        open("/tmp/kill9-sink.json", "w").write(_j.dumps([list(expected), upstream.recipients()]))
     counts = Counter(upstream.recipients())
     assert set(counts) == expected  # 0 lost
     twice = {r for r, n in counts.items() if n > 1}

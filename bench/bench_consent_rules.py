@@ -14,9 +14,7 @@ pick the consent once per recipient).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -94,37 +92,6 @@ def measure(rounds: int) -> dict[str, float]:
     return {case: statistics.median(values) / 1000 for case, values in samples.items()}
 
 
-def in_tree(tree: Path, rounds: int) -> dict[str, float]:
-    """`measure` in a subprocess of `tree`'s own venv, with `tree` first on sys.path."""
-    code = (
-        f"import sys, json; sys.path.insert(0, {str(tree)!r}); sys.path.insert(0, {str(ROOT / 'bench')!r});"
-        f"import bench_consent_rules as b; print(json.dumps(b.measure({rounds})))"
-    )
-    out = subprocess.run(
-        [str(tree / ".venv" / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True, cwd=tree
-    )
-    return json.loads(out.stdout)
-
-
-def compare(base: Path, rounds: int, runs: int) -> None:
-    here: dict[str, list[float]] = {case: [] for case in CASES}
-    there: dict[str, list[float]] = {case: [] for case in CASES}
-    for run in range(runs):
-        order = ((base, there), (ROOT, here)) if run % 2 == 0 else ((ROOT, here), (base, there))
-        for tree, into in order:
-            result = in_tree(tree, rounds)
-            for case in CASES:
-                into[case].append(result[case])
-            print(f"run {run + 1} {tree.name}: " + ", ".join(f"{c} {result[c]:.1f} µs" for c in CASES), file=sys.stderr)
-    print(f"\n| case | {base.name} µs | {ROOT.name} µs | {ROOT.name} ÷ {base.name} |")
-    print("|---|---|---|---:|")
-    for case in CASES:
-        before, after = statistics.median(there[case]), statistics.median(here[case])
-        print(
-            f"| {case} | {', '.join(f'{v:.0f}' for v in there[case])} | {', '.join(f'{v:.0f}' for v in here[case])} "
-            f"| {after / before:.2f} |"
-        )
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_consent_rules", description=__doc__.splitlines()[0])
@@ -133,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="with --against: runs per tree")
     args = parser.parse_args(argv)
     if args.against is not None:
-        compare(args.against.resolve(), args.rounds, args.runs)
+        from bench import alternate  # only here: measure() runs in the other checkout, whose bench/ may lack it
+
+        alternate.compare("bench_consent_rules", CASES, args.against.resolve(), args.rounds, args.runs)
         return 0
     for case, micros in measure(args.rounds).items():
         print(f"{case}: {micros:.1f} µs CPU per message (median of {args.rounds})")

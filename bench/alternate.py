@@ -3,11 +3,12 @@ ratio (each checkout with its own .venv). Used by bench_consent_rules and bench_
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +46,20 @@ def compare(module: str, cases: Sequence[str], base: Path, rounds: int, runs: in
             f"| {case} | {', '.join(f'{v:.0f}' for v in there[case])} | {', '.join(f'{v:.0f}' for v in here[case])} "
             f"| {after / before:.2f} |"
         )
+
+
+def main(
+    module: str, doc: str | None, cases: Sequence[str], measure: Callable[[int], dict[str, float]], argv: list[str] | None
+) -> int:
+    """The command line of such a bench: `--rounds`, and `--against TREE --runs N` to alternate."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=(doc or module).splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--against", type=Path, help="another checkout with its own .venv: alternate with it")
+    parser.add_argument("--runs", type=int, default=3, help="with --against: runs per tree")
+    args = parser.parse_args(argv)
+    if args.against is not None:
+        compare(module, cases, args.against.resolve(), args.rounds, args.runs)
+        return 0
+    for case, micros in measure(args.rounds).items():
+        print(f"{case}: {micros:.1f} µs CPU per message (median of {args.rounds})")
+    return 0

@@ -13,7 +13,6 @@ pick the consent once per recipient).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -92,21 +91,10 @@ def measure(rounds: int) -> dict[str, float]:
     return {case: statistics.median(values) / 1000 for case, values in samples.items()}
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_consent_rules", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--against", type=Path, help="another checkout with its own .venv: alternate with it")
-    parser.add_argument("--runs", type=int, default=3, help="with --against: runs per tree")
-    args = parser.parse_args(argv)
-    if args.against is not None:
-        from bench import alternate  # only here: measure() runs in the other checkout, whose bench/ may lack it
+    from bench import alternate  # only here: measure() runs in the other checkout, whose bench/ may lack it
 
-        alternate.compare("bench_consent_rules", CASES, args.against.resolve(), args.rounds, args.runs)
-        return 0
-    for case, micros in measure(args.rounds).items():
-        print(f"{case}: {micros:.1f} µs CPU per message (median of {args.rounds})")
-    return 0
+    return alternate.main("bench_consent_rules", __doc__, CASES, measure, argv)
 
 
 if __name__ == "__main__":

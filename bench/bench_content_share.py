@@ -13,7 +13,6 @@ the eleven content rules (issue 20: "content rules on ÷ off").
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import statistics
 import sys
@@ -74,21 +73,10 @@ def measure(rounds: int) -> dict[str, float]:
     return result
 
 
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_content_share", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--against", type=Path, help="another checkout with its own .venv: alternate with it")
-    parser.add_argument("--runs", type=int, default=3, help="with --against: runs per tree")
-    args = parser.parse_args(argv)
-    if args.against is not None:
-        from bench import alternate  # only here: measure() runs in the other checkout, whose bench/ may lack it
+    from bench import alternate  # only here: measure() runs in the other checkout, whose bench/ may lack it
 
-        alternate.compare("bench_content_share", CASES, args.against.resolve(), args.rounds, args.runs)
-        return 0
-    for case, micros in measure(args.rounds).items():
-        print(f"{case}: {micros:.1f} µs CPU per message (median of {args.rounds})")
-    return 0
+    return alternate.main("bench_content_share", __doc__, CASES, measure, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 ROOT = Path(__file__).resolve().parent.parent

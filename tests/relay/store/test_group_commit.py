@@ -16,13 +16,11 @@ from typing import Any, AsyncIterator
 import aiosqlite.core
 import pytest
 
-from relay.config import StoreConfig
 from relay.errors import StoreUnavailable
-from relay.store import open_store_for
 from relay.store.base import Store
 from relay.store.records import DecisionRecord, DeliveryRecord
 from relay.store.sqlite import SqliteStore
-from tests.relay.store.test_store_sqlite import BACKENDS, _postgres_url
+from tests.relay.store.backends import any_store  # noqa: F401  (a fixture)
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
 
@@ -35,23 +33,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         yield s
     finally:
         await s.close()
-
-
-@pytest.fixture(params=BACKENDS)
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/relay.db"
-    else:
-        url, drop = await _postgres_url()
-    s = open_store_for(StoreConfig(url=url, timeout=5))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-        if drop is not None:
-            await drop()
 
 
 class Counted:

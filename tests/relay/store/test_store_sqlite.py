@@ -3,12 +3,10 @@ backend: SQLite here, PostgreSQL too once relay/store/postgres.py exists."""
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -18,41 +16,13 @@ from relay.errors import StoreUnavailable
 from relay.store import open_store_for
 from relay.store.base import Store
 from relay.store.records import AccountState, AuditEntry, DecisionRecord, DeliveryRecord, OutboxItem, QuarantineItem
+from tests.relay.store.backends import any_store  # noqa: F401  (a fixture)
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
-BACKENDS = ["sqlite"] + (["postgresql"] if importlib.util.find_spec("relay.store.postgres") else [])
-
-
-async def _postgres_url() -> tuple[str, Any]:
-    import asyncpg
-
-    name = "relay_test_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect("postgresql://127.0.0.1:5432/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-
-    async def drop() -> None:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-    return f"postgresql://127.0.0.1:5432/{name}", drop
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    drop = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/var/relay.db"
-    else:
-        url, drop = await _postgres_url()
-    s = open_store_for(StoreConfig(url=url, timeout=5))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-        if drop is not None:
-            await drop()
-
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    """Every contract test runs on every backend (tests/relay/store/backends.py)."""
+    return any_store
 
 def item(relay_id: str = "r1", rcpts: tuple[str, ...] = ("a@x.nl",), **changes: Any) -> OutboxItem:
     values: dict[str, Any] = dict(

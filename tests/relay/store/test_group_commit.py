@@ -169,7 +169,8 @@ async def test_writes_commit_in_the_order_they_were_made(store: SqliteStore) -> 
     assert starts == sorted(starts) and len(set(starts)) == 10 and starts[-1] - starts[0] == 900
 
 
-async def test_a_held_write_lock_times_out_the_waiting_writes(store: SqliteStore) -> None:
+async def holding_the_write_lock(store: SqliteStore) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A transaction of this process that holds the writer until the returned event is set."""
     held = asyncio.Event()
     release = asyncio.Event()
 
@@ -181,6 +182,11 @@ async def test_a_held_write_lock_times_out_the_waiting_writes(store: SqliteStore
 
     holder = asyncio.create_task(hold())
     await held.wait()
+    return holder, release
+
+
+async def test_a_held_write_lock_times_out_the_waiting_writes(store: SqliteStore) -> None:
+    holder, release = await holding_the_write_lock(store)
     started = time.monotonic()
     results = await asyncio.gather(store.decisions.record(*message(1)), store.decisions.record(*message(2)), return_exceptions=True)
     assert time.monotonic() - started < 2.0
@@ -192,17 +198,7 @@ async def test_a_held_write_lock_times_out_the_waiting_writes(store: SqliteStore
 
 
 async def test_each_write_waits_for_the_lock_its_own_timeout(store: SqliteStore) -> None:
-    held = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with store.db.transaction() as tx:
-            await tx.execute("UPDATE id_blocks SET next_id = next_id")
-            held.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await held.wait()
+    holder, release = await holding_the_write_lock(store)
     early = asyncio.create_task(store.decisions.record(*message(1)))
     await asyncio.sleep(0.3)  # of the store's 0.5 s
     late = asyncio.create_task(store.decisions.record(*message(2)))

@@ -201,8 +201,6 @@ _PER_CONNECTION = frozenset(
         "_tls_protocol", "_original_transport", "_handle_hooks", "_smtp_bound", "_auth_bound",
     }
 )
-_TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
-_MAX_TEMPLATES = 64
 _MAX_CACHED_REPLIES = 1024
 
 
@@ -232,21 +230,10 @@ class RelaySMTP(SMTP):
         template: dict[str, Any] | None = None, **kwargs: Any,
     ) -> None:
         """aiosmtpd's SMTP.__init__ derives the same tables, warnings and log line for every connection
-        of a listener (its own share of a short session's CPU): done once per listener settings
-        (`factory`, or a cache of the settings seen), and each connection copies the result. Its
+        of a listener (its own share of a short session's CPU): done once per listener (`factory`),
+        and each connection copies the result; without a template it runs as aiosmtpd's. Its
         per-connection state is made fresh, as SMTP.__init__ makes it; the handler's hooks are read
         from the handler each time, as aiosmtpd reads them."""
-        if template is None and kwargs.get("loop") is not None:  # without a loop SMTP.__init__ picks one
-            key = (type(self), id(handler), *kwargs.items())
-            try:
-                template = _TEMPLATES.get(key)
-            except TypeError:  # an unhashable setting (a dict of call limits, a list of mechanisms)
-                pass
-            else:
-                if template is None or template["event_handler"] is not handler:
-                    if len(_TEMPLATES) >= _MAX_TEMPLATES:
-                        _TEMPLATES.clear()
-                    template = _TEMPLATES[key] = self._template(handler, kwargs)
         if template is not None:
             assert template["event_handler"] is handler
             loop = template["loop"]

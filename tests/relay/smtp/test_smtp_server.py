@@ -290,10 +290,10 @@ async def test_a_session_copied_from_the_listeners_first_has_its_own_state() -> 
     what belongs to one connection (reader, futures, tables bound to the session) is their own."""
     loop = asyncio.get_running_loop()
     handler = _Hooks()
-    first, second = (
-        RelaySMTP(handler, limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, auth_require_tls=False)
-        for _ in range(2)
+    new_session = RelaySMTP.factory(
+        handler, limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, auth_require_tls=False
     )
+    first, second = new_session(), new_session()
     fresh = SMTP(handler, hostname="relay.test", loop=loop, auth_require_tls=False)
     assert set(vars(fresh)) - {"_smtp_methods", "_auth_methods"} <= set(vars(second))
     for name, value in vars(fresh).items():

@@ -307,6 +307,28 @@ def words(text: str) -> frozenset[str]:
     return split_words(text)
 
 
+# The UTF-16 high bytes of the scripts without spaces (U+3000-9FFF, U+AC00-D7FF, U+F900-FAFF):
+# every other byte, deleted by bytes.translate, leaves nothing.
+_NOT_UNSPACED_HIGH = bytes(b for b in range(256) if not (0x30 <= b <= 0x9F or 0xAC <= b <= 0xD7 or b in (0xF9, 0xFA)))
+
+
+def vocabulary(words: Iterable[str]) -> frozenset[str]:
+    """The distinct words, for known_words."""
+    words = tuple(words)
+    if not all(isinstance(w, str) for w in words):
+        raise TypeError("vocabulary() takes an iterable of str")
+    return frozenset(words)
+
+
+def known_words(text: str, vocabulary: frozenset[str]) -> tuple[frozenset[str], bool]:
+    """words(text) & the vocabulary, and whether a word of text has a character of a script without
+    spaces (its UTF-16 high byte one of _NOT_UNSPACED_HIGH's complement: a surrogate's never is)."""
+    found = words(text)
+    wide = "\n".join(w for w in found if not w.isascii())
+    unspaced = bool(wide.encode("utf-16-le", "surrogatepass")[1::2].translate(None, _NOT_UNSPACED_HIGH))
+    return found & vocabulary, unspaced
+
+
 def urls(text: str) -> list[tuple[int, int]]:
     """(start, end) of the http(s)://, www., mailto: and magnet:? URLs."""
     if not isinstance(text, str):

@@ -333,6 +333,169 @@ fail:
 #define words_of_arg(kind) words_of(arg, kind)
 STR_FUNCTION(words)
 
+/* --- words of a vocabulary ------------------------------------------------------------------ */
+
+/* The content rules test a text's words against a few hundred listed words (and drug spellings):
+ * words(text) makes a str of every distinct word only for most to be found in no list. A vocabulary
+ * keeps the listed words in a table under the same hash words() computes over a run's code points
+ * (FNV-1a), so a run is looked up where it stands and a str is made for none: known_words(text,
+ * vocabulary) is words(text) & set(vocabulary), read off in one pass. */
+typedef struct {
+    Py_uhash_t hash;
+    Py_ssize_t len;  /* 0: an empty slot */
+    Py_ssize_t at;   /* the word's code points in Vocabulary.points */
+    PyObject *word;  /* the listed str, the one returned */
+} VocabSlot;
+
+typedef struct {
+    size_t cap; /* a power of two, at least twice the words */
+    VocabSlot *slots;
+    Py_UCS4 *points;
+} Vocabulary;
+
+#define VOCABULARY_CAPSULE "policies._speedups.vocabulary"
+
+static void vocabulary_free(PyObject *capsule) {
+    Vocabulary *v = PyCapsule_GetPointer(capsule, VOCABULARY_CAPSULE);
+    if (v == NULL) return;
+    for (size_t k = 0; k < v->cap; k++) Py_XDECREF(v->slots[k].word);
+    PyMem_Free(v->slots);
+    PyMem_Free(v->points);
+    PyMem_Free(v);
+}
+
+static PyObject *vocabulary(PyObject *module, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "vocabulary() takes an iterable of str");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!PyUnicode_Check(items[k]) || PyUnicode_READY(items[k]) < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "vocabulary() takes an iterable of str");
+            Py_DECREF(seq);
+            return NULL;
+        }
+        total += PyUnicode_GET_LENGTH(items[k]);
+    }
+    Vocabulary *v = PyMem_Calloc(1, sizeof(Vocabulary));
+    size_t cap = 16;
+    while (cap < (size_t)n * 2 + 2) cap *= 2;
+    if (v != NULL) {
+        v->cap = cap;
+        v->slots = PyMem_Calloc(cap, sizeof(VocabSlot));
+        v->points = PyMem_Calloc((size_t)total + 1, sizeof(Py_UCS4));
+    }
+    if (v == NULL || v->slots == NULL || v->points == NULL) {
+        if (v != NULL) { PyMem_Free(v->slots); PyMem_Free(v->points); PyMem_Free(v); }
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *word = items[k];
+        Py_ssize_t len = PyUnicode_GET_LENGTH(word);
+        if (len == 0) continue; /* no run is empty */
+        int kind = PyUnicode_KIND(word);
+        const void *data = PyUnicode_DATA(word);
+        Py_uhash_t hash = 14695981039346656037ULL; /* as words_of hashes a run */
+        for (Py_ssize_t i = 0; i < len; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            v->points[at + i] = c;
+            hash = (hash ^ c) * 1099511628211ULL;
+        }
+        size_t slot = (size_t)hash & (cap - 1);
+        int duplicate = 0;
+        while (v->slots[slot].len) {
+            VocabSlot *e = &v->slots[slot];
+            if (e->hash == hash && e->len == len && memcmp(v->points + e->at, v->points + at, (size_t)len * sizeof(Py_UCS4)) == 0) {
+                duplicate = 1;
+                break;
+            }
+            slot = (slot + 1) & (cap - 1);
+        }
+        if (duplicate) continue;
+        Py_INCREF(word);
+        v->slots[slot] = (VocabSlot){hash, len, at, word};
+        at += len;
+    }
+    Py_DECREF(seq);
+    PyObject *capsule = PyCapsule_New(v, VOCABULARY_CAPSULE, vocabulary_free);
+    if (capsule == NULL) {
+        for (size_t k = 0; k < cap; k++) Py_XDECREF(v->slots[k].word);
+        PyMem_Free(v->slots);
+        PyMem_Free(v->points);
+        PyMem_Free(v);
+    }
+    return capsule;
+}
+
+/* A code point whose UTF-16 high byte is one of policies.wordlists' scripts without spaces
+ * (U+3000-9FFF, U+AC00-D7FF, U+F900-FAFF: _NOT_UNSPACED_HIGH keeps those high bytes). */
+static inline int unspaced_point(Py_UCS4 c) {
+    if (c < 0x3000 || c > 0xffff) return 0;
+    unsigned high = c >> 8;
+    return high <= 0x9f || (high >= 0xac && high <= 0xd7) || high == 0xf9 || high == 0xfa;
+}
+
+static inline __attribute__((always_inline)) PyObject *known_words_of(PyObject *arg, const Vocabulary *v, int kind) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+    const char *data = PyUnicode_DATA(arg);
+    const size_t mask = v->cap - 1;
+    int unspaced = 0;
+    PyObject *found = NULL; /* a set, made on the first word found: most texts have none */
+#define WORD_CHAR(c) ((c) < 128 ? ASCII_WORD[(c)] : is_word(c))
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (!WORD_CHAR(c)) {
+            i++;
+            continue;
+        }
+        Py_ssize_t start = i;
+        Py_uhash_t hash = 14695981039346656037ULL;
+        do {
+            if (kind != PyUnicode_1BYTE_KIND && !unspaced) unspaced = unspaced_point(c);
+            hash = (hash ^ c) * 1099511628211ULL;
+            if (++i >= n) break;
+            c = PyUnicode_READ(kind, data, i);
+        } while (WORD_CHAR(c));
+        Py_ssize_t len = i - start;
+        for (size_t slot = (size_t)hash & mask; v->slots[slot].len; slot = (slot + 1) & mask) {
+            const VocabSlot *e = &v->slots[slot];
+            if (e->hash != hash || e->len != len) continue;
+            const Py_UCS4 *points = v->points + e->at;
+            Py_ssize_t k = 0;
+            while (k < len && PyUnicode_READ(kind, data, start + k) == points[k]) k++;
+            if (k == len) {
+                if (found == NULL && (found = PySet_New(NULL)) == NULL) return NULL;
+                if (PySet_Add(found, e->word) < 0) { Py_DECREF(found); return NULL; }
+                break;
+            }
+        }
+    }
+#undef WORD_CHAR
+    PyObject *frozen = PyFrozenSet_New(found);
+    Py_XDECREF(found);
+    if (frozen == NULL) return NULL;
+    return Py_BuildValue("(NO)", frozen, unspaced ? Py_True : Py_False);
+}
+
+static PyObject *known_words(PyObject *module, PyObject *args) {
+    PyObject *text, *capsule;
+    if (!PyArg_ParseTuple(args, "UO:known_words", &text, &capsule)) return NULL;
+    if (!PyCapsule_IsValid(capsule, VOCABULARY_CAPSULE)) {
+        PyErr_SetString(PyExc_TypeError, "known_words() takes a vocabulary() table");
+        return NULL;
+    }
+    const Vocabulary *v = PyCapsule_GetPointer(capsule, VOCABULARY_CAPSULE);
+    if (v == NULL) return NULL;
+    if (PyUnicode_READY(text) < 0) return NULL;
+    switch (PyUnicode_KIND(text)) {
+    case PyUnicode_1BYTE_KIND: return known_words_of(text, v, PyUnicode_1BYTE_KIND);
+    case PyUnicode_2BYTE_KIND: return known_words_of(text, v, PyUnicode_2BYTE_KIND);
+    default: return known_words_of(text, v, PyUnicode_4BYTE_KIND);
+    }
+}
+
 /* --- URLs written as text ------------------------------------------------------------------ */
 
 /* [^\s<>"'()\[\]] after http(s):// and www., [^\s<>"'] after mailto: and magnet:? */
@@ -586,6 +749,11 @@ static PyMethodDef methods[] = {
     {"fold", fold, METH_VARARGS,
      "fold(text, fold_run) -> text with ASCII lower-cased and each run of non-ASCII characters folded by fold_run."},
     {"words", words, METH_O, "words(text) -> frozenset of the distinct \\w+ runs of text."},
+    {"vocabulary", vocabulary, METH_O,
+     "vocabulary(words) -> an opaque table of the distinct words, for known_words."},
+    {"known_words", known_words, METH_VARARGS,
+     "known_words(text, vocabulary) -> (words(text) & the vocabulary's words, whether a word of text has a "
+     "character of U+3000-9FFF, U+AC00-D7FF or U+F900-FAFF)."},
     {"number_windows", number_windows, METH_VARARGS,
      "number_windows(text, before, after) -> [(start, end), ...]: around each run of \\d[\\d .\\-]{7,}, "
      "widened by before and after, overlapping windows merged."},

@@ -17,7 +17,7 @@ from policies.findings import Hit, Stage
 from policies.message import KIND_EICAR, KIND_TORRENT, ParsedMessage, fold
 from policies.rule import rule
 from policies.rules.identity import cached_pattern
-from policies.wordlists import extra_terms, terms_for, wordlist
+from policies.wordlists import Lexicon, extra_terms, lexicon, terms_for, wordlist
 
 # --- subjects ---------------------------------------------------------------------------------
 
@@ -113,9 +113,29 @@ def misleading_subject(facts: MessageFacts) -> Hit | None:
 # --- body language --------------------------------------------------------------------------
 
 
+# The lists the body rules look up the text's words in, and the drug names whose spellings they do
+_BODY_LISTS = ("hateful", "adult", "fraud", "data_trading", "prescription_offers")
+_LEXICONS: dict[tuple[tuple[str, ...], ...], Lexicon] = {}
+
+
+def text_words(message: ParsedMessage, params: Mapping[str, Any]) -> frozenset[str]:
+    """The words of folded_text the body lists and the drug spellings can match (ParsedMessage.known_words):
+    every list of _BODY_LISTS and prescription_drugs' spellings answer on these as on message.words,
+    and no str is made for the hundreds of other words of a page. One Lexicon per set of site additions."""
+    lists = params.get("wordlists") if params else None
+    key = () if lists is None else tuple(extra_terms(name, params) for name in (*_BODY_LISTS, "prescription_drugs"))
+    found = _LEXICONS.get(key)
+    if found is None:
+        words = set(_drug_spellings(wordlist("prescription_drugs", params).terms)[1])
+        for name in _BODY_LISTS:
+            words |= wordlist(name, params).vocabulary
+        found = _LEXICONS[key] = lexicon(words)
+    return message.known_words(found.table)
+
+
 def _body_term(message: ParsedMessage, name: str, params: Mapping[str, Any]) -> str | None:
-    """Subject, visible and hidden text against word list `name`."""
-    return wordlist(name, params).search_folded(message.folded_text, message.words)
+    """Subject, visible and hidden text against word list `name` (one of _BODY_LISTS)."""
+    return wordlist(name, params).search_folded(message.folded_text, text_words(message, params))
 
 
 @rule(
@@ -168,7 +188,7 @@ _NAMING_SPAN = 5000
 
 def _passing_mention(message: ParsedMessage, params: Mapping[str, Any]) -> bool:
     words = wordlist("adult", params)
-    terms = words.find_all(message.folded_text, message.words)
+    terms = words.find_all(message.folded_text, text_words(message, params))
     if not set(map(fold, terms)) <= _NAMING_ADULT or subject_term(message, "adult", params) is not None:
         return False
     folded = message.folded_text
@@ -218,7 +238,7 @@ def fraud(facts: MessageFacts) -> Hit | None:
     if message is None:
         return None
     folded = message.folded_text
-    markers = wordlist("fraud", facts.params).find_all(folded, message.words)
+    markers = wordlist("fraud", facts.params).find_all(folded, text_words(message, facts.params))
     if len(markers) < FRAUD_MIN_MARKERS:
         return None
     evidence = ", ".join(markers[:3])
@@ -249,7 +269,7 @@ def data_trading(facts: MessageFacts) -> Hit | None:
     message = facts.message
     if message is None:
         return None
-    markers = wordlist("data_trading", facts.params).find_all(message.folded_text, message.words)
+    markers = wordlist("data_trading", facts.params).find_all(message.folded_text, text_words(message, facts.params))
     if len(markers) < DATA_TRADING_MIN_MARKERS:
         return None
     return Hit("The message offers address lists, harvesting tools or other people's data", evidence=", ".join(markers[:3]))
@@ -301,7 +321,7 @@ def prescription_drugs(facts: MessageFacts) -> Hit | None:
     if message is None:
         return None
     folded = message.folded_text
-    words = message.words
+    words = text_words(message, facts.params)
     spellings, spelling_set, spaced = _drug_spellings(wordlist("prescription_drugs", facts.params).terms)
     disguised = spaced.search(message.folded_subject)
     if disguised is not None and disguised.group(0) not in spellings.values():

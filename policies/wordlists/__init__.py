@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Iterable, Mapping
 
+from policies._passes import passes as _speedups
 from policies.message import fold, split_words
 
 _WORD = re.compile(r"\w+")
@@ -82,6 +83,13 @@ class WordList:
     single_keys: frozenset[str] = frozenset()
     first_keys: frozenset[str] = frozenset()
 
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Every word search_folded and find_all look up in `words`: the one-word terms and each word
+        of the multi-word ones. Given only the text's words of a superset of these, they answer as
+        given all of them, unless a word is of a script without spaces (unspaced_haystack reads all)."""
+        return self.single_keys.union(*self.multi_words)
+
     def search(self, text: str) -> str | None:
         """The first term found in `text` (not yet folded), or None."""
         return self.search_folded(fold(text))
@@ -96,7 +104,7 @@ class WordList:
         if self.single:
             if words is None:
                 words = split_words(folded)
-            found = words.intersection(self.single)
+            found = words & self.single_keys  # frozensets: the smaller one is walked
             if found:
                 # deterministic evidence: the term listed first
                 return min((self.single[w] for w in found), key=self.terms.index)
@@ -104,7 +112,7 @@ class WordList:
             return None
         if words is None:
             words = split_words(folded)
-        firsts = words.intersection(self.multi_first)
+        firsts = words & self.first_keys
         if not firsts and not self.multi_other:
             return None
         indices = sorted(itertools.chain(self.multi_other, *(self.multi_first[w] for w in firsts)))
@@ -149,6 +157,22 @@ class WordList:
         # any scan of the text
         if term not in found and self.multi_words[i] <= words and self._multi_found(pattern, folded):
             found.add(term)
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """The vocabulary of several lists in one table (policies._speedups.vocabulary): a text's words
+    that any of them can match, read off in one pass (ParsedMessage.known_words) in place of every
+    word of the text, for which each list then asks."""
+
+    words: frozenset[str]
+    table: object
+
+
+def lexicon(words: Iterable[str]) -> Lexicon:
+    """A Lexicon of `words` (WordList.vocabulary of each list, and any other words to look up)."""
+    distinct = frozenset(words)
+    return Lexicon(distinct, _speedups.vocabulary(sorted(distinct)))
 
 
 def shipped_terms(name: str) -> tuple[str, ...]:

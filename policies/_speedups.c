@@ -341,27 +341,39 @@ STR_FUNCTION(words)
  * (FNV-1a), so a run is looked up where it stands and a str is made for none: known_words(text,
  * vocabulary) is words(text) & set(vocabulary), read off in one pass. */
 typedef struct {
-    Py_uhash_t hash;
-    Py_ssize_t len;  /* 0: an empty slot */
-    Py_ssize_t at;   /* the word's code points in Vocabulary.points */
-    PyObject *word;  /* the listed str, the one returned */
+    uint64_t hash;
+    uint32_t len; /* 0: an empty slot */
+    uint32_t at;  /* the word's code points in Vocabulary.points */
 } VocabSlot;
 
+/* Most runs of a page are in no list: a bitmap of the words' hashes (16 bits a word, about one run
+ * in sixteen passes wrongly) turns them away after one read of a few kilobytes, where the table of
+ * slots is tens. */
 typedef struct {
-    size_t cap; /* a power of two, at least twice the words */
+    size_t cap;     /* slots: a power of two, at least twice the words */
+    size_t bits;    /* bitmap bits: a power of two, at least sixteen times the words */
     VocabSlot *slots;
+    PyObject **words; /* the listed str of each slot, the one returned */
+    uint64_t *bitmap;
     Py_UCS4 *points;
 } Vocabulary;
 
 #define VOCABULARY_CAPSULE "policies._speedups.vocabulary"
+#define BITMAP_BIT(v, hash) (((hash) >> 32) & ((v)->bits - 1))
+
+static void vocabulary_clear(Vocabulary *v) {
+    if (v->words != NULL)
+        for (size_t k = 0; k < v->cap; k++) Py_XDECREF(v->words[k]);
+    PyMem_Free(v->slots);
+    PyMem_Free(v->words);
+    PyMem_Free(v->bitmap);
+    PyMem_Free(v->points);
+    PyMem_Free(v);
+}
 
 static void vocabulary_free(PyObject *capsule) {
     Vocabulary *v = PyCapsule_GetPointer(capsule, VOCABULARY_CAPSULE);
-    if (v == NULL) return;
-    for (size_t k = 0; k < v->cap; k++) Py_XDECREF(v->slots[k].word);
-    PyMem_Free(v->slots);
-    PyMem_Free(v->points);
-    PyMem_Free(v);
+    if (v != NULL) vocabulary_clear(v);
 }
 
 static PyObject *vocabulary(PyObject *module, PyObject *arg) {
@@ -377,27 +389,36 @@ static PyObject *vocabulary(PyObject *module, PyObject *arg) {
         }
         total += PyUnicode_GET_LENGTH(items[k]);
     }
+    if (total >= (Py_ssize_t)UINT32_MAX) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "vocabulary() of too many characters");
+        return NULL;
+    }
     Vocabulary *v = PyMem_Calloc(1, sizeof(Vocabulary));
-    size_t cap = 16;
+    size_t cap = 16, bits = 64;
     while (cap < (size_t)n * 2 + 2) cap *= 2;
+    while (bits < (size_t)n * 16) bits *= 2;
     if (v != NULL) {
         v->cap = cap;
+        v->bits = bits;
         v->slots = PyMem_Calloc(cap, sizeof(VocabSlot));
+        v->words = PyMem_Calloc(cap, sizeof(PyObject *));
+        v->bitmap = PyMem_Calloc(bits / 64, sizeof(uint64_t));
         v->points = PyMem_Calloc((size_t)total + 1, sizeof(Py_UCS4));
     }
-    if (v == NULL || v->slots == NULL || v->points == NULL) {
-        if (v != NULL) { PyMem_Free(v->slots); PyMem_Free(v->points); PyMem_Free(v); }
+    if (v == NULL || v->slots == NULL || v->words == NULL || v->bitmap == NULL || v->points == NULL) {
+        if (v != NULL) vocabulary_clear(v);
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
-    Py_ssize_t at = 0;
+    uint32_t at = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *word = items[k];
         Py_ssize_t len = PyUnicode_GET_LENGTH(word);
         if (len == 0) continue; /* no run is empty */
         int kind = PyUnicode_KIND(word);
         const void *data = PyUnicode_DATA(word);
-        Py_uhash_t hash = 14695981039346656037ULL; /* as words_of hashes a run */
+        uint64_t hash = 14695981039346656037ULL; /* as known_words hashes a run */
         for (Py_ssize_t i = 0; i < len; i++) {
             Py_UCS4 c = PyUnicode_READ(kind, data, i);
             v->points[at + i] = c;
@@ -407,7 +428,8 @@ static PyObject *vocabulary(PyObject *module, PyObject *arg) {
         int duplicate = 0;
         while (v->slots[slot].len) {
             VocabSlot *e = &v->slots[slot];
-            if (e->hash == hash && e->len == len && memcmp(v->points + e->at, v->points + at, (size_t)len * sizeof(Py_UCS4)) == 0) {
+            if (e->hash == hash && e->len == (uint32_t)len &&
+                memcmp(v->points + e->at, v->points + at, (size_t)len * sizeof(Py_UCS4)) == 0) {
                 duplicate = 1;
                 break;
             }
@@ -415,17 +437,15 @@ static PyObject *vocabulary(PyObject *module, PyObject *arg) {
         }
         if (duplicate) continue;
         Py_INCREF(word);
-        v->slots[slot] = (VocabSlot){hash, len, at, word};
-        at += len;
+        v->slots[slot] = (VocabSlot){hash, (uint32_t)len, at};
+        v->words[slot] = word;
+        size_t bit = BITMAP_BIT(v, hash);
+        v->bitmap[bit / 64] |= (uint64_t)1 << (bit % 64);
+        at += (uint32_t)len;
     }
     Py_DECREF(seq);
     PyObject *capsule = PyCapsule_New(v, VOCABULARY_CAPSULE, vocabulary_free);
-    if (capsule == NULL) {
-        for (size_t k = 0; k < cap; k++) Py_XDECREF(v->slots[k].word);
-        PyMem_Free(v->slots);
-        PyMem_Free(v->points);
-        PyMem_Free(v);
-    }
+    if (capsule == NULL) vocabulary_clear(v);
     return capsule;
 }
 
@@ -451,7 +471,7 @@ static inline __attribute__((always_inline)) PyObject *known_words_of(PyObject *
             continue;
         }
         Py_ssize_t start = i;
-        Py_uhash_t hash = 14695981039346656037ULL;
+        uint64_t hash = 14695981039346656037ULL;
         do {
             if (kind != PyUnicode_1BYTE_KIND && !unspaced) unspaced = unspaced_point(c);
             hash = (hash ^ c) * 1099511628211ULL;
@@ -459,15 +479,17 @@ static inline __attribute__((always_inline)) PyObject *known_words_of(PyObject *
             c = PyUnicode_READ(kind, data, i);
         } while (WORD_CHAR(c));
         Py_ssize_t len = i - start;
+        size_t bit = BITMAP_BIT(v, hash);
+        if (!(v->bitmap[bit / 64] >> (bit % 64) & 1)) continue;
         for (size_t slot = (size_t)hash & mask; v->slots[slot].len; slot = (slot + 1) & mask) {
             const VocabSlot *e = &v->slots[slot];
-            if (e->hash != hash || e->len != len) continue;
+            if (e->hash != hash || (Py_ssize_t)e->len != len) continue;
             const Py_UCS4 *points = v->points + e->at;
             Py_ssize_t k = 0;
             while (k < len && PyUnicode_READ(kind, data, start + k) == points[k]) k++;
             if (k == len) {
                 if (found == NULL && (found = PySet_New(NULL)) == NULL) return NULL;
-                if (PySet_Add(found, e->word) < 0) { Py_DECREF(found); return NULL; }
+                if (PySet_Add(found, v->words[slot]) < 0) { Py_DECREF(found); return NULL; }
                 break;
             }
         }

@@ -75,8 +75,10 @@ def registrable(host: str) -> str:
 def under(host: str, domains: frozenset[str]) -> bool:
     """`host` is one of `domains` or a subdomain of one."""
     host = normalise_host(host)
+    if host in domains:  # the first suffix tried (most links go to the sender's own host)
+        return True
     labels = host.split(".")
-    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
+    return any(".".join(labels[i:]) in domains for i in range(1, len(labels)))
 
 
 def _brand(domain: str) -> str:

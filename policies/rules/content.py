@@ -99,7 +99,10 @@ def misleading_subject(facts: MessageFacts) -> Hit | None:
             evidence=prefix.group(1),
         )
     account = facts.account
-    if shouting(subject, (*sorted(account.domains, key=len, reverse=True), account.name)):
+    # the count shouting() starts with, first: most subjects stop there, before the names are sorted
+    if sum(map(str.isupper, subject)) >= _SHOUTING_MIN_UPPER and shouting(
+        subject, (*sorted(account.domains, key=len, reverse=True), account.name)
+    ):
         return Hit("The subject is shouting (mostly capitals)", evidence=subject[:80])
     run = _PUNCTUATION_RUN.search(subject) if "!" in subject or "?" in subject else None
     if run is not None:

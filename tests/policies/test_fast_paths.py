@@ -196,3 +196,40 @@ def test_months_before_clamps_late_days() -> None:
     moment = datetime(2026, 3, 31, 12, tzinfo=timezone.utc)
     assert consent._months_before(moment, 1) == datetime(2026, 2, 28, 12, tzinfo=timezone.utc)
     assert consent._months_before(moment - timedelta(days=2), 1) == datetime(2026, 2, 28, 12, tzinfo=timezone.utc)
+
+
+# --- issue 20, session 17 ----------------------------------------------------------------------
+
+
+def _under_before(host: str, domains: frozenset[str]) -> bool:
+    from policies.domains import normalise_host
+
+    labels = normalise_host(host).split(".")
+    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
+
+
+HOST_PIECES = st.sampled_from(["shop", "example", "nl", "co", "uk", ".", "..", "Shop", "xn--", "xn--caf-dma", " ", "a"])
+
+
+@MANY
+@given(st.lists(HOST_PIECES, max_size=8).map("".join),
+       st.frozensets(st.one_of(st.lists(HOST_PIECES, max_size=4).map("".join), st.sampled_from(["", "shop.example", "example"]))))
+def test_under_as_before(host: str, domains: frozenset[str]) -> None:
+    from policies.domains import under
+
+    assert under(host, domains) == _under_before(host, domains)
+
+
+@MANY
+@given(st.one_of(st.lists(SUBJECT_PIECES, max_size=12).map("".join), st.text(max_size=40)),
+       st.lists(st.sampled_from(["shop.nl", "SHOP.NL", "Shop", "", "sale"]), max_size=3))
+def test_misleading_subject_as_before(subject: str, names: list[str]) -> None:
+    # the capitals counted before the sender's names are sorted: the verdict of shouting() as before
+    account = AccountFacts(id="a", name=names[0] if names else "", domains=frozenset(names[1:]))
+    message = parse_message(b"Subject: " + _encoded_word(subject) + b"\r\n\r\nbody")
+    facts = MessageFacts(account, "a@shop.nl", datetime(2026, 3, 15, tzinfo=timezone.utc), {}, message=message)
+    hit = content.misleading_subject.check(facts)
+    before = _shouting_before(message.subject, (*sorted(account.domains, key=len, reverse=True), account.name))
+    shouted = hit is not None and hit.detail == "The subject is shouting (mostly capitals)"
+    fake_thread = hit is not None and hit.detail.startswith("The subject pretends")
+    assert shouted == (before and not fake_thread)

@@ -126,7 +126,7 @@ def text_words(message: ParsedMessage, params: Mapping[str, Any]) -> frozenset[s
     every list of _BODY_LISTS and prescription_drugs' spellings answer on these as on message.words,
     and no str is made for the hundreds of other words of a page. One Lexicon per set of site additions."""
     lists = params.get("wordlists") if params else None
-    key = () if lists is None else tuple(extra_terms(name, params) for name in (*_BODY_LISTS, "prescription_drugs"))
+    key = () if not lists else tuple(extra_terms(name, params) for name in (*_BODY_LISTS, "prescription_drugs"))
     found = _LEXICONS.get(key)
     if found is None:
         words = set(_drug_spellings(wordlist("prescription_drugs", params).terms)[1])

@@ -216,7 +216,9 @@ def extra_terms(name: str, params: Mapping[str, Any] | None) -> tuple[str, ...]:
     if not params:
         return ()
     lists = params.get("wordlists")
-    if lists is None:  # no site additions (most configs): every rule asks, per message
+    # No site additions (most configs): every rule asks, per message. The relay passes an empty
+    # table then (relay.services.build_profile), which answers () as None does, without the ABC check.
+    if not lists:
         return ()
     if not isinstance(lists, abc.Mapping):  # the ABC itself: typing.Mapping's check costs ten times more
         return ()

@@ -233,3 +233,45 @@ def test_misleading_subject_as_before(subject: str, names: list[str]) -> None:
     shouted = hit is not None and hit.detail == "The subject is shouting (mostly capitals)"
     fake_thread = hit is not None and hit.detail.startswith("The subject pretends")
     assert shouted == (before and not fake_thread)
+
+
+def _extra_terms_before(name: str, params: object) -> tuple[str, ...]:
+    from collections import abc
+
+    if not params:
+        return ()
+    lists = params.get("wordlists")  # type: ignore[attr-defined]
+    if lists is None:
+        return ()
+    if not isinstance(lists, abc.Mapping):
+        return ()
+    extra = lists.get(name)
+    if isinstance(extra, str):
+        extra = [extra]
+    if not isinstance(extra, (list, tuple)):
+        return ()
+    return tuple(t.strip() for t in extra if isinstance(t, str) and t.strip())
+
+
+TERMS = st.one_of(st.none(), st.text(max_size=5), st.lists(st.one_of(st.text(max_size=5), st.integers()), max_size=3),
+                  st.tuples(st.text(max_size=3)), st.integers())
+WORDLISTS = st.one_of(st.none(), st.just({}), st.just(""), st.just([]), st.just(0), st.text(max_size=3),
+                      st.dictionaries(st.sampled_from(["adult", "hateful", "x"]), TERMS, max_size=3))
+
+
+@MANY
+@given(st.one_of(st.none(), st.just({}), st.dictionaries(st.sampled_from(["wordlists", "placeholder"]), WORDLISTS, max_size=2)),
+       st.sampled_from(["adult", "hateful", "x"]))
+def test_extra_terms_as_before(params: dict | None, name: str) -> None:
+    # the relay's params carry "wordlists": {} (relay.services.build_profile): () before the ABC check
+    assert wordlists.extra_terms(name, params) == _extra_terms_before(name, params)
+
+
+@MANY
+@given(st.dictionaries(st.sampled_from(["wordlists", "placeholder"]), WORDLISTS, max_size=2))
+def test_text_words_with_any_params_are_those_of_the_site_lists(params: dict) -> None:
+    message = parse_message(b"Subject: x\r\n\r\nnext of kin western union viagra v1agra porn zorg")
+    vocabulary = set(content._drug_spellings(wordlists.wordlist("prescription_drugs", params).terms)[1])
+    for name in content._BODY_LISTS:
+        vocabulary |= wordlists.wordlist(name, params).vocabulary
+    assert content.text_words(message, params) == message.words & vocabulary

@@ -1,6 +1,9 @@
-"""What the content rules add to Engine.message per marketing message, body walk included: bench/message.eml
-as the relay hands it over (a ParsedMessage unpickled, its body not yet walked), profile strict, one
-recipient with a covering consent; every rule, and every rule but the content ones.
+"""What the content rules add to Engine.message per message, body walk included: bench/message.eml
+as the relay hands it over (a ParsedMessage unpickled, its body not yet walked), profile strict with the
+params the relay passes (relay.services.build_profile: an empty [policy.wordlists] table), one
+recipient with a covering consent on the marketing stream, and on the transactional stream (issue 20's
+goal: python -m bench relay ÷ relay-nocontent, which runs transactional); every rule, and every
+rule but the content ones.
 
     .venv/bin/python -m bench.bench_content_share [--rounds 2000]
     .venv/bin/python -m bench.bench_content_share --against ../base [--runs 3]
@@ -22,7 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=timezone.utc)
-CASES = ("every rule", "no content rule", "content share")
+CASES = (
+    "every rule", "no content rule", "content share",
+    "transactional: every rule", "transactional: no content rule", "transactional: content share",
+)
 
 
 def measure(rounds: int) -> dict[str, float]:
@@ -40,7 +46,10 @@ def measure(rounds: int) -> dict[str, float]:
         postal_address="Keizersgracht 1, 1015 AA Amsterdam", registration_number="12345678",
     )
     stream = StreamFacts("newsletter", "marketing", "newsletter")
+    transactional = StreamFacts("orders", "transactional", "orders")
     profile = load_profile("strict")
+    # as relay.services.build_profile merges them: no site additions is an empty table, not no key
+    params = {**profile.params, "placeholder": "{{unsubscribe_url}}", "wordlists": {}}
     collected = NOW - timedelta(days=30)
     rcpts = [
         RecipientFacts("r@example.net", (ConsentRecord(
@@ -53,23 +62,25 @@ def measure(rounds: int) -> dict[str, float]:
         "no content rule": Engine([r for r in ALL_RULES if not r.id.startswith("content.")], profile),
     }
 
-    def once(engine: Engine) -> int:
-        facts = MessageFacts(account, "news@shop.example", NOW, profile.params, stream, message=pickle.loads(blob))
+    def once(engine: Engine, on: StreamFacts = stream) -> int:
+        facts = MessageFacts(account, "news@shop.example", NOW, params, on, message=pickle.loads(blob))
         start = time.thread_time_ns()
-        verdict = engine.message(facts, rcpts)
+        verdict = engine.message(facts, rcpts if on is stream else ())
         elapsed = time.thread_time_ns() - start
         assert verdict.outcome.value == "deliver", verdict.findings
         return elapsed
 
-    samples: dict[str, list[int]] = {name: [] for name in engines}
-    for engine in engines.values():
+    runs = {(name, on): f"{'transactional: ' if on is transactional else ''}{name}" for name in engines for on in (stream, transactional)}
+    samples: dict[str, list[int]] = {case: [] for case in runs.values()}
+    for (name, on) in runs:
         for _ in range(50):
-            once(engine)  # warm caches (word lists, regexes)
-    for _ in range(rounds):  # round-robin, so a slow spell falls on both
-        for name, engine in engines.items():
-            samples[name].append(once(engine))
-    result = {name: statistics.median(values) / 1000 for name, values in samples.items()}
-    result["content share"] = result["every rule"] - result["no content rule"]
+            once(engines[name], on)  # warm caches (word lists, regexes)
+    for _ in range(rounds):  # round-robin, so a slow spell falls on every case
+        for (name, on), case in runs.items():
+            samples[case].append(once(engines[name], on))
+    result = {case: statistics.median(values) / 1000 for case, values in samples.items()}
+    for prefix in ("", "transactional: "):
+        result[f"{prefix}content share"] = result[f"{prefix}every rule"] - result[f"{prefix}no content rule"]
     return result
 
 

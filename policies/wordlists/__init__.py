@@ -138,7 +138,8 @@ class WordList:
         """Every distinct term of the list found in `folded` (already folded), in list order."""
         if words is None:
             words = split_words(folded)
-        found = {self.single[w] for w in words & self.single_keys}
+        hits = words & self.single_keys
+        found = {self.single[w] for w in hits} if hits else set()  # most texts: no comprehension to run
         if self.unspaced:
             haystack = unspaced_haystack(folded, words)
             found.update(term for needle, term in self.unspaced if haystack and needle in haystack)

@@ -275,3 +275,13 @@ def test_text_words_with_any_params_are_those_of_the_site_lists(params: dict) ->
     for name in content._BODY_LISTS:
         vocabulary |= wordlists.wordlist(name, params).vocabulary
     assert content.text_words(message, params) == message.words & vocabulary
+
+
+def test_hrefs_lower_as_before_on_the_corpus() -> None:
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "corpus").rglob("*.eml"))
+    assert len(paths) >= 100
+    for path in paths:
+        message = parse_message(path.read_bytes())
+        assert message.hrefs_lower == ("\n" + "\n".join(link.href for link in message.links)).lower()

@@ -316,6 +316,7 @@ class ParsedMessage:
         object.__setattr__(self, "_known", (vocabulary, found))
         return found
 
+
 _HREF = operator.itemgetter(0)  # Link.href, read in C by map()
 
 # The host of each line of lower-cased hrefs: after the scheme (or a bare www.), past any

@@ -426,7 +426,7 @@ async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[st
     work = Path(tempfile.mkdtemp(prefix="drain-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    exe = str(REPO / ".venv" / "bin" / "consent-relay")
+    exe = str(Path(args.relay or REPO) / ".venv" / "bin" / "consent-relay")
     sink = Sink()
     smtp = free_port()
     rcpts = recipients(FIRST_RECIPIENT, args.recipients)
@@ -636,7 +636,7 @@ async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[st
     drain_total_seconds = (drained_at - back) if drained_at else None
     queued_copies = outage_promised - sum(1 for key, r in load.promised if key.startswith("o") and r == FIRST_RECIPIENT)
     summary = {
-        "command": "python -m bench.drain " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.drain " + " ".join(sys.argv[1:]), "relay": str(args.relay or REPO),
         "workers": args.workers, "recipients": len(rcpts), "concurrency": args.concurrency, "outage_s": args.outage,
         "outage_kind": args.outage_kind, "rate_msg_s": rate, "store": "postgresql" if store_url else "sqlite",
         "live_copies_s": round(live_rate, 1),
@@ -687,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres", nargs="?", const=POSTGRES_URL, default=None, metavar="URL",
         help=f"the store in a fresh schema of this PostgreSQL database, dropped at the end (default URL {POSTGRES_URL})",
     )
+    parser.add_argument("--relay", metavar="CHECKOUT", help="run that checkout's consent-relay (its .venv) under this bench: an A/B of the relay")
     parser.add_argument("--overrides", default="", help="JSON deep-merged over the relay config")
     parser.add_argument("--out", default=str(REPO / "var" / "bench" / "drain"))
     args = parser.parse_args(argv)

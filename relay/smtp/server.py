@@ -551,6 +551,92 @@ class RelaySMTP(SMTP):
                 return plain.group(1), rest
         return super()._getaddr(arg)
 
+    # --- MAIL and RCPT -----------------------------------------------------------------------
+    # aiosmtpd's smtp_MAIL and smtp_RCPT take a command through three coroutines of checks and its
+    # generic argument machinery before the hook. These answer a command that aiosmtpd would accept
+    # (greeted, authenticated if need be, a plain address as _getaddr takes it, parameters it takes)
+    # with the same hook call, envelope and reply; anything else, any reply but the hook's, goes to
+    # aiosmtpd's own method from its start, so every refusal is aiosmtpd's, word for word.
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        session = self.session
+        envelope = self.envelope
+        if (
+            arg is None or not session.host_name or (self._auth_required and not session.authenticated)
+            or envelope.mail_from or arg[:5].upper() != "FROM:"
+        ):
+            return await SMTP.smtp_MAIL(self, arg)
+        address, mail_options, smtputf8 = self._plain_mail_from(arg[5:].strip())
+        if address is None:
+            return await SMTP.smtp_MAIL(self, arg)
+        envelope.smtp_utf8 = smtputf8
+        hook = self._handle_hooks.get("MAIL")
+        status = MISSING if hook is None else await hook(self, session, envelope, address, mail_options)
+        if status is MISSING:
+            envelope.mail_from = address
+            envelope.mail_options.extend(mail_options)
+            status = "250 OK"
+        _log.info("%r sender: %s", session.peer, address)
+        await self.push(status)
+
+    def _plain_mail_from(self, arg: str) -> tuple[str | None, list[str], bool]:
+        """(address, options, SMTPUTF8) when aiosmtpd's smtp_MAIL would take `arg` (after "FROM:")
+        and call the hook; address None otherwise. Its checks, in its order, without the replies."""
+        plain = _PLAIN_ADDRESS.match(arg)
+        if plain is None:
+            return None, [], False
+        address = plain.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, [], False
+        rest = arg[plain.end() :].lstrip(" \t")  # as _getaddr leaves it
+        if not rest:
+            return address, [], False
+        if rest.startswith("(") or not self.session.extended_smtp:
+            return None, [], False
+        mail_options = rest.upper().split()
+        params: dict[str, str | bool] = {}
+        for option in mail_options:  # SMTP._getparams
+            name, eq, value = option.partition("=")
+            if not name.isalnum() or eq and not value:
+                return None, [], False
+            params[name] = value if eq else True
+        if not self._decode_data and params.pop("BODY", "7BIT") not in ("7BIT", "8BITMIME"):
+            return None, [], False
+        smtputf8 = params.pop("SMTPUTF8", False)
+        if not isinstance(smtputf8, bool) or (smtputf8 and not self.enable_SMTPUTF8):
+            return None, [], False
+        size = params.pop("SIZE", None)
+        if size and (isinstance(size, bool) or not size.isdigit() or (self.data_size_limit and int(size) > self.data_size_limit)):
+            return None, [], False
+        if params:
+            return None, [], False
+        return address, mail_options, smtputf8
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        session = self.session
+        envelope = self.envelope
+        if (
+            arg is None or not session.host_name or (self._auth_required and not session.authenticated)
+            or not envelope.mail_from or arg[:3].upper() != "TO:"
+        ):
+            return await SMTP.smtp_RCPT(self, arg)
+        # aiosmtpd recognises no RCPT parameter: a command with one is never taken
+        plain = _PLAIN_ADDRESS.fullmatch(arg[3:].strip())
+        if plain is None or (self.local_part_limit and len(plain.group(1).rpartition("@")[0]) > self.local_part_limit):
+            return await SMTP.smtp_RCPT(self, arg)
+        address = plain.group(1)
+        hook = self._handle_hooks.get("RCPT")
+        rcpt_options: list[str] = []
+        status = MISSING if hook is None else await hook(self, session, envelope, address, rcpt_options)
+        if status is MISSING:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            status = "250 OK"
+        _log.info("%r recip: %s", session.peer, address)
+        await self.push(status)
+
     # --- replies ---------------------------------------------------------------------------
 
     async def push(self, status: Any) -> None:

@@ -387,15 +387,31 @@ async def test_nothing_pipelined_after_quit_is_served() -> None:
 class _AiosmtpdMailRcpt(RelaySMTP):
     """The same session with aiosmtpd's own smtp_MAIL and smtp_RCPT: what the relay's must answer alike."""
 
+    smtp_HELO = SMTP.smtp_HELO
     smtp_MAIL = SMTP.smtp_MAIL
     smtp_RCPT = SMTP.smtp_RCPT
 
 
 class _EnvelopeHooks:
-    """MAIL and RCPT hooks that note what they were given and refuse some addresses."""
+    """HELO, MAIL, RCPT, DATA and QUIT hooks that note what they were given and refuse some names."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, list[str]]] = []
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        self.calls.append(("HELO", hostname, []))
+        if hostname.startswith("no"):
+            return "550 5.7.1 not this name"
+        session.host_name = hostname
+        return f"250 hello {hostname}"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.calls.append(("DATA", envelope.content.decode(), list(envelope.rcpt_tos)))
+        return "250 2.0.0 queued"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.calls.append(("QUIT", "", []))
+        return "221 2.0.0 see you"
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         self.calls.append(("MAIL", address, list(options)))
@@ -466,9 +482,11 @@ def _script() -> list[bytes]:
     lines += ["MAIL FROM:<a@example.net>"]
     lines += [f"RCPT TO:{address}{params}" for address in _SOME_ADDRESSES for params in _SOME_PARAMETERS]
     lines += ["MAIL FROM:<b@example.net>", "RSET", "RCPT TO:<a@example.net>"]  # nested; RCPT before MAIL
+    lines += ["HELO", "HELO  ", "MAIL FROM:<a@example.net>", "HELO again.test", "RCPT TO:<a@example.net>", "HELO no.test", "DATA"]
     for verb in ["mail from:", "MAIL FROM: ", "MAIL FROM :", "MAIL TO:", "MAIL", "MAIL ", "RCPT TO:", "rcpt to:", "RCPT TO:  ", "RCPT FROM:", "RCPT"]:
         for tail in ["<a@example.net>", "<a@example.net> SIZE=5", ""]:
             lines += [verb + tail]
+    lines += ["RSET", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.net>", "DATA x", "DATA", "Subject: x\r\n\r\nhi\r\n.", "QUIT x", "QUIT"]
     return [line.encode("utf-8") + b"\r\n" for line in lines]
 
 
@@ -486,6 +504,30 @@ async def test_mail_and_rcpt_answer_as_aiosmtpds_do() -> None:
             _AiosmtpdMailRcpt, _EnvelopeHooks() if hooked else object(), greeting + script, local_part_limit, setting
         )
         assert ours == theirs, (greeting, setting, local_part_limit, hooked)
+        written, calls, _ = ours
+        if hooked and not setting.get("auth_required"):  # the message went through (the script greets)
+            assert calls[-2:] == [("DATA", "Subject: x\r\n\r\nhi\r\n", ["b@example.net"]), ("QUIT", "", [])], calls[-2:]
+            assert written.endswith(b"250 2.0.0 queued\r\n501 5.5.4 Syntax: QUIT\r\n221 2.0.0 see you\r\n"), written[-200:]
+        else:
+            assert ("DATA", "Subject: x\r\n\r\nhi\r\n", ["b@example.net"]) not in (calls or [])
+
+
+class _AiosmtpdData(RelaySMTP):
+    smtp_DATA = SMTP.smtp_DATA
+
+
+async def test_data_refuses_before_its_354_as_aiosmtpds_does() -> None:
+    """Not greeted, not authenticated, no recipient, an argument: aiosmtpd's replies, its hooks not called."""
+    for lines, setting in [
+        ([b"DATA\r\n"], {}),
+        ([b"EHLO c\r\n", b"DATA\r\n"], {"auth_required": True}),
+        ([b"DATA\r\n"], {"auth_required": True}),
+        ([b"EHLO c\r\n", b"DATA\r\n", b"MAIL FROM:<a@example.net>\r\n", b"RCPT TO:<b@example.net>\r\n", b"DATA x\r\n"], {}),
+    ]:
+        ours = await _mail_rcpt_dialogue(RelaySMTP, _EnvelopeHooks(), lines, 0, setting)
+        theirs = await _mail_rcpt_dialogue(_AiosmtpdData, _EnvelopeHooks(), lines, 0, setting)
+        assert ours == theirs, lines
+        assert ours[0].split(b"\r\n")[-2].startswith((b"503 ", b"530 ", b"501 ")), ours[0]
 
 
 _ADDRESSES = st.one_of(

@@ -157,8 +157,20 @@ _MAX_LINE = 1000
 
 
 def _has_long_line(body: bytes) -> bool:
-    """A line of more than _MAX_LINE octets before its LF (split: a third of a line-anchored regex)."""
-    return len(body) > _MAX_LINE and max(map(len, body.split(b"\n"))) > _MAX_LINE
+    """A line of more than _MAX_LINE octets before its LF (or the end).
+
+    From the start of each line, the window of _MAX_LINE + 1 octets must hold an LF; the next line
+    to check starts after the window's last LF (every line before it is shorter than the window).
+    A few `rfind`s for a typical message, where splitting it into lines made an object per line (a
+    tenth of the edge's instructions per session)."""
+    end = len(body)
+    start = 0
+    while end - start > _MAX_LINE:
+        lf = body.rfind(b"\n", start, start + _MAX_LINE + 1)
+        if lf < 0:
+            return True
+        start = lf + 1
+    return False
 
 
 _log = aiosmtpd.smtp.log

@@ -599,3 +599,31 @@ async def test_a_plain_mail_and_rcpt_take_the_short_way() -> None:
     assert states[3][:3] == ("a@example.net", ["SIZE=100", "BODY=8BITMIME"], ["b@example.net"])
     assert reached == ["MAIL"]  # only the refused SIZE=x went the long way
     assert written.endswith(b"501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"), written
+
+
+@given(
+    st.one_of(
+        st.lists(st.tuples(st.integers(min_value=0, max_value=1100), st.sampled_from([b"\n", b"\r\n", b""])), max_size=12).map(
+            lambda lines: b"".join(b"x" * n + end for n, end in lines)
+        ),
+        st.lists(st.integers(min_value=995, max_value=1005), max_size=6).map(lambda lengths: b"\n".join(b"y" * n for n in lengths)),
+        st.binary(max_size=3000),
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_the_long_line_check_agrees_with_splitting(body: bytes) -> None:
+    """_has_long_line steps through the body with rfind; splitting it into lines is the definition."""
+    from relay.smtp.server import _MAX_LINE, _has_long_line
+
+    assert _has_long_line(body) == (max(map(len, body.split(b"\n"))) > _MAX_LINE)
+
+
+def test_the_long_line_check_at_the_limit() -> None:
+    from relay.smtp.server import _has_long_line
+
+    for before in (b"", b"a\n", b"b" * 999 + b"\n", b"c" * 1000 + b"\n" + b"d" * 500 + b"\n"):
+        for after in (b"", b"\n", b"\nshort\n"):
+            assert not _has_long_line(before + b"x" * 1000 + after)
+            assert _has_long_line(before + b"x" * 1001 + after)
+    assert _has_long_line(b"\r\n" + b"y" * 1000 + b"\r\n")  # 1,000 octets before the CR: 1,001 before the LF
+    assert not _has_long_line(b"\r\n" + b"y" * 999 + b"\r\n")

@@ -7,7 +7,8 @@ in multiprocess mode, JSON log lines at info to a file, no helper process).
 checkout's own code (its .venv, its relay/) in a child process per round, the checkouts alternating,
 and prints the child's CPU time (user+system) per message after a warm-up, the median of the rounds
 and the ratio of each checkout against the first. The marketing stream with consent, 1 recipient
-(`--rcpts`), bench/message.eml, no DKIM key.
+(`--rcpts`), bench/message.eml, no DKIM key (`--dkim`: an RSA-2048 key for the From domain, as the
+throughput bench's relay-dkim target has).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _child(args: argparse.Namespace) -> None:
     from relay.smtp.handler import RelayHandler
     from relay.smtp.server import AuthLockout
 
-    content = MESSAGE.read_bytes()
+    content = MESSAGE.read_bytes().replace(b"\n", b"\r\n")  # as it arrives over SMTP (smtp-source sends CRLF)
     rcpts = recipients(RECIPIENT, args.rcpts)
 
     class _Server:
@@ -54,10 +55,15 @@ def _child(args: argparse.Namespace) -> None:
 
     async def run(stack: ExitStack) -> float:
         sink = Sink(workdir / "sink", stack)
+        overrides: dict[str, object] = {"smtp": {"helper_process": False}}
+        if args.dkim:
+            from bench.throughput import dkim_key
+
+            overrides["dkim"] = {"keys": [dkim_key(workdir)]}
         path = write_relay_config(
             workdir / "relay.toml", smtp_port=free_port(), upstream_port=sink.port, admin_port=free_port(),
             public_port=free_port(), store_path=workdir / "relay.db", workers=1, stream_kind="marketing",
-            overrides={"smtp": {"helper_process": False}},
+            overrides=overrides,
         )
         csv = write_consent_csv(workdir / "consent.csv", rcpts)
         subprocess.run(
@@ -135,6 +141,7 @@ def _child_argv(args: argparse.Namespace, checkout: Path, messages: int) -> list
     return [
         str(checkout / ".venv" / "bin" / "python"), str(HERE), "--child", "--messages", str(messages),
         "--warmup", str(args.warmup), "--rcpts", str(args.rcpts), "--concurrency", str(args.concurrency),
+        *(["--dkim"] if args.dkim else []),
     ]
 
 
@@ -176,6 +183,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rcpts", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--dkim", action="store_true", help="an RSA-2048 DKIM signature on every copy")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind instead of CPU time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="with --child: cProfile stats of the measured messages to this file")

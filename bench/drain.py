@@ -4,9 +4,10 @@ promised copy counted at the sink (lost / duplicated).
 
     python -m bench.drain                    # the full run: a 600 s outage
     python -m bench.drain --outage 120       # a quick one
+    python -m bench.drain --postgres         # the store on PostgreSQL (a throw-away schema)
 
-Phases, against `consent-relay serve` (`[smtp] workers = --workers`, SQLite, marketing stream with
-consent, 10 recipients a message, so 10 personalised copies a message):
+Phases, against `consent-relay serve` (`[smtp] workers = --workers`, SQLite, or with --postgres a
+fresh schema in that PostgreSQL database, dropped at the end; marketing stream with consent, 10 recipients a message, so 10 personalised copies a message):
 
 1. live: a closed loop of --concurrency clients for --live seconds; the live rate is the copies a
    second the sink takes (the relay's capacity on this machine at that moment).
@@ -22,7 +23,7 @@ consent, 10 recipients a message, so 10 personalised copies a message):
 
 The sink (a small SMTP server in its own process) counts every copy by its message's X-Bench
 header and recipient. The relay's RSS (all its processes) and the outbox depth (read from the
-SQLite file) are sampled every second into OUT/drain.csv. Prints one JSON summary; exits 1 on a
+store) are sampled every second into OUT/drain.csv. Prints one JSON summary; exits 1 on a
 lost copy or a duplicate the relay did not report as uncertain.
 """
 
@@ -43,13 +44,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from bench.relay_config import recipients, uncertain_copies, write_consent_csv, write_relay_config
+from bench.throughput import POSTGRES_URL, postgres_schema
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGE = REPO / "bench" / "message.eml"
@@ -368,12 +370,40 @@ def tree_cpu_ticks(pid: int) -> int:
     return total
 
 
-def outbox_depth(db: Path) -> int:
-    try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-            return int(conn.execute("SELECT count(*) FROM outbox WHERE status='pending'").fetchone()[0])
-    except sqlite3.Error:
-        return -1
+_DEPTH = "SELECT count(*) FROM outbox WHERE status='pending'"
+
+
+class OutboxDepth:
+    """The copies waiting in the relay's outbox: read from the SQLite file, or on one connection of
+    its own to the PostgreSQL schema (`store_url`); -1 when the store does not answer."""
+
+    def __init__(self, db: Path, store_url: str | None = None) -> None:
+        self.db = db
+        self.store_url = store_url
+        self._conn: Any = None
+        self._lock = asyncio.Lock()  # the sampler and the phases share the one connection
+
+    async def __call__(self) -> int:
+        if self.store_url is None:
+            try:
+                with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)) as conn:
+                    return int(conn.execute(_DEPTH).fetchone()[0])
+            except sqlite3.Error:
+                return -1
+        import asyncpg
+
+        try:
+            async with self._lock:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self.store_url, timeout=10)
+                return int(await self._conn.fetchval(_DEPTH, timeout=10))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return -1
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 @dataclass
@@ -391,17 +421,18 @@ class Sample:
 # --- the run -------------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[str, Any]:
+    """One run; the store is SQLite, or the PostgreSQL schema `store_url` selects."""
     work = Path(tempfile.mkdtemp(prefix="drain-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    exe = str(REPO / ".venv" / "bin" / "consent-relay")
+    exe = str(Path(args.relay or REPO) / ".venv" / "bin" / "consent-relay")
     sink = Sink()
     smtp = free_port()
     rcpts = recipients(FIRST_RECIPIENT, args.recipients)
     config = write_relay_config(
         work / "relay.toml", smtp_port=smtp, upstream_port=sink.port, admin_port=free_port(), public_port=free_port(),
-        store_path=work / "relay.db", workers=args.workers, stream_kind="marketing", log_level="warning",
+        store_path=work / "relay.db", store_url=store_url, workers=args.workers, stream_kind="marketing", log_level="warning",
         overrides=json.loads(args.overrides) if args.overrides else None,
     )
     subprocess.run(
@@ -416,6 +447,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     marks: dict[str, float] = {}
     phase = "start"
     profile: subprocess.Popen[bytes] | None = None
+    outbox_depth = OutboxDepth(work / "relay.db", store_url)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -429,7 +461,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError(f"the relay did not start: {(work / 'relay.log').read_text()[-2000:]}")
             await asyncio.sleep(0.2)
         start = time.monotonic()
-        db = work / "relay.db"
 
         def stats() -> tuple[int, int]:
             copies = sink.call("stats")["copies"]
@@ -440,7 +471,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while True:
                 at_sink, from_outage = stats()
                 samples.append(Sample(
-                    round(time.monotonic() - start, 2), phase, tree_rss_kib(proc.pid), outbox_depth(db), at_sink, from_outage,
+                    round(time.monotonic() - start, 2), phase, tree_rss_kib(proc.pid), await outbox_depth(), at_sink, from_outage,
                     len(load.promised), tree_cpu_ticks(proc.pid),
                 ))
                 next_at += 1.0
@@ -505,7 +536,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         await outage_load
         outage_promised = sum(1 for key, _ in load.promised if key.startswith("o"))
-        queued_at_end = outbox_depth(db)
+        queued_at_end = await outbox_depth()
 
         # 3. the upstream is back: the drain, first with the load going on, then without
         sink.call("mode", "up")
@@ -528,7 +559,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sink_at_load_stop, from_outage_at_load_stop = stats()
         from_outage_with_load = from_outage_at_load_stop - from_outage_at_back
         all_with_load = sink_at_load_stop - sink_at_back
-        depth_at_load_stop = outbox_depth(db)
+        depth_at_load_stop = await outbox_depth()
         phase = "drain"
         load_stopped = time.monotonic()
         marks["load_stopped"] = load_stopped - start
@@ -545,7 +576,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         drained_at: float | None = None
         deadline = time.monotonic() + args.drain_timeout
         while time.monotonic() < deadline:
-            if outbox_depth(db) == 0:
+            if await outbox_depth() == 0:
                 counts_done = stats()[1]
                 if counts_done >= outage_promised:
                     drained_at = time.monotonic()
@@ -575,6 +606,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.killpg(proc.pid, signal.SIGKILL)
         relay_log.close()
         sink.stop()
+        await outbox_depth.close()
     lost = sum(1 for key in load.promised if counts[key] == 0)
     duplicated = sum(n - 1 for n in counts.values() if n > 1)
     # A 451 after part of the message went upstream and the rest could not be kept (the store's write
@@ -604,9 +636,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     drain_total_seconds = (drained_at - back) if drained_at else None
     queued_copies = outage_promised - sum(1 for key, r in load.promised if key.startswith("o") and r == FIRST_RECIPIENT)
     summary = {
-        "command": "python -m bench.drain " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.drain " + " ".join(sys.argv[1:]), "relay": str(args.relay or REPO),
         "workers": args.workers, "recipients": len(rcpts), "concurrency": args.concurrency, "outage_s": args.outage,
-        "outage_kind": args.outage_kind, "rate_msg_s": rate,
+        "outage_kind": args.outage_kind, "rate_msg_s": rate, "store": "postgresql" if store_url else "sqlite",
         "live_copies_s": round(live_rate, 1),
         "queued_copies": queued_copies, "outbox_depth_peak": peak_depth, "outbox_depth_at_upstream_back": queued_at_end,
         "drain_with_load_copies_s": round(drain_with_load, 1), "drain_with_load_window_s": round(with_load_seconds, 1),
@@ -651,10 +683,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=3600)
     parser.add_argument("--settle", type=float, default=30, help="seconds after the drain for the RSS after (default 30)")
     parser.add_argument("--profile", type=int, default=0, help="py-spy the relay for this many seconds from the upstream's return (OUT/drain-profile.svg)")
+    parser.add_argument(
+        "--postgres", nargs="?", const=POSTGRES_URL, default=None, metavar="URL",
+        help=f"the store in a fresh schema of this PostgreSQL database, dropped at the end (default URL {POSTGRES_URL})",
+    )
+    parser.add_argument("--relay", metavar="CHECKOUT", help="run that checkout's consent-relay (its .venv) under this bench: an A/B of the relay")
     parser.add_argument("--overrides", default="", help="JSON deep-merged over the relay config")
     parser.add_argument("--out", default=str(REPO / "var" / "bench" / "drain"))
     args = parser.parse_args(argv)
-    summary = asyncio.run(run(args))
+    with ExitStack() as schemas:  # the PostgreSQL schema, dropped once the relay has stopped
+        store_url = postgres_schema(args.postgres, schemas) if args.postgres else None
+        summary = asyncio.run(run(args, store_url))
     print(json.dumps(summary))
     return 0 if summary["lost"] == 0 and summary["silent_duplicates"] == 0 and summary["unpromised_at_sink"] == 0 else 1
 

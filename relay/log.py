@@ -3,30 +3,42 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog._config import _CONFIG
+from structlog.processors import _json_fallback_handler
 
 _PLAIN = False
+# What configure_logging installed (processors, logger factory, wrapper class) and its level: while
+# structlog's configuration is still these objects, _Logger.info renders a line itself (_LINE).
+_OWN: tuple[Any, Any, Any] | None = None
+_OWN_LEVEL = logging.INFO
+# JSONRenderer's json.dumps(event_dict, default=_json_fallback_handler), its encoder made once.
+_LINE = json.JSONEncoder(default=_json_fallback_handler)
 
 
 def configure_logging(level: str = "info", log_recipients: str = "hashed", stream: Any = None) -> None:
-    global _PLAIN
+    global _PLAIN, _OWN, _OWN_LEVEL
     _PLAIN = log_recipients == "plain"
+    # _Logger.info writes the same line as these processors without them: keep the two in step.
+    processors = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.JSONRenderer(sort_keys=False),
+    ]
+    min_level = getattr(logging, level.upper(), logging.INFO)
+    wrapper = structlog.make_filtering_bound_logger(min_level)
+    factory = structlog.PrintLoggerFactory(stream or sys.stderr)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=False,
+        processors=processors, wrapper_class=wrapper, logger_factory=factory, cache_logger_on_first_use=False
     )
+    _OWN, _OWN_LEVEL = (processors, factory, wrapper), min_level
     # aiosmtpd logs peers and commands at INFO; keep the library quiet and its warnings JSON too.
     library = logging.getLogger("mail.log")
     library.setLevel(logging.WARNING)
@@ -95,7 +107,7 @@ class _Logger:
     one keeps the logger it built while structlog's configuration is the same objects, and builds
     another when it changes: a line costs its rendering, not the assembly."""
 
-    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context")
+    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context", "_own_out")
 
     def __init__(self, name: str) -> None:
         self._proxy = structlog.get_logger(name)
@@ -104,6 +116,7 @@ class _Logger:
         self._factory: Any = None
         self._processors: Any = None
         self._context: Any = None
+        self._own_out: Any = None  # the PrintLogger to write to while the configuration is configure_logging's
 
     def _current(self) -> Any:
         c = _CONFIG
@@ -115,7 +128,25 @@ class _Logger:
             self._bound = self._proxy.bind()
             self._wrapper, self._factory = c.default_wrapper_class, c.logger_factory
             self._processors, self._context = c.default_processors, c.default_context_class
+            own = _OWN is not None and (c.default_processors, c.logger_factory, c.default_wrapper_class) == _OWN
+            self._own_out = self._bound._logger if own and c.default_context_class is dict else None
         return self._bound
+
+    def info(self, event: str, **fields: Any) -> None:
+        """One line at info. Under configure_logging's own configuration it is rendered here, as its
+        processors would (the fields, then event, level and an ISO UTC timestamp, as JSON), without
+        structlog's chain of calls: a decision line per message made that a visible share of one."""
+        bound = self._current()
+        out = self._own_out
+        if out is None:
+            bound.info(event, **fields)
+            return
+        if _OWN_LEVEL > logging.INFO:
+            return
+        fields["event"] = event
+        fields["level"] = "info"
+        fields["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        out.msg(_LINE.encode(fields))
 
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at `level` would be written (True for a wrapper that cannot say)."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import struct
+import threading
+from bisect import bisect_left
+from typing import Any, Callable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -30,16 +34,101 @@ class _KnownChildren:
         return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
 
 
+# Adding to a value on the hot path. In multiprocess mode ([smtp] workers > 1) prometheus_client's
+# value takes its lock, asks the kernel for the process id (a fork would need new files) and looks
+# its key up on every inc; a message made a dozen of them. _adder writes the value's own slot of its
+# file directly: the slot of a key never moves (a file that grows is mapped again, so the map is read
+# on each write), and a fork is known from os.register_at_fork instead of a getpid per inc, after
+# which the library's own inc (which moves the value to the child's files) takes over.
+_ADD_LOCK = threading.Lock()
+_PACK_TWO_DOUBLES = struct.Struct("dd").pack_into  # prometheus_client.mmap_dict's value and timestamp
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _adder(value: Any) -> Callable[[float], None]:
+    """`value.inc`, or the same done directly when `value` is a multiprocess one whose slot is known."""
+    mapped = getattr(value, "_file", None)
+    slot = getattr(mapped, "_positions", {}).get(getattr(value, "_key", None))
+    if not getattr(value, "_multiprocess", False) or slot is None or not hasattr(mapped, "_m"):
+        return value.inc  # type: ignore[no-any-return]
+    born = _forks
+    library_inc = value.inc
+
+    def add(amount: float) -> None:
+        if _forks != born:
+            library_inc(amount)
+            return
+        with _ADD_LOCK:
+            value._value += amount
+            value._timestamp = 0.0
+            _PACK_TWO_DOUBLES(mapped._m, slot, value._value, 0.0)
+
+    return add
+
+
 class Counter(_KnownChildren, prometheus_client.Counter):
-    pass
+    _add: Callable[[float], None] | None = None  # a labelled metric's parent has none: it cannot count
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._add = _adder(self._value)
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        add = self._add
+        if add is not None and exemplar is None and amount >= 0:
+            add(amount)
+            return
+        super().inc(amount, exemplar)
 
 
 class Gauge(_KnownChildren, prometheus_client.Gauge):
-    pass
+    _add: Callable[[float], None] | None = None
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        if self._multiprocess_mode not in self._MOST_RECENT_MODES:  # those only take set()
+            self._add = _adder(self._value)
+
+    def inc(self, amount: float = 1) -> None:
+        add = self._add
+        if add is None:
+            super().inc(amount)
+        else:
+            add(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        add = self._add
+        if add is None:
+            super().dec(amount)
+        else:
+            add(-amount)
 
 
 class Histogram(_KnownChildren, prometheus_client.Histogram):
-    pass
+    _add_sum: Callable[[float], None] | None = None
+    _add_bucket: tuple[Callable[[float], None], ...] = ()
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._add_sum = _adder(self._sum)
+        self._add_bucket = tuple(_adder(bucket) for bucket in self._buckets)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        add_sum = self._add_sum
+        if add_sum is None or exemplar is not None or amount != amount:  # NaN: as the library does
+            super().observe(amount, exemplar)
+            return
+        add_sum(amount)
+        # The first bucket whose upper bound holds the amount (the last is +Inf), as the library's loop finds it.
+        self._add_bucket[bisect_left(self._upper_bounds, amount)](1)
 
 
 class Metrics:

@@ -173,6 +173,9 @@ class SplitMessage(NamedTuple):
     fields: Fields  # every named field
     body_start: int
     eol: bytes
+    # message[body_start:] in pieces, those no copy changes the same in copy after copy (a template's
+    # runs of lines): their canonical forms are kept (_Shared.relaxed_parts). None: the body as one.
+    body_parts: Sequence[bytes] | None = None
 
 # Bounds of what a DkimSigner keeps from one message for the next (_Shared.renewed).
 _MEMO_ENTRIES = 1024
@@ -216,8 +219,9 @@ class DkimSigner:
         shared = self._shared.renewed(timestamp)
         jobs: list[SigningJob | None] = []
         for item in messages:
+            parts = None
             if isinstance(item, SplitMessage):
-                message, fields, body_start, eol = item
+                message, fields, body_start, eol, parts = item
             else:
                 message = item
                 fields, body_start, eol = _split(message)
@@ -225,11 +229,15 @@ class DkimSigner:
             if not keys:
                 jobs.append(None)
                 continue
-            body = message[body_start:]
-            body_hash = shared.body_hashes.get(body)
-            if body_hash is None:
-                body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
-                shared.body_hashes[body] = body_hash
+            canonical = shared.relaxed_parts(parts) if parts is not None else None
+            if canonical is not None:  # a copy of its own (its unsubscribe URL): no other has its body
+                body_hash = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
+            else:
+                body = message[body_start:]
+                body_hash = shared.body_hashes.get(body)
+                if body_hash is None:
+                    body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest()).decode()
+                    shared.body_hashes[body] = body_hash
             names, picks = shared.names(fields)
             signed = _signed_header_data(fields, picks, shared.canonical)
             unsigned = [shared.fold_start(key, timestamp, names).finish(body_hash, eol) for key in keys]
@@ -345,11 +353,12 @@ class _Shared:
     """What the copies of one message have in common, found out once (DkimSigner.prepare_all); kept
     by the signer for its next messages, all but the body hashes (renewed)."""
 
-    __slots__ = ("from_keys", "canonical", "body_hashes", "names_by", "starts", "timestamp")
+    __slots__ = ("from_keys", "canonical", "body_parts", "body_hashes", "names_by", "starts", "timestamp")
 
     def __init__(self) -> None:
         self.from_keys: dict[bytes | None, tuple[DkimKey, ...]] = {}
         self.canonical: dict[bytes, bytes] = {}
+        self.body_parts: dict[bytes, bytes] = {}  # _relaxed_middle of body pieces seen, by their bytes
         self.body_hashes: dict[bytes, str] = {}
         self.names_by: dict[tuple[str, ...], tuple[list[str], tuple[int, ...]]] = {}
         self.starts: dict[tuple[int, int, tuple[str, ...]], _FoldStart] = {}
@@ -361,7 +370,7 @@ class _Shared:
         (emptied when it reaches _MEMO_ENTRIES); the fold starts last a second (t= changes), the
         body hashes one message."""
         self.body_hashes = {}
-        for table in (self.from_keys, self.canonical, self.names_by, self.starts):
+        for table in (self.from_keys, self.canonical, self.body_parts, self.names_by, self.starts):
             if len(table) >= _MEMO_ENTRIES:
                 table.clear()
         if timestamp != self.timestamp:
@@ -378,6 +387,26 @@ class _Shared:
             if first_from is None or len(first_from) <= _MEMO_FIELD_BYTES:
                 self.from_keys[first_from] = keys
         return keys
+
+    def relaxed_parts(self, parts: Sequence[bytes]) -> bytes | None:
+        """_relaxed_body(b"".join(parts)), each piece canonicalised on its own (a piece seen before
+        not again): the same bytes when no whitespace run, line end or CRLF spans two pieces, which
+        is checked at each seam; None when one might (the caller canonicalises the whole)."""
+        memo = self.body_parts
+        out = []
+        last = b""  # the last byte of the pieces so far
+        for piece in parts:
+            if not piece:
+                continue
+            first = piece[:1]
+            if (last == b"\r" and first == b"\n") or (last in _WSP and first in _WSP_OR_EOL):
+                return None
+            last = piece[-1:]
+            canonical = memo.get(piece)
+            if canonical is None:
+                canonical = memo[piece] = _relaxed_middle(piece)  # bounded with the others (renewed)
+            out.append(canonical)
+        return _relaxed_end(b"".join(out))
 
     def names(self, fields: Fields) -> tuple[list[str], tuple[int, ...]]:
         """The h= list of a message with these fields, and the field each name signs (_picks)."""
@@ -396,7 +425,17 @@ class _Shared:
         return start
 
 
+_WSP = (b" ", b"\t")
+_WSP_OR_EOL = (b" ", b"\t", b"\r", b"\n")
+
+
 def _relaxed_body(body: bytes) -> bytes:
+    return _relaxed_end(_relaxed_middle(body))
+
+
+def _relaxed_middle(body: bytes) -> bytes:
+    """The relaxed canonical form of lines (RFC 6376 §3.4.4, lone LFs made CRLFs), short of what
+    happens at the end of the body (_relaxed_end)."""
     # No regex where a bytes method does: sre scanning 5 KB costs as much as the rest of a copy.
     if body.count(b"\n") != body.count(b"\r\n"):
         body = _LONE_LF.sub(b"\r\n", body)
@@ -406,9 +445,14 @@ def _relaxed_body(body: bytes) -> bytes:
         body = body.replace(b"\t", b" ")
     while b"  " in body:
         body = body.replace(b"  ", b" ")
+    return body.replace(b" \r\n", b"\r\n")
+
+
+def _relaxed_end(body: bytes) -> bytes:
+    """The end of a canonical body: no empty lines, one CRLF (none for an empty body)."""
     # An unterminated last line gets its CRLF on the wire (SMTP requires it), so its
     # trailing WSP goes like any other line's (Mail::DKIM agrees; dkimpy keeps it).
-    body = body.replace(b" \r\n", b"\r\n").rstrip(b" ")
+    body = body.rstrip(b" ")
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2

@@ -196,6 +196,7 @@ class OutboxWorker:
         self._probe_after = 0  # the id after which the next probe looks (each probe tries another copy)
         self._catch_up_after: int | None = None  # after the upstream came back: the early claims' cursor
         self._depth_at = -math.inf
+        self._uncounted = False  # copies were sent since the last count
         self.settler = _Settler(self)
         self.held: dict[int, float] = {}  # copy id -> lease deadline, for the copies of the current claim
         self._give_back: set[int] = set()  # copies of the current claim not sent, whose own write failed
@@ -275,7 +276,12 @@ class OutboxWorker:
         now = self.clock.timestamp()
         items = await self._claim(now)
         if not items:
-            await self._count(now, force=True)
+            # At once after a claim whose copies were not counted (the gauge reads the end of a drain without delay),
+            # else at most every _DEPTH_EVERY: while the upstream is away each queued message wakes
+            # the worker, and a count reads every queued row (100,000 of them, dozens of times a
+            # second, on the store the live path needs; on PostgreSQL that count was most of the store's work).
+            await self._count(now, force=self._uncounted)
+            self._uncounted = False
             return 0
         self.held = {item.id: now + self.config.lease_seconds for item in items}
         heartbeat = asyncio.create_task(self._heartbeat(), name="outbox-heartbeat")
@@ -327,7 +333,7 @@ class OutboxWorker:
             self.batch = batch_size(self.config.lease_seconds, self.upstream.config.timeout, self.lanes, pace)
         else:
             self.batch = self._base_batch
-        await self._count(now)
+        self._uncounted = not await self._count(now)
         return len(items)
 
     async def _fence(self, items: Sequence[OutboxItem]) -> tuple[dict[int, float], str]:
@@ -358,10 +364,13 @@ class OutboxWorker:
         if failure is not None:
             raise failure
 
-    async def _count(self, now: float, *, force: bool = False) -> None:
-        if force or now - self._depth_at >= _DEPTH_EVERY:
-            self._depth_at = now
-            self.metrics.outbox_messages.set(await self.store.depth())
+    async def _count(self, now: float, *, force: bool = False) -> bool:
+        """The outbox's depth into its gauge, unless it was counted less than _DEPTH_EVERY ago; whether it was."""
+        if not force and now - self._depth_at < _DEPTH_EVERY:
+            return False
+        self._depth_at = now
+        self.metrics.outbox_messages.set(await self.store.depth())
+        return True
 
     def _deferred(self) -> None:
         self._deferrals += 1

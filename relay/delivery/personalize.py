@@ -62,10 +62,30 @@ class _Slot:
             return
         fixed = [line for line in self.qp_lines if isinstance(line, bytes)]
         if not any(delimiter in line for line in fixed for delimiter, _ in self.delimiters):
-            wire = tuple(line.replace(b"\n", self.eol) if isinstance(line, bytes) else line for line in self.qp_lines)
-            object.__setattr__(self, "qp_wire", wire)
+            # The lines between two with the URL joined: a copy joins a few runs, not every line, and
+            # each run is one object copy after copy (the DKIM signer canonicalises it once).
+            wire: list[bytes | tuple[bytes, ...]] = []
+            for line in self.qp_lines:
+                if isinstance(line, bytes):
+                    line = line.replace(b"\n", self.eol)
+                    if wire and isinstance(wire[-1], bytes):
+                        line = wire.pop() + line  # type: ignore[operator]
+                wire.append(line)
+            object.__setattr__(self, "qp_wire", tuple(wire))
 
     def render(self, url: str) -> bytes:
+        return b"".join(self.render_parts(url))
+
+    def render_parts(self, url: str) -> list[bytes]:
+        """render(url) in pieces, joined: the part's fixed runs of lines are the same objects in every
+        copy (quoted-printable with qp_wire), else one piece."""
+        if self.qp_wire is not None:
+            parts = self._encode_parts(url)
+            if parts is not None:
+                return parts
+        return [self._render(url)]
+
+    def _render(self, url: str) -> bytes:
         out = self._encode(url)
         # A URL next to "--" in unencoded text must not make a line a delimiter of an enclosing
         # multipart: the recipient would see other parts than the rules did. Then the part stays.
@@ -77,19 +97,30 @@ class _Slot:
 
     def _encode(self, url: str) -> bytes:
         value = html.escape(url, quote=True) if self.html else url
-        if self.qp_wire is not None and "\r" not in value and "\n" not in value:
-            # What _encode_whole gives: a delimiter never spans lines, so only the URL's lines need a look.
-            url_bytes = value.encode(self.charset, "strict")
-            out = []
-            for line in self.qp_wire:
-                if not isinstance(line, bytes):
-                    line = binascii.b2a_qp(url_bytes.join(line), istext=True)
-                    if any(delimiter in line for delimiter, _ in self.delimiters):
-                        return self._encode_whole(value)
-                    line = line.replace(b"\n", self.eol)
-                out.append(line)
-            return b"".join(out)
+        if self.qp_wire is not None:
+            parts = self._encode_parts(url)
+            if parts is not None:
+                return b"".join(parts)
         return self._encode_whole(value)
+
+    def _encode_parts(self, url: str) -> list[bytes] | None:
+        """What _encode_whole gives, in pieces (qp_wire's runs as they are, the URL's lines encoded):
+        a delimiter never spans lines, so only the URL's lines need a look. None when this way does
+        not apply (a URL with a line break, a URL's line that makes a delimiter)."""
+        assert self.qp_wire is not None
+        value = html.escape(url, quote=True) if self.html else url
+        if "\r" in value or "\n" in value:
+            return None
+        url_bytes = value.encode(self.charset, "strict")
+        out = []
+        for line in self.qp_wire:
+            if not isinstance(line, bytes):
+                line = binascii.b2a_qp(url_bytes.join(line), istext=True)
+                if any(delimiter in line for delimiter, _ in self.delimiters):
+                    return None
+                line = line.replace(b"\n", self.eol)
+            out.append(line)
+        return out
 
     def _encode_whole(self, value: str) -> bytes:
         if self.pieces and isinstance(self.pieces[0], str):
@@ -128,6 +159,9 @@ class Rendered(NamedTuple):
     fields: list[tuple[str, bytes]] | None
     body_start: int
     eol: bytes
+    # message[body_start:] in pieces, the parts no copy changes the same objects in every copy (for
+    # the DKIM signer's body hash); None with `fields`.
+    body_parts: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +173,7 @@ class _Body:
     segments: tuple[bytes, ...]  # one more than slots: the bytes before, between and after them
     slots: tuple[_Slot, ...]
     blank: int  # length of the empty line that ends the header block
+    first: bytes = b""  # segments[0] without that empty line: where the body proper starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +198,18 @@ class CopyTemplate:
         body = self.body
         segments = body.segments
         out.append(segments[0])
+        parts = [body.first]
         for slot, after in zip(body.slots, segments[1:]):
-            out.append(slot.render(url))
-            out.append(after)
+            parts.extend(slot.render_parts(url))
+            parts.append(after)
+        out.extend(parts[1:])
         message = b"".join(out)
         if self.needs_eol:
             return Rendered(message, None, 0, self.eol)
         fields = list(self.fields)
         fields.extend((name.lower(), line) for (name, _), line in zip(headers, formatted))
         body_start = len(self.head) + sum(map(len, formatted)) + body.blank
-        return Rendered(message, fields, body_start, self.eol)
+        return Rendered(message, fields, body_start, self.eol, tuple(parts))
 
 
 class CopyTemplates:
@@ -272,7 +309,8 @@ def _parse_body(raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Bo
         segments.append(raw[pos : slot.start + top.end])
         pos = slot.end + top.end
     segments.append(raw[pos:])
-    return _Body(tuple(segments), tuple(slots), top.body_start - top.end)
+    blank = top.body_start - top.end
+    return _Body(tuple(segments), tuple(slots), blank, segments[0][blank:])
 
 
 def strip_header(raw: bytes, name: str, *more: str) -> bytes:

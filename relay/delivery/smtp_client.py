@@ -63,6 +63,12 @@ class _Protocol(asyncio.Protocol):
         self.replies: deque[Reply] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.lost: Exception | None = None
+        # The reply timer: one TimerHandle, moved only when it fires before the current wait's
+        # deadline (a call_later and a cancel per wait were most of a wait's cost). _deadline None:
+        # no wait in progress, and the timer stops the next time it fires.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -113,6 +119,9 @@ class _Protocol(asyncio.Protocol):
         if self.lost is None:
             self.lost = Broken(f"connection lost: {exc}" if exc else "the upstream closed the connection")
         self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake()
 
     def eof_received(self) -> bool:
@@ -135,21 +144,36 @@ class _Protocol(asyncio.Protocol):
                 count -= 1
 
     async def _wait(self, timeout: float) -> None:
-        """Until data or the end of the connection arrives (Broken when it has ended)."""
+        """Until data or the end of the connection arrives (Broken when it has ended), at most
+        `timeout` seconds (Broken: timed out)."""
         if self.lost is not None:
             raise self.lost
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _expire, waiter)
+        loop = self._loop
+        deadline = self._deadline = loop.time() + timeout
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
+        waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+            self._deadline = None
 
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer_at = when
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(Broken("timed out waiting for the upstream's reply"))
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline, waiter = self._deadline, self._waiter
+        if deadline is None or waiter is None or waiter.done():
+            return  # no wait in progress: the timer stops until the next one
+        if self._loop.time() >= deadline:
+            waiter.set_exception(Broken("timed out waiting for the upstream's reply"))
+        else:
+            self._arm(deadline)
 
 
 @dataclass

@@ -346,6 +346,20 @@ class SqlDecisions(base.DecisionStore):
         return [delivery_from_row(r) for r in rows]
 
 
+# The copies a claim takes (the WHERE and ORDER BY of `outbox_claim`; parameters: now, now), in the
+# order of the outbox_due index (SQLite's ends in the rowid, the id), so a claim reads `limit` rows.
+OUTBOX_DUE = "status='pending' AND next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at, id"
+# Copies not due yet, after an id (parameters: after_id, now). The status as an expression: an index
+# on it would have the planner read every pending row and sort them (SQLite, 0.8 s with 57,000
+# queued); the primary key reads `limit` rows.
+OUTBOX_EARLY = "coalesce(status, '')='pending' AND id > ? AND lease_until <= ? ORDER BY id"
+
+
+def outbox_claim(dialect: Dialect, where: str) -> str:
+    """The SELECT of a claim (one more parameter: the limit), run after `dialect.ordered_reads`."""
+    return f"SELECT * FROM outbox WHERE {where} LIMIT ?{dialect.skip_locked}"
+
+
 class SqlOutbox(base.OutboxStore):
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -357,17 +371,11 @@ class SqlOutbox(base.OutboxStore):
             return [int((await tx.fetchall(OUTBOX_INSERT, outbox_to_row(item, now)))[0][0]) for item in items]
 
     async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
-        return await self._claim(
-            "status='pending' AND next_attempt_at <= ? AND lease_until <= ? ORDER BY next_attempt_at, id",
-            (float(now), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
-        )
+        return await self._claim(OUTBOX_DUE, (float(now), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit)
 
     async def claim_early(self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int) -> list[OutboxItem]:
-        # The status as an expression: an index on it would have the planner read every pending
-        # row and sort them (SQLite, 0.8 s with 57,000 queued); the primary key reads `limit` rows.
         return await self._claim(
-            "coalesce(status, '')='pending' AND id > ? AND lease_until <= ? ORDER BY id", (int(after_id), float(now)),
-            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit,
+            OUTBOX_EARLY, (int(after_id), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit
         )
 
     async def _claim(
@@ -375,16 +383,18 @@ class SqlOutbox(base.OutboxStore):
     ) -> list[OutboxItem]:
         # A racing instance passes over rows another is leasing (SKIP LOCKED, on PostgreSQL; SQLite's
         # BEGIN IMMEDIATE lets one writer at a time), and a locked row's WHERE is checked again.
+        dialect = self.db.dialect
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                f"SELECT * FROM outbox WHERE {where} LIMIT ?{self.db.dialect.skip_locked}",
-                (*params, limit),
-            )
-            if rows:
-                await tx.executemany(
+            if dialect.ordered_reads:
+                await tx.execute(dialect.ordered_reads)
+            rows = await tx.fetchall(outbox_claim(dialect, where), (*params, limit))
+            # One statement for the claim's rows (they all get the same lease), not one per row.
+            for ids in dialect.chunks([r["id"] for r in rows]):
+                in_ids, id_params = dialect.any_of("id", ids, "bigint")
+                await tx.execute(
                     "UPDATE outbox SET lease_owner=?, lease_until=?, sending_since=0, "
-                    "uncertain=uncertain + (CASE WHEN sending_since > 0 THEN 1 ELSE 0 END) WHERE id=?",
-                    [(owner, float(now + lease_seconds), r["id"]) for r in rows],
+                    f"uncertain=uncertain + (CASE WHEN sending_since > 0 THEN 1 ELSE 0 END) WHERE {in_ids}",
+                    (owner, float(now + lease_seconds), *id_params),
                 )
         # As the rows were before this claim: sending_since > 0 means the last holder's send was cut short.
         return [claimed_outbox(r, r["sending_since"] > 0) for r in rows]

@@ -83,3 +83,27 @@ def test_a_decision_filtered_out_hashes_no_recipient(buffer: io.StringIO, monkey
     configure_logging("info", stream=buffer)
     recorder.record(record)
     assert hashed == ["a@example.nl"] and json.loads(buffer.getvalue())["event"] == "decision"
+
+
+def test_an_info_line_rendered_without_structlog_is_the_line_structlog_writes(buffer: io.StringIO) -> None:
+    """_Logger.info renders a line itself under configure_logging's configuration (the decision
+    line of every message): the same fields in the same order, the same JSON, as structlog's
+    processors write it (the timestamp aside, which differs by the moment)."""
+    configure_logging("info", stream=buffer)
+    log = get_logger()
+    fields = {
+        "relay_id": "18c2a3b4c5d6e7f8a9b", "rules": ["content.x"], "recipients": ["sha256:e5b7b7ecbb4249a2"],
+        "count": 3, "ratio": 0.5, "none": None, "nested": {"a": [1, "é"]}, "at": datetime(2026, 1, 2, tzinfo=timezone.utc),
+    }
+    log.info("decision", **fields)
+    assert log._own_out is not None  # the line above did not go through structlog's chain
+    log._current().info("decision", **fields)  # structlog's own chain of processors
+    ours, theirs = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert list(ours) == list(theirs) == [*fields, "event", "level", "timestamp"]
+    assert ours.pop("timestamp").endswith("Z") and theirs.pop("timestamp").endswith("Z")
+    assert ours == theirs
+    ours_line, theirs_line = (line.split(', "timestamp"')[0] for line in buffer.getvalue().splitlines())
+    assert ours_line == theirs_line
+    configure_logging("warning", stream=buffer)
+    log.info("quiet")
+    assert len(buffer.getvalue().splitlines()) == 2

@@ -182,6 +182,38 @@ async def test_while_the_upstream_is_away_new_copies_wait_for_the_probe_instead_
     assert await w.run_once() == 1 and len(up.sent) == AWAY_AFTER + 1  # the probe, one copy
 
 
+async def test_while_the_upstream_is_away_the_outbox_is_counted_every_few_seconds_not_at_each_queued_message(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each message queued during an outage wakes the worker, which finds nothing to send: a count of
+    # every queued row at each wake was most of the store's work on PostgreSQL (100,000 queued).
+    time = Clocked(10_000)
+    up = FakeUpstream([UpstreamUnavailable("down")] * (AWAY_AFTER + 2))
+    w = worker(store, up, time)
+    counts: list[float] = []
+    depth = store.outbox.depth
+
+    async def counted() -> int:
+        counts.append(time.t)
+        return await depth()
+
+    monkeypatch.setattr(store.outbox, "depth", counted)
+    await store.outbox.enqueue([copy((f"r{i}@x.nl",)) for i in range(AWAY_AFTER)], now=time.t)
+    assert await w.run_once() == AWAY_AFTER and w.upstream_away  # counted after its claim
+    assert counts == [10_000]
+    for _ in range(40):  # 40 wakes over 4 s, each after a queued message
+        await store.outbox.enqueue([copy()], now=time.t)
+        time.t += 0.1
+        assert await w.run_once() == 0
+    assert counts == [10_000]
+    time.t += 1.1  # the probe (5 s after the upstream went away) finds it still away, and counts
+    assert await w.run_once() == 1 and len(up.sent) == AWAY_AFTER + 1
+    assert await w.run_once() == 0  # counted already
+    assert counts == [10_000, time.t]
+    gauge = w.metrics.outbox_messages._value.get()  # type: ignore[attr-defined]
+    assert gauge == AWAY_AFTER + 40 == await store.outbox.depth()
+
+
 async def test_a_few_deferred_copies_keep_their_back_off(store: Store) -> None:
     time = Clocked(10_000)
     up = FakeUpstream([UpstreamUnavailable("mailbox busy")] * (AWAY_AFTER - 1))

@@ -419,6 +419,7 @@ def test_a_template_read_once_makes_the_copy_and_the_fields_of_the_two_step_path
             continue
         fields, body_start, eol = _split(copy.message)
         assert (copy.body_start, copy.eol) == (body_start, eol)
+        assert copy.body_parts is not None and b"".join(copy.body_parts) == copy.message[body_start:]
         assert [name for name, _ in copy.fields] == [f.name for f in fields]
         if not raw.startswith((b" ", b"\t")):  # else the read joins that line to X-Relay-Id (never signed)
             assert copy.fields == [(f.name, f.raw) for f in fields]
@@ -456,3 +457,25 @@ def test_a_template_keeps_few_bodies_and_not_a_large_one() -> None:
     templates.prepare(MIXED + b"x" * CopyTemplates.MAX_BODY, placeholder=PLACEHOLDER)
     assert len(templates._bodies) == CopyTemplates.MAX_ENTRIES
     assert not any(len(key[-1]) > CopyTemplates.MAX_BODY for key in templates._bodies)
+
+
+def test_a_copys_body_comes_to_the_signer_in_pieces_it_canonicalised_before() -> None:
+    """Issue 20: a quoted-printable part's lines without the URL are one run, the same object in
+    every copy: the signer canonicalises them once for the campaign, and per copy only the URL's
+    lines (bench/message.eml: two parts, the URL in each)."""
+    from pathlib import Path
+
+    from relay.delivery.dkim import _relaxed_body, _Shared
+
+    raw = (Path(__file__).parents[3] / "bench" / "message.eml").read_bytes().replace(b"\n", b"\r\n")
+    template = CopyTemplates().prepare(raw, placeholder="{{unsubscribe_url}}", first=(RELAY_ID_HEADER, "relay-1"))
+    shared = _Shared()
+    first, second = (template.render_split(headers=LIST_HEADERS, url=f"{URL}{n}") for n in (1, 2))
+    assert first.body_parts is not None and second.body_parts is not None
+    assert len(first.body_parts) < 20 < raw.count(b"\n")
+    assert sum(a is b for a, b in zip(first.body_parts, second.body_parts)) >= len(first.body_parts) // 2
+    for copy in (first, second):
+        assert copy.body_parts is not None
+        assert shared.relaxed_parts(copy.body_parts) == _relaxed_body(copy.message[copy.body_start :])
+    kept = [part for part in second.body_parts if part in shared.body_parts]
+    assert sum(map(len, kept)) > len(raw) // 2

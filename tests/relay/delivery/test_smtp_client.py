@@ -151,6 +151,54 @@ async def test_silence_is_a_timeout() -> None:
             await connect(port, timeout=0.2)
 
 
+async def test_each_wait_has_its_own_timeout_from_one_timer() -> None:
+    """The reply timer is armed once and moved only when it fires early: a wait that begins after an
+    idle spell still has its whole timeout (the timer armed for an earlier wait does not cut it
+    short), a reply later than the timeout still breaks the connection, and quick replies do not
+    make a timer each."""
+    loop = asyncio.get_running_loop()
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        for delay in (0.0, 0.0, 0.0, 0.25, 0.6):
+            await reader.readline()
+            await asyncio.sleep(delay)
+            writer.write(b"250 2.0.0 Ok\r\n")
+        await reader.read(1)
+
+    async with scripted(server) as port:
+        conn = await connect(port, timeout=0.4)
+        try:
+            made: list[float] = []
+            call_at, call_later = loop.call_at, loop.call_later
+
+            def counting_at(when: float, callback: Callable[..., object], *args: object, **kw: object) -> asyncio.TimerHandle:
+                made.append(when)
+                return call_at(when, callback, *args, **kw)  # type: ignore[arg-type]
+
+            def counting_later(delay: float, callback: Callable[..., object], *args: object, **kw: object) -> asyncio.TimerHandle:
+                made.append(loop.time() + delay)
+                return call_later(delay, callback, *args, **kw)  # type: ignore[arg-type]
+
+            loop.call_at, loop.call_later = counting_at, counting_later  # type: ignore[method-assign]
+            try:
+                for _ in range(3):
+                    assert (await conn.command(b"NOOP")).code == 250
+                assert len(made) <= 1, made  # at most one timer for three quick replies (none if still armed)
+                await asyncio.sleep(0.3)  # idle: the timer armed for the quick replies is nearly due
+                started = loop.time()
+                assert (await conn.command(b"NOOP")).code == 250  # 0.25 s: within its own 0.4 s
+                assert loop.time() - started >= 0.2
+                started = loop.time()
+                with pytest.raises(Broken, match="timed out"):
+                    await conn.command(b"NOOP")  # 0.6 s: over
+                assert 0.35 <= loop.time() - started < 0.59
+            finally:
+                del loop.call_at, loop.call_later
+        finally:
+            conn.close()
+
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
 async def test_auth_mechanisms(mechanism: str) -> None:
     said: list[bytes] = []

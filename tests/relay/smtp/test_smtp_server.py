@@ -379,3 +379,251 @@ async def test_nothing_pipelined_after_quit_is_served() -> None:
         assert transport.writes[1:] == [b"250 OK\r\n221 Bye\r\n"], transport.writes
     finally:
         server.connection_lost(None)
+
+
+# --- MAIL and RCPT without aiosmtpd's generic machinery (issue 20, session 17) -------------------
+
+
+class _AiosmtpdMailRcpt(RelaySMTP):
+    """The same session with aiosmtpd's own smtp_MAIL and smtp_RCPT: what the relay's must answer alike."""
+
+    smtp_HELO = SMTP.smtp_HELO
+    smtp_MAIL = SMTP.smtp_MAIL
+    smtp_RCPT = SMTP.smtp_RCPT
+
+
+class _EnvelopeHooks:
+    """HELO, MAIL, RCPT, DATA and QUIT hooks that note what they were given and refuse some names."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, list[str]]] = []
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
+        self.calls.append(("HELO", hostname, []))
+        if hostname.startswith("no"):
+            return "550 5.7.1 not this name"
+        session.host_name = hostname
+        return f"250 hello {hostname}"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.calls.append(("DATA", envelope.content.decode(), list(envelope.rcpt_tos)))
+        return "250 2.0.0 queued"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.calls.append(("QUIT", "", []))
+        return "221 2.0.0 see you"
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        self.calls.append(("MAIL", address, list(options)))
+        if address.startswith("no"):
+            return "550 5.7.1 not this sender"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        self.calls.append(("RCPT", address, list(options)))
+        if address.startswith("no"):
+            return "550 5.1.1 not this recipient"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
+
+def _envelope_state(envelope: Any) -> tuple[Any, ...]:
+    return (envelope.mail_from, list(envelope.mail_options), list(envelope.rcpt_tos), list(envelope.rcpt_options), envelope.smtp_utf8)
+
+
+async def _mail_rcpt_dialogue(kind: type[RelaySMTP], handler: Any, lines: list[bytes], local_part_limit: int, settings: dict[str, Any]) -> Any:
+    """What the session wrote, the hooks it called and its envelope after each line."""
+    server = kind(handler, limits=ConnectionLimits(5, 5), hostname="relay.test", loop=asyncio.get_running_loop(), **settings)
+    server.local_part_limit = local_part_limit
+    transport = _RecordingTransport()
+    server.connection_made(transport)
+    states = []
+
+    try:
+        for line in [b""] + lines:  # the greeting first
+            seen = len(transport.writes)
+            if line:
+                server.data_received(line)
+            for _ in range(100):  # each line is one command: done when its reply is out (in one write)
+                await asyncio.sleep(0)
+                if len(transport.writes) > seen:
+                    break
+            states.append(_envelope_state(server.envelope) if server.envelope is not None else None)
+        return b"".join(transport.writes), getattr(handler, "calls", None), states
+    finally:
+        server.connection_lost(None)
+
+
+_SOME_ADDRESSES = [
+    "<a@example.net>", "<no.one@example.net>", "<>", "< a@example.net >", "<a@example.net", "a@example.net", "<a.b+c@sub.example.net>",
+    "<\"q s\"@example.net>", "<a@[192.0.2.1]>", "<a@example.net>(c)", "<a@example.net> (c)", "<é@example.net>", "<a@exämple.net>",
+    "<" + "l" * 70 + "@example.net>", "<" + "m" * 64 + "@example.net>", "<a@example.net>>", "<@x.net:a@example.net>", "", " ",
+]
+_SOME_PARAMETERS = [
+    "", " ", "  \t", " SIZE=100", " size=99999999999", " SIZE=", " SIZE=x", " SIZE", " SIZE=1001", " BODY=8BITMIME", " BODY=7bit",
+    " BODY=BINARY", " SMTPUTF8", " SMTPUTF8=yes", " NOTIFY=NEVER", " FOO", " SIZE=10 BODY=8BITMIME SMTPUTF8", " =x", " A-B", "x", " (c)",
+    "\t SIZE=5", " SIZE=5 SIZE=6", " BODY=8BITMIME BODY=BINARY",
+]
+_SETTINGS: list[tuple[dict[str, Any], int]] = [
+    ({}, 0), ({}, 64), ({"enable_SMTPUTF8": True}, 0), ({"auth_required": True}, 0), ({"decode_data": True}, 0), ({"data_size_limit": 1000}, 0),
+]
+
+
+def _script() -> list[bytes]:
+    """Every address with every parameter string after MAIL FROM (then RSET) and RCPT TO, a nested
+    MAIL, and the keyword's spellings."""
+    lines = []
+    for address in _SOME_ADDRESSES:
+        for params in _SOME_PARAMETERS:
+            lines += [f"MAIL FROM:{address}{params}", "RSET"]
+    lines += ["MAIL FROM:<a@example.net>"]
+    lines += [f"RCPT TO:{address}{params}" for address in _SOME_ADDRESSES for params in _SOME_PARAMETERS]
+    lines += ["MAIL FROM:<b@example.net>", "RSET", "RCPT TO:<a@example.net>"]  # nested; RCPT before MAIL
+    lines += ["HELO", "HELO  ", "MAIL FROM:<a@example.net>", "HELO again.test", "RCPT TO:<a@example.net>", "HELO no.test", "DATA"]
+    for verb in ["mail from:", "MAIL FROM: ", "MAIL FROM :", "MAIL TO:", "MAIL", "MAIL ", "RCPT TO:", "rcpt to:", "RCPT TO:  ", "RCPT FROM:", "RCPT"]:
+        for tail in ["<a@example.net>", "<a@example.net> SIZE=5", ""]:
+            lines += [verb + tail]
+    lines += ["RSET", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.net>", "DATA x", "DATA", "Subject: x\r\n\r\nhi\r\n.", "QUIT x", "QUIT"]
+    return [line.encode("utf-8") + b"\r\n" for line in lines]
+
+
+async def test_mail_and_rcpt_answer_as_aiosmtpds_do() -> None:
+    """RelaySMTP's smtp_MAIL and smtp_RCPT take what aiosmtpd's take, with the same hook calls, the same
+    envelope and the same replies, and leave the rest to aiosmtpd's: before and after HELO or EHLO,
+    with and without hooks, with the settings that change what MAIL and RCPT accept."""
+    script = _script()
+    helo, ehlo = [b"HELO client.test\r\n"], [b"EHLO client.test\r\n"]
+    cases = [([], {}, 0, True), (helo, {}, 0, True), (helo, {}, 64, True), (ehlo, {}, 0, False)]
+    cases += [(ehlo, setting, local_part_limit, True) for setting, local_part_limit in _SETTINGS]
+    for greeting, setting, local_part_limit, hooked in cases:
+        ours = await _mail_rcpt_dialogue(RelaySMTP, _EnvelopeHooks() if hooked else object(), greeting + script, local_part_limit, setting)
+        theirs = await _mail_rcpt_dialogue(
+            _AiosmtpdMailRcpt, _EnvelopeHooks() if hooked else object(), greeting + script, local_part_limit, setting
+        )
+        assert ours == theirs, (greeting, setting, local_part_limit, hooked)
+        written, calls, _ = ours
+        if hooked and not setting.get("auth_required"):  # the message went through (the script greets)
+            assert calls[-2:] == [("DATA", "Subject: x\r\n\r\nhi\r\n", ["b@example.net"]), ("QUIT", "", [])], calls[-2:]
+            assert written.endswith(b"250 2.0.0 queued\r\n501 5.5.4 Syntax: QUIT\r\n221 2.0.0 see you\r\n"), written[-200:]
+        else:
+            assert ("DATA", "Subject: x\r\n\r\nhi\r\n", ["b@example.net"]) not in (calls or [])
+
+
+class _AiosmtpdData(RelaySMTP):
+    smtp_DATA = SMTP.smtp_DATA
+
+
+async def test_data_refuses_before_its_354_as_aiosmtpds_does() -> None:
+    """Not greeted, not authenticated, no recipient, an argument: aiosmtpd's replies, its hooks not called."""
+    for lines, setting in [
+        ([b"DATA\r\n"], {}),
+        ([b"EHLO c\r\n", b"DATA\r\n"], {"auth_required": True}),
+        ([b"DATA\r\n"], {"auth_required": True}),
+        ([b"EHLO c\r\n", b"DATA\r\n", b"MAIL FROM:<a@example.net>\r\n", b"RCPT TO:<b@example.net>\r\n", b"DATA x\r\n"], {}),
+    ]:
+        ours = await _mail_rcpt_dialogue(RelaySMTP, _EnvelopeHooks(), lines, 0, setting)
+        theirs = await _mail_rcpt_dialogue(_AiosmtpdData, _EnvelopeHooks(), lines, 0, setting)
+        assert ours == theirs, lines
+        assert ours[0].split(b"\r\n")[-2].startswith((b"503 ", b"530 ", b"501 ")), ours[0]
+
+
+_ADDRESSES = st.one_of(
+    st.sampled_from(_SOME_ADDRESSES),
+    st.from_regex(r"\A<[A-Za-z0-9.+_-]{0,12}@[A-Za-z0-9.-]{0,12}>\Z"),
+    st.text(alphabet="<>@.\"() \taZ0+-=", max_size=16),
+)
+_VERBS = st.sampled_from(["MAIL FROM:", "mail from:", "MAIL FROM: ", "RCPT TO:", "rcpt to:", "RCPT TO: ", "RSET", "HELO c", "EHLO c"])
+_LINES = st.lists(
+    st.builds(lambda verb, address, params: (verb + address + params).encode("utf-8") + b"\r\n", _VERBS, _ADDRESSES, st.sampled_from(_SOME_PARAMETERS)),
+    max_size=8,
+)
+
+
+@given(
+    lines=_LINES,
+    greeting=st.sampled_from([[], [b"HELO client.test\r\n"], [b"EHLO client.test\r\n"]]),
+    case=st.sampled_from(_SETTINGS),
+    hooked=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_mail_and_rcpt_answer_any_input_as_aiosmtpds_do(
+    lines: list[bytes], greeting: list[bytes], case: tuple[dict[str, Any], int], hooked: bool
+) -> None:
+    """The same for random sequences of commands and addresses."""
+    import uvloop
+
+    setting, local_part_limit = case
+
+    async def both() -> tuple[Any, Any]:
+        ours = await _mail_rcpt_dialogue(RelaySMTP, _EnvelopeHooks() if hooked else object(), greeting + lines, local_part_limit, setting)
+        theirs = await _mail_rcpt_dialogue(_AiosmtpdMailRcpt, _EnvelopeHooks() if hooked else object(), greeting + lines, local_part_limit, setting)
+        return ours, theirs
+
+    loop = uvloop.new_event_loop()
+    try:
+        ours, theirs = loop.run_until_complete(both())
+    finally:
+        loop.close()
+    assert ours == theirs
+
+
+async def test_a_plain_mail_and_rcpt_take_the_short_way() -> None:
+    """The commands nearly every client sends never reach aiosmtpd's generic methods."""
+    reached: list[str] = []
+
+    original_mail, original_rcpt = SMTP.smtp_MAIL, SMTP.smtp_RCPT
+
+    async def mail(self: Any, arg: Any) -> None:
+        reached.append("MAIL")
+        await original_mail(self, arg)
+
+    async def rcpt(self: Any, arg: Any) -> None:
+        reached.append("RCPT")
+        await original_rcpt(self, arg)
+
+    SMTP.smtp_MAIL, SMTP.smtp_RCPT = mail, rcpt  # type: ignore[method-assign]
+    try:
+        hooks = _EnvelopeHooks()
+        written, calls, states = await _mail_rcpt_dialogue(
+            RelaySMTP, hooks,
+            [b"EHLO c\r\n", b"MAIL FROM:<a@example.net> SIZE=100 BODY=8BITMIME\r\n", b"RCPT TO:<b@example.net>\r\n", b"RSET\r\n",
+             b"MAIL FROM:<a@example.net> SIZE=x\r\n"],
+            0, {},
+        )
+    finally:
+        SMTP.smtp_MAIL, SMTP.smtp_RCPT = original_mail, original_rcpt  # type: ignore[method-assign]
+    assert calls == [("MAIL", "a@example.net", ["SIZE=100", "BODY=8BITMIME"]), ("RCPT", "b@example.net", [])]
+    assert states[3][:3] == ("a@example.net", ["SIZE=100", "BODY=8BITMIME"], ["b@example.net"])
+    assert reached == ["MAIL"]  # only the refused SIZE=x went the long way
+    assert written.endswith(b"501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]\r\n"), written
+
+
+@given(
+    st.one_of(
+        st.lists(st.tuples(st.integers(min_value=0, max_value=1100), st.sampled_from([b"\n", b"\r\n", b""])), max_size=12).map(
+            lambda lines: b"".join(b"x" * n + end for n, end in lines)
+        ),
+        st.lists(st.integers(min_value=995, max_value=1005), max_size=6).map(lambda lengths: b"\n".join(b"y" * n for n in lengths)),
+        st.binary(max_size=3000),
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_the_long_line_check_agrees_with_splitting(body: bytes) -> None:
+    """_has_long_line steps through the body with rfind; splitting it into lines is the definition."""
+    from relay.smtp.server import _MAX_LINE, _has_long_line
+
+    assert _has_long_line(body) == (max(map(len, body.split(b"\n"))) > _MAX_LINE)
+
+
+def test_the_long_line_check_at_the_limit() -> None:
+    from relay.smtp.server import _has_long_line
+
+    for before in (b"", b"a\n", b"b" * 999 + b"\n", b"c" * 1000 + b"\n" + b"d" * 500 + b"\n"):
+        for after in (b"", b"\n", b"\nshort\n"):
+            assert not _has_long_line(before + b"x" * 1000 + after)
+            assert _has_long_line(before + b"x" * 1001 + after)
+    assert _has_long_line(b"\r\n" + b"y" * 1000 + b"\r\n")  # 1,000 octets before the CR: 1,001 before the LF
+    assert not _has_long_line(b"\r\n" + b"y" * 999 + b"\r\n")

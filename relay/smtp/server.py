@@ -603,7 +603,7 @@ class RelaySMTP(SMTP):
         if status is MISSING:
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
-            status = "250 OK"
+            status = replies.HOOKLESS_OK
         _log.info("%r sender: %s", session.peer, address)
         await self.push(status)
 
@@ -660,7 +660,7 @@ class RelaySMTP(SMTP):
         if status is MISSING:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
-            status = "250 OK"
+            status = replies.HOOKLESS_OK
         _log.info("%r recip: %s", session.peer, address)
         await self.push(status)
 

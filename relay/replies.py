@@ -28,8 +28,11 @@ IDLE_TIMEOUT = "421 4.4.2 Idle timeout; closing connection"
 DATA_TIMEOUT = "421 4.4.2 Message transfer took too long; closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down; try again later"
 OK = "250 2.0.0 OK"
-# What aiosmtpd answers MAIL and RCPT when no handler hook does (relay/smtp/server.py keeps its wording)
+# aiosmtpd's answer to a MAIL or RCPT that no handler hook answers: relay/smtp/server.py mirrors
+# aiosmtpd's methods word for word. The relay's own handler answers both commands, so the relay
+# never sends it (tests/relay/test_replies.py checks the handler has both hooks).
 HOOKLESS_OK = "250 OK"
+NOT_SENT_BY_THE_RELAY = frozenset({HOOKLESS_OK})
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 BAD_BASE64 = "501 5.5.2 Cannot decode base64"

@@ -372,7 +372,7 @@ def render_replies() -> str:
     from policies.registry import ALL_RULES
     from relay import replies
 
-    fixed = [(name, value) for name, value in vars(replies).items() if name.isupper() and isinstance(value, str) and value[:3].isdigit()]
+    fixed = [(name, value) for name, value in vars(replies).items() if name.isupper() and isinstance(value, str) and value[:3].isdigit() and value not in replies.NOT_SENT_BY_THE_RELAY]
     profiles = {name: load_profile(name) for name in PROFILE_NAMES}
     reply_of = {
         "reject": "`550 5.7.1 [rule] …`",

@@ -14,10 +14,21 @@ ENHANCED = re.compile(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} ")
 
 
 def test_every_constant_has_an_enhanced_code() -> None:
-    constants = [v for k, v in vars(replies).items() if k.isupper() and isinstance(v, str) and v[:3].isdigit()]
+    constants = [
+        v for k, v in vars(replies).items()
+        if k.isupper() and isinstance(v, str) and v[:3].isdigit() and v not in replies.NOT_SENT_BY_THE_RELAY
+    ]
     assert len(constants) > 10
     for text in constants:
         assert ENHANCED.match(text) or text.startswith("3"), text  # RFC 2034: 3xx replies carry none
+
+
+def test_the_replies_without_an_enhanced_code_are_never_sent_by_the_relay() -> None:
+    """HOOKLESS_OK is aiosmtpd's default for a MAIL or RCPT no hook answers: the relay's handler answers both."""
+    from relay.smtp.handler import RelayHandler
+
+    assert replies.NOT_SENT_BY_THE_RELAY == {replies.HOOKLESS_OK}
+    assert callable(RelayHandler.handle_MAIL) and callable(RelayHandler.handle_RCPT)
 
 
 @pytest.mark.parametrize(

@@ -585,14 +585,16 @@ class RelaySMTP(SMTP):
             status = f"250 {self.hostname}"
         await self.push(status)
 
+    def _may_take(self, session: Any) -> bool:
+        """Whether MAIL, RCPT or DATA may go the direct way: greeted, and authenticated where that is
+        required (else aiosmtpd's own checks answer, with their wording)."""
+        return bool(session.host_name) and (session.authenticated or not self._auth_required)
+
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         session = self.session
         envelope = self.envelope
-        if (
-            arg is None or not session.host_name or (self._auth_required and not session.authenticated)
-            or envelope.mail_from or arg[:5].upper() != "FROM:"
-        ):
+        if arg is None or not self._may_take(session) or envelope.mail_from or arg[:5].upper() != "FROM:":
             return await SMTP.smtp_MAIL(self, arg)
         address, mail_options, smtputf8 = self._plain_mail_from(arg[5:].strip())
         if address is None:
@@ -644,10 +646,7 @@ class RelaySMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         session = self.session
         envelope = self.envelope
-        if (
-            arg is None or not session.host_name or (self._auth_required and not session.authenticated)
-            or not envelope.mail_from or arg[:3].upper() != "TO:"
-        ):
+        if arg is None or not self._may_take(session) or not envelope.mail_from or arg[:3].upper() != "TO:":
             return await SMTP.smtp_RCPT(self, arg)
         # aiosmtpd recognises no RCPT parameter: a command with one is never taken
         plain = _PLAIN_ADDRESS.fullmatch(arg[3:].strip())
@@ -760,7 +759,7 @@ class RelaySMTP(SMTP):
         """aiosmtpd's DATA with the same replies, reading the body in large chunks instead of one
         `readuntil` per line (which dominated the cost of a message)."""
         session = self.session
-        if not session.host_name or (self._auth_required and not session.authenticated):
+        if not self._may_take(session):
             if await self.check_helo_needed():
                 return
             if await self.check_auth_needed("DATA"):

@@ -237,6 +237,27 @@ static const unsigned char ASCII_WORD[128] = {
     ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
+static inline int word_char(Py_UCS4 c) { return c < 128 ? ASCII_WORD[c] : is_word(c); }
+
+/* The next \w+ run at or after *at: its start (n when none is left), with *at moved past its end
+ * and *hash its FNV-1a hash over the code points. The one word scanner of words_of and
+ * known_words_of, so both split and hash a text alike. */
+static inline __attribute__((always_inline)) Py_ssize_t
+next_word(int kind, const char *data, Py_ssize_t n, Py_ssize_t *at, uint64_t *hash) {
+    Py_ssize_t i = *at;
+    while (i < n && !word_char(PyUnicode_READ(kind, data, i))) i++;
+    Py_ssize_t start = i;
+    uint64_t h = 14695981039346656037ULL;
+    for (; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (!word_char(c)) break;
+        h = (h ^ c) * 1099511628211ULL;
+    }
+    *at = i;
+    *hash = h;
+    return start;
+}
+
 /* The distinct \w+ runs of a str, as a frozenset. A page repeats its words: they are told apart
  * in a table of (start, length) first, and a str is made only for each distinct one. */
 typedef struct {
@@ -251,21 +272,10 @@ static inline __attribute__((always_inline)) PyObject *words_of(PyObject *arg, i
     WordSlot *table = PyMem_Calloc(cap, sizeof(WordSlot));
     PyObject *found = PySet_New(NULL);
     if (table == NULL || found == NULL) goto fail;
-#define WORD_CHAR(c) ((c) < 128 ? ASCII_WORD[(c)] : is_word(c))
-    for (Py_ssize_t i = 0; i < n;) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (!WORD_CHAR(c)) {
-            i++;
-            continue;
-        }
-        Py_ssize_t start = i;
-        Py_uhash_t hash = 14695981039346656037ULL; /* FNV-1a over the word's code points */
-        do {
-            hash = (hash ^ c) * 1099511628211ULL;
-            if (++i >= n) break;
-            c = PyUnicode_READ(kind, data, i);
-        } while (WORD_CHAR(c));
-#undef WORD_CHAR
+    for (Py_ssize_t i = 0;;) {
+        uint64_t hash;
+        Py_ssize_t start = next_word(kind, data, n, &i, &hash);
+        if (start >= n) break;
         Py_ssize_t len = i - start;
         size_t slot = (size_t)hash & (cap - 1);
         for (;;) {
@@ -463,22 +473,13 @@ static inline __attribute__((always_inline)) PyObject *known_words_of(PyObject *
     const size_t mask = v->cap - 1;
     int unspaced = 0;
     PyObject *found = NULL; /* a set, made on the first word found: most texts have none */
-#define WORD_CHAR(c) ((c) < 128 ? ASCII_WORD[(c)] : is_word(c))
-    for (Py_ssize_t i = 0; i < n;) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (!WORD_CHAR(c)) {
-            i++;
-            continue;
-        }
-        Py_ssize_t start = i;
-        uint64_t hash = 14695981039346656037ULL;
-        do {
-            if (kind != PyUnicode_1BYTE_KIND && !unspaced) unspaced = unspaced_point(c);
-            hash = (hash ^ c) * 1099511628211ULL;
-            if (++i >= n) break;
-            c = PyUnicode_READ(kind, data, i);
-        } while (WORD_CHAR(c));
+    for (Py_ssize_t i = 0;;) {
+        uint64_t hash;
+        Py_ssize_t start = next_word(kind, data, n, &i, &hash);
+        if (start >= n) break;
         Py_ssize_t len = i - start;
+        if (kind != PyUnicode_1BYTE_KIND)
+            for (Py_ssize_t k = start; k < i && !unspaced; k++) unspaced = unspaced_point(PyUnicode_READ(kind, data, k));
         size_t bit = BITMAP_BIT(v, hash);
         if (!(v->bitmap[bit / 64] >> (bit % 64) & 1)) continue;
         for (size_t slot = (size_t)hash & mask; v->slots[slot].len; slot = (slot + 1) & mask) {
@@ -494,7 +495,6 @@ static inline __attribute__((always_inline)) PyObject *known_words_of(PyObject *
             }
         }
     }
-#undef WORD_CHAR
     PyObject *frozen = PyFrozenSet_New(found);
     Py_XDECREF(found);
     if (frozen == NULL) return NULL;

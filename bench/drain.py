@@ -546,17 +546,31 @@ async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[st
         if args.profile:
             profile = subprocess.Popen(
                 [PY_SPY, "record", "--pid", str(proc.pid), "--subprocesses", "--rate", "100", "--duration", str(args.profile),
-                 "--nonblocking", "--output", str(out / "drain-profile.svg")],
+                 "--nonblocking", "--format", args.profile_format,
+                 "--output", str(out / ("drain-profile.svg" if args.profile_format == "flamegraph" else "drain-profile.txt"))],
                 stdout=subprocess.DEVNULL, stderr=open(work / "py-spy.log", "wb"),
             )
         phase = "drain+load"
+
+        async def drained() -> float:
+            # From the upstream's return, not from the load's stop: a drain that ends while the load goes
+            # on is timed where it ends (a check after the load window only would cap the rate at
+            # queued / --load-after, as the 10-minute run of session 17 was: 102,591 / 30 s = 3,419).
+            while True:
+                if stats()[1] >= outage_promised and await outbox_depth() == 0:
+                    return time.monotonic()
+                await asyncio.sleep(0.2)
+
+        drain_end = asyncio.create_task(drained())
         stop = asyncio.Event()
         drain_load = asyncio.create_task(paced("d", rate, stop, retries=True))
         await asyncio.sleep(args.load_after)
         stop.set()
         await drain_load
-        with_load_seconds = time.monotonic() - back
+        load_window_seconds = with_load_seconds = time.monotonic() - back
         sink_at_load_stop, from_outage_at_load_stop = stats()
+        if drain_end.done():  # drained before the load stopped: the window with load ends there
+            with_load_seconds = drain_end.result() - back
         from_outage_with_load = from_outage_at_load_stop - from_outage_at_back
         all_with_load = sink_at_load_stop - sink_at_back
         depth_at_load_stop = await outbox_depth()
@@ -574,17 +588,13 @@ async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[st
                 ids.put_nowait(None)
             await asyncio.gather(*clients)
         drained_at: float | None = None
-        deadline = time.monotonic() + args.drain_timeout
-        while time.monotonic() < deadline:
-            if await outbox_depth() == 0:
-                counts_done = stats()[1]
-                if counts_done >= outage_promised:
-                    drained_at = time.monotonic()
-                    break
-            await asyncio.sleep(0.2)
+        try:
+            drained_at = await asyncio.wait_for(asyncio.shield(drain_end), args.drain_timeout)
+        except TimeoutError:
+            drain_end.cancel()
         from_outage_after_stop = stats()[1] - from_outage_at_stop
         marks["drained"] = (drained_at or time.monotonic()) - start
-        after_stop_seconds = (drained_at or time.monotonic()) - load_stopped
+        after_stop_seconds = max(0.0, (drained_at or time.monotonic()) - load_stopped)
 
         # 4. settle
         phase = "settle"
@@ -642,7 +652,7 @@ async def run(args: argparse.Namespace, store_url: str | None = None) -> dict[st
         "live_copies_s": round(live_rate, 1),
         "queued_copies": queued_copies, "outbox_depth_peak": peak_depth, "outbox_depth_at_upstream_back": queued_at_end,
         "drain_with_load_copies_s": round(drain_with_load, 1), "drain_with_load_window_s": round(with_load_seconds, 1),
-        "sink_with_load_copies_s": round(all_with_load / with_load_seconds, 1),  # the outbox's and the new mail's
+        "sink_with_load_copies_s": round(all_with_load / load_window_seconds, 1),  # the outbox's and the new mail's
         "outbox_depth_at_load_stop": depth_at_load_stop,
         "drain_after_load_copies_s": round(drain_after_stop, 1), "drain_after_load_window_s": round(after_stop_seconds, 1),
         "drain_overall_copies_s": round(queued_copies / drain_total_seconds, 1) if drain_total_seconds else None,
@@ -683,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=3600)
     parser.add_argument("--settle", type=float, default=30, help="seconds after the drain for the RSS after (default 30)")
     parser.add_argument("--profile", type=int, default=0, help="py-spy the relay for this many seconds from the upstream's return (OUT/drain-profile.svg)")
+    parser.add_argument("--profile-format", choices=("flamegraph", "raw"), default="flamegraph",
+                        help="py-spy's output: a flame graph (OUT/drain-profile.svg) or collapsed stacks (OUT/drain-profile.txt)")
     parser.add_argument(
         "--postgres", nargs="?", const=POSTGRES_URL, default=None, metavar="URL",
         help=f"the store in a fresh schema of this PostgreSQL database, dropped at the end (default URL {POSTGRES_URL})",

@@ -11,9 +11,9 @@ its deadline just before the message goes out. Claims are small batches that fit
 send whose outcome is unknown (sent, then no answer) is logged and counted as uncertain, so a later
 delivery of it reads "maybe twice", never a silent duplicate.
 
-The store is paid per claim, not per copy (issue 20): the copies of a claim are fenced together in
-one write before the first of them is sent, and a lane goes on to its next copy while the last one's
-delivery is being committed. A holder that dies after the fence leaves every copy of the claim
+The store is paid per claim, not per copy (issue 20): the claim itself fences its copies (the same
+write leases them and marks their sends as begun), and a lane goes on to its next copy while the
+last one's delivery is being committed. A holder that dies after the fence leaves every copy of the claim
 marked as begun, so each comes back counted as uncertain, as a copy cut off in the middle of its
 send does; a copy that was fenced and not sent (a graceful stop) is given back unmarked.
 """
@@ -62,8 +62,8 @@ def batch_size(lease_seconds: float, upstream_timeout: float, lanes: int = 1, pa
 
 class _CopyFence:
     """One copy's proof of ownership, handed to Upstream.send (relay.delivery.upstream.Fence). The
-    claim's fence was committed before the send began (`fenced_until`, its lease deadline), so the
-    confirmation before DATA costs no store write; without it the copy is fenced on its own."""
+    claim that fenced it was committed before the send began (`fenced_until`, its lease deadline), so
+    the confirmation before DATA costs no store write; without it the copy is fenced on its own."""
 
     def __init__(self, worker: OutboxWorker, item: OutboxItem, fenced_until: float = 0.0) -> None:
         self.worker = worker
@@ -253,17 +253,19 @@ class OutboxWorker:
                 return []
             self._probed_at = now
             for after in (self._probe_after, 0):
-                items = await self.store.claim_early(now=now, owner=self.owner, lease_seconds=lease, limit=1, after_id=after)
+                items = await self.store.claim_early(
+                    now=now, owner=self.owner, lease_seconds=lease, limit=1, after_id=after, fenced=True
+                )
                 if items:
                     self._probe_after = items[0].id
                     return items
             return []
-        items = await self.store.claim_due(now=now, owner=self.owner, lease_seconds=lease, limit=self.batch)
+        items = await self.store.claim_due(now=now, owner=self.owner, lease_seconds=lease, limit=self.batch, fenced=True)
         if items:
             return items
         if self._catch_up_after is not None:
             items = await self.store.claim_early(
-                now=now, owner=self.owner, lease_seconds=lease, limit=self.batch, after_id=self._catch_up_after
+                now=now, owner=self.owner, lease_seconds=lease, limit=self.batch, after_id=self._catch_up_after, fenced=True
             )
             if items:
                 self._catch_up_after = max(item.id for item in items)
@@ -287,8 +289,8 @@ class OutboxWorker:
         heartbeat = asyncio.create_task(self._heartbeat(), name="outbox-heartbeat")
         todo = list(reversed(items))
         unsent = {item.id for item in items}
-        fenced: dict[int, float] = {}
-        not_fenced = ""
+        # The claim was the fence of its copies (claimed `fenced`): each is ours until its lease deadline.
+        fenced = dict(self.held)
         started, deferrals = time.perf_counter(), self._deferrals
 
         async def lane() -> None:
@@ -301,7 +303,7 @@ class OutboxWorker:
                     unsent.discard(item.id)
                     if item.id not in self.held:
                         continue  # the heartbeat found it taken: its lease ran out while we waited
-                    delivered = await self._attempt(item, fenced.get(item.id, 0.0), not_fenced)
+                    delivered = await self._attempt(item, fenced[item.id])
                     if delivered is not None:
                         pending.append((item, delivered, self.settler.deliver(item.id)))
                     self.held.pop(item.id, None)
@@ -310,8 +312,6 @@ class OutboxWorker:
                 await self._delivered(pending)
 
         try:
-            # One fence for the whole claim, committed before the first copy is sent.
-            fenced, not_fenced = await self._fence(items)
             # Each lane finishes its copy in flight even when another failed (a store error): the
             # first error is raised once all have stopped, and what no lane started is given back.
             outcomes = await asyncio.gather(*(lane() for _ in range(min(self.lanes, len(items)))), return_exceptions=True)
@@ -335,14 +335,6 @@ class OutboxWorker:
             self.batch = self._base_batch
         self._uncounted = not await self._count(now)
         return len(items)
-
-    async def _fence(self, items: Sequence[OutboxItem]) -> tuple[dict[int, float], str]:
-        """The claim's copies marked as begun in one write: the lease deadline of each copy still
-        ours, and why the others are not (they are not sent)."""
-        try:
-            return await self.settler.fence([item.id for item in items]), "the lease passed to another process"
-        except StoreUnavailable as exc:
-            return {}, f"cannot confirm the lease: {exc}"
 
     async def _delivered(self, pending: Sequence[tuple[OutboxItem, UpstreamResult, asyncio.Future[float]]]) -> None:
         """Once each delivery is committed: the hooks and the log line. The first store error is
@@ -414,10 +406,10 @@ class OutboxWorker:
         else:
             self.log.info("outbox_released", copies=len(item_ids))
 
-    async def _attempt(self, item: OutboxItem, fenced_until: float, not_fenced: str = "") -> UpstreamResult | None:
-        """One send of a copy whose claim was fenced (`fenced_until`: its lease deadline, 0 when the
-        fence did not hold it, for the reason `not_fenced`). The result of a full delivery, for the
-        caller to commit with others; None otherwise."""
+    async def _attempt(self, item: OutboxItem, fenced_until: float) -> UpstreamResult | None:
+        """One send of a copy whose claim was its fence (`fenced_until`: its lease deadline; 0: the
+        copy is fenced on its own before DATA). The result of a full delivery, for the caller to
+        commit with others; None otherwise."""
         now = self.clock.timestamp()
         if item.interrupted_send:
             self.metrics.outbox_uncertain.inc()
@@ -427,8 +419,6 @@ class OutboxWorker:
             )
         fence = _CopyFence(self, item, fenced_until)
         try:
-            if not fenced_until:
-                raise LeaseLost(not_fenced or "the lease passed to another process")
             result = await self.upstream.send(item.mail_from, item.rcpt_tos, item.content, fence=fence)
         except LeaseLost as exc:
             self.metrics.outbox_attempts.labels("lease_lost").inc()

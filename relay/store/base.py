@@ -123,13 +123,16 @@ class OutboxStore(abc.ABC):
         """Durably write the copies (committed before this returns)."""
 
     @abc.abstractmethod
-    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int) -> list[OutboxItem]:
+    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool = False) -> list[OutboxItem]:
         """Lease due copies to `owner`; a copy is leased to one owner at a time. A copy whose last
         holder had begun a send and never recorded its outcome comes back with `interrupted_send`
-        (and one more `uncertain`)."""
+        (and one more `uncertain`). With `fenced`, the same write marks each claimed copy's send as
+        begun (as `settle`'s fence does), so a holder that dies after the claim leaves them uncertain."""
 
     @abc.abstractmethod
-    async def claim_early(self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int) -> list[OutboxItem]:
+    async def claim_early(
+        self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int, fenced: bool = False
+    ) -> list[OutboxItem]:
         """As `claim_due`, but copies whose retry is not due yet, in id order after `after_id`: the
         upstream is back after an outage, and its copies need not wait out their back-off."""
 

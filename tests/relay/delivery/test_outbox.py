@@ -257,7 +257,7 @@ async def test_the_copies_of_a_claim_go_side_by_side_one_per_pooled_connection(s
     assert await store.outbox.depth() == 0
 
 
-async def test_the_fences_of_lanes_sending_at_once_share_one_commit(store: Store) -> None:
+async def test_a_claim_is_its_copies_fence_and_the_lanes_deliveries_share_one_commit(store: Store) -> None:
     time = Clocked(10_000)
     up = GatedUpstream(config=UpstreamConfig(timeout=5, pool_size=4))
     w = worker(store, up, time)
@@ -274,8 +274,9 @@ async def test_the_fences_of_lanes_sending_at_once_share_one_commit(store: Store
     await asyncio.wait_for(up.all_in.wait(), 10)
     up.gate.set()
     assert await run == 4 and len(up.sent) == 4 and await store.outbox.depth() == 0
-    # Four fences in the first commit, four deliveries in the next: 2 commits for 4 copies, not 8.
-    assert [(len(d), len(f)) for d, f in settled] == [(0, 4), (4, 0)]
+    # The claim fenced its four copies (a fence of its own would be one more write, rewriting each
+    # copy again); the four deliveries share one commit: no write of the worker's beyond the claim but that one.
+    assert [(len(d), len(f)) for d, f in settled] == [(4, 0)]
 
 
 # --- a real upstream that loses the connection after the message was sent ------------------------

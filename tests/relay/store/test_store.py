@@ -499,6 +499,24 @@ async def test_outbox_settle_delivers_and_fences_in_one_go_for_the_owner_only(st
 
 
 
+async def test_outbox_a_fenced_claim_marks_its_copies_begun_in_the_same_write(store: Store, second: Store) -> None:
+    # relay.delivery.outbox claims `fenced`: the claim is the fence, so a holder that dies after it
+    # leaves its copies uncertain, and a graceful stop gives them back unmarked (release).
+    ids = await store.outbox.enqueue([copy(i) for i in range(4)], now=10.0)
+    claimed = await store.outbox.claim_due(now=20.0, owner="h1", lease_seconds=5, limit=2, fenced=True)
+    assert [c.id for c in claimed] == ids[:2] and not any(c.interrupted_send for c in claimed)
+    (early,) = await store.outbox.claim_early(now=20.0, owner="h1", lease_seconds=5, limit=1, after_id=ids[1], fenced=True)
+    assert early.id == ids[2]
+    await store.outbox.release([ids[1]], "h1")  # a graceful stop: not begun after all
+    unfenced = await second.outbox.claim_due(now=21.0, owner="h2", lease_seconds=5, limit=10)
+    assert sorted((c.id, c.interrupted_send) for c in unfenced) == [(ids[1], False), (ids[3], False)]
+    # h1 dies: its fenced copies come back uncertain; h2's claim, not fenced, left no mark.
+    taken = await second.outbox.claim_due(now=26.0, owner="h2", lease_seconds=5, limit=10)
+    assert sorted((c.id, c.interrupted_send, c.uncertain) for c in taken) == [
+        (ids[0], True, 1), (ids[1], False, 0), (ids[2], True, 1), (ids[3], False, 0)
+    ]
+
+
 async def test_outbox_release_gives_back_fenced_copies_unmarked_for_the_owner_only(store: Store, second: Store) -> None:
     # A claim's copies are fenced together before the first is sent (relay.delivery.outbox): those a
     # graceful stop never sent go back as not begun, so the next holder does not count them uncertain.

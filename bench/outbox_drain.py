@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -46,7 +47,7 @@ def content(i: int, size: int) -> bytes:
     return out + b"X" * max(0, size - len(out)) + b"\r\n"
 
 
-def _worker(db: str, port: int, pool: int, go: Any, done: Any, results: Any) -> None:
+def _worker(db: str, port: int, pool: int, go: Any, done: Any, results: Any, live_writes: float = 0.0) -> None:
     configure_logging("warning")  # as bench/drain.py's relay: no line a delivered copy
 
     async def main() -> None:
@@ -54,25 +55,55 @@ def _worker(db: str, port: int, pool: int, go: Any, done: Any, results: Any) -> 
         await store.open()
         up = Upstream(UpstreamConfig(host="127.0.0.1", port=port, starttls="off", timeout=30, pool_size=pool), local_hostname="bench")
         w = OutboxWorker(store.outbox, up, OutboxConfig(), Metrics(), Clock())
+        commits = [0]
+        writer = getattr(store, "db", None) and getattr(store.db, "_writer", None)
+        if writer is not None:  # SQLite: the COMMITs of the writer connection
+            await writer.set_trace_callback(lambda sql: commits.__setitem__(0, commits[0] + (sql == "COMMIT")))
         go.wait()
         cpu0, io0, t0 = resource.getrusage(resource.RUSAGE_SELF), _io(), time.monotonic()
         running = asyncio.create_task(w.run())
+        live = asyncio.create_task(_live(store, live_writes)) if live_writes else None
         while not done.is_set():
             await asyncio.sleep(0.05)
+        if live is not None:
+            live.cancel()
         cpu1, io1 = resource.getrusage(resource.RUSAGE_SELF), _io()
         await w.stop(5)
         await up.close()
         await store.close()
         results.put({
             "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
-            **{k: io1[k] - io0[k] for k in io0}, "wall_s": time.monotonic() - t0,
+            **{k: io1[k] - io0[k] for k in io0}, "wall_s": time.monotonic() - t0, "commits": commits[0],
         })
         running.cancel()
 
     asyncio.run(main())
 
 
-def run(copies: int, workers: int, pool: int, size: int) -> dict[str, Any]:
+async def _live(store: Any, rate: float) -> None:
+    """The live path's writes meanwhile: a message's decision and delivery records, `rate` a second,
+    each on its own task (as concurrent sessions)."""
+    from datetime import datetime, timezone
+
+    from relay.store.records import DecisionRecord, DeliveryRecord
+
+    n, t0, tasks = 0, time.monotonic(), set()
+    while True:
+        due = int((time.monotonic() - t0) * rate)
+        while n < due:
+            n += 1
+            now = datetime.now(timezone.utc)
+            rid = f"live{os.getpid()}-{n}"
+            task = asyncio.create_task(store.decisions.record(
+                [DecisionRecord(rid, "delivered", now, f"<{rid}@x>", "shop", "news", "o@shop", (f"l{n}@x.nl",))],
+                [DeliveryRecord(n, rid, "shop", "news", f"l{n}@x.nl", "delivered", now, f"<{rid}@x>")],
+            ))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.sleep(0.005)
+
+
+def run(copies: int, workers: int, pool: int, size: int, live_writes: float = 0.0) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="outbox-drain-"))
     db = str(work / "relay.db")
 
@@ -92,7 +123,7 @@ def run(copies: int, workers: int, pool: int, size: int) -> dict[str, Any]:
     sink = Sink()
     ctx = multiprocessing.get_context("fork")
     go, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(db, sink.port, pool, go, done, results)) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(db, sink.port, pool, go, done, results, live_writes)) for _ in range(workers)]
     try:
         for p in procs:
             p.start()
@@ -120,6 +151,7 @@ def run(copies: int, workers: int, pool: int, size: int) -> dict[str, Any]:
         "written_bytes_per_copy": round(sum(r["write_bytes"] for r in per) / copies),
         "wchar_per_copy": round(sum(r["wchar"] for r in per) / copies),
         "write_calls_per_copy": round(sum(r["syscw"] for r in per) / copies, 2),
+        "commits_per_copy": round(sum(r["commits"] for r in per) / copies, 4), "live_writes_s": live_writes * workers,
         "at_sink": sum(counts.values()), "twice": sum(n - 1 for n in counts.values() if n > 1),
         "relay": str(Path(sys.modules["relay"].__file__ or "").parent.parent),
     }
@@ -130,9 +162,10 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument("--live-writes", type=float, default=0, help="messages' records a second, each worker, written meanwhile (the live path's writes)")
     parser.add_argument("--size", type=int, default=6000, help="bytes a copy (default 6000: a signed, personalised copy of bench/message.eml)")
     args = parser.parse_args()
-    print(json.dumps(run(args.copies, args.workers, args.pool_size, args.size)))
+    print(json.dumps(run(args.copies, args.workers, args.pool_size, args.size, args.live_writes)))
     return 0
 
 

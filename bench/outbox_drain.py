@@ -47,7 +47,9 @@ def content(i: int, size: int) -> bytes:
     return out + b"X" * max(0, size - len(out)) + b"\r\n"
 
 
-def _worker(db: str, port: int, pool: int, go: Any, done: Any, results: Any, live_writes: float = 0.0) -> None:
+def _worker(
+    db: str, port: int, pool: int, go: Any, done: Any, results: Any, live_writes: float = 0.0, secure_delete: str = ""
+) -> None:
     configure_logging("warning")  # as bench/drain.py's relay: no line a delivered copy
 
     async def main() -> None:
@@ -57,6 +59,8 @@ def _worker(db: str, port: int, pool: int, go: Any, done: Any, results: Any, liv
         w = OutboxWorker(store.outbox, up, OutboxConfig(), Metrics(), Clock())
         commits = [0]
         writer = getattr(store, "db", None) and getattr(store.db, "_writer", None)
+        if writer is not None and secure_delete:  # an experiment: the relay sets no secure_delete (the build's default)
+            await writer.execute(f"PRAGMA secure_delete={secure_delete}")
         if writer is not None:  # SQLite: the COMMITs of the writer connection
             await writer.set_trace_callback(lambda sql: commits.__setitem__(0, commits[0] + (sql == "COMMIT")))
         go.wait()
@@ -103,7 +107,7 @@ async def _live(store: Any, rate: float) -> None:
         await asyncio.sleep(0.005)
 
 
-def run(copies: int, workers: int, pool: int, size: int, live_writes: float = 0.0) -> dict[str, Any]:
+def run(copies: int, workers: int, pool: int, size: int, live_writes: float = 0.0, secure_delete: str = "") -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="outbox-drain-"))
     db = str(work / "relay.db")
 
@@ -123,7 +127,7 @@ def run(copies: int, workers: int, pool: int, size: int, live_writes: float = 0.
     sink = Sink()
     ctx = multiprocessing.get_context("fork")
     go, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(db, sink.port, pool, go, done, results, live_writes)) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(db, sink.port, pool, go, done, results, live_writes, secure_delete)) for _ in range(workers)]
     try:
         for p in procs:
             p.start()
@@ -152,6 +156,7 @@ def run(copies: int, workers: int, pool: int, size: int, live_writes: float = 0.
         "wchar_per_copy": round(sum(r["wchar"] for r in per) / copies),
         "write_calls_per_copy": round(sum(r["syscw"] for r in per) / copies, 2),
         "commits_per_copy": round(sum(r["commits"] for r in per) / copies, 4), "live_writes_s": live_writes * workers,
+        "secure_delete": secure_delete or "build default",
         "at_sink": sum(counts.values()), "twice": sum(n - 1 for n in counts.values() if n > 1),
         "relay": str(Path(sys.modules["relay"].__file__ or "").parent.parent),
     }
@@ -163,9 +168,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pool-size", type=int, default=8)
     parser.add_argument("--live-writes", type=float, default=0, help="messages' records a second, each worker, written meanwhile (the live path's writes)")
+    parser.add_argument("--secure-delete", default="", choices=("", "on", "off", "fast"),
+                        help="PRAGMA secure_delete on the workers' writer connections (default: the SQLite build's)")
     parser.add_argument("--size", type=int, default=6000, help="bytes a copy (default 6000: a signed, personalised copy of bench/message.eml)")
     args = parser.parse_args()
-    print(json.dumps(run(args.copies, args.workers, args.pool_size, args.size, args.live_writes)))
+    print(json.dumps(run(args.copies, args.workers, args.pool_size, args.size, args.live_writes, args.secure_delete)))
     return 0
 
 

@@ -34,7 +34,9 @@ def configure_logging(level: str = "info", log_recipients: str = "hashed", strea
     ]
     min_level = getattr(logging, level.upper(), logging.INFO)
     wrapper = structlog.make_filtering_bound_logger(min_level)
-    factory = structlog.PrintLoggerFactory(stream or sys.stderr)
+    # One write per line (print() writes the text and its newline apart): the workers of `workers = N`
+    # share one stderr, and two lines written at once must not interleave.
+    factory = structlog.WriteLoggerFactory(stream or sys.stderr)
     structlog.configure(
         processors=processors, wrapper_class=wrapper, logger_factory=factory, cache_logger_on_first_use=False
     )

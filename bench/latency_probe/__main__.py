@@ -83,6 +83,9 @@ def main() -> None:
             + f" µs; GC µs per session (mean) {statistics.mean(r['gc_ns'][0] for r in rows) / 1000:.1f}, "
             f"gen-2 collections {sum(r['gc2'][0] for r in rows)}"
         )
+        if rows and "faults" in rows[0]:
+            faults = [r["faults"][0] for r in rows]
+            print(f"  page faults per session (main thread) mean {statistics.mean(faults):.1f}, sessions with any {sum(1 for f in faults if f) / len(faults):.0%}")
         # Process CPU (every thread: the store's too) per session, from each worker's own rows in order.
         per_worker: dict[int, list[int]] = defaultdict(list)
         for r in sessions[t]:

@@ -20,6 +20,7 @@ import sys
 
 if os.environ.get("LATENCY_PROBE") and "serve" in sys.argv and "--worker-index" in sys.argv:
     import gc
+    import resource
     import time
 
     MARKS = ("made", "data", "parsed", "eval0", "eval1", "send0", "send1", "replied", "lost")
@@ -32,7 +33,7 @@ if os.environ.get("LATENCY_PROBE") and "serve" in sys.argv and "--worker-index" 
         target = sys.argv[sys.argv.index("-c") + 1].split("/")[-3]  # "1-relay": the bench's row directory
         os.makedirs(directory, exist_ok=True)
         rows: list[str] = []
-        state: dict[str, object] = {"row": None, "gc": [0, 0, 0], "gc_ns": 0, "gc_start": 0}
+        state: dict[str, object] = {"row": None, "gc": [0, 0, 0], "gc_ns": 0, "gc_start": 0, "faults": 0}
         wall, cpu = time.perf_counter_ns, time.thread_time_ns
 
         def mark(name: str) -> None:
@@ -63,6 +64,7 @@ if os.environ.get("LATENCY_PROBE") and "serve" in sys.argv and "--worker-index" 
                 state["row"] = {}
                 state["gc"], state["gc_ns"] = [0, 0, 0], 0
                 mark("made")
+                state["faults"] = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
             return made(self, transport)
 
         def connection_lost(self, error):  # type: ignore[no-untyped-def]
@@ -74,6 +76,7 @@ if os.environ.get("LATENCY_PROBE") and "serve" in sys.argv and "--worker-index" 
                 rows.append(
                     " ".join(f"{m}={row[m][0]},{row[m][1]}" for m in MARKS if m in row)
                     + f" pcpu={time.process_time_ns()}"
+                    + f" faults={resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - int(state['faults'])}"  # type: ignore[call-overload]
                     + f" gc={counts[0]},{counts[1]},{counts[2]} gc_ns={state['gc_ns']}\n"
                 )
                 if len(rows) >= 200:

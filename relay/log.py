@@ -34,7 +34,9 @@ def configure_logging(level: str = "info", log_recipients: str = "hashed", strea
     ]
     min_level = getattr(logging, level.upper(), logging.INFO)
     wrapper = structlog.make_filtering_bound_logger(min_level)
-    factory = structlog.PrintLoggerFactory(stream or sys.stderr)
+    # One write per line (print() writes the text and its newline apart): the workers of `workers = N`
+    # share one stderr, and two lines written at once must not interleave.
+    factory = structlog.WriteLoggerFactory(stream or sys.stderr)
     structlog.configure(
         processors=processors, wrapper_class=wrapper, logger_factory=factory, cache_logger_on_first_use=False
     )
@@ -102,7 +104,7 @@ def get_logger(name: str = "consent_relay") -> Any:
 
 class _Logger:
     """structlog's own proxy (`structlog.get_logger`) assembles a new bound logger, and a new
-    PrintLogger, on every call when loggers are not cached; caching them would keep a logger built
+    WriteLogger, on every call when loggers are not cached; caching them would keep a logger built
     under an earlier configuration (tests configure again, capture_logs swaps the processors). This
     one keeps the logger it built while structlog's configuration is the same objects, and builds
     another when it changes: a line costs its rendering, not the assembly."""
@@ -116,7 +118,7 @@ class _Logger:
         self._factory: Any = None
         self._processors: Any = None
         self._context: Any = None
-        self._own_out: Any = None  # the PrintLogger to write to while the configuration is configure_logging's
+        self._own_out: Any = None  # the WriteLogger to write to while the configuration is configure_logging's
 
     def _current(self) -> Any:
         c = _CONFIG

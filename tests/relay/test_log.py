@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from collections.abc import Iterator
 
@@ -107,3 +110,30 @@ def test_an_info_line_rendered_without_structlog_is_the_line_structlog_writes(bu
     configure_logging("warning", stream=buffer)
     log.info("quiet")
     assert len(buffer.getvalue().splitlines()) == 2
+
+
+_WRITER = """
+import sys
+from relay.log import configure_logging, get_logger
+configure_logging("info")
+log = get_logger()
+for i in range(int(sys.argv[1])):
+    log.info("line", writer=sys.argv[2], n=i)
+    log.warning("other", writer=sys.argv[2], n=i)
+"""
+
+
+def test_processes_logging_to_one_pipe_never_share_a_line() -> None:
+    """Workers of `[smtp] workers = N` write to one inherited stderr. Each JSON line must reach it in one
+    write: a line written as its text and then its newline (print's two writes) was split by another
+    process's line, and the reader (a log shipper, the tests' ServeProcess) lost both."""
+    rfd, wfd = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, "3000", str(w)], stderr=wfd) for w in range(4)]
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        data = pipe.read()
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    lines = data.decode().splitlines()
+    broken = [line for line in lines if not (line.startswith("{") and line.endswith("}"))]
+    assert not broken, broken[:3]
+    assert len([json.loads(line) for line in lines]) == 4 * 3000 * 2

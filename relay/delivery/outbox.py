@@ -13,7 +13,7 @@ delivery of it reads "maybe twice", never a silent duplicate.
 
 The store is paid per claim, not per copy (issue 20): the claim itself fences its copies (the same
 write leases them and marks their sends as begun), and a lane goes on to its next copy while the
-last one's delivery is being committed. A holder that dies after the fence leaves every copy of the claim
+last one's delivery is being committed. A holder that dies after its claim leaves every copy of it
 marked as begun, so each comes back counted as uncertain, as a copy cut off in the middle of its
 send does; a copy that was fenced and not sent (a graceful stop) is given back unmarked.
 """

@@ -123,7 +123,9 @@ class OutboxStore(abc.ABC):
         """Durably write the copies (committed before this returns)."""
 
     @abc.abstractmethod
-    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool = False) -> list[OutboxItem]:
+    async def claim_due(
+        self, *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool = False
+    ) -> list[OutboxItem]:
         """Lease due copies to `owner`; a copy is leased to one owner at a time. A copy whose last
         holder had begun a send and never recorded its outcome comes back with `interrupted_send`
         (and one more `uncertain`). With `fenced`, the same write marks each claimed copy's send as

@@ -370,20 +370,25 @@ class SqlOutbox(base.OutboxStore):
         async with self.db.transaction() as tx:
             return [int((await tx.fetchall(OUTBOX_INSERT, outbox_to_row(item, now)))[0][0]) for item in items]
 
-    async def claim_due(self, *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool = False) -> list[OutboxItem]:
+    async def claim_due(
+        self, *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool = False
+    ) -> list[OutboxItem]:
         return await self._claim(
-            OUTBOX_DUE, (float(now), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit, fenced=fenced
+            OUTBOX_DUE, (float(now), float(now)),
+            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit, fenced=fenced,
         )
 
     async def claim_early(
         self, *, now: float, owner: str, lease_seconds: float, limit: int, after_id: int, fenced: bool = False
     ) -> list[OutboxItem]:
         return await self._claim(
-            OUTBOX_EARLY, (int(after_id), float(now)), now=now, owner=owner, lease_seconds=lease_seconds, limit=limit, fenced=fenced
+            OUTBOX_EARLY, (int(after_id), float(now)),
+            now=now, owner=owner, lease_seconds=lease_seconds, limit=limit, fenced=fenced,
         )
 
     async def _claim(
-        self, where: str, params: tuple[Any, ...], *, now: float, owner: str, lease_seconds: float, limit: int, fenced: bool
+        self, where: str, params: tuple[Any, ...], *,
+        now: float, owner: str, lease_seconds: float, limit: int, fenced: bool,
     ) -> list[OutboxItem]:
         # A racing instance passes over rows another is leasing (SKIP LOCKED, on PostgreSQL; SQLite's
         # BEGIN IMMEDIATE lets one writer at a time), and a locked row's WHERE is checked again.

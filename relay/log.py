@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog._config import _CONFIG
+from structlog._output import stdout as _PRINT_STDOUT
 from structlog.processors import _json_fallback_handler
 
 _PLAIN = False
@@ -107,7 +108,7 @@ class _Logger:
     one keeps the logger it built while structlog's configuration is the same objects, and builds
     another when it changes: a line costs its rendering, not the assembly."""
 
-    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context", "_own_out")
+    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context", "_own_out", "_own_file", "_own_lock")
 
     def __init__(self, name: str) -> None:
         self._proxy = structlog.get_logger(name)
@@ -117,6 +118,8 @@ class _Logger:
         self._processors: Any = None
         self._context: Any = None
         self._own_out: Any = None  # the PrintLogger to write to while the configuration is configure_logging's
+        self._own_file: Any = None  # its file (None: sys.stdout when written) and lock, for _write
+        self._own_lock: Any = None
 
     def _current(self) -> Any:
         c = _CONFIG
@@ -130,6 +133,12 @@ class _Logger:
             self._processors, self._context = c.default_processors, c.default_context_class
             own = _OWN is not None and (c.default_processors, c.logger_factory, c.default_wrapper_class) == _OWN
             self._own_out = self._bound._logger if own and c.default_context_class is dict else None
+            out = self._own_out
+            if out is not None and not (isinstance(out, structlog.PrintLogger) and hasattr(out, "_file") and hasattr(out, "_lock")):
+                self._own_out = None  # a structlog whose PrintLogger keeps its file otherwise: its own way
+            elif out is not None:
+                self._own_file = None if out._file is _PRINT_STDOUT else out._file
+                self._own_lock = out._lock
         return self._bound
 
     def info(self, event: str, **fields: Any) -> None:
@@ -146,7 +155,18 @@ class _Logger:
         fields["event"] = event
         fields["level"] = "info"
         fields["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        out.msg(_LINE.encode(fields))
+        self._write(_LINE.encode(fields) + "\n")
+
+    def _write(self, line: str) -> None:
+        """PrintLogger.msg's output (the line, its newline, a flush, under the file's lock) in one
+        write: its print() writes the newline on its own, a second write(2) per line when stderr is
+        unbuffered (PYTHONUNBUFFERED, as container images and this machine's benches set it)."""
+        f = self._own_file if self._own_file is not None else sys.stdout  # print(file=None)'s stream
+        if f is None:
+            return  # print() writes nothing when there is no sys.stdout
+        with self._own_lock:
+            f.write(line)
+            f.flush()
 
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at `level` would be written (True for a wrapper that cannot say)."""

@@ -196,6 +196,20 @@ class ParsedMessage:
         value = self.headers.get(name)
         return "" if value is None else str(value)
 
+    def body_fields(self) -> BodyFields | None:
+        """The body fields made so far (the walk and what is derived from it alone), for a message
+        with the same body_key to adopt; None while the body has not been walked."""
+        if self._body is None:
+            return None
+        return (self._body, self._folded_visible, self._hrefs, self._hosts)
+
+    def adopt_body_fields(self, fields: BodyFields) -> None:
+        """Take the body fields of a message with the same body_key instead of walking this body (a
+        campaign's messages share one: the shell keeps the last few). Fields made already stay."""
+        for name, value in zip(("_body", "_folded_visible", "_hrefs", "_hosts"), fields):
+            if value is not None and getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
     # The body is walked once, on first use, and cached: the relay parses every message but
     # a transactional message under a lenient profile may never need it.
     def _walked(self) -> _Body:
@@ -456,6 +470,20 @@ def _unpickled(
     )
 
 
+# ParsedMessage.body_fields: the walked body, folded_visible, hrefs_lower, link_hosts (None: not made yet).
+BodyFields = tuple[_Body, "str | None", "str | None", "tuple[str, ...] | None"]
+BodyKey = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
+
+
+def body_key(raw: bytes) -> BodyKey:
+    """Everything a message's body fields (text and HTML parts, visible and hidden text, links,
+    attachments, EICAR; their folded forms) are made of: the archive budget of its size, its top
+    header block's MIME fields as part_head reads them, and the bytes after the header block. Two
+    messages with the same key have the same body fields, whatever their other headers say."""
+    block_end, body_start = mime.split_head(raw)
+    return (archive_budget(len(raw)), tuple(mime.mime_fields(raw, 0, block_end)), raw[body_start:])
+
+
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse headers now and the body lazily. Never raises, whatever the bytes."""
     if not isinstance(raw, bytes):
@@ -689,9 +717,12 @@ def iter_urls(text: str) -> Iterator[str]:
 
 __all__ = [
     "Attachment",
+    "BodyFields",
+    "BodyKey",
     "DANGEROUS_KINDS",
     "Link",
     "ParsedMessage",
+    "body_key",
     "fold",
     "iter_urls",
     "parse_message",

@@ -26,6 +26,7 @@ from policies.message import (
     MAX_ARCHIVE_DEPTH,
     ParsedMessage,
     archive_budget,
+    body_key,
     fold,
     parse_message,
 )
@@ -401,3 +402,69 @@ def test_garbage_never_raises(raw: bytes) -> None:
     assert isinstance(message.attachments, tuple)
     assert isinstance(message.folded_text, str)
     assert isinstance(message.words, frozenset)
+
+
+# --- body_key: what a body's fields are made of --------------------------------------------------
+
+
+def _body_view(m: ParsedMessage) -> tuple[object, ...]:
+    return (
+        m.text_parts, m.html_parts, m.text, m.hidden_text, m.links, m.attachments, m.has_eicar,
+        m.folded_visible, m.hrefs_lower, m.link_hosts,
+    )
+
+
+def _corpus_messages() -> list[bytes]:
+    return [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))] + [
+        mail(), mail(html=None), mail(attachments=(("a.zip", "application/zip", zipped({"x.exe": b"MZ" + bytes(64)})),)),
+        single("text/plain; charset=iso-8859-1", b"caf\xe9 " + EICAR),
+    ]
+
+
+_OTHER_FIELDS = st.lists(
+    st.sampled_from([
+        b"Subject: another subject\r\n", b"To: bob@example.nl\r\n", b"X-Relay-Stream: orders\r\n",
+        b"Message-ID: <1@shop.example>\r\n", b"Received: from a\r\n\tby b\r\n", b"X-Content-Type: text/x\r\n",
+    ]),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_corpus_messages()), _OTHER_FIELDS)
+def test_messages_with_one_body_key_have_the_same_body_fields(raw: bytes, fields: list[bytes]) -> None:
+    """Fields other than the MIME ones, put before the header block's others, leave the key alone
+    (below the archive budget's floor the size does not count): and a message that adopts the body
+    fields of another with its key reads exactly what its own walk gives."""
+    other = b"".join(fields) + raw
+    first = parse_message(raw)
+    _body_view(first)
+    fresh = parse_message(other)
+    if body_key(other) != body_key(raw):
+        assert archive_budget(len(other)) != archive_budget(len(raw))
+        return
+    adopting = parse_message(other)
+    adopting.adopt_body_fields(first.body_fields())  # type: ignore[arg-type]
+    assert adopting._body is first._body  # the walk was not made again
+    assert _body_view(adopting) == _body_view(fresh)
+
+
+def test_the_body_key_follows_the_body_the_mime_fields_and_the_size_budget() -> None:
+    raw = single("text/plain; charset=utf-8", "Beste klant, de collectie is binnen.".encode())
+    assert body_key(raw) == body_key(raw.replace(b"Subject: t", b"Subject: other"))
+    assert body_key(raw) != body_key(raw.replace(b"klant", b"lezer"))
+    assert body_key(raw) != body_key(raw.replace(b"charset=utf-8", b"charset=iso-8859-1"))
+    assert body_key(raw) != body_key(raw.replace(b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n"))
+    assert body_key(raw) != body_key(raw.replace(b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Disposition: attachment\r\n"))
+    big = single("text/plain", b"x" * (MAX_ARCHIVE_BYTES // 4))
+    padded = b"X-Pad: " + b"p" * 100_000 + b"\r\n" + big
+    assert archive_budget(len(big)) != archive_budget(len(padded)) and body_key(big) != body_key(padded)
+
+
+def test_adopted_body_fields_leave_fields_made_already() -> None:
+    first, second = parse_message(mail()), parse_message(mail(subject="Anders"))
+    assert first.body_fields() is None  # nothing walked yet: nothing to lend
+    _body_view(first)
+    own = second.folded_visible
+    second.adopt_body_fields(first.body_fields())  # type: ignore[arg-type]
+    assert second.folded_visible is own and second.text == first.text

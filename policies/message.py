@@ -5,9 +5,12 @@ Nothing here raises on garbage: broken MIME, charsets, base64 or archives degrad
 
 from __future__ import annotations
 
+import binascii
+import email.base64mime
 import email.header
 import email.parser
 import email.policy
+import email.quoprimime
 import functools
 import io
 import operator
@@ -388,12 +391,35 @@ def split_words(folded: str) -> frozenset[str]:
 _MSG_ID = re.compile(r"<[^<>\s]*>")
 
 
+# The whole value one RFC 2047 encoded word in UTF-8 (what most encoded subjects are), its text
+# printable ASCII without "?" or space: decode_header finds just this word in it.
+_ONE_UTF8_WORD = re.compile(r"=\?utf-8\?([qb])\?([!->@-~]*)\?=", re.I | re.A)
+
+
 def _decoded(value: object) -> str:
     if value is None:
         return ""
     text = str(value)
     if "=?" not in text:  # no encoded word: decode_header and make_header give the text back
         return text
+    word = _ONE_UTF8_WORD.fullmatch(text)
+    if word is not None:
+        # What decode_header and make_header do with one word, without their general machinery:
+        # the same decoding calls, then the bytes as UTF-8, strictly (on any error they fail too,
+        # and the general path below keeps the raw text).
+        encoded = word.group(2)
+        try:
+            if word.group(1) in "qQ":
+                data = email.quoprimime.header_decode(encoded).encode("raw-unicode-escape")
+            else:
+                data = email.base64mime.decode(encoded + "==="[: (4 - len(encoded) % 4) % 4])
+            return data.decode("utf-8")
+        except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+            pass
+    return _decoded_by_email_header(text, value)
+
+
+def _decoded_by_email_header(text: str, value: object) -> str:
     try:
         parts = email.header.decode_header(text)
         return str(email.header.make_header(parts))

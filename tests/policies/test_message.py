@@ -468,3 +468,30 @@ def test_adopted_body_fields_leave_fields_made_already() -> None:
     own = second.folded_visible
     second.adopt_body_fields(first.body_fields())  # type: ignore[arg-type]
     assert second.folded_visible is own and second.text == first.text
+
+
+# --- one encoded word: _decoded's short way against decode_header and make_header ----------------
+
+_WORD_TEXT = st.lists(
+    st.sampled_from(list("Aaz09_=-.:!%@~") + ["=E2", "=80", "=93", "=C3", "=A9", "=FF", "=2", "=3D", "?", " ", "\x0c"]), max_size=12
+).map("".join)
+_B64_TEXT = st.lists(st.sampled_from(list("SGFsbG8gd8O2cmxk+/=") + ["w6k", "4oCT", "==", "?", " "]), max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["utf-8", "UTF-8", "Utf-8", "utf8", "iso-8859-1"]), st.sampled_from("qQbB"),
+    st.one_of(_WORD_TEXT, _B64_TEXT), st.sampled_from(["", " ", "Re: ", " x"]), st.sampled_from(["", " ", "!"]),
+)
+def test_one_encoded_word_decodes_as_decode_header_and_make_header_decode_it(
+    charset: str, encoding: str, text: str, before: str, after: str
+) -> None:
+    value = f"{before}=?{charset}?{encoding}?{text}?={after}"
+    assert parsed_module._decoded(value) == parsed_module._decoded_by_email_header(value, value)
+
+
+def test_encoded_subjects_of_the_corpus_decode_as_before() -> None:
+    subjects = [parse_message(p.read_bytes()).header("Subject") for p in sorted(CORPUS.glob("*.eml"))]
+    subjects += ["=?utf-8?Q?Nieuw_binnen:_de_wintercollectie_=E2=80=93_tot_30=25_korting?=", "=?UTF-8?B?SGFsbG8gd8O2cmxk?="]
+    for value in subjects:
+        assert parsed_module._decoded(value) == parsed_module._decoded_by_email_header(value, value)

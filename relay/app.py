@@ -54,6 +54,7 @@ def listener_tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 _READINESS_PROBE_SECONDS = 3.0
+_START_SLOW_SECONDS = 5.0
 
 
 class Relay:
@@ -98,6 +99,7 @@ class Relay:
         self.tls_port = 0
         self.admin_port = 0
         self.public_port = 0
+        self._step = "listeners"  # the start-up step under way, for relay_start_slow
 
     # --- start ----------------------------------------------------------------------------
 
@@ -130,15 +132,35 @@ class Relay:
         self._servers, self._runners, self._tasks = [], [], []
 
     async def _start(self) -> None:
+        watch = asyncio.create_task(self._watch_start(), name="start-watch")
+        try:
+            await self._start_steps()
+        finally:
+            watch.cancel()
+
+    async def _watch_start(self) -> None:
+        """A start-up that takes long says which step it is waiting on, every few seconds."""
+        began = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(_START_SLOW_SECONDS)
+            waited = round(asyncio.get_running_loop().time() - began, 1)
+            self.log.warning("relay_start_slow", step=self._step, waited=waited, pid=os.getpid())
+
+    async def _start_steps(self) -> None:
         if self.listeners is None:
             self.listeners = bind_listeners(self.config, http=self.http)
         listeners = self.listeners
+        self._step = "store"
         await self.services.store.open()
+        self._step = "delivery_ids"
         await self.pipeline.delivery_ids.refill()
         if self.helper is not None:
+            self._step = "helper"
             await self.helper.start()
         self.recorder.start()
+        self._step = "upstream_probe"
         await self._check_upstream()
+        self._step = "listeners"
         tls = listener_tls_context(self.config)
         smtp = self.config.smtp
         for sock in listeners.of("smtp"):
@@ -167,7 +189,9 @@ class Relay:
             for feature in self.features:
                 for coro in feature.background_tasks():
                     self._tasks.append(asyncio.create_task(coro, name=feature.name))
+        self._step = "gauges"
         await self._refresh_gauges()
+        self._step = "started"
         self.log.info(
             "relay_started", smtp=self.smtp_port, tls=self.tls_port, admin=self.admin_port, public=self.public_port,
             profile=self.config.policy.profile, mode=self.config.policy.mode, pid=os.getpid(),

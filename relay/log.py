@@ -12,7 +12,6 @@ from typing import Any, Iterable
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog._config import _CONFIG
-from structlog._output import stdout as _PRINT_STDOUT
 from structlog.processors import _json_fallback_handler
 
 _PLAIN = False
@@ -35,7 +34,9 @@ def configure_logging(level: str = "info", log_recipients: str = "hashed", strea
     ]
     min_level = getattr(logging, level.upper(), logging.INFO)
     wrapper = structlog.make_filtering_bound_logger(min_level)
-    factory = structlog.PrintLoggerFactory(stream or sys.stderr)
+    # One write per line (print() writes the text and its newline apart): the workers of `workers = N`
+    # share one stderr, and two lines written at once must not interleave.
+    factory = structlog.WriteLoggerFactory(stream or sys.stderr)
     structlog.configure(
         processors=processors, wrapper_class=wrapper, logger_factory=factory, cache_logger_on_first_use=False
     )
@@ -103,12 +104,12 @@ def get_logger(name: str = "consent_relay") -> Any:
 
 class _Logger:
     """structlog's own proxy (`structlog.get_logger`) assembles a new bound logger, and a new
-    PrintLogger, on every call when loggers are not cached; caching them would keep a logger built
+    WriteLogger, on every call when loggers are not cached; caching them would keep a logger built
     under an earlier configuration (tests configure again, capture_logs swaps the processors). This
     one keeps the logger it built while structlog's configuration is the same objects, and builds
     another when it changes: a line costs its rendering, not the assembly."""
 
-    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context", "_own_out", "_own_file", "_own_lock")
+    __slots__ = ("_proxy", "_bound", "_wrapper", "_factory", "_processors", "_context", "_own_out")
 
     def __init__(self, name: str) -> None:
         self._proxy = structlog.get_logger(name)
@@ -117,9 +118,7 @@ class _Logger:
         self._factory: Any = None
         self._processors: Any = None
         self._context: Any = None
-        self._own_out: Any = None  # the PrintLogger to write to while the configuration is configure_logging's
-        self._own_file: Any = None  # its file (None: sys.stdout when written) and lock, for _write
-        self._own_lock: Any = None
+        self._own_out: Any = None  # the WriteLogger to write to while the configuration is configure_logging's
 
     def _current(self) -> Any:
         c = _CONFIG
@@ -133,12 +132,6 @@ class _Logger:
             self._processors, self._context = c.default_processors, c.default_context_class
             own = _OWN is not None and (c.default_processors, c.logger_factory, c.default_wrapper_class) == _OWN
             self._own_out = self._bound._logger if own and c.default_context_class is dict else None
-            out = self._own_out
-            if out is not None and not (isinstance(out, structlog.PrintLogger) and hasattr(out, "_file") and hasattr(out, "_lock")):
-                self._own_out = None  # a structlog whose PrintLogger keeps its file otherwise: its own way
-            elif out is not None:
-                self._own_file = None if out._file is _PRINT_STDOUT else out._file
-                self._own_lock = out._lock
         return self._bound
 
     def info(self, event: str, **fields: Any) -> None:
@@ -155,18 +148,7 @@ class _Logger:
         fields["event"] = event
         fields["level"] = "info"
         fields["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        self._write(_LINE.encode(fields) + "\n")
-
-    def _write(self, line: str) -> None:
-        """PrintLogger.msg's output (the line, its newline, a flush, under the file's lock) in one
-        write: its print() writes the newline on its own, a second write(2) per line when stderr is
-        unbuffered (PYTHONUNBUFFERED, as container images and this machine's benches set it)."""
-        f = self._own_file if self._own_file is not None else sys.stdout  # print(file=None)'s stream
-        if f is None:
-            return  # print() writes nothing when there is no sys.stdout
-        with self._own_lock:
-            f.write(line)
-            f.flush()
+        out.msg(_LINE.encode(fields))
 
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at `level` would be written (True for a wrapper that cannot say)."""

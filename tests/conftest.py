@@ -671,7 +671,10 @@ class ServeProcess:
             found = self.events("relay_started")
             return found if len(found) >= started else None
 
-        return await until(ready, timeout=30, what=f"{started} relay_started line(s)")
+        try:
+            return await until(ready, timeout=30, what=f"{started} relay_started line(s)")
+        except AssertionError as exc:  # what it logged tells why it did not start
+            raise AssertionError(f"{exc}; it logged:\n{b''.join(self.raw).decode(errors='replace')}") from None
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from collections.abc import Iterator
 
@@ -109,46 +112,28 @@ def test_an_info_line_rendered_without_structlog_is_the_line_structlog_writes(bu
     assert len(buffer.getvalue().splitlines()) == 2
 
 
-class _CountingStream(io.StringIO):
-    """A stream that counts the write and flush calls reaching it (each one a write(2) on an
-    unbuffered stderr, as under PYTHONUNBUFFERED)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[str] = []
-        self.flushes = 0
-
-    def write(self, text: str) -> int:
-        self.writes.append(text)
-        return super().write(text)
-
-    def flush(self) -> None:
-        self.flushes += 1
-        super().flush()
+_WRITER = """
+import sys
+from relay.log import configure_logging, get_logger
+configure_logging("info")
+log = get_logger()
+for i in range(int(sys.argv[1])):
+    log.info("line", writer=sys.argv[2], n=i)
+    log.warning("other", writer=sys.argv[2], n=i)
+"""
 
 
-def test_an_info_line_is_one_write_then_a_flush(buffer: io.StringIO) -> None:
-    """structlog's PrintLogger prints the line and its newline as two writes; the line rendered
-    here goes out whole, then flushed, and reads back the same as the line structlog writes."""
-    stream = _CountingStream()
-    configure_logging("info", stream=stream)
-    log = get_logger()
-    log.info("decision", relay_id="18c2a3b4c5d6e7f8a9b", count=1)
-    assert len(stream.writes) == 1 and stream.writes[0].endswith("}\n") and stream.flushes == 1
-    log._current().info("decision", relay_id="18c2a3b4c5d6e7f8a9b", count=1)  # structlog's own chain
-    assert len(stream.writes) == 3 and stream.writes[2] == "\n"  # print(): the line, then its newline
-    ours, theirs = stream.getvalue().splitlines()
-    assert ours.split(', "timestamp"')[0] == theirs.split(', "timestamp"')[0]
-
-
-def test_an_info_line_to_stdout_follows_sys_stdout(buffer: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A PrintLogger made for stdout prints to sys.stdout as it is when the line is written (print
-    with file=None): so does the line rendered here."""
-    configure_logging("info", stream=structlog._output.stdout)
-    log = get_logger()
-    later = io.StringIO()
-    monkeypatch.setattr("sys.stdout", later)
-    log.info("decision", count=2)
-    assert json.loads(later.getvalue())["count"] == 2
-    monkeypatch.setattr("sys.stdout", None)
-    log.info("decision", count=3)  # no stdout: nothing written, as print() writes nothing
+def test_processes_logging_to_one_pipe_never_share_a_line() -> None:
+    """Workers of `[smtp] workers = N` write to one inherited stderr. Each JSON line must reach it in one
+    write: a line written as its text and then its newline (print's two writes) was split by another
+    process's line, and the reader (a log shipper, the tests' ServeProcess) lost both."""
+    rfd, wfd = os.pipe()
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, "3000", str(w)], stderr=wfd) for w in range(4)]
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        data = pipe.read()
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    lines = data.decode().splitlines()
+    broken = [line for line in lines if not (line.startswith("{") and line.endswith("}"))]
+    assert not broken, broken[:3]
+    assert len([json.loads(line) for line in lines]) == 4 * 3000 * 2

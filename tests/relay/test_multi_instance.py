@@ -289,7 +289,7 @@ async def test_two_workers_on_one_port_deliver_and_stop_cleanly(
         assert await relay.stop() == 0
     finally:
         await relay.ensure_stopped()
-    assert len(relay.events("relay_stopped")) == 2
+    assert len(relay.events("relay_stopped")) == 2, b"".join(relay.raw).decode(errors="replace")
     if kind == "sqlite":
         assert (tmp_path / "var" / "relay.db").exists()
 

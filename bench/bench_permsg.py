@@ -8,7 +8,9 @@ checkout's own code (its .venv, its relay/) in a child process per round, the ch
 and prints the child's CPU time (user+system) per message after a warm-up, the median of the rounds
 and the ratio of each checkout against the first. The marketing stream with consent, 1 recipient
 (`--rcpts`), bench/message.eml, no DKIM key (`--dkim`: an RSA-2048 key for the From domain, as the
-throughput bench's relay-dkim target has).
+throughput bench's relay-dkim target has). `--personal`: every message's body differs (a line of its
+own after the body, as a personalised campaign's would), so no message finds its body already walked
+(relay/engine/body_walks.py).
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def _child(args: argparse.Namespace) -> None:
         server = _Server()
         loop = asyncio.get_running_loop()
 
+        sent = 0
+
         async def one() -> None:
+            nonlocal sent
+            sent += 1
             session = Session(loop)
             session.peer = ("127.0.0.1", 40000)
             envelope = Envelope()
@@ -89,7 +95,7 @@ def _child(args: argparse.Namespace) -> None:
             for r in rcpts:
                 reply = await handler.handle_RCPT(server, session, envelope, r, [])  # type: ignore[arg-type]
                 assert reply.startswith("250"), reply
-            envelope.original_content = content
+            envelope.original_content = content + b"ref %d\r\n" % sent if args.personal else content
             reply = await handler.handle_DATA(server, session, envelope)  # type: ignore[arg-type]
             assert reply.startswith("250"), reply
 
@@ -141,7 +147,7 @@ def _child_argv(args: argparse.Namespace, checkout: Path, messages: int) -> list
     return [
         str(checkout / ".venv" / "bin" / "python"), str(HERE), "--child", "--messages", str(messages),
         "--warmup", str(args.warmup), "--rcpts", str(args.rcpts), "--concurrency", str(args.concurrency),
-        *(["--dkim"] if args.dkim else []),
+        *(["--dkim"] if args.dkim else []), *(["--personal"] if args.personal else []),
     ]
 
 
@@ -184,6 +190,7 @@ def main() -> int:
     parser.add_argument("--rcpts", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--dkim", action="store_true", help="an RSA-2048 DKIM signature on every copy")
+    parser.add_argument("--personal", action="store_true", help="a body of its own for every message (no body walked twice)")
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind instead of CPU time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help="with --child: cProfile stats of the measured messages to this file")

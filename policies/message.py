@@ -5,9 +5,12 @@ Nothing here raises on garbage: broken MIME, charsets, base64 or archives degrad
 
 from __future__ import annotations
 
+import binascii
+import email.base64mime
 import email.header
 import email.parser
 import email.policy
+import email.quoprimime
 import functools
 import io
 import operator
@@ -196,6 +199,20 @@ class ParsedMessage:
         value = self.headers.get(name)
         return "" if value is None else str(value)
 
+    def body_fields(self) -> BodyFields | None:
+        """The body fields made so far (the walk and what is derived from it alone), for a message
+        with the same body_key to adopt; None while the body has not been walked."""
+        if self._body is None:
+            return None
+        return (self._body, self._folded_visible, self._hrefs, self._hosts)
+
+    def adopt_body_fields(self, fields: BodyFields) -> None:
+        """Take the body fields of a message with the same body_key instead of walking this body (a
+        campaign's messages share one: the shell keeps the last few). Fields made already stay."""
+        for name, value in zip(("_body", "_folded_visible", "_hrefs", "_hosts"), fields):
+            if value is not None and getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
     # The body is walked once, on first use, and cached: the relay parses every message but
     # a transactional message under a lenient profile may never need it.
     def _walked(self) -> _Body:
@@ -374,12 +391,35 @@ def split_words(folded: str) -> frozenset[str]:
 _MSG_ID = re.compile(r"<[^<>\s]*>")
 
 
+# The whole value one RFC 2047 encoded word in UTF-8 (what most encoded subjects are), its text
+# printable ASCII without "?" or space: decode_header finds just this word in it.
+_ONE_UTF8_WORD = re.compile(r"=\?utf-8\?([qb])\?([!->@-~]*)\?=", re.I | re.A)
+
+
 def _decoded(value: object) -> str:
     if value is None:
         return ""
     text = str(value)
     if "=?" not in text:  # no encoded word: decode_header and make_header give the text back
         return text
+    word = _ONE_UTF8_WORD.fullmatch(text)
+    if word is not None:
+        # What decode_header and make_header do with one word, without their general machinery:
+        # the same decoding calls, then the bytes as UTF-8, strictly (on any error they fail too,
+        # and the general path below keeps the raw text).
+        encoded = word.group(2)
+        try:
+            if word.group(1) in "qQ":
+                data = email.quoprimime.header_decode(encoded).encode("raw-unicode-escape")
+            else:
+                data = email.base64mime.decode(encoded + "==="[: (4 - len(encoded) % 4) % 4])
+            return data.decode("utf-8")
+        except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+            pass
+    return _decoded_by_email_header(text, value)
+
+
+def _decoded_by_email_header(text: str, value: object) -> str:
     try:
         parts = email.header.decode_header(text)
         return str(email.header.make_header(parts))
@@ -454,6 +494,20 @@ def _unpickled(
         headers=headers, from_addresses=from_addresses, from_name=from_name, subject=subject, raw=raw,
         reply_to=reply_to, in_reply_to=in_reply_to, references=references, body_offset=body_offset,
     )
+
+
+# ParsedMessage.body_fields: the walked body, folded_visible, hrefs_lower, link_hosts (None: not made yet).
+BodyFields = tuple[_Body, "str | None", "str | None", "tuple[str, ...] | None"]
+BodyKey = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
+
+
+def body_key(raw: bytes) -> BodyKey:
+    """Everything a message's body fields (text and HTML parts, visible and hidden text, links,
+    attachments, EICAR; their folded forms) are made of: the archive budget of its size, its top
+    header block's MIME fields as part_head reads them, and the bytes after the header block. Two
+    messages with the same key have the same body fields, whatever their other headers say."""
+    block_end, body_start = mime.split_head(raw)
+    return (archive_budget(len(raw)), tuple(mime.mime_fields(raw, 0, block_end)), raw[body_start:])
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -689,9 +743,12 @@ def iter_urls(text: str) -> Iterator[str]:
 
 __all__ = [
     "Attachment",
+    "BodyFields",
+    "BodyKey",
     "DANGEROUS_KINDS",
     "Link",
     "ParsedMessage",
+    "body_key",
     "fold",
     "iter_urls",
     "parse_message",

@@ -37,6 +37,7 @@ __all__ = [
     "decode_with",
     "eol_of",
     "field_value",
+    "mime_fields",
     "param",
     "parse_params",
     "part_head",
@@ -242,6 +243,12 @@ _NO_HEAD = PartHead("", {}, "", "", {})
 # the name is a field's first line (continuation lines start with a space or tab), and the value runs
 # over the continuation lines. The rules read every part's head, so this is the hot path.
 _MIME_FIELD = re.compile(rb"^content-(type|transfer-encoding|disposition)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I | re.M)
+
+
+def mime_fields(buf: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
+    """The MIME fields of the header block buf[start:end] as part_head reads them (name suffix and
+    raw value, in order): all part_head takes from a header block."""
+    return _MIME_FIELD.findall(buf, start, end)
 
 
 def part_head(buf: bytes, start: int, end: int) -> PartHead:

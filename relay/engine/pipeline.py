@@ -16,6 +16,7 @@ from relay import replies
 from relay.config import AccountConfig, StreamConfig
 from relay.delivery.carrier import Copy, DeliveryReport, deliver
 from relay.delivery.upstream import Upstream
+from relay.engine.body_walks import BodyWalks
 from relay.engine.decisions import DecisionRecorder
 from relay.engine.helper import Helper, HelperTimeout, HelperUnavailable, Offload
 from relay.engine.retry_memory import RetryMemory
@@ -76,6 +77,7 @@ class Pipeline:
         self._address_features = tuple(f for f in self.features if _overrides(f, "own_address"))
         self._facts_features = tuple(f for f in self.features if _overrides(f, "message_facts"))
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
+        self.body_walks = BodyWalks()  # a campaign's body walked once for the content rules
         self._account_facts: dict[tuple[str, str, str, frozenset[str]], tuple[AccountConfig, AccountFacts]] = {}
 
     new_relay_id = staticmethod(new_relay_id)
@@ -225,6 +227,7 @@ class Pipeline:
             message = await asyncio.to_thread(parse_message, raw)
         else:
             message = parse_message(raw)
+        walk_key = self.body_walks.lend(raw, message)
         requested = message.header(STREAM_HEADER).strip() or None
         if txn.null_sender:
             # A bounce is transactional whatever a header in it says (it may quote the original's).
@@ -279,6 +282,7 @@ class Pipeline:
             metrics.messages.labels(account.id, label, "tempfailed").inc()
             return replies.POLICY_TIMEOUT
         metrics.policy_seconds.observe(time.perf_counter() - started)
+        self.body_walks.keep(walk_key, message)
         for finding in verdict.findings:
             self.count_rule(finding)
         findings = list(verdict.findings)  # RCPT-time refusals were recorded when they happened

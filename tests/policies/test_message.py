@@ -26,6 +26,7 @@ from policies.message import (
     MAX_ARCHIVE_DEPTH,
     ParsedMessage,
     archive_budget,
+    body_key,
     fold,
     parse_message,
 )
@@ -401,3 +402,96 @@ def test_garbage_never_raises(raw: bytes) -> None:
     assert isinstance(message.attachments, tuple)
     assert isinstance(message.folded_text, str)
     assert isinstance(message.words, frozenset)
+
+
+# --- body_key: what a body's fields are made of --------------------------------------------------
+
+
+def _body_view(m: ParsedMessage) -> tuple[object, ...]:
+    return (
+        m.text_parts, m.html_parts, m.text, m.hidden_text, m.links, m.attachments, m.has_eicar,
+        m.folded_visible, m.hrefs_lower, m.link_hosts,
+    )
+
+
+def _corpus_messages() -> list[bytes]:
+    return [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))] + [
+        mail(), mail(html=None), mail(attachments=(("a.zip", "application/zip", zipped({"x.exe": b"MZ" + bytes(64)})),)),
+        single("text/plain; charset=iso-8859-1", b"caf\xe9 " + EICAR),
+    ]
+
+
+_OTHER_FIELDS = st.lists(
+    st.sampled_from([
+        b"Subject: another subject\r\n", b"To: bob@example.nl\r\n", b"X-Relay-Stream: orders\r\n",
+        b"Message-ID: <1@shop.example>\r\n", b"Received: from a\r\n\tby b\r\n", b"X-Content-Type: text/x\r\n",
+    ]),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_corpus_messages()), _OTHER_FIELDS)
+def test_messages_with_one_body_key_have_the_same_body_fields(raw: bytes, fields: list[bytes]) -> None:
+    """Fields other than the MIME ones, put before the header block's others, leave the key alone
+    (below the archive budget's floor the size does not count): and a message that adopts the body
+    fields of another with its key reads exactly what its own walk gives."""
+    other = b"".join(fields) + raw
+    first = parse_message(raw)
+    _body_view(first)
+    fresh = parse_message(other)
+    if body_key(other) != body_key(raw):
+        assert archive_budget(len(other)) != archive_budget(len(raw))
+        return
+    adopting = parse_message(other)
+    adopting.adopt_body_fields(first.body_fields())  # type: ignore[arg-type]
+    assert adopting._body is first._body  # the walk was not made again
+    assert _body_view(adopting) == _body_view(fresh)
+
+
+def test_the_body_key_follows_the_body_the_mime_fields_and_the_size_budget() -> None:
+    raw = single("text/plain; charset=utf-8", "Beste klant, de collectie is binnen.".encode())
+    assert body_key(raw) == body_key(raw.replace(b"Subject: t", b"Subject: other"))
+    assert body_key(raw) != body_key(raw.replace(b"klant", b"lezer"))
+    assert body_key(raw) != body_key(raw.replace(b"charset=utf-8", b"charset=iso-8859-1"))
+    assert body_key(raw) != body_key(raw.replace(b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n"))
+    assert body_key(raw) != body_key(raw.replace(b"MIME-Version: 1.0\r\n", b"MIME-Version: 1.0\r\nContent-Disposition: attachment\r\n"))
+    big = single("text/plain", b"x" * (MAX_ARCHIVE_BYTES // 4))
+    padded = b"X-Pad: " + b"p" * 100_000 + b"\r\n" + big
+    assert archive_budget(len(big)) != archive_budget(len(padded)) and body_key(big) != body_key(padded)
+
+
+def test_adopted_body_fields_leave_fields_made_already() -> None:
+    first, second = parse_message(mail()), parse_message(mail(subject="Anders"))
+    assert first.body_fields() is None  # nothing walked yet: nothing to lend
+    _body_view(first)
+    own = second.folded_visible
+    second.adopt_body_fields(first.body_fields())  # type: ignore[arg-type]
+    assert second.folded_visible is own and second.text == first.text
+
+
+# --- one encoded word: _decoded's short way against decode_header and make_header ----------------
+
+_WORD_TEXT = st.lists(
+    st.sampled_from(list("Aaz09_=-.:!%@~") + ["=E2", "=80", "=93", "=C3", "=A9", "=FF", "=2", "=3D", "?", " ", "\x0c"]), max_size=12
+).map("".join)
+_B64_TEXT = st.lists(st.sampled_from(list("SGFsbG8gd8O2cmxk+/=") + ["w6k", "4oCT", "==", "?", " "]), max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["utf-8", "UTF-8", "Utf-8", "utf8", "iso-8859-1"]), st.sampled_from("qQbB"),
+    st.one_of(_WORD_TEXT, _B64_TEXT), st.sampled_from(["", " ", "Re: ", " x"]), st.sampled_from(["", " ", "!"]),
+)
+def test_one_encoded_word_decodes_as_decode_header_and_make_header_decode_it(
+    charset: str, encoding: str, text: str, before: str, after: str
+) -> None:
+    value = f"{before}=?{charset}?{encoding}?{text}?={after}"
+    assert parsed_module._decoded(value) == parsed_module._decoded_by_email_header(value, value)
+
+
+def test_encoded_subjects_of_the_corpus_decode_as_before() -> None:
+    subjects = [parse_message(p.read_bytes()).header("Subject") for p in sorted(CORPUS.glob("*.eml"))]
+    subjects += ["=?utf-8?Q?Nieuw_binnen:_de_wintercollectie_=E2=80=93_tot_30=25_korting?=", "=?UTF-8?B?SGFsbG8gd8O2cmxk?="]
+    for value in subjects:
+        assert parsed_module._decoded(value) == parsed_module._decoded_by_email_header(value, value)

@@ -118,7 +118,14 @@ class Supervisor:
                 if proc.returncode is None:
                     self.log.error("worker_killed", pid=proc.pid, after=patience)
                     proc.kill()
-            codes = [c for c in await asyncio.gather(*slots, return_exceptions=True) if isinstance(c, int)]
+            codes = []
+            for index, outcome in enumerate(await asyncio.gather(*slots, return_exceptions=True)):
+                if isinstance(outcome, BaseException):
+                    # A bug of ours in keeping that worker: say so, and do not call the stop clean.
+                    self.log.error("worker_slot_failed", worker=index, error=repr(outcome))
+                    codes.append(1)
+                else:
+                    codes.append(outcome)
         finally:
             for task in slots:
                 task.cancel()

@@ -6,8 +6,8 @@ once the upstream answers again it sends every queued copy without waiting out i
 (issue 20: a drain at the upstream's rate, not at the back-off's).
 
 No copy is sent twice by two holders: a copy is claimed under a short lease, renewed by a
-heartbeat while its holder works, confirmed in the store (fenced) before DATA and checked against
-its deadline just before the message goes out. Claims are small batches that fit in one lease. A
+heartbeat while its holder works, fenced by its claim (marked as begun, committed before the send)
+and checked against its deadline just before the message goes out. Claims are small batches that fit in one lease. A
 send whose outcome is unknown (sent, then no answer) is logged and counted as uncertain, so a later
 delivery of it reads "maybe twice", never a silent duplicate.
 
@@ -61,53 +61,36 @@ def batch_size(lease_seconds: float, upstream_timeout: float, lanes: int = 1, pa
 
 
 class _CopyFence:
-    """One copy's proof of ownership, handed to Upstream.send (relay.delivery.upstream.Fence). The
-    claim that fenced it was committed before the send began (`fenced_until`, its lease deadline), so
-    the confirmation before DATA costs no store write; without it the copy is fenced on its own."""
+    """One copy's proof of ownership, handed to Upstream.send (relay.delivery.upstream.Fence). Its
+    claim was its fence (the claim's write marked its send begun, committed before the send), so it
+    is confirmed from the start: only its lease's deadline is checked before the message goes out."""
 
-    def __init__(self, worker: OutboxWorker, item: OutboxItem, fenced_until: float = 0.0) -> None:
+    confirmed = True
+
+    def __init__(self, worker: OutboxWorker, item: OutboxItem, deadline: float) -> None:
         self.worker = worker
         self.item = item
-        self.deadline = fenced_until
-        self.confirmed = fenced_until > 0
+        self.deadline = deadline  # the claim's lease deadline
 
     async def confirm(self) -> None:
-        if self.confirmed:
-            return
-        try:
-            until = (await self.worker.settler.fence([self.item.id])).get(self.item.id, 0.0)
-        except StoreUnavailable as exc:
-            raise LeaseLost(f"cannot confirm the lease: {exc}") from exc
-        if not until:
-            raise LeaseLost("the lease passed to another process")
-        self.deadline = until
-        self.confirmed = True
+        """Nothing to write before DATA: the claim fenced the copy."""
 
     def check(self) -> None:
-        # The deadline of the last confirmation or renewal: past it another process may claim the copy.
+        # The claim's deadline or the heartbeat's last renewal: past it another process may claim the copy.
         deadline = max(self.deadline, self.worker.held.get(self.item.id, 0.0))
         if self.worker.clock.timestamp() >= deadline:
             raise LeaseLost("the lease ran out before the message was sent")
 
 
 class _Settler:
-    """The fences and deliveries that meet while a commit is under way go into the next one together:
-    one commit (one fsync on SQLite) for the copies of several lanes and claims. A caller goes on
-    only once its own write is committed; a delivery may be awaited later (`deliver`), so that its
-    lane sends its next copy meanwhile."""
+    """The deliveries that meet while a commit is under way go into the next one together: one
+    commit (one fsync on SQLite) for the copies of several lanes and claims. A delivery is awaited
+    later (`deliver`), so that its lane sends its next copy meanwhile."""
 
     def __init__(self, worker: OutboxWorker) -> None:
         self.worker = worker
         self._delivered: list[tuple[int, asyncio.Future[float]]] = []
-        self._fences: list[tuple[Sequence[int], asyncio.Future[dict[int, float]]]] = []
         self._flushing: asyncio.Task[None] | None = None
-
-    async def fence(self, item_ids: Sequence[int]) -> dict[int, float]:
-        """The new lease deadline of each copy still ours, its send marked begun (the others: gone)."""
-        done: asyncio.Future[dict[int, float]] = asyncio.get_running_loop().create_future()
-        self._fences.append((item_ids, done))
-        self._start()
-        return await done
 
     def deliver(self, item_id: int) -> asyncio.Future[float]:
         """The copy's delivery, to be committed with the next write: resolved once it is."""
@@ -122,33 +105,24 @@ class _Settler:
 
     async def _flush(self) -> None:
         w = self.worker
-        while self._delivered or self._fences:
+        while self._delivered:
             delivered, self._delivered = self._delivered, []
-            fences, self._fences = self._fences, []
             now = w.clock.timestamp()
-            until = now + w.config.lease_seconds
             try:
-                held = await w.store.settle(
-                    w.owner, delivered=[i for i, _ in delivered], fence=[i for ids, _ in fences for i in ids], now=now,
-                    lease_until=until,
+                await w.store.settle(
+                    w.owner, delivered=[i for i, _ in delivered], fence=[], now=now, lease_until=now + w.config.lease_seconds
                 )
             except BaseException as exc:
                 failure = exc if isinstance(exc, Exception) else StoreUnavailable("outbox write cancelled")
                 for _, done in delivered:
                     if not done.done():
                         done.set_exception(failure)
-                for _, fenced in fences:
-                    if not fenced.done():
-                        fenced.set_exception(failure)
                 if not isinstance(exc, Exception):
                     raise
                 continue
             for _, done in delivered:
                 if not done.done():
                     done.set_result(0.0)
-            for ids, fenced in fences:
-                if not fenced.done():
-                    fenced.set_result({i: until for i in ids if i in held})
 
 
 class OutboxBell:
@@ -285,12 +259,12 @@ class OutboxWorker:
             await self._count(now, force=self._uncounted)
             self._uncounted = False
             return 0
-        self.held = {item.id: now + self.config.lease_seconds for item in items}
+        # The claim was the fence of its copies (claimed `fenced`): each is ours until this deadline.
+        deadline = now + self.config.lease_seconds
+        self.held = dict.fromkeys((item.id for item in items), deadline)
         heartbeat = asyncio.create_task(self._heartbeat(), name="outbox-heartbeat")
         todo = list(reversed(items))
         unsent = {item.id for item in items}
-        # The claim was the fence of its copies (claimed `fenced`): each is ours until its lease deadline.
-        fenced = dict(self.held)
         started, deferrals = time.perf_counter(), self._deferrals
 
         async def lane() -> None:
@@ -303,7 +277,7 @@ class OutboxWorker:
                     unsent.discard(item.id)
                     if item.id not in self.held:
                         continue  # the heartbeat found it taken: its lease ran out while we waited
-                    delivered = await self._attempt(item, fenced[item.id])
+                    delivered = await self._attempt(item, deadline)
                     if delivered is not None:
                         pending.append((item, delivered, self.settler.deliver(item.id)))
                     self.held.pop(item.id, None)
@@ -406,10 +380,9 @@ class OutboxWorker:
         else:
             self.log.info("outbox_released", copies=len(item_ids))
 
-    async def _attempt(self, item: OutboxItem, fenced_until: float) -> UpstreamResult | None:
-        """One send of a copy whose claim was its fence (`fenced_until`: its lease deadline; 0: the
-        copy is fenced on its own before DATA). The result of a full delivery, for the caller to
-        commit with others; None otherwise."""
+    async def _attempt(self, item: OutboxItem, deadline: float) -> UpstreamResult | None:
+        """One send of a copy whose claim was its fence (`deadline`: the claim's lease deadline).
+        The result of a full delivery, for the caller to commit with others; None otherwise."""
         now = self.clock.timestamp()
         if item.interrupted_send:
             self.metrics.outbox_uncertain.inc()
@@ -417,16 +390,15 @@ class OutboxWorker:
                 "outbox_maybe_delivered", relay_id=item.relay_id, account=item.account,
                 recipients=recipient_labels(item.rcpt_tos), reason="its previous holder stopped during a send",
             )
-        fence = _CopyFence(self, item, fenced_until)
+        fence = _CopyFence(self, item, deadline)
         try:
             result = await self.upstream.send(item.mail_from, item.rcpt_tos, item.content, fence=fence)
         except LeaseLost as exc:
             self.metrics.outbox_attempts.labels("lease_lost").inc()
             self.metrics.outbox_lease_lost.inc()
             self.log.warning("outbox_not_sent", relay_id=item.relay_id, account=item.account, reason=str(exc))
-            if fence.confirmed:
-                # Ours until the deadline, not sent: give it back, marked as not in flight.
-                await self._later(item, str(exc), now, uncertain=False)
+            # Ours until the deadline, not sent: give it back, marked as not in flight.
+            await self._later(item, str(exc), now, uncertain=False)
             return
         except UpstreamUncertain as exc:
             self.metrics.outbox_attempts.labels("uncertain").inc()

@@ -73,12 +73,9 @@ class _Slot:
                 wire.append(line)
             object.__setattr__(self, "qp_wire", tuple(wire))
 
-    def render(self, url: str) -> bytes:
-        return b"".join(self.render_parts(url))
-
     def render_parts(self, url: str) -> list[bytes]:
-        """render(url) in pieces, joined: the part's fixed runs of lines are the same objects in every
-        copy (quoted-printable with qp_wire), else one piece."""
+        """The part's body for this URL, in pieces: the part's fixed runs of lines are the same objects
+        in every copy (quoted-printable with qp_wire), else one piece."""
         if self.qp_wire is not None:
             parts = self._encode_parts(url)
             if parts is not None:
@@ -96,12 +93,8 @@ class _Slot:
         return out
 
     def _encode(self, url: str) -> bytes:
-        value = html.escape(url, quote=True) if self.html else url
-        if self.qp_wire is not None:
-            parts = self._encode_parts(url)
-            if parts is not None:
-                return b"".join(parts)
-        return self._encode_whole(value)
+        """The whole part encoded again (render_parts has tried the quicker way, where it applies)."""
+        return self._encode_whole(html.escape(url, quote=True) if self.html else url)
 
     def _encode_parts(self, url: str) -> list[bytes] | None:
         """What _encode_whole gives, in pieces (qp_wire's runs as they are, the URL's lines encoded):

@@ -416,15 +416,16 @@ def _decoded(value: object) -> str:
             return data.decode("utf-8")
         except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
             pass
-    return _decoded_by_email_header(text, value)
+    return _decoded_by_email_header(text)
 
 
-def _decoded_by_email_header(text: str, value: object) -> str:
+def _decoded_by_email_header(text: str) -> str:
+    """decode_header + make_header, the general way (and the oracle of _decoded's short one)."""
     try:
         parts = email.header.decode_header(text)
         return str(email.header.make_header(parts))
     except Exception:  # malformed encoded-words or unknown charsets: keep the raw text
-        return str(value)
+        return text
 
 
 def _addresses(headers: Message, name: str) -> tuple[tuple[str, str], ...]:

@@ -21,6 +21,9 @@ class Copy:
     recipients: tuple[str, ...]
     content: bytes
     mail_from: str | None = None  # its own envelope sender (VERP, docs/SPEC.md §15); None: the transaction's
+    # smtp_client.wire_ready(content) and a CRLF at its end, known where the copy was made (its
+    # template's pieces checked once): dot-stuffing would change nothing, so the upstream does not look.
+    wire_ready: bool = False
 
 
 @dataclass
@@ -118,7 +121,7 @@ async def _carry(
     the copy joins `pending` when `keep` or when something was delivered already, else `report`
     says to tempfail."""
     try:
-        result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content)
+        result = await upstream.send(_sender(copy, mail_from), copy.recipients, copy.content, wire_ready=copy.wire_ready)
     except UpstreamUnavailable as exc:
         if keep or report.delivered:
             pending.append(copy)
@@ -138,7 +141,7 @@ async def _carry(
         report.refused[rcpt] = f"{code} {text}"
     later = result.temporarily_refused
     if later:
-        pending.append(Copy(later, copy.content, copy.mail_from))
+        pending.append(Copy(later, copy.content, copy.mail_from, copy.wire_ready))
     return True
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from policies import mime
+from relay.delivery.smtp_client import wire_ready
 
 __all__ = ["LIST_HEADERS", "CopyTemplate", "CopyTemplates", "Rendered", "personalize", "prepare", "strip_header"]
 
@@ -56,6 +57,8 @@ class _Slot:
     # qp_lines with the message's line ends, when no line without the URL holds a delimiter (else
     # _no_leading_dashes must see the whole part): a copy joins them as they are.
     qp_wire: tuple[bytes | tuple[bytes, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
+    # Every fixed run of qp_wire is smtp_client.wire_ready: a copy checks only the URL's lines.
+    qp_wire_ready: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.qp_lines is None or self.transfer_encoding != "quoted-printable":
@@ -72,15 +75,23 @@ class _Slot:
                         line = wire.pop() + line  # type: ignore[operator]
                 wire.append(line)
             object.__setattr__(self, "qp_wire", tuple(wire))
+            object.__setattr__(self, "qp_wire_ready", all(wire_ready(line) for line in wire if isinstance(line, bytes)))
 
-    def render_parts(self, url: str) -> list[bytes]:
+    def render_parts(self, url: str, *, wire: bool = False) -> tuple[list[bytes], bool]:
         """The part's body for this URL, in pieces: the part's fixed runs of lines are the same objects
-        in every copy (quoted-printable with qp_wire), else one piece."""
+        in every copy (quoted-printable with qp_wire), else one piece. With `wire`, also whether every
+        piece is smtp_client.wire_ready (False without)."""
         if self.qp_wire is not None:
-            parts = self._encode_parts(url)
-            if parts is not None:
-                return parts
-        return [self._render(url)]
+            encoded = self._encode_parts(url, wire and self.qp_wire_ready)
+            if encoded is not None:
+                return encoded
+        out = self._render(url)
+        if not wire:
+            return [out], False
+        if self.transfer_encoding == "base64":
+            # Base64 lines joined by the line end: nothing but the alphabet, '=' and CRLFs (or LFs).
+            return [out], self.eol == b"\r\n"
+        return [out], wire_ready(out)
 
     def _render(self, url: str) -> bytes:
         out = self._encode(url)
@@ -96,24 +107,27 @@ class _Slot:
         """The whole part encoded again (render_parts has tried the quicker way, where it applies)."""
         return self._encode_whole(html.escape(url, quote=True) if self.html else url)
 
-    def _encode_parts(self, url: str) -> list[bytes] | None:
+    def _encode_parts(self, url: str, wire: bool) -> tuple[list[bytes], bool] | None:
         """What _encode_whole gives, in pieces (qp_wire's runs as they are, the URL's lines encoded):
         a delimiter never spans lines, so only the URL's lines need a look. None when this way does
-        not apply (a URL with a line break, a URL's line that makes a delimiter)."""
+        not apply (a URL with a line break, a URL's line that makes a delimiter). With `wire` (the
+        fixed runs are wire_ready), whether the URL's lines are too; else False."""
         assert self.qp_wire is not None
         value = html.escape(url, quote=True) if self.html else url
         if "\r" in value or "\n" in value:
             return None
         url_bytes = value.encode(self.charset, "strict")
         out = []
+        ready = wire
         for line in self.qp_wire:
             if not isinstance(line, bytes):
                 line = binascii.b2a_qp(url_bytes.join(line), istext=True)
                 if any(delimiter in line for delimiter, _ in self.delimiters):
                     return None
                 line = line.replace(b"\n", self.eol)
+                ready = ready and wire_ready(line)  # a '.' of the URL may start a line (a soft break)
             out.append(line)
-        return out
+        return out, ready
 
     def _encode_whole(self, value: str) -> bytes:
         if self.pieces and isinstance(self.pieces[0], str):
@@ -167,6 +181,9 @@ class _Body:
     slots: tuple[_Slot, ...]
     blank: int  # length of the empty line that ends the header block
     first: bytes = b""  # segments[0] without that empty line: where the body proper starts
+    # Every segment is smtp_client.wire_ready: a copy checks only what it puts in (its list headers,
+    # its slots' pieces, of which _Slot.qp_wire_ready covers the fixed runs).
+    wire_ready: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +195,22 @@ class CopyTemplate:
     eol: bytes
     body: _Body
     fields: tuple[tuple[str, bytes], ...]  # the named fields of `head`: (lower-case name, bytes)
+    wire_ready: bool = False  # head and body's fixed pieces are smtp_client.wire_ready, in CRLF lines
 
     def render(self, *, headers: Sequence[tuple[str, str]], url: str) -> bytes:
         return self.render_split(headers=headers, url=url).message
 
     def render_split(self, *, headers: Sequence[tuple[str, str]], url: str) -> Rendered:
+        return self.render_wire(headers=headers, url=url)[0]
+
+    def render_wire(self, *, headers: Sequence[tuple[str, str]], url: str) -> tuple[Rendered, bool]:
+        """render_split's copy, and whether smtp_client.wire_ready holds of it and it ends with CRLF:
+        dot-stuffing would change nothing. False says only that its pieces could not tell (the sender
+        looks then)."""
         formatted = [_format_header(name, value, self.eol) for name, value in headers]
+        # wire_ready holds of a join when it holds of each piece: the fixed ones were checked once, a
+        # field _format_header writes in CRLF lines is unless its name starts with '.'.
+        ready = self.wire_ready and not any(name.startswith(".") for name, _ in headers)
         out = [self.head]
         if self.needs_eol and headers:
             out.append(self.eol)
@@ -193,16 +220,18 @@ class CopyTemplate:
         out.append(segments[0])
         parts = [body.first]
         for slot, after in zip(body.slots, segments[1:]):
-            parts.extend(slot.render_parts(url))
+            slot_parts, slot_ready = slot.render_parts(url, wire=ready)
+            ready = slot_ready
+            parts.extend(slot_parts)
             parts.append(after)
         out.extend(parts[1:])
         message = b"".join(out)
         if self.needs_eol:
-            return Rendered(message, None, 0, self.eol)
+            return Rendered(message, None, 0, self.eol), False
         fields = list(self.fields)
         fields.extend((name.lower(), line) for (name, _), line in zip(headers, formatted))
         body_start = len(self.head) + sum(map(len, formatted)) + body.blank
-        return Rendered(message, fields, body_start, self.eol, tuple(parts))
+        return Rendered(message, fields, body_start, self.eol, tuple(parts)), ready and message.endswith(b"\r\n")
 
 
 class CopyTemplates:
@@ -279,12 +308,14 @@ def prepare(
         head = line + head
         named.insert(0, (name.lower(), line))
     body = _parse_body(raw, top, placeholder, eol) if bodies is None else bodies._body(raw, top, placeholder, eol)
+    needs_eol = bool(head) and not head.endswith(b"\n")
     return CopyTemplate(
         head=head,
-        needs_eol=bool(head) and not head.endswith(b"\n"),
+        needs_eol=needs_eol,
         eol=eol,
         body=body,
         fields=tuple(named),
+        wire_ready=body.wire_ready and eol == b"\r\n" and not needs_eol and wire_ready(head),
     )
 
 
@@ -303,7 +334,8 @@ def _parse_body(raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Bo
         pos = slot.end + top.end
     segments.append(raw[pos:])
     blank = top.body_start - top.end
-    return _Body(tuple(segments), tuple(slots), blank, segments[0][blank:])
+    # A slot's own pieces are checked as it renders them (_Slot.render_parts).
+    return _Body(tuple(segments), tuple(slots), blank, segments[0][blank:], all(map(wire_ready, segments)))
 
 
 def strip_header(raw: bytes, name: str, *more: str) -> bytes:
@@ -433,6 +465,9 @@ def _no_leading_dash(line: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=256)  # List-Id, List-Unsubscribe-Post: the same in every copy
 def _format_header(name: str, value: str, eol: bytes) -> bytes:
+    """The field in lines ended by `eol`, each but the first starting with a space, and no other CR
+    or LF (a value with one is refused): with CRLF, smtp_client.wire_ready unless `name` starts
+    with '.' (CopyTemplate.render_wire counts on it)."""
     if not _HEADER_NAME.fullmatch(name):
         raise ValueError(f"invalid header name {name!r}")
     if "\r" in value or "\n" in value:

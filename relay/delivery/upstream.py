@@ -116,9 +116,15 @@ class Upstream:
             conn.client.close()
 
     async def send(
-        self, mail_from: str, recipients: Sequence[str], content: bytes, *, fence: Fence | None = None
+        self,
+        mail_from: str,
+        recipients: Sequence[str],
+        content: bytes,
+        *,
+        fence: Fence | None = None,
+        wire_ready: bool = False,
     ) -> UpstreamResult:
-        """One upstream transaction. Raises UpstreamUnavailable (nothing accepted, try later),
+        """One upstream transaction (`wire_ready`: smtp_client.dot_stuffed's `ready`). Raises UpstreamUnavailable (nothing accepted, try later),
         UpstreamUncertain (sent, then no answer: maybe accepted), UpstreamRejected (5xx for the whole
         transaction) or, with a `fence`, LeaseLost (not sent: the copy is someone else's now)."""
         started = time.perf_counter()
@@ -126,7 +132,7 @@ class Upstream:
             for attempt in (1, 2):
                 conn, reused = await self._acquire()
                 try:
-                    result = await self._transaction(conn.client, mail_from, recipients, content, fence)
+                    result = await self._transaction(conn.client, mail_from, recipients, content, fence, wire_ready)
                 except _StaleConnection as exc:
                     self._release(conn, False)
                     if reused and attempt == 1:
@@ -151,7 +157,13 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def _transaction(
-        self, client: Connection, mail_from: str, recipients: Sequence[str], content: bytes, fence: Fence | None
+        self,
+        client: Connection,
+        mail_from: str,
+        recipients: Sequence[str],
+        content: bytes,
+        fence: Fence | None,
+        wire_ready: bool = False,
     ) -> UpstreamResult:
         options: list[str] = []
         encoding = "ascii"
@@ -225,10 +237,10 @@ class Upstream:
         if start.code != 354:
             await _reset(client)
             raise _translate(start, "DATA")
-        response = await self._data(client, content, fence)
+        response = await self._data(client, content, fence, wire_ready)
         return UpstreamResult(tuple(accepted), refused, str(response))
 
-    async def _data(self, client: Connection, content: bytes, fence: Fence | None) -> Reply:
+    async def _data(self, client: Connection, content: bytes, fence: Fence | None, wire_ready: bool = False) -> Reply:
         """After the 354: the message, then its reply. A failure before the message went out (nothing
         delivered) is told from one after it (maybe delivered)."""
         if fence is not None:
@@ -238,7 +250,7 @@ class Upstream:
                 client.close()  # inside DATA: only a dropped connection is sure to discard the message
                 raise
         try:
-            client.write(smtp_client.dot_stuffed(content))
+            client.write(smtp_client.dot_stuffed(content, ready=wire_ready))
         except _IO_ERRORS as exc:
             raise UpstreamUnavailable(f"upstream failed during the transaction: {exc}", 451) from exc
         try:

@@ -13,6 +13,7 @@ from relay.config import Config
 from relay.delivery.carrier import Copy
 from relay.delivery.dkim import SplitMessage
 from relay.delivery.personalize import CopyTemplates, prepend_header, strip_header
+from relay.delivery.smtp_client import wire_ready
 from relay.engine.pipeline import STREAM_HEADER, IdAllocator
 from relay.engine.signing import CopySigner
 from relay.engine.transaction import Transaction
@@ -90,18 +91,24 @@ class CopyMaker:
             window = recipients[start : start + COPY_WINDOW]
             rendered: list[bytes | SplitMessage] = []
             senders: list[str | None] = []
+            ready: list[bytes | None] = []  # a copy that needs no dot-stuffing (CopyTemplate.render_wire)
             for rcpt in window:
                 delivery_id = await self._delivery_id(txn, rcpt)
                 url, headers = self.links.unsubscribe(facts, rcpt, relied_on.get(rcpt), delivery_id, issued)
-                copy = template.render_split(headers=headers, url=url)
+                copy, copy_ready = template.render_wire(headers=headers, url=url)
                 # The signer takes the copy's fields from the template instead of reading them again.
                 rendered.append(copy.message if copy.fields is None else SplitMessage(*copy))
+                ready.append(copy.message if copy_ready else None)
                 # VERP: a bounce names its delivery, whatever the remote MTA writes in it (docs/SPEC.md §15).
                 senders.append(f"{BOUNCE_PREFIX}{self.links.bounce_token(delivery_id)}@{domain}" if verp else None)
             signed = await self.signer.sign(rendered)  # the window's copies in one trip to the helper
             del rendered
-            for rcpt, copy, sender in zip(window, signed, senders):
-                yield Copy((rcpt,), copy, sender)
+            # Still ready signed: the signature fields go before the copy (wire_ready holds of a join
+            # when it holds of each piece).
+            wire = [m is not None and s.endswith(m) and wire_ready(s[: len(s) - len(m)]) for s, m in zip(signed, ready)]
+            del ready
+            for rcpt, copy, sender, copy_ready in zip(window, signed, senders, wire):
+                yield Copy((rcpt,), copy, sender, copy_ready)
 
     async def _delivery_id(self, txn: Transaction, rcpt: str) -> int:
         delivery_id = txn.delivery_ids.get(rcpt) or await self.ids.take()

@@ -118,14 +118,17 @@ class _Slot:
             return None
         url_bytes = value.encode(self.charset, "strict")
         out = []
-        ready = wire
+        ready = wire and self.eol == b"\r\n"
         for line in self.qp_wire:
             if not isinstance(line, bytes):
                 line = binascii.b2a_qp(url_bytes.join(line), istext=True)
                 if any(delimiter in line for delimiter, _ in self.delimiters):
                     return None
+                # A '.' of the URL may start a line (after a soft line break). No CR to look for:
+                # b2a_qp writes none without one in its input, and neither the pieces (_qp_lines)
+                # nor the value (above) has one.
+                ready = ready and not line.startswith(b".") and b"\n." not in line
                 line = line.replace(b"\n", self.eol)
-                ready = ready and wire_ready(line)  # a '.' of the URL may start a line (a soft break)
             out.append(line)
         return out, ready
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -179,6 +179,7 @@ class SplitMessage(NamedTuple):
 # Bounds of what a DkimSigner keeps from one message for the next (_Shared.renewed).
 _MEMO_ENTRIES = 1024
 _MEMO_FIELD_BYTES = 2048
+_LEAD_ENTRIES = 64
 
 
 class DkimSigner:
@@ -228,10 +229,8 @@ class DkimSigner:
             if not keys:
                 jobs.append(None)
                 continue
-            canonical = shared.relaxed_parts(parts) if parts is not None else None
-            if canonical is not None:  # a copy of its own (its unsubscribe URL): no other has its body
-                body_hash = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
-            else:
+            body_hash = shared.parts_hash(parts) if parts is not None else None
+            if body_hash is None:  # a message in one piece (or pieces that cannot be canonicalised apart)
                 body = message[body_start:]
                 body_hash = shared.body_hashes.get(body)
                 if body_hash is None:
@@ -357,7 +356,7 @@ class _Shared:
     """What the copies of one message have in common, found out once (DkimSigner.prepare_all); kept
     by the signer for its next messages, all but the body hashes (renewed)."""
 
-    __slots__ = ("from_keys", "canonical", "body_parts", "body_hashes", "names_by", "starts", "timestamp")
+    __slots__ = ("from_keys", "canonical", "body_parts", "body_hashes", "names_by", "starts", "timestamp", "leads")
 
     def __init__(self) -> None:
         self.from_keys: dict[bytes | None, tuple[DkimKey, ...]] = {}
@@ -367,6 +366,9 @@ class _Shared:
         self.names_by: dict[tuple[str, ...], tuple[list[str], tuple[int, ...]]] = {}
         self.starts: dict[tuple[int, int, tuple[str, ...]], _FoldStart] = {}
         self.timestamp: int | None = None
+        # SHA-256 states that have hashed a run of canonical pieces that start bodies (parts_hash), with
+        # that run joined, by the run's pieces.
+        self.leads: dict[tuple[bytes, ...], tuple[Any, bytes]] = {}
 
     def renewed(self, timestamp: int) -> _Shared:
         """Ready for the next message signed at `timestamp`: the messages of a campaign share their
@@ -377,6 +379,8 @@ class _Shared:
         for table in (self.from_keys, self.canonical, self.body_parts, self.names_by, self.starts):
             if len(table) >= _MEMO_ENTRIES:
                 table.clear()
+        if len(self.leads) >= _LEAD_ENTRIES:  # each holds a run of body text: fewer (a campaign needs one)
+            self.leads.clear()
         if timestamp != self.timestamp:
             self.starts.clear()
             self.timestamp = timestamp
@@ -396,8 +400,38 @@ class _Shared:
         """_relaxed_body(b"".join(parts)), each piece canonicalised on its own (a piece seen before
         not again): the same bytes when no whitespace run, line end or CRLF spans two pieces, which
         is checked at each seam; None when one might (the caller canonicalises the whole)."""
+        found = self._relaxed_pieces(parts)
+        return None if found is None else _relaxed_end(b"".join(found[0]))
+
+    def parts_hash(self, parts: Sequence[bytes]) -> str | None:
+        """The bh= value of the body relaxed_parts(parts) gives (None where it gives None). The pieces
+        it starts with that were seen before (a template's text up to its first URL, the same in
+        every copy) are hashed once: their state is kept and resumed, copy after copy."""
+        found = self._relaxed_pieces(parts)
+        if found is None:
+            return None
+        pieces, seen = found
+        body = _relaxed_end(b"".join(pieces))
+        if seen:
+            lead = tuple(pieces[:seen])
+            kept = self.leads.get(lead)
+            if kept is None:
+                joined = b"".join(lead)
+                kept = self.leads[lead] = (hashlib.sha256(joined), joined)  # bounded with the others (renewed)
+            state, joined = kept
+            # _relaxed_end changes only the end of a body: unless it reached into the run, the body starts with it.
+            if body.startswith(joined):
+                resumed = state.copy()
+                resumed.update(memoryview(body)[len(joined) :])
+                return base64.b64encode(resumed.digest()).decode()
+        return base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+    def _relaxed_pieces(self, parts: Sequence[bytes]) -> tuple[list[bytes], int] | None:
+        """The canonical form of each non-empty piece (relaxed_parts joins them), and how many of
+        them at the start were seen before."""
         memo = self.body_parts
         out = []
+        seen = -1  # the pieces seen before at the start, once a piece was not
         last = b""  # the last byte of the pieces so far
         for piece in parts:
             if not piece:
@@ -408,9 +442,11 @@ class _Shared:
             last = piece[-1:]
             canonical = memo.get(piece)
             if canonical is None:
+                if seen < 0:
+                    seen = len(out)
                 canonical = memo[piece] = _relaxed_middle(piece)  # bounded with the others (renewed)
             out.append(canonical)
-        return _relaxed_end(b"".join(out))
+        return out, len(out) if seen < 0 else seen
 
     def names(self, fields: Fields) -> tuple[list[str], tuple[int, ...]]:
         """The h= list of a message with these fields, and the field each name signs (_picks)."""

@@ -122,7 +122,8 @@ class _Slot:
         for line in self.qp_wire:
             if not isinstance(line, bytes):
                 line = binascii.b2a_qp(url_bytes.join(line), istext=True)
-                if any(delimiter in line for delimiter, _ in self.delimiters):
+                # Every delimiter starts "--": a line without one needs no look at each.
+                if b"--" in line and any(delimiter in line for delimiter, _ in self.delimiters):
                     return None
                 # A '.' of the URL may start a line (after a soft line break). No CR to look for:
                 # b2a_qp writes none without one in its input, and neither the pieces (_qp_lines)

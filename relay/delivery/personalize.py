@@ -57,7 +57,7 @@ class _Slot:
     # qp_lines with the message's line ends, when no line without the URL holds a delimiter (else
     # _no_leading_dashes must see the whole part): a copy joins them as they are.
     qp_wire: tuple[bytes | tuple[bytes, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
-    # Every fixed run of qp_wire is smtp_client.wire_ready: a copy checks only the URL's lines.
+    # Whether every fixed run of qp_wire is smtp_client.wire_ready: then a copy checks only the URL's lines.
     qp_wire_ready: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -185,8 +185,8 @@ class _Body:
     slots: tuple[_Slot, ...]
     blank: int  # length of the empty line that ends the header block
     first: bytes = b""  # segments[0] without that empty line: where the body proper starts
-    # Every segment is smtp_client.wire_ready: a copy checks only what it puts in (its list headers,
-    # its slots' pieces, of which _Slot.qp_wire_ready covers the fixed runs).
+    # Whether every segment is smtp_client.wire_ready: then a copy checks only what it puts in (its list
+    # headers, its slots' pieces, of which _Slot.qp_wire_ready covers the fixed runs).
     wire_ready: bool = False
 
 
@@ -199,7 +199,7 @@ class CopyTemplate:
     eol: bytes
     body: _Body
     fields: tuple[tuple[str, bytes], ...]  # the named fields of `head`: (lower-case name, bytes)
-    wire_ready: bool = False  # head and body's fixed pieces are smtp_client.wire_ready, in CRLF lines
+    wire_ready: bool = False  # whether head and body's fixed pieces are smtp_client.wire_ready, in CRLF lines
 
     def render(self, *, headers: Sequence[tuple[str, str]], url: str) -> bytes:
         return self.render_split(headers=headers, url=url).message

@@ -359,7 +359,7 @@ def wire_ready(data: bytes) -> bool:
 def dot_stuffed(content: bytes, *, ready: bool = False) -> bytes:
     """The message as it goes on the wire after DATA: CRLF line ends, leading dots doubled, the end.
     `ready`: the caller knows wire_ready(content) and that it ends with CRLF (a copy rendered from a
-    template): nothing to look for, which costs more than the rest of a copy's making on the loop."""
+    template): nothing to look for (the scans cost ~100k instructions for a 5.7 KB copy)."""
     if ready:
         return content + b".\r\n"
     crlf = content.count(b"\r\n")

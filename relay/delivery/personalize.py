@@ -57,8 +57,6 @@ class _Slot:
     # qp_lines with the message's line ends, when no line without the URL holds a delimiter (else
     # _no_leading_dashes must see the whole part): a copy joins them as they are.
     qp_wire: tuple[bytes | tuple[bytes, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
-    # Whether every fixed run of qp_wire is smtp_client.wire_ready: then a copy checks only the URL's lines.
-    qp_wire_ready: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.qp_lines is None or self.transfer_encoding != "quoted-printable":
@@ -75,14 +73,13 @@ class _Slot:
                         line = wire.pop() + line  # type: ignore[operator]
                 wire.append(line)
             object.__setattr__(self, "qp_wire", tuple(wire))
-            object.__setattr__(self, "qp_wire_ready", all(wire_ready(line) for line in wire if isinstance(line, bytes)))
 
     def render_parts(self, url: str, *, wire: bool = False) -> tuple[list[bytes], bool]:
         """The part's body for this URL, in pieces: the part's fixed runs of lines are the same objects
-        in every copy (quoted-printable with qp_wire), else one piece. With `wire`, also whether every
-        piece is smtp_client.wire_ready (False without)."""
+        in every copy (quoted-printable with qp_wire), else one piece. With `wire` (the fixed runs are
+        wire_ready: fixed_ready), also whether every piece is smtp_client.wire_ready (False without)."""
         if self.qp_wire is not None:
-            encoded = self._encode_parts(url, wire and self.qp_wire_ready)
+            encoded = self._encode_parts(url, wire)
             if encoded is not None:
                 return encoded
         out = self._render(url)
@@ -92,6 +89,11 @@ class _Slot:
             # Base64 lines joined by the line end: nothing but the alphabet, '=' and CRLFs (or LFs).
             return [out], self.eol == b"\r\n"
         return [out], wire_ready(out)
+
+    def fixed_ready(self) -> bool:
+        """Whether the runs of qp_wire, the same in every copy, are smtp_client.wire_ready (a part
+        rendered whole is checked copy by copy)."""
+        return self.qp_wire is None or all(wire_ready(line) for line in self.qp_wire if isinstance(line, bytes))
 
     def _render(self, url: str) -> bytes:
         out = self._encode(url)
@@ -175,6 +177,17 @@ class Rendered(NamedTuple):
     body_parts: tuple[bytes, ...] | None = None
 
 
+class _Wire:
+    """What a body (or a template's head) has found out about its pieces and smtp_client.wire_ready:
+    looked at once, when first wanted (the owners are frozen)."""
+
+    __slots__ = ("copies", "ready")
+
+    def __init__(self) -> None:
+        self.copies = 0  # copies asked for before `ready` was found out
+        self.ready: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Body:
     """What a message holds from the end of its header block on, parsed: the blank line and body as
@@ -185,9 +198,20 @@ class _Body:
     slots: tuple[_Slot, ...]
     blank: int  # length of the empty line that ends the header block
     first: bytes = b""  # segments[0] without that empty line: where the body proper starts
-    # Whether every segment is smtp_client.wire_ready: then a copy checks only what it puts in (its list
-    # headers, its slots' pieces, of which _Slot.qp_wire_ready covers the fixed runs).
-    wire_ready: bool = False
+    wire: _Wire = field(default_factory=_Wire, compare=False, repr=False)  # wire_ready()'s
+
+    def wire_ready(self) -> bool:
+        """Whether the pieces every copy has (the segments, the slots' fixed runs) are all
+        smtp_client.wire_ready: then a copy checks only what it puts in. Not looked at for a body's
+        first copy: the scan costs what dot-stuffing one copy does, so it pays from the second copy on
+        (of a message to several recipients, or of a campaign's next message)."""
+        wire = self.wire
+        if wire.ready is None:
+            wire.copies += 1
+            if wire.copies < 2:
+                return False
+            wire.ready = all(map(wire_ready, self.segments)) and all(slot.fixed_ready() for slot in self.slots)
+        return wire.ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,22 +223,32 @@ class CopyTemplate:
     eol: bytes
     body: _Body
     fields: tuple[tuple[str, bytes], ...]  # the named fields of `head`: (lower-case name, bytes)
-    wire_ready: bool = False  # whether head and body's fixed pieces are smtp_client.wire_ready, in CRLF lines
+    wire: _Wire = field(default_factory=_Wire, compare=False, repr=False)  # of `head`, for render_wire
 
     def render(self, *, headers: Sequence[tuple[str, str]], url: str) -> bytes:
         return self.render_split(headers=headers, url=url).message
 
     def render_split(self, *, headers: Sequence[tuple[str, str]], url: str) -> Rendered:
-        return self.render_wire(headers=headers, url=url)[0]
+        return self._render(headers, url, False)[0]
 
     def render_wire(self, *, headers: Sequence[tuple[str, str]], url: str) -> tuple[Rendered, bool]:
         """render_split's copy, and whether smtp_client.wire_ready holds of it and it ends with CRLF:
         dot-stuffing would change nothing. False says only that its pieces could not tell (the sender
         looks then)."""
+        return self._render(headers, url, True)
+
+    def _render(self, headers: Sequence[tuple[str, str]], url: str, wire: bool) -> tuple[Rendered, bool]:
         formatted = [_format_header(name, value, self.eol) for name, value in headers]
-        # wire_ready holds of a join when it holds of each piece: the fixed ones were checked once, a
+        # wire_ready holds of a join when it holds of each piece: the fixed ones are checked once, a
         # field _format_header writes in CRLF lines is unless its name starts with '.'.
-        ready = self.wire_ready and not any(name.startswith(".") for name, _ in headers)
+        ready = (
+            wire
+            and self.eol == b"\r\n"
+            and not self.needs_eol
+            and self.body.wire_ready()
+            and self._head_ready()
+            and not any(name.startswith(".") for name, _ in headers)
+        )
         out = [self.head]
         if self.needs_eol and headers:
             out.append(self.eol)
@@ -236,6 +270,12 @@ class CopyTemplate:
         fields.extend((name.lower(), line) for (name, _), line in zip(headers, formatted))
         body_start = len(self.head) + sum(map(len, formatted)) + body.blank
         return Rendered(message, fields, body_start, self.eol, tuple(parts)), ready and message.endswith(b"\r\n")
+
+    def _head_ready(self) -> bool:
+        wire = self.wire
+        if wire.ready is None:
+            wire.ready = wire_ready(self.head)
+        return wire.ready
 
 
 class CopyTemplates:
@@ -312,14 +352,12 @@ def prepare(
         head = line + head
         named.insert(0, (name.lower(), line))
     body = _parse_body(raw, top, placeholder, eol) if bodies is None else bodies._body(raw, top, placeholder, eol)
-    needs_eol = bool(head) and not head.endswith(b"\n")
     return CopyTemplate(
         head=head,
-        needs_eol=needs_eol,
+        needs_eol=bool(head) and not head.endswith(b"\n"),
         eol=eol,
         body=body,
         fields=tuple(named),
-        wire_ready=body.wire_ready and eol == b"\r\n" and not needs_eol and wire_ready(head),
     )
 
 
@@ -338,8 +376,7 @@ def _parse_body(raw: bytes, top: mime.Head, placeholder: str, eol: bytes) -> _Bo
         pos = slot.end + top.end
     segments.append(raw[pos:])
     blank = top.body_start - top.end
-    # A slot's own pieces are checked as it renders them (_Slot.render_parts).
-    return _Body(tuple(segments), tuple(slots), blank, segments[0][blank:], all(map(wire_ready, segments)))
+    return _Body(tuple(segments), tuple(slots), blank, segments[0][blank:])
 
 
 def strip_header(raw: bytes, name: str, *more: str) -> bytes:

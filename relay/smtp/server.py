@@ -9,6 +9,7 @@ import inspect
 import logging
 import re
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -203,17 +204,19 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_ADDRESS = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
-# What SMTP.__init__ sets that belongs to one connection; everything else it derives from the
-# listener's settings, the same for every connection (see RelaySMTP.__init__).
-_PER_CONNECTION = frozenset(
+# What a session makes for its own connection when it starts (see RelaySMTP.__init__); everything
+# else it holds when it starts is the same for every connection of a listener: SMTP.__init__'s work
+# on the listener's settings, and per-connection values that start as None, a flag or a number.
+_MADE_PER_SESSION = frozenset(
     {
-        "_loop", "_paused", "_drain_waiters", "_connection_lost",  # FlowControlMixin
-        "_stream_reader_wr", "_source_traceback", "_strong_reader", "_reject_connection", "_stream_writer",
-        "_task", "_transport", "_client_connected_cb", "_over_ssl", "_closed",  # StreamReaderProtocol
-        "session", "envelope", "transport", "_handler_coroutine", "_timeout_handle", "_tls_handshake_okay",
-        "_tls_protocol", "_original_transport", "_handle_hooks", "_smtp_bound", "_auth_bound",
+        "_drain_waiters", "_stream_reader_wr", "_source_traceback", "_strong_reader", "_client_connected_cb",
+        "_closed",  # StreamReaderProtocol.__init__
+        "_handle_hooks", "_smtp_bound", "_auth_bound",  # SMTP.__init__ (the bound tables are made lazily)
+        "command_size_limits", "_limits", "_data_timeout", "_unsent",  # RelaySMTP.__init__
     }
 )
+# Shared on purpose: read only, or copied by each session before use.
+_SHARED_SETTINGS = frozenset({"event_handler", "loop", "_loop", "tls_context", "_auth_callback", "_authenticator", "_call_limit_base"})
 _MAX_CACHED_REPLIES = 1024
 
 
@@ -226,17 +229,23 @@ class RelaySMTP(SMTP):
     def factory(cls, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> Callable[[], RelaySMTP]:
         """A listener's protocol factory: SMTP.__init__'s work on `kwargs` is done here, once, and each
         connection's session starts from it (see __init__)."""
-        template = cls._template(handler, kwargs)
+        template = cls._template(handler, limits, data_timeout, kwargs)
         return lambda: cls(handler, limits=limits, data_timeout=data_timeout, template=template)
 
     @classmethod
-    def _template(cls, handler: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """What SMTP.__init__ sets from the listener's settings (a first session's attributes less what
-        belongs to its connection), with the member names the lazily bound tables need."""
-        first = cls.__new__(cls)
-        SMTP.__init__(first, handler, **kwargs)
-        first._note_member_names(handler)
-        return {k: v for k, v in first.__dict__.items() if k not in _PER_CONNECTION}
+    def _template(cls, handler: Any, limits: ConnectionLimits, data_timeout: float, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A first session's attributes less what each session makes for itself (_MADE_PER_SESSION):
+        SMTP.__init__'s work on the listener's settings, the member names the lazily bound tables
+        need, and the starting values of the per-connection state. Refused if one of those would be
+        an object a session changes (an asyncio that makes another per connection, say): sharing it
+        would tie the listener's sessions together."""
+        first = cls(handler, limits=limits, data_timeout=data_timeout, **kwargs)
+        template = {k: v for k, v in first.__dict__.items() if k not in _MADE_PER_SESSION}
+        for name, value in template.items():
+            if name not in _SHARED_SETTINGS and not isinstance(value, (type(None), bool, int, float, str, tuple)):
+                raise TypeError(f"RelaySMTP: {name} ({type(value).__name__}) would be shared by the listener's sessions")
+        template["_hook_commands"] = tuple((m.replace("handle_", ""), m) for m in first._hook_names)
+        return template
 
     def __init__(
         self, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0,
@@ -244,29 +253,31 @@ class RelaySMTP(SMTP):
     ) -> None:
         """aiosmtpd's SMTP.__init__ derives the same tables, warnings and log line for every connection
         of a listener (its own share of a short session's CPU): done once per listener (`factory`),
-        and each connection copies the result; without a template it runs as aiosmtpd's. Its
-        per-connection state is made fresh, as SMTP.__init__ makes it; the handler's hooks are read
-        from the handler each time, as aiosmtpd reads them."""
+        and each connection copies the result (into its empty __dict__: one copy of the template's
+        table, where setting the attributes one by one grew the table three times); without a
+        template it runs as aiosmtpd's. Its per-connection state is made fresh, as SMTP.__init__
+        makes it; the handler's hooks are read from the handler each time, as aiosmtpd reads them."""
         if template is not None:
+            attrs = self.__dict__
+            attrs.update(template)
             assert template["event_handler"] is handler
             loop = template["loop"]
-            asyncio.StreamReaderProtocol.__init__(
-                self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-                client_connected_cb=self._cb_client_connected, loop=loop,
-            )
-            self.__dict__.update(template)
-            self.session = None
-            self.envelope = None
-            self.transport = None
-            self._handler_coroutine = None
-            self._timeout_handle = None
-            self._tls_handshake_okay = True
-            self._tls_protocol = None
-            self._original_transport = None
-            self._handle_hooks = {m.replace("handle_", ""): getattr(handler, m) for m in template["_hook_names"]}
-        else:
-            super().__init__(handler, **kwargs)
-            self._note_member_names(handler)
+            # what StreamReaderProtocol.__init__ (and FlowControlMixin's) make for each connection
+            reader = asyncio.StreamReader(limit=self.line_length_limit, loop=loop)
+            attrs["_drain_waiters"] = collections.deque()
+            attrs["_stream_reader_wr"] = weakref.ref(reader)
+            attrs["_source_traceback"] = reader._source_traceback
+            attrs["_strong_reader"] = reader
+            attrs["_client_connected_cb"] = self._cb_client_connected
+            attrs["_closed"] = loop.create_future()
+            attrs["_handle_hooks"] = {command: getattr(handler, name) for command, name in template["_hook_commands"]}
+            attrs["command_size_limits"] = collections.defaultdict(_command_size_limit)
+            attrs["_limits"] = limits
+            attrs["_data_timeout"] = data_timeout
+            attrs["_unsent"] = bytearray()
+            return
+        super().__init__(handler, **kwargs)
+        self._note_member_names(handler)
         # SMTP keeps these on the class: every new connection cleared them, every EHLO (of any
         # session) raised MAIL's. Each session has its own: 512 octets, MAIL's raised by its EHLO.
         self.command_size_limits = collections.defaultdict(_command_size_limit)

@@ -353,7 +353,17 @@ class RelaySMTP(SMTP):
             self.session = self._create_session()
             self.session.peer = peer
             self._reset_timeout()
-            asyncio.StreamReaderProtocol.connection_made(self, transport)
+            # StreamReaderProtocol.connection_made for a server's connection, its calls (the reader
+            # through its weak reference, set_transport, aiosmtpd's _cb_client_connected keeping the
+            # reader and writer, iscoroutine of that callback's None) done in place
+            self._transport = transport
+            reader = self._strong_reader
+            assert reader._transport is None, "Transport already set"
+            reader._transport = transport
+            self._over_ssl = transport.get_extra_info("sslcontext") is not None
+            self._reader = reader
+            self._writer = self._stream_writer = asyncio.StreamWriter(transport, self, reader, self._loop)
+            self._strong_reader = None
             self.transport = transport
             if _log.isEnabledFor(logging.INFO):
                 _log.info("Peer: %r", peer)

@@ -285,6 +285,7 @@ class RelaySMTP(SMTP):
         self._data_timeout = data_timeout
         self._admitted_ip: str | None = None
         self._unsent = bytearray()  # replies held back by push() until the group's last one
+        self._pause_above = 2 * self.line_length_limit  # the reader's: it pauses reading above twice its limit
         self.busy = False  # inside a transaction's DATA processing
         self._quit = False  # QUIT answered: the command loop ends
         # The idle and DATA timers: one TimerHandle, armed once and moved only when it fires early
@@ -467,7 +468,10 @@ class RelaySMTP(SMTP):
                     if reader._paused and len(buffer) <= limit:  # type: ignore[attr-defined]
                         reader._maybe_resume_transport()  # type: ignore[attr-defined]
                 elif end < 0 and len(buffer) <= limit and not reader._eof and reader._exception is None:  # type: ignore[attr-defined]
-                    await reader._wait_for_data("readuntil")  # type: ignore[attr-defined]
+                    try:
+                        await self._data_waiter(reader)
+                    finally:
+                        reader._waiter = None  # type: ignore[attr-defined]
                     continue
                 else:
                     try:
@@ -565,6 +569,19 @@ class RelaySMTP(SMTP):
                         self.connection_lost(error)
                     else:
                         await self.push(status)  # type: ignore[arg-type]
+
+    def _data_waiter(self, reader: asyncio.StreamReader) -> asyncio.Future[None]:
+        """StreamReader._wait_for_data's set-up, for its caller to await in place and then clear
+        reader._waiter, as it does (a coroutine less for each wait of a session)."""
+        if reader._waiter is not None:  # type: ignore[attr-defined]
+            raise RuntimeError("RelaySMTP: a second reader waits for data")
+        assert not reader._eof, "_wait_for_data after EOF"  # type: ignore[attr-defined]
+        if reader._paused:  # type: ignore[attr-defined]
+            # waiting while reading is paused would never end
+            reader._paused = False  # type: ignore[attr-defined]
+            reader._transport.resume_reading()  # type: ignore[attr-defined]
+        waiter = reader._waiter = self._loop.create_future()  # type: ignore[attr-defined]
+        return waiter
 
     def _command_table(self) -> dict[str, Any]:
         """The smtp_* functions by command, per class: the names SMTP.__init__ found for its table of
@@ -740,7 +757,7 @@ class RelaySMTP(SMTP):
             reader._waiter = None
             if not waiter.cancelled():
                 waiter.set_result(None)
-        if len(buffer) > 2 * reader._limit and not reader._paused and reader._transport is not None:
+        if len(buffer) > self._pause_above and not reader._paused and reader._transport is not None:
             try:
                 reader._transport.pause_reading()
             except NotImplementedError:  # the transport cannot pause: buffer everything
@@ -838,32 +855,39 @@ class RelaySMTP(SMTP):
         scanned = 0
         too_much = False
         stuffed = False  # a line starting with a dot before the end: its dot is removed
-        while True:
-            chunk = await reader.read(READ_CHUNK)
-            if not chunk:
-                return None, None
-            self._reset_timeout()  # data is flowing: the client is not idle
-            buf += chunk
-            if stuffed:
-                end = buf.find(END_OF_DATA, scanned)
+        # The body is taken as it comes: the reader's pause above twice its line limit stopped and
+        # restarted reading (a system call) for every segment of a body longer than two lines.
+        self._pause_above = 2 * READ_CHUNK
+        try:
+            while True:
+                pending = reader._buffer  # type: ignore[attr-defined]
+                if reader._exception is not None or (reader._eof and not pending):  # type: ignore[attr-defined]
+                    await reader.read(READ_CHUNK)  # raises the connection's error, or b"" at its end
+                    return None, None
+                if not pending:
+                    try:
+                        await self._data_waiter(reader)
+                    finally:
+                        reader._waiter = None  # type: ignore[attr-defined]
+                    continue
+                self._reset_timeout()  # data is flowing: the client is not idle
+                if len(pending) <= READ_CHUNK:
+                    buf += pending
+                    pending.clear()
+                else:  # as StreamReader.read(READ_CHUNK) takes it
+                    buf += memoryview(pending)[:READ_CHUNK]
+                    del pending[:READ_CHUNK]
+                if reader._paused:  # type: ignore[attr-defined]
+                    reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                end, scanned, stuffed = self._scan_body(buf, scanned, stuffed)
                 if end >= 0:
                     break
-                scanned = max(0, len(buf) - len(END_OF_DATA) + 1)
-            else:
-                end = buf.find(DOT_LINE, scanned)
-                while end >= 0 and len(buf) - end >= len(END_OF_DATA):
-                    if buf.startswith(END_OF_DATA, end):
-                        break
-                    stuffed = True  # from here on only the end is looked for
-                    end = buf.find(END_OF_DATA, end + len(DOT_LINE))
-                if end >= 0 and buf.startswith(END_OF_DATA, end):
-                    break
-                # the next scan starts where an end marker may begin that this chunk cut short
-                scanned = end if end >= 0 else max(0, len(buf) - len(END_OF_DATA) + 1)
-            if limit and len(buf) - 2 > limit:
-                too_much = True
-                del buf[:scanned]  # keep only the tail the end marker may still straddle
-                scanned = 0
+                if limit and len(buf) - 2 > limit:
+                    too_much = True
+                    del buf[:scanned]  # keep only the tail the end marker may still straddle
+                    scanned = 0
+        finally:
+            self._pause_above = 2 * reader._limit  # type: ignore[attr-defined]
         if len(buf) > end + len(END_OF_DATA):
             reader._buffer[:0] = buf[end + len(END_OF_DATA) :]  # type: ignore[attr-defined]  # pipelined commands, read next
         if too_much or (limit and end > limit):
@@ -878,6 +902,23 @@ class RelaySMTP(SMTP):
             return bytes(buf).replace(DOT_LINE, b"\r\n")[2:], None
         del buf[:2]  # a bytearray drops its head without moving the rest
         return bytes(buf), None
+
+    @staticmethod
+    def _scan_body(buf: bytearray, scanned: int, stuffed: bool) -> tuple[int, int, bool]:
+        """(where the end marker starts or -1, where the next scan starts, whether a line before the
+        end starts with a dot) for `buf` (the body so far after a CRLF) scanned from `scanned`."""
+        if stuffed:
+            end = buf.find(END_OF_DATA, scanned)
+        else:
+            end = buf.find(DOT_LINE, scanned)
+            while end >= 0 and not buf.startswith(END_OF_DATA, end):
+                if len(buf) - end < len(END_OF_DATA):
+                    end = -1  # cut short: the next arrival tells
+                    break
+                stuffed = True  # from here on only the end is looked for
+                end = buf.find(END_OF_DATA, end + len(DOT_LINE))
+        # an end marker that this arrival cut short starts in its last four octets
+        return end, max(0, len(buf) - len(END_OF_DATA) + 1), stuffed
 
     def _timeout_cb(self) -> None:
         # RFC 5321 4.5.3.2: say why before hanging up on a silent client.

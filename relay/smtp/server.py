@@ -177,6 +177,7 @@ def _has_long_line(body: bytes | bytearray) -> bool:
 
 _log = aiosmtpd.smtp.log
 _SMTP_FUNCTIONS: dict[type, dict[str, Any]] = {}
+_SMTP_COMMANDS: dict[type, dict[bytes, tuple[str, Any]]] = {}
 # A reply ready to send: its bytes, and whether push() holds it back: a line of a multi-line reply
 # waits for its last line, a 250 waits while the client's next command is already in the buffer.
 _SEND, _HOLD, _HOLD_IF_PIPELINED = "send", "hold", "hold if pipelined"
@@ -456,8 +457,11 @@ class RelaySMTP(SMTP):
         )
         bogus_budget = BOGUS_LIMIT
         commands = _SMTP_FUNCTIONS.get(type(self)) or self._command_table()
+        known = _SMTP_COMMANDS[type(self)]
         reader = self._reader
         limit = reader._limit  # type: ignore[attr-defined]
+        loop_time = self.loop.time
+        idle = self._timeout_duration
         while self.transport is not None and not self._quit:
             try:
                 buffer = reader._buffer  # type: ignore[attr-defined]
@@ -496,11 +500,16 @@ class RelaySMTP(SMTP):
                     await self.push(replies.COMMAND_BAD_SYNTAX)
                     continue
                 command_bytes, _, arg_bytes = line.partition(b" ")
-                try:
-                    command = command_bytes.upper().decode("ascii")
-                except UnicodeDecodeError:
-                    await self.push(replies.COMMAND_BAD_SYNTAX)
-                    continue
+                entry = known.get(command_bytes)  # a command as clients spell it: no upper() and decode()
+                if entry is not None:
+                    command, method = entry
+                else:
+                    try:
+                        command = command_bytes.upper().decode("ascii")
+                    except UnicodeDecodeError:
+                        await self.push(replies.COMMAND_BAD_SYNTAX)
+                        continue
+                    method = commands.get(command)
                 arg: str | None
                 if not arg_bytes:
                     arg = None
@@ -532,7 +541,6 @@ class RelaySMTP(SMTP):
                         self.transport.close()
                         continue
                     call_limit[command] = budget - 1
-                method = commands.get(command)
                 if method is None:
                     _log.warning("%r unrecognised: %s", self.session.peer, command)
                     bogus_budget -= 1
@@ -543,7 +551,11 @@ class RelaySMTP(SMTP):
                         continue
                     await self.push(replies.unknown_command(command))
                     continue
-                self._reset_timeout()  # a valid command
+                # a valid command: the idle timer's deadline moves (_reset_timeout, in place)
+                deadline = self._deadline = loop_time() + idle
+                at = self._timer_at
+                if at is None or at > deadline:
+                    self._arm(deadline)
                 await method(self, arg)
             except asyncio.CancelledError:
                 _log.info("%r Connection lost during _handle_client()", self.session.peer)
@@ -585,8 +597,14 @@ class RelaySMTP(SMTP):
 
     def _command_table(self) -> dict[str, Any]:
         """The smtp_* functions by command, per class: the names SMTP.__init__ found for its table of
-        bound methods (called here with the session as their first argument)."""
+        bound methods (called here with the session as their first argument). With them by the
+        command's octets in upper and in lower case (_SMTP_COMMANDS)."""
         table = _SMTP_FUNCTIONS[type(self)] = {name: getattr(type(self), "smtp_" + name) for name in self._smtp_names}
+        _SMTP_COMMANDS[type(self)] = {
+            spelling.encode("ascii"): (name, function)
+            for name, function in table.items() if name.isascii()
+            for spelling in (name.upper(), name.lower()) if spelling.upper() == name
+        }
         return table
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

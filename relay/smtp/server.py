@@ -451,7 +451,8 @@ class RelaySMTP(SMTP):
         verbose = _log.isEnabledFor(logging.INFO)
         if verbose:
             _log.info("%r handling connection", self.session.peer)
-        await self.push(f"220 {self.hostname} {self.__ident__}")
+        if self._send(f"220 {self.hostname} {self.__ident__}"):
+            await self._writer.drain()
         call_limit: Any = (
             collections.defaultdict(lambda: self._call_limit_default, self._call_limit_base) if self._enforce_call_limit else {}
         )
@@ -640,7 +641,8 @@ class RelaySMTP(SMTP):
         if status is MISSING:
             session.host_name = hostname
             status = f"250 {self.hostname}"
-        await self.push(status)
+        if self._send(status):
+            await self._writer.drain()
 
     def _may_take(self, session: Any) -> bool:
         """Whether MAIL, RCPT or DATA may go the direct way: greeted, and authenticated where that is
@@ -664,7 +666,8 @@ class RelaySMTP(SMTP):
             envelope.mail_options.extend(mail_options)
             status = replies.HOOKLESS_OK
         _log.info("%r sender: %s", session.peer, address)
-        await self.push(status)
+        if self._send(status):
+            await self._writer.drain()
 
     def _plain_mail_from(self, arg: str) -> tuple[str | None, list[str], bool]:
         """(address, options, SMTPUTF8) when aiosmtpd's smtp_MAIL would take `arg` (after "FROM:")
@@ -718,7 +721,8 @@ class RelaySMTP(SMTP):
             envelope.rcpt_options.extend(rcpt_options)
             status = replies.HOOKLESS_OK
         _log.info("%r recip: %s", session.peer, address)
-        await self.push(status)
+        if self._send(status):
+            await self._writer.drain()
 
     # --- replies ---------------------------------------------------------------------------
 
@@ -728,6 +732,13 @@ class RelaySMTP(SMTP):
         client's next command is already in the buffer (RFC 2920: the replies to a pipelined group go
         out together, as Postfix sends them). Every other reply, and the last of a group, is written
         at once, with whatever waited before it."""
+        if self._send(status):
+            await self._writer.drain()
+
+    def _send(self, status: Any) -> bool:
+        """push() up to its drain, which it says whether to await: the session's own replies call it
+        directly, a coroutine less each (StreamWriter.drain() returns at once unless writing is
+        paused or the connection is going)."""
         if isinstance(status, str):
             cache = _UTF8_REPLIES if self.enable_SMTPUTF8 else _ASCII_REPLIES
             reply = cache.get(status)
@@ -742,7 +753,7 @@ class RelaySMTP(SMTP):
         line, hold = reply
         if hold is _HOLD or (hold is _HOLD_IF_PIPELINED and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
             self._unsent += line
-            return
+            return False
         unsent = self._unsent
         if unsent:
             unsent += line
@@ -751,9 +762,7 @@ class RelaySMTP(SMTP):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(line)  # type: ignore[attr-defined]
-        # StreamWriter.drain() returns at once unless writing is paused or the connection is going
-        if self._paused or self._connection_lost or transport is None or transport.is_closing():
-            await self._writer.drain()
+        return self._paused or self._connection_lost or transport is None or transport.is_closing()
 
     def _flush(self) -> None:
         unsent = self._unsent
@@ -797,7 +806,8 @@ class RelaySMTP(SMTP):
             return
         hook = self._handle_hooks.get("QUIT")  # SMTP._call_handler_hook, a coroutine less
         status = MISSING if hook is None else await hook(self, self.session, self.envelope)
-        await self.push(replies.bye() if status is MISSING else status)
+        if self._send(replies.bye() if status is MISSING else status):
+            await self._writer.drain()
         self._quit = True
         assert self.transport is not None
         self.transport.close()
@@ -828,7 +838,8 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push(replies.DATA_SYNTAX)
             return
-        await self.push(replies.DATA_GO_AHEAD)
+        if self._send(replies.DATA_GO_AHEAD):
+            await self._writer.drain()
         # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and the DATA deadline
         # bounds the whole upload, so a client that never stops trickling cannot hold a session for
         # ever: past it, _on_timer answers DATA_TIMEOUT and hangs up, which ends this read.
@@ -857,7 +868,8 @@ class RelaySMTP(SMTP):
             if self.transport is not None:  # gone: connection_lost already cancelled the timer
                 self._reset_timeout()
         self._set_post_data_state()
-        await self.push(replies.OK if status is MISSING else status)
+        if self._send(replies.OK if status is MISSING else status):
+            await self._writer.drain()
 
     async def _read_body(self) -> tuple[bytes | None, str | None]:
         """The de-dotted body up to the lone dot, and the reply for an oversize body or line.

@@ -226,6 +226,8 @@ def _command_size_limit() -> int:
 
 
 class RelaySMTP(SMTP):
+    _reader: asyncio.StreamReader | None = None  # set by connection_made; a refused connection has none
+
     @classmethod
     def factory(cls, handler: Any, *, limits: ConnectionLimits, data_timeout: float = 3600.0, **kwargs: Any) -> Callable[[], RelaySMTP]:
         """A listener's protocol factory: SMTP.__init__'s work on `kwargs` is done here, once, and each
@@ -665,7 +667,8 @@ class RelaySMTP(SMTP):
             envelope.mail_from = address
             envelope.mail_options.extend(mail_options)
             status = replies.HOOKLESS_OK
-        _log.info("%r sender: %s", session.peer, address)
+        if _log.isEnabledFor(logging.INFO):  # Logger.info's own test, a call less
+            _log.info("%r sender: %s", session.peer, address)
         if self._send(status):
             await self._writer.drain()
 
@@ -720,7 +723,8 @@ class RelaySMTP(SMTP):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
             status = replies.HOOKLESS_OK
-        _log.info("%r recip: %s", session.peer, address)
+        if _log.isEnabledFor(logging.INFO):
+            _log.info("%r recip: %s", session.peer, address)
         if self._send(status):
             await self._writer.drain()
 
@@ -773,7 +777,7 @@ class RelaySMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         """StreamReaderProtocol.data_received and StreamReader.feed_data in one call (once per segment)."""
-        reader = self.__dict__.get("_reader")
+        reader = self._reader
         if reader is None or reader._eof or not data:
             super().data_received(data)  # a refused connection's reader; the assertion after EOF
             return

@@ -818,62 +818,59 @@ class RelaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the same replies, reading the body in large chunks instead of one
+        `readuntil` per line (which dominated the cost of a message)."""
         # From the 354 on the client is mid-message: a shutdown lets it finish within the grace
         # instead of cutting it off with 421 (busy was only set once the whole body had arrived).
         self.busy = True
         try:
-            await self._data(arg)
+            session = self.session
+            if not self._may_take(session):
+                if await self.check_helo_needed():
+                    return
+                if await self.check_auth_needed("DATA"):
+                    return
+            assert self.envelope is not None
+            if not self.envelope.rcpt_tos:
+                await self.push(replies.DATA_WITHOUT_RCPT)
+                return
+            if arg:
+                await self.push(replies.DATA_SYNTAX)
+                return
+            if self._send(replies.DATA_GO_AHEAD):
+                await self._writer.drain()
+            # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and the DATA deadline
+            # bounds the whole upload, so a client that never stops trickling cannot hold a session for
+            # ever: past it, _on_timer answers DATA_TIMEOUT and hangs up, which ends this read.
+            deadline = self._data_deadline = self.loop.time() + self._data_timeout
+            if self._timer_at is None or self._timer_at > deadline:
+                self._arm(deadline)
+            try:
+                content, problem = await self._read_body()
+            finally:
+                self._data_deadline = None
+            if content is None:
+                return  # the connection went away mid-message
+            if problem is not None:
+                await self.push(problem)
+                self._set_post_data_state()
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            # The client waits on us now (its own DATA-termination timeout, RFC 5321 4.5.3.2.6), and
+            # every step of the pipeline has its own deadline: the idle timer must not cut our reply off.
+            self._stop_idle_timer()
+            try:
+                hook = self._handle_hooks.get("DATA")  # SMTP._call_handler_hook, a coroutine less
+                status = MISSING if hook is None else await hook(self, session, self.envelope)
+            finally:
+                if self.transport is not None:  # gone: connection_lost already cancelled the timer
+                    self._reset_timeout()
+            self._set_post_data_state()
+            if self._send(replies.OK if status is MISSING else status):
+                await self._writer.drain()
         finally:
             self.busy = False
-
-    async def _data(self, arg: str) -> None:
-        """aiosmtpd's DATA with the same replies, reading the body in large chunks instead of one
-        `readuntil` per line (which dominated the cost of a message)."""
-        session = self.session
-        if not self._may_take(session):
-            if await self.check_helo_needed():
-                return
-            if await self.check_auth_needed("DATA"):
-                return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(replies.DATA_WITHOUT_RCPT)
-            return
-        if arg:
-            await self.push(replies.DATA_SYNTAX)
-            return
-        if self._send(replies.DATA_GO_AHEAD):
-            await self._writer.drain()
-        # RFC 5321 4.5.3.2: the idle timer runs per read (_read_body resets it), and the DATA deadline
-        # bounds the whole upload, so a client that never stops trickling cannot hold a session for
-        # ever: past it, _on_timer answers DATA_TIMEOUT and hangs up, which ends this read.
-        deadline = self._data_deadline = self.loop.time() + self._data_timeout
-        if self._timer_at is None or self._timer_at > deadline:
-            self._arm(deadline)
-        try:
-            content, problem = await self._read_body()
-        finally:
-            self._data_deadline = None
-        if content is None:
-            return  # the connection went away mid-message
-        if problem is not None:
-            await self.push(problem)
-            self._set_post_data_state()
-            return
-        self.envelope.content = content
-        self.envelope.original_content = content
-        # The client waits on us now (its own DATA-termination timeout, RFC 5321 4.5.3.2.6), and
-        # every step of the pipeline has its own deadline: the idle timer must not cut our reply off.
-        self._stop_idle_timer()
-        try:
-            hook = self._handle_hooks.get("DATA")  # SMTP._call_handler_hook, a coroutine less
-            status = MISSING if hook is None else await hook(self, session, self.envelope)
-        finally:
-            if self.transport is not None:  # gone: connection_lost already cancelled the timer
-                self._reset_timeout()
-        self._set_post_data_state()
-        if self._send(replies.OK if status is MISSING else status):
-            await self._writer.drain()
 
     async def _read_body(self) -> tuple[bytes | None, str | None]:
         """The de-dotted body up to the lone dot, and the reply for an oversize body or line.

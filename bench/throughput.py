@@ -33,6 +33,7 @@ import itertools
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -546,6 +547,8 @@ class Result:
     cpu_s: float | None = None
     rss_mb: float | None = None  # the tree's: the largest sum over its live processes
     rss_process_mb: float | None = None  # the largest of one process (a relay worker: issue 20's ≤ 120 MB)
+    client_cpu_s: float | None = None  # user+sys of the smtp-source processes (the application's side)
+    sink_cpu_s: float | None = None  # user+sys of smtp-sink (the upstream's side)
     error: str = ""
 
     @property
@@ -604,6 +607,8 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
     tree = process_tree(target.roots())
     reset_hwm(tree)
     cpu0 = cpu_ticks(tree)
+    sink0 = cpu_ticks([sink.proc.pid])
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     each = hwm_each_kb(tree)
     peak_kb, peak_one_kb = sum(each.values()), max(each.values(), default=0)
     ports = target_ports(target)
@@ -661,6 +666,11 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
         if source.returncode not in (0, None) and not result.error:
             result.error = f"smtp-source exit {source.returncode}: {tail(err_path, 2)}"
     result.transactions, result.recipients = sink.transactions, sink.recipients
+    result.sink_cpu_s = (cpu_ticks([sink.proc.pid]) - sink0) / TICKS
+    if all(source.returncode is not None for source in sources):
+        # smtp-source processes are the only children this process reaps while a row runs.
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result.client_cpu_s = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return result
 
 

@@ -56,7 +56,9 @@ class Row:
         return r.recipients / r.seconds if r.complete and r.seconds > 0 else 0.0
 
 
-def run(target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool) -> list[Row]:
+def run(
+    target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool, reuse: bool = False
+) -> list[Row]:
     check_tools()
     rows: list[Row] = []
     with _terminate_on_signals(), ExitStack() as stack:
@@ -75,7 +77,7 @@ def run(target_name: str, recipients: Sequence[int], copies: int, concurrency: i
             wait_quiet(sink)
         for r in recipients:
             messages = max(concurrency, copies // r)
-            result = measure(target, sink, Load(messages, concurrency, r), stack, workdir)
+            result = measure(target, sink, Load(messages, concurrency, r, reuse=reuse), stack, workdir)
             rows.append(Row(result, workers_logged(target)))
             print(_progress(rows[-1]), file=sys.stderr, flush=True)
             if result.error:
@@ -144,7 +146,7 @@ def floor(rows: Sequence[Row]) -> str:
     Such a relay would still spend, per copy, at least the least it spends per copy in any row
     (where receiving is shared by the most copies); smtp-sink would spend at least its least per
     copy in any row; smtp-source would spend what it spent per message in the 1-recipient row (it
-    opens a connection per message). With the cores busy, copies/s goes as 1 / CPU per copy, so the
+    opens a connection per message unless --reuse). With the cores busy, copies/s goes as 1 / CPU per copy, so the
     1-recipient row can be at most the fastest row's CPU per copy over this sum of that row's."""
     done = [row for row in rows if row.result.complete]
     if len(done) < 2 or done[0].result.rcpts != 1:
@@ -181,7 +183,7 @@ def verdict(rows: Sequence[Row]) -> str:
     )
 
 
-def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str) -> str:
+def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str, reuse: bool = False) -> str:
     size = len(MESSAGE.read_bytes().replace(b"\n", b"\r\n"))
     workers = sorted({row.workers for row in rows})
     return "\n".join([
@@ -190,7 +192,8 @@ def report(rows: Sequence[Row], command: str, target: str, concurrency: int, loa
         f"Command: `{command}`",
         "",
         f"Target `{target}` ({', '.join(map(str, workers))} worker process(es)), marketing stream with consent for every "
-        f"recipient; the {size}-byte bench/message.eml; {concurrency} smtp-source sessions, a new connection per message; "
+        f"recipient; the {size}-byte bench/message.eml; {concurrency} smtp-source sessions, "
+        f"{'each over one connection (-d)' if reuse else 'a new connection per message'}; "
         "smtp-sink as the upstream. copies/s = recipients at the sink / seconds from the start of smtp-source until the sink "
         "holds them all. CPU s = user+sys of the relay's process tree (smtp-source's and smtp-sink's in their own columns). Peak RSS = VmHWM, reset before each row: of the "
         "largest single process (a worker), and summed over the tree (supervisor, workers, helpers).",
@@ -219,15 +222,20 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="smtp-source sessions (default 10)")
     parser.add_argument("--target", default="relay", help="a relay target of bench/throughput.py (default relay: the default config)")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured 1-recipient messages first")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="smtp-source -d: each session sends its messages over one connection, as an application's MTA that caches "
+        "its connection to the relay does (default: a new connection per message)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "scaling.md")
     args = parser.parse_args(argv)
     if args.target != "relay" and not args.target.startswith(("relay1", "relay2", "relay-")):
         parser.error("--target must be a relay target")
     load_before = load_average()
-    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep)
+    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep, args.reuse)
     command = " ".join([".venv/bin/python -m bench.scaling", *(shlex.quote(a) for a in argv)])
-    text = report(rows, command, args.target, args.concurrency, load_before)
+    text = report(rows, command, args.target, args.concurrency, load_before, args.reuse)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

@@ -566,6 +566,7 @@ class Load:
     concurrency: int
     rcpts: int
     message: Path = MESSAGE
+    reuse: bool = False  # smtp-source -d: each session sends its messages over one connection
 
     def split(self, parts: int) -> list[Load]:
         """This load shared over `parts` smtp-source processes: the messages and the sessions
@@ -577,12 +578,13 @@ class Load:
             messages = self.messages // parts + (i < self.messages % parts)
             sessions = max(1, self.concurrency // parts + (i < self.concurrency % parts))
             if messages:
-                out.append(Load(messages, sessions, self.rcpts, self.message))
+                out.append(Load(messages, sessions, self.rcpts, self.message, self.reuse))
         return out
 
     def argv(self, port: int) -> list[str]:
         return [
             SMTP_SOURCE,
+            *(["-d"] if self.reuse else []),
             "-s",
             str(self.concurrency),
             "-m",

@@ -755,7 +755,9 @@ class RelaySMTP(SMTP):
             assert isinstance(status, bytes)
             reply = _reply(status + b"\r\n")
         line, hold = reply
-        if hold is _HOLD or (hold is _HOLD_IF_PIPELINED and b"\n" in self._reader._buffer):  # type: ignore[attr-defined]
+        # find, not `in`: bytes' `in` first tries its operand as an integer, and the TypeError it
+        # formats and drops cost more than the search (five times a session)
+        if hold is _HOLD or (hold is _HOLD_IF_PIPELINED and self._reader._buffer.find(b"\n") >= 0):  # type: ignore[attr-defined]
             self._unsent += line
             return False
         unsent = self._unsent
@@ -926,7 +928,7 @@ class RelaySMTP(SMTP):
         del buf[end + 2 :]  # the body with its leading CRLF, up to the CRLF before the dot
         if _has_long_line(buf):
             return b"", replies.LINE_TOO_LONG
-        if b"\0" in buf:
+        if buf.find(b"\0") >= 0:  # not `in` (see _send)
             # RFC 5322 has no place for NUL, and many receivers cut a message at the first one.
             return b"", replies.NUL_IN_MESSAGE
         if stuffed:

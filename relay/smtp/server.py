@@ -471,7 +471,7 @@ class RelaySMTP(SMTP):
         while self.transport is not None and not self._quit:
             try:
                 buffer = reader._buffer  # type: ignore[attr-defined]
-                end = buffer.find(b"\n")
+                end = buffer.find(b"\n") if _LF in buffer else -1  # find() only where it will find
                 if 0 <= end <= limit and reader._exception is None:  # type: ignore[attr-defined]
                     line = bytes(buffer[: end + 1])
                     del buffer[: end + 1]

@@ -522,10 +522,10 @@ class RelaySMTP(SMTP):
                 else:
                     arg_bytes = arg_bytes.strip()
                     if self.enable_SMTPUTF8:
-                        arg = str(arg_bytes, encoding="utf-8", errors="surrogateescape")
+                        arg = arg_bytes.decode("utf-8", "surrogateescape")  # str(..., encoding=...) parsed keywords
                     else:
                         try:
-                            arg = str(arg_bytes, encoding="ascii", errors="strict")
+                            arg = arg_bytes.decode("ascii")
                         except UnicodeDecodeError:
                             await self.push(replies.COMMAND_NOT_ASCII)
                             continue

@@ -479,7 +479,7 @@ class RelaySMTP(SMTP):
                         reader._maybe_resume_transport()  # type: ignore[attr-defined]
                 elif end < 0 and len(buffer) <= limit and not reader._eof and reader._exception is None:  # type: ignore[attr-defined]
                     try:
-                        await self._data_waiter(reader)
+                        await self._data_waiter(reader, "readuntil")
                     finally:
                         reader._waiter = None  # type: ignore[attr-defined]
                     continue
@@ -588,11 +588,11 @@ class RelaySMTP(SMTP):
                     else:
                         await self.push(status)  # type: ignore[arg-type]
 
-    def _data_waiter(self, reader: asyncio.StreamReader) -> asyncio.Future[None]:
+    def _data_waiter(self, reader: asyncio.StreamReader, func_name: str) -> asyncio.Future[None]:
         """StreamReader._wait_for_data's set-up, for its caller to await in place and then clear
         reader._waiter, as it does (a coroutine less for each wait of a session)."""
         if reader._waiter is not None:  # type: ignore[attr-defined]
-            raise RuntimeError("RelaySMTP: a second reader waits for data")
+            raise RuntimeError(f"{func_name}() called while another coroutine is already waiting for incoming data")
         assert not reader._eof, "_wait_for_data after EOF"  # type: ignore[attr-defined]
         if reader._paused:  # type: ignore[attr-defined]
             # waiting while reading is paused would never end
@@ -900,7 +900,7 @@ class RelaySMTP(SMTP):
                     return None, None
                 if not pending:
                     try:
-                        await self._data_waiter(reader)
+                        await self._data_waiter(reader, "read")
                     finally:
                         reader._waiter = None  # type: ignore[attr-defined]
                     continue

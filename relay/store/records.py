@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from policies.frozen import quick_init
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -29,6 +31,7 @@ def parse_iso(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+@quick_init
 @dataclass(frozen=True)
 class AccountState:
     account: str
@@ -38,6 +41,7 @@ class AccountState:
     updated_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class DecisionRecord:
     relay_id: str
@@ -53,6 +57,7 @@ class DecisionRecord:
     misses: tuple[str, ...] = ()  # the rules that ran and found nothing: the whole evaluation is kept
 
 
+@quick_init
 @dataclass(frozen=True)
 class DeliveryRecord:
     """One recipient's copy, for the proof, complaint mapping and mailto unsubscribe tokens."""

@@ -120,29 +120,17 @@ _SELECT_TIMES = tuple(i for i, c in enumerate(CONSENT_SELECT) if c in CONSENT_TI
 _SELECT_BOOLS = tuple(i for i, c in enumerate(CONSENT_SELECT) if c in CONSENT_BOOL_FIELDS)
 if fields(ConsentRecord)[-1].name != "id":  # consent_from_values passes the other fields by position
     raise TypeError("ConsentRecord.id must be its last field")
-# consent_from_values fills a new record's __dict__ as the dataclass's __init__ would, field by field
-# in order: only while __init__ does nothing else.
-if hasattr(ConsentRecord, "__post_init__") or hasattr(ConsentRecord, "__slots__"):
-    raise TypeError("consent_from_values assumes ConsentRecord's __init__ only stores its fields")
-_CONSENT_FIELDS = tuple(f.name for f in fields(ConsentRecord))[:-1]  # all but id, in CONSENT_SELECT[1:] order
-_new_record = object.__new__
 
 
 def consent_from_values(values: Sequence[Any]) -> ConsentRecord:
     """A consent from its columns in CONSENT_SELECT order. By position: on the path of every
-    recipient, where looking up two dozen columns by name cost more than the query. The record is
-    made without its frozen __init__, whose object.__setattr__ per field cost more than the rest of
-    the conversion (2.5 against 6-7 µs a record, issue 20); the object is the same."""
+    recipient, where looking up two dozen columns by name cost more than the query."""
     v = list(values)
     for i in _SELECT_TIMES:
         v[i] = parse_iso(v[i])
     for i in _SELECT_BOOLS:
         v[i] = bool(v[i])
-    record = _new_record(ConsentRecord)
-    state = record.__dict__
-    state.update(zip(_CONSENT_FIELDS, v[1:]))
-    state["id"] = str(v[0])
-    return record  # type: ignore[no-any-return]
+    return ConsentRecord(*v[1:], id=str(v[0]))
 
 
 def consent_from_row(row: Mapping[str, Any]) -> ConsentRecord:

@@ -14,14 +14,26 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_last_iso: tuple[datetime | None, str | None] = (None, None)  # the last moment iso wrote, and its text
+
+
 def iso(value: datetime | None) -> str | None:
+    global _last_iso
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    elif value.tzinfo is not timezone.utc:
-        value = value.astimezone(timezone.utc)
-    return value.isoformat(timespec="microseconds")
+    # A message's decision and its deliveries carry the one `now` of their recording: its text is
+    # made once (the object itself, immutable, is the key; one tuple, so a thread reads a pair).
+    last, text = _last_iso
+    if value is last:
+        return text
+    moment = value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    elif moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    text = moment.isoformat(timespec="microseconds")
+    _last_iso = (value, text)
+    return text
 
 
 def parse_iso(value: str | None) -> datetime | None:

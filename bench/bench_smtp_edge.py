@@ -21,6 +21,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP
 
 from bench.throughput import MESSAGE, SMTP_SOURCE, cpu_ticks, free_port, start_process, wait_banner, TICKS
@@ -46,6 +47,15 @@ class PushPerLine(RelaySMTP):
         if isinstance(status, str):
             status = replies.with_enhanced_code(status)
         await SMTP.push(self, status)
+
+    def _send(self, status: Any) -> bool:
+        """The session's own replies (RelaySMTP calls _send for them, and drains when it says so):
+        SMTP.push's write, and True for its drain."""
+        if isinstance(status, str):
+            status = replies.with_enhanced_code(status).encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        self._writer.write(status + b"\r\n")
+        aiosmtpd.smtp.log.debug("%r << %r", self.session.peer, status)
+        return True
 
 
 async def serve(port: int, variant: str) -> None:

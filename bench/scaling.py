@@ -56,7 +56,9 @@ class Row:
         return r.recipients / r.seconds if r.complete and r.seconds > 0 else 0.0
 
 
-def run(target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool) -> list[Row]:
+def run(
+    target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool, reuse: bool = False
+) -> list[Row]:
     check_tools()
     rows: list[Row] = []
     with _terminate_on_signals(), ExitStack() as stack:
@@ -75,7 +77,7 @@ def run(target_name: str, recipients: Sequence[int], copies: int, concurrency: i
             wait_quiet(sink)
         for r in recipients:
             messages = max(concurrency, copies // r)
-            result = measure(target, sink, Load(messages, concurrency, r), stack, workdir)
+            result = measure(target, sink, Load(messages, concurrency, r, reuse=reuse), stack, workdir)
             rows.append(Row(result, workers_logged(target)))
             print(_progress(rows[-1]), file=sys.stderr, flush=True)
             if result.error:
@@ -101,12 +103,27 @@ def _progress(row: Row) -> str:
     return f"# r={r.rcpts:<5} messages={r.messages:<6} {status}  max RSS/process {r.rss_process_mb or 0:.0f} MB"
 
 
+def _ms_per(seconds: float | None, count: int) -> float | None:
+    return seconds / count * 1000 if seconds is not None and count else None
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "—"
+
+
+def machine_ms_per_copy(r: Result) -> float | None:
+    """CPU per copy of everything the row ran: the relay's tree, smtp-source and smtp-sink."""
+    parts = (r.cpu_s, r.client_cpu_s, r.sink_cpu_s)
+    return sum(parts) / r.recipients * 1000 if r.recipients and all(p is not None for p in parts) else None  # type: ignore[misc]
+
+
 def table(rows: Sequence[Row]) -> str:
     base = rows[0].copies_per_s if rows and rows[0].result.rcpts == 1 else 0.0
     lines = [
         "| recipients / message | messages | copies | copies/s | vs 1 recipient | CPU s per 1,000 copies "
-        "| peak RSS MB, largest process | peak RSS MB, whole relay |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MB, largest process | peak RSS MB, whole relay "
+        "| CPU ms per copy: relay | smtp-source | smtp-sink | all three |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         r = row.result
@@ -115,8 +132,40 @@ def table(rows: Sequence[Row]) -> str:
         cpu = f"{r.cpu_s / r.recipients * 1000:.2f}" if r.cpu_s is not None and r.recipients else "—"
         one = f"{r.rss_process_mb:.0f}" if r.rss_process_mb is not None else "—"
         tree = f"{r.rss_mb:.0f}" if r.rss_mb is not None else "—"
-        lines.append(f"| {r.rcpts} | {r.messages} | {r.recipients} | {rate} | {ratio} | {cpu} | {one} | {tree} |")
+        per_copy = [_ms_per(x, r.recipients) for x in (r.cpu_s, r.client_cpu_s, r.sink_cpu_s)]
+        lines.append(
+            f"| {r.rcpts} | {r.messages} | {r.recipients} | {rate} | {ratio} | {cpu} | {one} | {tree} "
+            f"| {' | '.join(map(_cell, per_copy))} | {_cell(machine_ms_per_copy(r))} |"
+        )
     return "\n".join(lines)
+
+
+def floor(rows: Sequence[Row]) -> str:
+    """The best the 1-recipient row could be if receiving a message cost the relay nothing.
+
+    Such a relay would still spend, per copy, at least the least it spends per copy in any row
+    (where receiving is shared by the most copies); smtp-sink would spend at least its least per
+    copy in any row; smtp-source would spend what it spent per message in the 1-recipient row (it
+    opens a connection per message unless --reuse). With the cores busy, copies/s goes as 1 / CPU per copy, so the
+    1-recipient row can be at most the fastest row's CPU per copy over this sum of that row's."""
+    done = [row for row in rows if row.result.complete]
+    if len(done) < 2 or done[0].result.rcpts != 1:
+        return ""
+    client = _ms_per(done[0].result.client_cpu_s, done[0].result.recipients)
+    relays = [_ms_per(row.result.cpu_s, row.result.recipients) for row in done]
+    sinks = [_ms_per(row.result.sink_cpu_s, row.result.recipients) for row in done]
+    fastest = max(done, key=lambda row: row.copies_per_s)
+    fast_all = machine_ms_per_copy(fastest.result)
+    if client is None or fast_all is None or None in relays or None in sinks:
+        return ""
+    relay, sink = min(r for r in relays if r is not None), min(s for s in sinks if s is not None)
+    bound = client + sink + relay
+    return (
+        f"Floor: if receiving a message cost the relay nothing, a 1-recipient copy would still cost at least {bound:.3f} ms "
+        f"of CPU (smtp-source {client:.3f} per message at 1 recipient, the least per copy of any row: smtp-sink {sink:.3f}, "
+        f"the relay {relay:.3f}), against {fast_all:.3f} ms per copy for all three in the fastest row ({fastest.result.rcpts} "
+        f"recipients): at best {fast_all / bound:.2f}× that row's copies/s, where the goal asks ≥ {1 / (1 + FLAT):.2f}×."
+    )
 
 
 def verdict(rows: Sequence[Row]) -> str:
@@ -134,7 +183,7 @@ def verdict(rows: Sequence[Row]) -> str:
     )
 
 
-def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str) -> str:
+def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str, reuse: bool = False) -> str:
     size = len(MESSAGE.read_bytes().replace(b"\n", b"\r\n"))
     workers = sorted({row.workers for row in rows})
     return "\n".join([
@@ -143,15 +192,18 @@ def report(rows: Sequence[Row], command: str, target: str, concurrency: int, loa
         f"Command: `{command}`",
         "",
         f"Target `{target}` ({', '.join(map(str, workers))} worker process(es)), marketing stream with consent for every "
-        f"recipient; the {size}-byte bench/message.eml; {concurrency} smtp-source sessions, a new connection per message; "
+        f"recipient; the {size}-byte bench/message.eml; {concurrency} smtp-source sessions, "
+        f"{'each over one connection (-d)' if reuse else 'a new connection per message'}; "
         "smtp-sink as the upstream. copies/s = recipients at the sink / seconds from the start of smtp-source until the sink "
-        "holds them all. CPU s = user+sys of the relay's process tree. Peak RSS = VmHWM, reset before each row: of the "
+        "holds them all. CPU s = user+sys of the relay's process tree (smtp-source's and smtp-sink's in their own columns). Peak RSS = VmHWM, reset before each row: of the "
         "largest single process (a worker), and summed over the tree (supervisor, workers, helpers).",
         f"Machine: {machine()}; load average before: {load_before}, after: {load_average()}.",
         "",
         table(rows),
         "",
         verdict(rows),
+        "",
+        floor(rows),
         "",
     ])
 
@@ -170,15 +222,20 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=10, help="smtp-source sessions (default 10)")
     parser.add_argument("--target", default="relay", help="a relay target of bench/throughput.py (default relay: the default config)")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured 1-recipient messages first")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="smtp-source -d: each session sends its messages over one connection, as an application's MTA that caches "
+        "its connection to the relay does (default: a new connection per message)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "scaling.md")
     args = parser.parse_args(argv)
     if args.target != "relay" and not args.target.startswith(("relay1", "relay2", "relay-")):
         parser.error("--target must be a relay target")
     load_before = load_average()
-    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep)
+    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep, args.reuse)
     command = " ".join([".venv/bin/python -m bench.scaling", *(shlex.quote(a) for a in argv)])
-    text = report(rows, command, args.target, args.concurrency, load_before)
+    text = report(rows, command, args.target, args.concurrency, load_before, args.reuse)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")

@@ -33,6 +33,7 @@ import itertools
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -546,6 +547,8 @@ class Result:
     cpu_s: float | None = None
     rss_mb: float | None = None  # the tree's: the largest sum over its live processes
     rss_process_mb: float | None = None  # the largest of one process (a relay worker: issue 20's ≤ 120 MB)
+    client_cpu_s: float | None = None  # user+sys of the smtp-source processes (the application's side)
+    sink_cpu_s: float | None = None  # user+sys of smtp-sink (the upstream's side)
     error: str = ""
 
     @property
@@ -563,6 +566,7 @@ class Load:
     concurrency: int
     rcpts: int
     message: Path = MESSAGE
+    reuse: bool = False  # smtp-source -d: each session sends its messages over one connection
 
     def split(self, parts: int) -> list[Load]:
         """This load shared over `parts` smtp-source processes: the messages and the sessions
@@ -574,12 +578,13 @@ class Load:
             messages = self.messages // parts + (i < self.messages % parts)
             sessions = max(1, self.concurrency // parts + (i < self.concurrency % parts))
             if messages:
-                out.append(Load(messages, sessions, self.rcpts, self.message))
+                out.append(Load(messages, sessions, self.rcpts, self.message, self.reuse))
         return out
 
     def argv(self, port: int) -> list[str]:
         return [
             SMTP_SOURCE,
+            *(["-d"] if self.reuse else []),
             "-s",
             str(self.concurrency),
             "-m",
@@ -604,6 +609,8 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
     tree = process_tree(target.roots())
     reset_hwm(tree)
     cpu0 = cpu_ticks(tree)
+    sink0 = cpu_ticks([sink.proc.pid])
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     each = hwm_each_kb(tree)
     peak_kb, peak_one_kb = sum(each.values()), max(each.values(), default=0)
     ports = target_ports(target)
@@ -661,6 +668,11 @@ def measure(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: P
         if source.returncode not in (0, None) and not result.error:
             result.error = f"smtp-source exit {source.returncode}: {tail(err_path, 2)}"
     result.transactions, result.recipients = sink.transactions, sink.recipients
+    result.sink_cpu_s = (cpu_ticks([sink.proc.pid]) - sink0) / TICKS
+    if all(source.returncode is not None for source in sources):
+        # smtp-source processes are the only children this process reaps while a row runs.
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result.client_cpu_s = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return result
 
 

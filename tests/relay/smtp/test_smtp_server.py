@@ -627,3 +627,88 @@ def test_the_long_line_check_at_the_limit() -> None:
             assert _has_long_line(before + b"x" * 1001 + after)
     assert _has_long_line(b"\r\n" + b"y" * 1000 + b"\r\n")  # 1,000 octets before the CR: 1,001 before the LF
     assert not _has_long_line(b"\r\n" + b"y" * 999 + b"\r\n")
+
+
+# --- the DATA reader's one scan (issue 20, session 19) ---------------------------------------------
+
+
+def _body_by_find_and_replace(chunks: list[bytes], limit: int) -> tuple[tuple[bytes | None, str | None], bytes]:
+    """The DATA reader as sessions 16-18 had it, for the same chunks: the end marker found by its own
+    scan of each chunk, the dots removed by a second scan (`replace`) of the body. With what is left
+    for the command loop."""
+    from relay.smtp.server import _has_long_line
+
+    buf = bytearray(b"\r\n")
+    scanned = 0
+    too_much = False
+    for taken, chunk in enumerate(chunks, 1):
+        buf += chunk
+        end = buf.find(b"\r\n.\r\n", scanned)
+        if end >= 0:
+            break
+        scanned = max(0, len(buf) - 4)
+        if limit and len(buf) - 2 > limit:
+            too_much = True
+            del buf[:scanned]
+            scanned = 0
+    else:
+        return (None, None), b""
+    rest = bytes(buf[end + 5 :]) + b"".join(chunks[taken:])
+    if too_much or (limit and end > limit):
+        return (b"", replies_module.TOO_BIG), rest
+    body = bytes(buf[: end + 2])
+    if _has_long_line(body):
+        return (b"", replies_module.LINE_TOO_LONG), rest
+    if b"\0" in body:
+        return (b"", replies_module.NUL_IN_MESSAGE), rest
+    return (body.replace(b"\r\n.", b"\r\n")[2:], None), rest
+
+
+async def _body_read_by_the_session(chunks: list[bytes], limit: int) -> tuple[tuple[bytes | None, str | None], bytes]:
+    """RelaySMTP._read_body given `chunks` as separate arrivals, each taken before the next comes."""
+    loop = asyncio.get_running_loop()
+    server = RelaySMTP(object(), limits=ConnectionLimits(5, 5), hostname="relay.test", loop=loop, data_size_limit=limit)
+    reader = server._reader = asyncio.StreamReader(limit=server.line_length_limit, loop=loop)
+    reading = loop.create_task(server._read_body())
+    try:
+        for chunk in chunks:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            server.data_received(chunk)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if not reading.done():
+            reader.feed_eof()
+        return await reading, bytes(reader._buffer)  # type: ignore[attr-defined]
+    finally:
+        if server._timeout_handle is not None:
+            server._timeout_handle.cancel()
+
+
+_BODY_PIECES = [b"\r\n", b".", b"..", b"\r", b"\n", b"x", b"text", b"\r\n.\r\n", b"\r\n..\r\n", b"\0", b"z" * 1001]
+
+
+@given(
+    st.lists(st.sampled_from(_BODY_PIECES), max_size=30).map(b"".join),
+    st.sampled_from([b"\r\n.\r\n", b"\r\n.\r\nNOOP\r\n", b".\r\n", b""]),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=8),
+    st.sampled_from([0, 12, 40, 2000]),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_body_reader_agrees_with_find_and_replace(body: bytes, tail: bytes, cuts: list[int], limit: int) -> None:
+    """One scan for the end marker and the dots to remove gives the body, the refusal and the bytes
+    left for the command loop that a scan for each gave, however the stream is cut into arrivals."""
+    stream = body + tail
+    chunks, at = [], 0
+    for cut in cuts:
+        if at + cut < len(stream):
+            chunks.append(stream[at : at + cut])
+            at += cut
+    chunks.append(stream[at:])
+    chunks = [chunk for chunk in chunks if chunk]
+    loop = asyncio.new_event_loop()
+    try:
+        ours = loop.run_until_complete(_body_read_by_the_session(chunks, limit))
+    finally:
+        loop.close()
+    assert ours == _body_by_find_and_replace(chunks, limit), (chunks, limit)

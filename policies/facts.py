@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
+from policies.frozen import quick_init
+
 if TYPE_CHECKING:
     from policies.message import ParsedMessage
 
@@ -16,6 +18,7 @@ MARKETING = "marketing"
 TRANSACTIONAL = "transactional"
 
 
+@quick_init
 @dataclass(frozen=True)
 class StreamFacts:
     id: str
@@ -27,6 +30,7 @@ class StreamFacts:
         return self.kind == MARKETING
 
 
+@quick_init
 @dataclass(frozen=True)
 class ClientFacts:
     """The SMTP client as the relay knows it before any account applies (relay permission)."""
@@ -36,6 +40,7 @@ class ClientFacts:
     account: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class AccountFacts:
     id: str
@@ -60,6 +65,7 @@ class AccountFacts:
         return (self.id, self.parent) if self.parent else (self.id,)
 
 
+@quick_init
 @dataclass(frozen=True)
 class ConsentRecord:
     """One consent, keyed by (scope, email, topic), with the provenance of docs/SPEC.md §5."""
@@ -94,6 +100,7 @@ class ConsentRecord:
         return (self.scope, self.email, self.topic)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Suppression:
     email: str
@@ -104,6 +111,7 @@ class Suppression:
     created_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class RecipientFacts:
     """Everything known about one recipient: the consents and suppressions that could apply."""
@@ -136,6 +144,7 @@ class RecipientFacts:
         return {k: v for k, v in self.__dict__.items() if k != "_derived"}
 
 
+@quick_init
 @dataclass(frozen=True)
 class ShellFacts:
     """What the shell found out with I/O for this transaction (no rule does any): the account's rate
@@ -149,6 +158,7 @@ class ShellFacts:
 NOTHING_FOUND = ShellFacts()
 
 
+@quick_init
 @dataclass(frozen=True)
 class MessageFacts:
     """One transaction as far as it is known: before DATA `message` is None."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from policies.frozen import quick_init
+
 
 class Action(str, Enum):
     """What happens when a rule hits; profiles map rule ids to these."""
@@ -36,6 +38,7 @@ class Outcome(str, Enum):
     TEMPFAIL = "tempfail"
 
 
+@quick_init
 @dataclass(frozen=True)
 class Hit:
     """A rule's report: why it matched and the evidence (already masked if sensitive)."""
@@ -46,6 +49,7 @@ class Hit:
     consent_id: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Finding:
     """A hit tied to its rule, the action the profile gave it, and the recipient if per-recipient."""
@@ -69,6 +73,7 @@ class Finding:
         }
 
 
+@quick_init
 @dataclass(frozen=True)
 class ReliedConsent:
     """The consent a permitted recipient's copy relies on: the id the proof of consent names, and
@@ -79,6 +84,7 @@ class ReliedConsent:
     topic: str
 
 
+@quick_init
 @dataclass(frozen=True)
 class Verdict:
     """The engine's decision for one stage, with every hit and every miss kept for the audit trail."""

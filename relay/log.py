@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import sys
+import time
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii
 from typing import Any, Iterable
 
 import structlog
@@ -21,6 +23,47 @@ _OWN: tuple[Any, Any, Any] | None = None
 _OWN_LEVEL = logging.INFO
 # JSONRenderer's json.dumps(event_dict, default=_json_fallback_handler), its encoder made once.
 _LINE = json.JSONEncoder(default=_json_fallback_handler)
+_KEY_TEXT: dict[str, str] = {}  # a field name as _LINE writes it before its value: '"name": '
+
+
+def _render(fields: dict[str, Any]) -> str:
+    """_LINE.encode(fields), written here for a line of strs and lists of strs (the decision line of
+    every message) the way _LINE writes them (', ' and ': ' between, ASCII escapes, its own string
+    encoder): the JSON encoder's generic walk of a dict cost as much as the rest of the line. Any
+    other value goes to _LINE."""
+    parts = []
+    for key, value in fields.items():
+        kind = type(value)
+        if kind is str:
+            text = encode_basestring_ascii(value)
+        elif kind is list and all(type(item) is str for item in value):
+            text = "[" + ", ".join(map(encode_basestring_ascii, value)) + "]"
+        else:
+            return _LINE.encode(fields)
+        head = _KEY_TEXT.get(key)
+        if head is None:
+            if len(_KEY_TEXT) >= 4096:  # field names are the code's own: bounded anyway
+                _KEY_TEXT.clear()
+            head = _KEY_TEXT[key] = encode_basestring_ascii(key) + ": "
+        parts.append(head + text)
+    return "{" + ", ".join(parts) + "}"
+
+
+_second_text: tuple[int, str] = (-1, "")  # a second since the epoch and its ISO date and time, UTC
+
+
+def _utc_timestamp() -> str:
+    """datetime.now(timezone.utc).isoformat().replace("+00:00", "Z") (TimeStamper(fmt="iso",
+    utc=True)): the same clock read the same way (whole microseconds, rounded down; no fraction when
+    they are 0), the date and time formatted once per second rather than per line."""
+    global _second_text
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    known, text = _second_text
+    if known != seconds:
+        text = datetime.fromtimestamp(seconds, timezone.utc).isoformat()[:19]
+        _second_text = (seconds, text)
+    micros = nanos // 1000
+    return f"{text}.{micros:06d}Z" if micros else text + "Z"
 
 
 def configure_logging(level: str = "info", log_recipients: str = "hashed", stream: Any = None) -> None:
@@ -147,8 +190,8 @@ class _Logger:
             return
         fields["event"] = event
         fields["level"] = "info"
-        fields["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        out.msg(_LINE.encode(fields))
+        fields["timestamp"] = _utc_timestamp()
+        out.msg(_render(fields))
 
     def is_enabled_for(self, level: int) -> bool:
         """Whether a line at `level` would be written (True for a wrapper that cannot say)."""

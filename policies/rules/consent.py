@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from policies.facts import ConsentRecord, MessageFacts, RecipientFacts, Suppression
 from policies.findings import Hit, Stage
+from policies.frozen import quick_init
 from policies.rule import Rule, rule
 
 # A stream topic of '*' in MessageFacts means "marketing, topic not known yet" (RCPT time on an
@@ -269,6 +270,7 @@ def _is_stale(record: ConsentRecord, facts: MessageFacts) -> str | None:
     return None
 
 
+@quick_init
 @dataclass(frozen=True)
 class _Picked:
     """The consent the relay relies on for one recipient of one message, with what the record rules

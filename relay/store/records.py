@@ -7,19 +7,33 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from policies.frozen import quick_init
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_last_iso: tuple[datetime | None, str | None] = (None, None)  # the last moment iso wrote, and its text
+
+
 def iso(value: datetime | None) -> str | None:
+    global _last_iso
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    elif value.tzinfo is not timezone.utc:
-        value = value.astimezone(timezone.utc)
-    return value.isoformat(timespec="microseconds")
+    # A message's decision and its deliveries carry the one `now` of their recording: its text is
+    # made once (the object itself, immutable, is the key; one tuple, so a thread reads a pair).
+    last, text = _last_iso
+    if value is last:
+        return text
+    moment = value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    elif moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    text = moment.isoformat(timespec="microseconds")
+    _last_iso = (value, text)
+    return text
 
 
 def parse_iso(value: str | None) -> datetime | None:
@@ -29,6 +43,7 @@ def parse_iso(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+@quick_init
 @dataclass(frozen=True)
 class AccountState:
     account: str
@@ -38,6 +53,7 @@ class AccountState:
     updated_at: datetime | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class DecisionRecord:
     relay_id: str
@@ -53,6 +69,7 @@ class DecisionRecord:
     misses: tuple[str, ...] = ()  # the rules that ran and found nothing: the whole evaluation is kept
 
 
+@quick_init
 @dataclass(frozen=True)
 class DeliveryRecord:
     """One recipient's copy, for the proof, complaint mapping and mailto unsubscribe tokens."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import re
 import struct
@@ -190,33 +189,21 @@ class TokenCodec:
         return ok
 
 
-_SHA256_BLOCK = 64
-_IPAD = bytes(b ^ 0x36 for b in range(256))  # translate tables: the key XOR ipad / opad (RFC 2104)
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
 class _KeyedMac:
-    """A token's MAC: HMAC-SHA256(secret, context + payload) truncated to _MAC_BYTES, from SHA-256
-    states that have taken the padded key and the context already (RFC 2104's inner and outer hashes,
-    as the hmac module builds them): two state copies and two short digests a token, not the key's
+    """A token's MAC: HMAC-SHA256(secret, context + payload) truncated to _MAC_BYTES, from an HMAC
+    that has taken the key and the context once: a copy of its state per token, not the key's
     padding and its two compressions again (hmac.digest starts from the key each call). The same
     bytes as hmac.digest(secret, context + payload, "sha256")[:_MAC_BYTES]."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_keyed",)
 
     def __init__(self, secret: bytes, context: bytes) -> None:
-        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
-        key = key.ljust(_SHA256_BLOCK, b"\x00")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._inner.update(context)
-        self._outer = hashlib.sha256(key.translate(_OPAD))
+        self._keyed = hmac.new(secret, context, "sha256")
 
     def mac(self, payload: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(payload)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:_MAC_BYTES]
+        state = self._keyed.copy()
+        state.update(payload)
+        return state.digest()[:_MAC_BYTES]
 
 
 _B32_LOWER = bytes.maketrans(bytes(range(32)), b"abcdefghijklmnopqrstuvwxyz234567")

@@ -77,25 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args.count, args.rcpts[0])
         return 0
+    from bench import callgrind_counts  # the parent only: see bench/callgrind_counts.py
+
     checkouts = [args.before.resolve(), args.after.resolve()]
     runs = {}
     for checkout in checkouts:
         for rcpts in args.rcpts:
             for n in (0, args.messages):
-                argv_ = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(checkout / ".venv" / "bin" / "python"),
+                argv_ = [*callgrind_counts.VALGRIND, str(checkout / ".venv" / "bin" / "python"),
                          str(HERE), str(checkout), "--child", "--count", str(n), "--rcpts", str(rcpts)]
                 runs[checkout, rcpts, n] = subprocess.Popen(
                     argv_, cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout), PYTHONHASHSEED="0"),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 )
-    collected = {}
-    for key, proc in runs.items():
-        _, err = proc.communicate()
-        found = [line for line in err.splitlines() if "Collected :" in line]
-        if proc.returncode != 0 or not found:
-            print(err[-3000:], file=sys.stderr)
-            return 1
-        collected[key] = int(found[-1].rsplit(":", 1)[1])
+    collected = callgrind_counts.collected(runs)
+    if collected is None:
+        return 1
     print(f"| instructions | {checkouts[0]} | {checkouts[1]} | after ÷ before |\n|---|---:|---:|---:|")
     for rcpts in args.rcpts:
         per = [(collected[c, rcpts, args.messages] - collected[c, rcpts, 0]) / args.messages for c in checkouts]

@@ -91,26 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         (_serve if args.child == "serve" else _send)(args.count)
         return 0
+    from bench import callgrind_counts  # the parent only: see bench/callgrind_counts.py
+
     checkouts = [args.before.resolve(), args.after.resolve()]
     measures = {"serve": args.sessions, "send": args.transactions}
     runs = {}
     for checkout in checkouts:
         for child, count in measures.items():
             for n in (0, count):
-                argv_ = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(checkout / ".venv" / "bin" / "python"),
+                argv_ = [*callgrind_counts.VALGRIND, str(checkout / ".venv" / "bin" / "python"),
                          str(HERE), str(checkout), "--child", child, "--count", str(n)]
                 runs[checkout, child, n] = subprocess.Popen(
                     argv_, cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 )
-    collected = {}
-    for key, proc in runs.items():
-        _, err = proc.communicate()
-        found = [line for line in err.splitlines() if "Collected :" in line]
-        if proc.returncode != 0 or not found:
-            print(err[-3000:], file=sys.stderr)
-            return 1
-        collected[key] = int(found[-1].rsplit(":", 1)[1])
+    collected = callgrind_counts.collected(runs)
+    if collected is None:
+        return 1
     print(f"| what | {checkouts[0]} | {checkouts[1]} | after ÷ before |\n|---|---:|---:|---:|")
     for child, count in measures.items():
         per = [(collected[c, child, count] - collected[c, child, 0]) / count for c in checkouts]

@@ -10,6 +10,7 @@ the same declarations for docs/configuration.md.
 
 import base64
 import binascii
+import functools
 import hashlib
 import ipaddress
 import os
@@ -593,7 +594,7 @@ class LoggingConfig(Table, frozen=True):
     log_recipients: Literal["hashed", "plain"] = "hashed"
 
 
-class StreamConfig(Table, frozen=True):
+class StreamConfig(Table, frozen=True, dict=True):  # dict: room for `facts`, made once
     id: str
     kind: Literal["marketing", "transactional"]
     topic: Annotated[str, doc(default="the stream's id")] = ""  # the loader fills in the id
@@ -607,8 +608,9 @@ class StreamConfig(Table, frozen=True):
     def display_title(self) -> str:
         return self.title or self.id
 
-    @property
+    @functools.cached_property
     def facts(self) -> StreamFacts:
+        """The stream as the rules see it: made once per config object (every MAIL FROM and DATA asks)."""
         return StreamFacts(self.id, self.kind, self.topic)
 
 

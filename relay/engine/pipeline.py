@@ -79,10 +79,6 @@ class Pipeline:
         self.retries = RetryMemory()  # recipients a failed attempt delivered to: its retry skips them
         self.body_walks = BodyWalks()  # a campaign's body walked once for the content rules
         self._account_facts: dict[tuple[str, str, str, frozenset[str]], tuple[AccountConfig, AccountFacts]] = {}
-        # A stream's facts, and an account's stream as RCPT knows it before DATA (_kind_known_before_data):
-        # made once per config object (immutable; a reload brings new ones), by its id, the object kept.
-        self._stream_facts: dict[int, tuple[StreamConfig, StreamFacts]] = {}
-        self._rcpt_stream: dict[int, tuple[AccountConfig, StreamFacts | None]] = {}
 
     new_relay_id = staticmethod(new_relay_id)
 
@@ -106,17 +102,6 @@ class Pipeline:
         return None
 
     # --- facts ----------------------------------------------------------------------------
-
-    def _facts_of(self, stream: StreamConfig) -> StreamFacts:
-        """stream.facts, made once per stream config."""
-        known = self._stream_facts.get(id(stream))
-        if known is not None and known[0] is stream:
-            return known[1]
-        facts = stream.facts
-        if len(self._stream_facts) >= 1024:  # configured streams, and a bounce's own: bounded anyway
-            self._stream_facts.clear()
-        self._stream_facts[id(stream)] = (stream, facts)
-        return facts
 
     async def account_facts(self, account: AccountConfig) -> MessageFacts:
         return MessageFacts(
@@ -166,7 +151,7 @@ class Pipeline:
             txn.stream = null_sender_stream(txn.account)
         else:
             txn.stream = txn.account.stream_for_envelope(txn.mail_from) if txn.mail_from else None
-        stream = self._facts_of(txn.stream) if txn.stream else None
+        stream = txn.stream.facts if txn.stream else None
         txn.facts = MessageFacts(
             account=account, mail_from=txn.mail_from, now=self.services.clock.now(),
             params=self.services.engine.profile.params, stream=stream, null_sender=txn.null_sender,
@@ -191,22 +176,14 @@ class Pipeline:
         return ShellFacts(rate_limited=not allowed, rate_limit_per_minute=per_minute)
 
     def _kind_known_before_data(self, txn: Transaction) -> StreamFacts | None:
-        account = txn.account
-        assert account is not None
+        assert txn.account is not None
         if txn.stream is not None:
-            return self._facts_of(txn.stream)
-        known = self._rcpt_stream.get(id(account))
-        if known is not None and known[0] is account:
-            return known[1]
-        stream: StreamFacts | None = None
-        if account.all_marketing:
+            return txn.stream.facts
+        if txn.account.all_marketing:
             # Every stream is marketing: consent rules apply whatever the header will say.
-            default = account.stream(account.default_stream or "") or account.streams[0]
-            stream = StreamFacts(default.id, default.kind, "*" if len(account.streams) > 1 else default.topic)
-        if len(self._rcpt_stream) >= 1024:  # configured accounts: bounded anyway
-            self._rcpt_stream.clear()
-        self._rcpt_stream[id(account)] = (account, stream)
-        return stream
+            default = txn.account.stream(txn.account.default_stream or "") or txn.account.streams[0]
+            return StreamFacts(default.id, default.kind, "*" if len(txn.account.streams) > 1 else default.topic)
+        return None
 
     async def at_rcpt(self, txn: Transaction, rcpt: str) -> Verdict | None:
         assert txn.account is not None and txn.facts is not None
@@ -265,7 +242,7 @@ class Pipeline:
             # The account state read at MAIL FROM holds for the whole transaction (as a policy daemon
             # answers per transaction); a change takes effect on the next MAIL FROM.
             base = txn.facts if txn.facts is not None else await self.account_facts(account)
-            stream = self._facts_of(stream_cfg) if stream_cfg else None
+            stream = stream_cfg.facts if stream_cfg else None
             rfacts: list[RecipientFacts] = []
             if stream is not None and stream.is_marketing:
                 rfacts = await self._recipient_facts_at_data(txn, account)

@@ -637,7 +637,7 @@ class WebhookConfig(Table, frozen=True):
         return hashlib.sha256(self.url.encode("utf-8")).hexdigest()[:16]
 
 
-class AccountConfig(Table, frozen=True):
+class AccountConfig(Table, frozen=True, dict=True):  # dict: room for marketing_before_data, made once
     id: str
     name: str = ""
     password_hash: Hash | None = None
@@ -703,6 +703,16 @@ class AccountConfig(Table, frozen=True):
     @property
     def all_marketing(self) -> bool:
         return bool(self.streams) and all(s.kind == MARKETING for s in self.streams)
+
+    @functools.cached_property
+    def marketing_before_data(self) -> StreamFacts | None:
+        """The stream a RCPT's consent is checked against before DATA names one: when every stream is
+        marketing, consent rules apply whatever the header will say, so the default stream, its topic
+        "*" (not known yet) when there are several. None otherwise. Made once per config object."""
+        if not self.all_marketing:
+            return None
+        default = self.stream(self.default_stream or "") or self.streams[0]
+        return StreamFacts(default.id, default.kind, "*" if len(self.streams) > 1 else default.topic)
 
     def trusts(self, ip: str) -> bool:
         try:

@@ -179,11 +179,7 @@ class Pipeline:
         assert txn.account is not None
         if txn.stream is not None:
             return txn.stream.facts
-        if txn.account.all_marketing:
-            # Every stream is marketing: consent rules apply whatever the header will say.
-            default = txn.account.stream(txn.account.default_stream or "") or txn.account.streams[0]
-            return StreamFacts(default.id, default.kind, "*" if len(txn.account.streams) > 1 else default.topic)
-        return None
+        return txn.account.marketing_before_data
 
     async def at_rcpt(self, txn: Transaction, rcpt: str) -> Verdict | None:
         assert txn.account is not None and txn.facts is not None

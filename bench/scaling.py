@@ -4,18 +4,26 @@ message, consent imported for every one, through consent-relay's default config 
 
     .venv/bin/python -m bench.scaling                         # 1,10,100,1000 recipients, 10,000 copies a row
     .venv/bin/python -m bench.scaling --copies 2000 --recipients 1,1000 --target relay-dkim
+    .venv/bin/python -m bench.scaling --baselines direct,postfix     # the same cuts with nothing / Postfix between
 
 The goal: copies/s flat (±15 %) from 1 to 1,000 recipients, and memory bounded by the message's
 size, not by its recipients. Each row sends the same number of copies (`--copies`), as
 `--copies / recipients` messages (at least `--concurrency`) over `--concurrency` smtp-source
 sessions, so the rows differ in how the work is cut, not in how much there is. The load, sink and
 accounting are bench/throughput.py's.
+
+`--baselines` runs the same rows, interleaved with the relay's, through other targets of
+bench/throughput.py: `direct` (smtp-source straight into smtp-sink, nothing between) and `postfix`
+(a private Postfix with its queue). They make no personalised copies (one transaction carries all of
+a message's recipients), so they are not the relay's equals; they show how far the client and the
+sink alone bend the curve.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -32,6 +40,7 @@ from bench.throughput import (
     Relay,
     Result,
     Sink,
+    Target,
     _make_target,
     _rmtree,
     _terminate_on_signals,
@@ -43,12 +52,13 @@ from bench.throughput import (
 )
 
 FLAT = 0.15  # the goal: every row's copies/s within ±15 % of the 1-recipient row
+BASELINES = ("direct", "postfix", "forwarder")
 
 
 @dataclass
 class Row:
     result: Result
-    workers: int  # the relay's worker processes during the row
+    workers: int  # the relay's worker processes during the row (0 for a baseline)
 
     @property
     def copies_per_s(self) -> float:
@@ -57,12 +67,22 @@ class Row:
 
 
 def run(
-    target_name: str, recipients: Sequence[int], copies: int, concurrency: int, warmup: int, keep: bool, reuse: bool = False
-) -> list[Row]:
+    target_name: str,
+    recipients: Sequence[int],
+    copies: int,
+    concurrency: int,
+    warmup: int,
+    keep: bool,
+    reuse: bool = False,
+    baselines: Sequence[str] = (),
+) -> tuple[list[Row], dict[str, list[Row]]]:
+    """The relay's rows, and each baseline's rows measured just before the relay's of the same cut."""
     check_tools()
     rows: list[Row] = []
+    others: dict[str, list[Row]] = {name: [] for name in baselines}
     with _terminate_on_signals(), ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="consent-relay-scaling-"))
+        os.chmod(workdir, 0o755)  # Postfix daemons run as the postfix user and must reach their dirs
         if keep:
             print(f"# keeping {workdir}", file=sys.stderr, flush=True)
         else:
@@ -72,17 +92,33 @@ def run(
         options = Options(rcpts=tuple(recipients), consent=True)
         target = _make_target(target_name, sink, stack, workdir, options)
         assert isinstance(target, Relay)
-        if warmup:
-            measure(target, sink, Load(warmup, concurrency, 1), stack, workdir)
-            wait_quiet(sink)
+        references = {name: _make_target(name, sink, stack, _subdir(workdir, name), options) for name in baselines}
+        for each in (*references.values(), target):
+            if warmup:
+                measure(each, sink, Load(warmup, concurrency, 1), stack, workdir)
+                wait_quiet(sink)
         for r in recipients:
-            messages = max(concurrency, copies // r)
-            result = measure(target, sink, Load(messages, concurrency, r, reuse=reuse), stack, workdir)
-            rows.append(Row(result, workers_logged(target)))
-            print(_progress(rows[-1]), file=sys.stderr, flush=True)
-            if result.error:
-                wait_quiet(sink, seconds=1.0)
-    return rows
+            load = Load(max(concurrency, copies // r), concurrency, r, reuse=reuse)
+            for name, reference in references.items():
+                others[name].append(_row(reference, sink, load, stack, workdir, 0))
+            rows.append(_row(target, sink, load, stack, workdir, None))
+    return rows, others
+
+
+def _subdir(workdir: Path, name: str) -> Path:
+    path = workdir / name
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o755)
+    return path
+
+
+def _row(target: Target, sink: Sink, load: Load, stack: ExitStack, workdir: Path, workers: int | None) -> Row:
+    result = measure(target, sink, load, stack, workdir)
+    row = Row(result, workers_logged(target) if workers is None and isinstance(target, Relay) else 0)
+    print(_progress(row), file=sys.stderr, flush=True)
+    if result.error:
+        wait_quiet(sink, seconds=1.0)
+    return row
 
 
 def workers_logged(relay: Relay) -> int:
@@ -100,7 +136,7 @@ def workers_logged(relay: Relay) -> int:
 def _progress(row: Row) -> str:
     r = row.result
     status = f"{row.copies_per_s:7.0f} copies/s" if r.complete else f"FAILED ({r.error})"
-    return f"# r={r.rcpts:<5} messages={r.messages:<6} {status}  max RSS/process {r.rss_process_mb or 0:.0f} MB"
+    return f"# {r.target} r={r.rcpts:<5} messages={r.messages:<6} {status}  max RSS/process {r.rss_process_mb or 0:.0f} MB"
 
 
 def _ms_per(seconds: float | None, count: int) -> float | None:
@@ -168,6 +204,33 @@ def floor(rows: Sequence[Row]) -> str:
     )
 
 
+def baseline_table(rows: Sequence[Row], others: dict[str, Sequence[Row]]) -> str:
+    """copies/s per target and cut, each against its own 1-recipient row, and CPU per copy of
+    everything each row ran (a target without a middle process counts smtp-source and smtp-sink)."""
+    columns = {rows[0].result.target if rows else "relay": rows, **others}
+    head = " | ".join(f"{name} copies/s | ÷ its 1 rcpt | CPU ms/copy, all" for name in columns)
+    lines = [f"| recipients / message | {head} |", "|---:|" + "---:|---:|---:|" * len(columns)]
+    for i, row in enumerate(rows):
+        cells = []
+        for series in columns.values():
+            each = series[i] if i < len(series) else None
+            if each is None or not each.result.complete:
+                cells.append("— | — | —")
+                continue
+            first = series[0].copies_per_s if series[0].result.rcpts == 1 and series[0].result.complete else 0.0
+            ratio = f"{each.copies_per_s / first:.2f}×" if first else "—"
+            cells.append(f"{each.copies_per_s:.0f} | {ratio} | {_cell(_all_ms(each.result))}")
+        lines.append(f"| {row.result.rcpts} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _all_ms(r: Result) -> float | None:
+    """machine_ms_per_copy, where a target with no process of its own (direct) counts as 0."""
+    if r.cpu_s is None and r.client_cpu_s is not None and r.sink_cpu_s is not None and r.recipients:
+        return (r.client_cpu_s + r.sink_cpu_s) / r.recipients * 1000
+    return machine_ms_per_copy(r)
+
+
 def verdict(rows: Sequence[Row]) -> str:
     done = [row for row in rows if row.result.complete]
     if not done or done[0].result.rcpts != 1 or len(done) != len(rows):
@@ -183,7 +246,15 @@ def verdict(rows: Sequence[Row]) -> str:
     )
 
 
-def report(rows: Sequence[Row], command: str, target: str, concurrency: int, load_before: str, reuse: bool = False) -> str:
+def report(
+    rows: Sequence[Row],
+    command: str,
+    target: str,
+    concurrency: int,
+    load_before: str,
+    reuse: bool = False,
+    others: dict[str, Sequence[Row]] | None = None,
+) -> str:
     size = len(MESSAGE.read_bytes().replace(b"\n", b"\r\n"))
     workers = sorted({row.workers for row in rows})
     return "\n".join([
@@ -205,6 +276,17 @@ def report(rows: Sequence[Row], command: str, target: str, concurrency: int, loa
         "",
         floor(rows),
         "",
+        *(
+            [
+                f"The same cuts through {', '.join(others)}, each row measured just before the relay's (no personalised "
+                "copies: a message's recipients go in one transaction):",
+                "",
+                baseline_table(rows, others),
+                "",
+            ]
+            if others
+            else []
+        ),
     ])
 
 
@@ -213,6 +295,14 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("need positive integers, e.g. 1,10,100,1000")
     return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    return names
 
 
 def main(argv: Sequence[str]) -> int:
@@ -227,19 +317,25 @@ def main(argv: Sequence[str]) -> int:
         help="smtp-source -d: each session sends its messages over one connection, as an application's MTA that caches "
         "its connection to the relay does (default: a new connection per message)",
     )
+    parser.add_argument(
+        "--baselines", type=_names, default=(),
+        help="other bench/throughput.py targets run on the same cuts, interleaved: direct (nothing between), postfix",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "scaling.md")
     args = parser.parse_args(argv)
     if args.target != "relay" and not args.target.startswith(("relay1", "relay2", "relay-")):
         parser.error("--target must be a relay target")
     load_before = load_average()
-    rows = run(args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep, args.reuse)
+    rows, others = run(
+        args.target, args.recipients, args.copies, args.concurrency, args.warmup, args.keep, args.reuse, args.baselines
+    )
     command = " ".join([".venv/bin/python -m bench.scaling", *(shlex.quote(a) for a in argv)])
-    text = report(rows, command, args.target, args.concurrency, load_before, args.reuse)
+    text = report(rows, command, args.target, args.concurrency, load_before, args.reuse, others)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    return 0 if all(row.result.complete for row in rows) else 1
+    return 0 if all(row.result.complete for row in (*rows, *(r for each in others.values() for r in each))) else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from relay.errors import ConfigError, StoreUnavailable, UpstreamUnavailable
 from relay.routes import build_admin_app
 from relay.log import configure_logging, get_logger
 from relay.metrics import Metrics
+from relay.process.balance import Balance, BalancedServer, LoadBoard
 from relay.process.listeners import ListenError, Listeners, bind_listeners
 from relay.process.memory import give_back_free_memory
 from relay.services import Clock
@@ -70,7 +71,10 @@ class Relay:
         listeners: Listeners | None = None,
         http: bool = True,
         background: bool = True,
+        balance: tuple[LoadBoard, int] | None = None,
     ) -> None:
+        """`balance`: a worker of `[smtp] workers` its place on the supervisor's board (the board,
+        its index); its SMTP listeners then accept as relay.process.balance says."""
         self.config = config
         parts = build_relay(config, metrics=metrics, clock=clock, deadline_checks=http)
         self.services = parts.services
@@ -84,13 +88,18 @@ class Relay:
         # (rounded up). The per-address limit holds in each process (docs/SPEC.md §12).
         share = -(-config.smtp.max_connections // config.smtp.worker_count)
         self.limits = ConnectionLimits(share, config.smtp.max_connections_per_ip, self.services.metrics)
+        self.balance: Balance | None = None
+        if balance is not None:
+            limits = self.limits
+            self.balance = Balance(*balance, sessions=lambda: limits.total)
+            limits.on_change = self.balance.publish
         self.lockout = AuthLockout(config.smtp.auth_max_failures, config.smtp.auth_lockout_seconds)
         self.handler = RelayHandler(self.pipeline, self.lockout)
         self.listeners = listeners  # bound by the caller (serve, a supervisor); else by start()
         self.http = http
         self.background = background
         self.log = get_logger()
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[asyncio.base_events.Server | BalancedServer] = []
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self.upstream_ok: bool | None = None
@@ -197,7 +206,9 @@ class Relay:
             profile=self.config.policy.profile, mode=self.config.policy.mode, pid=os.getpid(),
         )
 
-    async def _listen(self, sock: socket.socket, *, tls_context: ssl.SSLContext | None, implicit: bool) -> asyncio.base_events.Server:
+    async def _listen(
+        self, sock: socket.socket, *, tls_context: ssl.SSLContext | None, implicit: bool
+    ) -> asyncio.base_events.Server | BalancedServer:
         smtp = self.config.smtp
         loop = asyncio.get_running_loop()
 
@@ -215,6 +226,8 @@ class Relay:
             auth_require_tls=False if implicit else smtp.auth_require_tls,
             loop=loop,
         )
+        if self.balance is not None:
+            return BalancedServer(sock, factory, self.balance, ssl_context=tls_context if implicit else None)
         return await loop.create_server(factory, sock=sock, ssl=tls_context if implicit else None)
 
     async def _serve_http(self, app: web.Application, socks: list[socket.socket]) -> None:
@@ -347,7 +360,11 @@ async def serve(config: Config, worker_index: int | None = None, inherited: str 
 
         link = WorkerLink.from_spec(inherited or "{}")
         link.watch_parent(stop.set)
-        return await _serve_one(config, link.listeners, stop, http=worker_index == 0, on_started=link.started)
+        board = link.board
+        return await _serve_one(
+            config, link.listeners, stop, http=worker_index == 0, on_started=link.started,
+            balance=(board, worker_index) if board is not None else None,
+        )
     try:
         lock = await _until_stopped(acquire_state_lock(config), stop)
     except (StateLocked, StoreUnavailable) as exc:
@@ -399,11 +416,17 @@ async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
 
 
 async def _serve_one(
-    config: Config, listeners: Listeners, stop: asyncio.Event, *, http: bool, on_started: Callable[[], None] | None = None
+    config: Config,
+    listeners: Listeners,
+    stop: asyncio.Event,
+    *,
+    http: bool,
+    on_started: Callable[[], None] | None = None,
+    balance: tuple[LoadBoard, int] | None = None,
 ) -> int:
     log = get_logger()
     try:
-        relay = Relay(config, listeners=listeners, http=http)
+        relay = Relay(config, listeners=listeners, http=http, balance=balance)
     except BaseException:
         listeners.close()
         raise

@@ -29,6 +29,7 @@ from typing import Callable
 
 from relay.config import Config
 from relay.log import get_logger
+from relay.process.balance import LoadBoard
 from relay.process.listeners import KINDS, Listeners
 from relay.process.state_lock import StateLock
 
@@ -50,6 +51,7 @@ class WorkerLink:
 
     listeners: Listeners
     parent: socket.socket | None
+    board: LoadBoard | None = None  # the workers' session counts (relay.process.balance)
 
     @classmethod
     def from_spec(cls, spec: str) -> WorkerLink:
@@ -59,7 +61,8 @@ class WorkerLink:
         if parent is not None:
             parent.setblocking(False)
         # data["lock"] is only held open (inherited): the state lock lasts while any worker lives.
-        return cls(listeners, parent)
+        board = LoadBoard.inherited(data["board"]) if "board" in data else None
+        return cls(listeners, parent, board)
 
     def watch_parent(self, on_gone: Callable[[], None]) -> None:
         if self.parent is None:
@@ -97,6 +100,7 @@ class Supervisor:
         self.stop = stop
         self.log = get_logger()
         self.metrics_dir = tempfile.mkdtemp(prefix="consent-relay-metrics-")
+        self.board = LoadBoard.create(config.smtp.worker_count)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.all_started = asyncio.Event()
         self._ready: set[int] = set()
@@ -130,6 +134,7 @@ class Supervisor:
             for task in slots:
                 task.cancel()
             self.listeners.close()
+            self.board.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         if self.failed is not None:
             return self.failed
@@ -156,6 +161,7 @@ class Supervisor:
                 self.stop.set()
                 return code
             self._forget(proc.pid)
+            self.board.set(index, 0)  # its sessions died with it: the others need not wait for it
             fast_deaths = fast_deaths + 1 if time.monotonic() - started < STEADY_SECONDS else 0
             delay = backoff(fast_deaths)
             self.log.error("worker_exited", worker=index, pid=proc.pid, returncode=code, restart_in=delay)
@@ -171,7 +177,8 @@ class Supervisor:
         kinds = KINDS if index == 0 else ("smtp", "tls")
         spec: dict[str, object] = dict(self.listeners.fds(kinds))
         spec["parent"] = theirs.fileno()
-        fds = [fd for numbers in self.listeners.fds(kinds).values() for fd in numbers] + [theirs.fileno()]
+        spec["board"] = self.board.fd
+        fds = [fd for numbers in self.listeners.fds(kinds).values() for fd in numbers] + [theirs.fileno(), self.board.fd]
         if self.lock.fd is not None:
             spec["lock"] = self.lock.fd
             fds.append(self.lock.fd)

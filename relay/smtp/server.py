@@ -28,6 +28,8 @@ class ConnectionLimits:
     total: int = 0
     per_ip: dict[str, int] = field(default_factory=dict)
     sessions: set[RelaySMTP] = field(default_factory=set)
+    # Called when `total` changes: with `[smtp] workers`, it tells the other workers (relay.process.balance).
+    on_change: Callable[[], None] | None = None
 
     def admit(self, ip: str) -> bool:
         if self.total >= self.max_total or self.per_ip.get(ip, 0) >= self.max_per_ip:
@@ -36,6 +38,8 @@ class ConnectionLimits:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         if self.metrics is not None:
             self.metrics.smtp_connections.inc()
+        if self.on_change is not None:
+            self.on_change()
         return True
 
     def release(self, ip: str) -> None:
@@ -47,6 +51,8 @@ class ConnectionLimits:
             self.per_ip[ip] = left
         if self.metrics is not None:
             self.metrics.smtp_connections.dec()
+        if self.on_change is not None:
+            self.on_change()
 
 
 @dataclass

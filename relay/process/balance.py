@@ -76,9 +76,9 @@ class LoadBoard:
         return int(self._counts[index])
 
     def fewer_elsewhere(self, index: int, sessions: int) -> bool:
-        """Whether another worker holds fewer sessions than `sessions`."""
-        counts = self._counts
-        return any(counts[i] < sessions for i in range(self.workers) if i != index)
+        """Whether another worker holds fewer sessions than `sessions`, this worker's own count,
+        as it last wrote it at `index` (so the least count on the board is another's if lower)."""
+        return min(self._counts) < sessions
 
     def close(self) -> None:
         if not self._map.closed:
@@ -150,8 +150,8 @@ class BalancedServer:
         self._timer = self._loop.call_later(seconds, self._resume)
 
     def _readable(self) -> None:
-        now = self._loop.time()
         if self._balance.should_wait():
+            now = self._loop.time()
             if self._waiting_since is None:
                 self._waiting_since = now
             if now - self._waiting_since < MAX_YIELD_SECONDS:
@@ -168,9 +168,11 @@ class BalancedServer:
                 self._pause(_ACCEPT_RETRY_SECONDS)
                 return
             raise
-        conn.setblocking(False)
-        self._balance.connecting += 1
-        self._balance.publish()
+        # (non-blocking: libuv's uv_tcp_open makes the descriptor so, as its own accept does)
+        if self._ssl is not None:
+            # counted from now: its session starts (and counts itself) only after the handshake
+            self._balance.connecting += 1
+            self._balance.publish()
         task = self._loop.create_task(self._start(conn))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
@@ -181,8 +183,9 @@ class BalancedServer:
         except (OSError, ssl.SSLError, asyncio.TimeoutError):
             conn.close()  # gone before it started, or no TLS handshake: nothing to say to it
         finally:
-            self._balance.connecting -= 1
-            self._balance.publish()
+            if self._ssl is not None:
+                self._balance.connecting -= 1
+                self._balance.publish()
 
     def close(self) -> None:
         """Stop accepting; the sockets stay open for the other workers (and are closed with the

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay.process.balance import MAX_YIELD_SECONDS, Balance, BalancedServer, LoadBoard
-from tests.conftest import RecordingUpstream, ServeProcess, free_port, until
+from tests.conftest import CertFiles, RecordingUpstream, ServeProcess, asend, free_port, until
 from tests.e2e.test_supervisor import two_workers, worker_pids
 
 
@@ -207,4 +207,29 @@ async def test_serve_workers_spread_held_sessions_and_say_so_on_the_board(
     finally:
         for _, writer in clients:
             writer.close()
+        await relay.ensure_stopped()
+
+
+async def test_serve_workers_take_implicit_tls_and_starttls_sessions(
+    tmp_path: Path, upstream: RecordingUpstream, tls_cert: CertFiles
+) -> None:
+    """The implicit-TLS listener's handshake runs in the balanced accept's own task."""
+    port, tls_port = free_port(), free_port()
+    smtp = {"tls_cert": str(tls_cert.cert), "tls_key": str(tls_cert.key), "tls_listen": f"127.0.0.1:{tls_port}"}
+    relay = ServeProcess(two_workers(tmp_path, upstream, port, smtp=smtp))
+    try:
+        await relay.start(started=2)
+        implicit = [await asend(tls_port, implicit_tls=True, rcpts=[f"i{n}@example.nl"]) for n in range(4)]
+        starttls = [await asend(port, starttls=True, rcpts=[f"s{n}@example.nl"]) for n in range(4)]
+        assert [o.code for o in implicit + starttls] == [250] * 8, implicit + starttls
+        assert len(upstream.recipients()) == 8
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
+            raw.sendall(b"EHLO not-tls\r\n")  # no handshake: the worker drops it and goes on
+            said = b""
+            while chunk := raw.recv(4096):  # a TLS alert at most, then the end (a timeout fails the test)
+                said += chunk
+            assert not said.startswith(b"220")
+        assert (await asend(tls_port, implicit_tls=True, rcpts=["after@example.nl"])).code == 250
+        assert await relay.stop() == 0
+    finally:
         await relay.ensure_stopped()

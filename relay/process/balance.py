@@ -9,10 +9,9 @@ core finished its share while the other still had twice as much: `bench.scaling`
 copies/s falling from 100 to 1,000 recipients a message for that reason alone.
 
 Here a worker accepts one connection per turn, and only when no other worker holds clearly fewer
-sessions (under SHARE of its own);
-otherwise it looks again after RECHECK_SECONDS, and accepts anyway after MAX_YIELD_SECONDS (the
-less busy worker may be stuck in a long computation, or being replaced), so no connection waits
-longer than that for a worker. nginx's accept_mutex and gunicorn's arbiter solve the same problem;
+sessions (under SHARE of its own); otherwise it looks again after RECHECK_SECONDS, and accepts
+anyway after MAX_YIELD_SECONDS (the less busy worker may be stuck in a long computation, or being
+replaced), so no connection waits longer than that for a worker. nginx's accept_mutex and gunicorn's arbiter solve the same problem;
 this is the smallest form of it for processes that share one accept queue.
 
 The board is a memfd (an unlinked temporary file where there is none) the supervisor creates and
@@ -193,10 +192,15 @@ class BalancedServer:
             waiting = opening.send(None)
         except StopIteration:
             return
-        except (OSError, RuntimeError):
-            conn.close()  # gone before it started
+        except Exception as exc:
+            conn.close()  # gone before it started (an OSError), or a fault of ours: said below
+            if not isinstance(exc, OSError):
+                get_logger().error("smtp_accept_failed", error=repr(exc))
             return
-        waiting.add_done_callback(functools.partial(self._open, opening, conn))
+        if waiting is None:  # a bare yield: go on next turn
+            self._loop.call_soon(self._open, opening, conn)
+        else:
+            waiting.add_done_callback(functools.partial(self._open, opening, conn))
 
     async def _start_tls(self, conn: socket.socket) -> None:
         try:

@@ -16,6 +16,7 @@ gunicorn's arbiter do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -92,6 +93,13 @@ class WorkerLink:
                 pass  # the parent is gone: watch_parent stops us
 
 
+def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM to a worker that may have ended already (one in its fork dies of a terminal's Ctrl-C)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+
+
 class Supervisor:
     def __init__(self, config: Config, listeners: Listeners, lock: StateLock, stop: asyncio.Event) -> None:
         self.config = config
@@ -114,8 +122,7 @@ class Supervisor:
             if self.failed is None:
                 self.log.info("relay_draining", grace=self.config.smtp.shutdown_grace, workers=len(self.procs))
             for proc in list(self.procs.values()):
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
+                _terminate(proc)
             patience = self.config.smtp.shutdown_grace + self.config.upstream.timeout + 10
             done, pending = await asyncio.wait(slots, timeout=patience)
             for proc in list(self.procs.values()):
@@ -138,13 +145,17 @@ class Supervisor:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         if self.failed is not None:
             return self.failed
-        # A worker still loading its modules when our SIGTERM came ends by it: a clean stop too.
-        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+        # A worker still loading its modules when our SIGTERM came ends by it: a clean stop too. So
+        # does one still in its fork when a terminal's Ctrl-C reached our process group: it takes its
+        # own session only after the fork, and the SIGINT got it first.
+        return 0 if all(code in (0, -signal.SIGTERM, -signal.SIGINT) for code in codes) else 1
 
     async def _keep(self, index: int) -> int:
         """Run worker `index` until the stop, replacing it when it dies; its last exit code."""
         fast_deaths = 0
         while True:
+            if self.stop.is_set():  # stopped before this worker was started: none to stop
+                return 0
             started = time.monotonic()
             proc, link = await self._spawn(index)
             try:
@@ -193,6 +204,9 @@ class Supervisor:
             theirs.close()
         self.procs[index] = proc
         self.log.info("worker_started", worker=index, pid=proc.pid)
+        if self.stop.is_set():
+            # The stop came while this worker was being started, after run() signalled the others.
+            _terminate(proc)
         ours.setblocking(False)
         return proc, ours
 

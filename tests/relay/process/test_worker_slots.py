@@ -50,12 +50,7 @@ async def test_workers_that_all_stop_cleanly_exit_0(tmp_path: Path) -> None:
             await self.stop.wait()
             return 0
 
-    config = make_config(tmp_path, smtp={"workers": 2})
-    stop = asyncio.Event()
-    running = asyncio.create_task(_Clean(config, _NoListeners(), StateLock(), stop).run())  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    stop.set()
-    assert await asyncio.wait_for(running, 10) == 0
+    assert await _stopped(_Clean, tmp_path) == 0
 
 
 async def test_a_worker_ended_by_the_terminals_ctrl_c_is_a_clean_stop(tmp_path: Path) -> None:
@@ -67,12 +62,17 @@ async def test_a_worker_ended_by_the_terminals_ctrl_c_is_a_clean_stop(tmp_path: 
             await self.stop.wait()
             return -signal.SIGINT if index == 1 else -signal.SIGTERM
 
+    assert await _stopped(_Interrupted, tmp_path) == 0
+
+
+async def _stopped(kind: type[Supervisor], tmp_path: Path) -> int:
+    """The exit code of a two-worker `kind` (its slots faked) stopped right after it started."""
     config = make_config(tmp_path, smtp={"workers": 2})
     stop = asyncio.Event()
-    running = asyncio.create_task(_Interrupted(config, _NoListeners(), StateLock(), stop).run())  # type: ignore[arg-type]
+    running = asyncio.create_task(kind(config, _NoListeners(), StateLock(), stop).run())  # type: ignore[arg-type]
     await asyncio.sleep(0)
     stop.set()
-    assert await asyncio.wait_for(running, 10) == 0
+    return await asyncio.wait_for(running, 10)
 
 
 class _StopDuringSpawn(Supervisor):

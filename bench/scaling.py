@@ -148,9 +148,11 @@ def _cell(value: float | None) -> str:
 
 
 def machine_ms_per_copy(r: Result) -> float | None:
-    """CPU per copy of everything the row ran: the relay's tree, smtp-source and smtp-sink."""
-    parts = (r.cpu_s, r.client_cpu_s, r.sink_cpu_s)
-    return sum(parts) / r.recipients * 1000 if r.recipients and all(p is not None for p in parts) else None  # type: ignore[misc]
+    """CPU per copy of everything the row ran: the target's tree (none for `direct`, which has no
+    process between smtp-source and smtp-sink), smtp-source and smtp-sink."""
+    if r.client_cpu_s is None or r.sink_cpu_s is None or not r.recipients:
+        return None
+    return ((r.cpu_s or 0.0) + r.client_cpu_s + r.sink_cpu_s) / r.recipients * 1000
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -219,16 +221,9 @@ def baseline_table(rows: Sequence[Row], others: dict[str, Sequence[Row]]) -> str
                 continue
             first = series[0].copies_per_s if series[0].result.rcpts == 1 and series[0].result.complete else 0.0
             ratio = f"{each.copies_per_s / first:.2f}×" if first else "—"
-            cells.append(f"{each.copies_per_s:.0f} | {ratio} | {_cell(_all_ms(each.result))}")
+            cells.append(f"{each.copies_per_s:.0f} | {ratio} | {_cell(machine_ms_per_copy(each.result))}")
         lines.append(f"| {row.result.rcpts} | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-def _all_ms(r: Result) -> float | None:
-    """machine_ms_per_copy, where a target with no process of its own (direct) counts as 0."""
-    if r.cpu_s is None and r.client_cpu_s is not None and r.sink_cpu_s is not None and r.recipients:
-        return (r.client_cpu_s + r.sink_cpu_s) / r.recipients * 1000
-    return machine_ms_per_copy(r)
 
 
 def verdict(rows: Sequence[Row]) -> str:

@@ -11,8 +11,8 @@ copies/s falling from 100 to 1,000 recipients a message for that reason alone.
 Here a worker accepts one connection per turn, and only when no other worker holds clearly fewer
 sessions (under SHARE of its own); otherwise it looks again after RECHECK_SECONDS, and accepts
 anyway after MAX_YIELD_SECONDS (the less busy worker may be stuck in a long computation, or being
-replaced), so no connection waits longer than that for a worker. nginx's accept_mutex and gunicorn's arbiter solve the same problem;
-this is the smallest form of it for processes that share one accept queue.
+replaced), so no connection waits longer than that for a worker. nginx's accept_mutex (with its accept_mutex_delay) solves the same
+problem; this is the smallest form of it for processes that share one accept queue.
 
 The board is a memfd (an unlinked temporary file where there is none) the supervisor creates and
 every worker maps: one signed 64-bit count per worker, written only by its worker, read by all.
@@ -78,11 +78,12 @@ class LoadBoard:
         return int(self._counts[index])
 
     def fewer_elsewhere(self, index: int, sessions: int) -> bool:
-        """Whether another worker holds clearly fewer sessions than `sessions` (this worker's own
-        count, as it last wrote it at `index`): under SHARE of them. With few sessions each one
-        counts (1 against 0, 5 against 4); with many, as when every worker is busy, a difference of
-        a session or two is not worth a connection's wait (25 against 22 is not, 25 against 21 is)."""
-        return min(self._counts) < sessions * SHARE
+        """Whether a worker other than `index` holds clearly fewer than `sessions`: under SHARE of
+        them. With few sessions each one counts (1 against 0, 5 against 4); with many, as when every
+        worker is busy, a difference of a session or two is not worth a connection's wait (25
+        against 22 is not, 25 against 21 is)."""
+        bound = sessions * SHARE
+        return any(count < bound for i, count in enumerate(self._counts) if i != index)
 
     def close(self) -> None:
         if not self._map.closed:
